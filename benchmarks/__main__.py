@@ -1,0 +1,49 @@
+"""Run every ``benchmarks/bench_*.py`` (or those named on the command line) and save the results.
+
+Each module exposes ``run(quick: bool) -> dict`` returning JSON-serialisable figures, printed
+and written to ``benchmarks/results/<name>.json``. Each runs in its own process so that peak
+memory figures are per benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def _names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. features")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    if args.child:
+        module = importlib.import_module(f"benchmarks.{args.child}")
+        result = module.run(quick=args.quick)
+        (out_dir / f"{args.child}.json").write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    names = [n if n.startswith("bench_") else f"bench_{n}" for n in args.names] or _names()
+    failed = 0
+    for name in names:
+        print(f"== {name}", flush=True)
+        cmd = [sys.executable, "-m", "benchmarks", "--child", name]
+        failed += subprocess.call(cmd + (["--quick"] if args.quick else [])) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``alliance-risk`` command: composes the training and service command groups."""

@@ -1,0 +1,1 @@
+"""Estimators, calibration, explanation, the scorer and the MLflow model glue. Imports features."""

@@ -1,0 +1,1 @@
+"""FastAPI scoring service. Reads the model registry; never imports training."""
