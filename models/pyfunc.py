@@ -1,0 +1,82 @@
+"""MLflow pyfunc glue: one self-contained model holding a saved :class:`~models.scorer.Scorer`.
+
+The logged model's artifact ``scorer/`` is the scorer directory (booster, calibrator, feature
+registry with the instrument profile, risk bands, metadata). ``predict`` takes precomputed feature
+rows (the signature lists every registry column, in order) and returns probability, band and
+calibrated log-odds; ``mlflow models serve`` can therefore serve it as it is. The API loads the
+same model and calls :attr:`AllianceRiskModel.scorer` directly on raw session histories, so the
+service needs nothing but ``models:/<name>@champion`` to score.
+
+Logging happens in ``training`` (the only MLflow writer); this module only defines the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from models.scorer import Scorer
+
+SCORER_ARTIFACT = "scorer"
+
+
+class AllianceRiskModel(PythonModel):
+    """Pyfunc wrapper; the state lives in the ``scorer`` artifact, not in the pickle."""
+
+    _scorer: Scorer | None = None
+
+    def load_context(self, context: Any) -> None:
+        self._scorer = Scorer.load(context.artifacts[SCORER_ARTIFACT])
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            raise RuntimeError("model context not loaded")
+        return self._scorer
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Score feature rows; see :func:`predict_frame`."""
+        return predict_frame(self.scorer, model_input)
+
+
+def predict_frame(scorer: Scorer, model_input: pd.DataFrame) -> pd.DataFrame:
+    """Score feature rows: columns must include every registry feature (NaN = missing).
+
+    Returns a frame with ``probability``, ``risk_band`` and ``logit`` (in the explanation's
+    space) per input row, on the input's index.
+    """
+    names = list(scorer.feature_names)
+    missing = [c for c in names if c not in model_input.columns]
+    if missing:
+        raise ValueError(f"model input lacks {len(missing)} feature column(s), e.g. {missing[0]}")
+    X = model_input[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    batch = scorer.score_matrix(X)
+    return pd.DataFrame(
+        {
+            "probability": batch.probability,
+            "risk_band": batch.risk_band.astype(str),
+            "logit": batch.explanation.logit,
+        },
+        index=model_input.index,
+    )
+
+
+def load_scorer(model_uri: str) -> Scorer:
+    """The scorer inside a logged model, e.g. ``models:/alliance-risk@champion``.
+
+    Raises whatever MLflow raises when the URI cannot be resolved, and
+    :class:`models.scorer.IncompatibleModelError` when the model is not a usable scorer.
+    """
+    from models.scorer import IncompatibleModelError
+
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    inner = loaded.unwrap_python_model()
+    if not isinstance(inner, AllianceRiskModel):
+        raise IncompatibleModelError("the model is not an alliance-risk model")
+    return inner.scorer

@@ -1,0 +1,358 @@
+"""The scorer: the one inference path from session history to calibrated, explained risk.
+
+Training evaluation, batch scoring, the MLflow pyfunc and the HTTP API all call a
+:class:`Scorer`; nothing else builds features for a model or applies its calibration.
+
+A scorer is saved as a directory of plain files, never a pickle of library objects:
+
+- ``booster.ubj``: the trimmed XGBoost booster (its own portable binary format);
+- ``scorer.json``: the feature registry (with the full instrument profile), the calibration
+  map, the risk-band thresholds, the landmark cap, free-form metadata, and the library
+  versions it was built with (checked on load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn
+import xgboost as xgb
+
+from features.arrays import SessionArrays
+from features.build import INDEX_NAMES, Landmarks, landmark_rows
+from features.kernels import compute_feature_matrix
+from features.profiles import InstrumentProfile
+from features.registry import FeatureRegistry
+from models.explain import Explanation, explain
+
+SCORER_FORMAT = "alliance-risk/scorer"
+SCORER_FORMAT_VERSION = 1
+BOOSTER_FILE = "booster.ubj"
+SCORER_FILE = "scorer.json"
+MODEL_CARD_FILE = "model_card.md"
+
+LOW, MODERATE, HIGH = "low", "moderate", "high"
+BAND_LABELS = (LOW, MODERATE, HIGH)
+
+
+class IncompatibleModelError(ValueError):
+    """A saved scorer cannot be used by this code (format, versions or feature columns differ)."""
+
+
+class SelfCheckError(RuntimeError):
+    """A loaded scorer produced invalid output on its own input example."""
+
+
+@dataclass(frozen=True)
+class RiskBands:
+    """Probability thresholds of the ``low`` / ``moderate`` / ``high`` risk bands.
+
+    ``low`` is below ``moderate_from``; ``high`` is at or above ``high_from``.
+    :meth:`from_probabilities` sets ``moderate_from`` to the mean calibrated risk (the base rate:
+    a client in ``low`` is at below-average risk) and ``high_from`` so that ``high_share`` of
+    landmarks are ``high`` (the top-10% operating point whose sensitivity and PPV the model card
+    reports).
+    """
+
+    moderate_from: float
+    high_from: float
+    high_share: float = 0.10
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.moderate_from <= self.high_from <= 1.0:
+            raise ValueError("risk bands need 0 <= moderate_from <= high_from <= 1")
+
+    @classmethod
+    def from_probabilities(cls, probability: np.ndarray, *, high_share: float = 0.10) -> RiskBands:
+        """Bands from calibrated probabilities on held-out rows (the calibration split)."""
+        p = np.asarray(probability, dtype=np.float64)
+        if p.size == 0 or not np.isfinite(p).all():
+            raise ValueError("risk bands need a non-empty array of finite probabilities")
+        high = float(np.quantile(p, 1.0 - high_share))
+        moderate = min(float(p.mean()), high)
+        return cls(moderate_from=moderate, high_from=high, high_share=high_share)
+
+    def assign(self, probability: np.ndarray) -> np.ndarray:
+        """Band label per probability, an object array of ``low``/``moderate``/``high``."""
+        p = np.asarray(probability, dtype=np.float64)
+        idx = (p >= self.moderate_from).astype(np.int8) + (p >= self.high_from).astype(np.int8)
+        return np.asarray(BAND_LABELS, dtype=object)[idx]
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreBatch:
+    """Scores of many (client, landmark) rows.
+
+    Attributes
+    ----------
+    client_id, landmark : ndarray of shape (n_rows,)
+        Which client and which landmark (appointment number) each row is.
+    features : ndarray of shape (n_rows, n_features)
+        The model inputs, columns in ``feature_names`` order (NaN = undefined by design).
+    explanation : Explanation
+        Probability, base and signed contributions in ``explanation.space``.
+    risk_band : ndarray of shape (n_rows,)
+        ``low`` / ``moderate`` / ``high``.
+    """
+
+    client_id: np.ndarray
+    landmark: np.ndarray
+    features: np.ndarray
+    explanation: Explanation
+    risk_band: np.ndarray
+
+    @property
+    def probability(self) -> np.ndarray:
+        return self.explanation.probability
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.landmark.shape[0])
+
+    def to_frame(self, *, top_groups: int = 3) -> pd.DataFrame:
+        """One row per (client, landmark): probability, band and the top explanation groups.
+
+        Columns: ``probability``, ``risk_band``, ``base_probability``, ``space``, then for
+        ``i = 1..top_groups`` ``group_i`` and ``contribution_i`` (signed, in ``space``).
+        """
+        e = self.explanation
+        frame = pd.DataFrame(
+            {
+                "probability": e.probability,
+                "risk_band": self.risk_band,
+                "base_probability": e.base_probability,
+                "space": e.space,
+            },
+            index=pd.MultiIndex.from_arrays([self.client_id, self.landmark], names=INDEX_NAMES),
+        )
+        k = min(top_groups, len(e.group_names))
+        order = np.argsort(-np.abs(e.group_contributions), axis=1, kind="stable")[:, :k]
+        names = np.asarray(e.group_names, dtype=object)
+        for i in range(k):
+            col = order[:, i]
+            frame[f"group_{i + 1}"] = names[col]
+            frame[f"contribution_{i + 1}"] = np.take_along_axis(
+                e.group_contributions, col[:, None], axis=1
+            )[:, 0]
+        return frame
+
+
+def _library_versions() -> dict[str, str]:
+    return {
+        "xgboost": xgb.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+@dataclass(eq=False)
+class Scorer:
+    """Turns session histories into calibrated, explained dropout risk.
+
+    Parameters
+    ----------
+    booster : xgboost.Booster
+        Trimmed booster predicting the margin; its feature names must equal ``registry.names``.
+    calibrator : mapping
+        :meth:`models.calibration.MarginCalibrator.to_dict` output.
+    registry : FeatureRegistry
+        Feature columns, their groups and the instrument profile.
+    bands : RiskBands
+        Risk-band thresholds.
+    k_max : int
+        Landmark cap used in training (later landmarks are still scored, see the model card).
+    metadata : mapping
+        JSON-able facts about the model (trained_at, metrics, data fingerprint, ...).
+    model_card : str, optional
+        The model card (Markdown), shipped with the model so the API can show it.
+    """
+
+    booster: xgb.Booster
+    calibrator: Mapping[str, Any]
+    registry: FeatureRegistry
+    bands: RiskBands
+    k_max: int = 20
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    model_card: str | None = None
+
+    def __post_init__(self) -> None:
+        names = self.booster.feature_names
+        if names is not None and tuple(names) != self.registry.names:
+            raise IncompatibleModelError(
+                "the booster's feature columns differ from the feature registry's"
+            )
+        # Serving runs one OpenMP thread per process (perf-notes: oversubscription costs 10x).
+        self.booster.set_param({"nthread": 1})
+
+    @property
+    def profile(self) -> InstrumentProfile:
+        return self.registry.profile
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.registry.names
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    def explain_matrix(self, X: np.ndarray) -> Explanation:
+        """Calibrated probability and grouped explanation for feature rows in registry order."""
+        return explain(
+            self.booster,
+            self.calibrator,
+            X,
+            feature_names=self.registry.names,
+            groups=self.registry.index_of_group,
+        )
+
+    def score_matrix(
+        self,
+        X: np.ndarray,
+        *,
+        client_id: np.ndarray | None = None,
+        landmark: np.ndarray | None = None,
+    ) -> ScoreBatch:
+        """Score precomputed feature rows (``(n_rows, n_features)``, registry column order)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        n = X.shape[0]
+        e = self.explain_matrix(X)
+        return ScoreBatch(
+            client_id=np.full(n, "", dtype=object) if client_id is None else client_id,
+            landmark=np.zeros(n, dtype=np.int64) if landmark is None else landmark,
+            features=X,
+            explanation=e,
+            risk_band=self.bands.assign(e.probability),
+        )
+
+    def score_arrays(self, arrays: SessionArrays, *, landmarks: Landmarks = "latest") -> ScoreBatch:
+        """Score packed session arrays at the requested landmarks (the API's path)."""
+        if arrays.profile != self.profile:
+            raise IncompatibleModelError(
+                f"sessions use the {arrays.profile.name!r} instrument profile; "
+                f"this model was trained on {self.profile.name!r}"
+            )
+        rows = landmark_rows(arrays, landmarks, self.k_max)
+        X = compute_feature_matrix(arrays, self.registry, rows)
+        return self.score_matrix(
+            X,
+            client_id=arrays.client_id[arrays.seg_of_row[rows]],
+            landmark=arrays.session_number[rows],
+        )
+
+    def score_frames(
+        self, sessions: pd.DataFrame, clients: pd.DataFrame, *, landmarks: Landmarks = "latest"
+    ) -> ScoreBatch:
+        """Score normalised, validated ``sessions`` and ``clients`` frames (batch scoring)."""
+        missing = [c for c in self.profile.columns if c not in sessions.columns]
+        if missing:
+            raise IncompatibleModelError(
+                f"this model was trained on {self.profile.name!r} ratings; the sessions lack "
+                f"{len(missing)} of its alliance columns (e.g. {missing[0]})"
+            )
+        arrays = SessionArrays.from_frames(sessions, clients, self.profile)
+        return self.score_arrays(arrays, landmarks=landmarks)
+
+    def self_check(self, X: np.ndarray) -> ScoreBatch:
+        """Score ``X`` and verify the output; raise :class:`SelfCheckError` if it is invalid.
+
+        Checks: probabilities finite and in [0, 1]; the explanation adds up (base plus group
+        contributions equals the output in its space, to 1e-6); group sums equal feature sums.
+        """
+        batch = self.score_matrix(X)
+        e = batch.explanation
+        p = e.probability
+        if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
+            raise SelfCheckError("probabilities are not finite values in [0, 1]")
+        if not np.allclose(e.base_logit + e.group_contributions.sum(1), e.logit, atol=1e-6):
+            raise SelfCheckError("explanation does not add up to the model output")
+        if not np.allclose(e.group_contributions.sum(1), e.feature_contributions.sum(1), atol=1e-6):
+            raise SelfCheckError("group contributions do not add up to feature contributions")
+        return batch
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``booster.ubj`` and ``scorer.json`` into ``directory`` (created if needed)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(out / BOOSTER_FILE)
+        doc = {
+            "format": SCORER_FORMAT,
+            "format_version": SCORER_FORMAT_VERSION,
+            "libraries": _library_versions(),
+            "registry": self.registry.to_dict(),
+            "calibrator": dict(self.calibrator),
+            "bands": self.bands.to_dict(),
+            "k_max": self.k_max,
+            "metadata": dict(self.metadata),
+        }
+        (out / SCORER_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
+        if self.model_card is not None:
+            (out / MODEL_CARD_FILE).write_text(self.model_card)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Scorer:
+        """Read a scorer saved by :meth:`save`.
+
+        Raises
+        ------
+        IncompatibleModelError
+            Unknown format, a different xgboost minor version, or mismatched feature columns.
+        """
+        src = Path(directory)
+        try:
+            doc = json.loads((src / SCORER_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise IncompatibleModelError(f"{SCORER_FILE} is missing or not JSON") from exc
+        if doc.get("format") != SCORER_FORMAT or doc.get("format_version") != SCORER_FORMAT_VERSION:
+            raise IncompatibleModelError("not an alliance-risk scorer of a supported format")
+        saved = doc.get("libraries", {}).get("xgboost", "")
+        if _minor(saved) != _minor(xgb.__version__):
+            raise IncompatibleModelError(
+                f"model saved with xgboost {saved or 'unknown'}; this environment has "
+                f"{xgb.__version__} (retrain or install the pinned version)"
+            )
+        booster = xgb.Booster()
+        try:
+            booster.load_model(src / BOOSTER_FILE)
+        except xgb.core.XGBoostError as exc:
+            raise IncompatibleModelError(f"{BOOSTER_FILE} cannot be read") from exc
+        try:
+            registry = FeatureRegistry.from_dict(doc["registry"])
+            bands = RiskBands(**doc["bands"])
+            calibrator = doc["calibrator"]
+            if calibrator.get("method") not in ("sigmoid", "isotonic"):
+                raise ValueError("unknown calibration method")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IncompatibleModelError(f"{SCORER_FILE} is incomplete: {exc}") from exc
+        card = src / MODEL_CARD_FILE
+        return cls(
+            booster=booster,
+            calibrator=calibrator,
+            registry=registry,
+            bands=bands,
+            k_max=int(doc.get("k_max", 20)),
+            metadata=doc.get("metadata", {}),
+            model_card=card.read_text() if card.is_file() else None,
+        )
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-safe float: NaN and infinities become None."""
+    return value if math.isfinite(value) else None

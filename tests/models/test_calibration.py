@@ -1,0 +1,208 @@
+"""Margin calibration: agreement with scikit-learn, method choice, fast path, serialisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.datasets import make_classification
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+
+from models.booster import SearchSpace, fit_booster, margin
+from models.calibration import (
+    EPS,
+    SPACE_CALIBRATED,
+    SPACE_UNCALIBRATED,
+    MarginCalibrator,
+    calibrate_logit,
+    calibrate_probability,
+)
+
+
+def _logistic(
+    n: int, slope: float, intercept: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Margins whose true calibrated log-odds are slope * margin + intercept."""
+    rng = np.random.default_rng(seed)
+    m = rng.normal(0.0, 1.5, n)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-(slope * m + intercept)))).astype(int)
+    return m, y
+
+
+def _plateaus(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A step-shaped risk no sigmoid can follow: 2%, 50%, 98%."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(-3, 3, n)
+    p = np.select([m < -1, m < 1], [0.02, 0.5], 0.98)
+    return m, (rng.random(n) < p).astype(int)
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_matches_sklearn_calibrated_classifier_on_a_prefit_model(method: str) -> None:
+    X, y = make_classification(n_samples=1500, n_features=6, random_state=3)
+    clf = LogisticRegression().fit(X[:500], y[:500])
+    reference = CalibratedClassifierCV(FrozenEstimator(clf), method=method)
+    reference.fit(X[500:1000], y[500:1000])
+    ours = MarginCalibrator(method=method).fit(clf.decision_function(X[500:1000]), y[500:1000])
+    got = ours.predict_proba(clf.decision_function(X[1000:]))
+    expected = reference.predict_proba(X[1000:])
+    if method == "isotonic":
+        expected = np.clip(expected, EPS, 1 - EPS)
+    np.testing.assert_allclose(got[:, 1], expected[:, 1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0)
+
+
+def test_sigmoid_recovers_slope_and_intercept_with_sign_convention() -> None:
+    m, y = _logistic(8000, slope=0.5, intercept=-1.0)
+    cal = MarginCalibrator(method="sigmoid").fit(m, y)
+    # Standard errors at n = 8000 are about 0.02 (slope) and 0.03 (intercept).
+    assert cal.slope_ == pytest.approx(0.5, abs=0.07)
+    assert cal.intercept_ == pytest.approx(-1.0, abs=0.1)
+    # scikit-learn's p = 1 / (1 + exp(a f + b)): a and b are the negatives.
+    assert cal.a_ == -cal.slope_ and cal.b_ == -cal.intercept_
+    np.testing.assert_allclose(cal.predict_logit(m), cal.slope_ * m + cal.intercept_)
+    p = cal.predict_proba(m)[:, 1]
+    np.testing.assert_allclose(p, 1.0 / (1.0 + np.exp(-cal.predict_logit(m))), atol=1e-12)
+    assert cal.explanation_space_ == SPACE_CALIBRATED
+
+
+def test_auto_prefers_sigmoid_on_logistic_data() -> None:
+    m, y = _logistic(3000, slope=0.7, intercept=0.3)
+    cal = MarginCalibrator(random_state=0).fit(m, y)
+    assert cal.method_ == "sigmoid"
+    assert cal.cv_scores_["n_folds"] == 5
+    assert set(cal.cv_scores_["sigmoid"]) == {"brier", "log_loss"}
+
+
+def test_auto_picks_isotonic_when_it_clearly_wins() -> None:
+    m, y = _plateaus(3000)
+    cal = MarginCalibrator(random_state=0).fit(m, y)
+    assert cal.method_ == "isotonic"
+    scores = cal.cv_scores_
+    assert scores["sigmoid"]["brier"] - scores["isotonic"]["brier"] > 0.0005
+    assert cal.explanation_space_ == SPACE_UNCALIBRATED
+
+
+def test_grouped_folds_and_too_few_events() -> None:
+    m, y = _logistic(1000, slope=1.0, intercept=0.0)
+    clients = np.repeat(np.arange(250), 4)
+    cal = MarginCalibrator(random_state=0).fit(m, y, groups=clients)
+    assert cal.cv_scores_["n_folds"] == 5
+    y_rare = np.zeros(1000, dtype=int)
+    y_rare[:3] = 1
+    rare = MarginCalibrator(cv=5).fit(m, y_rare)
+    assert rare.cv_scores_ == {} and rare.method_ == "sigmoid"
+
+
+def test_calibration_improves_brier_of_a_miscalibrated_booster() -> None:
+    X, y = make_classification(n_samples=2400, n_features=8, weights=[0.8], random_state=5)
+    space = SearchSpace(max_rounds=60, early_stopping_rounds=10)
+    # Up-weighting dropouts 4x makes the raw probabilities systematically too high.
+    fit = fit_booster(
+        X[:1000],
+        y[:1000],
+        X[1000:1400],
+        y[1000:1400],
+        feature_names=[f"f{i}" for i in range(8)],
+        search=space,
+        n_trials=1,
+        sample_weight=np.where(y[:1000] == 1, 4.0, 1.0),
+    )
+    raw_cal, raw_test = margin(fit.booster, X[1400:1900]), margin(fit.booster, X[1900:])
+    cal = MarginCalibrator(random_state=0).fit(raw_cal, y[1400:1900])
+    brier_raw = np.mean((1 / (1 + np.exp(-raw_test)) - y[1900:]) ** 2)
+    brier_cal = np.mean((cal.predict_proba(raw_test)[:, 1] - y[1900:]) ** 2)
+    assert brier_cal < brier_raw
+
+
+@pytest.mark.parametrize("data", [_logistic(2000, 0.6, -0.5), _plateaus(2000)])
+def test_to_dict_from_dict_round_trip_is_exact(data: tuple[np.ndarray, np.ndarray]) -> None:
+    m, y = data
+    cal = MarginCalibrator(random_state=1).fit(m, y)
+    text = json.dumps(cal.to_dict(), allow_nan=False)
+    again = MarginCalibrator.from_dict(json.loads(text))
+    probe = np.linspace(-6, 6, 101)
+    np.testing.assert_array_equal(again.predict_proba(probe), cal.predict_proba(probe))
+    np.testing.assert_array_equal(again.predict_logit(probe), cal.predict_logit(probe))
+    assert again.method_ == cal.method_
+    assert again.explanation_space_ == cal.explanation_space_
+    assert again.cv_scores_ == cal.cv_scores_
+    assert again.get_params() == cal.get_params()
+    params = json.loads(text)
+    np.testing.assert_array_equal(calibrate_logit(probe, params), cal.predict_logit(probe))
+    np.testing.assert_array_equal(
+        calibrate_probability(probe, params), cal.predict_proba(probe)[:, 1]
+    )
+
+
+def test_from_dict_rejects_foreign_or_broken_params() -> None:
+    m, y = _plateaus(1000)
+    good = MarginCalibrator(method="isotonic").fit(m, y).to_dict()
+    with pytest.raises(ValueError, match="expected format"):
+        MarginCalibrator.from_dict({**good, "format_version": 99})
+    with pytest.raises(ValueError, match="non-decreasing"):
+        MarginCalibrator.from_dict({**good, "y_thresholds": good["y_thresholds"][::-1]})
+    with pytest.raises(ValueError, match="equal length"):
+        MarginCalibrator.from_dict({**good, "x_thresholds": good["x_thresholds"][:-1]})
+    with pytest.raises(ValueError, match="unknown method"):
+        MarginCalibrator.from_dict({**good, "method": "beta"})
+    with pytest.raises(ValueError, match="unknown method"):
+        calibrate_logit(np.zeros(2), {"method": "beta"})
+
+
+def test_input_errors_name_rows_not_values() -> None:
+    m, y = _logistic(200, 1.0, 0.0)
+    with pytest.raises(ValueError, match="both classes"):
+        MarginCalibrator().fit(m, np.ones_like(y))
+    bad = m.copy()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match="margin at row 2 is not finite"):
+        MarginCalibrator().fit(bad, y)
+    labels = y.copy()
+    labels[5] = 3
+    with pytest.raises(ValueError, match="label at row 5 is not 0 or 1"):
+        MarginCalibrator().fit(m, labels)
+    with pytest.raises(ValueError, match="same number of rows"):
+        MarginCalibrator().fit(m[:-1], y)
+    with pytest.raises(ValueError, match="method must be"):
+        MarginCalibrator(method="beta").fit(m, y)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not fitted"):
+        MarginCalibrator().predict_proba(m)
+
+
+def test_follows_sklearn_estimator_conventions() -> None:
+    m, y = _logistic(500, 1.0, 0.0)
+    cal = MarginCalibrator(method="sigmoid", cv=3, random_state=7)
+    assert cal.fit(m, y) is cal
+    copy = clone(cal)
+    assert copy.get_params() == {"method": "sigmoid", "cv": 3, "random_state": 7}
+    assert not hasattr(copy, "method_")
+
+
+_FITTED = [
+    MarginCalibrator(method="sigmoid").fit(*_logistic(500, 1.0, 0.0)).to_dict(),
+    MarginCalibrator(method="isotonic").fit(*_plateaus(500)).to_dict(),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    margins=st.lists(
+        st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False), min_size=1, max_size=30
+    )
+)
+def test_probabilities_stay_in_unit_interval_for_any_margin(margins: list[float]) -> None:
+    probe = np.asarray(margins)
+    for params in _FITTED:
+        p = calibrate_probability(probe, params)
+        logit = calibrate_logit(probe, params)
+        assert np.all((p >= 0) & (p <= 1))
+        assert np.all(np.isfinite(logit))
+        if params["method"] == "isotonic":
+            assert np.all((p >= EPS) & (p <= 1 - EPS))
