@@ -30,6 +30,8 @@ from features.build import INDEX_NAMES, Landmarks, landmark_rows
 from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry
+from models.booster import margin
+from models.calibration import calibrate_probability
 from models.explain import Explanation, explain
 
 SCORER_FORMAT = "alliance-risk/scorer"
@@ -207,6 +209,17 @@ class Scorer:
         return self.registry.names
 
     # -- scoring ---------------------------------------------------------------------------------
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities only, without explanations (evaluation's fast path).
+
+        Equal to ``score_matrix(X).probability``; TreeSHAP is skipped, which makes it an order
+        of magnitude faster on large test sets.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        return calibrate_probability(margin(self.booster, X), self.calibrator)
 
     def explain_matrix(self, X: np.ndarray) -> Explanation:
         """Calibrated probability and grouped explanation for feature rows in registry order."""

@@ -1,0 +1,258 @@
+"""Report artefacts: PNG plots, the reliability table, Markdown tables and the model card."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from training.report import (
+    INTENDED_USE,
+    PLACEHOLDER,
+    calibration_table,
+    dataframe_to_markdown,
+    model_card,
+    plot_calibration,
+    plot_pr,
+    plot_roc,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _scores(n: int = 400, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = rng.beta(2, 5, n)
+    y = (rng.uniform(size=n) < p).astype(int)
+    return y, p
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5_000
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plots_write_pngs_into_a_new_directory(tmp_path: Path) -> None:
+    y, p = _scores()
+    rule = (p > 0.4).astype(int)
+    out = tmp_path / "artifacts" / "plots"
+    curves = {"model": (y, p), "alert rule": (y, rule)}
+    written = [plot_calibration(y, p, out), plot_roc(curves, out), plot_pr(curves, out)]
+    assert [w.name for w in written] == ["calibration.png", "roc.png", "pr.png"]
+    assert all(w.parent == out and _is_png(w) for w in written)
+
+
+def test_plotting_leaves_pyplot_alone(tmp_path: Path) -> None:
+    # pyplot holds the global backend and figure registry; the plots must not need it.
+    pyplot_before = "matplotlib.pyplot" in sys.modules
+    plot_roc({"m": ([0, 1, 0, 1], [0.1, 0.8, 0.3, 0.6])}, tmp_path)
+    if not pyplot_before:
+        assert "matplotlib.pyplot" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("y", "p", "match"),
+    [
+        ([0, 1, 1], [0.2, 0.5], "3 outcomes but 2 probabilities"),
+        ([0, 2], [0.2, 0.5], "outcomes must be 0 or 1"),
+        ([0, 1], [0.2, 1.5], "within \\[0, 1\\]"),
+        ([0, 1], [0.2, np.nan], "finite"),
+        ([], [], "no rows"),
+    ],
+)
+def test_invalid_inputs_are_named(tmp_path: Path, y: list, p: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        plot_calibration(y, p, tmp_path)
+    with pytest.raises(ValueError, match=match):
+        plot_roc({"model": (y, p)}, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_roc_and_pr_need_both_outcomes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="baseline: ROC and PR curves need both outcomes"):
+        plot_pr({"baseline": ([1, 1], [0.2, 0.3])}, tmp_path)
+    with pytest.raises(ValueError, match="at least one curve"):
+        plot_roc({}, tmp_path)
+
+
+# --------------------------------------------------------------------------- calibration table
+
+
+def test_calibration_table_bins_and_rates() -> None:
+    y = [0, 1, 1, 0, 1]
+    p = [0.05, 0.05, 0.95, 1.0, 0.55]
+    table = calibration_table(y, p)
+    assert len(table) == 10
+    assert table["n"].tolist() == [2, 0, 0, 0, 0, 1, 0, 0, 0, 2]
+    assert table.loc[0, "observed_rate"] == pytest.approx(0.5)
+    assert table.loc[9, "mean_predicted"] == pytest.approx(0.975)
+    assert np.isnan(table.loc[1, "observed_rate"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.floats(0, 1, allow_nan=False)), min_size=1),
+    st.integers(1, 20),
+)
+def test_calibration_table_counts_every_row_once(
+    rows: list[tuple[int, float]], n_bins: int
+) -> None:
+    y, p = zip(*rows, strict=True)
+    table = calibration_table(y, p, n_bins)
+    assert table["n"].sum() == len(rows)
+    seen = table.loc[table["n"] > 0]
+    assert (seen["mean_predicted"] >= seen["bin_lower"] - 1e-12).all()
+    assert (seen["mean_predicted"] <= seen["bin_upper"] + 1e-12).all()
+    assert seen["observed_rate"].between(0, 1).all()
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_dataframe_to_markdown_exact() -> None:
+    df = pd.DataFrame({"name": ["a|b", "c\nd"], "n": [3, 120], "x": [0.12345, np.nan]})
+    assert dataframe_to_markdown(df) == (
+        "| name |   n |     x |\n"
+        "| ---- | --: | ----: |\n"
+        "| a\\|b |   3 | 0.123 |\n"
+        "| c d  | 120 |       |"
+    )
+
+
+def test_dataframe_to_markdown_index_and_format() -> None:
+    df = pd.DataFrame({"auroc": [0.8]}, index=pd.Index(["model"], name="model"))
+    text = dataframe_to_markdown(df, index=True, float_format="{:.2f}")
+    assert text.splitlines()[0] == "| model | auroc |"
+    assert text.splitlines()[2] == "| model |  0.80 |"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(max_size=8), min_size=1, max_size=6))
+def test_dataframe_to_markdown_keeps_one_line_per_row_and_column_count(cells: list[str]) -> None:
+    df = pd.DataFrame({"a": cells, "b": range(len(cells))})
+    lines = dataframe_to_markdown(df).splitlines()
+    assert len(lines) == len(cells) + 2
+    for line in lines:
+        unescaped_pipes = line.count("|") - line.count("\\|")
+        assert unescaped_pipes == 3
+
+
+# --------------------------------------------------------------------------- model card
+
+
+METRICS = pd.DataFrame(
+    {
+        "metric": ["auroc", "brier", "ece"],
+        "value": [0.81, 0.12, 0.021],
+        "ci_low": [0.79, 0.11, np.nan],
+        "ci_high": [0.83, 0.13, np.nan],
+    }
+)
+SUBGROUPS = pd.DataFrame(
+    {
+        "subgroup": ["gender", "gender"],
+        "value": ["female", "male"],
+        "n": [800, 150],
+        "ece": [0.02, 0.09],
+    }
+)
+
+
+def _card(**overrides: object) -> str:
+    args: dict[str, object] = {
+        "model_name": "alliance-risk",
+        "data": {"clients": 2000, "fingerprint": "ab" * 32, "profile": "alliance6"},
+        "model": {"estimator": "XGBoost", "calibration": "sigmoid on the margin"},
+        "metrics": METRICS,
+        "subgroups": SUBGROUPS,
+        "baselines": pd.DataFrame({"model": ["model", "rule"], "auroc": [0.81, 0.62]}),
+    }
+    args.update(overrides)
+    return model_card(**args)  # type: ignore[arg-type]
+
+
+def test_model_card_sections_in_reading_order() -> None:
+    card = _card()
+    headings = [line for line in card.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Details",
+        "## Intended use",
+        "## Population and data",
+        "## Model and calibration",
+        "## Test metrics",
+        "## By landmark",
+        "## By subgroup",
+        "## Baselines, on the same test rows",
+        "## Limitations",
+    ]
+    assert INTENDED_USE in card
+    assert "must **never** be used to discharge a client, to ration or deny care" in card
+    assert card.endswith("\n")
+
+
+def test_model_card_metrics_with_confidence_intervals() -> None:
+    card = _card()
+    assert "| auroc  | 0.810 | 0.790 to 0.830 |" in card
+    assert "| ece    | 0.021 |                |" in card
+
+
+def test_model_card_flags_small_subgroups() -> None:
+    lines = _card().splitlines()
+    male = next(line for line in lines if "| male " in line)
+    female = next(line for line in lines if "| female " in line)
+    assert "too small to judge (n < 200)" in male
+    assert "too small" not in female
+
+
+def test_model_card_simulated_warning_only_when_simulated() -> None:
+    simulated = _card(simulated=True)
+    real = _card(simulated=False)
+    assert "Warning: trained and evaluated on simulated data" in simulated
+    assert "- **Simulated data.**" in simulated
+    assert "simulated data" not in real.lower().replace("data origin:** clinic records", "")
+    assert "- **Data origin:** clinic records" in real
+
+
+def test_model_card_fills_placeholders_from_arguments() -> None:
+    blank = _card()
+    assert "# Model card: alliance-risk (version _(to be filled in)_)" in blank
+    assert blank.count(PLACEHOLDER) >= 5
+    filled = _card(
+        model_version="7",
+        run_id="r123",
+        git_commit="c" * 40,
+        created_at="2026-01-02T03:04:05+00:00",
+        contact="clinical-informatics@example.org",
+        model={"estimator": "XGBoost", "calibration": "isotonic", "features": 41,
+               "params": {"max_depth": 4, "eta": 0.1}},
+    )  # fmt: skip
+    assert "# Model card: alliance-risk (version 7)" in filled
+    for text in ("r123", "c" * 40, "2026-01-02T03:04:05+00:00", "clinical-informatics@"):
+        assert text in filled
+    assert "`eta=0.1`, `max_depth=4`" in filled
+    assert PLACEHOLDER not in filled
+
+
+def test_model_card_data_and_optional_tables() -> None:
+    card = _card(
+        data={"clients": 2000, "splits": {"train": 1200, "test": 400}, "fingerprint": "f" * 64},
+        landmarks=pd.DataFrame({"landmark": [1, 2], "n": [2000, 1800], "auroc": [0.7, 0.75]}),
+        importance=pd.DataFrame({"group": ["attendance"], "mean_abs_contribution": [0.4]}),
+    )
+    assert "- **Split sizes (clients):** train: 1200, test: 400" in card
+    assert f"`{'f' * 64}`" in card
+    assert "|        2 | 1800 | 0.750 |" in card
+    assert "## Global importance by explanation group" in card
+    assert "_No per-landmark results available for this run._" in _card()
+
+
+def test_model_card_rejects_a_metrics_table_without_values() -> None:
+    with pytest.raises(ValueError, match="metrics table lacks column\\(s\\): value"):
+        _card(metrics=pd.DataFrame({"metric": ["auroc"]}))

@@ -1,0 +1,249 @@
+"""Tracking store resolution, experiments on a real SQLite store, fingerprint and git commit."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlflow import MlflowClient
+
+from training import tracking
+from training.tracking import (
+    artifact_location,
+    configure_mlflow,
+    dataset_fingerprint,
+    ensure_experiment,
+    git_commit,
+    project_root,
+    provenance_tags,
+    tracking_uri,
+)
+
+PYPROJECT = '[project]\nname = "alliance-risk"\nversion = "0"\n'
+
+
+@pytest.fixture
+def fake_project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    (root / "training" / "deep").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(PYPROJECT)
+    return root
+
+
+@pytest.fixture
+def restore_mlflow_uris() -> Iterator[None]:
+    tracking_before, registry_before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(tracking_before)
+    mlflow.set_registry_uri(registry_before)
+
+
+def test_project_root_is_found_from_a_subdirectory(
+    fake_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(fake_project / "training" / "deep")
+    assert project_root() == fake_project.resolve()
+
+
+def test_project_root_ignores_other_projects_and_falls_back_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    monkeypatch.chdir(tmp_path)
+    assert project_root() == tmp_path.resolve()
+    assert project_root(tmp_path / "missing-sub") == (tmp_path / "missing-sub").resolve()
+
+
+def test_tracking_uri_defaults_to_sqlite_under_the_project(
+    fake_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking_uri(fake_project)
+    assert uri == f"sqlite:///{fake_project.resolve() / '.mlflow' / 'mlflow.db'}"
+    # An absolute SQLite path has four slashes after the scheme.
+    assert uri.startswith("sqlite:////")
+    assert artifact_location(fake_project) == (fake_project / ".mlflow" / "artifacts").as_uri()
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_empty_tracking_uri_env_means_default(
+    fake_project: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", value)
+    assert tracking_uri(fake_project).startswith("sqlite:////")
+
+
+def test_tracking_uri_env_overrides(fake_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri(fake_project) == "http://127.0.0.1:5999"
+
+
+def test_import_has_no_side_effects(tmp_path: Path) -> None:
+    code = (
+        "import mlflow, os; before = mlflow.get_tracking_uri(); import training.tracking; "
+        "assert mlflow.get_tracking_uri() == before; assert not os.path.exists('.mlflow')"
+    )
+    env = {
+        "PYTHONPATH": str(Path(tracking.__file__).resolve().parents[1]),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_configure_creates_the_store_and_sets_both_uris(
+    fake_project: Path, monkeypatch: pytest.MonkeyPatch, restore_mlflow_uris: None
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = configure_mlflow(fake_project)
+    assert config.embedded
+    assert (fake_project / ".mlflow" / "artifacts").is_dir()
+    assert mlflow.get_tracking_uri() == config.tracking_uri == tracking_uri(fake_project)
+    assert mlflow.get_registry_uri() == config.tracking_uri
+    assert config.artifact_location == artifact_location(fake_project)
+
+
+def test_configure_with_a_server_uri_creates_nothing(
+    fake_project: Path, monkeypatch: pytest.MonkeyPatch, restore_mlflow_uris: None
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    config = configure_mlflow(fake_project)
+    assert not config.embedded
+    assert config.artifact_location is None
+    assert not (fake_project / ".mlflow").exists()
+    assert mlflow.get_tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_ensure_experiment_is_idempotent_and_uses_the_project_artifacts(
+    fake_project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    restore_mlflow_uris: None,
+    mlflow_sqlite_template: Path,
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # The embedded store's own path, pre-migrated to save seconds.
+    (fake_project / ".mlflow").mkdir()
+    shutil.copyfile(mlflow_sqlite_template, fake_project / ".mlflow" / "mlflow.db")
+    configure_mlflow(fake_project)
+    client = MlflowClient()
+    first = ensure_experiment("dropout", client=client, project_root=fake_project)
+    assert ensure_experiment("dropout", client=client, project_root=fake_project) == first
+    experiment = client.get_experiment(first)
+    assert experiment.artifact_location == artifact_location(fake_project)
+
+    client.delete_experiment(first)
+    assert ensure_experiment("dropout", client=client, project_root=fake_project) == first
+    assert client.get_experiment(first).lifecycle_stage == "active"
+
+    with pytest.raises(ValueError, match="must not be empty"):
+        ensure_experiment("  ", client=client)
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def _sessions(seed: int = 0, n: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "client_id": [f"c{i % 7}" for i in range(n)],
+            "session_number": np.arange(n) % 5 + 1,
+            "session_date": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), "D"),
+            "alliance_trust": rng.uniform(0, 10, n).round(1),
+            "attendance": rng.choice(["attended", "no_show"], n),
+        }
+    )
+
+
+def test_fingerprint_is_sha256_hex_and_stable() -> None:
+    fp = dataset_fingerprint(_sessions())
+    assert re.fullmatch(r"[0-9a-f]{64}", fp)
+    assert dataset_fingerprint(_sessions()) == fp
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_fingerprint_ignores_row_order_column_order_and_index(rnd: object) -> None:
+    frame = _sessions()
+    rows = list(range(len(frame)))
+    rnd.shuffle(rows)  # type: ignore[attr-defined]
+    cols = list(frame.columns)
+    rnd.shuffle(cols)  # type: ignore[attr-defined]
+    shuffled = frame.iloc[rows][cols]
+    assert dataset_fingerprint(shuffled) == dataset_fingerprint(frame)
+    assert dataset_fingerprint(shuffled.reset_index(drop=True)) == dataset_fingerprint(frame)
+
+
+@settings(max_examples=30, deadline=None)
+@given(row=st.integers(0, 29), delta=st.sampled_from([0.1, -0.1, 1.0]))
+def test_fingerprint_changes_when_one_value_changes(row: int, delta: float) -> None:
+    frame = _sessions()
+    changed = frame.copy()
+    changed.loc[row, "alliance_trust"] = frame.loc[row, "alliance_trust"] + delta
+    assert dataset_fingerprint(changed) != dataset_fingerprint(frame)
+
+
+def test_fingerprint_counts_duplicates_and_frame_order() -> None:
+    sessions = _sessions()
+    clients = pd.DataFrame({"client_id": ["c0", "c1"], "outcome": ["dropout", "completed"]})
+    doubled = pd.concat([sessions, sessions.iloc[[0]]])
+    assert dataset_fingerprint(doubled) != dataset_fingerprint(sessions)
+    assert dataset_fingerprint(sessions, clients) != dataset_fingerprint(clients, sessions)
+    assert dataset_fingerprint(sessions, clients) != dataset_fingerprint(sessions)
+    assert dataset_fingerprint(sessions.iloc[:0]) != dataset_fingerprint(sessions.iloc[:0, :2])
+
+
+def test_fingerprint_rejects_no_frames_and_non_frames() -> None:
+    with pytest.raises(ValueError, match="at least one frame"):
+        dataset_fingerprint()
+    with pytest.raises(TypeError, match="argument 1 is a list"):
+        dataset_fingerprint(_sessions(), [1, 2])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- git
+
+
+def test_git_commit_is_none_outside_a_checkout(tmp_path: Path) -> None:
+    assert git_commit(tmp_path) is None
+
+
+def test_git_commit_is_none_before_the_first_commit(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert git_commit(tmp_path) is None
+
+
+def test_git_commit_reads_head(tmp_path: Path) -> None:
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(
+        ["git", *identity, "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"],
+        check=True,
+    )
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert git_commit(tmp_path) == head
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+
+
+def test_git_commit_survives_missing_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert git_commit(tmp_path) is None
+
+
+def test_provenance_tags() -> None:
+    assert provenance_tags("ab" * 32, None) == {"dataset.fingerprint": "ab" * 32}
+    tags = provenance_tags("ab" * 32, "c" * 40)
+    assert tags["mlflow.source.git.commit"] == "c" * 40

@@ -1,0 +1,108 @@
+"""``alliance-risk evaluate``: external or temporal validation of a registered model on new data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from training.commands.common import (
+    EXIT_ERRORS,
+    EXIT_UNREADABLE,
+    ClientsOpt,
+    ExperimentOpt,
+    OnErrorOpt,
+    ProfileOpt,
+    QuarantineDirOpt,
+    SessionsOpt,
+    TrackingOpt,
+    configure_tracking,
+    load_or_exit,
+)
+from training.simulate import is_simulated
+from training.tracking import DEFAULT_EXPERIMENT
+
+_SHOWN = ("n", "prevalence", "auroc", "auprc", "brier", "ece", "calibration_slope",
+          "calibration_intercept", "flag_sensitivity", "flag_ppv")  # fmt: skip
+
+
+def evaluate(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Model URI, e.g. models:/alliance-risk@champion or models:/alliance-risk/3.",
+        ),
+    ],
+    sessions: SessionsOpt,
+    clients: ClientsOpt,
+    profile: ProfileOpt = None,
+    on_error: OnErrorOpt = "fail",
+    quarantine_dir: QuarantineDirOpt = None,
+    experiment: ExperimentOpt = DEFAULT_EXPERIMENT,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs.")
+    ] = 200,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Validate a registered model on new data: every labelled landmark is a test row.
+
+    Produces the same report as training (overall, per landmark, per subgroup, calibration,
+    ROC and PR plots) and logs it as an MLflow evaluation run.
+    """
+    console = Console()
+    cohort = load_or_exit(
+        console, sessions, clients, profile=profile, on_error=on_error,
+        quarantine_dir=quarantine_dir,
+    )  # fmt: skip
+    configure_tracking(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    from models.pyfunc import load_scorer
+    from models.scorer import IncompatibleModelError
+    from training.promotion import evaluate_on
+    from training.runlog import log_evaluation_run
+
+    try:
+        scorer = load_scorer(model)
+    except (MlflowException, IncompatibleModelError, OSError) as err:
+        console.print(f"[bold red]Cannot load model[/] {model}: {err}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    if scorer.profile.name != cohort.profile.name:
+        console.print(
+            f"[bold red]Profile mismatch[/]: the model was trained on {scorer.profile.name!r} "
+            f"ratings, the data are {cohort.profile.name!r}."
+        )
+        raise typer.Exit(EXIT_ERRORS)
+    try:
+        with console.status("Scoring and evaluating"):
+            evaluation = evaluate_on(scorer, cohort.sessions, cohort.clients, n_boot=bootstrap)
+    except ValueError as err:
+        console.print(f"[bold red]Cannot evaluate[/]: {err}")
+        raise typer.Exit(EXIT_ERRORS) from None
+    run = log_evaluation_run(
+        evaluation,
+        model_uri=model,
+        sessions=cohort.sessions,
+        clients=cohort.clients,
+        experiment=experiment,
+        simulated=is_simulated(sessions),
+    )
+    table = Table(title=f"Evaluation of {model}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    o = evaluation.model.overall
+    for key in _SHOWN:
+        table.add_row(key, f"{o[key]:.4f}" if key != "n" else f"{int(o[key])}")
+    table.caption = (
+        f"AUROC 95% CI {o['auroc_ci_low']:.3f}-{o['auroc_ci_high']:.3f} (cluster bootstrap)"
+    )
+    console.print(table)
+    console.print(f"Logged evaluation run {run.run_id} in experiment '{experiment}'.")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``evaluate`` to ``app``."""
+    app.command("evaluate")(evaluate)

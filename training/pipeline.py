@@ -1,0 +1,446 @@
+"""Training and evaluation, as library functions the CLI renders.
+
+``train_model`` fits the booster on the train split (early-stopped on ``valid``), calibrates it
+on the calibration split, sets the risk bands there, and evaluates the resulting
+:class:`~models.scorer.Scorer` and both baselines on the same test rows. ``evaluate_scorer``
+is the same evaluation for an already trained scorer on new data (external or temporal
+validation). Nothing here touches MLflow; :mod:`training.runlog` logs the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.arrays import SessionArrays
+from features.build import landmark_rows
+from features.contract import (
+    AGE,
+    CLIENT_ID,
+    CLINIC_ID,
+    COMPLETED,
+    DROPOUT,
+    GENDER,
+    OUTCOME,
+    REFERRAL_SOURCE,
+    THERAPIST_ID,
+)
+from features.kernels import compute_feature_matrix
+from features.profiles import InstrumentProfile
+from features.registry import FeatureRegistry, feature_registry
+from models.booster import FitResult, SearchSpace, fit_booster, margin
+from models.calibration import MarginCalibrator
+from models.explain import global_importance
+from models.scorer import RiskBands, Scorer
+from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
+from training.metrics import EvaluationReport, evaluate
+from training.splits import Splits, SplitStrategy, split_clients
+
+logger = logging.getLogger(__name__)
+
+#: Subgroup columns of the evaluation, in report order. ``therapist_id`` is evaluated per
+#: therapist but reported aggregated (see :func:`therapist_summary`).
+SUBGROUPS = ("landmark", CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
+AGE_BANDS = (0, 25, 40, 60, 200)
+AGE_BAND_LABELS = ("<25", "25-39", "40-59", "60+")
+UNKNOWN = "unknown"
+#: Rows of test data whose explanations feed the global importance table (TreeSHAP is the
+#: expensive step; a seeded sample keeps the report fast and stable).
+IMPORTANCE_SAMPLE = 5000
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice ``train_model`` makes, with its default (see the README's analyst guide)."""
+
+    k_max: int = 20
+    include_covariates: bool = False
+    split: SplitStrategy = "temporal"
+    test_fraction: float = 0.20
+    calibration_fraction: float = 0.20
+    valid_fraction: float = 0.15
+    n_trials: int = 8
+    calibration: Literal["auto", "sigmoid", "isotonic"] = "auto"
+    high_share: float = 0.10
+    n_boot: int = 200
+    seed: int = 0
+    search: SearchSpace = field(default_factory=SearchSpace)
+
+    def params(self) -> dict[str, Any]:
+        """Flat, loggable parameters."""
+        out = {k: v for k, v in self.__dict__.items() if k != "search"}
+        out.update({f"search_{k}": v for k, v in self.search.__dict__.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class LandmarkSet:
+    """Feature rows of labelled (client, landmark) pairs with the context to slice them by.
+
+    ``X`` is ``(n_rows, n_features)`` in registry order; ``y`` is 1.0 dropout / 0.0 completed;
+    ``context`` has one row per landmark row with ``client_id``, ``landmark``, ``clinic_id``,
+    ``therapist_id``, ``age_band``, ``gender``, ``referral_source``.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    context: pd.DataFrame
+
+    @property
+    def client_id(self) -> np.ndarray:
+        return self.context[CLIENT_ID].to_numpy(dtype=object)
+
+    def subset(self, client_ids: np.ndarray) -> LandmarkSet:
+        # Hash-based membership: np.isin on object arrays sorts and costs minutes at 20k clients.
+        mask = self.context[CLIENT_ID].isin(pd.Index(client_ids)).to_numpy()
+        return LandmarkSet(
+            self.X[mask], self.y[mask], self.context.loc[mask].reset_index(drop=True)
+        )
+
+    @property
+    def n_clients(self) -> int:
+        return int(pd.unique(self.client_id).shape[0])
+
+
+def age_band(age: pd.Series) -> pd.Series:
+    """Age in years -> ``<25``, ``25-39``, ``40-59``, ``60+`` or ``unknown``."""
+    bands = pd.cut(age, bins=list(AGE_BANDS), labels=list(AGE_BAND_LABELS), right=False)
+    return bands.astype(object).where(bands.notna(), UNKNOWN)
+
+
+def landmark_set(
+    arrays: SessionArrays,
+    clients: pd.DataFrame,
+    registry: FeatureRegistry,
+    *,
+    k_max: int,
+    landmarks: Any = "training",
+) -> LandmarkSet:
+    """Features and labels of every labelled client's landmarks (ongoing clients left out)."""
+    rows = landmark_rows(arrays, landmarks, k_max)
+    seg = arrays.seg_of_row[rows]
+    labelled = np.isin(
+        arrays.outcome[seg],
+        [_outcome_code(COMPLETED), _outcome_code(DROPOUT)],
+    )
+    rows, seg = rows[labelled], seg[labelled]
+    X = compute_feature_matrix(arrays, registry, rows)
+    y = (arrays.outcome[seg] == _outcome_code(DROPOUT)).astype(np.float64)
+    ids = arrays.client_id[seg]
+    info = clients.set_index(CLIENT_ID)
+    info = info.reindex(pd.Index(ids, name=CLIENT_ID))
+    context = pd.DataFrame(
+        {
+            CLIENT_ID: ids,
+            "landmark": arrays.session_number[rows],
+            CLINIC_ID: info[CLINIC_ID].to_numpy(dtype=object),
+            THERAPIST_ID: info[THERAPIST_ID].to_numpy(dtype=object),
+            "age_band": age_band(pd.to_numeric(info[AGE], errors="coerce")).to_numpy(dtype=object),
+            GENDER: info[GENDER].astype(object).fillna(UNKNOWN).to_numpy(dtype=object),
+            REFERRAL_SOURCE: info[REFERRAL_SOURCE]
+            .astype(object)
+            .fillna(UNKNOWN)
+            .to_numpy(dtype=object),
+        }
+    )
+    return LandmarkSet(X=X, y=y, context=context)
+
+
+def _outcome_code(outcome: str) -> int:
+    from features.contract import OUTCOME_CODES
+
+    return OUTCOME_CODES.index(outcome)
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """Evaluation of one scorer (and optionally the baselines) on the same test rows.
+
+    ``model`` is the scorer's report, overall and per :data:`SUBGROUPS`; ``baselines`` maps a
+    baseline name to its report on the same rows; ``therapists`` is the per-therapist table and
+    ``therapist_summary`` its aggregate; ``importance`` the mean |group contribution|;
+    ``probability`` the scorer's test predictions (aligned to ``data``).
+    """
+
+    model: EvaluationReport
+    baselines: dict[str, EvaluationReport]
+    baseline_probability: dict[str, np.ndarray]
+    therapists: pd.DataFrame
+    therapist_summary: dict[str, float]
+    importance: pd.Series
+    probability: np.ndarray
+    data: LandmarkSet
+
+    def comparison(self) -> pd.DataFrame:
+        """Model and baselines side by side: one row per model, headline metrics as columns."""
+        keys = (
+            "auroc",
+            "auprc",
+            "brier",
+            "ece",
+            "calibration_slope",
+            "flag_sensitivity",
+            "flag_ppv",
+        )
+        rows = {"model": self.model.overall, **{k: v.overall for k, v in self.baselines.items()}}
+        return pd.DataFrame(
+            [{"model": name, **{k: rep.get(k, np.nan) for k in keys}} for name, rep in rows.items()]
+        )
+
+    def subgroup_table(self) -> pd.DataFrame:
+        """Long table ``subgroup, value, n, events, ..., ece`` over every subgroup column."""
+        frames = [
+            t.assign(subgroup=name)
+            for name, t in self.model.per_group.items()
+            if name != "landmark"
+        ]
+        if not frames:
+            return pd.DataFrame(columns=["subgroup", "value", "n", "ece"])
+        table = pd.concat(frames, ignore_index=True)
+        return table[["subgroup", *[c for c in table.columns if c != "subgroup"]]]
+
+    def landmark_table(self) -> pd.DataFrame:
+        return self.model.per_group.get("landmark", pd.DataFrame())
+
+
+def therapist_summary(table: pd.DataFrame, *, min_n: int = 200) -> dict[str, float]:
+    """Aggregate of per-therapist results: how many, and the spread of their calibration.
+
+    Individual therapists are too small to judge one by one; the summary reports how many
+    therapists have at least ``min_n`` test rows and the median and worst ECE among them.
+    """
+    judged = table[table["n"] >= min_n]
+    return {
+        "therapists": float(len(table)),
+        "therapists_judged": float(len(judged)),
+        "median_ece_judged": float(judged["ece"].median()) if len(judged) else float("nan"),
+        "max_ece_judged": float(judged["ece"].max()) if len(judged) else float("nan"),
+    }
+
+
+def evaluate_scorer(
+    scorer: Scorer,
+    data: LandmarkSet,
+    *,
+    baselines: dict[str, LogisticBaseline | AlertRule] | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> ModelEvaluation:
+    """Evaluate ``scorer`` (and ``baselines``) on labelled landmark rows ``data``."""
+    if data.X.shape[0] == 0:
+        raise ValueError("no labelled landmark rows to evaluate on")
+    p = scorer.predict_proba(data.X)
+    cluster = data.client_id
+    report = evaluate(
+        data.y, p, frame=data.context, by=SUBGROUPS, cluster=cluster, n_boot=n_boot, seed=seed
+    )
+    per_therapist = evaluate(
+        data.y, p, frame=data.context, by=(THERAPIST_ID,), n_boot=0, seed=seed
+    ).per_group[THERAPIST_ID]
+    base_reports: dict[str, EvaluationReport] = {}
+    base_probs: dict[str, np.ndarray] = {}
+    for name, base in (baselines or {}).items():
+        bp = base.predict_proba(data.X)
+        base_probs[name] = bp
+        base_reports[name] = evaluate(data.y, bp, cluster=cluster, n_boot=n_boot, seed=seed)
+    rng = np.random.default_rng(seed)
+    sample = rng.permutation(data.X.shape[0])[:IMPORTANCE_SAMPLE]
+    importance = global_importance(scorer.explain_matrix(data.X[np.sort(sample)]))
+    return ModelEvaluation(
+        model=report,
+        baselines=base_reports,
+        baseline_probability=base_probs,
+        therapists=per_therapist,
+        therapist_summary=therapist_summary(per_therapist),
+        importance=importance,
+        probability=p,
+        data=data,
+    )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Everything ``train_model`` produced, for the CLI to render and ``runlog`` to log."""
+
+    scorer: Scorer
+    config: TrainConfig
+    splits: Splits
+    fit: FitResult
+    calibrator: MarginCalibrator
+    evaluation: ModelEvaluation
+    data_summary: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _data_summary(
+    sessions: pd.DataFrame, clients: pd.DataFrame, profile: InstrumentProfile
+) -> dict[str, Any]:
+    counts = clients[OUTCOME].value_counts()
+    ended = int(counts.get(COMPLETED, 0) + counts.get(DROPOUT, 0))
+    intake = pd.to_datetime(clients["intake_date"])
+    return {
+        "clients": int(len(clients)),
+        "sessions": int(len(sessions)),
+        "completed": int(counts.get(COMPLETED, 0)),
+        "dropout": int(counts.get(DROPOUT, 0)),
+        "ongoing": int(counts.get("ongoing", 0)),
+        "dropout_rate": (counts.get(DROPOUT, 0) / ended) if ended else float("nan"),
+        "intake_from": str(intake.min().date()) if intake.notna().any() else "",
+        "intake_to": str(intake.max().date()) if intake.notna().any() else "",
+        "profile": profile.name,
+    }
+
+
+def train_model(
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
+    profile: InstrumentProfile,
+    config: TrainConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    trial_progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Fit, calibrate and evaluate a dropout model on validated, normalised tables.
+
+    Parameters
+    ----------
+    sessions, clients
+        Normalised contract tables (see :func:`training.io.load_cohort`).
+    profile
+        The instrument profile of the ``alliance_*`` columns.
+    config
+        Modelling choices; defaults are the documented ones.
+    progress
+        Called with a short stage name as each stage starts.
+    trial_progress
+        Called with ``(trials done, trials total)`` during the hyperparameter search.
+    """
+    config = config or TrainConfig()
+    say = progress or (lambda _stage: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    say("features")
+    registry = feature_registry(profile, include_covariates=config.include_covariates)
+    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    data = landmark_set(arrays, clients, registry, k_max=config.k_max)
+    splits = split_clients(
+        clients,
+        strategy=config.split,
+        test_fraction=config.test_fraction,
+        calibration_fraction=config.calibration_fraction,
+        valid_fraction=config.valid_fraction,
+        seed=config.seed,
+    )
+    train, valid = data.subset(splits.train), data.subset(splits.valid)
+    cal, test = data.subset(splits.calibration), data.subset(splits.test)
+    timings["features_s"] = time.perf_counter() - t0
+    logger.info(
+        "landmark rows: train %d, valid %d, calibration %d, test %d",
+        train.X.shape[0],
+        valid.X.shape[0],
+        cal.X.shape[0],
+        test.X.shape[0],
+    )
+
+    say("fit")
+    t = time.perf_counter()
+    fit = fit_booster(
+        train.X,
+        train.y,
+        valid.X,
+        valid.y,
+        feature_names=registry.names,
+        search=config.search,
+        n_trials=config.n_trials,
+        seed=config.seed,
+        progress=trial_progress,
+    )
+    timings["fit_s"] = time.perf_counter() - t
+
+    say("calibrate")
+    t = time.perf_counter()
+    calibrator = MarginCalibrator(method=config.calibration, random_state=config.seed)
+    cal_margin = margin(fit.booster, cal.X)
+    calibrator.fit(cal_margin, cal.y, groups=cal.client_id)
+    params = calibrator.to_dict()
+    # Bands come from the calibrated risk of the calibration split, never from test rows.
+    bands = RiskBands.from_probabilities(
+        calibrator.predict_proba(cal_margin), high_share=config.high_share
+    )
+    timings["calibrate_s"] = time.perf_counter() - t
+
+    say("baselines")
+    baselines: dict[str, LogisticBaseline | AlertRule] = {
+        "logistic_early_alliance_attendance": fit_logistic(
+            registry, train.X, train.y, seed=config.seed
+        ),
+        "alert_rule": fit_alert_rule(registry, train.X, train.y),
+    }
+
+    summary = _data_summary(sessions, clients, profile)
+    summary["splits"] = splits.sizes()
+    summary["landmark_rows"] = {
+        "train": int(train.X.shape[0]),
+        "valid": int(valid.X.shape[0]),
+        "calibration": int(cal.X.shape[0]),
+        "test": int(test.X.shape[0]),
+    }
+    scorer = Scorer(
+        booster=fit.booster,
+        calibrator=params,
+        registry=registry,
+        bands=bands,
+        k_max=config.k_max,
+        metadata={
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "profile": profile.name,
+            "n_trees": fit.best_iteration + 1,
+            "max_depth": int(fit.params.get("max_depth", 0)),
+            "calibration": params["method"],
+            "split": config.split,
+            "test_from": None if splits.test_from is None else str(splits.test_from.date()),
+        },
+    )
+
+    say("evaluate")
+    t = time.perf_counter()
+    evaluation = evaluate_scorer(
+        scorer, test, baselines=baselines, n_boot=config.n_boot, seed=config.seed
+    )
+    timings["evaluate_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    return TrainResult(
+        scorer=scorer,
+        config=config,
+        splits=splits,
+        fit=fit,
+        calibrator=calibrator,
+        evaluation=evaluation,
+        data_summary=summary,
+        timings=timings,
+    )
+
+
+def headline_metrics(evaluation: ModelEvaluation) -> dict[str, float]:
+    """The metrics a dashboard or ``GET /v1/model`` shows, JSON-safe (NaN -> omitted)."""
+    keys = (
+        "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "ece",
+        "calibration_slope", "calibration_intercept", "flag_sensitivity", "flag_ppv", "n",
+        "prevalence",
+    )  # fmt: skip
+    out = {}
+    for k in keys:
+        v = evaluation.model.overall.get(k)
+        if v is not None and np.isfinite(v):
+            out[k] = float(v)
+    return out
