@@ -48,20 +48,22 @@ class AllianceRiskModel(PythonModel):
 def predict_frame(scorer: Scorer, model_input: pd.DataFrame) -> pd.DataFrame:
     """Score feature rows: columns must include every registry feature (NaN = missing).
 
-    Returns a frame with ``probability``, ``risk_band`` and ``logit`` (in the explanation's
-    space) per input row, on the input's index.
+    Returns a frame with ``probability``, ``risk_band`` and ``logit`` (the log-odds of the
+    returned probability) per input row, on the input's index. No explanation is computed:
+    this is the plain prediction path (explanations come from :meth:`Scorer.score_matrix`).
     """
     names = list(scorer.feature_names)
     missing = [c for c in names if c not in model_input.columns]
     if missing:
         raise ValueError(f"model input lacks {len(missing)} feature column(s), e.g. {missing[0]}")
     X = model_input[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    batch = scorer.score_matrix(X)
+    p = scorer.predict_proba(X)
+    finite = np.clip(p, 1e-12, 1.0 - 1e-12)  # keeps the log-odds finite at saturation
     return pd.DataFrame(
         {
-            "probability": batch.probability,
-            "risk_band": batch.risk_band.astype(str),
-            "logit": batch.explanation.logit,
+            "probability": p,
+            "risk_band": scorer.bands.assign(p).astype(str),
+            "logit": np.log(finite) - np.log1p(-finite),
         },
         index=model_input.index,
     )

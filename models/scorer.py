@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,9 @@ class ScoreBatch:
         Probability, base and signed contributions in ``explanation.space``.
     risk_band : ndarray of shape (n_rows,)
         ``low`` / ``moderate`` / ``high``.
+    rows : ndarray of shape (n_rows,), optional
+        When scored from :class:`~features.arrays.SessionArrays`: the flat-array row of each
+        scored landmark (what :func:`models.drivers.describe_drivers` needs for the history).
     """
 
     client_id: np.ndarray
@@ -112,6 +115,7 @@ class ScoreBatch:
     features: np.ndarray
     explanation: Explanation
     risk_band: np.ndarray
+    rows: np.ndarray | None = None
 
     @property
     def probability(self) -> np.ndarray:
@@ -261,11 +265,12 @@ class Scorer:
             )
         rows = landmark_rows(arrays, landmarks, self.k_max)
         X = compute_feature_matrix(arrays, self.registry, rows)
-        return self.score_matrix(
+        batch = self.score_matrix(
             X,
             client_id=arrays.client_id[arrays.seg_of_row[rows]],
             landmark=arrays.session_number[rows],
         )
+        return replace(batch, rows=rows)
 
     def score_frames(
         self, sessions: pd.DataFrame, clients: pd.DataFrame, *, landmarks: Landmarks = "latest"

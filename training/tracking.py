@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -26,12 +24,29 @@ import pandas as pd
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+from models.store import (
+    STORE_DIRNAME,
+    TRACKING_URI_ENV,
+    _root,
+    artifact_location,
+    default_tracking_uri,
+    is_server_uri,
+    project_root,
+    tracking_uri,
+)
+
 logger = logging.getLogger(__name__)
 
-#: Environment variable that overrides the embedded store (MLflow's own name for it).
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-#: Directory of the embedded store, relative to the project root.
-STORE_DIRNAME = ".mlflow"
+__all__ = [
+    "STORE_DIRNAME",
+    "TRACKING_URI_ENV",
+    "artifact_location",
+    "default_tracking_uri",
+    "is_server_uri",
+    "project_root",
+    "tracking_uri",
+]
+
 #: Default MLflow experiment of training/evaluation runs, and default registered model name.
 DEFAULT_EXPERIMENT = "alliance-risk"
 DEFAULT_MODEL_NAME = "alliance-risk"
@@ -40,7 +55,6 @@ TAG_DATASET_FINGERPRINT = "dataset.fingerprint"
 #: MLflow's own tag for the source commit, shown in the UI's run page.
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 
-_PROJECT_NAME = re.compile(r"""^\s*name\s*=\s*["']alliance-risk["']""", re.MULTILINE)
 _FINGERPRINT_VERSION = "alliance-risk-fingerprint-v1"
 
 
@@ -56,49 +70,6 @@ class TrackingConfig:
     tracking_uri: str
     artifact_location: str | None
     embedded: bool
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: cwd) holding this project's pyproject.
-
-    Falls back to ``start`` itself when no ``pyproject.toml`` naming ``alliance-risk`` is found,
-    so an installed package used from any directory still gets a predictable store location.
-    """
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        pyproject = candidate / "pyproject.toml"
-        try:
-            text = pyproject.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        if _PROJECT_NAME.search(text):
-            return candidate
-    return here
-
-
-def _root(root: Path | None) -> Path:
-    return root.resolve() if root is not None else project_root()
-
-
-def default_tracking_uri(root: Path | None = None) -> str:
-    """The embedded store's URI: ``sqlite:///<root>/.mlflow/mlflow.db`` (absolute path)."""
-    return "sqlite:///" + (_root(root) / STORE_DIRNAME / "mlflow.db").as_posix()
-
-
-def tracking_uri(project_root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set and non-empty, else the embedded SQLite store's URI."""
-    override = os.environ.get(TRACKING_URI_ENV, "").strip()
-    return override or default_tracking_uri(project_root)
-
-
-def artifact_location(project_root: Path | None = None) -> str:
-    """File URI of the embedded store's artifact directory, ``<root>/.mlflow/artifacts``."""
-    return (_root(project_root) / STORE_DIRNAME / "artifacts").as_uri()
-
-
-def is_server_uri(uri: str) -> bool:
-    """True when ``uri`` points at a tracking server, which then decides the artifact store."""
-    return urlparse(uri).scheme.lower() in {"http", "https", "databricks", "databricks-uc"}
 
 
 def configure_mlflow(project_root: Path | None = None, uri: str | None = None) -> TrackingConfig:

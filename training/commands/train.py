@@ -45,18 +45,30 @@ _STAGES = {
 def results_table(result: TrainResult) -> Table:
     """Model and baselines side by side on the test rows."""
     table = Table(title="Test split: model and baselines on the same rows", title_justify="left")
-    cols = ("auroc", "auprc", "brier", "ece", "calibration_slope", "flag_sensitivity", "flag_ppv")
+    # Short headers keep the table readable in an 80-column terminal; the caption names them.
+    cols = {
+        "auroc": "AUROC",
+        "auprc": "AUPRC",
+        "brier": "Brier",
+        "ece": "ECE",
+        "calibration_slope": "slope",
+        "flag_sensitivity": "sens@10%",
+        "flag_ppv": "PPV@10%",
+    }
+    names = {"logistic_early_alliance_attendance": "logistic", "alert_rule": "alert rule"}
     table.add_column("model")
-    for c in cols:
-        table.add_column(c, justify="right")
+    for header in cols.values():
+        table.add_column(header, justify="right")
     for row in result.evaluation.comparison().to_dict("records"):
-        table.add_row(str(row["model"]), *(f"{row[c]:.3f}" for c in cols))
+        name = str(row["model"])
+        table.add_row(names.get(name, name), *(f"{row[c]:.3f}" for c in cols))
     o = result.evaluation.model.overall
     table.caption = (
         f"AUROC 95% CI {o['auroc_ci_low']:.3f}-{o['auroc_ci_high']:.3f}; "
         f"Brier 95% CI {o['brier_ci_low']:.4f}-{o['brier_ci_high']:.4f} "
         f"(cluster bootstrap by client); {int(o['n'])} landmark rows, "
-        f"{result.splits.sizes()['test']} clients"
+        f"{result.splits.sizes()['test']} clients. logistic: early alliance + attendance; "
+        "alert rule: below cutoff, 1-point drop or a no-show; sens/PPV@10%: top 10% flagged"
     )
     return table
 
@@ -83,7 +95,7 @@ def train(
         Literal["temporal", "random"],
         typer.Option(
             "--split",
-            help="temporal: the latest 20%% of intakes are the test set. random: a random 20%% "
+            help="temporal: the latest 20% of intakes are the test set. random: a random 20% "
             "of clients.",
         ),
     ] = "temporal",
