@@ -32,7 +32,7 @@ from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry
 from models.booster import margin
 from models.calibration import calibrate_probability
-from models.explain import Explanation, explain
+from models.explain import Explanation, Grouping, explain
 
 SCORER_FORMAT = "alliance-risk/scorer"
 SCORER_FORMAT_VERSION = 1
@@ -203,6 +203,9 @@ class Scorer:
             )
         # Serving runs one OpenMP thread per process (perf-notes: oversubscription costs 10x).
         self.booster.set_param({"nthread": 1})
+        # Checked once here, so explaining a row needs neither the group check nor the
+        # booster's names again (both cost more than the TreeSHAP of a small model).
+        self._grouping = Grouping.build(self.registry.index_of_group, self.registry.names)
 
     @property
     def profile(self) -> InstrumentProfile:
@@ -231,8 +234,9 @@ class Scorer:
             self.booster,
             self.calibrator,
             X,
-            feature_names=self.registry.names,
-            groups=self.registry.index_of_group,
+            feature_names=self._grouping.feature_names,
+            groups=self._grouping,
+            check_booster_names=False,
         )
 
     def score_matrix(

@@ -1,0 +1,1390 @@
+"""Clinician-language drivers: the top reasons behind a risk score, with the numbers behind them.
+
+A driver is one explanation group (an alliance element, the overall alliance, attendance,
+engagement or client covariates) among the ``top`` groups by |signed group contribution|. Its
+sentence is chosen from the facts its largest same-signed feature contributions point at (a fall
+over the last 3 rated sessions, an unrepaired rupture, a rating below the cut-off, 2 no-shows in
+the last 3 appointments, ...) and filled with numbers from the raw history and the feature row.
+
+The statistics themselves come from the feature row ``X`` (the registry is the one definition of
+every feature); the raw history supplies only what a sentence quotes and no feature holds: which
+rated sessions, at which session number, with which values. The one piece of feature logic
+repeated here is the definition of a rated session and of the element mean at a session
+(:mod:`features.kernels`), needed to quote overall-alliance values.
+
+Texts carry session numbers, ratings, counts and day counts; never client ids or dates. Nothing is
+logged.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from features.arrays import MAX_SESSION_NUMBER, SessionArrays
+from features.contract import ATTENDANCE_CODES, ATTENDED, LATE_CANCEL, NO_SHOW
+from features.profiles import OVERALL, InstrumentProfile
+from features.registry import (
+    ATTENDANCE_GROUP,
+    CLIENT_GROUP,
+    ENGAGEMENT_GROUP,
+    YOUNG_AGE_YEARS,
+    FeatureRegistry,
+)
+from models.explain import Explanation
+
+RAISES = "raises risk"
+LOWERS = "lowers risk"
+
+#: Labels of the non-element groups.
+GROUP_LABELS: dict[str, str] = {
+    OVERALL: "Overall alliance",
+    ATTENDANCE_GROUP: "Attendance",
+    ENGAGEMENT_GROUP: "Engagement",
+    CLIENT_GROUP: "Client characteristics",
+}
+#: Focus for the overall alliance when no element has been rated yet: asking for feedback is
+#: how ratings (and ruptures) become visible at all.
+GENERAL_FOCUS = (
+    "Keep communication open and transparent: ask for feedback on the session and "
+    "name any strain directly."
+)
+#: "Steady" means the last 3 ratings span at most this fraction of the scale (1 point on 0-10),
+#: twice the rupture floor of :mod:`features.registry`.
+STEADY_FRACTION = 0.10
+#: Rated sessions quoted by "over the last N rated sessions" sentences.
+RECENT_RATED = 3
+#: Appointments quoted by "in the last N appointments" sentences.
+RECENT_APPOINTMENTS = 3
+
+Evidence = dict[str, float | int | str | None]
+Facts = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One reason behind a client's risk, in clinician language.
+
+    Attributes
+    ----------
+    group : str
+        Explanation group: an element name, ``alliance_overall``, ``attendance``,
+        ``engagement`` or ``client``.
+    label : str
+        Clinician name of the group (the profile's element label, ``"Attendance"``, ...).
+    contribution : float
+        The group's signed contribution, in the explanation's space (log-odds).
+    direction : str
+        ``"raises risk"`` (contribution > 0) or ``"lowers risk"``.
+    text : str
+        One sentence with the numbers behind it, e.g. ``"2 no-shows in the last 3
+        appointments"``. Ratings have 1 decimal, counts are integers.
+    evidence : dict
+        The numbers quoted by ``text`` (JSON-safe: int, float, str or None) and ``fact``, the
+        kind of sentence (``trend``, ``rupture``, ``recent_missed``, ...). No dates, no ids.
+    focus : str or None
+        Alliance-building strategy for element groups and ``alliance_overall``; None otherwise.
+    """
+
+    group: str
+    label: str
+    contribution: float
+    direction: str
+    text: str
+    evidence: Evidence
+    focus: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _r1(x: float) -> str:
+    """A rating with 1 decimal, never ``-0.0``."""
+    return f"{round(x, 1) + 0.0:.1f}"
+
+
+def _v(x: float) -> float:
+    """A rating for the evidence: rounded as in the text."""
+    return round(x, 1) + 0.0
+
+
+def _n(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 no-show``, ``2 no-shows``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _and(parts: list[str]) -> str:
+    return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _finite(*xs: float) -> bool:
+    return all(map(math.isfinite, xs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Static tables per (registry, explanation groups), built once
+
+
+@dataclass(frozen=True)
+class _Group:
+    """How one explanation group is described."""
+
+    name: str
+    kind: str  # element | overall | attendance | engagement | client | other
+    label: str
+    slot: int  # row in the rating arrays (rating groups), else -1
+    cols: np.ndarray  # feature columns of the group
+    col_list: tuple[int, ...]  # the same, as Python ints
+    topics: tuple[tuple[str, ...], ...]  # per column: sentence kinds to try, in order
+    focus: str | None
+    subject: str  # how sentences name the group
+    within: str  # how "no rupture in ..." names it
+    verb: str  # "rated" for ratings, "was" for a summed total
+    scale: float  # display factor: the element count for a summed total, else 1
+    cutoff: float  # display-scale cut-off of the rating group (NaN otherwise)
+    steady: float  # display-scale range counted as steady
+
+
+_RATING_TOPICS: dict[str, tuple[str, ...]] = {
+    "last": ("level",),
+    "last3_mean": ("level",),
+    "early_mean": ("early", "level"),
+    "min": ("low_point", "level"),
+    "slope": ("trend3", "first_last", "level"),
+    "change_first": ("first_last", "trend3"),
+    "change_prev": ("change_prev", "trend3"),
+    "dev_own_mean": ("own_mean", "trend3"),
+    "sd": ("variability",),
+    "mssd": ("variability",),
+    "ruptures_1sd": ("rupture",),
+    "ruptures_2sd": ("rupture",),
+    "has_rupture": ("rupture",),
+    "unrepaired": ("rupture",),
+    "sessions_since_rupture": ("rupture",),
+    "n_rated": ("n_rated",),
+    "below_cutoff": ("cutoff", "level"),
+    "any_element_below_cutoff": ("element_cutoff", "level"),
+    "ceiling_streak": ("ceiling",),
+    "ceiling_flag": ("ceiling",),
+    "drop_alert": ("drop_alert", "change_prev"),
+}
+_ATTENDANCE_TOPICS: dict[str, tuple[str, ...]] = {
+    "attended_count": ("attended_share",),
+    "attended_rate": ("attended_share",),
+    "last_attended": ("streak", "attended_share"),
+    "no_show_count": ("recent_missed", "attended_share"),
+    "no_show_rate": ("recent_missed", "attended_share"),
+    "late_cancel_count": ("recent_missed", "attended_share"),
+    "late_cancel_rate": ("recent_missed", "attended_share"),
+    "last_no_show": ("streak", "recent_missed"),
+    "last_late_cancel": ("streak", "recent_missed"),
+    "missed_streak": ("streak", "recent_missed"),
+    "no_show_first3": ("first3",),
+    "cancelled_count": ("cancellations",),
+    "cancelled_rate": ("cancellations",),
+    "last_cancelled": ("cancellations",),
+    "rescheduled_count": ("cancellations",),
+    "rescheduled_rate": ("cancellations",),
+    "last_rescheduled": ("cancellations",),
+    "gap_mean_days": ("gaps",),
+    "gap_max_days": ("gaps",),
+}
+_ENGAGEMENT_TOPICS: dict[str, tuple[str, ...]] = {
+    "landmark": ("landmark",),
+    "days_since_intake": ("since_intake",),
+    "days_since_attended": ("since_attended",),
+    "never_attended": ("never_attended", "since_attended"),
+    "never_rated": ("never_rated", "unrated"),
+    "unrated_share": ("unrated",),
+}
+_TOPICS_BY_KIND: dict[str, dict[str, tuple[str, ...]]] = {
+    "element": _RATING_TOPICS,
+    "overall": _RATING_TOPICS,
+    ATTENDANCE_GROUP: _ATTENDANCE_TOPICS,
+    ENGAGEMENT_GROUP: _ENGAGEMENT_TOPICS,
+    CLIENT_GROUP: {"age": ("age",), "age_under_25": ("age",)},
+}
+#: Sentences tried after the features' own, per group kind. The last of every chain always
+#: succeeds, so only groups this module does not know reach the generic sentence.
+_DEFAULT_TOPICS: dict[str, tuple[str, ...]] = {
+    "element": ("trend3", "level", "n_rated"),
+    "overall": ("trend3", "level", "n_rated"),
+    ATTENDANCE_GROUP: ("recent_missed", "attended_share"),
+    ENGAGEMENT_GROUP: ("landmark",),
+    CLIENT_GROUP: ("age",),
+    "other": (),
+}
+
+#: Feature statistics of rating groups read into the facts; rating-valued ones are rescaled for
+#: display (see ``_Group.scale``).
+_RATING_STATS = (
+    "last3_mean",
+    "early_mean",
+    "min",
+    "slope",
+    "change_first",
+    "change_prev",
+    "dev_own_mean",
+    "sd",
+    "ruptures_1sd",
+    "has_rupture",
+    "unrepaired",
+    "sessions_since_rupture",
+    "below_cutoff",
+    "any_element_below_cutoff",
+    "ceiling_streak",
+    "drop_alert",
+)
+_SCALED_STATS = frozenset(
+    (
+        "last3_mean",
+        "early_mean",
+        "min",
+        "slope",
+        "change_first",
+        "change_prev",
+        "dev_own_mean",
+        "sd",
+    )
+)
+_SCALED_FLAGS = tuple(s in _SCALED_STATS for s in _RATING_STATS)
+_I_SINCE = _RATING_STATS.index("sessions_since_rupture")
+#: Fact keys of the value and session number 0, 1, ... rated sessions back.
+_BACK_KEYS = tuple((f"v{k}", f"sn{k}") for k in range(RECENT_RATED + 1))
+_ACTIVITY_FEATURES = (
+    "attendance_attended_count",
+    "attendance_no_show_count",
+    "attendance_late_cancel_count",
+    "attendance_cancelled_count",
+    "attendance_rescheduled_count",
+    "attendance_no_show_first3",
+    "attendance_missed_streak",
+    "attendance_gap_mean_days",
+    "attendance_gap_max_days",
+    "engagement_days_since_intake",
+    "engagement_days_since_attended",
+    "engagement_never_attended",
+    "engagement_never_rated",
+    "engagement_unrated_share",
+    "client_age",
+)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    registry: FeatureRegistry
+    group_names: tuple[str, ...]
+    groups: tuple[_Group, ...]
+    rating_stat_cols: np.ndarray  # (n_rating_groups, len(_RATING_STATS)), -1 = absent
+    element_last_cols: np.ndarray  # (n_elements,), -1 = absent
+    activity_cols: np.ndarray  # (len(_ACTIVITY_FEATURES),), -1 = absent
+    group_slot: np.ndarray  # (n_groups,) rating slot per explanation group, -1 = not rating
+    rating_stat_lists: list[list[int]]  # rating_stat_cols as Python lists
+    element_last_list: list[int]  # element_last_cols as a Python list
+    activity_list: list[int]  # activity_cols as a Python list
+    group_scale: np.ndarray  # (n_groups,) display factor per explanation group
+
+
+#: id(registry) -> tables; the registry is kept referenced so its id cannot be reused.
+_TABLES: dict[int, _Tables] = {}
+
+
+def _col(registry: FeatureRegistry, name: str) -> int:
+    try:
+        return registry.names.index(name)
+    except ValueError:
+        return -1
+
+
+def group_label(profile: InstrumentProfile, group: str) -> str:
+    """Clinician name of an explanation group: the element's label, or "Attendance", ..."""
+    if group in profile.element_names:
+        return profile.element(group).label
+    return GROUP_LABELS.get(group, group.replace("_", " ").capitalize())
+
+
+def _tables(registry: FeatureRegistry, group_names: tuple[str, ...]) -> _Tables:
+    """Group descriptions and column lookups, cached per registry (hashing one costs ~50 us)."""
+    cached = _TABLES.get(id(registry))
+    if cached is not None and cached.registry is registry and cached.group_names == group_names:
+        return cached
+    profile = registry.profile
+    n_el = len(profile.elements)
+    slots = {g: i for i, g in enumerate(registry.rating_groups)}
+    index = registry.index_of_group
+    total_sum = profile.total == "sum"
+    steady = STEADY_FRACTION * profile.scale_range
+    groups: list[_Group] = []
+    for name in group_names:
+        if name not in index:
+            raise ValueError(f"explanation group {name!r} is not in the feature registry")
+        cols = index[name]
+        if name in profile.element_names:
+            element = profile.element(name)
+            kind, label, focus = "element", element.label, element.focus
+            subject, verb, scale, cutoff = label, "rated", 1.0, profile.element_cutoff
+        elif name == OVERALL:
+            kind, label, focus = "overall", GROUP_LABELS[OVERALL], None
+            scale = float(n_el) if total_sum else 1.0
+            subject = f"{label} total" if total_sum else label
+            verb = "was" if total_sum else "rated"
+            cutoff = profile.cutoff_total
+        else:
+            kind = name if name in _TOPICS_BY_KIND else "other"
+            label = group_label(profile, name)
+            focus, subject, verb, scale, cutoff = None, label, "", 1.0, math.nan
+        table = _TOPICS_BY_KIND.get(kind, {})
+        topics = tuple(table.get(registry.features[c].stat, ()) for c in cols.tolist())
+        groups.append(
+            _Group(
+                name=name,
+                kind=kind,
+                label=label,
+                slot=slots.get(name, -1),
+                cols=cols,
+                col_list=tuple(cols.tolist()),
+                topics=topics,
+                focus=focus,
+                subject=subject,
+                within="the overall alliance" if kind == "overall" else label,
+                verb=verb,
+                scale=scale,
+                cutoff=cutoff,
+                steady=steady * scale,
+            )
+        )
+    stat_cols = [
+        [_col(registry, f"{g}_{s}") for s in _RATING_STATS] for g in registry.rating_groups
+    ]
+    el_cols = [_col(registry, f"{e}_last") for e in profile.element_names]
+    activity_cols = [_col(registry, f) for f in _ACTIVITY_FEATURES]
+    tables = _Tables(
+        registry=registry,
+        group_names=group_names,
+        groups=tuple(groups),
+        rating_stat_cols=np.array(stat_cols, dtype=np.int64).reshape(n_el + 1, len(_RATING_STATS)),
+        element_last_cols=np.array(el_cols, dtype=np.int64),
+        activity_cols=np.array(activity_cols, dtype=np.int64),
+        rating_stat_lists=stat_cols,
+        element_last_list=el_cols,
+        activity_list=activity_cols,
+        group_slot=np.array([g.slot for g in groups], dtype=np.int64),
+        group_scale=np.array([g.scale for g in groups], dtype=np.float64),
+    )
+    _TABLES[id(registry)] = tables
+    return tables
+
+
+def _gather(X: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``X[rows[:, None], cols]`` with NaN where a column is -1 (absent from the registry)."""
+    out = X[rows[:, None], np.maximum(cols, 0)]
+    if (cols < 0).any():
+        out = np.where(cols < 0, np.nan, out)
+    return out
+
+
+def _rows_of(columns: dict[str, np.ndarray]) -> list[Facts]:
+    """Column arrays -> one dict of Python scalars per pair."""
+    keys = list(columns)
+    values = [c.tolist() for c in columns.values()]
+    return [dict(zip(keys, t, strict=True)) for t in zip(*values, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts, vectorised over the chosen (row, group) pairs
+
+
+_ATT = ATTENDANCE_CODES.index(ATTENDED)
+_NO_SHOW = ATTENDANCE_CODES.index(NO_SHOW)
+_LATE = ATTENDANCE_CODES.index(LATE_CANCEL)
+_CODE_TEXT = ("attended", "no-show", "late cancellation", "cancelled", "rescheduled")
+
+
+def _rating_facts(
+    arrays: SessionArrays,
+    at: np.ndarray,
+    X: np.ndarray,
+    xrow: np.ndarray,
+    slot: np.ndarray,
+    scale: np.ndarray,
+    t: _Tables,
+) -> list[Facts]:
+    """Facts of rating-group pairs: landmark row ``at``, feature row ``xrow``, rating ``slot``."""
+    n_el = len(arrays.profile.elements)
+    n = arrays.n_rows
+    sn = arrays.session_number
+    # A rated session is attended with the value finite; the element mean averages the rated
+    # elements in profile order (features.kernels, so values quoted here match the features).
+    rated = np.empty((n_el + 1, n), dtype=bool)
+    np.logical_and(np.isfinite(arrays.ratings), arrays.attendance == _ATT, out=rated[:n_el])
+    values = np.empty((n_el + 1, n))
+    values[:n_el] = np.where(rated[:n_el], arrays.ratings, np.nan)
+    zeroed = np.where(rated[:n_el], arrays.ratings, 0.0)
+    total = zeroed[0].copy()
+    for e in range(1, n_el):
+        total += zeroed[e]
+    n_rated_el = rated[:n_el].sum(axis=0)
+    rated[n_el] = n_rated_el > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values[n_el] = total / n_rated_el
+    flat = rated.ravel()
+    vflat = values.ravel()
+    csum = np.zeros(flat.shape[0] + 1, dtype=np.int64)
+    np.cumsum(flat, out=csum[1:])
+    pos = np.flatnonzero(flat)
+    if pos.shape[0] == 0:
+        pos = np.zeros(1, dtype=np.int64)  # every count is 0 below, so it is never read
+
+    seg = arrays.seg_of_row[at]
+    base = slot * n
+    c_end = csum[base + at + 1]
+    c_start = csum[base + arrays.offsets[seg]]
+    m = c_end - c_start
+    back = np.arange(RECENT_RATED + 1, dtype=np.int64)[:, None]
+    valid = back < m
+    fp = pos[np.where(valid, c_end - 1 - back, 0)]
+    vals = np.where(valid, vflat[fp], np.nan) * scale
+    sns = np.where(valid, sn[np.clip(fp - base, 0, n - 1)], -1)
+    first_fp = pos[np.where(m > 0, c_start, 0)]
+    first = np.where(m > 0, vflat[first_fp], np.nan) * scale
+    first_sn = np.where(m > 0, sn[np.clip(first_fp - base, 0, n - 1)], -1)
+    recent = vals[:RECENT_RATED]
+    with np.errstate(invalid="ignore"):
+        spread = np.fmax.reduce(recent, axis=0) - np.fmin.reduce(recent, axis=0)
+
+    cols = t.rating_stat_cols[slot]
+    stats = _gather(X, xrow, cols)
+    for j, s in enumerate(_RATING_STATS):
+        if s in _SCALED_STATS:
+            stats[:, j] *= scale
+
+    # The rupture: its row from the session number the feature row gives, then the rated value
+    # before it (the level it dropped from) and the value at it.
+    since = stats[:, _I_SINCE]
+    has = np.isfinite(since)
+    rup_sn = np.where(has, sn[at] - np.where(has, since, 0.0), 0).astype(np.int64)
+    key = arrays.seg_of_row * (MAX_SESSION_NUMBER + 1) + sn
+    rup_row = np.minimum(np.searchsorted(key, seg * (MAX_SESSION_NUMBER + 1) + rup_sn), n - 1)
+    rup_fp = base + rup_row
+    has &= (key[rup_row] == seg * (MAX_SESSION_NUMBER + 1) + rup_sn) & flat[rup_fp]
+    has &= csum[rup_fp] > c_start  # a rated value before it, in the same client and group
+    before = np.where(has, vflat[pos[np.maximum(csum[rup_fp] - 1, 0)]], np.nan) * scale
+    at_rup = np.where(has, vflat[rup_fp], np.nan) * scale
+
+    # Overall alliance only: the lowest element at its last rated session, and the element
+    # with the lowest latest rating (whose strategy becomes the focus).
+    overall = slot == n_el
+    last_row = np.where(m > 0, np.clip(fp[0] - base, 0, n - 1), 0)
+    el_values = np.where(np.isnan(values[:n_el, last_row]), np.inf, values[:n_el, last_row])
+    low_el = np.where(overall & (m > 0), np.argmin(el_values, axis=0), -1)
+    low_val = np.where(overall & (m > 0), np.min(el_values, axis=0), np.nan)
+    el_last = _gather(X, xrow, t.element_last_cols)
+    el_last = np.where(np.isnan(el_last), np.inf, el_last)
+    any_last = overall & np.isfinite(el_last).any(axis=1)
+    focus_el = np.where(any_last, np.argmin(el_last, axis=1), -1)
+
+    columns: dict[str, np.ndarray] = {"m": m, "sn_now": sn[at]}
+    for k in range(RECENT_RATED + 1):
+        columns[f"v{k}"] = vals[k]
+        columns[f"sn{k}"] = sns[k]
+    columns |= {
+        "first": first,
+        "first_sn": first_sn,
+        "spread": spread,
+        "rup_sn": np.where(has, rup_sn, -1),
+        "rup_before": before,
+        "rup_at": at_rup,
+        "low_el": low_el,
+        "low_val": low_val,
+        "focus_el": focus_el,
+    }
+    columns |= {s: stats[:, j] for j, s in enumerate(_RATING_STATS)}
+    return _rows_of(columns)
+
+
+def _activity_facts(
+    arrays: SessionArrays, at: np.ndarray, X: np.ndarray, xrow: np.ndarray, t: _Tables
+) -> list[Facts]:
+    """Facts of attendance, engagement and client pairs at landmark rows ``at``."""
+    att = arrays.attendance
+    rank = arrays.rank[at]
+    window = np.empty((RECENT_APPOINTMENTS, at.shape[0]), dtype=np.int8)
+    for j in range(RECENT_APPOINTMENTS):
+        window[j] = np.where(rank >= j, att[np.maximum(at - j, 0)], -1)
+    columns: dict[str, np.ndarray] = {
+        "k": rank + 1,
+        "sn_now": arrays.session_number[at],
+        "code_now": att[at],
+    }
+    for name, code in (
+        ("w_no_show", _NO_SHOW),
+        ("w_late", _LATE),
+    ):
+        columns[name] = (window == code).sum(axis=0)
+    stats = _gather(X, xrow, t.activity_cols)
+    columns |= {f: stats[:, j] for j, f in enumerate(_ACTIVITY_FEATURES)}
+    if t.activity_cols[_ACTIVITY_FEATURES.index("client_age")] < 0:
+        columns["client_age"] = arrays.age[arrays.seg_of_row[at]]
+    return _rows_of(columns)
+
+
+def _history(arrays: SessionArrays, a: int, b: int) -> list[list[float]]:
+    """Rows ``a:b`` of one client: per element, then the element mean, the rated values or NaN."""
+    r = arrays.ratings[:, a:b]
+    rated = np.isfinite(r) & (arrays.attendance[a:b] == _ATT)
+    zeroed = np.where(rated, r, 0.0)
+    # The element mean exactly as features.kernels sums it (profile order).
+    total = zeroed[0].copy()
+    for e in range(1, r.shape[0]):
+        total += zeroed[e]
+    count = rated.sum(axis=0)
+    overall = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return [*np.where(rated, r, np.nan).tolist(), overall.tolist()]
+
+
+def _rating_facts_small(
+    arrays: SessionArrays,
+    at: list[int],
+    X: np.ndarray,
+    xrow: list[int],
+    slot: list[int],
+    scale: list[float],
+    t: _Tables,
+) -> list[Facts]:
+    """:func:`_rating_facts` in plain Python, for a few pairs (numpy's per-call overhead)."""
+    n_el = len(arrays.profile.elements)
+    isfinite, nan, inf = math.isfinite, math.nan, math.inf
+    stat_cols, el_cols = t.rating_stat_lists, t.element_last_list
+    histories: dict[int, tuple[list[int], list[list[float]], dict[int, list[int]]]] = {}
+    xrows: dict[int, list[float]] = {}
+    out: list[Facts] = []
+    for r, i, g, s in zip(at, xrow, slot, scale, strict=True):
+        hist = histories.get(r)
+        if hist is None:
+            a = int(arrays.offsets[arrays.seg_of_row[r]])
+            hist = (arrays.session_number[a : r + 1].tolist(), _history(arrays, a, r + 1), {})
+            histories[r] = hist
+        sn, values, rated = hist
+        if g not in rated:
+            rated[g] = [j for j, v in enumerate(values[g]) if v == v]
+        xl = xrows.get(i)
+        if xl is None:
+            xl = xrows[i] = X[i].tolist()
+        vals, idx = values[g], rated[g]
+        m = len(idx)
+        f: Facts = {"m": m, "sn_now": sn[-1]}
+        recent = []
+        for k, (vk, snk) in enumerate(_BACK_KEYS):
+            if k < m:
+                v = vals[idx[m - 1 - k]] * s
+                f[vk], f[snk] = v, sn[idx[m - 1 - k]]
+                if k < RECENT_RATED:
+                    recent.append(v)
+            else:
+                f[vk], f[snk] = nan, -1
+        f["first"] = vals[idx[0]] * s if m else nan
+        f["first_sn"] = sn[idx[0]] if m else -1
+        f["spread"] = max(recent) - min(recent) if recent else nan
+        stats = [
+            nan if c < 0 else xl[c] * s if sc else xl[c]
+            for c, sc in zip(stat_cols[g], _SCALED_FLAGS, strict=True)
+        ]
+        since = stats[_I_SINCE]
+        f["rup_sn"], f["rup_before"], f["rup_at"] = -1, nan, nan
+        if isfinite(since):
+            rup_sn = int(sn[-1] - since)
+            j = bisect_left(sn, rup_sn)
+            q = bisect_left(idx, j)
+            if j < len(sn) and sn[j] == rup_sn and q < m and idx[q] == j and q > 0:
+                f["rup_sn"] = rup_sn
+                f["rup_before"], f["rup_at"] = vals[idx[q - 1]] * s, vals[j] * s
+        f["low_el"], f["low_val"], f["focus_el"] = -1, nan, -1
+        if g == n_el:
+            if m:
+                els = [values[e][idx[-1]] for e in range(n_el)]
+                els = [v if v == v else inf for v in els]
+                f["low_val"] = min(els)
+                f["low_el"] = els.index(f["low_val"])
+            lasts = [xl[c] if c >= 0 else nan for c in el_cols]
+            lasts = [v if v == v else inf for v in lasts]
+            if any(v != inf for v in lasts):
+                f["focus_el"] = lasts.index(min(lasts))
+        f.update(zip(_RATING_STATS, stats, strict=True))
+        out.append(f)
+    return out
+
+
+def _activity_facts_small(
+    arrays: SessionArrays, at: list[int], X: np.ndarray, xrow: list[int], t: _Tables
+) -> list[Facts]:
+    """:func:`_activity_facts` in plain Python, for a few pairs."""
+    cols = t.activity_list
+    att = arrays.attendance
+    out: list[Facts] = []
+    for r, i in zip(at, xrow, strict=True):
+        seg = int(arrays.seg_of_row[r])
+        k = r - int(arrays.offsets[seg]) + 1
+        window = att[max(r - RECENT_APPOINTMENTS + 1, r - k + 1) : r + 1].tolist()
+        xl = X[i].tolist()
+        f: Facts = {
+            "k": k,
+            "sn_now": int(arrays.session_number[r]),
+            "code_now": window[-1],
+            "w_no_show": window.count(_NO_SHOW),
+            "w_late": window.count(_LATE),
+        }
+        f.update(
+            (name, xl[c] if c >= 0 else math.nan)
+            for name, c in zip(_ACTIVITY_FEATURES, cols, strict=True)
+        )
+        if cols[_ACTIVITY_FEATURES.index("client_age")] < 0:
+            f["client_age"] = float(arrays.age[seg])
+        out.append(f)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentences. Each returns (text, evidence) or None when its facts are absent or do not support
+# the group's direction; the next candidate is tried then.
+
+Sentence = tuple[str, Evidence] | None
+
+
+def _trend(f: Facts, g: _Group, up: bool, span: int, fact: str) -> Sentence:
+    m = f["m"]
+    if m < 2:
+        return None
+    k = min(span, m - 1)
+    old, new = f[f"v{k}"], f["v0"]
+    if not _finite(old, new):
+        return None
+    a, b = _v(old), _v(new)
+    if up != (b < a):
+        return None
+    over = "since the previous rated session" if k == 1 else f"over the last {k} rated sessions"
+    if b < a:
+        text = f"{g.subject} fell from {_r1(old)} to {_r1(new)} {over}"
+    elif b > a:
+        text = f"{g.subject} rose from {_r1(old)} to {_r1(new)} {over}"
+    else:
+        text = f"{g.subject} held steady at {_r1(new)} {over}"
+    ev: Evidence = {
+        "fact": fact,
+        "from": a,
+        "to": b,
+        "from_session": f[f"sn{k}"],
+        "to_session": f["sn0"],
+        "rated_sessions": k,
+    }
+    return text, ev
+
+
+def _first_last(f: Facts, g: _Group, up: bool) -> Sentence:
+    if f["m"] < 2 or not _finite(f["first"], f["v0"]):
+        return None
+    a, b = _v(f["first"]), _v(f["v0"])
+    if up != (b < a):
+        return None
+    verb = "fell" if b < a else "rose" if b > a else "held steady"
+    text = (
+        f"{g.subject} {verb} from {_r1(f['first'])} at session {f['first_sn']} "
+        f"to {_r1(f['v0'])} at session {f['sn0']}"
+        if verb != "held steady"
+        else f"{g.subject} held steady at {_r1(f['v0'])} from session {f['first_sn']} "
+        f"to session {f['sn0']}"
+    )
+    ev: Evidence = {
+        "fact": "first_to_last",
+        "from": a,
+        "to": b,
+        "from_session": f["first_sn"],
+        "to_session": f["sn0"],
+        "rated_sessions": f["m"],
+    }
+    return text, ev
+
+
+def _level(f: Facts, g: _Group, up: bool) -> Sentence:
+    m = f["m"]
+    if m < 1 or not _finite(f["v0"]):
+        return None
+    last, s = f["v0"], f["sn0"]
+    n3 = min(m, RECENT_RATED)
+    mean3 = f["last3_mean"] if _finite(f["last3_mean"]) else last
+    ev: Evidence = {"fact": "level", "latest": _v(last), "session": s}
+    if n3 > 1:
+        ev |= {"recent_mean": _v(mean3), "rated_sessions": n3}
+    if _finite(g.cutoff):
+        ev["cutoff"] = round(g.cutoff, 2)
+    if not up and _finite(g.cutoff) and mean3 >= g.cutoff:
+        steady = n3 > 1 and _finite(f["spread"]) and f["spread"] <= g.steady + 1e-9
+        quality = "high and steady" if steady else "high"
+        where = f"over the last {n3} rated sessions" if n3 > 1 else f"at session {s}"
+        return f"{g.subject} {g.verb} {quality} ({_r1(mean3)} {where})", ev
+    if up and f["below_cutoff"] == 1:
+        return (
+            f"{g.subject} {g.verb} {_r1(last)} at session {s}, below the cut-off {_fmt(g.cutoff)}",
+            ev,
+        )
+    text = f"{g.subject} {g.verb} {_r1(last)} at session {s}"
+    if n3 > 1:
+        text += f" (mean {_r1(mean3)} over the last {n3} rated sessions)"
+    return text, ev
+
+
+def _cutoff(f: Facts, g: _Group, up: bool) -> Sentence:
+    if f["m"] < 1 or not _finite(f["v0"], g.cutoff):
+        return None
+    below = f["below_cutoff"] == 1
+    if up != below:
+        return None
+    where = "below" if below else "at or above"
+    text = (
+        f"{g.subject} {g.verb} {_r1(f['v0'])} at session {f['sn0']}, "
+        f"{where} the cut-off {_fmt(g.cutoff)}"
+    )
+    ev: Evidence = {"fact": "cutoff", "latest": _v(f["v0"]), "session": f["sn0"]}
+    return text, ev | {"cutoff": round(g.cutoff, 2), "below_cutoff": int(below)}
+
+
+def _own_mean(f: Facts, g: _Group, up: bool) -> Sentence:
+    dev = f["dev_own_mean"]
+    if f["m"] < 2 or not _finite(dev, f["v0"]):
+        return None
+    last = f["v0"]
+    mean = last - dev
+    below = _v(last) < _v(mean)
+    if up != below:
+        return None
+    ev: Evidence = {
+        "fact": "own_mean",
+        "latest": _v(last),
+        "session": f["sn0"],
+        "own_mean": _v(mean),
+    }
+    if below:
+        gap = _r1(_v(mean) - _v(last))
+        return (
+            f"{g.subject} {g.verb} {_r1(last)} at session {f['sn0']}, {gap} below this "
+            f"client's own average of {_r1(mean)}",
+            ev,
+        )
+    return (
+        f"{g.subject} {g.verb} {_r1(last)} at session {f['sn0']}, at or above this client's own "
+        f"average of {_r1(mean)}",
+        ev,
+    )
+
+
+def _early(f: Facts, g: _Group, up: bool) -> Sentence:
+    e = f["early_mean"]
+    if not _finite(e):
+        return None
+    text = f"{g.subject} averaged {_r1(e)} in appointments 1-3"
+    ev: Evidence = {"fact": "early", "early_mean": _v(e)}
+    if _finite(g.cutoff):
+        ev["cutoff"] = round(g.cutoff, 2)
+        if up and e < g.cutoff:
+            text += f", below the cut-off {_fmt(g.cutoff)}"
+        elif not up and e >= g.cutoff:
+            text += " (a good early alliance)"
+    return text, ev
+
+
+def _low_point(f: Facts, g: _Group, up: bool) -> Sentence:
+    lo = f["min"]
+    if not up or f["m"] < 1 or not _finite(lo, f["v0"]):
+        return None
+    ev: Evidence = {"fact": "low_point", "lowest": _v(lo), "latest": _v(f["v0"])}
+    if _v(lo) >= _v(f["v0"]):
+        return f"{g.subject} at its lowest so far: {_r1(f['v0'])} at session {f['sn0']}", ev
+    return f"{g.subject} reached a low of {_r1(lo)} (latest {_r1(f['v0'])})", ev
+
+
+def _variability(f: Facts, g: _Group, up: bool) -> Sentence:
+    sd, m = f["sd"], f["m"]
+    if m < 2 or not _finite(sd):
+        return None
+    # An SD of at most half the "steady" range (0.5 points on 0-10, the rupture floor) is stable.
+    stable = sd <= 0.5 * g.steady + 1e-9
+    if up == stable:
+        return None
+    quality = "stable" if stable else "unstable"
+    text = f"{g.subject} ratings {quality} (SD {_r1(sd)} points over {m} rated sessions)"
+    return text, {"fact": "variability", "sd": _v(sd), "rated_sessions": m}
+
+
+def _rupture(f: Facts, g: _Group, up: bool) -> Sentence:
+    m, rup_sn = f["m"], f["rup_sn"]
+    n_rup = int(f["ruptures_1sd"]) if _finite(f["ruptures_1sd"]) else 0
+    if f["has_rupture"] == 1 and rup_sn > 0 and _finite(f["rup_before"], f["rup_at"], f["v0"]):
+        drop = f"dropped from {_r1(f['rup_before'])} to {_r1(f['rup_at'])}"
+        unrepaired = f["unrepaired"] == 1
+        ev: Evidence = {
+            "fact": "rupture",
+            "session": rup_sn,
+            "from": _v(f["rup_before"]),
+            "to": _v(f["rup_at"]),
+            "latest": _v(f["v0"]),
+            "ruptures": n_rup,
+            "repaired": int(not unrepaired),
+        }
+        if unrepaired:
+            if not up:
+                return None
+            latest = "" if f["sn0"] == rup_sn else f", latest {_r1(f['v0'])}"
+            return f"{g.label} rupture at session {rup_sn} not yet repaired ({drop}{latest})", ev
+        if up:
+            more = f"; {n_rup} ruptures so far" if n_rup > 1 else ""
+            return f"{g.label} rupture at session {rup_sn} ({drop}), since repaired{more}", ev
+        return (
+            f"{g.label} rupture at session {rup_sn} was repaired ({drop}, latest {_r1(f['v0'])})",
+            ev,
+        )
+    if f["has_rupture"] == 0 and m >= 2 and not up:
+        return f"No rupture in {g.within} over {m} rated sessions", {
+            "fact": "rupture",
+            "ruptures": 0,
+            "rated_sessions": m,
+        }
+    return None
+
+
+def _n_rated(f: Facts, g: _Group, up: bool) -> Sentence:
+    m = f["m"]
+    if m == 0:
+        return f"{g.label} not rated yet", {"fact": "n_rated", "rated_sessions": 0}
+    return f"{g.label} rated in {_n(m, 'session')} so far", {"fact": "n_rated", "rated_sessions": m}
+
+
+def _element_cutoff(f: Facts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    profile = t.registry.profile
+    flag = f["any_element_below_cutoff"]
+    if f["m"] < 1 or not _finite(flag) or up != (flag == 1):
+        return None
+    cut = round(profile.element_cutoff, 2)
+    if flag == 1 and f["low_el"] >= 0 and _finite(f["low_val"]):
+        element = profile.elements[f["low_el"]]
+        text = (
+            f"{element.label} rated {_r1(f['low_val'])} at session {f['sn0']}, below the element "
+            f"cut-off {_fmt(cut)}"
+        )
+        ev: Evidence = {
+            "fact": "element_cutoff",
+            "element": element.name,
+            "latest": _v(f["low_val"]),
+            "session": f["sn0"],
+            "cutoff": cut,
+        }
+        return text, ev
+    if flag == 0:
+        return f"Every element rated at or above {_fmt(cut)} at session {f['sn0']}", {
+            "fact": "element_cutoff",
+            "session": f["sn0"],
+            "cutoff": cut,
+        }
+    return None
+
+
+def _ceiling(f: Facts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    streak = f["ceiling_streak"]
+    if not up or not _finite(streak) or streak < 1:
+        return None
+    n = int(streak)
+    top = _fmt(t.registry.profile.scale_max)
+    where = f"in the last {n} rated sessions" if n > 1 else f"at session {f['sn0']}"
+    return f"Perfect scores ({top} on every element) {where}, a known warning sign", {
+        "fact": "ceiling",
+        "rated_sessions": n,
+        "scale_max": t.registry.profile.scale_max,
+    }
+
+
+def _drop_alert(f: Facts, g: _Group, up: bool) -> Sentence:
+    if not up or f["drop_alert"] != 1 or not _finite(f["v0"], f["v1"]):
+        return None
+    d = _v(f["v1"]) - _v(f["v0"])
+    text = (
+        f"{g.subject} fell by {_r1(d)} points since the previous rated session "
+        f"(from {_r1(f['v1'])} to {_r1(f['v0'])})"
+    )
+    ev: Evidence = {
+        "fact": "drop_alert",
+        "from": _v(f["v1"]),
+        "to": _v(f["v0"]),
+        "from_session": f["sn1"],
+        "to_session": f["sn0"],
+    }
+    return text, ev
+
+
+# -- attendance, engagement, client ------------------------------------------------------------
+
+
+def _int(x: float) -> int:
+    return int(round(x)) if _finite(x) else 0
+
+
+def _misses(no_show: int, late: int) -> str:
+    parts = []
+    if no_show:
+        parts.append(_n(no_show, "no-show"))
+    if late:
+        parts.append(_n(late, "late cancellation"))
+    return _and(parts)
+
+
+def _recent_missed(f: Facts, g: _Group, up: bool) -> Sentence:
+    k, ns, lc = f["k"], f["w_no_show"], f["w_late"]
+    tot_ns = _int(f["attendance_no_show_count"])
+    tot_lc = _int(f["attendance_late_cancel_count"])
+    window = (
+        f"in the last {RECENT_APPOINTMENTS} appointments"
+        if k >= RECENT_APPOINTMENTS
+        else f"in {_n(k, 'appointment')} so far"
+    )
+    ev: Evidence = {
+        "fact": "recent_missed",
+        "no_shows": ns,
+        "late_cancellations": lc,
+        "appointments": min(k, RECENT_APPOINTMENTS),
+        "no_shows_total": tot_ns,
+        "late_cancellations_total": tot_lc,
+        "appointments_total": k,
+    }
+    if up:
+        if ns + lc > 0:
+            return f"{_misses(ns, lc)} {window}", ev
+        if tot_ns + tot_lc > 0:
+            return (
+                f"{_misses(tot_ns, tot_lc)} in {_n(k, 'appointment')} so far, "
+                f"none in the last {RECENT_APPOINTMENTS}",
+                ev,
+            )
+        return None
+    if ns + lc > 0:
+        return None
+    if tot_ns + tot_lc == 0:
+        return f"No no-shows or late cancellations in {_n(k, 'appointment')} so far", ev
+    return f"No no-shows or late cancellations {window} ({_misses(tot_ns, tot_lc)} earlier)", ev
+
+
+def _streak(f: Facts, g: _Group, up: bool) -> Sentence:
+    s = _int(f["attendance_missed_streak"])
+    ev: Evidence = {"fact": "missed_streak", "missed_in_a_row": s, "session": f["sn_now"]}
+    if up and s == 1:
+        return (
+            f"Missed the latest appointment (session {f['sn_now']}, {_CODE_TEXT[f['code_now']]})",
+            ev,
+        )
+    if up and s > 1:
+        return f"Missed the last {s} appointments in a row (no-shows or late cancellations)", ev
+    if not up and s == 0 and f["code_now"] == _ATT:
+        return f"Attended the latest appointment (session {f['sn_now']})", ev
+    return None
+
+
+def _first3(f: Facts, g: _Group, up: bool) -> Sentence:
+    n = _int(f["attendance_no_show_first3"])
+    ev: Evidence = {"fact": "no_show_first3", "no_shows": n}
+    if up and n > 0:
+        return f"{_n(n, 'no-show')} among appointments 1-3", ev
+    if not up and n == 0:
+        return "No no-shows among appointments 1-3", ev
+    return None
+
+
+def _attended_share(f: Facts, g: _Group, up: bool) -> Sentence:
+    k, a = f["k"], _int(f["attendance_attended_count"])
+    pct = round(100 * a / k)
+    return f"Attended {a} of {_n(k, 'appointment')} ({pct}%)", {
+        "fact": "attended_share",
+        "attended": a,
+        "appointments": k,
+        "percent": pct,
+    }
+
+
+def _cancellations(f: Facts, g: _Group, up: bool) -> Sentence:
+    c = _int(f["attendance_cancelled_count"])
+    r = _int(f["attendance_rescheduled_count"])
+    ev: Evidence = {
+        "fact": "cancellations",
+        "cancelled": c,
+        "rescheduled": r,
+        "appointments": f["k"],
+    }
+    if up and c + r > 0:
+        parts = [_n(c, "cancelled appointment")] if c else []
+        parts += [_n(r, "rescheduled appointment")] if r else []
+        return f"{_and(parts)} so far", ev
+    if not up and c + r == 0:
+        return "No cancelled or rescheduled appointments so far", ev
+    return None
+
+
+def _gaps(f: Facts, g: _Group, up: bool) -> Sentence:
+    gmax, gmean = f["attendance_gap_max_days"], f["attendance_gap_mean_days"]
+    if f["k"] < 2 or not _finite(gmax, gmean):
+        return None
+    return (
+        f"Longest gap between appointments {_n(_int(gmax), 'day')} (mean {_n(_int(gmean), 'day')})",
+        {
+            "fact": "gaps",
+            "gap_max_days": _int(gmax),
+            "gap_mean_days": _int(gmean),
+        },
+    )
+
+
+def _landmark(f: Facts, g: _Group, up: bool) -> Sentence:
+    sn = f["sn_now"]
+    ev: Evidence = {"fact": "landmark", "session": sn}
+    if sn <= RECENT_APPOINTMENTS:
+        return f"Early in therapy: appointment {sn}", ev
+    return f"Appointment {sn} of the episode", ev
+
+
+def _since_intake(f: Facts, g: _Group, up: bool) -> Sentence:
+    d = f["engagement_days_since_intake"]
+    if not _finite(d):
+        return None
+    days = _int(d)
+    return f"{_n(days, 'day')} since intake ({_n(f['k'], 'appointment')})", {
+        "fact": "days_since_intake",
+        "days": days,
+        "appointments": f["k"],
+    }
+
+
+def _since_attended(f: Facts, g: _Group, up: bool) -> Sentence:
+    d = f["engagement_days_since_attended"]
+    if not _finite(d):
+        return _never_attended(f, g, up)
+    days = _int(d)
+    ev: Evidence = {"fact": "days_since_attended", "days": days, "session": f["sn_now"]}
+    if days == 0:
+        return f"Attended the latest appointment (session {f['sn_now']})", ev
+    return f"{_n(days, 'day')} since the last attended session", ev
+
+
+def _never_attended(f: Facts, g: _Group, up: bool) -> Sentence:
+    if f["engagement_never_attended"] != 1:
+        return None
+    return f"No appointment attended yet ({_n(f['k'], 'appointment')} scheduled)", {
+        "fact": "never_attended",
+        "appointments": f["k"],
+    }
+
+
+def _never_rated(f: Facts, g: _Group, up: bool) -> Sentence:
+    if f["engagement_never_rated"] != 1:
+        return None
+    a = _int(f["attendance_attended_count"])
+    attended = _n(a, "attended session") if a else "no session attended"
+    return f"No alliance rating recorded yet ({attended})", {
+        "fact": "never_rated",
+        "attended": a,
+    }
+
+
+def _unrated(f: Facts, g: _Group, up: bool) -> Sentence:
+    share, a = f["engagement_unrated_share"], _int(f["attendance_attended_count"])
+    if not _finite(share) or a < 1:
+        return None
+    u = _int(share * a)
+    ev: Evidence = {"fact": "unrated", "unrated": u, "attended": a}
+    if up and u > 0:
+        return f"{u} of {_n(a, 'attended session')} without an alliance rating", ev
+    if not up and u == 0:
+        every = "the 1 attended session" if a == 1 else f"all {a} attended sessions"
+        return f"Alliance rated at {every}", ev
+    return None
+
+
+def _age(f: Facts, g: _Group, up: bool) -> Sentence:
+    age = f["client_age"]
+    if not _finite(age):
+        return "Client age not recorded", {"fact": "age", "age_years": None}
+    young = age < YOUNG_AGE_YEARS
+    text = f"Client {'younger than' if young else 'aged at least'} {_fmt(YOUNG_AGE_YEARS)} years"
+    return text, {"fact": "age", "age_years": int(age)}
+
+
+_Builder = Callable[[Facts, _Group, bool, _Tables], Sentence]
+
+_BUILDERS: dict[str, _Builder] = {
+    "trend3": lambda f, g, up, t: _trend(f, g, up, RECENT_RATED, "trend"),
+    "change_prev": lambda f, g, up, t: _trend(f, g, up, 1, "change_prev"),
+    "first_last": lambda f, g, up, t: _first_last(f, g, up),
+    "level": lambda f, g, up, t: _level(f, g, up),
+    "cutoff": lambda f, g, up, t: _cutoff(f, g, up),
+    "own_mean": lambda f, g, up, t: _own_mean(f, g, up),
+    "early": lambda f, g, up, t: _early(f, g, up),
+    "low_point": lambda f, g, up, t: _low_point(f, g, up),
+    "variability": lambda f, g, up, t: _variability(f, g, up),
+    "rupture": lambda f, g, up, t: _rupture(f, g, up),
+    "n_rated": lambda f, g, up, t: _n_rated(f, g, up),
+    "element_cutoff": _element_cutoff,
+    "ceiling": _ceiling,
+    "drop_alert": lambda f, g, up, t: _drop_alert(f, g, up),
+    "recent_missed": lambda f, g, up, t: _recent_missed(f, g, up),
+    "streak": lambda f, g, up, t: _streak(f, g, up),
+    "first3": lambda f, g, up, t: _first3(f, g, up),
+    "attended_share": lambda f, g, up, t: _attended_share(f, g, up),
+    "cancellations": lambda f, g, up, t: _cancellations(f, g, up),
+    "gaps": lambda f, g, up, t: _gaps(f, g, up),
+    "landmark": lambda f, g, up, t: _landmark(f, g, up),
+    "since_intake": lambda f, g, up, t: _since_intake(f, g, up),
+    "since_attended": lambda f, g, up, t: _since_attended(f, g, up),
+    "never_attended": lambda f, g, up, t: _never_attended(f, g, up),
+    "never_rated": lambda f, g, up, t: _never_rated(f, g, up),
+    "unrated": lambda f, g, up, t: _unrated(f, g, up),
+    "age": lambda f, g, up, t: _age(f, g, up),
+}
+
+#: Same-signed features tried per driver before the group's default sentences.
+_CANDIDATES = 4
+
+
+def _sentence(
+    f: Facts, g: _Group, up: bool, contribution: float, candidates: list[int], t: _Tables
+) -> tuple[str, Evidence]:
+    """The first sentence the candidate features' topics, then the group defaults, support."""
+    tried: set[str] = set()
+    for j in candidates:
+        for topic in g.topics[j]:
+            if topic not in tried:
+                tried.add(topic)
+                got = _BUILDERS[topic](f, g, up, t)
+                if got is not None:
+                    return got
+    for topic in _DEFAULT_TOPICS[g.kind]:
+        if topic not in tried:
+            got = _BUILDERS[topic](f, g, up, t)
+            if got is not None:
+                return got
+    return (
+        f"{g.label} contributes {contribution:+.2f} to the risk (log-odds)",
+        {"fact": "contribution", "contribution": round(contribution, 2)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the (row, group) pairs, their candidate features and their facts. Both paths give the
+# same result; the small one (a client on the API path) avoids numpy's per-call overhead.
+
+#: Up to this many (row, group) pairs, the plain-Python path is faster.
+_SMALL_PAIRS = 24
+
+_Pairs = tuple[list[int], list[int], list[float], list[list[int]], list[Facts]]
+
+
+def _pairs_small(
+    arrays: SessionArrays,
+    rows: np.ndarray,
+    X: np.ndarray,
+    gc: np.ndarray,
+    fc: np.ndarray,
+    k: int,
+    t: _Tables,
+) -> _Pairs:
+    pair_row: list[int] = []
+    pair_group: list[int] = []
+    pair_c: list[float] = []
+    candidates: list[list[int]] = []
+    for i, contributions in enumerate(gc.tolist()):
+        ranked = sorted(range(len(contributions)), key=lambda j: -abs(contributions[j]))[:k]
+        phi: list[float] | None = None
+        for gi in ranked:
+            c = contributions[gi]
+            if c == 0 or not math.isfinite(c):
+                continue
+            if phi is None:
+                phi = fc[i].tolist()
+            sign = 1.0 if c > 0 else -1.0
+            signed = [phi[col] * sign for col in t.groups[gi].col_list]
+            best = sorted(range(len(signed)), key=lambda j: -signed[j])[:_CANDIDATES]
+            pair_row.append(i)
+            pair_group.append(gi)
+            pair_c.append(c)
+            candidates.append([j for j in best if signed[j] > 0])
+    slots = [t.groups[gi].slot for gi in pair_group]
+    rating = [p for p, sl in enumerate(slots) if sl >= 0]
+    other = [p for p, sl in enumerate(slots) if sl < 0]
+    row_list = rows.tolist()
+    facts: list[Facts] = [{}] * len(pair_row)
+    got = _rating_facts_small(
+        arrays,
+        [row_list[pair_row[p]] for p in rating],
+        X,
+        [pair_row[p] for p in rating],
+        [slots[p] for p in rating],
+        [t.groups[pair_group[p]].scale for p in rating],
+        t,
+    )
+    got += _activity_facts_small(
+        arrays, [row_list[pair_row[p]] for p in other], X, [pair_row[p] for p in other], t
+    )
+    for p, fct in zip(rating + other, got, strict=True):
+        facts[p] = fct
+    return pair_row, pair_group, pair_c, candidates, facts
+
+
+def _pairs_batch(
+    arrays: SessionArrays,
+    rows: np.ndarray,
+    X: np.ndarray,
+    gc: np.ndarray,
+    fc: np.ndarray,
+    k: int,
+    t: _Tables,
+) -> _Pairs:
+    order = np.argsort(-np.abs(gc), axis=1, kind="stable")[:, :k]
+    contrib = np.take_along_axis(gc, order, axis=1)
+    keep = (contrib != 0) & np.isfinite(contrib)
+    pair_row, pair_rank = np.nonzero(keep)
+    pair_group = order[pair_row, pair_rank]
+    pair_c = contrib[pair_row, pair_rank]
+    sign = np.where(pair_c > 0, 1.0, -1.0)
+
+    # Per pair: the group's features pushing the same way, largest first.
+    candidates: list[list[int]] = [[] for _ in range(pair_row.shape[0])]
+    for gi in np.unique(pair_group).tolist():
+        sel = np.flatnonzero(pair_group == gi)
+        signed = fc[pair_row[sel][:, None], t.groups[gi].cols] * sign[sel, None]
+        best = np.argsort(-signed, axis=1, kind="stable")[:, :_CANDIDATES]
+        positive = np.take_along_axis(signed, best, axis=1) > 0
+        for p, b, ok in zip(sel.tolist(), best.tolist(), positive.tolist(), strict=True):
+            candidates[p] = [j for j, y in zip(b, ok, strict=True) if y]
+
+    slot = t.group_slot[pair_group]
+    facts: list[Facts] = [{}] * pair_row.shape[0]
+    is_rating = slot >= 0
+    if is_rating.any():
+        sel = np.flatnonzero(is_rating)
+        got = _rating_facts(
+            arrays,
+            rows[pair_row[sel]],
+            X,
+            pair_row[sel],
+            slot[sel],
+            t.group_scale[pair_group[sel]],
+            t,
+        )
+        for p, fct in zip(sel.tolist(), got, strict=True):
+            facts[p] = fct
+    if not is_rating.all():
+        sel = np.flatnonzero(~is_rating)
+        got = _activity_facts(arrays, rows[pair_row[sel]], X, pair_row[sel], t)
+        for p, fct in zip(sel.tolist(), got, strict=True):
+            facts[p] = fct
+    return pair_row.tolist(), pair_group.tolist(), pair_c.tolist(), candidates, facts
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_drivers(
+    arrays: SessionArrays,
+    rows: np.ndarray,
+    registry: FeatureRegistry,
+    X: np.ndarray,
+    explanation: Explanation,
+    *,
+    top: int = 3,
+) -> list[list[Driver]]:
+    """The top reasons behind each scored row's risk, in clinician language.
+
+    Parameters
+    ----------
+    arrays : SessionArrays
+        The session histories the rows were scored from.
+    rows : ndarray of int, shape (n_rows,)
+        Landmark row of each scored row in ``arrays`` (as :func:`features.build.landmark_rows`
+        returns them).
+    registry : FeatureRegistry
+        The model's feature registry; its profile must be ``arrays.profile``.
+    X : ndarray of shape (n_rows, n_features)
+        The feature rows that were scored, in registry column order.
+    explanation : Explanation
+        The explanation of the same rows; ``feature_names`` must equal ``registry.names``.
+    top : int, default 3
+        Most drivers per row.
+
+    Returns
+    -------
+    list of list of Driver
+        Per scored row, up to ``top`` drivers ordered by decreasing |group contribution| (ties
+        keep group order). Groups contributing exactly 0 are left out.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, feature names or profiles, a row outside ``arrays`` or a negative
+        ``top``.
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    X = np.asarray(X, dtype=np.float64)
+    n = rows.shape[0]
+    if top < 0:
+        raise ValueError("top must be >= 0")
+    if X.ndim != 2 or X.shape != (n, len(registry.names)) or explanation.n_rows != n:
+        raise ValueError(
+            "rows, X and the explanation must describe the same rows, X with one column per "
+            "registry feature"
+        )
+    if explanation.feature_names != registry.names:
+        raise ValueError("the explanation's features differ from the registry's")
+    if arrays.profile is not registry.profile and arrays.profile != registry.profile:
+        raise ValueError("the session arrays and the registry use different instrument profiles")
+    if n and (rows.min() < 0 or rows.max() >= arrays.n_rows):
+        raise ValueError("rows must be row positions inside the session arrays")
+    out: list[list[Driver]] = [[] for _ in range(n)]
+    if n == 0 or top == 0:
+        return out
+    t = _tables(registry, explanation.group_names)
+
+    gc = explanation.group_contributions
+    fc = explanation.feature_contributions
+    k = min(top, gc.shape[1])
+    if n * k <= _SMALL_PAIRS:
+        pair_row, pair_group, pair_c, candidates, facts = _pairs_small(
+            arrays, rows, X, gc, fc, k, t
+        )
+    else:
+        pair_row, pair_group, pair_c, candidates, facts = _pairs_batch(
+            arrays, rows, X, gc, fc, k, t
+        )
+
+    profile = registry.profile
+    for p, (i, gi, c) in enumerate(zip(pair_row, pair_group, pair_c, strict=True)):
+        g = t.groups[gi]
+        f = facts[p]
+        up = c > 0
+        text, evidence = _sentence(f, g, up, c, candidates[p], t)
+        focus = g.focus
+        if g.kind == "overall":
+            focus = profile.elements[f["focus_el"]].focus if f["focus_el"] >= 0 else GENERAL_FOCUS
+        out[i].append(
+            Driver(
+                group=g.name,
+                label=g.label,
+                contribution=c,
+                direction=RAISES if up else LOWERS,
+                text=text,
+                evidence=evidence,
+                focus=focus,
+            )
+        )
+    return out
