@@ -7,8 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 DEMO_DIR ?= data/demo
-DEMO_CLIENTS ?= 2000
-SEED ?= 7
+PORT ?= 8000
 
 # Serving and benchmarks share 2 cores: one OpenMP thread per process (perf-notes: 10x trap).
 export OMP_NUM_THREADS ?= 1
@@ -26,15 +25,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
 
-run: venv ## Main job on embedded defaults: simulate a demo cohort and validate it
-	$(BIN)/alliance-risk simulate --clients $(DEMO_CLIENTS) --seed $(SEED) --out $(DEMO_DIR)
-	$(BIN)/alliance-risk validate --sessions $(DEMO_DIR)/sessions.csv --clients $(DEMO_DIR)/clients.csv
+run: venv ## Serve the risk API on 127.0.0.1:$(PORT); trains a demo model first if there is none
+	$(BIN)/alliance-risk serve --host 127.0.0.1 --port $(PORT)
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: venv ## mypy on features/ and models/
+typecheck: venv ## mypy on features/, models/ and service/
 	$(BIN)/mypy
 
 imports: venv ## import-linter layer contract

@@ -12,6 +12,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import typer
 
+from service import cli as service_cli
 from training import cli as training_cli
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ def _main(
 
 
 training_cli.register(app)
+service_cli.register(app)
 
 if __name__ == "__main__":
     app()

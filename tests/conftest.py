@@ -8,6 +8,7 @@ found or installed the fixtures fail with the reason; they never skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,16 +194,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` (1 worker) on 127.0.0.1 with the PostgreSQL backend store.
-
-    Yields its URI, ``http://127.0.0.1:<port>``; artifacts go to a temporary directory.
-    Terminated at the end of the session.
-    """
-    workdir = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def running_mlflow_server(backend_store_uri: str, workdir: Path) -> Iterator[tuple[str, Any]]:
+    """``mlflow server`` (1 worker) on 127.0.0.1 over ``backend_store_uri``, artifacts under
+    ``workdir``. Yields ``(url, stop)``: ``stop()`` ends it early (an outage); it is stopped at
+    exit in any case."""
     artifacts = workdir / "artifacts"
-    artifacts.mkdir()
+    artifacts.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
     port = _free_port()
     env = {
@@ -216,7 +215,7 @@ def mlflow_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory
     command = [
         *_mlflow_command(),
         "server",
-        "--backend-store-uri", postgres_server,
+        "--backend-store-uri", backend_store_uri,
         "--default-artifact-root", artifacts.as_uri(),
         "--host", HOST,
         "--port", str(port),
@@ -235,9 +234,23 @@ def mlflow_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory
     url = f"http://{HOST}:{port}"
     try:
         _wait_healthy(url, proc, log)
-        yield url
+        yield url, lambda: _stop(proc)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` (1 worker) on 127.0.0.1 with the PostgreSQL backend store.
+
+    Yields its URI, ``http://127.0.0.1:<port>``; artifacts go to a temporary directory.
+    Terminated at the end of the session.
+    """
+    with running_mlflow_server(postgres_server, tmp_path_factory.mktemp("mlflow-server")) as (
+        url,
+        _,
+    ):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -193,8 +192,8 @@ def train(
             result,
             sessions=cohort.sessions,
             clients=cohort.clients,
-            test_sessions=cohort.sessions[np.isin(cohort.sessions[CLIENT_ID], test_ids)],
-            test_clients=cohort.clients[np.isin(cohort.clients[CLIENT_ID], test_ids)],
+            test_sessions=cohort.sessions[cohort.sessions[CLIENT_ID].isin(test_ids)],
+            test_clients=cohort.clients[cohort.clients[CLIENT_ID].isin(test_ids)],
             experiment=experiment,
             register_as=register_name,
             simulated=is_sim,

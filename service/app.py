@@ -1,0 +1,129 @@
+"""The FastAPI application factory: ``create_app(settings)``.
+
+The model is loaded in the lifespan (``app.state.store``), the alias is polled in the
+background, and every request carries a ``request_id``. Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from models.scorer import Scorer
+from models.store import tracking_uri
+from service.errors import install_error_handlers
+from service.logs import configure_logging
+from service.metrics import ServiceMetrics
+from service.middleware import RequestContextMiddleware
+from service.model_store import ModelStore
+from service.routers import health, model, risk
+from service.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Calibrated risk that a psychotherapy client drops out of treatment, from the trajectory of the
+therapeutic alliance and attendance, explained by alliance element (empathy, acceptance, trust,
+goals, collaboration, communication), attendance and engagement, with drivers in clinician
+language and a focus suggestion for each alliance driver.
+
+Intended use: prompting an alliance check-in or outreach. Never for discharge or rationing care.
+"""
+
+
+def _configure_registry(settings: ServiceSettings) -> None:
+    """Point MLflow at the tracking store and bound its HTTP retries, before the first load."""
+    import mlflow
+
+    # A registry outage must be noticed within seconds, not after MLflow's default retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.registry_timeout_s)))
+    uri = settings.tracking_uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    *,
+    loader: Callable[[str], Scorer] | None = None,
+    client_factory: Callable[[], Any] | None = None,
+    configure_logs: bool = True,
+) -> FastAPI:
+    """Build the app.
+
+    Parameters
+    ----------
+    settings
+        Default: read from the environment (``ALLIANCE_RISK_*``).
+    loader, client_factory
+        Override how a model URI is loaded and how the registry is reached (tests use real
+        models and registries; these exist to inject failures such as an outage).
+    configure_logs
+        Install the JSON log handler (off when an embedding process owns logging).
+    """
+    settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logs:
+            configure_logging(settings.log_level)
+        if client_factory is None:
+            _configure_registry(settings)
+        store = ModelStore(
+            settings.model_uri, metrics, loader=loader, client_factory=client_factory
+        )
+        app.state.store = store
+        result = await run_in_threadpool(store.refresh)
+        logger.info(
+            "service started",
+            extra={"fields": {"model_uri": settings.model_uri, "load": result}},
+        )
+        poller = (
+            asyncio.create_task(_poll(store, settings.poll_interval_s))
+            if settings.poll_interval_s > 0
+            else None
+        )
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+
+    app = FastAPI(
+        title="alliance-risk",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(risk.router)
+    app.include_router(model.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+async def _poll(store: ModelStore, interval: float) -> None:
+    """Check the alias every ``interval`` seconds, off the event loop."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(store.refresh)
+        except Exception as exc:  # a poll must never kill the poller
+            logger.error("reload check failed", extra={"fields": {"error": type(exc).__name__}})

@@ -1,0 +1,36 @@
+"""Typed dependencies of the routes. ``async`` so FastAPI does not hop to the thread pool for
+them (a sync dependency costs a thread switch per request)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from service.model_store import LoadedModel, ModelStore
+from service.settings import ServiceSettings
+
+NO_MODEL = (
+    "no model is loaded: the registry has no champion yet, or it could not be loaded; see /readyz"
+)
+
+
+async def get_settings_dep(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+async def get_model(request: Request) -> LoadedModel:
+    """The model this request scores with, taken once (a reload never changes it mid-request)."""
+    model = request.app.state.store.current
+    if model is None:
+        raise HTTPException(503, NO_MODEL, headers={"Retry-After": "30"})
+    return model
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings_dep)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]

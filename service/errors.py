@@ -1,0 +1,102 @@
+"""Error bodies: a fixed message, the ``request_id`` and, for 422, field paths with reasons.
+
+Never the submitted values, never a stack trace (MLflow's scoring server echoes both; that
+would leak clinical data).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from features.validation import (
+    DATE_NOT_ISO,
+    EMPTY_ID,
+    RATING_NOT_NUMERIC,
+    SESSION_NUMBER_INVALID,
+    UNKNOWN_ATTENDANCE,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Pydantic error types -> the data validator's wording, by the field they occur on.
+_FIELD_REASONS = {
+    "attendance": UNKNOWN_ATTENDANCE,
+    "session_number": SESSION_NUMBER_INVALID,
+    "session_date": DATE_NOT_ISO,
+    "intake_date": DATE_NOT_ISO,
+}
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "") or "")
+
+
+def error_body(detail: str, request_id: str, errors: list[dict[str, Any]] | None = None) -> dict:
+    return {"detail": detail, "request_id": request_id, "errors": errors or []}
+
+
+def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str, Any]]:
+    """Pydantic errors -> ``[{"loc", "reason"}]``: the location and a value-free reason."""
+    out = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        if strip_body and loc and loc[0] == "body":
+            loc = loc[1:]
+        field = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        kind = err.get("type", "")
+        if field in _FIELD_REASONS and kind not in {"missing", "extra_forbidden"}:
+            reason = _FIELD_REASONS[field]
+        elif len(loc) >= 2 and loc[-2] == "ratings" and kind != "dict_type":
+            reason = RATING_NOT_NUMERIC
+        elif field.endswith("_id") and kind == "string_too_short":
+            reason = EMPTY_ID
+        elif kind == "missing":
+            reason = "required field is missing"
+        elif kind == "extra_forbidden":
+            reason = "field is not part of the data contract"
+        else:
+            # Pydantic's own message names the expected type or bound, not the input value.
+            reason = str(err.get("msg", "invalid value"))
+        out.append({"loc": loc, "reason": reason})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "request does not meet the data contract",
+                request_id_of(request),
+                pydantic_problems(exc.errors()),
+            ),  # fmt: skip
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return JSONResponse(
+            error_body(detail, request_id_of(request)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error(
+            "unhandled error",
+            extra={"fields": {"request_id": request_id_of(request), "error": type(exc).__name__}},
+        )
+        return JSONResponse(
+            error_body(
+                "internal error; quote the request_id to the operator", request_id_of(request)
+            ),  # fmt: skip
+            status_code=500,
+        )

@@ -1,0 +1,73 @@
+"""Request ids, latency metrics and one access-log line per request, as a pure ASGI middleware
+(cheaper than ``BaseHTTPMiddleware`` on the millisecond scoring path)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from service.metrics import ServiceMetrics
+
+logger = logging.getLogger("service.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for key, value in headers:
+        if key == REQUEST_ID_HEADER:
+            text = value.decode("latin-1")
+            # Only a caller's opaque token of a safe shape is reused; anything else is replaced.
+            if 8 <= len(text) <= 64 and all(ch.isalnum() or ch in "-_" for ch in text):
+                return text
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Sets ``scope["state"]["request_id"]``, echoes it as ``X-Request-ID``, records latency."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope.get("headers", []))
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append(
+                    (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_latency.labels(
+                route=template, method=scope["method"], status=str(status)
+            ).observe(elapsed)
+            logger.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "route": template,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1e3, 3),
+                    }
+                },
+            )

@@ -1,0 +1,217 @@
+"""Request and response schemas of the ``/v1`` API.
+
+Inputs follow the data contract (docs/data-contract.md): a client's episode with its list of
+scheduled appointments. Ratings are keyed by the element names of the served model's instrument
+profile (``alliance6``: empathy, acceptance, trust, goals, collaboration, communication), so the
+same schema serves every profile; the profile-dependent checks (which elements, which scale)
+run against the loaded model and report with the validator's wording.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.validation import AGE_MAX, AGE_MIN, SESSION_NUMBER_MAX
+
+#: The contract's attendance codes (a test keeps them equal to features.contract).
+Attendance = Literal["attended", "no_show", "late_cancel", "cancelled", "rescheduled"]
+RiskBand = Literal["low", "moderate", "high"]
+Identifier = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
+
+_RATINGS_EXAMPLE = {
+    "empathy": 8.5,
+    "acceptance": 9.0,
+    "trust": 8.0,
+    "goals": 7.5,
+    "collaboration": 8.0,
+    "communication": 8.5,
+}
+
+
+class SessionIn(BaseModel):
+    """One scheduled appointment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_number: int = Field(
+        ge=1,
+        le=SESSION_NUMBER_MAX,
+        description="Order of the appointment in the episode (1, 2, ...).",
+    )
+    session_date: date = Field(description="ISO date of the appointment.")
+    attendance: Attendance
+    ratings: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Alliance ratings of this appointment keyed by element name of the model's "
+        "instrument profile (see GET /v1/model); omit or null when not rated. Only attended "
+        "appointments carry ratings.",
+        examples=[_RATINGS_EXAMPLE],
+    )
+
+
+def _example_sessions() -> list[dict[str, Any]]:
+    days = ["2026-09-01", "2026-09-08", "2026-09-15", "2026-09-22", "2026-09-29", "2026-10-06"]
+    attendance = ["attended", "attended", "no_show", "attended", "attended", "no_show"]
+    goals = [8.6, 8.4, None, 7.0, 6.1, None]
+    out = []
+    for i, (d, a, g) in enumerate(zip(days, attendance, goals, strict=True)):
+        ratings = {} if g is None else {**_RATINGS_EXAMPLE, "goals": g, "trust": 8.0 - 0.5 * i}
+        out.append(
+            {"session_number": i + 1, "session_date": d, "attendance": a, "ratings": ratings}
+        )
+    return out
+
+
+RISK_REQUEST_EXAMPLE: dict[str, Any] = {
+    "client_id": "c-000123",
+    "clinic_id": "clinic-a",
+    "therapist_id": "t-07",
+    "intake_date": "2026-08-28",
+    "age": 23,
+    "sessions": _example_sessions(),
+}
+
+
+class RiskRequest(BaseModel):
+    """One client's episode of care: client fields of the contract and the appointments so far."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [RISK_REQUEST_EXAMPLE]}
+    )
+
+    client_id: str = Identifier
+    clinic_id: str = Identifier
+    therapist_id: str = Identifier
+    intake_date: date | None = Field(None, description="ISO date of intake.")
+    age: int | None = Field(None, ge=AGE_MIN, le=AGE_MAX, description="Age in years.")
+    gender: str | None = Field(None, max_length=64, description="Audit only; never a model input.")
+    referral_source: str | None = Field(
+        None, max_length=64, description="Audit only; never a model input."
+    )
+    sessions: list[SessionIn] = Field(
+        min_length=1,
+        max_length=SESSION_NUMBER_MAX,
+        description="Scheduled appointments, any order.",
+    )
+
+
+class BatchRequest(BaseModel):
+    """Up to ``max_batch`` clients (default 1,000). Each item is checked on its own: a bad item
+    is reported in its slot of the response and does not fail the batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clients: list[dict[str, Any]] = Field(
+        min_length=1,
+        json_schema_extra={"items": {"$ref": "#/components/schemas/RiskRequest"}},
+        description="RiskRequest objects.",
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    alias: str | None = None
+
+
+class GroupContribution(BaseModel):
+    group: str = Field(description="Alliance element, alliance_overall, attendance, engagement "
+                       "or client.")  # fmt: skip
+    label: str = Field(description="Clinician name of the group.")
+    contribution: float = Field(description="Signed; positive raises the risk. In `space`.")
+
+
+class Driver(BaseModel):
+    group: str
+    label: str
+    contribution: float
+    direction: Literal["raises risk", "lowers risk"]
+    text: str = Field(description="What drives the risk, in clinician language, with numbers.")
+    evidence: dict[str, float | int | str | None] = Field(description="The numbers behind text.")
+    focus: str | None = Field(
+        None, description="Alliance-building strategy for alliance drivers (null otherwise)."
+    )
+
+
+class FeatureContribution(BaseModel):
+    feature: str
+    group: str
+    value: float | None = Field(description="Feature value (null: undefined by design).")
+    contribution: float
+
+
+class ExplanationOut(BaseModel):
+    space: str = Field(description="Units of base_value, contributions and output_value.")
+    base_value: float = Field(description="Where every explanation starts, in `space`.")
+    base_probability: float = Field(description="The population base rate, as a probability.")
+    output_value: float = Field(
+        description="base_value + sum of contributions, exactly: the model output in `space`."
+    )
+    contributions: list[GroupContribution] = Field(description="Every group, signed.")
+    drivers: list[Driver] = Field(description="The top 3 groups in clinician language.")
+    features: list[FeatureContribution] = Field(
+        description="Raw per-feature contributions, the 10 largest by magnitude, for audit."
+    )
+
+
+class RiskResponse(BaseModel):
+    client_id: str
+    landmark: int = Field(description="Number of scheduled appointments the risk is based on.")
+    probability: float = Field(ge=0, le=1, description="Calibrated probability of dropout.")
+    risk_band: RiskBand
+    model: ModelRef
+    scored_at: datetime
+    request_id: str
+    explanation: ExplanationOut
+
+
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Path of the offending field.")
+    reason: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    request_id: str
+    errors: list[Problem] = Field(default_factory=list)
+
+
+class BatchItem(BaseModel):
+    index: int = Field(description="Position of the client in the request.")
+    status: Literal["ok", "error"]
+    result: RiskResponse | None = None
+    errors: list[Problem] | None = None
+
+
+class BatchResponse(BaseModel):
+    model: ModelRef
+    request_id: str
+    scored: int
+    failed: int
+    items: list[BatchItem]
+
+
+class ModelInfo(BaseModel):
+    model: ModelRef
+    trained_at: str | None
+    profile: str
+    elements: list[str]
+    scale: tuple[float, float]
+    metrics: dict[str, float]
+    risk_bands: dict[str, float]
+    feature_groups: dict[str, list[str]]
+    explanation_space: str
+    simulated: bool
+    loaded_at: datetime
+    model_card: str | None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model: ModelRef | None
+    registry: Literal["ok", "unreachable", "unknown"]
+    last_reload: str | None = Field(description="Result of the last reload attempt.")
+    detail: str | None = None

@@ -1,0 +1,58 @@
+"""Settings of the scoring service: one pydantic-settings object, environment prefix
+``ALLIANCE_RISK_`` (for example ``ALLIANCE_RISK_MODEL_URI``). Nothing happens at import time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_URI = "models:/alliance-risk@champion"
+
+
+class ServiceSettings(BaseSettings):
+    """Every option of ``alliance-risk serve`` and the app, with its default.
+
+    The MLflow tracking store is taken from ``MLFLOW_TRACKING_URI`` (or ``tracking_uri``), and
+    defaults to the project's embedded SQLite store, as for the analysts' commands.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ALLIANCE_RISK_", extra="ignore")
+
+    model_uri: str = Field(
+        DEFAULT_MODEL_URI,
+        description="Model to serve. A models:/<name>@<alias> URI is watched: when the alias "
+        "moves, the new version is loaded, checked and swapped in.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking/registry URI. Default: MLFLOW_TRACKING_URI, else the "
+        "embedded SQLite store in .mlflow/.",
+    )
+    poll_interval_s: float = Field(
+        30.0, ge=0, description="Seconds between checks of the alias; 0 turns polling off."
+    )
+    registry_timeout_s: float = Field(
+        5.0, gt=0, description="HTTP timeout for each call to a remote registry."
+    )
+    max_batch: int = Field(1000, ge=1, le=10_000, description="Clients per batch request.")
+    max_sessions: int = Field(
+        500, ge=1, le=10_000, description="Appointments per client in one request."
+    )
+    docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model_uri must not be empty")
+        return value.strip()
+
+
+@lru_cache
+def get_settings() -> ServiceSettings:
+    """The process's settings, read from the environment once (tests override the dependency)."""
+    return ServiceSettings()

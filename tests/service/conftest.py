@@ -1,0 +1,78 @@
+"""A real tiny model in a real MLflow SQLite registry, shared by the service tests."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from training.pipeline import TrainConfig, train_model
+from training.runlog import log_training_run
+from training.simulate import Cohort, simulate_cohort
+from training.tracking import configure_mlflow
+
+MODEL_NAME = "alliance-risk-svc"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A SQLite MLflow store holding ``MODEL_NAME`` versions 1 (champion) and 2 (unpromoted)."""
+
+    uri: str
+    root: Path
+    cohort: Cohort
+
+
+def _log(result, cohort: Cohort) -> str:
+    test = cohort.clients["client_id"].isin(result.splits.test)
+    logged, _ = log_training_run(
+        result,
+        sessions=cohort.sessions,
+        clients=cohort.clients,
+        test_sessions=cohort.sessions[cohort.sessions["client_id"].isin(result.splits.test)],
+        test_clients=cohort.clients[test],
+        experiment="service-tests",
+        register_as=MODEL_NAME,
+        simulated=True,
+    )
+    return str(logged.model_version)
+
+
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory, mlflow_sqlite_template: Path) -> Registry:
+    """Trained once per session: two versions of a tiny model (different seeds)."""
+    root = tmp_path_factory.mktemp("svc-registry")
+    db = root / ".mlflow" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copyfile(mlflow_sqlite_template, db)
+    uri = f"sqlite:///{db}"
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    configure_mlflow(project_root=root, uri=uri)
+    try:
+        cohort = simulate_cohort(700, seed=41)
+        for seed in (0, 1):
+            result = train_model(
+                cohort.sessions, cohort.clients, cohort.profile,
+                TrainConfig(n_trials=1, n_boot=0, seed=seed),
+            )  # fmt: skip
+            _log(result, cohort)
+        MlflowClient(uri, uri).set_registered_model_alias(MODEL_NAME, "champion", "1")
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    return Registry(uri=uri, root=root, cohort=cohort)
+
+
+@pytest.fixture
+def registry(registry_template: Registry, tmp_path: Path) -> Iterator[Registry]:
+    """A private copy of the template registry (tests move aliases freely)."""
+    root = tmp_path / "registry"
+    shutil.copytree(registry_template.root, root)
+    db = root / ".mlflow" / "mlflow.db"
+    # Artifact locations in the store are absolute paths into the template, which stays put.
+    yield Registry(uri=f"sqlite:///{db}", root=root, cohort=registry_template.cohort)

@@ -1,0 +1,255 @@
+"""The API through ``TestClient(create_app(...))`` on a real tiny model in a real registry."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import get_args
+
+import mlflow
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from features.contract import ATTENDANCE_CODES, CLIENT_ID
+from features.profiles import ALLIANCE6
+from features.validation import DATE_BACKWARDS, UNKNOWN_ATTENDANCE, rating_out_of_range
+from models.pyfunc import load_scorer
+from service.app import create_app
+from service.schemas import Attendance
+from service.settings import ServiceSettings
+from tests.service.conftest import MODEL_NAME, Registry
+from tests.service.helpers import check_risk_body, request_for
+
+CHAMPION = f"models:/{MODEL_NAME}@champion"
+
+
+def _app(registry: Registry, **overrides) -> TestClient:
+    settings = ServiceSettings(
+        model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0, **overrides
+    )
+    return TestClient(create_app(settings, configure_logs=False))
+
+
+@pytest.fixture
+def api(registry: Registry) -> Iterator[TestClient]:
+    with _app(registry) as client:
+        yield client
+
+
+def _some_clients(registry: Registry, n: int) -> list[str]:
+    counts = registry.cohort.sessions.groupby(CLIENT_ID).size()
+    # Short and long histories, including single-appointment ones.
+    ids = counts.sort_values(kind="stable").index.to_numpy()
+    return [str(x) for x in ids[np.linspace(0, len(ids) - 1, n).astype(int)]]
+
+
+def test_schema_attendance_codes_are_the_contract_codes() -> None:
+    assert set(get_args(Attendance)) == set(ATTENDANCE_CODES)
+
+
+def test_one_client_scored_and_explained_exactly(api: TestClient, registry: Registry) -> None:
+    for cid in _some_clients(registry, 6):
+        body = request_for(registry.cohort, cid)
+        r = api.post("/v1/risk", json=body, headers={"X-Request-ID": "trace-0001-abcd"})
+        assert r.status_code == 200, r.text
+        parsed = check_risk_body(r.json())
+        assert parsed.client_id == cid
+        assert parsed.landmark == len(body["sessions"])
+        assert (parsed.model.name, parsed.model.version, parsed.model.alias) == (
+            MODEL_NAME, "1", "champion",
+        )  # fmt: skip
+        assert parsed.request_id == r.headers["x-request-id"] == "trace-0001-abcd"
+        for d in parsed.explanation.drivers:
+            is_element = d.group in ALLIANCE6.element_names
+            assert (d.focus is not None) == is_element or d.group == "alliance_overall"
+
+
+def test_serving_equals_batch_and_the_training_path(api: TestClient, registry: Registry) -> None:
+    ids = _some_clients(registry, 25)
+    bodies = [request_for(registry.cohort, cid) for cid in ids]
+    single = [api.post("/v1/risk", json=b).json()["probability"] for b in bodies]
+    batch = api.post("/v1/risk/batch", json={"clients": bodies}).json()
+    assert batch["scored"] == len(ids) and batch["failed"] == 0
+    assert [item["index"] for item in batch["items"]] == list(range(len(ids)))
+    for item in batch["items"]:
+        check_risk_body(item["result"])
+    np.testing.assert_allclose([i["result"]["probability"] for i in batch["items"]], single,
+                               rtol=0, atol=1e-12)  # fmt: skip
+    # The same clients through the analysts' batch path (pandas frames, training code).
+    mlflow.set_tracking_uri(registry.uri)
+    mlflow.set_registry_uri(registry.uri)
+    scorer = load_scorer(f"models:/{MODEL_NAME}/1")
+    c = registry.cohort
+    frames = scorer.score_frames(c.sessions[c.sessions[CLIENT_ID].isin(ids)],
+                                 c.clients[c.clients[CLIENT_ID].isin(ids)]).to_frame()  # fmt: skip
+    expected = frames["probability"].droplevel("landmark").reindex(ids).to_numpy()
+    np.testing.assert_allclose(single, expected, rtol=0, atol=1e-12)
+
+
+def test_batch_reports_bad_items_in_their_slot(api: TestClient, registry: Registry) -> None:
+    ids = _some_clients(registry, 3)
+    good = [request_for(registry.cohort, cid) for cid in ids]
+    out_of_range = json.loads(json.dumps(good[1]))
+    first_rated = next(i for i, s in enumerate(out_of_range["sessions"]) if s["ratings"])
+    out_of_range["sessions"][first_rated]["ratings"]["trust"] = 11.5
+    missing_field = {k: v for k, v in good[2].items() if k != "clinic_id"}
+    r = api.post("/v1/risk/batch", json={"clients": [good[0], out_of_range, missing_field]})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["scored"], body["failed"]) == (1, 2)
+    ok, bad_range, bad_missing = body["items"]
+    assert ok["status"] == "ok" and ok["result"]["client_id"] == ids[0]
+    assert bad_range["errors"] == [
+        {"loc": ["sessions", first_rated, "ratings", "trust"],
+         "reason": rating_out_of_range(ALLIANCE6)}
+    ]  # fmt: skip
+    assert bad_missing["errors"] == [{"loc": ["clinic_id"], "reason": "required field is missing"}]
+    assert ids[1] not in r.text and ids[2] not in r.text  # failed items name no client
+
+
+def test_bad_input_is_422_with_paths_and_never_echoes_values(api: TestClient,
+                                                            registry: Registry) -> None:  # fmt: skip
+    body = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    body["client_id"] = "SECRET-CLIENT-4711"
+    body["sessions"][0]["attendance"] = "zzq-not-a-code"
+    body["sessions"][0]["ratings"] = {}
+    r = api.post("/v1/risk", json=body)
+    assert r.status_code == 422
+    err = r.json()
+    assert err["errors"] == [{"loc": ["sessions", 0, "attendance"], "reason": UNKNOWN_ATTENDANCE}]
+    assert "SECRET-CLIENT-4711" not in r.text and "zzq" not in r.text
+    assert err["request_id"] == r.headers["x-request-id"]
+
+    # Contract checks that need several fields: dates going backwards, out-of-scale rating.
+    body = request_for(registry.cohort, _some_clients(registry, 6)[5])
+    body["client_id"] = "SECRET-CLIENT-4711"
+    body["sessions"][1]["session_date"] = "1999-01-01"
+    body["intake_date"] = None
+    rated = next(i for i, s in enumerate(body["sessions"]) if s["ratings"])
+    body["sessions"][rated]["ratings"]["goals"] = 97.25
+    r = api.post("/v1/risk", json=body)
+    assert r.status_code == 422
+    reasons = {(tuple(p["loc"]), p["reason"]) for p in r.json()["errors"]}
+    assert (("sessions", 1, "session_date"), DATE_BACKWARDS) in reasons
+    assert (("sessions", rated, "ratings", "goals"), rating_out_of_range(ALLIANCE6)) in reasons
+    for secret in ("SECRET-CLIENT-4711", "97.25", "1999"):
+        assert secret not in r.text
+    # Malformed JSON: a clean 422, no parser excerpt of the body.
+    r = api.post("/v1/risk", content=b'{"client_id": "SECRET-CLIENT-4711", ',
+                 headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 422 and "SECRET" not in r.text
+
+
+def test_model_info_health_and_metrics(api: TestClient, registry: Registry) -> None:
+    info = api.get("/v1/model").json()
+    assert info["model"] == {"name": MODEL_NAME, "version": "1", "alias": "champion"}
+    assert info["profile"] == "alliance6" and info["simulated"] is True
+    assert {"moderate_from", "high_from"} <= set(info["risk_bands"])
+    assert "auroc" in info["metrics"] and info["model_card"]
+    assert any(g.startswith("attendance") for g in info["feature_groups"])
+    assert api.get("/livez").json() == {"status": "alive"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model"]["version"] == "1"
+    cid = _some_clients(registry, 1)[0]
+    api.post("/v1/risk", json=request_for(registry.cohort, cid))
+    text = api.get("/metrics").text
+    assert 'alliance_risk_model_info{alias="champion",name="alliance-risk-svc",version="1"}' in text
+    assert 'alliance_risk_request_duration_seconds_count{method="POST",route="/v1/risk"' in text
+    assert "alliance_risk_predictions_total{band=" in text
+    assert cid not in text
+
+
+def test_without_a_champion_not_ready_and_503(registry: Registry) -> None:
+    MlflowClient(registry.uri, registry.uri).delete_registered_model_alias(MODEL_NAME, "champion")
+    with _app(registry) as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["last_reload"] == "no_champion"
+        body = request_for(registry.cohort, _some_clients(registry, 1)[0])
+        r = api.post("/v1/risk", json=body)
+        assert r.status_code == 503 and "no model is loaded" in r.json()["detail"]
+        assert api.get("/livez").status_code == 200
+
+
+def test_reload_swaps_to_the_new_champion(api: TestClient, registry: Registry) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 4)[3])
+    before = api.post("/v1/risk", json=body).json()
+    MlflowClient(registry.uri, registry.uri).set_registered_model_alias(MODEL_NAME, "champion", "2")
+    assert api.post("/v1/admin/reload").json()["result"] == "loaded"
+    after = api.post("/v1/risk", json=body).json()
+    assert (before["model"]["version"], after["model"]["version"]) == ("1", "2")
+    assert api.post("/v1/admin/reload").json()["result"] == "unchanged"
+    assert 'alliance_risk_model_reloads_total{result="loaded"} 2.0' in api.get("/metrics").text
+
+
+def _register_broken(registry: Registry, tmp_path: Path, breakage: str) -> str:
+    """Register a copy of version 2 with its scorer broken; returns the new version."""
+    mlflow.set_tracking_uri(registry.uri)
+    mlflow.set_registry_uri(registry.uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/2",
+                                                     dst_path=str(tmp_path / "v")))  # fmt: skip
+    scorer_dir = next(local.rglob("scorer.json")).parent
+    if breakage == "corrupt":
+        (scorer_dir / "booster.ubj").write_bytes(b"\x00 not a booster \x00" * 16)
+    else:  # saved by another xgboost minor version: refused as incompatible
+        doc = json.loads((scorer_dir / "scorer.json").read_text())
+        doc["libraries"]["xgboost"] = "1.7.6"
+        (scorer_dir / "scorer.json").write_text(json.dumps(doc))
+    client = MlflowClient(registry.uri, registry.uri)
+    mv = client.create_model_version(MODEL_NAME, source=str(local))
+    client.set_registered_model_alias(MODEL_NAME, "champion", str(mv.version))
+    return str(mv.version)
+
+
+@pytest.mark.parametrize("breakage", ["corrupt", "incompatible"])
+def test_broken_version_refused_and_previous_keeps_serving(
+    api: TestClient, registry: Registry, tmp_path: Path, breakage: str
+) -> None:
+    version = _register_broken(registry, tmp_path, breakage)
+    out = api.post("/v1/admin/reload").json()
+    assert out["result"] == "refused" and out["model"]["version"] == "1"
+    assert f"version {version} refused" in out["detail"]
+    r = api.post("/v1/risk", json=request_for(registry.cohort, _some_clients(registry, 1)[0]))
+    assert r.status_code == 200 and r.json()["model"]["version"] == "1"
+    ready = api.get("/readyz").json()
+    assert ready["ready"] and ready["last_reload"] == "refused"
+
+
+@pytest.fixture
+def restore_loggers() -> Iterator[None]:
+    """The app's JSON handler is process-global; put the loggers back afterwards."""
+    names = ("service", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate,
+                 logging.getLogger(n).level, logging.getLogger(n).disabled) for n in names}  # fmt: skip
+    yield
+    for n, (handlers, propagate, level, disabled) in saved.items():
+        logger = logging.getLogger(n)
+        logger.handlers[:], logger.propagate, logger.disabled = handlers, propagate, disabled
+        logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_loggers")
+def test_logs_are_json_and_hold_no_client_data(registry: Registry, capsys) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 3)[2])
+    body["client_id"] = "PATIENT-ZZ-9981"
+    body["intake_date"] = "2025-03-16"
+    for i, s in enumerate(body["sessions"]):
+        s["session_date"] = f"2025-{4 + i // 4:02d}-{1 + 7 * (i % 4):02d}"
+        if s["ratings"]:
+            s["ratings"]["trust"] = 7.3579
+    bad = json.loads(json.dumps(body))
+    bad["sessions"][0]["attendance"] = "no-such-code"
+    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
+    with TestClient(create_app(settings)) as api:
+        assert api.post("/v1/risk", json=body).status_code == 200
+        assert api.post("/v1/risk/batch", json={"clients": [body, bad]}).status_code == 200
+        assert api.post("/v1/risk", json=bad).status_code == 422
+    logged = capsys.readouterr().err
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    assert any(line.get("route") == "/v1/risk" and line.get("status") == 422 for line in lines)
+    assert any(line.get("msg") == "model loaded" for line in lines)
+    for secret in ("PATIENT-ZZ-9981", "7.3579", "2025-03-16", "2025-04-01", "no-such-code"):
+        assert secret not in logged

@@ -1,0 +1,85 @@
+"""``alliance-risk serve`` from an empty installation: bootstrap a model, serve, then restart
+fast on the same model (what ``make run`` does), all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.helpers import check_risk_body
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(cwd: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    exe = Path(sys.executable).parent / "alliance-risk"
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(exe), "serve", "--port", str(port), "--poll-interval", "0",
+             "--bootstrap-clients", "1500"],
+            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_serve_bootstraps_a_model_then_restarts_on_it(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    port = _free_port()
+    url = f"http://{HOST}:{port}"
+    proc = _serve(tmp_path, port, log)
+    try:
+        _wait_ready(url, proc, log, timeout=300)
+        printed = log.read_text()
+        assert "No champion model in the registry yet" in printed
+        curl = next(line for line in printed.splitlines() if line.startswith("curl "))
+        example = Path(curl.split("-d @", 1)[1].strip())
+        r = httpx.post(f"{url}/v1/risk", json=json.loads(example.read_text()), timeout=10)
+        assert r.status_code == 200, r.text
+        body = check_risk_body(r.json())
+        assert body.model.version == "1" and body.explanation.drivers
+    finally:
+        _stop(proc)
+    assert (tmp_path / ".mlflow" / "mlflow.db").exists()
+
+    log2 = tmp_path / "serve2.log"
+    proc = _serve(tmp_path, port, log2)
+    try:
+        waited = _wait_ready(url, proc, log2, timeout=60)
+        assert "No champion" not in log2.read_text()
+        assert waited < 30, f"restart took {waited:.1f} s"
+    finally:
+        _stop(proc)
