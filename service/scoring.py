@@ -37,12 +37,18 @@ TOP_DRIVERS = 3
 Problem = dict[str, Any]
 
 
-def request_problems(req: RiskRequest, profile: InstrumentProfile) -> list[Problem]:
-    """Contract checks that need the model's profile or several fields at once.
+def request_problems(
+    req: RiskRequest, profile: InstrumentProfile, *, max_sessions: int | None = None
+) -> list[Problem]:
+    """Contract checks that need the model's profile or several fields at once, and the
+    per-client appointment cap (``max_sessions``).
 
     Returns ``[{"loc": [...], "reason": ...}]`` with the data validator's wording; never a value.
     """
     problems: list[Problem] = []
+    if max_sessions is not None and len(req.sessions) > max_sessions:
+        reason = f"at most {max_sessions} appointments per client in one request"
+        return [{"loc": ["sessions"], "reason": reason}]
     elements = set(profile.element_names)
     lo, hi = profile.scale_min, profile.scale_max
     seen: dict[int, int] = {}

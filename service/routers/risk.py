@@ -38,11 +38,13 @@ def _json(payload: dict[str, Any]) -> Response:
     responses=ERRORS,
     summary="Dropout risk of one client, explained by alliance element and attendance",
 )
-def risk(body: RiskRequest, request: Request, model: ModelDep) -> Response:
+def risk(body: RiskRequest, request: Request, model: ModelDep, settings: SettingsDep) -> Response:
     """Calibrated dropout probability at the client's latest appointment, its risk band and
     an explanation whose group contributions add up, with the base, to the output."""
     request_id = request_id_of(request)
-    problems = scoring.request_problems(body, model.scorer.profile)
+    problems = scoring.request_problems(
+        body, model.scorer.profile, max_sessions=settings.max_sessions
+    )
     if problems:
         return JSONResponse(error_body(INVALID, request_id, problems), status_code=422)
     arrays = scoring.single_arrays(body, model.scorer.profile)
@@ -88,7 +90,7 @@ def risk_batch(
             items.append({"index": i, "status": "error",
                           "errors": pydantic_problems(exc.errors(), strip_body=False)})  # fmt: skip
             continue
-        problems = scoring.request_problems(req, profile)
+        problems = scoring.request_problems(req, profile, max_sessions=settings.max_sessions)
         if problems:
             items.append({"index": i, "status": "error", "errors": problems})
         else:

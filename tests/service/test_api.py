@@ -138,6 +138,16 @@ def test_bad_input_is_422_with_paths_and_never_echoes_values(api: TestClient,
     assert (("sessions", rated, "ratings", "goals"), rating_out_of_range(ALLIANCE6)) in reasons
     for secret in ("SECRET-CLIENT-4711", "97.25", "1999"):
         assert secret not in r.text
+    # More appointments than the configured cap: refused before any work is done.
+    long = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    long["sessions"] = [
+        {"session_number": i + 1, "session_date": f"2026-01-{1 + i % 28:02d}", "attendance":
+         "cancelled"} for i in range(501)
+    ]  # fmt: skip
+    r = api.post("/v1/risk", json=long)
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"loc": ["sessions"], "reason": "at most 500 appointments per client in one request"}
+    ]
     # Malformed JSON: a clean 422, no parser excerpt of the body.
     r = api.post("/v1/risk", content=b'{"client_id": "SECRET-CLIENT-4711", ',
                  headers={"Content-Type": "application/json"})  # fmt: skip
