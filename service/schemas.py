@@ -102,7 +102,9 @@ class BatchRequest(BaseModel):
     """Up to ``max_batch`` clients (default 1,000). Each item is checked on its own: a bad item
     is reported in its slot of the response and does not fail the batch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"clients": [RISK_REQUEST_EXAMPLE]}]}
+    )
 
     clients: list[dict[str, Any]] = Field(
         min_length=1,
@@ -207,6 +209,12 @@ class ModelInfo(BaseModel):
     simulated: bool
     loaded_at: datetime
     model_card: str | None
+
+
+class ReloadResponse(BaseModel):
+    result: Literal["loaded", "unchanged", "refused", "registry_unreachable", "no_champion"]
+    model: ModelRef | None = Field(description="The model serving after the attempt.")
+    detail: str | None = None
 
 
 class Readiness(BaseModel):

@@ -7,6 +7,7 @@ pass. Both then use the same scorer and the same feature kernels as training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -65,7 +66,7 @@ def request_problems(
                 problems.append({"loc": rloc, "reason": alliance_not_in_profile(profile)})
             elif value is None:
                 continue
-            elif not (np.isfinite(value) and lo <= value <= hi):
+            elif not (math.isfinite(value) and lo <= value <= hi):  # np.isfinite: 1.4 us/call
                 problems.append({"loc": rloc, "reason": rating_out_of_range(profile)})
             elif s.attendance != c.ATTENDED:
                 problems.append({"loc": rloc, "reason": RATING_NOT_ATTENDED})
@@ -77,9 +78,10 @@ def request_problems(
 
 
 def _ratings_matrix(sessions: Sequence[Any], profile: InstrumentProfile) -> np.ndarray:
-    out = np.full((len(profile.element_names), len(sessions)), np.nan)
+    names = profile.element_names  # a property that builds a tuple on every access
+    out = np.full((len(names), len(sessions)), np.nan)
     for j, s in enumerate(sessions):
-        for i, name in enumerate(profile.element_names):
+        for i, name in enumerate(names):
             v = s.ratings.get(name)
             if v is not None:
                 out[i, j] = v

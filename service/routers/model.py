@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from models.drivers import group_label
 from service.deps import ModelDep, StoreDep
 from service.routers.risk import ERRORS
-from service.schemas import ModelInfo
+from service.schemas import ModelInfo, ReloadResponse
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
@@ -41,7 +41,7 @@ async def model_info(model: ModelDep) -> dict[str, Any]:
     }
 
 
-@router.post("/admin/reload", tags=["admin"])
+@router.post("/admin/reload", tags=["admin"], response_model=ReloadResponse)
 async def reload(store: StoreDep) -> dict[str, Any]:
     """Check the watched alias now and swap in a new version if it moved and passes its checks.
     The current model keeps serving whatever the outcome."""
