@@ -208,27 +208,7 @@ class SessionArrays:
             )
 
         n_clients = len(uniques)
-        if n_clients == 1:
-            seg_order = np.zeros(1, dtype=np.int64)
-            lengths = np.array([len(sn)], dtype=np.int64)
-            order = np.argsort(sn, kind="stable")
-            key_sorted = sn[order]
-        else:
-            lengths = np.bincount(codes, minlength=n_clients)
-            # Segments ordered by (length, client) so equal lengths form runs.
-            seg_order = np.argsort(lengths, kind="stable")
-            seg_pos = np.empty(n_clients, dtype=np.int64)
-            seg_pos[seg_order] = np.arange(n_clients, dtype=np.int64)
-            key = seg_pos[codes] * (MAX_SESSION_NUMBER + 1) + sn
-            order = np.argsort(key, kind="stable")
-            key_sorted = key[order]
-        dup = np.flatnonzero(key_sorted[1:] == key_sorted[:-1])
-        if dup.size:
-            raise ValueError(
-                f"sessions row {int(order[dup[0] + 1])}: duplicate {SESSION_NUMBER!r} "
-                "for its client"
-            )
-
+        seg_order, lengths, order = _segment_order(codes, sn, n_clients)
         day = _days(sessions[SESSION_DATE].to_numpy(), SESSION_DATE)
         if np.isnan(day).any():
             raise ValueError(
@@ -274,6 +254,64 @@ class SessionArrays:
             intake_day=intake,
             age=age,
             outcome=outcome.astype(np.int8),
+        )
+
+    @classmethod
+    def from_episodes(
+        cls,
+        profile: InstrumentProfile,
+        *,
+        client: np.ndarray,
+        session_number: np.ndarray,
+        day: np.ndarray,
+        attendance: np.ndarray,
+        ratings: np.ndarray,
+        intake_day: np.ndarray,
+        age: np.ndarray,
+    ) -> SessionArrays:
+        """Many clients' histories from flat numpy arrays, without pandas (batch serving).
+
+        Parameters
+        ----------
+        profile
+            Instrument profile.
+        client
+            ``(n_rows,)`` int: the client (episode) of each appointment, ``0..n_clients-1``;
+            every client must have at least one appointment. It is also the ``client_id``.
+        session_number, day
+            ``(n_rows,)`` int: appointment numbers (>= 1, unique per client) and dates in days
+            since 1970-01-01; any row order.
+        attendance
+            ``(n_rows,)`` int8 index into :data:`~features.contract.ATTENDANCE_CODES`.
+        ratings
+            ``(n_elements, n_rows)`` float, NaN = not rated.
+        intake_day, age
+            ``(n_clients,)`` float, NaN = unknown.
+        """
+        codes = np.asarray(client, dtype=np.int64)
+        n_clients = int(np.asarray(intake_day).shape[0])
+        sn = np.asarray(session_number, dtype=np.int64)
+        if codes.size and (codes.min() < 0 or codes.max() >= n_clients):
+            raise ValueError("client must index 0..n_clients-1")
+        if (sn < 1).any() or (sn > MAX_SESSION_NUMBER).any():
+            raise ValueError(f"{SESSION_NUMBER!r} must be between 1 and {MAX_SESSION_NUMBER}")
+        seg_order, lengths, order = _segment_order(codes, sn, n_clients)
+        if (lengths == 0).any():
+            raise ValueError("every client needs at least one appointment")
+        offsets = np.zeros(n_clients + 1, dtype=np.int64)
+        np.cumsum(lengths[seg_order], out=offsets[1:])
+        return cls(
+            profile=profile,
+            client_id=seg_order.astype(object),
+            client_rank=seg_order.astype(np.int64),
+            offsets=offsets,
+            session_number=sn[order],
+            day=np.asarray(day, dtype=np.int64)[order],
+            attendance=np.asarray(attendance, dtype=np.int8)[order],
+            ratings=np.ascontiguousarray(np.asarray(ratings, dtype=np.float64)[:, order]),
+            intake_day=np.asarray(intake_day, dtype=np.float64)[seg_order],
+            age=np.asarray(age, dtype=np.float64)[seg_order],
+            outcome=np.full(n_clients, -1, dtype=np.int8),
         )
 
     @classmethod
@@ -380,6 +418,33 @@ def _int_column(frame: pd.DataFrame, column: str) -> np.ndarray:
     if bad.any():
         raise ValueError(f"sessions row {int(np.argmax(bad))}: {column!r} must be an integer")
     return as_float.astype(np.int64)
+
+
+def _segment_order(
+    codes: np.ndarray, sn: np.ndarray, n_clients: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segment order (by length, then client), segment lengths and the row order that sorts
+    rows by (segment, session_number). Raises on a duplicated session number."""
+    if n_clients == 1:
+        seg_order = np.zeros(1, dtype=np.int64)
+        lengths = np.array([len(sn)], dtype=np.int64)
+        order = np.argsort(sn, kind="stable")
+        key_sorted = sn[order]
+    else:
+        lengths = np.bincount(codes, minlength=n_clients)
+        # Segments ordered by (length, client) so equal lengths form runs.
+        seg_order = np.argsort(lengths, kind="stable")
+        seg_pos = np.empty(n_clients, dtype=np.int64)
+        seg_pos[seg_order] = np.arange(n_clients, dtype=np.int64)
+        key = seg_pos[codes] * (MAX_SESSION_NUMBER + 1) + sn
+        order = np.argsort(key, kind="stable")
+        key_sorted = key[order]
+    dup = np.flatnonzero(key_sorted[1:] == key_sorted[:-1])
+    if dup.size:
+        raise ValueError(
+            f"sessions row {int(order[dup[0] + 1])}: duplicate {SESSION_NUMBER!r} for its client"
+        )
+    return seg_order, lengths, order
 
 
 def _factorize_ids(ids: pd.Series, small: bool) -> tuple[np.ndarray, list[Any] | np.ndarray]:

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from features import contract as c
 from features.arrays import SessionArrays
@@ -26,7 +25,7 @@ from features.validation import (
     alliance_not_in_profile,
     rating_out_of_range,
 )
-from models.drivers import describe_drivers, group_label
+from models.drivers import Driver, describe_drivers, group_label
 from models.scorer import ScoreBatch
 from service.model_store import LoadedModel
 from service.schemas import RiskRequest
@@ -103,42 +102,47 @@ def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays
     )
 
 
+#: ``date.toordinal()`` of 1970-01-01: ordinals minus this are days since the epoch.
+_EPOCH_ORDINAL = 719163
+_ATTENDANCE_CODE = {code: i for i, code in enumerate(c.ATTENDANCE_CODES)}
+
+
 def batch_arrays(reqs: Sequence[RiskRequest], profile: InstrumentProfile) -> SessionArrays:
-    """Many clients' histories packed in one pass. Segments are keyed by position in ``reqs``
-    (``"0"``, ``"1"``, ...), so the same client_id twice in a batch stays two episodes."""
-    keys, numbers, dates, attendance = [], [], [], []
+    """Many clients' histories packed in one pass, without pandas. Client ``k`` of the
+    arrays is ``reqs[k]``, so the same client_id twice in a batch stays two episodes."""
+    names = profile.element_names
+    client, numbers, days, attendance = [], [], [], []
+    rating_rows: list[list[float]] = [[] for _ in names]
+    nan = float("nan")
     for k, r in enumerate(reqs):
-        key = str(k)
         for s in r.sessions:
-            keys.append(key)
+            client.append(k)
             numbers.append(s.session_number)
-            dates.append(s.session_date)
-            attendance.append(s.attendance)
-    all_sessions = [s for r in reqs for s in r.sessions]
-    ratings = _ratings_matrix(all_sessions, profile)
-    sessions = pd.DataFrame(
-        {
-            c.CLIENT_ID: keys,
-            c.SESSION_NUMBER: np.asarray(numbers, dtype=np.int64),
-            c.SESSION_DATE: np.asarray(dates, dtype="datetime64[D]").astype("datetime64[s]"),
-            c.ATTENDANCE: attendance,
-            **{col: ratings[i] for i, col in enumerate(profile.columns)},
-        }
+            days.append(s.session_date.toordinal() - _EPOCH_ORDINAL)
+            attendance.append(_ATTENDANCE_CODE[s.attendance])
+            got = s.ratings
+            for row, name in zip(rating_rows, names, strict=True):
+                v = got.get(name)
+                row.append(nan if v is None else v)
+    return SessionArrays.from_episodes(
+        profile,
+        client=np.asarray(client, dtype=np.int64),
+        session_number=np.asarray(numbers, dtype=np.int64),
+        day=np.asarray(days, dtype=np.int64),
+        attendance=np.asarray(attendance, dtype=np.int8),
+        ratings=np.asarray(rating_rows, dtype=np.float64).reshape(len(names), len(client)),
+        intake_day=np.asarray(
+            [
+                nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
+                for r in reqs
+            ],
+            dtype=np.float64,
+        ),  # fmt: skip
+        age=np.asarray([nan if r.age is None else r.age for r in reqs], dtype=np.float64),
     )
-    clients = pd.DataFrame(
-        {
-            c.CLIENT_ID: [str(k) for k in range(len(reqs))],
-            c.INTAKE_DATE: np.asarray(
-                [np.datetime64("NaT") if r.intake_date is None else r.intake_date for r in reqs],
-                dtype="datetime64[D]",
-            ).astype("datetime64[s]"),
-            c.AGE: np.asarray([np.nan if r.age is None else r.age for r in reqs], dtype=float),
-        }
-    )
-    return SessionArrays.from_frames(sessions, clients, profile)
 
 
-def score(model: LoadedModel, arrays: SessionArrays) -> tuple[ScoreBatch, list[list[Any]]]:
+def score(model: LoadedModel, arrays: SessionArrays) -> tuple[ScoreBatch, list[list[Driver]]]:
     """Score every client of ``arrays`` at its latest appointment, with drivers."""
     scorer = model.scorer
     batch = scorer.score_arrays(arrays, landmarks="latest")
@@ -153,65 +157,89 @@ def model_ref(model: LoadedModel) -> dict[str, Any]:
     return {"name": model.name, "version": model.version, "alias": model.alias}
 
 
-def _float(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def risk_payload(
+def risk_payloads(
     model: LoadedModel,
     batch: ScoreBatch,
-    drivers: list[list[Any]],
-    row: int,
+    drivers: list[list[Driver]],
     *,
-    client_id: str,
+    client_ids: Sequence[str],
     request_id: str,
     scored_at: datetime,
-) -> dict[str, Any]:
-    """The ``RiskResponse`` body of scored row ``row`` as JSON-ready Python objects."""
+) -> list[dict[str, Any]]:
+    """``RiskResponse`` bodies of every scored row, in row order, as JSON-ready objects.
+
+    Arrays are converted to Python lists once per batch (not per value): this is what keeps
+    1,000-client batches in tens of milliseconds.
+    """
     e = batch.explanation
     profile = model.scorer.profile
-    groups = e.group_contributions[row]
-    feats = e.feature_contributions[row]
-    top = np.argsort(-np.abs(feats), kind="stable")[:TOP_FEATURES]
+    n = batch.n_rows
+    ref = model_ref(model)
+    when = scored_at.isoformat()
+    group_names = list(e.group_names)
+    labels = [group_label(profile, g) for g in group_names]
+    fc = e.feature_contributions
+    k = min(TOP_FEATURES, fc.shape[1])
+    top = np.argsort(-np.abs(fc), axis=1, kind="stable")[:, :k]
+    top_contrib = np.take_along_axis(fc, top, axis=1).tolist()
+    top_value = np.take_along_axis(batch.features, top, axis=1)
+    top_value_list = np.where(np.isfinite(top_value), top_value, np.nan).tolist()
+    names = np.asarray(e.feature_names, dtype=object)
     group_of = model.scorer.registry.group_of
-    x = batch.features[row]
-    return {
-        "client_id": client_id,
-        "landmark": int(batch.landmark[row]),
-        "probability": float(e.probability[row]),
-        "risk_band": str(batch.risk_band[row]),
-        "model": model_ref(model),
-        "scored_at": scored_at.isoformat(),
-        "request_id": request_id,
-        "explanation": {
-            "space": e.space,
-            "base_value": float(e.base_logit[row]),
-            "base_probability": float(e.base_probability[row]),
-            "output_value": float(e.logit[row]),
-            "contributions": [
-                {"group": g, "label": group_label(profile, g), "contribution": float(v)}
-                for g, v in zip(e.group_names, groups, strict=True)
-            ],
-            "drivers": [
-                {
-                    "group": d.group,
-                    "label": d.label,
-                    "contribution": float(d.contribution),
-                    "direction": d.direction,
-                    "text": d.text,
-                    "evidence": d.evidence,
-                    "focus": d.focus,
-                }
-                for d in drivers[row]
-            ],
-            "features": [
-                {
-                    "feature": e.feature_names[j],
-                    "group": group_of[e.feature_names[j]],
-                    "value": _float(x[j]),
-                    "contribution": float(feats[j]),
-                }
-                for j in top
-            ],
-        },
-    }
+    top_names = names[top].tolist()
+    groups = e.group_contributions.tolist()
+    probability = e.probability.tolist()
+    base_value, base_p, output = (
+        e.base_logit.tolist(),
+        e.base_probability.tolist(),
+        e.logit.tolist(),
+    )
+    landmark = batch.landmark.tolist()
+    band = [str(b) for b in batch.risk_band]
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "client_id": client_ids[i],
+                "landmark": landmark[i],
+                "probability": probability[i],
+                "risk_band": band[i],
+                "model": ref,
+                "scored_at": when,
+                "request_id": request_id,
+                "explanation": {
+                    "space": e.space,
+                    "base_value": base_value[i],
+                    "base_probability": base_p[i],
+                    "output_value": output[i],
+                    "contributions": [
+                        {"group": g, "label": lab, "contribution": v}
+                        for g, lab, v in zip(group_names, labels, groups[i], strict=True)
+                    ],
+                    "drivers": [
+                        {
+                            "group": d.group,
+                            "label": d.label,
+                            "contribution": d.contribution,
+                            "direction": d.direction,
+                            "text": d.text,
+                            "evidence": d.evidence,
+                            "focus": d.focus,
+                        }
+                        for d in drivers[i]
+                    ],
+                    "features": [
+                        {
+                            "feature": f,
+                            "group": group_of[f],
+                            "value": None if v != v else v,  # NaN (undefined) -> null
+                            "contribution": c,
+                        }
+                        for f, v, c in zip(
+                            top_names[i], top_value_list[i], top_contrib[i], strict=True
+                        )  # fmt: skip
+                    ],
+                },
+            }
+        )
+    return out

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from service import scoring
 from service.deps import ModelDep, SettingsDep
@@ -24,12 +25,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "No model is loaded yet."},
 }
 INVALID = "request does not meet the data contract"
+_MANY = TypeAdapter(list[RiskRequest])
+
+
+def _validate_one(raw: Any) -> RiskRequest | ValidationError:
+    try:
+        return RiskRequest.model_validate(raw)
+    except ValidationError as exc:
+        return exc
 
 
 def _json(payload: dict[str, Any]) -> Response:
-    # Serialised directly: the payload is built from the scorer's arrays already in the
-    # response schema's shape (tests validate it against RiskResponse).
-    return Response(json.dumps(payload, allow_nan=False), media_type="application/json")
+    # Serialised directly with orjson (a 1,000-client batch answer is ~3.5 MB: json.dumps took
+    # ~75 ms of it): the payload is already in the response schema's shape, which the tests
+    # check against RiskResponse. Values are finite by construction (NaN -> null upstream).
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 @router.post(
@@ -38,9 +48,13 @@ def _json(payload: dict[str, Any]) -> Response:
     responses=ERRORS,
     summary="Dropout risk of one client, explained by alliance element and attendance",
 )
-def risk(body: RiskRequest, request: Request, model: ModelDep, settings: SettingsDep) -> Response:
+async def risk(
+    body: RiskRequest, request: Request, model: ModelDep, settings: SettingsDep
+) -> Response:
     """Calibrated dropout probability at the client's latest appointment, its risk band and
     an explanation whose group contributions add up, with the base, to the output."""
+    # Runs on the event loop, not in the thread pool: the work is ~1.5 ms of numpy, and the
+    # thread hand-off measured ~1-2 ms per request on this machine (bench_service).
     request_id = request_id_of(request)
     problems = scoring.request_problems(
         body, model.scorer.profile, max_sessions=settings.max_sessions
@@ -52,17 +66,11 @@ def risk(body: RiskRequest, request: Request, model: ModelDep, settings: Setting
     request.app.state.metrics.predictions.labels(
         band=str(batch.risk_band[0]), model_version=model.version
     ).inc()
-    return _json(
-        scoring.risk_payload(
-            model,
-            batch,
-            drivers,
-            0,
-            client_id=body.client_id,
-            request_id=request_id,
-            scored_at=datetime.now(UTC),
-        )  # fmt: skip
-    )
+    (payload,) = scoring.risk_payloads(
+        model, batch, drivers,
+        client_ids=[body.client_id], request_id=request_id, scored_at=datetime.now(UTC),
+    )  # fmt: skip
+    return _json(payload)
 
 
 @router.post(
@@ -83,12 +91,16 @@ def risk_batch(
     profile = model.scorer.profile
     items: list[dict[str, Any]] = []
     valid: list[tuple[int, RiskRequest]] = []
-    for i, raw in enumerate(body.clients):
-        try:
-            req = RiskRequest.model_validate(raw)
-        except ValidationError as exc:
+    try:
+        # One pass through pydantic-core for the whole list; item by item only when some
+        # item is invalid, to report each error in its own slot.
+        parsed: list[RiskRequest | ValidationError] = list(_MANY.validate_python(body.clients))
+    except ValidationError:
+        parsed = [_validate_one(raw) for raw in body.clients]
+    for i, req in enumerate(parsed):
+        if isinstance(req, ValidationError):
             items.append({"index": i, "status": "error",
-                          "errors": pydantic_problems(exc.errors(), strip_body=False)})  # fmt: skip
+                          "errors": pydantic_problems(req.errors(), strip_body=False)})  # fmt: skip
             continue
         problems = scoring.request_problems(req, profile, max_sessions=settings.max_sessions)
         if problems:
@@ -98,18 +110,19 @@ def risk_batch(
     if valid:
         reqs = [r for _, r in valid]
         batch, drivers = scoring.score(model, scoring.batch_arrays(reqs, profile))
-        # Rows come back in segment-key order ("0", "1", "10", ...): map them to positions.
-        row_of = {int(str(key)): row for row, key in enumerate(batch.client_id)}
-        now = datetime.now(UTC)
+        # Scored rows come in segment order; batch.client_id holds each row's position in reqs.
+        position = [int(k) for k in batch.client_id]
+        payloads = scoring.risk_payloads(
+            model, batch, drivers,
+            client_ids=[reqs[k].client_id for k in position],
+            request_id=request_id, scored_at=datetime.now(UTC),
+        )  # fmt: skip
         counter = request.app.state.metrics.predictions
-        for k, (i, req) in enumerate(valid):
-            row = row_of[k]
-            counter.labels(band=str(batch.risk_band[row]), model_version=model.version).inc()
-            payload = scoring.risk_payload(
-                model, batch, drivers, row,
-                client_id=req.client_id, request_id=request_id, scored_at=now,
-            )  # fmt: skip
-            items.append({"index": i, "status": "ok", "result": payload})
+        for band, n in zip(*np.unique(batch.risk_band.astype(str), return_counts=True),
+                           strict=True):  # fmt: skip
+            counter.labels(band=str(band), model_version=model.version).inc(int(n))
+        for k, payload in zip(position, payloads, strict=True):
+            items.append({"index": valid[k][0], "status": "ok", "result": payload})
     items.sort(key=lambda item: item["index"])
     return _json(
         {
