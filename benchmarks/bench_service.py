@@ -475,11 +475,10 @@ def _in_process_batch(model: LoadedModel, body: bytes, repeats: int) -> dict[str
     def validate() -> None:
         state["reqs"] = _MANY.validate_python(state["raw"])
 
-    def problems() -> None:
-        assert not any(scoring.request_problems(r, profile) for r in state["reqs"])
-
-    def pack() -> None:
-        state["arrays"] = scoring.batch_arrays(state["reqs"], profile)
+    def check_and_pack() -> None:
+        packed = scoring.check_and_pack(state["reqs"], profile)
+        assert not packed.problems
+        state["arrays"] = packed.arrays
 
     def score_arrays() -> None:
         state["batch"] = model.scorer.score_arrays(state["arrays"], landmarks="latest")
@@ -503,8 +502,7 @@ def _in_process_batch(model: LoadedModel, body: bytes, repeats: int) -> dict[str
     steps = {
         "json_loads_and_batch_schema": parse,
         "risk_request_validation": validate,
-        "request_problems": problems,
-        "batch_arrays": pack,
+        "check_and_pack": check_and_pack,
         "score_arrays": score_arrays,
         "describe_drivers": drivers,
         "risk_payloads": payloads,

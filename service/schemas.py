@@ -108,7 +108,6 @@ class BatchRequest(BaseModel):
 
     clients: list[dict[str, Any]] = Field(
         min_length=1,
-        json_schema_extra={"items": {"$ref": "#/components/schemas/RiskRequest"}},
         description="RiskRequest objects.",
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -107,11 +108,31 @@ _EPOCH_ORDINAL = 719163
 _ATTENDANCE_CODE = {code: i for i, code in enumerate(c.ATTENDANCE_CODES)}
 
 
-def batch_arrays(reqs: Sequence[RiskRequest], profile: InstrumentProfile) -> SessionArrays:
-    """Many clients' histories packed in one pass, without pandas. Client ``k`` of the
-    arrays is ``reqs[k]``, so the same client_id twice in a batch stays two episodes."""
+@dataclass(frozen=True)
+class PackedBatch:
+    """A batch after its contract checks: the clients that passed, packed as arrays.
+
+    ``arrays`` holds client ``j`` = ``reqs[valid[j]]`` (None when no client passed);
+    ``problems`` maps the position of each refused client to its problems.
+    """
+
+    arrays: SessionArrays | None
+    valid: list[int]
+    problems: dict[int, list[Problem]]
+
+
+def check_and_pack(
+    reqs: Sequence[RiskRequest], profile: InstrumentProfile, *, max_sessions: int | None = None
+) -> PackedBatch:
+    """:func:`request_problems` for many clients at once, and the passing ones packed.
+
+    The checks run vectorised over the flat appointment arrays; only clients they flag go
+    through the per-client checks, which word the problems. Same outcome as calling
+    :func:`request_problems` on every client (a test holds them equal), several times faster.
+    """
     names = profile.element_names
-    client, numbers, days, attendance = [], [], [], []
+    n_el = len(names)
+    client, numbers, days, attendance, n_keys = [], [], [], [], []
     rating_rows: list[list[float]] = [[] for _ in names]
     nan = float("nan")
     for k, r in enumerate(reqs):
@@ -121,25 +142,66 @@ def batch_arrays(reqs: Sequence[RiskRequest], profile: InstrumentProfile) -> Ses
             days.append(s.session_date.toordinal() - _EPOCH_ORDINAL)
             attendance.append(_ATTENDANCE_CODE[s.attendance])
             got = s.ratings
+            n_keys.append(len(got))
             for row, name in zip(rating_rows, names, strict=True):
                 v = got.get(name)
                 row.append(nan if v is None else v)
-    return SessionArrays.from_episodes(
+    n = len(reqs)
+    cl = np.asarray(client, dtype=np.int64)
+    sn = np.asarray(numbers, dtype=np.int64)
+    day = np.asarray(days, dtype=np.int64)
+    att = np.asarray(attendance, dtype=np.int8)
+    ratings = np.asarray(rating_rows, dtype=np.float64).reshape(n_el, len(client))
+    intake = np.asarray(
+        [nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
+         for r in reqs], dtype=np.float64,
+    )  # fmt: skip
+
+    # Rows that break a rule; a client with any such row is re-checked one by one.
+    present = ~np.isnan(ratings)
+    matched = present.sum(axis=0)
+    keys = np.asarray(n_keys, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        out_of_scale = present & ~((ratings >= profile.scale_min) & (ratings <= profile.scale_max))
+    bad_row = out_of_scale.any(axis=0)
+    bad_row |= present.any(axis=0) & (att != _ATTENDANCE_CODE[c.ATTENDED])
+    # More keys than named elements present means an unknown element (or a null for a known
+    # one, which is harmless but cheap to re-check).
+    bad_row |= keys > matched
+    bad_row |= day < intake[cl]  # NaN intake compares False
+    order = np.lexsort((sn, cl))
+    same = cl[order][1:] == cl[order][:-1]
+    clash = same & ((sn[order][1:] == sn[order][:-1]) | (day[order][1:] < day[order][:-1]))
+    bad_row[order[1:][clash]] = True
+    flagged = np.zeros(n, dtype=bool)
+    flagged[cl[bad_row]] = True
+    if max_sessions is not None:
+        flagged |= np.bincount(cl, minlength=n) > max_sessions
+
+    problems: dict[int, list[Problem]] = {}
+    for k in np.flatnonzero(flagged).tolist():
+        found = request_problems(reqs[k], profile, max_sessions=max_sessions)
+        if found:
+            problems[k] = found
+    valid = [k for k in range(n) if k not in problems]
+    if not valid:
+        return PackedBatch(None, [], problems)
+    keep_client = np.zeros(n, dtype=bool)
+    keep_client[valid] = True
+    new_index = np.cumsum(keep_client) - 1
+    rows = keep_client[cl]
+    age = np.asarray([nan if r.age is None else r.age for r in reqs], dtype=np.float64)
+    arrays = SessionArrays.from_episodes(
         profile,
-        client=np.asarray(client, dtype=np.int64),
-        session_number=np.asarray(numbers, dtype=np.int64),
-        day=np.asarray(days, dtype=np.int64),
-        attendance=np.asarray(attendance, dtype=np.int8),
-        ratings=np.asarray(rating_rows, dtype=np.float64).reshape(len(names), len(client)),
-        intake_day=np.asarray(
-            [
-                nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
-                for r in reqs
-            ],
-            dtype=np.float64,
-        ),  # fmt: skip
-        age=np.asarray([nan if r.age is None else r.age for r in reqs], dtype=np.float64),
+        client=new_index[cl[rows]],
+        session_number=sn[rows],
+        day=day[rows],
+        attendance=att[rows],
+        ratings=ratings[:, rows],
+        intake_day=intake[keep_client],
+        age=age[keep_client],
     )
+    return PackedBatch(arrays, valid, problems)
 
 
 def score(model: LoadedModel, arrays: SessionArrays) -> tuple[ScoreBatch, list[list[Driver]]]:

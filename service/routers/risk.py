@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service import scoring
 from service.deps import ModelDep, SettingsDep
@@ -25,7 +25,36 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "No model is loaded yet."},
 }
 INVALID = "request does not meet the data contract"
-_MANY = TypeAdapter(list[RiskRequest])
+
+
+class _ValidBatch(BaseModel):
+    """The happy path of a batch body: every item a valid RiskRequest."""
+
+    model_config = ConfigDict(extra="forbid")
+    clients: list[RiskRequest] = Field(min_length=1)
+
+
+_FAST = TypeAdapter(_ValidBatch)
+
+
+def _batch_body_schema() -> dict[str, Any]:
+    """BatchRequest's JSON schema with its items documented as RiskRequest objects."""
+    schema = BatchRequest.model_json_schema()
+    schema["properties"]["clients"]["items"] = {"$ref": "#/components/schemas/RiskRequest"}
+    return schema
+
+
+#: The request body as documented; FastAPI does not parse it, the route does (see below).
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _batch_body_schema()}},
+    }
+}
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
 
 
 def _validate_one(raw: Any) -> RiskRequest | ValidationError:
@@ -78,58 +107,78 @@ async def risk(
     response_model=BatchResponse,
     responses=ERRORS,
     summary="Dropout risk of up to 1,000 clients in one vectorised pass",
+    openapi_extra=_BATCH_BODY,
 )
 def risk_batch(
-    body: BatchRequest, request: Request, model: ModelDep, settings: SettingsDep
+    request: Request,
+    model: ModelDep,
+    settings: SettingsDep,
+    raw: Annotated[bytes, Depends(_raw_body)],
 ) -> Response:
     """Each client is checked on its own; a bad one is reported in its item (with field paths
     relative to that item) and the others are still scored."""
     request_id = request_id_of(request)
-    if len(body.clients) > settings.max_batch:
+    parsed: list[RiskRequest | ValidationError]
+    try:
+        # Happy path: pydantic-core parses the JSON straight into models (half the time of
+        # json.loads and then validating the dicts, measured on a 1,000-client body).
+        fast = _FAST.validate_json(raw).clients
+        n_items = len(fast)
+        parsed = list(fast)
+    except ValidationError:
+        try:
+            envelope = BatchRequest.model_validate(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            problem = {"loc": [], "reason": "body is not valid JSON"}
+            return JSONResponse(error_body(INVALID, request_id, [problem]), status_code=422)
+        except ValidationError as exc:
+            return JSONResponse(
+                error_body(INVALID, request_id, pydantic_problems(exc.errors(), strip_body=False)),
+                status_code=422,
+            )
+        n_items = len(envelope.clients)
+        parsed = (
+            [] if n_items > settings.max_batch else [_validate_one(x) for x in envelope.clients]
+        )
+    if n_items > settings.max_batch:
         problem = {"loc": ["clients"], "reason": f"at most {settings.max_batch} clients per batch"}
         return JSONResponse(error_body(INVALID, request_id, [problem]), status_code=422)
-    profile = model.scorer.profile
     items: list[dict[str, Any]] = []
-    valid: list[tuple[int, RiskRequest]] = []
-    try:
-        # One pass through pydantic-core for the whole list; item by item only when some
-        # item is invalid, to report each error in its own slot.
-        parsed: list[RiskRequest | ValidationError] = list(_MANY.validate_python(body.clients))
-    except ValidationError:
-        parsed = [_validate_one(raw) for raw in body.clients]
+    reqs: list[RiskRequest] = []
+    positions: list[int] = []
     for i, req in enumerate(parsed):
         if isinstance(req, ValidationError):
             items.append({"index": i, "status": "error",
                           "errors": pydantic_problems(req.errors(), strip_body=False)})  # fmt: skip
-            continue
-        problems = scoring.request_problems(req, profile, max_sessions=settings.max_sessions)
-        if problems:
-            items.append({"index": i, "status": "error", "errors": problems})
         else:
-            valid.append((i, req))
-    if valid:
-        reqs = [r for _, r in valid]
-        batch, drivers = scoring.score(model, scoring.batch_arrays(reqs, profile))
-        # Scored rows come in segment order; batch.client_id holds each row's position in reqs.
-        position = [int(k) for k in batch.client_id]
+            reqs.append(req)
+            positions.append(i)
+    packed = scoring.check_and_pack(reqs, model.scorer.profile, max_sessions=settings.max_sessions)
+    for k, problems in packed.problems.items():
+        items.append({"index": positions[k], "status": "error", "errors": problems})
+    if packed.arrays is not None:
+        batch, drivers = scoring.score(model, packed.arrays)
+        # Scored rows come in segment order; batch.client_id holds each row's client, which
+        # is its position in packed.valid.
+        row_client = [packed.valid[int(j)] for j in batch.client_id]
         payloads = scoring.risk_payloads(
             model, batch, drivers,
-            client_ids=[reqs[k].client_id for k in position],
+            client_ids=[reqs[k].client_id for k in row_client],
             request_id=request_id, scored_at=datetime.now(UTC),
         )  # fmt: skip
         counter = request.app.state.metrics.predictions
-        for band, n in zip(*np.unique(batch.risk_band.astype(str), return_counts=True),
-                           strict=True):  # fmt: skip
-            counter.labels(band=str(band), model_version=model.version).inc(int(n))
-        for k, payload in zip(position, payloads, strict=True):
-            items.append({"index": valid[k][0], "status": "ok", "result": payload})
+        for band, count in zip(*np.unique(batch.risk_band.astype(str), return_counts=True),
+                               strict=True):  # fmt: skip
+            counter.labels(band=str(band), model_version=model.version).inc(int(count))
+        for k, payload in zip(row_client, payloads, strict=True):
+            items.append({"index": positions[k], "status": "ok", "result": payload})
     items.sort(key=lambda item: item["index"])
     return _json(
         {
             "model": scoring.model_ref(model),
             "request_id": request_id,
-            "scored": len(valid),
-            "failed": len(body.clients) - len(valid),
+            "scored": len(packed.valid),
+            "failed": n_items - len(packed.valid),
             "items": items,
         }
     )

@@ -263,3 +263,22 @@ def test_logs_are_json_and_hold_no_client_data(registry: Registry, capsys) -> No
     assert any(line.get("msg") == "model loaded" for line in lines)
     for secret in ("PATIENT-ZZ-9981", "7.3579", "2025-03-16", "2025-04-01", "no-such-code"):
         assert secret not in logged
+
+
+def test_batch_envelope_errors_are_422(registry: Registry) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 1)[0])
+    with _app(registry, max_batch=2) as api:
+        too_many = api.post("/v1/risk/batch", json={"clients": [body, body, body]})
+        assert too_many.status_code == 422
+        assert too_many.json()["errors"] == [
+            {"loc": ["clients"], "reason": "at most 2 clients per batch"}
+        ]
+        empty = api.post("/v1/risk/batch", json={"clients": []})
+        assert empty.status_code == 422 and empty.json()["errors"][0]["loc"] == ["clients"]
+        broken = api.post("/v1/risk/batch", content=b'{"clients": [{"client_id": "SECRET-77"',
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+        assert broken.status_code == 422 and "SECRET" not in broken.text
+        two = api.post("/v1/risk/batch", json={"clients": [body, body]})
+        assert two.json()["scored"] == 2  # the same client twice is two episodes
+        items = two.json()["items"]
+        assert items[0]["result"]["probability"] == items[1]["result"]["probability"]
