@@ -124,7 +124,8 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     scorer = load_scorer("models:/alliance-risk@champion")
     X = scorer.score_frames(cohort.sessions, cohort.clients).features[:5]
     out = pyfunc.predict(pd.DataFrame(X, columns=list(scorer.feature_names)))
-    np.testing.assert_allclose(out["probability"], scorer.score_matrix(X).probability)
+    # pyfunc predicts the margin directly, the scorer sums TreeSHAP: equal to float32 rounding.
+    np.testing.assert_allclose(out["probability"], scorer.score_matrix(X).probability, atol=1e-6)
     assert scorer.metadata["simulated"] is True
     assert "simulated data" in scorer.model_card
 
