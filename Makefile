@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
 
-run: venv ## Serve the risk API on 127.0.0.1:$(PORT); trains a demo model first if there is none
-	$(BIN)/alliance-risk serve --host 127.0.0.1 --port $(PORT)
+run: venv ## Serve the risk API on 127.0.0.1:$(PORT) (dev tokens); trains a demo model first if there is none
+	$(BIN)/alliance-risk serve --host 127.0.0.1 --port $(PORT) --dev-auth
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check .

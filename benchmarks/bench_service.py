@@ -88,6 +88,9 @@ TARGET_RSS_MB = 400.0
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 JSON_HEADERS = {"Content-Type": "application/json"}
+#: The service authenticates every /v1 request; the benchmark runs it in dev mode with a dev
+#: token for the bodies' clinic (filled in by ``run``; mlflow ignores the header).
+AUTH_HEADER: dict[str, str] = {}
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -219,8 +222,22 @@ def _server(
             _stop(proc)
 
 
-def _server_env(tracking_uri: str) -> dict[str, str]:
+def _server_env(tracking_uri: str, tmp: Path | None = None) -> dict[str, str]:
+    security = (
+        {}
+        if tmp is None
+        else {
+            "ALLIANCE_RISK_AUTH_MODE": "dev",
+            "ALLIANCE_RISK_AUTH_DEV_KEY_DIR": str(tmp / "dev-keys"),
+            "ALLIANCE_RISK_AUDIT_PATH": str(tmp / "audit.jsonl"),
+            "ALLIANCE_RISK_AUDIT_KEY_FILE": str(tmp / "audit.key"),
+            # One clinic sends everything here: rate limits would turn the load into 429s.
+            "ALLIANCE_RISK_LIMIT_RATE_PER_CLINIC_PER_S": "0",
+            "ALLIANCE_RISK_LIMIT_RATE_PER_TOKEN_PER_S": "0",
+        }
+    )
     return {
+        **security,
         **os.environ,
         # mlflow models serve --env-manager local starts uvicorn from PATH (perf-notes).
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -252,7 +269,7 @@ def _mlflow_cmd(port: int) -> list[str]:
 
 
 def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
-    conn.request("POST", path, body=body, headers=JSON_HEADERS)
+    conn.request("POST", path, body=body, headers={**JSON_HEADERS, **AUTH_HEADER})
     resp = conn.getresponse()
     return resp.status, resp.read()
 
@@ -274,7 +291,7 @@ def _sequential(
 ) -> Timing:
     """Per-request wall time over one keep-alive connection (http.client sets TCP_NODELAY)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=60)
-    headers = JSON_HEADERS if body is not None else {}
+    headers = {**JSON_HEADERS, **AUTH_HEADER} if body is not None else {}
     times = []
     try:
         for i in range(warmup + n):
@@ -351,7 +368,8 @@ def _lua_script(path: Path, body_file: Path) -> Path:
         f"local f = assert(io.open([==[{body_file}]==], 'rb'))\n"
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        "wrk.body = f:read('*a')\n"
+        + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in AUTH_HEADER.items())
+        + "wrk.body = f:read('*a')\n"
         "f:close()\n"
     )
     return path
@@ -638,7 +656,12 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp_name:
         tmp = Path(tmp_name)
         uri, setup_s = _train_and_promote(cohort, tmp, quick)
-        env = _server_env(uri)
+        env = _server_env(uri, tmp)
+        from service.auth import mint_dev_token
+
+        token = mint_dev_token(single_body["clinic_id"], ["risk:read", "risk:batch"],
+                               ttl_s=6 * 3600, key_dir=tmp / "dev-keys")  # fmt: skip
+        AUTH_HEADER["Authorization"] = f"Bearer {token}"
 
         # In-process baselines first, with no server competing for the 2 cores.
         mlflow.set_tracking_uri(uri)

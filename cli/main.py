@@ -13,6 +13,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 import typer
 
 from service import cli as service_cli
+from service import token_cli
 from training import cli as training_cli
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ def _main(
 
 training_cli.register(app)
 service_cli.register(app)
+token_cli.register(app)
 
 if __name__ == "__main__":
     app()

@@ -18,12 +18,16 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.scorer import Scorer
 from models.store import tracking_uri
+from service.audit import AuditSettings, ClientRefs
+from service.auth import Authenticator, AuthSettings, describe
 from service.errors import install_error_handlers
+from service.limits import LimitSettings, RateLimiter, install_limits
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
 from service.routers import health, model, risk
+from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -50,9 +54,34 @@ def _configure_registry(settings: ServiceSettings) -> None:
     mlflow.set_registry_uri(uri)
 
 
+def build_security(
+    auth: AuthSettings | None = None,
+    limits: LimitSettings | None = None,
+    audit: AuditSettings | None = None,
+) -> tuple[Security, LimitSettings, AuthSettings]:
+    """Authenticator, rate limiter and audit log from settings (default: the environment).
+
+    Raises a pydantic ``ValidationError`` when ``ALLIANCE_RISK_AUTH_MODE`` is not set: the
+    service never starts without authentication.
+    """
+    auth = auth or AuthSettings()  # mode comes from the environment
+    limits = limits or LimitSettings()
+    audit = audit or AuditSettings()
+    security = Security(
+        authenticator=Authenticator(auth),
+        limiter=RateLimiter.from_settings(limits),
+        audit=audit.open_log(),
+        refs=ClientRefs(audit.load_key()),
+    )
+    return security, limits, auth
+
+
 def create_app(
     settings: ServiceSettings | None = None,
     *,
+    auth: AuthSettings | None = None,
+    limits: LimitSettings | None = None,
+    audit: AuditSettings | None = None,
     loader: Callable[[str], Scorer] | None = None,
     client_factory: Callable[[], Any] | None = None,
     configure_logs: bool = True,
@@ -63,6 +92,10 @@ def create_app(
     ----------
     settings
         Default: read from the environment (``ALLIANCE_RISK_*``).
+    auth, limits, audit
+        Security settings; default from the environment (``ALLIANCE_RISK_AUTH_*``,
+        ``ALLIANCE_RISK_LIMIT_*``, ``ALLIANCE_RISK_AUDIT_*``). There is no way to turn
+        authentication off: ``ALLIANCE_RISK_AUTH_MODE`` must say jwt, api_key or dev.
     loader, client_factory
         Override how a model URI is loaded and how the registry is reached (tests use real
         models and registries; these exist to inject failures such as an outage).
@@ -71,6 +104,7 @@ def create_app(
     """
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
+    security, limit_settings, auth_settings = build_security(auth, limits, audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +116,13 @@ def create_app(
             settings.model_uri, metrics, loader=loader, client_factory=client_factory
         )
         app.state.store = store
+        level = logging.WARNING if auth_settings.mode == "dev" else logging.INFO
+        logger.log(level, "authentication", extra={"fields": {"auth": describe(auth_settings)}})
+        warmed = await run_in_threadpool(security.authenticator.warm)
+        if warmed and not all(warmed.values()):
+            logger.warning("some issuers' signing keys could not be loaded yet",
+                           extra={"fields": {"issuers": sorted(k for k, ok in warmed.items()
+                                                               if not ok)}})  # fmt: skip
         result = await run_in_threadpool(store.refresh)
         logger.info(
             "service started",
@@ -111,10 +152,14 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.security = security
     install_error_handlers(app)
     app.include_router(risk.router)
     app.include_router(model.router)
     app.include_router(health.router)
+    # Middleware added last runs first: request id -> audit -> body size, timeout, CORS -> app.
+    install_limits(app, limit_settings)
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

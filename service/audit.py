@@ -478,7 +478,11 @@ class AuditSettings(BaseSettings):
         "apart from the audit file in production: whoever has both can test guessed client ids.",
     )
     fsync: FsyncPolicy = Field(
-        "always", description="'always': sync every record; 'interval': every fsync_interval_s."
+        "interval",
+        description="'interval' (default): fsync at most every fsync_interval_s; each record is "
+        "still written with one write() before the response is finished, so a killed process "
+        "loses nothing (only a power loss can cost the last interval). 'always': fsync every "
+        "record (~0.4 ms each on this machine; a 1,000-client batch writes 1,000 records).",
     )
     fsync_interval_s: float = Field(1.0, gt=0, le=60)
 

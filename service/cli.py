@@ -67,11 +67,21 @@ def bootstrap(console: Console, data_dir: Path, n_clients: int = BOOTSTRAP_CLIEN
             raise typer.Exit(1)
 
 
-def _curl(host: str, port: int, example: Path) -> str:
+def _curl(host: str, port: int, example: Path, clinic: str, dev: bool) -> str:
+    exe = Path(sys.executable).parent / "alliance-risk"
+    token = f"$({exe} token --clinic {clinic} --scope risk:read)" if dev else "$YOUR_TOKEN"
     return (
         f"curl -s -X POST http://{host}:{port}/v1/risk "
+        f'-H "Authorization: Bearer {token}" '
         f"-H 'Content-Type: application/json' -d @{example}"
     )
+
+
+AUTH_REQUIRED = (
+    "Authentication is required and never off. Set ALLIANCE_RISK_AUTH_MODE=jwt (with "
+    "ALLIANCE_RISK_AUTH_ISSUERS) or api_key (with ALLIANCE_RISK_AUTH_API_KEYS_FILE), see the "
+    "README's Security section; or pass --dev-auth for a local trial with dev tokens."
+)
 
 
 def serve(
@@ -93,16 +103,33 @@ def serve(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI. "
                             "Default: the embedded SQLite store in .mlflow/.",
                             envvar="MLFLOW_TRACKING_URI")] = None,
+    dev_auth: Annotated[bool, typer.Option("--dev-auth", help="Local trial: accept dev tokens "
+                        "signed by a key pair generated in .alliance-risk/dev-keys (mint them "
+                        "with 'alliance-risk token'). Refused when ALLIANCE_RISK_DEPLOYMENT is "
+                        "set. Without it, ALLIANCE_RISK_AUTH_MODE must be jwt or api_key.")]
+    = False,
 ) -> None:  # fmt: skip
     """Serve the risk API (FastAPI on uvicorn) with the champion model."""
     import mlflow
     import uvicorn
+    from pydantic import ValidationError
 
     from models.store import project_root
     from models.store import tracking_uri as default_uri
+    from service.auth import AuthSettings, DevModeRefused
     from service.schemas import RISK_REQUEST_EXAMPLE
 
     console = Console(stderr=True)
+    if dev_auth:
+        os.environ["ALLIANCE_RISK_AUTH_MODE"] = "dev"
+    try:
+        auth = AuthSettings()  # fail fast, before any bootstrap work
+    except DevModeRefused as exc:
+        console.print(f"[bold red]Refused[/]: {exc}")
+        raise typer.Exit(2) from None
+    except ValidationError:
+        console.print(f"[bold red]Cannot start[/]: {AUTH_REQUIRED}")
+        raise typer.Exit(2) from None
     # One OpenMP thread per process: more threads than cores costs ~10x (perf-notes).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     uri = tracking_uri or default_uri()
@@ -125,7 +152,9 @@ def serve(
         f"Serving {model} on http://{host}:{port} (docs: http://{host}:{port}/docs). "
         "When /readyz says ready, try:\n"
     )
-    console.print(_curl(host, port, example), soft_wrap=True, highlight=False)
+    clinic = str(RISK_REQUEST_EXAMPLE["clinic_id"])
+    console.print(_curl(host, port, example, clinic, auth.mode == "dev"), soft_wrap=True,
+                  highlight=False, markup=False)  # fmt: skip
     uvicorn.run(
         "service.app:create_app",
         factory=True,

@@ -37,3 +37,13 @@ def test_no_secret_is_written_into_the_file() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?" in text
     assert "password=" not in text.lower()
+
+
+def test_api_cannot_run_in_dev_auth_mode_and_needs_auth_and_audit_secrets() -> None:
+    api = _compose()["services"]["api"]
+    env = api["environment"]
+    assert env["ALLIANCE_RISK_DEPLOYMENT"] == "compose"  # service.auth refuses dev mode then
+    assert "--dev-auth" not in api["command"]
+    # No default: compose refuses to start until the operator chooses jwt or api_key.
+    assert env["ALLIANCE_RISK_AUTH_MODE"].startswith("${ALLIANCE_RISK_AUTH_MODE:?")
+    assert env["ALLIANCE_RISK_AUDIT_KEY"].startswith("${ALLIANCE_RISK_AUDIT_KEY:?")

@@ -11,12 +11,13 @@ from models.drivers import group_label
 from service.deps import ModelDep, StoreDep
 from service.routers.risk import ERRORS
 from service.schemas import ModelInfo, ReloadResponse
+from service.security import ModelAdmin, ModelReader
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
 
 @router.get("/model", response_model=ModelInfo, responses={503: ERRORS[503]})
-async def model_info(model: ModelDep) -> dict[str, Any]:
+async def model_info(_: ModelReader, model: ModelDep) -> dict[str, Any]:
     """The served model: version, training date, headline test metrics, risk-band thresholds,
     the explanation groups with their features, and the model card."""
     scorer = model.scorer
@@ -42,7 +43,7 @@ async def model_info(model: ModelDep) -> dict[str, Any]:
 
 
 @router.post("/admin/reload", tags=["admin"], response_model=ReloadResponse)
-async def reload(store: StoreDep) -> dict[str, Any]:
+async def reload(_: ModelAdmin, store: StoreDep) -> dict[str, Any]:
     """Check the watched alias now and swap in a new version if it moved and passes its checks.
     The current model keeps serving whatever the outcome."""
     result = await run_in_threadpool(store.refresh)

@@ -17,6 +17,38 @@ from training.simulate import Cohort, simulate_cohort
 from training.tracking import configure_mlflow
 
 MODEL_NAME = "alliance-risk-svc"
+#: Every request body in the service tests belongs to this clinic (clinic is not a feature).
+TEST_CLINIC = "clinic-test"
+ALL_SCOPES = ("risk:read", "risk:batch", "model:read", "model:admin")
+
+
+@pytest.fixture(scope="session")
+def dev_key_dir(tmp_path_factory) -> Path:
+    """One dev signing key pair for the whole session (dev mode: tokens minted locally)."""
+    return tmp_path_factory.mktemp("dev-keys") / "keys"
+
+
+def security_settings(key_dir: Path, audit_dir: Path, **limits) -> dict:
+    """create_app keyword arguments: dev-mode auth, an audit file in ``audit_dir``, and no rate
+    limits unless ``limits`` set some."""
+    from service.audit import AuditSettings
+    from service.auth import AuthSettings
+    from service.limits import LimitSettings
+
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "auth": AuthSettings(mode="dev", dev_key_dir=key_dir),
+        "limits": LimitSettings(
+            **{"rate_per_clinic_per_s": 0, "rate_per_token_per_s": 0, **limits}
+        ),
+        "audit": AuditSettings(path=audit_dir / "audit.jsonl", key_file=audit_dir / "audit.key"),
+    }
+
+
+def bearer(key_dir: Path, clinic: str = TEST_CLINIC, scopes=ALL_SCOPES) -> dict[str, str]:
+    from service.auth import mint_dev_token
+
+    return {"Authorization": f"Bearer {mint_dev_token(clinic, scopes, key_dir=key_dir)}"}
 
 
 @dataclass(frozen=True)

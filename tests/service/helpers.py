@@ -11,8 +11,9 @@ import pandas as pd
 from service.schemas import RiskResponse
 
 
-def request_for(cohort, client_id: str) -> dict[str, Any]:
-    """The ``RiskRequest`` body of one simulated client (all its appointments)."""
+def request_for(cohort, client_id: str, clinic: str = "clinic-test") -> dict[str, Any]:
+    """The ``RiskRequest`` body of one simulated client (all its appointments), filed under
+    ``clinic`` (the clinic is not a model input; tokens are minted for it)."""
     s = cohort.sessions[cohort.sessions["client_id"] == client_id].sort_values("session_number")
     c = cohort.clients[cohort.clients["client_id"] == client_id].iloc[0]
     elements = cohort.profile.element_names
@@ -33,7 +34,7 @@ def request_for(cohort, client_id: str) -> dict[str, Any]:
         )
     return {
         "client_id": str(c["client_id"]),
-        "clinic_id": str(c["clinic_id"]),
+        "clinic_id": clinic,
         "therapist_id": str(c["therapist_id"]),
         "intake_date": str(pd.Timestamp(c["intake_date"]).date()),
         "age": int(c["age"]),

@@ -21,17 +21,36 @@ from models.pyfunc import load_scorer
 from service.app import create_app
 from service.schemas import Attendance
 from service.settings import ServiceSettings
-from tests.service.conftest import MODEL_NAME, Registry
+from tests.service.conftest import (
+    MODEL_NAME,
+    TEST_CLINIC,
+    Registry,
+    bearer,
+    security_settings,
+)
 from tests.service.helpers import check_risk_body, request_for
 
 CHAMPION = f"models:/{MODEL_NAME}@champion"
 
 
 def _app(registry: Registry, **overrides) -> TestClient:
+    """The app on the registry, dev-mode auth, a client holding every scope for TEST_CLINIC."""
     settings = ServiceSettings(
         model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0, **overrides
     )
-    return TestClient(create_app(settings, configure_logs=False))
+    security = security_settings(KEYS[0], registry.root / "audit")
+    app = create_app(settings, configure_logs=False, **security)
+    return TestClient(app, headers=bearer(KEYS[0]))
+
+
+#: The session's dev key directory, set by the autouse fixture below (helpers need it).
+KEYS: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _keys(dev_key_dir: Path) -> Iterator[None]:
+    KEYS[:] = [dev_key_dir]
+    yield
 
 
 @pytest.fixture
@@ -253,7 +272,8 @@ def test_logs_are_json_and_hold_no_client_data(registry: Registry, capsys) -> No
     bad = json.loads(json.dumps(body))
     bad["sessions"][0]["attendance"] = "no-such-code"
     settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
-    with TestClient(create_app(settings)) as api:
+    security = security_settings(KEYS[0], registry.root / "audit")
+    with TestClient(create_app(settings, **security), headers=bearer(KEYS[0])) as api:
         assert api.post("/v1/risk", json=body).status_code == 200
         assert api.post("/v1/risk/batch", json={"clients": [body, bad]}).status_code == 200
         assert api.post("/v1/risk", json=bad).status_code == 422
@@ -282,3 +302,86 @@ def test_batch_envelope_errors_are_422(registry: Registry) -> None:
         assert two.json()["scored"] == 2  # the same client twice is two episodes
         items = two.json()["items"]
         assert items[0]["result"]["probability"] == items[1]["result"]["probability"]
+
+
+def _audit(registry: Registry) -> list:
+    from service.audit import records
+
+    path = registry.root / "audit" / "audit.jsonl"
+    return list(records(path)) if path.exists() else []
+
+
+def test_every_v1_operation_needs_a_token(registry: Registry) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 1)[0])
+    with _app(registry) as api:
+        schema = api.get("/openapi.json").json()
+        operations = [(m, p) for p, ops in schema["paths"].items() for m in ops if
+                      p.startswith("/v1/")]  # fmt: skip
+        assert len(operations) == 4
+        for method, path in operations:
+            r = api.request(method.upper(), path, json=body if "risk" in path else None,
+                            headers={"Authorization": ""})  # fmt: skip
+            assert r.status_code == 401, (method, path, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        for bad in ("Bearer not-a-token", "Basic dXNlcjpwYXNz"):
+            assert (
+                api.post("/v1/risk", json=body, headers={"Authorization": bad}).status_code == 401
+            )
+        assert api.get("/livez").status_code == 200  # health needs no token
+
+
+def test_scopes_and_clinic_tenancy(registry: Registry) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    with _app(registry) as api:
+        reader = bearer(KEYS[0], scopes=("risk:read",))
+        assert api.post("/v1/risk", json=body, headers=reader).status_code == 200
+        assert api.post("/v1/risk/batch", json={"clients": [body]},
+                        headers=reader).status_code == 403  # fmt: skip
+        assert api.post("/v1/admin/reload", headers=reader).status_code == 403
+        smart = bearer(KEYS[0], scopes=("system/RiskAssessment.read",))
+        assert api.post("/v1/risk", json=body, headers=smart).status_code == 200
+
+        # Another clinic's client: the same 404 as a client that does not exist, no detail.
+        other = bearer(KEYS[0], clinic="clinic-other")
+        r = api.post("/v1/risk", json=body, headers=other)
+        assert r.status_code == 404 and r.json()["detail"] == "client not found"
+        assert body["client_id"] not in r.text
+        mixed = [body, request_for(registry.cohort, _some_clients(registry, 3)[2],
+                                   clinic="clinic-other")]  # fmt: skip
+        out = api.post("/v1/risk/batch", json={"clients": mixed}).json()
+        assert [i["status"] for i in out["items"]] == ["ok", "error"]
+        assert out["items"][1]["errors"] == [{"loc": ["clinic_id"], "reason": "client not found"}]
+
+
+def test_each_scoring_request_leaves_exactly_one_audit_record(registry: Registry) -> None:
+    cid = _some_clients(registry, 2)[1]
+    body = request_for(registry.cohort, cid)
+    bad = json.loads(json.dumps(body))
+    bad["sessions"][0]["attendance"] = "zzz"
+    cases = [  # (headers, body, expected status, expected outcome)
+        ({}, body, 200, "ok"),
+        ({"Authorization": ""}, body, 401, "denied"),
+        (bearer(KEYS[0], scopes=("model:read",)), body, 403, "denied"),
+        (bearer(KEYS[0], clinic="clinic-other"), body, 404, "not_found"),
+        ({}, bad, 422, "invalid"),
+    ]
+    with _app(registry) as api:
+        for headers, payload, status, outcome in cases:
+            before = len(_audit(registry))
+            r = api.post("/v1/risk", json=payload, headers=headers)
+            assert r.status_code == status
+            new = _audit(registry)[before:]
+            assert len(new) == 1, (status, new)
+            rec = new[0]
+            assert (rec.action, rec.outcome, rec.status) == ("risk.read", outcome, status)
+            assert rec.request_id == r.headers["x-request-id"]
+            if status in (200, 404):
+                assert rec.client_ref and rec.client_ref != cid
+        before = len(_audit(registry))
+        two = [body, request_for(registry.cohort, _some_clients(registry, 3)[2])]
+        api.post("/v1/risk/batch", json={"clients": two})
+        batch = _audit(registry)[before:]
+        assert [(r.action, r.outcome) for r in batch] == [("risk.batch", "ok")] * 2
+        assert batch[0].model_version == "1" and batch[0].clinic == TEST_CLINIC
+    raw = (registry.root / "audit" / "audit.jsonl").read_text()
+    assert cid not in raw and "7.3579" not in raw and body["sessions"][0]["session_date"] not in raw

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from service.app import create_app
 from service.settings import ServiceSettings
 from tests.conftest import running_mlflow_server
-from tests.service.conftest import MODEL_NAME, Registry
+from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
 from tests.service.helpers import check_risk_body, request_for
 
 HOST = "127.0.0.1"
@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def served(registry: Registry, tmp_path: Path) -> Iterator[str]:
+def served(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> Iterator[str]:
     """``uvicorn service.app:create_app`` in its own process on a loopback port."""
     port = _free_port()
     env = {
@@ -43,6 +43,12 @@ def served(registry: Registry, tmp_path: Path) -> Iterator[str]:
         "ALLIANCE_RISK_MODEL_URI": CHAMPION,
         "ALLIANCE_RISK_POLL_INTERVAL_S": "0.5",
         "OMP_NUM_THREADS": "1",
+        "ALLIANCE_RISK_AUTH_MODE": "dev",
+        "ALLIANCE_RISK_AUTH_DEV_KEY_DIR": str(dev_key_dir),
+        "ALLIANCE_RISK_AUDIT_PATH": str(tmp_path / "audit.jsonl"),
+        "ALLIANCE_RISK_AUDIT_KEY_FILE": str(tmp_path / "audit.key"),
+        "ALLIANCE_RISK_LIMIT_RATE_PER_CLINIC_PER_S": "0",
+        "ALLIANCE_RISK_LIMIT_RATE_PER_TOKEN_PER_S": "0",
     }
     log = (tmp_path / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
@@ -71,7 +77,7 @@ def served(registry: Registry, tmp_path: Path) -> Iterator[str]:
 
 
 def test_alias_moves_under_concurrent_load_without_a_failed_request(
-    served: str, registry: Registry
+    served: str, registry: Registry, dev_key_dir: Path
 ) -> None:
     bodies = [request_for(registry.cohort, cid) for cid in
               registry.cohort.clients["client_id"].iloc[:8]]  # fmt: skip
@@ -80,7 +86,7 @@ def test_alias_moves_under_concurrent_load_without_a_failed_request(
     failures: list[str] = []
 
     def hammer(k: int) -> None:
-        with httpx.Client(base_url=served, timeout=10) as client:
+        with httpx.Client(base_url=served, timeout=10, headers=bearer(dev_key_dir)) as client:
             i = 0
             while not stop.is_set():
                 r = client.post("/v1/risk", json=bodies[(k + i) % len(bodies)])
@@ -112,12 +118,16 @@ def test_alias_moves_under_concurrent_load_without_a_failed_request(
     assert httpx.get(f"{served}/readyz").json()["model"]["version"] == "2"
 
 
-def test_registry_outage_keeps_the_loaded_model_serving(registry: Registry, tmp_path: Path) -> None:
+def test_registry_outage_keeps_the_loaded_model_serving(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
     db = registry.uri.removeprefix("sqlite:///")
     with running_mlflow_server(f"sqlite:///{db}", tmp_path / "server") as (url, stop_server):
         settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=url, poll_interval_s=0,
                                    registry_timeout_s=2)  # fmt: skip
-        with TestClient(create_app(settings, configure_logs=False)) as api:
+        security = security_settings(dev_key_dir, tmp_path / "audit")
+        app = create_app(settings, configure_logs=False, **security)
+        with TestClient(app, headers=bearer(dev_key_dir)) as api:
             body = request_for(registry.cohort, registry.cohort.clients["client_id"].iloc[0])
             assert api.post("/v1/risk", json=body).status_code == 200
             assert api.get("/readyz").json()["registry"] == "ok"

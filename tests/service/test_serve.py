@@ -32,7 +32,7 @@ def _serve(cwd: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [str(exe), "serve", "--port", str(port), "--poll-interval", "0",
-             "--bootstrap-clients", "1500"],
+             "--bootstrap-clients", "1500", "--dev-auth"],
             cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -65,12 +65,14 @@ def test_serve_bootstraps_a_model_then_restarts_on_it(tmp_path: Path) -> None:
         _wait_ready(url, proc, log, timeout=300)
         printed = log.read_text()
         assert "No champion model in the registry yet" in printed
+        # The printed curl, run as a user would paste it (it mints its own dev token).
         curl = next(line for line in printed.splitlines() if line.startswith("curl "))
-        example = Path(curl.split("-d @", 1)[1].strip())
-        r = httpx.post(f"{url}/v1/risk", json=json.loads(example.read_text()), timeout=10)
-        assert r.status_code == 200, r.text
-        body = check_risk_body(r.json())
+        done = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        body = check_risk_body(json.loads(done.stdout))
         assert body.model.version == "1" and body.explanation.drivers
+        assert httpx.post(f"{url}/v1/risk", json={}, timeout=10).status_code == 401
     finally:
         _stop(proc)
     assert (tmp_path / ".mlflow" / "mlflow.db").exists()
@@ -83,3 +85,18 @@ def test_serve_bootstraps_a_model_then_restarts_on_it(tmp_path: Path) -> None:
         assert waited < 30, f"restart took {waited:.1f} s"
     finally:
         _stop(proc)
+
+
+def test_serve_refuses_to_start_without_authentication(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLIANCE_RISK_AUTH")}
+    exe = Path(sys.executable).parent / "alliance-risk"
+    done = subprocess.run([str(exe), "serve", "--port", str(_free_port()), "--no-bootstrap"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert "Authentication is required" in done.stderr
+    refused = subprocess.run(
+        [str(exe), "serve", "--port", str(_free_port()), "--dev-auth", "--no-bootstrap"],
+        cwd=tmp_path, env={**env, "ALLIANCE_RISK_DEPLOYMENT": "compose"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Refused" in refused.stderr

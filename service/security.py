@@ -1,0 +1,182 @@
+"""Who may do what, and the record of it: authentication, clinic tenancy, rate limits and the
+audit trail, as route dependencies plus one ASGI middleware.
+
+Every request to a ``/v1`` route authenticates (never off; dev mode only when asked for). The
+clinic always comes from the credential: a request about a client of another clinic gets the
+same 404 as a client that does not exist. Every request to ``/v1`` leaves exactly one audit
+record, or one per client for a batch, whatever its outcome (refusals included).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from service.audit import AuditLog, AuditRecord, AuditWriteError, ClientRefs
+from service.auth import Authenticator, AuthError, Principal, require_scope
+from service.limits import RateLimiter, rate_limited
+
+logger = logging.getLogger(__name__)
+
+#: The same answer for "no such client" and "a client of another clinic" (OWASP API1).
+NOT_FOUND = "client not found"
+
+#: Route template -> audit action.
+AUDITED = {
+    "/v1/risk": "risk.read",
+    "/v1/risk/batch": "risk.batch",
+    "/v1/model": "model.read",
+    "/v1/admin/reload": "model.reload",
+}
+
+
+@dataclass(frozen=True)
+class Security:
+    """The app's security components, built once in ``create_app``."""
+
+    authenticator: Authenticator
+    limiter: RateLimiter
+    audit: AuditLog
+    refs: ClientRefs
+
+
+def outcome_of(status: int) -> str:
+    """Audit outcome of an HTTP status."""
+    if status < 400:
+        return "ok"
+    if status in (401, 403, 429):
+        return "denied"
+    if status == 404:
+        return "not_found"
+    if status in (400, 413, 422):
+        return "invalid"
+    if status == 503:
+        return "unavailable"
+    return "error"
+
+
+def _principal(request: Request) -> Principal:
+    security: Security = request.app.state.security
+    try:
+        principal = security.authenticator.authenticate(request.headers)
+    except AuthError as err:
+        raise HTTPException(err.status, err.detail, headers=err.headers) from None
+    request.state.principal = principal
+    return principal
+
+
+def scoped(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """Dependency: the authenticated principal, holding ``scope``, within its rate limits."""
+
+    async def dependency(request: Request) -> Principal:
+        principal = _principal(request)
+        try:
+            require_scope(principal, scope)
+        except AuthError as err:
+            raise HTTPException(err.status, err.detail, headers=err.headers) from None
+        wait = request.app.state.security.limiter.check(
+            {"clinic": principal.clinic, "token": principal.token_id}
+        )
+        if wait is not None:
+            raise rate_limited(wait)
+        return principal
+
+    return dependency
+
+
+RiskReader = Annotated[Principal, Depends(scoped("risk:read"))]
+BatchReader = Annotated[Principal, Depends(scoped("risk:batch"))]
+ModelReader = Annotated[Principal, Depends(scoped("model:read"))]
+ModelAdmin = Annotated[Principal, Depends(scoped("model:admin"))]
+
+
+def same_clinic(principal: Principal, clinic_id: str) -> bool:
+    return principal.clinic == clinic_id
+
+
+def note_client(request: Request, client_id: str, *, status: int | None = None) -> None:
+    """Remember a client this request touched, for its audit record (a batch notes many)."""
+    refs: ClientRefs = request.app.state.security.refs
+    _notes(request).append((refs(client_id), status))
+
+
+def note_invalid(request: Request) -> None:
+    """A batch item whose client could not be read: audited without a client reference."""
+    _notes(request).append((None, 422))
+
+
+def _notes(request: Request) -> list[tuple[str | None, int | None]]:
+    # request.state writes through to scope["state"], where the audit middleware reads it.
+    notes: list[tuple[str | None, int | None]] | None = getattr(
+        request.state, "audit_clients", None
+    )
+    if notes is None:
+        notes = []
+        request.state.audit_clients = notes
+    return notes
+
+
+class AuditMiddleware:
+    """Writes the audit records of every ``/v1`` request once its response has started.
+
+    Inside the request-id middleware, so the records carry the ``request_id``; outside the
+    routes, so refusals by authentication, validation or limits are recorded too.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            self._record(scope, status)
+
+    @staticmethod
+    def _record(scope: dict[str, Any], status: int) -> None:
+        state = scope.get("state", {})
+        route = scope.get("route")
+        action = AUDITED.get(getattr(route, "path", None) or scope["path"])
+        if action is None:
+            return
+        app = scope["app"]
+        security: Security = app.state.security
+        principal: Principal | None = state.get("principal")
+        store = getattr(app.state, "store", None)
+        current = None if store is None else store.current
+        version = state.get("model_version") or (None if current is None else current.version)
+        clients: list[tuple[str | None, int | None]] = state.get("audit_clients") or [(None, None)]
+        try:
+            for ref, item_status in clients:
+                effective = status if item_status is None else item_status
+                security.audit.write(
+                    AuditRecord(
+                        subject=None if principal is None else principal.subject,
+                        clinic=None if principal is None else principal.clinic,
+                        client_ref=ref,
+                        action=action,
+                        outcome=outcome_of(effective),  # type: ignore[arg-type]
+                        status=effective,
+                        request_id=str(state.get("request_id", "")),
+                        model_version=version,
+                    )
+                )
+        except AuditWriteError:
+            # The response has gone; the operator must know the trail has a gap.
+            logger.error("audit record could not be written",
+                         extra={"fields": {"request_id": state.get("request_id")}})  # fmt: skip
