@@ -45,6 +45,19 @@ def measure(name: str, fn: Callable[[], object], *, repeats: int = 5, warmup: in
     return Timing(name, repeats, min(times), statistics.median(times))
 
 
+def per_call(name: str, fn: Callable[[], object], calls: int, *, warmup: int = 20) -> Timing:
+    """Min and median over ``calls`` individually timed calls (for sub-millisecond work, where
+    one timer around many calls would hide the spread; no gc.collect between calls)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return Timing(name, calls, min(times), statistics.median(times))
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -15,15 +15,13 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks._harness import Timing, fmt_seconds, measure, peak_rss_mb
+from benchmarks._harness import Timing, fmt_seconds, measure, peak_rss_mb, per_call
 from features.arrays import SessionArrays
 from features.build import build_features
 from features.kernels import compute_feature_matrix
@@ -49,17 +47,6 @@ def _cohort(n_clients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, str]
         return sessions, clients, "tests.features.strategies.random_cohort"
     cohort = simulate_cohort(n_clients, seed=seed, profile=ALLIANCE6)
     return cohort.sessions, cohort.clients, "training.simulate.simulate_cohort"
-
-
-def _per_call(name: str, fn: Callable[[], object], calls: int) -> Timing:
-    """Min and median over ``calls`` individually timed calls (no gc.collect between them)."""
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return Timing(name, calls, min(times), statistics.median(times))
 
 
 def _ms(t: Timing) -> dict[str, float]:
@@ -93,16 +80,16 @@ def _single_client(sessions: pd.DataFrame, clients: pd.DataFrame, calls: int) ->
     frame = build_features(own, info, profile=ALLIANCE6, landmarks="latest")
     assert np.array_equal(frame.to_numpy(), array_path(), equal_nan=True)
 
-    pandas_t = _per_call(
+    pandas_t = per_call(
         "build_features latest",
         lambda: build_features(own, info, profile=ALLIANCE6, landmarks="latest"),
         calls,
     )
-    array_t = _per_call("single_client + compute_feature_matrix", array_path, calls)
-    kernel_t = _per_call(
+    array_t = per_call("single_client + compute_feature_matrix", array_path, calls)
+    kernel_t = per_call(
         "compute_feature_matrix only", lambda: compute_feature_matrix(arrays, registry, last), calls
     )
-    ref_t = _per_call(
+    ref_t = per_call(
         "naive reference latest",
         lambda: reference_features(own, info, profile=ALLIANCE6, landmarks="latest"),
         max(calls // 10, 20),

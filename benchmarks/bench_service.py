@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +62,7 @@ import orjson
 import xgboost as xgb
 from pydantic import TypeAdapter
 
-from benchmarks._harness import Timing
+from benchmarks._harness import Timing, per_call
 from models.drivers import describe_drivers
 from models.pyfunc import load_scorer
 from models.scorer import Scorer
@@ -102,18 +102,6 @@ def _ms(t: Timing) -> dict[str, float]:
 
 def _timing(name: str, times: list[float]) -> Timing:
     return Timing(name, len(times), min(times), statistics.median(times))
-
-
-def _per_call(name: str, fn: Callable[[], object], calls: int, warmup: int = 20) -> Timing:
-    """Min and median over ``calls`` individually timed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return _timing(name, times)
 
 
 def _free_port() -> int:
@@ -463,8 +451,8 @@ def _floor(booster: xgb.Booster, x: np.ndarray, calls: int) -> tuple[Timing, dic
         return booster.predict(d, pred_contribs=True, validate_features=False)
 
     ways = {
-        "inplace_predict_then_dmatrix_treeshap": _per_call("inplace", inplace_way, calls),
-        "one_dmatrix_margin_and_treeshap": _per_call("dmatrix", dmatrix_way, calls),
+        "inplace_predict_then_dmatrix_treeshap": per_call("inplace", inplace_way, calls),
+        "one_dmatrix_margin_and_treeshap": per_call("dmatrix", dmatrix_way, calls),
     }
     chosen = min(ways, key=lambda k: ways[k].median_s)
     parts = {
@@ -477,7 +465,7 @@ def _floor(booster: xgb.Booster, x: np.ndarray, calls: int) -> tuple[Timing, dic
         "calls": calls,
         "floor": chosen,
         **{k: _ms(t) for k, t in ways.items()},
-        "parts": {k: _ms(_per_call(k, fn, calls)) for k, fn in parts.items()},
+        "parts": {k: _ms(per_call(k, fn, calls)) for k, fn in parts.items()},
     }
 
 
@@ -588,8 +576,8 @@ def _in_process_path(
             )[0]
         ),
     }
-    full = _per_call("in-process path", path, calls)
-    return full, {k: _ms(_per_call(k, fn, calls)) for k, fn in steps.items()}
+    full = per_call("in-process path", path, calls)
+    return full, {k: _ms(per_call(k, fn, calls)) for k, fn in steps.items()}
 
 
 def _mlflow_body(scorer: Scorer, x: np.ndarray) -> bytes:

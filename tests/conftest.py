@@ -44,7 +44,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (servers in tests bind loopback only)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
@@ -127,7 +128,7 @@ def postgres_server() -> Iterator[str]:
         init = _pg(bin_dir, [*initdb, "-E", "UTF8", "--no-sync"], user, base)
         if init.returncode != 0:
             pytest.fail(f"initdb failed (exit {init.returncode}):\n{init.stderr[-2000:]}")
-        port = _free_port()
+        port = free_port()
         # Durability is irrelevant for a throwaway test cluster; skipping fsync makes it faster.
         options = (
             f"-c listen_addresses={HOST} -p {port} -k {base} "
@@ -202,7 +203,7 @@ def running_mlflow_server(backend_store_uri: str, workdir: Path) -> Iterator[tup
     artifacts = workdir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_DISABLE_TELEMETRY": "true",

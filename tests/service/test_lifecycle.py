@@ -4,7 +4,6 @@ moves, and an MLflow tracking server that goes away."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from mlflow import MlflowClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.conftest import running_mlflow_server
+from tests.conftest import free_port, running_mlflow_server
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
 from tests.service.helpers import check_risk_body, request_for
 
@@ -27,16 +26,10 @@ HOST = "127.0.0.1"
 CHAMPION = f"models:/{MODEL_NAME}@champion"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> Iterator[str]:
     """``uvicorn service.app:create_app`` in its own process on a loopback port."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": registry.uri,

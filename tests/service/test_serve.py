@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.service.helpers import check_risk_body
 
 HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(cwd: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -58,7 +52,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def test_serve_bootstraps_a_model_then_restarts_on_it(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
-    port = _free_port()
+    port = free_port()
     url = f"http://{HOST}:{port}"
     proc = _serve(tmp_path, port, log)
     try:
@@ -90,12 +84,12 @@ def test_serve_bootstraps_a_model_then_restarts_on_it(tmp_path: Path) -> None:
 def test_serve_refuses_to_start_without_authentication(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALLIANCE_RISK_AUTH")}
     exe = Path(sys.executable).parent / "alliance-risk"
-    done = subprocess.run([str(exe), "serve", "--port", str(_free_port()), "--no-bootstrap"],
+    done = subprocess.run([str(exe), "serve", "--port", str(free_port()), "--no-bootstrap"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert "Authentication is required" in done.stderr
     refused = subprocess.run(
-        [str(exe), "serve", "--port", str(_free_port()), "--dev-auth", "--no-bootstrap"],
+        [str(exe), "serve", "--port", str(free_port()), "--dev-auth", "--no-bootstrap"],
         cwd=tmp_path, env={**env, "ALLIANCE_RISK_DEPLOYMENT": "compose"},
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
