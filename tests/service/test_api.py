@@ -385,3 +385,25 @@ def test_each_scoring_request_leaves_exactly_one_audit_record(registry: Registry
         assert batch[0].model_version == "1" and batch[0].clinic == TEST_CLINIC
     raw = (registry.root / "audit" / "audit.jsonl").read_text()
     assert cid not in raw and "7.3579" not in raw and body["sessions"][0]["session_date"] not in raw
+
+
+def test_limits_on_the_real_app(registry: Registry) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
+    security = security_settings(KEYS[0], registry.root / "audit", rate_per_clinic_per_s=0.01,
+                                 burst_per_clinic=2, max_body_bytes=64 * 1024)  # fmt: skip
+    with TestClient(create_app(settings, configure_logs=False, **security),
+                    headers=bearer(KEYS[0])) as api:  # fmt: skip
+        assert [api.post("/v1/risk", json=body).status_code for _ in range(2)] == [200, 200]
+        limited = api.post("/v1/risk", json=body)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["request_id"] == limited.headers["x-request-id"]
+        # Another clinic has its own bucket.
+        other = request_for(registry.cohort, _some_clients(registry, 2)[1], clinic="clinic-b")
+        assert api.post("/v1/risk", json=other,
+                        headers=bearer(KEYS[0], clinic="clinic-b")).status_code == 200  # fmt: skip
+        huge = api.post("/v1/risk/batch", json={"clients": [body] * 80},
+                        headers=bearer(KEYS[0], clinic="clinic-c"))  # fmt: skip
+        assert huge.status_code == 413 and body["client_id"] not in huge.text
+    records = _audit(registry)
+    assert [r.outcome for r in records if r.status in (413, 429)] == ["denied", "invalid"]
