@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,41 @@ MODEL_NAME = "alliance-risk-svc"
 #: Every request body in the service tests belongs to this clinic (clinic is not a feature).
 TEST_CLINIC = "clinic-test"
 ALL_SCOPES = ("risk:read", "risk:batch", "model:read", "model:admin")
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "fields", None)
+        self.lines.append(f"{record.name} {record.getMessage()} {fields!r} {record.exc_text or ''}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_client_data_in_logs() -> Iterator[None]:
+    """All in-process log records of the service tests, at DEBUG, scanned at the end for every
+    client id the tests sent (plus the marker rating the log test uses): none may appear."""
+    from tests.service.helpers import SENT_CLIENT_IDS
+
+    capture = _Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    levels = {n: logging.getLogger(n).level for n in ("service", "uvicorn", "mlflow")}
+    logging.getLogger("service").setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(capture)
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+    text = "\n".join(capture.lines)
+    assert capture.lines, "no log records captured: the scan would prove nothing"
+    assert any("request" in line for line in capture.lines)
+    leaked = sorted(cid for cid in SENT_CLIENT_IDS if cid in text)
+    assert not leaked, f"{len(leaked)} client ids appear in the logs"
+    assert "7.3579" not in text
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,10 @@ import pandas as pd
 
 from service.schemas import RiskResponse
 
+#: Every client id a service test has put in a request: the session-wide log scan looks for
+#: them (tests/service/conftest.py).
+SENT_CLIENT_IDS: set[str] = set()
+
 
 def request_for(cohort, client_id: str, clinic: str = "clinic-test") -> dict[str, Any]:
     """The ``RiskRequest`` body of one simulated client (all its appointments), filed under
@@ -32,6 +36,7 @@ def request_for(cohort, client_id: str, clinic: str = "clinic-test") -> dict[str
                 "ratings": ratings,
             }
         )
+    SENT_CLIENT_IDS.add(str(c["client_id"]))
     return {
         "client_id": str(c["client_id"]),
         "clinic_id": clinic,
