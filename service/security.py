@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, HTTPException, Request
 
 from service.audit import AuditLog, AuditRecord, AuditWriteError, ClientRefs
 from service.auth import Authenticator, AuthError, Principal, require_scope
+from service.errors import error_body
 from service.limits import RateLimiter, rate_limited
 
 logger = logging.getLogger(__name__)
@@ -121,10 +123,12 @@ def _notes(request: Request) -> list[tuple[str | None, int | None]]:
 
 
 class AuditMiddleware:
-    """Writes the audit records of every ``/v1`` request once its response has started.
+    """Writes the audit records of every ``/v1`` request before its response leaves.
 
     Inside the request-id middleware, so the records carry the ``request_id``; outside the
-    routes, so refusals by authentication, validation or limits are recorded too.
+    routes, so refusals by authentication, validation or limits are recorded too. The records
+    are written when the response starts, before any byte of its body is sent: if they cannot
+    be written, the client gets a 503 instead of the data (no audit, no data).
     """
 
     def __init__(self, app: Any) -> None:
@@ -134,26 +138,35 @@ class AuditMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        status = 500
+        recorded = False
+        refused = False
 
         async def capture(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal recorded, refused
+            if refused:
+                return  # the app's own body is dropped: the client already has the 503
             if message["type"] == "http.response.start":
-                status = message["status"]
+                recorded = True
+                if not self._record(scope, message["status"]):
+                    refused = True
+                    await _send_unaudited(scope, send)
+                    return
             await send(message)
 
         try:
             await self.app(scope, receive, capture)
         finally:
-            self._record(scope, status)
+            if not recorded:  # the app raised before responding: the outer layer sends a 500
+                self._record(scope, 500)
 
     @staticmethod
-    def _record(scope: dict[str, Any], status: int) -> None:
+    def _record(scope: dict[str, Any], status: int) -> bool:
+        """Write the request's records; False if the audit log refused them."""
         state = scope.get("state", {})
         route = scope.get("route")
         action = AUDITED.get(getattr(route, "path", None) or scope["path"])
         if action is None:
-            return
+            return True
         app = scope["app"]
         security: Security = app.state.security
         principal: Principal | None = state.get("principal")
@@ -177,6 +190,17 @@ class AuditMiddleware:
                     )
                 )
         except AuditWriteError:
-            # The response has gone; the operator must know the trail has a gap.
-            logger.error("audit record could not be written",
+            logger.error("audit record could not be written; response withheld",
                          extra={"fields": {"request_id": state.get("request_id")}})  # fmt: skip
+            return False
+        return True
+
+
+async def _send_unaudited(scope: dict[str, Any], send: Any) -> None:
+    request_id = str(scope.get("state", {}).get("request_id", ""))
+    body = orjson.dumps(error_body("the audit trail is unavailable; try again later", request_id))
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"30")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

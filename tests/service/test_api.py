@@ -407,3 +407,20 @@ def test_limits_on_the_real_app(registry: Registry) -> None:
         assert huge.status_code == 413 and body["client_id"] not in huge.text
     records = _audit(registry)
     assert [r.outcome for r in records if r.status in (413, 429)] == ["denied", "invalid"]
+
+
+def test_no_audit_no_data(registry: Registry, monkeypatch) -> None:
+    from service.audit import AuditWriteError
+
+    body = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    with _app(registry) as api:
+        assert api.post("/v1/risk", json=body).status_code == 200
+
+        def broken(record) -> None:
+            raise AuditWriteError("disk full")
+
+        monkeypatch.setattr(api.app.state.security.audit, "write", broken)
+        r = api.post("/v1/risk", json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "30"
+        assert "probability" not in r.text and body["client_id"] not in r.text
+        assert r.json()["request_id"] == r.headers["x-request-id"]
