@@ -24,6 +24,8 @@ from features.validation import (
 
 logger = logging.getLogger(__name__)
 
+INTERNAL_ERROR = "internal error; quote the request_id to the operator"
+
 #: Pydantic error types -> the data validator's wording, by the field they occur on.
 _FIELD_REASONS = {
     "attendance": UNKNOWN_ATTENDANCE,

@@ -8,6 +8,9 @@ import time
 import uuid
 from typing import Any
 
+import orjson
+
+from service.errors import INTERNAL_ERROR, error_body
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger("service.access")
@@ -39,12 +42,13 @@ class RequestContextMiddleware:
         request_id = _request_id(scope.get("headers", []))
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
+        started = False
         start = time.perf_counter()
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", []).append(
                     (REQUEST_ID_HEADER, request_id.encode("latin-1"))
                 )
@@ -52,6 +56,18 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here rather than by Starlette's outermost error middleware, so a 500
+            # also carries X-Request-ID; the body names no detail (it could quote request data).
+            logger.error("unhandled error",
+                         extra={"fields": {"request_id": request_id, "error": type(exc).__name__}})  # fmt: skip
+            if started:
+                raise
+            body = orjson.dumps(error_body(INTERNAL_ERROR, request_id))
+            await send_with_id({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")

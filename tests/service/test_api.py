@@ -424,3 +424,22 @@ def test_no_audit_no_data(registry: Registry, monkeypatch) -> None:
         assert r.status_code == 503 and r.headers["retry-after"] == "30"
         assert "probability" not in r.text and body["client_id"] not in r.text
         assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_unexpected_errors_are_clean_500s_with_a_request_id(
+    registry: Registry, monkeypatch
+) -> None:
+    from service import scoring
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("SECRET-DETAIL from deep inside")
+
+    body = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    with _app(registry) as api:
+        monkeypatch.setattr(scoring, "score", explode)
+        r = api.post("/v1/risk", json=body)
+        assert r.status_code == 500
+        assert r.json()["request_id"] == r.headers["x-request-id"]
+        assert "SECRET" not in r.text and "Traceback" not in r.text
+        assert body["client_id"] not in r.text
+    assert [rec.status for rec in _audit(registry)][-1] == 500
