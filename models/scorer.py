@@ -75,6 +75,9 @@ class RiskBands:
     def from_probabilities(cls, probability: np.ndarray, *, high_share: float = 0.10) -> RiskBands:
         """Bands from calibrated probabilities on held-out rows (the calibration split)."""
         p = np.asarray(probability, dtype=np.float64)
+        if p.ndim != 1:
+            # A (n, 2) predict_proba array would silently give bands at 0.5 and ~0.9.
+            raise ValueError("risk bands need a 1-D array: the probability of dropout per row")
         if p.size == 0 or not np.isfinite(p).all():
             raise ValueError("risk bands need a non-empty array of finite probabilities")
         high = float(np.quantile(p, 1.0 - high_share))

@@ -375,7 +375,7 @@ def train_model(
     params = calibrator.to_dict()
     # Bands come from the calibrated risk of the calibration split, never from test rows.
     bands = RiskBands.from_probabilities(
-        calibrator.predict_proba(cal_margin), high_share=config.high_share
+        calibrator.predict_proba(cal_margin)[:, 1], high_share=config.high_share
     )
     timings["calibrate_s"] = time.perf_counter() - t
 

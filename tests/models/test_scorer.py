@@ -181,3 +181,9 @@ def test_serving_booster_is_single_threaded(scorer) -> None:
     config = json.loads(scorer.booster.save_config())
     assert int(config["learner"]["generic_param"]["nthread"]) == 1
     assert isinstance(scorer.booster, xgb.Booster)
+
+
+def test_risk_bands_refuse_a_two_column_probability_array() -> None:
+    p = np.linspace(0.01, 0.6, 50)
+    with pytest.raises(ValueError, match="1-D array"):
+        RiskBands.from_probabilities(np.column_stack([1 - p, p]))

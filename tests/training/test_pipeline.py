@@ -56,6 +56,16 @@ def data_x(trained) -> np.ndarray:
     return trained.evaluation.data.X
 
 
+def test_risk_bands_sit_at_the_base_rate_and_the_top_decile(trained) -> None:
+    bands = trained.scorer.bands
+    p = trained.evaluation.probability
+    y = trained.evaluation.data.y
+    # moderate starts at the average calibrated risk, near the observed dropout rate per row ...
+    assert abs(bands.moderate_from - y.mean()) < 0.08, (bands, y.mean())
+    # ... and about a tenth of unseen rows are high (set on the calibration split, not on these).
+    assert 0.04 < float((p >= bands.high_from).mean()) < 0.2, bands
+
+
 def test_calibration_keeps_or_improves_brier(trained, cohort) -> None:
     from features.arrays import SessionArrays
     from training.pipeline import landmark_set
