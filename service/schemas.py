@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from features.validation import AGE_MAX, AGE_MIN, SESSION_NUMBER_MAX
 
@@ -110,6 +110,26 @@ class BatchRequest(BaseModel):
         min_length=1,
         description="RiskRequest objects.",
     )
+
+
+class _ValidBatch(BaseModel):
+    """The happy path of a batch body: every item a valid RiskRequest."""
+
+    model_config = ConfigDict(extra="forbid")
+    clients: list[RiskRequest] = Field(min_length=1)
+
+
+_VALID_BATCH = TypeAdapter(_ValidBatch)
+
+
+def parse_valid_batch(raw: bytes) -> list[RiskRequest]:
+    """A batch body parsed by pydantic-core straight into models (about half the time of
+    ``json.loads`` and then validating the dicts on a 1,000-client body).
+
+    Raises ``pydantic.ValidationError`` if any item is invalid; the route then checks the items
+    one by one to report each in its own slot.
+    """
+    return _VALID_BATCH.validate_json(raw).clients
 
 
 class ModelRef(BaseModel):

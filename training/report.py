@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from training.metrics import reliability_table
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -89,38 +91,6 @@ def _save(fig: Figure, out_dir: Path | str, filename: str) -> Path:
 # --------------------------------------------------------------------------- plots
 
 
-def calibration_table(y: Any, p: Any, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability table over ``n_bins`` equal-width probability bins on [0, 1].
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per bin: ``bin_lower``, ``bin_upper``, ``n`` (rows), ``mean_predicted`` and
-        ``observed_rate`` (dropout fraction); both are NaN for empty bins. The last bin is
-        closed on the right so p = 1 is counted.
-    """
-    y_arr, p_arr = _binary_and_probs(y, p, "calibration")
-    if n_bins < 1:
-        raise ValueError("n_bins must be at least 1")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(p_arr, edges[1:-1], right=False), 0, n_bins - 1)
-    n = np.bincount(idx, minlength=n_bins)
-    sum_p = np.bincount(idx, weights=p_arr, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=y_arr, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p = np.where(n > 0, sum_p / n, np.nan)
-        rate = np.where(n > 0, sum_y / n, np.nan)
-    return pd.DataFrame(
-        {
-            "bin_lower": edges[:-1],
-            "bin_upper": edges[1:],
-            "n": n.astype(int),
-            "mean_predicted": mean_p,
-            "observed_rate": rate,
-        }
-    )
-
-
 def plot_calibration(
     y: Any,
     p: Any,
@@ -146,7 +116,9 @@ def plot_calibration(
     Path
         The PNG written, ``out_dir / filename``.
     """
-    table = calibration_table(y, p, n_bins)
+    y_arr, p_arr = _binary_and_probs(y, p, "calibration")
+    # The same bins as the ECE the report quotes (training.metrics), so plot and number agree.
+    table = reliability_table(y_arr, p_arr, n_bins)
     fig = _new_figure(2, height_ratios=(3, 1))
     top, bottom = fig.axes
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
@@ -162,7 +134,7 @@ def plot_calibration(
     top.set_ylabel("observed dropout rate")
     top.set_title(title)
     top.legend(loc="upper left")
-    centres = (table["bin_lower"] + table["bin_upper"]) / 2
+    centres = (table["bin_low"] + table["bin_high"]) / 2
     bottom.bar(centres, table["n"], width=1.0 / n_bins * 0.9, color="tab:blue")
     bottom.set_xlabel("predicted probability of dropout")
     bottom.set_ylabel("rows")

@@ -10,12 +10,19 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from service import scoring
 from service.deps import ModelDep, SettingsDep
 from service.errors import error_body, pydantic_problems, request_id_of
-from service.schemas import BatchRequest, BatchResponse, ErrorResponse, RiskRequest, RiskResponse
+from service.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    RiskRequest,
+    RiskResponse,
+    parse_valid_batch,
+)
 from service.security import (
     NOT_FOUND,
     BatchReader,
@@ -37,16 +44,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "No model is loaded yet."},
 }
 INVALID = "request does not meet the data contract"
-
-
-class _ValidBatch(BaseModel):
-    """The happy path of a batch body: every item a valid RiskRequest."""
-
-    model_config = ConfigDict(extra="forbid")
-    clients: list[RiskRequest] = Field(min_length=1)
-
-
-_FAST = TypeAdapter(_ValidBatch)
 
 
 def _batch_body_schema() -> dict[str, Any]:
@@ -143,7 +140,7 @@ def risk_batch(
     try:
         # Happy path: pydantic-core parses the JSON straight into models (half the time of
         # json.loads and then validating the dicts, measured on a 1,000-client body).
-        fast = _FAST.validate_json(raw).clients
+        fast = parse_valid_batch(raw)
         n_items = len(fast)
         parsed = list(fast)
     except ValidationError:

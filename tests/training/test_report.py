@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from training.metrics import reliability_table
 from training.report import (
     INTENDED_USE,
     PLACEHOLDER,
-    calibration_table,
     dataframe_to_markdown,
     model_card,
     plot_calibration,
@@ -85,10 +85,10 @@ def test_roc_and_pr_need_both_outcomes(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- calibration table
 
 
-def test_calibration_table_bins_and_rates() -> None:
+def test_reliability_table_bins_and_rates() -> None:
     y = [0, 1, 1, 0, 1]
     p = [0.05, 0.05, 0.95, 1.0, 0.55]
-    table = calibration_table(y, p)
+    table = reliability_table(y, p)
     assert len(table) == 10
     assert table["n"].tolist() == [2, 0, 0, 0, 0, 1, 0, 0, 0, 2]
     assert table.loc[0, "observed_rate"] == pytest.approx(0.5)
@@ -101,15 +101,15 @@ def test_calibration_table_bins_and_rates() -> None:
     st.lists(st.tuples(st.integers(0, 1), st.floats(0, 1, allow_nan=False)), min_size=1),
     st.integers(1, 20),
 )
-def test_calibration_table_counts_every_row_once(
+def test_reliability_table_counts_every_row_once(
     rows: list[tuple[int, float]], n_bins: int
 ) -> None:
     y, p = zip(*rows, strict=True)
-    table = calibration_table(y, p, n_bins)
+    table = reliability_table(y, p, n_bins)
     assert table["n"].sum() == len(rows)
     seen = table.loc[table["n"] > 0]
-    assert (seen["mean_predicted"] >= seen["bin_lower"] - 1e-12).all()
-    assert (seen["mean_predicted"] <= seen["bin_upper"] + 1e-12).all()
+    assert (seen["mean_predicted"] >= seen["bin_low"] - 1e-12).all()
+    assert (seen["mean_predicted"] <= seen["bin_high"] + 1e-12).all()
     assert seen["observed_rate"].between(0, 1).all()
 
 
