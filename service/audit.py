@@ -15,7 +15,8 @@ key is kept apart from the file (``ALLIANCE_RISK_AUDIT_KEY`` from a secret store
 or a key file of mode 0600 created once). Rotating the key changes every ref: keep old keys to
 search old files.
 
-The JSON-lines file is written with one ``os.write`` per record on an ``O_APPEND`` descriptor.
+The JSON-lines file is written with one ``os.write`` per record (or per request, for the records of
+a batch) on an ``O_APPEND`` descriptor.
 On a local Linux filesystem an ``O_APPEND`` write is positioned and copied under the inode lock,
 so records from threads and processes never interleave, and a process killed with SIGKILL can
 leave at most a torn last line (the kernel may stop a write between pages) but never touches
@@ -43,12 +44,13 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -168,7 +170,28 @@ class AuditRecord:
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline inside: JSON escapes it)."""
-        return json.dumps(asdict(self), ensure_ascii=True, separators=(",", ":"))
+        return self.to_line()[:-1].decode("utf-8")
+
+    def to_line(self) -> bytes:
+        """The record as one UTF-8 JSON line, newline included (what the audit file holds).
+
+        A flat dict through orjson: ``dataclasses.asdict`` deep-copies every field and cost
+        ~0.1 ms per record, which a 1,000-client batch pays 1,000 times.
+        """
+        return orjson.dumps(
+            {
+                "time": self.time,
+                "subject": self.subject,
+                "clinic": self.clinic,
+                "client_ref": self.client_ref,
+                "action": self.action,
+                "outcome": self.outcome,
+                "status": self.status,
+                "request_id": self.request_id,
+                "model_version": self.model_version,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
 
     @classmethod
     def from_json(cls, line: str | bytes) -> AuditRecord:
@@ -269,6 +292,11 @@ class AuditLog(Protocol):
         """Persist ``record``; raise :class:`AuditWriteError` if it could not be."""
         ...
 
+    def write_many(self, records: Sequence[AuditRecord]) -> None:
+        """Persist all of ``records`` (one request's); raise :class:`AuditWriteError` if any
+        could not be."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -327,11 +355,20 @@ class JsonLinesAuditLog:
 
     def write(self, record: AuditRecord) -> None:
         """Append ``record`` as one line with a single ``os.write``."""
-        line = (record.to_json() + "\n").encode("ascii")
+        self._append(record.to_line())
+
+    def write_many(self, records: Sequence[AuditRecord]) -> None:
+        """Append ``records`` (the records of one request, e.g. a 1,000-client batch) with a
+        single ``os.write``: one lock, one system call and, with ``fsync="always"``, one sync
+        for all of them. They land together and contiguous, like one record would."""
+        if records:
+            self._append(b"".join(r.to_line() for r in records))
+
+    def _append(self, lines: bytes) -> None:
         with self._lock:
             if self._closed:
                 raise AuditWriteError("audit log is closed")
-            data = b"\n" + line if self._torn else line
+            data = b"\n" + lines if self._torn else lines
             try:
                 written = os.write(self._fd, data)
             except OSError as exc:

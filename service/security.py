@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, HTTPException, Request
 
-from service.audit import AuditLog, AuditRecord, AuditWriteError, ClientRefs
+from service.audit import AuditLog, AuditRecord, AuditWriteError, ClientRefs, utc_timestamp
 from service.auth import Authenticator, AuthError, Principal, require_scope
 from service.errors import error_body
 from service.limits import RateLimiter, rate_limited
@@ -174,21 +174,28 @@ class AuditMiddleware:
         current = None if store is None else store.current
         version = state.get("model_version") or (None if current is None else current.version)
         clients: list[tuple[str | None, int | None]] = state.get("audit_clients") or [(None, None)]
+        subject = None if principal is None else principal.subject
+        clinic = None if principal is None else principal.clinic
+        request_id = str(state.get("request_id", ""))
+        when = utc_timestamp()  # one request, one moment: its records share it
         try:
-            for ref, item_status in clients:
-                effective = status if item_status is None else item_status
-                security.audit.write(
+            security.audit.write_many(
+                [
                     AuditRecord(
-                        subject=None if principal is None else principal.subject,
-                        clinic=None if principal is None else principal.clinic,
+                        time=when,
+                        subject=subject,
+                        clinic=clinic,
                         client_ref=ref,
                         action=action,
                         outcome=outcome_of(effective),  # type: ignore[arg-type]
                         status=effective,
-                        request_id=str(state.get("request_id", "")),
+                        request_id=request_id,
                         model_version=version,
                     )
-                )
+                    for ref, item_status in clients
+                    for effective in (status if item_status is None else item_status,)
+                ]
+            )
         except AuditWriteError:
             logger.error("audit record could not be written; response withheld",
                          extra={"fields": {"request_id": state.get("request_id")}})  # fmt: skip

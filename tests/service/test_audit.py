@@ -467,3 +467,41 @@ def test_sigkill_mid_writing_leaves_every_completed_line_whole(tmp_path):
     assert len(got) == len(complete) + 1 and got[-1] == "after-restart"
     if not tail:  # killed between two writes: the file reads strictly
         assert len(list(records(path))) == len(got)
+
+
+def test_write_many_appends_one_request_s_records_whole_and_in_order(tmp_path, monkeypatch):
+    import service.audit as audit
+
+    path = tmp_path / "a.jsonl"
+    calls: list[int] = []
+    real_write = os.write
+
+    def counting(fd, data):
+        calls.append(len(data))
+        return real_write(fd, data)
+
+    log = JsonLinesAuditLog(path)
+    log.write(_record(0))
+    monkeypatch.setattr(audit.os, "write", counting)
+    log.write_many([_record(i) for i in range(1, 1001)])
+    log.write_many([])  # nothing to write, no system call
+    monkeypatch.undo()
+    log.write(_record(1001))
+    log.close()
+    assert len(calls) == 1  # one system call for the whole batch
+    assert [r.request_id for r in records(path)] == [f"req-{i}" for i in range(1002)]
+
+
+def test_write_many_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(_record(0).to_json() + "\n" + _record(1).to_json()[:50])
+    with JsonLinesAuditLog(path) as log:
+        log.write_many([_record(2), _record(3)])
+    assert [r.request_id for r in records(path, skip_invalid=True)] == ["req-0", "req-2", "req-3"]
+
+
+def test_records_are_utf8_json_lines_that_round_trip_any_text():
+    record = _record(4, subject="thérapeute-ü", clinic="clinique-é")
+    line = record.to_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert AuditRecord.from_json(line) == record == AuditRecord.from_json(record.to_json())
