@@ -7,6 +7,7 @@ pass. Both then use the same scorer and the same feature kernels as training.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,27 +132,22 @@ def check_and_pack(
     :func:`request_problems` on every client (a test holds them equal), several times faster.
     """
     names = profile.element_names
-    n_el = len(names)
-    client, numbers, days, attendance, n_keys = [], [], [], [], []
-    rating_rows: list[list[float]] = [[] for _ in names]
-    nan = float("nan")
-    for k, r in enumerate(reqs):
-        for s in r.sessions:
-            client.append(k)
-            numbers.append(s.session_number)
-            days.append(s.session_date.toordinal() - _EPOCH_ORDINAL)
-            attendance.append(_ATTENDANCE_CODE[s.attendance])
-            got = s.ratings
-            n_keys.append(len(got))
-            for row, name in zip(rating_rows, names, strict=True):
-                v = got.get(name)
-                row.append(nan if v is None else v)
     n = len(reqs)
-    cl = np.asarray(client, dtype=np.int64)
-    sn = np.asarray(numbers, dtype=np.int64)
-    day = np.asarray(days, dtype=np.int64)
-    att = np.asarray(attendance, dtype=np.int8)
-    ratings = np.asarray(rating_rows, dtype=np.float64).reshape(n_el, len(client))
+    nan = float("nan")
+    # Column by column with comprehensions: about twice as fast as one loop appending to many
+    # lists. numpy turns None (a null rating) and a missing key (.get) into NaN for float64.
+    sessions = [s for r in reqs for s in r.sessions]
+    cl = np.repeat(np.arange(n, dtype=np.int64), [len(r.sessions) for r in reqs])
+    sn = np.asarray([s.session_number for s in sessions], dtype=np.int64)
+    day = np.asarray([s.session_date.toordinal() for s in sessions], dtype=np.int64)
+    day -= _EPOCH_ORDINAL
+    code = _ATTENDANCE_CODE
+    att = np.asarray([code[s.attendance] for s in sessions], dtype=np.int8)
+    given = [s.ratings for s in sessions]
+    keys = np.asarray([len(g) for g in given], dtype=np.int64)
+    ratings = np.asarray(
+        [[g.get(name) for g in given] for name in names], dtype=np.float64
+    ).reshape(len(names), len(sessions))
     intake = np.asarray(
         [nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
          for r in reqs], dtype=np.float64,
@@ -160,7 +156,6 @@ def check_and_pack(
     # Rows that break a rule; a client with any such row is re-checked one by one.
     present = ~np.isnan(ratings)
     matched = present.sum(axis=0)
-    keys = np.asarray(n_keys, dtype=np.int64)
     with np.errstate(invalid="ignore"):
         out_of_scale = present & ~((ratings >= profile.scale_min) & (ratings <= profile.scale_max))
     bad_row = out_of_scale.any(axis=0)
@@ -215,6 +210,12 @@ def score(model: LoadedModel, arrays: SessionArrays) -> tuple[ScoreBatch, list[l
     return batch, drivers
 
 
+@functools.lru_cache(maxsize=16)
+def _group_labels(profile: InstrumentProfile, group_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Clinician names of the explanation groups, once per model (not per request)."""
+    return tuple(group_label(profile, g) for g in group_names)
+
+
 def model_ref(model: LoadedModel) -> dict[str, Any]:
     return {"name": model.name, "version": model.version, "alias": model.alias}
 
@@ -239,7 +240,7 @@ def risk_payloads(
     ref = model_ref(model)
     when = scored_at.isoformat()
     group_names = list(e.group_names)
-    labels = [group_label(profile, g) for g in group_names]
+    labels = _group_labels(profile, e.group_names)
     fc = e.feature_contributions
     k = min(TOP_FEATURES, fc.shape[1])
     top = np.argsort(-np.abs(fc), axis=1, kind="stable")[:, :k]

@@ -42,6 +42,13 @@ class ServiceSettings(BaseSettings):
         500, ge=1, le=10_000, description="Appointments per client in one request."
     )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry tracing, metrics and logs, exported through "
+        "the globally configured OpenTelemetry providers. Off by default: the service exports "
+        "Prometheus metrics at /metrics, and the per-request check of the providers alone "
+        "costs ~10 us on the ~1 ms scoring path.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("model_uri")

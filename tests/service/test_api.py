@@ -416,14 +416,16 @@ def test_no_audit_no_data(registry: Registry, monkeypatch) -> None:
     with _app(registry) as api:
         assert api.post("/v1/risk", json=body).status_code == 200
 
-        def broken(record) -> None:
+        def broken(records) -> None:
             raise AuditWriteError("disk full")
 
-        monkeypatch.setattr(api.app.state.security.audit, "write", broken)
+        monkeypatch.setattr(api.app.state.security.audit, "write_many", broken)
         r = api.post("/v1/risk", json=body)
         assert r.status_code == 503 and r.headers["retry-after"] == "30"
         assert "probability" not in r.text and body["client_id"] not in r.text
         assert r.json()["request_id"] == r.headers["x-request-id"]
+        batch = api.post("/v1/risk/batch", json={"clients": [body, body]})
+        assert batch.status_code == 503 and "probability" not in batch.text
 
 
 def test_unexpected_errors_are_clean_500s_with_a_request_id(
@@ -443,3 +445,23 @@ def test_unexpected_errors_are_clean_500s_with_a_request_id(
         assert "SECRET" not in r.text and "Traceback" not in r.text
         assert body["client_id"] not in r.text
     assert [rec.status for rec in _audit(registry)][-1] == 500
+
+
+def test_fastapi_native_opentelemetry_follows_the_setting(registry: Registry) -> None:
+    # FastAPI keeps the configuration in a private attribute; checked here because the default
+    # (off) is a measured saving on every request and must not silently flip back.
+    for wanted in (False, True):
+        api = _app(registry, opentelemetry=wanted)
+        config = api.app._telemetry  # type: ignore[attr-defined]
+        assert (config["tracing"], config["metrics"], config["logs"]) == (wanted,) * 3
+
+
+def test_start_up_freezes_the_heap_out_of_the_collector_s_reach(registry: Registry) -> None:
+    import gc
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with _app(registry) as api:
+        assert api.get("/readyz").status_code == 200
+        assert gc.get_freeze_count() > 100_000  # libraries and the model, not a handful
+    gc.unfreeze()
