@@ -79,14 +79,12 @@ def request_problems(
 
 
 def _ratings_matrix(sessions: Sequence[Any], profile: InstrumentProfile) -> np.ndarray:
-    names = profile.element_names  # a property that builds a tuple on every access
-    out = np.full((len(names), len(sessions)), np.nan)
-    for j, s in enumerate(sessions):
-        for i, name in enumerate(names):
-            v = s.ratings.get(name)
-            if v is not None:
-                out[i, j] = v
-    return out
+    """(elements, sessions) float64; NaN where not rated (numpy turns None into NaN)."""
+    given = [s.ratings for s in sessions]
+    names = profile.element_names
+    return np.asarray(
+        [[g.get(name) for g in given] for name in names], dtype=np.float64
+    ).reshape(len(names), len(given))
 
 
 def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays:
@@ -131,7 +129,6 @@ def check_and_pack(
     through the per-client checks, which word the problems. Same outcome as calling
     :func:`request_problems` on every client (a test holds them equal), several times faster.
     """
-    names = profile.element_names
     n = len(reqs)
     nan = float("nan")
     # Column by column with comprehensions: about twice as fast as one loop appending to many
@@ -143,11 +140,8 @@ def check_and_pack(
     day -= _EPOCH_ORDINAL
     code = _ATTENDANCE_CODE
     att = np.asarray([code[s.attendance] for s in sessions], dtype=np.int8)
-    given = [s.ratings for s in sessions]
-    keys = np.asarray([len(g) for g in given], dtype=np.int64)
-    ratings = np.asarray(
-        [[g.get(name) for g in given] for name in names], dtype=np.float64
-    ).reshape(len(names), len(sessions))
+    keys = np.asarray([len(s.ratings) for s in sessions], dtype=np.int64)
+    ratings = _ratings_matrix(sessions, profile)
     intake = np.asarray(
         [nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
          for r in reqs], dtype=np.float64,
