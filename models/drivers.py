@@ -22,7 +22,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from math import inf, isfinite, nan
+from operator import add
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -63,7 +66,6 @@ RECENT_RATED = 3
 RECENT_APPOINTMENTS = 3
 
 Evidence = dict[str, float | int | str | None]
-Facts = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ class Driver:
 
 def _r1(x: float) -> str:
     """A rating with 1 decimal, never ``-0.0``."""
-    return f"{round(x, 1) + 0.0:.1f}"
+    # The string of f"{round(x, 1):.1f}" (both round the exact binary value half-even), and
+    # "z" (PEP 682) turns a rounded -0.0 into 0.0; one call instead of three.
+    return f"{x:z.1f}"
 
 
 def _v(x: float) -> float:
@@ -153,6 +157,9 @@ class _Group:
     scale: float  # display factor: the element count for a summed total, else 1
     cutoff: float  # display-scale cut-off of the rating group (NaN otherwise)
     steady: float  # display-scale range counted as steady
+    has_cutoff: bool  # cutoff is finite
+    cutoff_r2: float  # cutoff as the evidence quotes it (2 decimals)
+    cutoff_text: str  # cutoff as the text quotes it
 
 
 _RATING_TOPICS: dict[str, tuple[str, ...]] = {
@@ -280,6 +287,88 @@ _ACTIVITY_FEATURES = (
 )
 
 
+class _RatingFacts(NamedTuple):
+    """What the sentences of a rating-group pair may quote, on the display scale.
+
+    A named tuple rather than a dict: a batch builds one per pair straight from the column
+    lists, several times cheaper than a 35-key dict.
+    """
+
+    # Integers first, then floats: each kind is converted as one matrix (see _rows_of).
+    m: int  # rated sessions up to the landmark
+    sn_now: int  # session number of the landmark
+    sn0: int  # session number 0, 1, ... rated sessions back (-1 if fewer)
+    sn1: int
+    sn2: int
+    sn3: int
+    first_sn: int  # session number of the first rated session (-1 if none)
+    rup_sn: int  # session of the latest rupture (-1 if none)
+    low_el: int  # overall only: element lowest at the last rated session (-1)
+    focus_el: int  # overall only: element with the lowest latest rating (-1)
+    v0: float  # value 0, 1, ... rated sessions back (NaN if fewer)
+    v1: float
+    v2: float
+    v3: float
+    first: float  # first rated value
+    spread: float  # max - min of the last RECENT_RATED values
+    rup_before: float  # rated value before the rupture and at it
+    rup_at: float
+    low_val: float  # value of low_el
+    # The feature row's _RATING_STATS, in that order (a test holds them equal).
+    last3_mean: float
+    early_mean: float
+    min: float
+    slope: float
+    change_first: float
+    change_prev: float
+    dev_own_mean: float
+    sd: float
+    ruptures_1sd: float
+    has_rupture: float
+    unrepaired: float
+    sessions_since_rupture: float
+    below_cutoff: float
+    any_element_below_cutoff: float
+    ceiling_streak: float
+    drop_alert: float
+
+
+class _ActivityFacts(NamedTuple):
+    """What the sentences of an attendance, engagement or client pair may quote."""
+
+    # Integers first, then floats, as in _RatingFacts.
+    k: int  # appointments up to the landmark
+    sn_now: int
+    code_now: int  # attendance code of the landmark
+    w_no_show: int  # no-shows and late cancellations in the last RECENT_APPOINTMENTS
+    w_late: int
+    # The feature row's _ACTIVITY_FEATURES, in that order (a test holds them equal).
+    attendance_attended_count: float
+    attendance_no_show_count: float
+    attendance_late_cancel_count: float
+    attendance_cancelled_count: float
+    attendance_rescheduled_count: float
+    attendance_no_show_first3: float
+    attendance_missed_streak: float
+    attendance_gap_mean_days: float
+    attendance_gap_max_days: float
+    engagement_days_since_intake: float
+    engagement_days_since_attended: float
+    engagement_never_attended: float
+    engagement_never_rated: float
+    engagement_unrated_share: float
+    client_age: float
+
+
+_Facts = _RatingFacts | _ActivityFacts
+#: Integer fields at the start of each facts tuple.
+_INT_FIELDS = {_RatingFacts: 10, _ActivityFacts: 5}
+_F = TypeVar("_F", _RatingFacts, _ActivityFacts)
+#: Positions of ``v0, v1, ...`` and ``sn0, sn1, ...`` in :class:`_RatingFacts`.
+_V_AT = tuple(_RatingFacts._fields.index(v) for v, _ in _BACK_KEYS)
+_SN_AT = tuple(_RatingFacts._fields.index(sn) for _, sn in _BACK_KEYS)
+
+
 @dataclass(frozen=True)
 class _Tables:
     registry: FeatureRegistry
@@ -293,6 +382,8 @@ class _Tables:
     element_last_list: list[int]  # element_last_cols as a Python list
     activity_list: list[int]  # activity_cols as a Python list
     group_scale: np.ndarray  # (n_groups,) display factor per explanation group
+    #: (group, *candidate columns) -> sentences to try; filled as pairs are described.
+    chains: dict[tuple[int, ...], tuple[_Builder, ...]]
 
 
 #: id(registry) -> tables; the registry is kept referenced so its id cannot be reused.
@@ -361,6 +452,9 @@ def _tables(registry: FeatureRegistry, group_names: tuple[str, ...]) -> _Tables:
                 scale=scale,
                 cutoff=cutoff,
                 steady=steady * scale,
+                has_cutoff=math.isfinite(cutoff),
+                cutoff_r2=round(cutoff, 2),
+                cutoff_text=_fmt(cutoff),
             )
         )
     stat_cols = [
@@ -380,6 +474,7 @@ def _tables(registry: FeatureRegistry, group_names: tuple[str, ...]) -> _Tables:
         activity_list=activity_cols,
         group_slot=np.array([g.slot for g in groups], dtype=np.int64),
         group_scale=np.array([g.scale for g in groups], dtype=np.float64),
+        chains={},
     )
     _TABLES[id(registry)] = tables
     return tables
@@ -393,11 +488,13 @@ def _gather(X: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rows_of(columns: dict[str, np.ndarray]) -> list[Facts]:
-    """Column arrays -> one dict of Python scalars per pair."""
-    keys = list(columns)
-    values = [c.tolist() for c in columns.values()]
-    return [dict(zip(keys, t, strict=True)) for t in zip(*values, strict=True)]
+def _rows_of(cls: type[_F], columns: dict[str, np.ndarray]) -> list[_F]:
+    """Column arrays, one per field of ``cls`` -> one ``cls`` of Python scalars per pair."""
+    n_int = _INT_FIELDS[cls]
+    # Two matrices converted row by row in C cost far less than one list per column zipped.
+    ints = np.column_stack([columns[name] for name in cls._fields[:n_int]]).tolist()
+    floats = np.column_stack([columns[name] for name in cls._fields[n_int:]]).tolist()
+    return list(map(tuple.__new__, repeat(cls), map(add, ints, floats)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +515,7 @@ def _rating_facts(
     slot: np.ndarray,
     scale: np.ndarray,
     t: _Tables,
-) -> list[Facts]:
+) -> list[_RatingFacts]:
     """Facts of rating-group pairs: landmark row ``at``, feature row ``xrow``, rating ``slot``."""
     n_el = len(arrays.profile.elements)
     n = arrays.n_rows
@@ -509,12 +606,12 @@ def _rating_facts(
         "focus_el": focus_el,
     }
     columns |= {s: stats[:, j] for j, s in enumerate(_RATING_STATS)}
-    return _rows_of(columns)
+    return _rows_of(_RatingFacts, columns)
 
 
 def _activity_facts(
     arrays: SessionArrays, at: np.ndarray, X: np.ndarray, xrow: np.ndarray, t: _Tables
-) -> list[Facts]:
+) -> list[_ActivityFacts]:
     """Facts of attendance, engagement and client pairs at landmark rows ``at``."""
     att = arrays.attendance
     rank = arrays.rank[at]
@@ -535,120 +632,166 @@ def _activity_facts(
     columns |= {f: stats[:, j] for j, f in enumerate(_ACTIVITY_FEATURES)}
     if t.activity_cols[_ACTIVITY_FEATURES.index("client_age")] < 0:
         columns["client_age"] = arrays.age[arrays.seg_of_row[at]]
-    return _rows_of(columns)
+    return _rows_of(_ActivityFacts, columns)
 
 
-def _history(arrays: SessionArrays, a: int, b: int) -> list[list[float]]:
-    """Rows ``a:b`` of one client: per element, then the element mean, the rated values or NaN."""
-    r = arrays.ratings[:, a:b]
-    rated = np.isfinite(r) & (arrays.attendance[a:b] == _ATT)
-    zeroed = np.where(rated, r, 0.0)
-    # The element mean exactly as features.kernels sums it (profile order).
-    total = zeroed[0].copy()
-    for e in range(1, r.shape[0]):
-        total += zeroed[e]
-    count = rated.sum(axis=0)
-    overall = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return [*np.where(rated, r, np.nan).tolist(), overall.tolist()]
+class _History:
+    """One client's rated values up to a landmark row, per rating slot, worked out on demand."""
+
+    def __init__(self, arrays: SessionArrays, r: int) -> None:
+        self.seg = int(arrays.seg_of_row[r])
+        a = int(arrays.offsets[self.seg])
+        self.sn: list[int] = arrays.session_number[a : r + 1].tolist()
+        self.codes: list[int] = arrays.attendance[a : r + 1].tolist()
+        self.attended = [c == _ATT for c in self.codes]
+        self._arrays, self._a, self._b = arrays, a, r + 1
+        self._ratings: list[list[float]] | None = None
+        self._slots: dict[int, tuple[list[float], list[int]]] = {}
+
+    @property
+    def ratings(self) -> list[list[float]]:
+        """Per element, the raw ratings (NaN where missing)."""
+        if self._ratings is None:
+            self._ratings = self._arrays.ratings[:, self._a : self._b].tolist()
+        return self._ratings
+
+    def slot(self, g: int) -> tuple[list[float], list[int]]:
+        """Rating slot ``g``: its value per session (NaN if not rated) and the rated positions."""
+        got = self._slots.get(g)
+        if got is None:
+            if g < len(self.ratings):
+                values = [
+                    v if ok and isfinite(v) else nan
+                    for v, ok in zip(self.ratings[g], self.attended, strict=True)
+                ]
+            else:
+                values = self._element_mean()
+            got = self._slots[g] = (values, [j for j, v in enumerate(values) if v == v])
+        return got
+
+    def _element_mean(self) -> list[float]:
+        # The element mean exactly as features.kernels sums it: unrated elements add 0.0, in
+        # profile order (starting from -0.0, the exact identity of float addition).
+        out = []
+        for ok, column in zip(self.attended, zip(*self.ratings, strict=True), strict=True):
+            total, count = -0.0, 0
+            if ok:
+                for v in column:
+                    if isfinite(v):
+                        total += v
+                        count += 1
+                    else:
+                        total += 0.0
+            out.append(total / count if count else nan)
+        return out
 
 
 def _rating_facts_small(
     arrays: SessionArrays,
     at: list[int],
-    X: np.ndarray,
+    X: list[list[float]],
     xrow: list[int],
     slot: list[int],
     scale: list[float],
     t: _Tables,
-) -> list[Facts]:
-    """:func:`_rating_facts` in plain Python, for a few pairs (numpy's per-call overhead)."""
+    histories: dict[int, _History],
+) -> list[_RatingFacts]:
+    """:func:`_rating_facts` in plain Python for a few pairs (numpy's per-call overhead), with
+    ``X`` as lists and ``histories`` shared by landmark row."""
     n_el = len(arrays.profile.elements)
-    isfinite, nan, inf = math.isfinite, math.nan, math.inf
     stat_cols, el_cols = t.rating_stat_lists, t.element_last_list
-    histories: dict[int, tuple[list[int], list[list[float]], dict[int, list[int]]]] = {}
-    xrows: dict[int, list[float]] = {}
-    out: list[Facts] = []
+    out: list[_RatingFacts] = []
     for r, i, g, s in zip(at, xrow, slot, scale, strict=True):
         hist = histories.get(r)
         if hist is None:
-            a = int(arrays.offsets[arrays.seg_of_row[r]])
-            hist = (arrays.session_number[a : r + 1].tolist(), _history(arrays, a, r + 1), {})
-            histories[r] = hist
-        sn, values, rated = hist
-        if g not in rated:
-            rated[g] = [j for j, v in enumerate(values[g]) if v == v]
-        xl = xrows.get(i)
-        if xl is None:
-            xl = xrows[i] = X[i].tolist()
-        vals, idx = values[g], rated[g]
+            hist = histories[r] = _History(arrays, r)
+        sn = hist.sn
+        vals, idx = hist.slot(g)
+        xl = X[i]
         m = len(idx)
-        f: Facts = {"m": m, "sn_now": sn[-1]}
-        recent = []
-        for k, (vk, snk) in enumerate(_BACK_KEYS):
+        back_v: list[float] = []
+        back_sn: list[int] = []
+        for k in range(RECENT_RATED + 1):
             if k < m:
-                v = vals[idx[m - 1 - k]] * s
-                f[vk], f[snk] = v, sn[idx[m - 1 - k]]
-                if k < RECENT_RATED:
-                    recent.append(v)
+                back_v.append(vals[idx[m - 1 - k]] * s)
+                back_sn.append(sn[idx[m - 1 - k]])
             else:
-                f[vk], f[snk] = nan, -1
-        f["first"] = vals[idx[0]] * s if m else nan
-        f["first_sn"] = sn[idx[0]] if m else -1
-        f["spread"] = max(recent) - min(recent) if recent else nan
+                back_v.append(nan)
+                back_sn.append(-1)
+        recent = back_v[: min(m, RECENT_RATED)]
         stats = [
             nan if c < 0 else xl[c] * s if sc else xl[c]
             for c, sc in zip(stat_cols[g], _SCALED_FLAGS, strict=True)
         ]
         since = stats[_I_SINCE]
-        f["rup_sn"], f["rup_before"], f["rup_at"] = -1, nan, nan
+        rup_sn, rup_before, rup_at = -1, nan, nan
         if isfinite(since):
-            rup_sn = int(sn[-1] - since)
-            j = bisect_left(sn, rup_sn)
+            rsn = int(sn[-1] - since)
+            j = bisect_left(sn, rsn)
             q = bisect_left(idx, j)
-            if j < len(sn) and sn[j] == rup_sn and q < m and idx[q] == j and q > 0:
-                f["rup_sn"] = rup_sn
-                f["rup_before"], f["rup_at"] = vals[idx[q - 1]] * s, vals[j] * s
-        f["low_el"], f["low_val"], f["focus_el"] = -1, nan, -1
+            if j < len(sn) and sn[j] == rsn and q < m and idx[q] == j and q > 0:
+                rup_sn, rup_before, rup_at = rsn, vals[idx[q - 1]] * s, vals[j] * s
+        low_el, low_val, focus_el = -1, nan, -1
         if g == n_el:
             if m:
-                els = [values[e][idx[-1]] for e in range(n_el)]
-                els = [v if v == v else inf for v in els]
-                f["low_val"] = min(els)
-                f["low_el"] = els.index(f["low_val"])
+                els = [v if isfinite(v) else inf for v in (e[idx[-1]] for e in hist.ratings)]
+                low_val = min(els)
+                low_el = els.index(low_val)
             lasts = [xl[c] if c >= 0 else nan for c in el_cols]
             lasts = [v if v == v else inf for v in lasts]
             if any(v != inf for v in lasts):
-                f["focus_el"] = lasts.index(min(lasts))
-        f.update(zip(_RATING_STATS, stats, strict=True))
-        out.append(f)
+                focus_el = lasts.index(min(lasts))
+        out.append(
+            _RatingFacts._make(
+                [
+                    m,
+                    sn[-1],
+                    *back_sn,
+                    sn[idx[0]] if m else -1,
+                    rup_sn,
+                    low_el,
+                    focus_el,
+                    *back_v,
+                    vals[idx[0]] * s if m else nan,
+                    max(recent) - min(recent) if recent else nan,
+                    rup_before,
+                    rup_at,
+                    low_val,
+                    *stats,
+                ]
+            )
+        )
     return out
 
 
 def _activity_facts_small(
-    arrays: SessionArrays, at: list[int], X: np.ndarray, xrow: list[int], t: _Tables
-) -> list[Facts]:
-    """:func:`_activity_facts` in plain Python, for a few pairs."""
+    arrays: SessionArrays,
+    at: list[int],
+    X: list[list[float]],
+    xrow: list[int],
+    t: _Tables,
+    histories: dict[int, _History],
+) -> list[_ActivityFacts]:
+    """:func:`_activity_facts` in plain Python, for a few pairs (as :func:`_rating_facts_small`)."""
     cols = t.activity_list
-    att = arrays.attendance
-    out: list[Facts] = []
+    no_age = cols[_ACTIVITY_FEATURES.index("client_age")] < 0
+    out: list[_ActivityFacts] = []
     for r, i in zip(at, xrow, strict=True):
-        seg = int(arrays.seg_of_row[r])
-        k = r - int(arrays.offsets[seg]) + 1
-        window = att[max(r - RECENT_APPOINTMENTS + 1, r - k + 1) : r + 1].tolist()
-        xl = X[i].tolist()
-        f: Facts = {
-            "k": k,
-            "sn_now": int(arrays.session_number[r]),
-            "code_now": window[-1],
-            "w_no_show": window.count(_NO_SHOW),
-            "w_late": window.count(_LATE),
-        }
-        f.update(
-            (name, xl[c] if c >= 0 else math.nan)
-            for name, c in zip(_ACTIVITY_FEATURES, cols, strict=True)
+        hist = histories.get(r)
+        if hist is None:
+            hist = histories[r] = _History(arrays, r)
+        window = hist.codes[-RECENT_APPOINTMENTS:]
+        xl = X[i]
+        f = _ActivityFacts(
+            len(hist.codes),
+            hist.sn[-1],
+            window[-1],
+            window.count(_NO_SHOW),
+            window.count(_LATE),
+            *[xl[c] if c >= 0 else nan for c in cols],
         )
-        if cols[_ACTIVITY_FEATURES.index("client_age")] < 0:
-            f["client_age"] = float(arrays.age[seg])
+        if no_age:
+            f = f._replace(client_age=float(arrays.age[hist.seg]))
         out.append(f)
     return out
 
@@ -660,198 +803,213 @@ def _activity_facts_small(
 Sentence = tuple[str, Evidence] | None
 
 
-def _trend(f: Facts, g: _Group, up: bool, span: int, fact: str) -> Sentence:
-    m = f["m"]
+def _trend(f: _RatingFacts, g: _Group, up: bool, span: int, fact: str) -> Sentence:
+    m = f.m
     if m < 2:
         return None
-    k = min(span, m - 1)
-    old, new = f[f"v{k}"], f["v0"]
-    if not _finite(old, new):
+    k = span if span < m else m - 1
+    old, new = f[_V_AT[k]], f.v0
+    if not (isfinite(old) and isfinite(new)):
         return None
     a, b = _v(old), _v(new)
     if up != (b < a):
         return None
     over = "since the previous rated session" if k == 1 else f"over the last {k} rated sessions"
+    # f"{_v(x):.1f}" is _r1(x): the rounded value is formatted once.
     if b < a:
-        text = f"{g.subject} fell from {_r1(old)} to {_r1(new)} {over}"
+        text = f"{g.subject} fell from {a:.1f} to {b:.1f} {over}"
     elif b > a:
-        text = f"{g.subject} rose from {_r1(old)} to {_r1(new)} {over}"
+        text = f"{g.subject} rose from {a:.1f} to {b:.1f} {over}"
     else:
-        text = f"{g.subject} held steady at {_r1(new)} {over}"
+        text = f"{g.subject} held steady at {b:.1f} {over}"
     ev: Evidence = {
         "fact": fact,
         "from": a,
         "to": b,
-        "from_session": f[f"sn{k}"],
-        "to_session": f["sn0"],
+        "from_session": f[_SN_AT[k]],
+        "to_session": f.sn0,
         "rated_sessions": k,
     }
     return text, ev
 
 
-def _first_last(f: Facts, g: _Group, up: bool) -> Sentence:
-    if f["m"] < 2 or not _finite(f["first"], f["v0"]):
+def _first_last(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    first, last = f.first, f.v0
+    if f.m < 2 or not (isfinite(first) and isfinite(last)):
         return None
-    a, b = _v(f["first"]), _v(f["v0"])
+    a, b = _v(first), _v(last)
     if up != (b < a):
         return None
-    verb = "fell" if b < a else "rose" if b > a else "held steady"
-    text = (
-        f"{g.subject} {verb} from {_r1(f['first'])} at session {f['first_sn']} "
-        f"to {_r1(f['v0'])} at session {f['sn0']}"
-        if verb != "held steady"
-        else f"{g.subject} held steady at {_r1(f['v0'])} from session {f['first_sn']} "
-        f"to session {f['sn0']}"
-    )
+    if b != a:
+        verb = "fell" if b < a else "rose"
+        text = (
+            f"{g.subject} {verb} from {a:.1f} at session {f.first_sn} to {b:.1f} at session {f.sn0}"
+        )
+    else:
+        text = f"{g.subject} held steady at {b:.1f} from session {f.first_sn} to session {f.sn0}"
     ev: Evidence = {
         "fact": "first_to_last",
         "from": a,
         "to": b,
-        "from_session": f["first_sn"],
-        "to_session": f["sn0"],
-        "rated_sessions": f["m"],
+        "from_session": f.first_sn,
+        "to_session": f.sn0,
+        "rated_sessions": f.m,
     }
     return text, ev
 
 
-def _level(f: Facts, g: _Group, up: bool) -> Sentence:
-    m = f["m"]
-    if m < 1 or not _finite(f["v0"]):
+def _level(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    m, last = f.m, f.v0
+    if m < 1 or not isfinite(last):
         return None
-    last, s = f["v0"], f["sn0"]
-    n3 = min(m, RECENT_RATED)
-    mean3 = f["last3_mean"] if _finite(f["last3_mean"]) else last
-    ev: Evidence = {"fact": "level", "latest": _v(last), "session": s}
+    s = f.sn0
+    n3 = m if m < RECENT_RATED else RECENT_RATED
+    mean3 = f.last3_mean
+    if not isfinite(mean3):
+        mean3 = last
+    lv = _v(last)
+    ev: Evidence = {"fact": "level", "latest": lv, "session": s}
     if n3 > 1:
-        ev |= {"recent_mean": _v(mean3), "rated_sessions": n3}
-    if _finite(g.cutoff):
-        ev["cutoff"] = round(g.cutoff, 2)
-    if not up and _finite(g.cutoff) and mean3 >= g.cutoff:
-        steady = n3 > 1 and _finite(f["spread"]) and f["spread"] <= g.steady + 1e-9
-        quality = "high and steady" if steady else "high"
-        where = f"over the last {n3} rated sessions" if n3 > 1 else f"at session {s}"
-        return f"{g.subject} {g.verb} {quality} ({_r1(mean3)} {where})", ev
-    if up and f["below_cutoff"] == 1:
+        mv = _v(mean3)
+        ev["recent_mean"] = mv
+        ev["rated_sessions"] = n3
+    if g.has_cutoff:
+        ev["cutoff"] = g.cutoff_r2
+        if not up and mean3 >= g.cutoff:
+            spread = f.spread
+            steady = n3 > 1 and isfinite(spread) and spread <= g.steady + 1e-9
+            quality = "high and steady" if steady else "high"
+            if n3 > 1:
+                return (
+                    f"{g.subject} {g.verb} {quality} ({mv:.1f} over the last {n3} rated sessions)",
+                    ev,
+                )
+            return f"{g.subject} {g.verb} {quality} ({_r1(mean3)} at session {s})", ev
+    if up and f.below_cutoff == 1:
         return (
-            f"{g.subject} {g.verb} {_r1(last)} at session {s}, below the cut-off {_fmt(g.cutoff)}",
+            f"{g.subject} {g.verb} {lv:.1f} at session {s}, below the cut-off {g.cutoff_text}",
             ev,
         )
-    text = f"{g.subject} {g.verb} {_r1(last)} at session {s}"
     if n3 > 1:
-        text += f" (mean {_r1(mean3)} over the last {n3} rated sessions)"
-    return text, ev
+        text = (
+            f"{g.subject} {g.verb} {lv:.1f} at session {s} "
+            f"(mean {mv:.1f} over the last {n3} rated sessions)"
+        )
+        return text, ev
+    return f"{g.subject} {g.verb} {lv:.1f} at session {s}", ev
 
 
-def _cutoff(f: Facts, g: _Group, up: bool) -> Sentence:
-    if f["m"] < 1 or not _finite(f["v0"], g.cutoff):
+def _cutoff(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    last = f.v0
+    if f.m < 1 or not (isfinite(last) and g.has_cutoff):
         return None
-    below = f["below_cutoff"] == 1
+    below = f.below_cutoff == 1
     if up != below:
         return None
     where = "below" if below else "at or above"
-    text = (
-        f"{g.subject} {g.verb} {_r1(f['v0'])} at session {f['sn0']}, "
-        f"{where} the cut-off {_fmt(g.cutoff)}"
-    )
-    ev: Evidence = {"fact": "cutoff", "latest": _v(f["v0"]), "session": f["sn0"]}
-    return text, ev | {"cutoff": round(g.cutoff, 2), "below_cutoff": int(below)}
+    lv = _v(last)
+    text = f"{g.subject} {g.verb} {lv:.1f} at session {f.sn0}, {where} the cut-off {g.cutoff_text}"
+    ev: Evidence = {
+        "fact": "cutoff",
+        "latest": lv,
+        "session": f.sn0,
+        "cutoff": g.cutoff_r2,
+        "below_cutoff": int(below),
+    }
+    return text, ev
 
 
-def _own_mean(f: Facts, g: _Group, up: bool) -> Sentence:
-    dev = f["dev_own_mean"]
-    if f["m"] < 2 or not _finite(dev, f["v0"]):
+def _own_mean(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    dev, last = f.dev_own_mean, f.v0
+    if f.m < 2 or not (isfinite(dev) and isfinite(last)):
         return None
-    last = f["v0"]
-    mean = last - dev
-    below = _v(last) < _v(mean)
+    lv, mv = _v(last), _v(last - dev)
+    below = lv < mv
     if up != below:
         return None
-    ev: Evidence = {
-        "fact": "own_mean",
-        "latest": _v(last),
-        "session": f["sn0"],
-        "own_mean": _v(mean),
-    }
+    ev: Evidence = {"fact": "own_mean", "latest": lv, "session": f.sn0, "own_mean": mv}
     if below:
-        gap = _r1(_v(mean) - _v(last))
         return (
-            f"{g.subject} {g.verb} {_r1(last)} at session {f['sn0']}, {gap} below this "
-            f"client's own average of {_r1(mean)}",
+            f"{g.subject} {g.verb} {lv:.1f} at session {f.sn0}, {_r1(mv - lv)} below this "
+            f"client's own average of {mv:.1f}",
             ev,
         )
     return (
-        f"{g.subject} {g.verb} {_r1(last)} at session {f['sn0']}, at or above this client's own "
-        f"average of {_r1(mean)}",
+        f"{g.subject} {g.verb} {lv:.1f} at session {f.sn0}, at or above this client's own "
+        f"average of {mv:.1f}",
         ev,
     )
 
 
-def _early(f: Facts, g: _Group, up: bool) -> Sentence:
-    e = f["early_mean"]
-    if not _finite(e):
+def _early(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    e = f.early_mean
+    if not isfinite(e):
         return None
-    text = f"{g.subject} averaged {_r1(e)} in appointments 1-3"
-    ev: Evidence = {"fact": "early", "early_mean": _v(e)}
-    if _finite(g.cutoff):
-        ev["cutoff"] = round(g.cutoff, 2)
+    ev_mean = _v(e)
+    text = f"{g.subject} averaged {ev_mean:.1f} in appointments 1-3"
+    ev: Evidence = {"fact": "early", "early_mean": ev_mean}
+    if g.has_cutoff:
+        ev["cutoff"] = g.cutoff_r2
         if up and e < g.cutoff:
-            text += f", below the cut-off {_fmt(g.cutoff)}"
+            text += f", below the cut-off {g.cutoff_text}"
         elif not up and e >= g.cutoff:
             text += " (a good early alliance)"
     return text, ev
 
 
-def _low_point(f: Facts, g: _Group, up: bool) -> Sentence:
-    lo = f["min"]
-    if not up or f["m"] < 1 or not _finite(lo, f["v0"]):
+def _low_point(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    lo, last = f.min, f.v0
+    if not up or f.m < 1 or not (isfinite(lo) and isfinite(last)):
         return None
-    ev: Evidence = {"fact": "low_point", "lowest": _v(lo), "latest": _v(f["v0"])}
-    if _v(lo) >= _v(f["v0"]):
-        return f"{g.subject} at its lowest so far: {_r1(f['v0'])} at session {f['sn0']}", ev
-    return f"{g.subject} reached a low of {_r1(lo)} (latest {_r1(f['v0'])})", ev
+    lov, lv = _v(lo), _v(last)
+    ev: Evidence = {"fact": "low_point", "lowest": lov, "latest": lv}
+    if lov >= lv:
+        return f"{g.subject} at its lowest so far: {lv:.1f} at session {f.sn0}", ev
+    return f"{g.subject} reached a low of {lov:.1f} (latest {lv:.1f})", ev
 
 
-def _variability(f: Facts, g: _Group, up: bool) -> Sentence:
-    sd, m = f["sd"], f["m"]
-    if m < 2 or not _finite(sd):
+def _variability(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    sd, m = f.sd, f.m
+    if m < 2 or not isfinite(sd):
         return None
     # An SD of at most half the "steady" range (0.5 points on 0-10, the rupture floor) is stable.
     stable = sd <= 0.5 * g.steady + 1e-9
     if up == stable:
         return None
     quality = "stable" if stable else "unstable"
-    text = f"{g.subject} ratings {quality} (SD {_r1(sd)} points over {m} rated sessions)"
-    return text, {"fact": "variability", "sd": _v(sd), "rated_sessions": m}
+    sv = _v(sd)
+    text = f"{g.subject} ratings {quality} (SD {sv:.1f} points over {m} rated sessions)"
+    return text, {"fact": "variability", "sd": sv, "rated_sessions": m}
 
 
-def _rupture(f: Facts, g: _Group, up: bool) -> Sentence:
-    m, rup_sn = f["m"], f["rup_sn"]
-    n_rup = int(f["ruptures_1sd"]) if _finite(f["ruptures_1sd"]) else 0
-    if f["has_rupture"] == 1 and rup_sn > 0 and _finite(f["rup_before"], f["rup_at"], f["v0"]):
-        drop = f"dropped from {_r1(f['rup_before'])} to {_r1(f['rup_at'])}"
-        unrepaired = f["unrepaired"] == 1
+def _rupture(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    m, rup_sn = f.m, f.rup_sn
+    n_rup = int(f.ruptures_1sd) if isfinite(f.ruptures_1sd) else 0
+    if f.has_rupture == 1 and rup_sn > 0 and _finite(f.rup_before, f.rup_at, f.v0):
+        drop = f"dropped from {_r1(f.rup_before)} to {_r1(f.rup_at)}"
+        unrepaired = f.unrepaired == 1
         ev: Evidence = {
             "fact": "rupture",
             "session": rup_sn,
-            "from": _v(f["rup_before"]),
-            "to": _v(f["rup_at"]),
-            "latest": _v(f["v0"]),
+            "from": _v(f.rup_before),
+            "to": _v(f.rup_at),
+            "latest": _v(f.v0),
             "ruptures": n_rup,
             "repaired": int(not unrepaired),
         }
         if unrepaired:
             if not up:
                 return None
-            latest = "" if f["sn0"] == rup_sn else f", latest {_r1(f['v0'])}"
+            latest = "" if f.sn0 == rup_sn else f", latest {_r1(f.v0)}"
             return f"{g.label} rupture at session {rup_sn} not yet repaired ({drop}{latest})", ev
         if up:
             more = f"; {n_rup} ruptures so far" if n_rup > 1 else ""
             return f"{g.label} rupture at session {rup_sn} ({drop}), since repaired{more}", ev
         return (
-            f"{g.label} rupture at session {rup_sn} was repaired ({drop}, latest {_r1(f['v0'])})",
+            f"{g.label} rupture at session {rup_sn} was repaired ({drop}, latest {_r1(f.v0)})",
             ev,
         )
-    if f["has_rupture"] == 0 and m >= 2 and not up:
+    if f.has_rupture == 0 and m >= 2 and not up:
         return f"No rupture in {g.within} over {m} rated sessions", {
             "fact": "rupture",
             "ruptures": 0,
@@ -860,49 +1018,49 @@ def _rupture(f: Facts, g: _Group, up: bool) -> Sentence:
     return None
 
 
-def _n_rated(f: Facts, g: _Group, up: bool) -> Sentence:
-    m = f["m"]
+def _n_rated(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    m = f.m
     if m == 0:
         return f"{g.label} not rated yet", {"fact": "n_rated", "rated_sessions": 0}
     return f"{g.label} rated in {_n(m, 'session')} so far", {"fact": "n_rated", "rated_sessions": m}
 
 
-def _element_cutoff(f: Facts, g: _Group, up: bool, t: _Tables) -> Sentence:
+def _element_cutoff(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
     profile = t.registry.profile
-    flag = f["any_element_below_cutoff"]
-    if f["m"] < 1 or not _finite(flag) or up != (flag == 1):
+    flag = f.any_element_below_cutoff
+    if f.m < 1 or not isfinite(flag) or up != (flag == 1):
         return None
     cut = round(profile.element_cutoff, 2)
-    if flag == 1 and f["low_el"] >= 0 and _finite(f["low_val"]):
-        element = profile.elements[f["low_el"]]
+    if flag == 1 and f.low_el >= 0 and isfinite(f.low_val):
+        element = profile.elements[f.low_el]
         text = (
-            f"{element.label} rated {_r1(f['low_val'])} at session {f['sn0']}, below the element "
+            f"{element.label} rated {_r1(f.low_val)} at session {f.sn0}, below the element "
             f"cut-off {_fmt(cut)}"
         )
         ev: Evidence = {
             "fact": "element_cutoff",
             "element": element.name,
-            "latest": _v(f["low_val"]),
-            "session": f["sn0"],
+            "latest": _v(f.low_val),
+            "session": f.sn0,
             "cutoff": cut,
         }
         return text, ev
     if flag == 0:
-        return f"Every element rated at or above {_fmt(cut)} at session {f['sn0']}", {
+        return f"Every element rated at or above {_fmt(cut)} at session {f.sn0}", {
             "fact": "element_cutoff",
-            "session": f["sn0"],
+            "session": f.sn0,
             "cutoff": cut,
         }
     return None
 
 
-def _ceiling(f: Facts, g: _Group, up: bool, t: _Tables) -> Sentence:
-    streak = f["ceiling_streak"]
-    if not up or not _finite(streak) or streak < 1:
+def _ceiling(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    streak = f.ceiling_streak
+    if not up or not isfinite(streak) or streak < 1:
         return None
     n = int(streak)
     top = _fmt(t.registry.profile.scale_max)
-    where = f"in the last {n} rated sessions" if n > 1 else f"at session {f['sn0']}"
+    where = f"in the last {n} rated sessions" if n > 1 else f"at session {f.sn0}"
     return f"Perfect scores ({top} on every element) {where}, a known warning sign", {
         "fact": "ceiling",
         "rated_sessions": n,
@@ -910,20 +1068,20 @@ def _ceiling(f: Facts, g: _Group, up: bool, t: _Tables) -> Sentence:
     }
 
 
-def _drop_alert(f: Facts, g: _Group, up: bool) -> Sentence:
-    if not up or f["drop_alert"] != 1 or not _finite(f["v0"], f["v1"]):
+def _drop_alert(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    if not up or f.drop_alert != 1 or not _finite(f.v0, f.v1):
         return None
-    d = _v(f["v1"]) - _v(f["v0"])
+    d = _v(f.v1) - _v(f.v0)
     text = (
         f"{g.subject} fell by {_r1(d)} points since the previous rated session "
-        f"(from {_r1(f['v1'])} to {_r1(f['v0'])})"
+        f"(from {_r1(f.v1)} to {_r1(f.v0)})"
     )
     ev: Evidence = {
         "fact": "drop_alert",
-        "from": _v(f["v1"]),
-        "to": _v(f["v0"]),
-        "from_session": f["sn1"],
-        "to_session": f["sn0"],
+        "from": _v(f.v1),
+        "to": _v(f.v0),
+        "from_session": f.sn1,
+        "to_session": f.sn0,
     }
     return text, ev
 
@@ -932,7 +1090,7 @@ def _drop_alert(f: Facts, g: _Group, up: bool) -> Sentence:
 
 
 def _int(x: float) -> int:
-    return int(round(x)) if _finite(x) else 0
+    return int(round(x)) if isfinite(x) else 0
 
 
 def _misses(no_show: int, late: int) -> str:
@@ -944,10 +1102,10 @@ def _misses(no_show: int, late: int) -> str:
     return _and(parts)
 
 
-def _recent_missed(f: Facts, g: _Group, up: bool) -> Sentence:
-    k, ns, lc = f["k"], f["w_no_show"], f["w_late"]
-    tot_ns = _int(f["attendance_no_show_count"])
-    tot_lc = _int(f["attendance_late_cancel_count"])
+def _recent_missed(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    k, ns, lc = f.k, f.w_no_show, f.w_late
+    tot_ns = _int(f.attendance_no_show_count)
+    tot_lc = _int(f.attendance_late_cancel_count)
     window = (
         f"in the last {RECENT_APPOINTMENTS} appointments"
         if k >= RECENT_APPOINTMENTS
@@ -979,23 +1137,23 @@ def _recent_missed(f: Facts, g: _Group, up: bool) -> Sentence:
     return f"No no-shows or late cancellations {window} ({_misses(tot_ns, tot_lc)} earlier)", ev
 
 
-def _streak(f: Facts, g: _Group, up: bool) -> Sentence:
-    s = _int(f["attendance_missed_streak"])
-    ev: Evidence = {"fact": "missed_streak", "missed_in_a_row": s, "session": f["sn_now"]}
+def _streak(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    s = _int(f.attendance_missed_streak)
+    ev: Evidence = {"fact": "missed_streak", "missed_in_a_row": s, "session": f.sn_now}
     if up and s == 1:
         return (
-            f"Missed the latest appointment (session {f['sn_now']}, {_CODE_TEXT[f['code_now']]})",
+            f"Missed the latest appointment (session {f.sn_now}, {_CODE_TEXT[f.code_now]})",
             ev,
         )
     if up and s > 1:
         return f"Missed the last {s} appointments in a row (no-shows or late cancellations)", ev
-    if not up and s == 0 and f["code_now"] == _ATT:
-        return f"Attended the latest appointment (session {f['sn_now']})", ev
+    if not up and s == 0 and f.code_now == _ATT:
+        return f"Attended the latest appointment (session {f.sn_now})", ev
     return None
 
 
-def _first3(f: Facts, g: _Group, up: bool) -> Sentence:
-    n = _int(f["attendance_no_show_first3"])
+def _first3(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    n = _int(f.attendance_no_show_first3)
     ev: Evidence = {"fact": "no_show_first3", "no_shows": n}
     if up and n > 0:
         return f"{_n(n, 'no-show')} among appointments 1-3", ev
@@ -1004,8 +1162,8 @@ def _first3(f: Facts, g: _Group, up: bool) -> Sentence:
     return None
 
 
-def _attended_share(f: Facts, g: _Group, up: bool) -> Sentence:
-    k, a = f["k"], _int(f["attendance_attended_count"])
+def _attended_share(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    k, a = f.k, _int(f.attendance_attended_count)
     pct = round(100 * a / k)
     return f"Attended {a} of {_n(k, 'appointment')} ({pct}%)", {
         "fact": "attended_share",
@@ -1015,14 +1173,14 @@ def _attended_share(f: Facts, g: _Group, up: bool) -> Sentence:
     }
 
 
-def _cancellations(f: Facts, g: _Group, up: bool) -> Sentence:
-    c = _int(f["attendance_cancelled_count"])
-    r = _int(f["attendance_rescheduled_count"])
+def _cancellations(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    c = _int(f.attendance_cancelled_count)
+    r = _int(f.attendance_rescheduled_count)
     ev: Evidence = {
         "fact": "cancellations",
         "cancelled": c,
         "rescheduled": r,
-        "appointments": f["k"],
+        "appointments": f.k,
     }
     if up and c + r > 0:
         parts = [_n(c, "cancelled appointment")] if c else []
@@ -1033,9 +1191,9 @@ def _cancellations(f: Facts, g: _Group, up: bool) -> Sentence:
     return None
 
 
-def _gaps(f: Facts, g: _Group, up: bool) -> Sentence:
-    gmax, gmean = f["attendance_gap_max_days"], f["attendance_gap_mean_days"]
-    if f["k"] < 2 or not _finite(gmax, gmean):
+def _gaps(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    gmax, gmean = f.attendance_gap_max_days, f.attendance_gap_mean_days
+    if f.k < 2 or not _finite(gmax, gmean):
         return None
     return (
         f"Longest gap between appointments {_n(_int(gmax), 'day')} (mean {_n(_int(gmean), 'day')})",
@@ -1047,50 +1205,50 @@ def _gaps(f: Facts, g: _Group, up: bool) -> Sentence:
     )
 
 
-def _landmark(f: Facts, g: _Group, up: bool) -> Sentence:
-    sn = f["sn_now"]
+def _landmark(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    sn = f.sn_now
     ev: Evidence = {"fact": "landmark", "session": sn}
     if sn <= RECENT_APPOINTMENTS:
         return f"Early in therapy: appointment {sn}", ev
     return f"Appointment {sn} of the episode", ev
 
 
-def _since_intake(f: Facts, g: _Group, up: bool) -> Sentence:
-    d = f["engagement_days_since_intake"]
-    if not _finite(d):
+def _since_intake(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    d = f.engagement_days_since_intake
+    if not isfinite(d):
         return None
     days = _int(d)
-    return f"{_n(days, 'day')} since intake ({_n(f['k'], 'appointment')})", {
+    return f"{_n(days, 'day')} since intake ({_n(f.k, 'appointment')})", {
         "fact": "days_since_intake",
         "days": days,
-        "appointments": f["k"],
+        "appointments": f.k,
     }
 
 
-def _since_attended(f: Facts, g: _Group, up: bool) -> Sentence:
-    d = f["engagement_days_since_attended"]
-    if not _finite(d):
-        return _never_attended(f, g, up)
+def _since_attended(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    d = f.engagement_days_since_attended
+    if not isfinite(d):
+        return _never_attended(f, g, up, t)
     days = _int(d)
-    ev: Evidence = {"fact": "days_since_attended", "days": days, "session": f["sn_now"]}
+    ev: Evidence = {"fact": "days_since_attended", "days": days, "session": f.sn_now}
     if days == 0:
-        return f"Attended the latest appointment (session {f['sn_now']})", ev
+        return f"Attended the latest appointment (session {f.sn_now})", ev
     return f"{_n(days, 'day')} since the last attended session", ev
 
 
-def _never_attended(f: Facts, g: _Group, up: bool) -> Sentence:
-    if f["engagement_never_attended"] != 1:
+def _never_attended(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    if f.engagement_never_attended != 1:
         return None
-    return f"No appointment attended yet ({_n(f['k'], 'appointment')} scheduled)", {
+    return f"No appointment attended yet ({_n(f.k, 'appointment')} scheduled)", {
         "fact": "never_attended",
-        "appointments": f["k"],
+        "appointments": f.k,
     }
 
 
-def _never_rated(f: Facts, g: _Group, up: bool) -> Sentence:
-    if f["engagement_never_rated"] != 1:
+def _never_rated(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    if f.engagement_never_rated != 1:
         return None
-    a = _int(f["attendance_attended_count"])
+    a = _int(f.attendance_attended_count)
     attended = _n(a, "attended session") if a else "no session attended"
     return f"No alliance rating recorded yet ({attended})", {
         "fact": "never_rated",
@@ -1098,9 +1256,9 @@ def _never_rated(f: Facts, g: _Group, up: bool) -> Sentence:
     }
 
 
-def _unrated(f: Facts, g: _Group, up: bool) -> Sentence:
-    share, a = f["engagement_unrated_share"], _int(f["attendance_attended_count"])
-    if not _finite(share) or a < 1:
+def _unrated(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    share, a = f.engagement_unrated_share, _int(f.attendance_attended_count)
+    if not isfinite(share) or a < 1:
         return None
     u = _int(share * a)
     ev: Evidence = {"fact": "unrated", "unrated": u, "attended": a}
@@ -1112,68 +1270,88 @@ def _unrated(f: Facts, g: _Group, up: bool) -> Sentence:
     return None
 
 
-def _age(f: Facts, g: _Group, up: bool) -> Sentence:
-    age = f["client_age"]
-    if not _finite(age):
+def _age(f: _ActivityFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    age = f.client_age
+    if not isfinite(age):
         return "Client age not recorded", {"fact": "age", "age_years": None}
     young = age < YOUNG_AGE_YEARS
     text = f"Client {'younger than' if young else 'aged at least'} {_fmt(YOUNG_AGE_YEARS)} years"
     return text, {"fact": "age", "age_years": int(age)}
 
 
-_Builder = Callable[[Facts, _Group, bool, _Tables], Sentence]
+_Builder = Callable[[Any, _Group, bool, _Tables], Sentence]
+
+
+def _trend3(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    return _trend(f, g, up, RECENT_RATED, "trend")
+
+
+def _change_prev(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
+    return _trend(f, g, up, 1, "change_prev")
+
 
 _BUILDERS: dict[str, _Builder] = {
-    "trend3": lambda f, g, up, t: _trend(f, g, up, RECENT_RATED, "trend"),
-    "change_prev": lambda f, g, up, t: _trend(f, g, up, 1, "change_prev"),
-    "first_last": lambda f, g, up, t: _first_last(f, g, up),
-    "level": lambda f, g, up, t: _level(f, g, up),
-    "cutoff": lambda f, g, up, t: _cutoff(f, g, up),
-    "own_mean": lambda f, g, up, t: _own_mean(f, g, up),
-    "early": lambda f, g, up, t: _early(f, g, up),
-    "low_point": lambda f, g, up, t: _low_point(f, g, up),
-    "variability": lambda f, g, up, t: _variability(f, g, up),
-    "rupture": lambda f, g, up, t: _rupture(f, g, up),
-    "n_rated": lambda f, g, up, t: _n_rated(f, g, up),
+    "trend3": _trend3,
+    "change_prev": _change_prev,
+    "first_last": _first_last,
+    "level": _level,
+    "cutoff": _cutoff,
+    "own_mean": _own_mean,
+    "early": _early,
+    "low_point": _low_point,
+    "variability": _variability,
+    "rupture": _rupture,
+    "n_rated": _n_rated,
     "element_cutoff": _element_cutoff,
     "ceiling": _ceiling,
-    "drop_alert": lambda f, g, up, t: _drop_alert(f, g, up),
-    "recent_missed": lambda f, g, up, t: _recent_missed(f, g, up),
-    "streak": lambda f, g, up, t: _streak(f, g, up),
-    "first3": lambda f, g, up, t: _first3(f, g, up),
-    "attended_share": lambda f, g, up, t: _attended_share(f, g, up),
-    "cancellations": lambda f, g, up, t: _cancellations(f, g, up),
-    "gaps": lambda f, g, up, t: _gaps(f, g, up),
-    "landmark": lambda f, g, up, t: _landmark(f, g, up),
-    "since_intake": lambda f, g, up, t: _since_intake(f, g, up),
-    "since_attended": lambda f, g, up, t: _since_attended(f, g, up),
-    "never_attended": lambda f, g, up, t: _never_attended(f, g, up),
-    "never_rated": lambda f, g, up, t: _never_rated(f, g, up),
-    "unrated": lambda f, g, up, t: _unrated(f, g, up),
-    "age": lambda f, g, up, t: _age(f, g, up),
+    "drop_alert": _drop_alert,
+    "recent_missed": _recent_missed,
+    "streak": _streak,
+    "first3": _first3,
+    "attended_share": _attended_share,
+    "cancellations": _cancellations,
+    "gaps": _gaps,
+    "landmark": _landmark,
+    "since_intake": _since_intake,
+    "since_attended": _since_attended,
+    "never_attended": _never_attended,
+    "never_rated": _never_rated,
+    "unrated": _unrated,
+    "age": _age,
 }
 
 #: Same-signed features tried per driver before the group's default sentences.
 _CANDIDATES = 4
 
 
+#: Most sentence chains kept per tables (distinct (group, candidates) keys are few in practice).
+_CHAINS_MAX = 4096
+
+
+def _chain(t: _Tables, gi: int, candidates: list[int]) -> tuple[_Builder, ...]:
+    """Sentences to try for group ``gi``: its candidate features' topics, then the group's
+    defaults, each once, in that order."""
+    key = (gi, *candidates)
+    chain = t.chains.get(key)
+    if chain is None:
+        g = t.groups[gi]
+        topics = [topic for j in candidates for topic in g.topics[j]]
+        chain = tuple(
+            _BUILDERS[topic] for topic in dict.fromkeys(topics + [*_DEFAULT_TOPICS[g.kind]])
+        )
+        if len(t.chains) < _CHAINS_MAX:
+            t.chains[key] = chain
+    return chain
+
+
 def _sentence(
-    f: Facts, g: _Group, up: bool, contribution: float, candidates: list[int], t: _Tables
+    f: _Facts, g: _Group, up: bool, contribution: float, chain: tuple[_Builder, ...], t: _Tables
 ) -> tuple[str, Evidence]:
-    """The first sentence the candidate features' topics, then the group defaults, support."""
-    tried: set[str] = set()
-    for j in candidates:
-        for topic in g.topics[j]:
-            if topic not in tried:
-                tried.add(topic)
-                got = _BUILDERS[topic](f, g, up, t)
-                if got is not None:
-                    return got
-    for topic in _DEFAULT_TOPICS[g.kind]:
-        if topic not in tried:
-            got = _BUILDERS[topic](f, g, up, t)
-            if got is not None:
-                return got
+    """The first sentence of ``chain`` the facts support, else the generic one."""
+    for build in chain:
+        got = build(f, g, up, t)
+        if got is not None:
+            return got
     return (
         f"{g.label} contributes {contribution:+.2f} to the risk (log-odds)",
         {"fact": "contribution", "contribution": round(contribution, 2)},
@@ -1187,7 +1365,7 @@ def _sentence(
 #: Up to this many (row, group) pairs, the plain-Python path is faster.
 _SMALL_PAIRS = 24
 
-_Pairs = tuple[list[int], list[int], list[float], list[list[int]], list[Facts]]
+_Pairs = tuple[list[int], list[int], list[float], list[list[int]], list[_Facts]]
 
 
 def _pairs_small(
@@ -1203,18 +1381,20 @@ def _pairs_small(
     pair_group: list[int] = []
     pair_c: list[float] = []
     candidates: list[list[int]] = []
+    phis = fc.tolist()
     for i, contributions in enumerate(gc.tolist()):
-        ranked = sorted(range(len(contributions)), key=lambda j: -abs(contributions[j]))[:k]
-        phi: list[float] | None = None
+        # Sorted by -|c| (stable, so ties keep group order), as np.argsort(kind="stable").
+        key = [-abs(c) for c in contributions]
+        ranked = sorted(range(len(key)), key=key.__getitem__)[:k]
+        phi = phis[i]
         for gi in ranked:
             c = contributions[gi]
-            if c == 0 or not math.isfinite(c):
+            if c == 0 or not isfinite(c):
                 continue
-            if phi is None:
-                phi = fc[i].tolist()
             sign = 1.0 if c > 0 else -1.0
             signed = [phi[col] * sign for col in t.groups[gi].col_list]
-            best = sorted(range(len(signed)), key=lambda j: -signed[j])[:_CANDIDATES]
+            key = [-v for v in signed]
+            best = sorted(range(len(signed)), key=key.__getitem__)[:_CANDIDATES]
             pair_row.append(i)
             pair_group.append(gi)
             pair_c.append(c)
@@ -1223,19 +1403,29 @@ def _pairs_small(
     rating = [p for p, sl in enumerate(slots) if sl >= 0]
     other = [p for p, sl in enumerate(slots) if sl < 0]
     row_list = rows.tolist()
-    facts: list[Facts] = [{}] * len(pair_row)
-    got = _rating_facts_small(
-        arrays,
-        [row_list[pair_row[p]] for p in rating],
-        X,
-        [pair_row[p] for p in rating],
-        [slots[p] for p in rating],
-        [t.groups[pair_group[p]].scale for p in rating],
-        t,
-    )
-    got += _activity_facts_small(
-        arrays, [row_list[pair_row[p]] for p in other], X, [pair_row[p] for p in other], t
-    )
+    xl = X.tolist()
+    histories: dict[int, _History] = {}
+    facts: list[Any] = [None] * len(pair_row)
+    got: list[_Facts] = [
+        *_rating_facts_small(
+            arrays,
+            [row_list[pair_row[p]] for p in rating],
+            xl,
+            [pair_row[p] for p in rating],
+            [slots[p] for p in rating],
+            [t.groups[pair_group[p]].scale for p in rating],
+            t,
+            histories,
+        ),
+        *_activity_facts_small(
+            arrays,
+            [row_list[pair_row[p]] for p in other],
+            xl,
+            [pair_row[p] for p in other],
+            t,
+            histories,
+        ),
+    ]
     for p, fct in zip(rating + other, got, strict=True):
         facts[p] = fct
     return pair_row, pair_group, pair_c, candidates, facts
@@ -1257,23 +1447,25 @@ def _pairs_batch(
     pair_group = order[pair_row, pair_rank]
     pair_c = contrib[pair_row, pair_rank]
     sign = np.where(pair_c > 0, 1.0, -1.0)
+    n_pairs = pair_row.shape[0]
 
-    # Per pair: the group's features pushing the same way, largest first.
-    candidates: list[list[int]] = [[] for _ in range(pair_row.shape[0])]
+    # Per pair: the group's features pushing the same way, largest first. Those come first in
+    # the stable descending order (NaN sorts last), so each pair keeps a prefix of it.
+    candidates: list[list[int]] = [[]] * n_pairs
     for gi in np.unique(pair_group).tolist():
         sel = np.flatnonzero(pair_group == gi)
         signed = fc[pair_row[sel][:, None], t.groups[gi].cols] * sign[sel, None]
         best = np.argsort(-signed, axis=1, kind="stable")[:, :_CANDIDATES]
-        positive = np.take_along_axis(signed, best, axis=1) > 0
-        for p, b, ok in zip(sel.tolist(), best.tolist(), positive.tolist(), strict=True):
-            candidates[p] = [j for j, y in zip(b, ok, strict=True) if y]
+        n_pos = np.minimum((signed > 0).sum(axis=1), _CANDIDATES)
+        for p, b, n_p in zip(sel.tolist(), best.tolist(), n_pos.tolist(), strict=True):
+            candidates[p] = b[:n_p]
 
     slot = t.group_slot[pair_group]
-    facts: list[Facts] = [{}] * pair_row.shape[0]
+    facts: list[Any] = [None] * n_pairs
     is_rating = slot >= 0
     if is_rating.any():
         sel = np.flatnonzero(is_rating)
-        got = _rating_facts(
+        got_r = _rating_facts(
             arrays,
             rows[pair_row[sel]],
             X,
@@ -1282,13 +1474,13 @@ def _pairs_batch(
             t.group_scale[pair_group[sel]],
             t,
         )
-        for p, fct in zip(sel.tolist(), got, strict=True):
-            facts[p] = fct
+        for p, fr in zip(sel.tolist(), got_r, strict=True):
+            facts[p] = fr
     if not is_rating.all():
         sel = np.flatnonzero(~is_rating)
-        got = _activity_facts(arrays, rows[pair_row[sel]], X, pair_row[sel], t)
-        for p, fct in zip(sel.tolist(), got, strict=True):
-            facts[p] = fct
+        got_a = _activity_facts(arrays, rows[pair_row[sel]], X, pair_row[sel], t)
+        for p, fa in zip(sel.tolist(), got_a, strict=True):
+            facts[p] = fa
     return pair_row.tolist(), pair_group.tolist(), pair_c.tolist(), candidates, facts
 
 
@@ -1348,7 +1540,12 @@ def describe_drivers(
         raise ValueError("the explanation's features differ from the registry's")
     if arrays.profile is not registry.profile and arrays.profile != registry.profile:
         raise ValueError("the session arrays and the registry use different instrument profiles")
-    if n and (rows.min() < 0 or rows.max() >= arrays.n_rows):
+    if n <= _SMALL_PAIRS:
+        row_list = rows.tolist()  # Python's min and max beat numpy's on a few rows
+        lo, hi = (min(row_list), max(row_list)) if n else (0, 0)
+    else:
+        lo, hi = int(rows.min()), int(rows.max())
+    if n and (lo < 0 or hi >= arrays.n_rows):
         raise ValueError("rows must be row positions inside the session arrays")
     out: list[list[Driver]] = [[] for _ in range(n)]
     if n == 0 or top == 0:
@@ -1367,24 +1564,15 @@ def describe_drivers(
             arrays, rows, X, gc, fc, k, t
         )
 
-    profile = registry.profile
-    for p, (i, gi, c) in enumerate(zip(pair_row, pair_group, pair_c, strict=True)):
-        g = t.groups[gi]
-        f = facts[p]
+    elements = registry.profile.elements
+    groups = t.groups
+    for i, gi, c, cand, f in zip(pair_row, pair_group, pair_c, candidates, facts, strict=True):
+        g = groups[gi]
         up = c > 0
-        text, evidence = _sentence(f, g, up, c, candidates[p], t)
+        text, evidence = _sentence(f, g, up, c, _chain(t, gi, cand), t)
         focus = g.focus
         if g.kind == "overall":
-            focus = profile.elements[f["focus_el"]].focus if f["focus_el"] >= 0 else GENERAL_FOCUS
-        out[i].append(
-            Driver(
-                group=g.name,
-                label=g.label,
-                contribution=c,
-                direction=RAISES if up else LOWERS,
-                text=text,
-                evidence=evidence,
-                focus=focus,
-            )
-        )
+            el = f.focus_el  # type: ignore[union-attr]
+            focus = elements[el].focus if el >= 0 else GENERAL_FOCUS
+        out[i].append(Driver(g.name, g.label, c, RAISES if up else LOWERS, text, evidence, focus))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -581,7 +582,7 @@ def test_small_and_batch_paths_give_identical_facts(name: str) -> None:
     small = drivers_module._pairs_small(*args)
     batch = drivers_module._pairs_batch(*args)
     assert _nan_equal(small, batch)
-    facts = {f["m"] for f in batch[4] if "m" in f}
+    facts = {f.m for f in batch[4] if isinstance(f, drivers_module._RatingFacts)}
     assert {0, 1, 2, 3} <= facts  # never rated, single and several rated sessions were covered
     # And the public function agrees row by row (one row at a time takes the small path).
     out = describe_drivers(arrays, rows, registry, X, e)
@@ -620,3 +621,37 @@ def test_any_history_gives_valid_drivers(data, name: str, seed: int) -> None:
     t = drivers_module._tables(registry, e.group_names)
     args = (arrays, rows, X, e.group_contributions, e.feature_contributions, 4, t)
     assert _nan_equal(drivers_module._pairs_small(*args), drivers_module._pairs_batch(*args))
+
+
+# -- internals the fast paths rely on -----------------------------------------------------------
+
+
+@given(x=st.floats())
+def test_rating_text_is_the_value_rounded_to_one_decimal(x: float) -> None:
+    # _r1 formats directly ("z" drops the sign of a rounded zero); it must read as round() does.
+    assert drivers_module._r1(x) == f"{round(x, 1) + 0.0:.1f}"
+
+
+def test_facts_tuples_list_the_integers_first_then_the_feature_statistics() -> None:
+    for cls, stats in (
+        (drivers_module._RatingFacts, drivers_module._RATING_STATS),
+        (drivers_module._ActivityFacts, drivers_module._ACTIVITY_FEATURES),
+    ):
+        assert cls._fields[-len(stats) :] == stats
+        kinds = list(typing.get_type_hints(cls).values())
+        n_int = drivers_module._INT_FIELDS[cls]
+        assert kinds == [int] * n_int + [float] * (len(kinds) - n_int)
+
+
+@pytest.mark.parametrize("n", [2, drivers_module._SMALL_PAIRS + 1])
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_rows_outside_the_arrays_are_refused_for_few_and_many_rows(n: int, bad: int) -> None:
+    arrays = _client(attendance=["attended"] * 3)
+    registry = feature_registry(ALLIANCE6)
+    rows = np.full(n, 2, dtype=np.int64)
+    X = compute_feature_matrix(arrays, registry, rows)
+    e = _explanation(registry, np.full((n, X.shape[1]), 0.1))
+    assert len(describe_drivers(arrays, rows, registry, X, e)) == n
+    rows[-1] = bad
+    with pytest.raises(ValueError, match="inside the session arrays"):
+        describe_drivers(arrays, rows, registry, X, e)
