@@ -346,12 +346,12 @@ class SessionArrays:
         client_id
             Carried through to the output index only.
         """
-        sn = np.asarray(session_number, dtype=np.int64)
+        sn = np.array(session_number, dtype=np.int64)  # a copy: never aliases the caller's
         n = sn.shape[0]
         if n == 0:
             raise ValueError("at least one appointment is needed")
         if isinstance(ratings, np.ndarray):
-            r = np.asarray(ratings, dtype=np.float64)
+            r = np.array(ratings, dtype=np.float64)
         else:
             unknown = set(ratings) - set(profile.element_names)
             if unknown:
@@ -366,9 +366,8 @@ class SessionArrays:
             )
         if r.shape != (len(profile.elements), n):
             raise ValueError("ratings: one value per element and appointment is needed")
-        codes = {c: i for i, c in enumerate(ATTENDANCE_CODES)}
         try:
-            att = np.array([codes[a] for a in attendance], dtype=np.int8)
+            att = np.array([_ATTENDANCE_INDEX[a] for a in attendance], dtype=np.int8)
         except KeyError:
             raise ValueError(
                 f"{ATTENDANCE!r} must be one of {', '.join(ATTENDANCE_CODES)}"
@@ -376,11 +375,15 @@ class SessionArrays:
         day = np.asarray(session_date, dtype="datetime64[D]")
         if att.shape[0] != n or day.shape[0] != n:
             raise ValueError("session_number, session_date and attendance differ in length")
-        if np.isnat(day).any():
-            raise ValueError(f"row {int(np.argmax(np.isnat(day)))}: missing {SESSION_DATE!r}")
-        if (sn < 1).any() or (sn > MAX_SESSION_NUMBER).any():
+        nat = np.isnat(day)
+        if nat.any():
+            raise ValueError(f"row {int(np.argmax(nat))}: missing {SESSION_DATE!r}")
+        # One unsigned comparison checks 1 <= sn <= MAX_SESSION_NUMBER (below 1 wraps around).
+        if ((sn - 1).view(np.uint64) >= MAX_SESSION_NUMBER).any():
             raise ValueError(f"{SESSION_NUMBER!r} must be between 1 and {MAX_SESSION_NUMBER}")
-        if n > 1:
+        # Requests usually list appointments in order: strictly increasing numbers need no sort
+        # (and cannot hold duplicates).
+        if n > 1 and not (sn[1:] > sn[:-1]).all():
             order = np.argsort(sn, kind="stable")
             sn = sn[order]
             if (sn[1:] == sn[:-1]).any():
@@ -404,6 +407,10 @@ class SessionArrays:
             age=np.array([np.nan if age is None else float(age)]),
             outcome=np.array([-1], dtype=np.int8),
         )
+
+
+#: Attendance code -> its index in :data:`~features.contract.ATTENDANCE_CODES`.
+_ATTENDANCE_INDEX = {code: i for i, code in enumerate(ATTENDANCE_CODES)}
 
 
 def _int_column(frame: pd.DataFrame, column: str) -> np.ndarray:

@@ -11,13 +11,14 @@ minus offsets: a global float cumsum carries other clients' rounding into every 
 mean of 9.0 could come out as 8.999999999 and flip a cut-off rule. With segment-local sums, a
 client's features are bit-identical whether it is computed alone (serving) or in a batch of
 100,000 (training). Ratings are centred on the client's first rating before sums of squares,
-so a constant series has an SD of exactly 0.
+so a constant series has an SD of exactly 0. (Only a NaN's sign bit may differ: which operand's
+NaN numpy keeps in NaN + NaN depends on the loop it picks for the array size.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,52 +44,84 @@ _ATT = ATTENDANCE_CODES.index(ATTENDED)
 _NO_SHOW = ATTENDANCE_CODES.index(NO_SHOW)
 _LATE = ATTENDANCE_CODES.index(LATE_CANCEL)
 _N_CODES = len(ATTENDANCE_CODES)
+_CODES = np.arange(_N_CODES, dtype=np.int8)[:, None]
+#: Per attendance code: [not missed (neither no-show nor late cancellation), attended].
+_NOT_MISSED_ATTENDED = np.array(
+    [[i not in (_NO_SHOW, _LATE) for i in range(_N_CODES)], [i == _ATT for i in range(_N_CODES)]]
+)
+#: Thresholds on rated sessions so far below which a statistic is undefined (1 and 2 sessions).
+_BELOW = np.array([0.0, 1.0])[:, None, None]
 
 
 class _Segments:
-    """Segmented operations over one :class:`SessionArrays`' segments (last axis = rows)."""
+    """Segmented operations over one :class:`SessionArrays`' segments (last axis = rows).
 
-    __slots__ = ("ar", "first_rows", "group_offsets", "n", "runs", "single")
+    Rows are referred to by *position*: row ``i`` of group ``g`` (a row of a ``(G, n)`` array)
+    is ``g * (n + 1) + i + 1``, the flat index of ``[g, i + 1]`` in a ``(G, n + 1)`` buffer whose
+    column 0 is padding; 0 means "no such row". A statistic stored in such a buffer
+    (:meth:`padded`) with its fill value in column 0 is read at any positions with a single
+    ``take``, missing rows reading the fill, without masking. 1-D arrays use the positions of
+    group 0 (``i + 1``); a 1-D buffer read at another group's positions uses ``mode="wrap"``
+    (positions modulo ``n + 1``). Positions grow with the row inside every group, so they
+    compare like row numbers.
+    """
 
-    def __init__(self, arrays: SessionArrays) -> None:
-        self.n = arrays.n_rows
+    __slots__ = ("first_rows", "n", "pos", "runs", "single")
+
+    def __init__(self, arrays: SessionArrays, n_groups: int) -> None:
+        n = arrays.n_rows
+        self.n = n
         self.single = arrays.n_clients == 1
         self.runs = () if self.single else arrays.runs
-        self.ar = np.arange(self.n, dtype=np.int64)
         self.first_rows = arrays.offsets[:-1]
-        self.group_offsets = np.arange(len(arrays.profile.elements) + 1)[:, None] * self.n
+        width = n + 1
+        self.pos = np.ascontiguousarray(
+            np.arange(n_groups * width, dtype=np.int64).reshape(n_groups, width)[:, 1:]
+        )
 
-    def acc(self, ufunc: np.ufunc, x: np.ndarray, dtype: type | None = None) -> np.ndarray:
-        """``ufunc.accumulate`` along the last axis, restarting at every segment."""
+    def padded(self, fill: float, lead: tuple[int, ...] = ()) -> np.ndarray:
+        """A float64 ``(*lead, n + 1)`` buffer, ``fill`` in column 0, data to go in ``[..., 1:]``."""
+        buf = np.empty((*lead, self.n + 1))
+        buf[..., 0] = fill
+        return buf
+
+    def acc(self, ufunc: np.ufunc, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``ufunc.accumulate`` along the last axis, restarting at every segment.
+
+        Accumulation is sequential along the last axis, so stacking same-shaped inputs along a
+        leading axis and accumulating them in one call gives each the same bits as alone.
+        """
         if self.single:
-            return ufunc.accumulate(x, axis=-1, dtype=dtype)
-        out = np.empty(x.shape, dtype=dtype or x.dtype)
+            return ufunc.accumulate(x, axis=-1, out=out)
+        if out is None:
+            out = np.empty_like(x)
         lead = x.shape[:-1]
         for a, b, length in self.runs:
             shape = (*lead, (b - a) // length, length)
             ufunc.accumulate(
-                x[..., a:b].reshape(shape), axis=-1, dtype=dtype, out=out[..., a:b].reshape(shape)
+                x[..., a:b].reshape(shape),
+                axis=-1,
+                out=out[..., a:b].reshape(shape, copy=False),
             )
         return out
 
-    def last_true(self, mask: np.ndarray) -> np.ndarray:
-        """Row index of the last ``True`` at or before each row in its segment, else -1."""
-        return self.acc(np.maximum, np.where(mask, self.ar, -1))
+    def last_true(self, mask: np.ndarray, per_group: bool = True) -> np.ndarray:
+        """Position of the last ``True`` at or before each row in its segment, else 0.
+
+        ``mask`` is ``(G, n)`` with a row per group, or with ``per_group=False`` one or more
+        1-D masks (``(n,)`` or ``(k, n)``) whose positions are group 0's.
+        """
+        return self.acc(np.maximum, np.where(mask, self.pos if per_group else self.pos[0], 0))
 
     def previous(self, idx: np.ndarray) -> np.ndarray:
-        """``idx`` shifted one row down inside segments (-1 at each segment's first row)."""
-        out = np.empty_like(idx)
-        out[..., 0] = -1
-        out[..., 1:] = idx[..., :-1]
+        """Positions ``idx`` shifted one row down inside segments (0 at each segment's first row),
+        as a padded buffer (:meth:`padded`, fill 0)."""
+        out = np.empty((*idx.shape[:-1], self.n + 1), dtype=idx.dtype)
+        out[..., :2] = 0
+        out[..., 2:] = idx[..., :-1]
         if not self.single:
-            out[..., self.first_rows] = -1
+            out[..., self.first_rows + 1] = 0
         return out
-
-    def take(self, values: np.ndarray, idx: np.ndarray, fill: float = np.nan) -> np.ndarray:
-        """``values[..., idx]`` row by row (``(G, n)`` or ``(n,)``); ``fill`` where idx is -1."""
-        # 1-D: -1 wraps around; 2-D: flat positions into C-contiguous values. Masked below.
-        got = values[idx] if values.ndim == 1 else values.take(idx + self.group_offsets)
-        return np.where(idx >= 0, got, fill)
 
 
 class _Writer:
@@ -113,21 +146,27 @@ class _Writer:
         self.parts: list[np.ndarray] = []
 
     def __call__(self, key: str, values: np.ndarray | Callable[[], np.ndarray]) -> None:
+        """Place statistic ``key``: float64, or bool for 0/1 flags (cast when written)."""
         spec = self.layout.get(key)
         if spec is None:
             return
         cols, src = spec
         arr = values() if callable(values) else values
-        rows = self.rows
         if self.keys is not None:
             self.parts.append(arr[None] if arr.ndim == 1 else arr if src is None else arr[src])
             self.keys.append(key)
-        elif arr.ndim == 1:
-            arr.take(rows, out=self.out_t[cols[0]], mode="clip")
-        else:
-            sources = range(cols.shape[0]) if src is None else src.tolist()
-            for c, s in zip(cols.tolist(), sources, strict=True):
+            self.filled += cols.shape[0]
+            return
+        rows = self.rows
+        if arr.ndim == 1:
+            arr = arr[None]
+            src = None
+        sources = range(cols.shape[0]) if src is None else src.tolist()
+        for c, s in zip(cols.tolist(), sources, strict=True):
+            if arr.dtype == np.float64:
                 arr[s].take(rows, out=self.out_t[c], mode="clip")
+            else:  # a flag: picked, then cast on assignment
+                self.out_t[c] = arr[s].take(rows, mode="clip")
         self.filled += cols.shape[0]
 
     def flush(self) -> None:
@@ -199,11 +238,11 @@ def compute_feature_matrix(
 def _fill(
     arrays: SessionArrays, registry: FeatureRegistry, rows: np.ndarray, out: np.ndarray
 ) -> None:
-    seg = _Segments(arrays)
+    seg = _Segments(arrays, len(arrays.profile.elements) + 1)
     emit = _Writer(out, rows, registry, collect=arrays.n_rows <= _SMALL_HISTORY)
     with np.errstate(divide="ignore", invalid="ignore"):
-        _rating_features(arrays, seg, emit)
-        _attendance_features(arrays, seg, emit)
+        att = _attendance_features(arrays, seg, emit)
+        _rating_features(arrays, seg, emit, att)
         if registry.include_covariates:
             age = arrays.age[arrays.seg_of_row]
             age = np.where(np.isfinite(age), age, np.nan)
@@ -219,165 +258,204 @@ def _fill(
         )
 
 
-def _rating_features(arrays: SessionArrays, seg: _Segments, emit: _Writer) -> None:
-    """Per element and for the element mean (last row of every ``(G, n)`` array)."""
+class _Attendance(NamedTuple):
+    """What the rating features reuse from the attendance pass, ``(n_rows,)`` each."""
+
+    attended: np.ndarray  # bool: the appointment was attended
+    n_attended: np.ndarray  # float64: attended appointments so far
+    first3: np.ndarray  # bool: appointments 1-3
+
+
+def _attendance_features(arrays: SessionArrays, seg: _Segments, emit: _Writer) -> _Attendance:
+    """Attendance codes, gaps between appointments, days since intake and last attendance."""
+    f64 = np.float64
+    sn = arrays.session_number
+    onehot = arrays.attendance == _CODES
+    first3 = sn <= 3
+    # Accumulated together: one row per attendance code, no-shows among appointments 1-3, gaps.
+    stacked = np.empty((_N_CODES + 2, seg.n))
+    stacked[:_N_CODES] = onehot
+    np.logical_and(onehot[_NO_SHOW], first3, out=stacked[_N_CODES])
+    # Padded (see _Segments): dates (NaN pad) and 1-based ranks (0 pad).
+    day_p, k_p = padded = np.full((2, seg.n + 1), np.nan)
+    k_p[0] = 0.0
+    day = day_p[1:]
+    day[:] = arrays.day
+    gap = stacked[_N_CODES + 1]
+    gap[0] = 0.0
+    np.subtract(day[1:], day[:-1], out=gap[1:])
+    if not seg.single:
+        gap[seg.first_rows] = 0.0
+    sums = seg.acc(np.add, stacked)
+    counts = sums[:_N_CODES]
+    k = np.add(arrays.rank, 1.0, out=padded[1, 1:])
+    emit("attendance_count", counts)
+    emit("attendance_rate", lambda: counts / k)
+    emit("attendance_last", stacked[:_N_CODES])
+    emit("attendance_no_show_first3", sums[_N_CODES])
+    emit("attendance_gap_mean_days", lambda: sums[_N_CODES + 1] / (k - 1.0))
+    gap[seg.first_rows] = np.nan
+    emit("attendance_gap_max_days", lambda: seg.acc(np.fmax, gap))
+
+    not_missed, last_att = seg.last_true(
+        _NOT_MISSED_ATTENDED.take(arrays.attendance, axis=1), per_group=False
+    )
+    emit("attendance_missed_streak", lambda: k - k_p.take(not_missed))
+    emit("engagement_days_since_attended", lambda: day - day_p.take(last_att))
+    emit("engagement_never_attended", lambda: last_att == 0)
+    emit("engagement_landmark", lambda: sn.astype(f64))
+    emit("engagement_days_since_intake", lambda: day - arrays.intake_day[arrays.seg_of_row])
+    return _Attendance(onehot[_ATT], counts[_ATT], first3)
+
+
+def _rating_features(
+    arrays: SessionArrays, seg: _Segments, emit: _Writer, att: _Attendance
+) -> None:
+    """Per element and for the element mean (last row of every ``(G, n)`` array).
+
+    Row references are positions (see :class:`_Segments`); values read at them come from padded
+    buffers (``*_p``, column 0 = the value of a missing row).
+    """
     p = arrays.profile
     n_el = len(p.elements)
+    n_groups = n_el + 1
+    n = seg.n
     eps = TOLERANCE_FRACTION * p.scale_range
     floor = RUPTURE_FLOOR_FRACTION * p.scale_range
     f64 = np.float64
-    attended = arrays.attendance == _ATT
+
+    # NaN-padded buffers: ratings of rated sessions, own SD, lowest element, session numbers.
+    nan_p = np.full((2 * n_groups + 2, n + 1), np.nan)
+    values_p, sd_p = nan_p[:n_groups], nan_p[n_groups : 2 * n_groups]
+    lowest_p, sn_p = nan_p[-2], nan_p[-1]
+    values = values_p[:, 1:]
+    sn = sn_p[1:]
+    sn[:] = arrays.session_number
 
     # Session level: which elements count, the element mean and the lowest rated element.
     r = arrays.ratings
-    rated = np.empty((n_el + 1, seg.n), dtype=bool)
-    np.logical_and(np.isfinite(r), attended, out=rated[:n_el])  # inf counts as not rated
-    values = np.empty((n_el + 1, seg.n))
-    values[:n_el] = np.where(rated[:n_el], r, np.nan)
-    zeroed = np.where(rated[:n_el], r, 0.0)
-    total = zeroed[0].copy()
-    for e in range(1, n_el):  # fixed order: the same sum alone and in a batch
-        total += zeroed[e]
-    n_el_rated = rated[:n_el].sum(axis=0)
-    rated[n_el] = n_el_rated > 0
-    values[n_el] = total / n_el_rated
-    lowest = np.fmin.reduce(values[:n_el], axis=0)
-
-    m = seg.acc(np.add, rated, f64)  # rated sessions so far (exact integers in float64)
+    rated = np.empty((n_groups, n), dtype=bool)
+    np.logical_and(np.isfinite(r), att.attended, out=rated[:n_el])  # inf counts as not rated
+    np.copyto(values[:n_el], r, where=rated[:n_el])
+    # Layers: [0] ratings with 0 for unrated, [1] rated (0/1), [2] early values, [3] early rated.
+    layers = np.zeros((4, n_groups, n))
+    np.copyto(layers[0, :n_el], r, where=rated[:n_el])
+    layers[1, :n_el] = rated[:n_el]
+    # Sums over the elements (ratings and how many are rated, together) in a fixed order: the
+    # same alone and in a batch.
+    total, n_el_rated = summed = layers[:2, 0].copy()
+    for e in range(1, n_el):
+        summed += layers[:2, e]
+    np.greater(n_el_rated, 0.0, out=rated[n_el])
+    np.minimum(n_el_rated, 1.0, out=layers[1, n_el])
+    np.divide(total, n_el_rated, out=values[n_el])
+    lowest = np.fmin.reduce(values[:n_el], axis=0, out=lowest_p[1:])
+    early = rated & att.first3
+    np.copyto(layers[2], values, where=early)
+    layers[3] = early
+    counts_p = seg.padded(0.0, (3, n_groups))
+    seg.acc(np.add, layers[1:], out=counts_p[..., 1:])
+    m_p = counts_p[0]
+    m = m_p[:, 1:]  # rated sessions so far (exact integers in float64)
     emit("n_rated", m)
-    some = m > 0
-    two = m > 1
+    emit("early_mean", lambda: counts_p[1, :, 1:] / counts_p[2, :, 1:])
+    m1 = m - 1.0
+    # Adding nan_below[0] / nan_below[1] (0 or NaN) blanks a statistic with fewer than 1 / 2
+    # rated sessions; cheaper than np.where, and it also turns the 0/0 of a single session into
+    # NaN.
+    nan_below_1, nan_below_2 = np.where(m > _BELOW, 0.0, np.nan)
 
     last_row = seg.last_true(rated)
-    prev_of = seg.previous(last_row)  # at a rated row: the rated row before it
-    prev_row = seg.take(prev_of, last_row, -1)
-    last = seg.take(values, last_row)
-    prev = seg.take(values, prev_row)
+    prev_of_p = seg.previous(last_row)  # at a rated row: the rated row before it
+    prev_of = prev_of_p[:, 1:]
+    prev_row = prev_of_p.take(last_row)
+    last = values_p.take(last_row)
+    prev = values_p.take(prev_row)
     emit("last", last)
     emit("change_prev", lambda: last - prev)
 
     def last3() -> np.ndarray:
-        prev2 = seg.take(values, seg.take(prev_of, prev_row, -1))
-        s = last + np.where(m > 1, prev, 0.0) + np.where(m > 2, prev2, 0.0)
+        # The same sum as with NaN-masked terms: missing earlier sessions add 0.0.
+        zero_p = values_p.copy()
+        zero_p[:, 0] = 0.0
+        s = last + zero_p.take(prev_row) + zero_p.take(prev_of_p.take(prev_row))
         return s / np.minimum(m, 3.0)
 
     emit("last3_mean", last3)
     emit("min", lambda: seg.acc(np.fmin, values))
 
-    def early_mean() -> np.ndarray:
-        early = rated & (arrays.session_number <= 3)
-        return seg.acc(np.add, np.where(early, values, 0.0)) / seg.acc(np.add, early, f64)
-
-    emit("early_mean", early_mean)
-
     # Sums over rated sessions, centred on the client's first rating (see module docstring).
-    first_row = np.where(some, seg.acc(np.minimum, np.where(rated, seg.ar, seg.n)), -1)
-    first = seg.take(values, first_row)
-    y = np.where(rated, values - first, 0.0)
-    s1 = seg.acc(np.add, y)
-    # Adding nan_below_2 (0 or NaN) blanks a statistic with fewer than 2 rated sessions; cheaper
-    # than np.where, and it also turns the 0/0 of a single session into NaN.
-    nan_below_1 = np.where(some, 0.0, np.nan)
-    nan_below_2 = np.where(two, 0.0, np.nan)
-    emit("change_first", lambda: last - first + nan_below_2)
-    emit("dev_own_mean", lambda: last - (first + s1 / m) + nan_below_2)
-    s2 = seg.acc(np.add, y * y)
-    sd = np.sqrt(np.maximum(s2 - s1 * s1 / m, 0.0) / (m - 1.0)) + nan_below_2
+    # The first rated position, or values_p.size (wrapping to the NaN pad) before any.
+    first = values_p.take(seg.acc(np.minimum, np.where(rated, seg.pos, values_p.size)), mode="wrap")
+    before = values_p.take(prev_of)  # at a rated row: the previous rated value
+    step = values - before  # NaN unless rated with a previous rated value
+    # Accumulated together: y, y^2, (m - 1) y for the slope, squared successive differences.
+    sums = np.zeros((4, n_groups, n))
+    y = sums[0]
+    np.subtract(values, first, out=y, where=rated)
+    np.multiply(y, y, out=sums[1])
+    np.multiply(m1, y, out=sums[2], where=rated)
+    np.multiply(step, step, out=sums[3], where=step == step)
+    s1, s2, sty, ssd = seg.acc(np.add, sums)
+    # Statistics blanked below 2 rated sessions, stacked so that one addition blanks them all.
+    blank2 = np.empty((4, n_groups, n))
+    np.subtract(last, first, out=blank2[0])
+    np.subtract(last, first + s1 / m, out=blank2[1])
+    # OLS against t = 0..m-1: Sxy = sum(t*y) - tbar*sum(y), Sxx = m(m^2 - 1)/12.
+    np.divide(sty - 0.5 * m1 * s1, m * (m * m - 1.0) / 12.0, out=blank2[2])
+    np.divide(ssd, m1, out=blank2[3])
+    blank2 += nan_below_2
+    emit("change_first", blank2[0])
+    emit("dev_own_mean", blank2[1])
+    emit("slope", blank2[2])
+    emit("mssd", blank2[3])
+    sd = np.add(np.sqrt(np.maximum(s2 - s1 * s1 / m, 0.0) / m1), nan_below_2, out=sd_p[:, 1:])
     emit("sd", sd)
 
-    def slope() -> np.ndarray:
-        # OLS against t = 0..m-1: Sxy = sum(t*y) - tbar*sum(y), Sxx = m(m^2 - 1)/12.
-        sty = seg.acc(np.add, np.where(rated, (m - 1.0) * y, 0.0))
-        return (sty - 0.5 * (m - 1.0) * s1) / (m * (m * m - 1.0) / 12.0) + nan_below_2
-
-    emit("slope", slope)
-
-    # Successive differences between consecutive rated sessions.
-    before = seg.take(values, prev_of)  # at a rated row: the previous rated value
-    step = values - before  # NaN unless rated with a previous rated value
-    emit(
-        "mssd",
-        lambda: seg.acc(np.add, np.where(step == step, step * step, 0.0)) / (m - 1.0) + nan_below_2,
-    )
-
     # Ruptures: drop from the previous rated value >= z * max(own SD up to that session, floor),
-    # the floor alone while fewer than RUPTURE_MIN_HISTORY sessions were rated by then.
-    base = np.where(
-        seg.take(m, prev_of, 0.0) >= RUPTURE_MIN_HISTORY,
-        np.fmax(seg.take(sd, prev_of), floor),
-        floor,
-    )
+    # the floor alone while fewer than RUPTURE_MIN_HISTORY sessions were rated by then (m at the
+    # previous rated row = sessions rated before this row = m - rated).
+    base = np.where(m - layers[1] >= RUPTURE_MIN_HISTORY, np.fmax(sd_p.take(prev_of), floor), floor)
     drop = -step
     rupture = drop >= base - eps
-    n_rup = seg.acc(np.add, rupture, f64)
+    n_ruptures = np.empty((2, n_groups, n))
+    n_ruptures[0] = rupture
+    n_ruptures[1] = drop >= 2.0 * base - eps
+    n_rup, n_rup2 = seg.acc(np.add, n_ruptures)
     emit("ruptures_1sd", n_rup)
-    emit("ruptures_2sd", lambda: seg.acc(np.add, drop >= 2.0 * base - eps, f64))
-    emit("has_rupture", lambda: (n_rup > 0).astype(f64))
+    emit("ruptures_2sd", n_rup2)
+    emit("has_rupture", lambda: n_rup > 0.0)
     rup_row = seg.last_true(rupture)
-    level_before = seg.take(before, rup_row)  # the level the rating dropped from
-    repaired = seg.last_true(values >= level_before - eps) > rup_row  # NaN compares False
-    emit("unrepaired", ((rup_row >= 0) & ~repaired).astype(f64))
-    sn = arrays.session_number
-    emit("sessions_since_rupture", lambda: sn - seg.take(sn.astype(f64), rup_row))
+    level_before = values_p.take(prev_of_p.take(rup_row))  # the level the rating dropped from
+    back = seg.last_true(values >= level_before - eps)  # NaN compares False
+    emit("unrepaired", lambda: (rup_row > 0) & (back <= rup_row))
+    emit("sessions_since_rupture", lambda: sn - sn_p.take(rup_row, mode="wrap"))
 
     # Instrument rules. The overall row compares the element mean with the total cut-off
     # prorated to one element (SRS: total < 36 <=> mean of 4 items < 9).
     per_el = n_el if p.total == "sum" else 1
-    cutoffs = np.full((n_el + 1, 1), p.element_cutoff - eps)
-    cutoffs[n_el] = p.cutoff_total / per_el - eps
-    emit("below_cutoff", lambda: (last < cutoffs) + nan_below_1)
+    cutoffs = np.array([[p.element_cutoff - eps]] * n_el + [[p.cutoff_total / per_el - eps]])
+    emit("below_cutoff", lambda: (last < cutoffs).astype(f64) + nan_below_1)
     o_m, o_rated = m[n_el], rated[n_el]
     emit(
         "alliance_overall_any_element_below_cutoff",
-        lambda: (seg.take(lowest, last_row[n_el]) < p.element_cutoff - eps) + nan_below_1[n_el],
+        lambda: (
+            (lowest_p.take(last_row[n_el], mode="wrap") < p.element_cutoff - eps).astype(f64)
+            + nan_below_1[n_el]
+        ),
     )
-    not_ceiling = seg.last_true(o_rated & ~(lowest >= p.scale_max - eps))
-    streak = o_m - seg.take(o_m, not_ceiling, 0.0)
+    # A rated session has a finite lowest element, so < is the negation of >= here.
+    not_ceiling = seg.last_true(o_rated & (lowest < p.scale_max - eps), per_group=False)
+    streak = o_m - m_p[n_el].take(not_ceiling)
     emit("alliance_overall_ceiling_streak", streak)
-    emit("alliance_overall_ceiling_flag", lambda: (streak >= 2.0).astype(f64))
+    emit("alliance_overall_ceiling_flag", lambda: streak >= 2.0)
     emit(
         "alliance_overall_drop_alert",
-        lambda: (prev[n_el] - last[n_el] >= p.drop_points / per_el - eps) + nan_below_2[n_el],
+        lambda: (
+            (prev[n_el] - last[n_el] >= p.drop_points / per_el - eps).astype(f64)
+            + nan_below_2[n_el]
+        ),
     )
-    emit("engagement_never_rated", lambda: (o_m == 0.0).astype(f64))
-
-    def unrated_share() -> np.ndarray:
-        n_att = seg.acc(np.add, attended, f64)
-        return (n_att - o_m) / n_att  # 0/0 = NaN when never attended
-
-    emit("engagement_unrated_share", unrated_share)
-
-
-def _attendance_features(arrays: SessionArrays, seg: _Segments, emit: _Writer) -> None:
-    """Attendance codes, gaps between appointments, days since intake and last attendance."""
-    f64 = np.float64
-    att = arrays.attendance
-    sn = arrays.session_number
-    onehot = att == np.arange(_N_CODES, dtype=np.int8)[:, None]
-    counts = seg.acc(np.add, onehot, f64)
-    k = arrays.rank + 1.0
-    emit("attendance_count", counts)
-    emit("attendance_rate", lambda: counts / k)
-    emit("attendance_last", lambda: onehot.astype(f64))
-    emit(
-        "attendance_no_show_first3",
-        lambda: seg.acc(np.add, onehot[_NO_SHOW] & (sn <= 3), f64),
-    )
-    not_missed = seg.last_true(~(onehot[_NO_SHOW] | onehot[_LATE]))
-    emit("attendance_missed_streak", lambda: np.where(not_missed >= 0, seg.ar - not_missed, k))
-
-    day = arrays.day.astype(f64)
-    gap = np.empty_like(day)
-    gap[0] = 0.0
-    np.subtract(day[1:], day[:-1], out=gap[1:])
-    if not seg.single:
-        gap[seg.first_rows] = 0.0
-    emit("attendance_gap_mean_days", lambda: seg.acc(np.add, gap) / (k - 1.0))
-    gap[seg.first_rows] = np.nan
-    emit("attendance_gap_max_days", lambda: seg.acc(np.fmax, gap))
-
-    last_att = seg.last_true(onehot[_ATT])
-    emit("engagement_days_since_attended", lambda: day - seg.take(day, last_att))
-    emit("engagement_never_attended", lambda: (last_att < 0).astype(f64))
-    emit("engagement_landmark", lambda: sn.astype(f64))
-    emit("engagement_days_since_intake", lambda: day - arrays.intake_day[arrays.seg_of_row])
+    emit("engagement_never_rated", lambda: o_m == 0.0)
+    n_att = att.n_attended
+    emit("engagement_unrated_share", lambda: (n_att - o_m) / n_att)  # 0/0 = NaN: never attended
