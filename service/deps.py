@@ -23,12 +23,17 @@ async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-async def get_model(request: Request) -> LoadedModel:
-    """The model this request scores with, taken once (a reload never changes it mid-request)."""
+def current_model(request: Request) -> LoadedModel:
+    """The model this request scores with, taken once (a reload never changes it mid-request);
+    503 when none is loaded."""
     model = request.app.state.store.current
     if model is None:
         raise HTTPException(503, NO_MODEL, headers={"Retry-After": "30"})
     return model
+
+
+async def get_model(request: Request) -> LoadedModel:
+    return current_model(request)
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings_dep)]

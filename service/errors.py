@@ -25,6 +25,7 @@ from features.validation import (
 logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal error; quote the request_id to the operator"
+NOT_JSON = "body is not valid JSON"
 
 #: Pydantic error types -> the data validator's wording, by the field they occur on.
 _FIELD_REASONS = {
@@ -52,6 +53,9 @@ def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str,
             loc = loc[1:]
         field = next((p for p in reversed(loc) if isinstance(p, str)), "")
         kind = err.get("type", "")
+        if kind == "json_invalid":
+            out.append({"loc": [], "reason": NOT_JSON})
+            continue
         if field in _FIELD_REASONS and kind not in {"missing", "extra_forbidden"}:
             reason = _FIELD_REASONS[field]
         elif len(loc) >= 2 and loc[-2] == "ratings" and kind != "dict_type":

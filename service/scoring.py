@@ -82,9 +82,9 @@ def _ratings_matrix(sessions: Sequence[Any], profile: InstrumentProfile) -> np.n
     """(elements, sessions) float64; NaN where not rated (numpy turns None into NaN)."""
     given = [s.ratings for s in sessions]
     names = profile.element_names
-    return np.asarray(
-        [[g.get(name) for g in given] for name in names], dtype=np.float64
-    ).reshape(len(names), len(given))
+    return np.asarray([[g.get(name) for g in given] for name in names], dtype=np.float64).reshape(
+        len(names), len(given)
+    )
 
 
 def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays:

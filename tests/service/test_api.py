@@ -465,3 +465,16 @@ def test_start_up_freezes_the_heap_out_of_the_collector_s_reach(registry: Regist
         assert api.get("/readyz").status_code == 200
         assert gc.get_freeze_count() > 100_000  # libraries and the model, not a handful
     gc.unfreeze()
+
+
+def test_a_body_that_is_not_json_is_a_422_saying_so_without_echoing_it(registry: Registry) -> None:
+    with _app(registry) as api:
+        for path in ("/v1/risk", "/v1/risk/batch"):
+            r = api.post(
+                path,
+                content=b'{"client_id": "c-LEAKED", ',
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 422, (path, r.text)
+            assert r.json()["errors"] == [{"loc": [], "reason": "body is not valid JSON"}]
+            assert "LEAKED" not in r.text and r.json()["request_id"] == r.headers["x-request-id"]
