@@ -121,6 +121,12 @@ def _vmrss_kb(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _process_tree(root: int) -> list[int]:
     """``root`` and all its descendants, from /proc (Linux)."""
     children: dict[int, list[int]] = {}
@@ -680,8 +686,17 @@ def run(quick: bool) -> dict[str, Any]:
             )
             first_ours = _first_ok(ours.port, "/v1/risk", single_bytes)
             check_risk_body(first_ours)  # schema-valid and the explanation adds up
+            cpu0 = _cpu_s(ours.proc.pid)
             livez = _sequential(ours.port, "GET", "/livez", None, calls, warmup=50)
+            cpu1 = _cpu_s(ours.proc.pid)
             http_t = _sequential(ours.port, "POST", "/v1/risk", single_bytes, calls, warmup=50)
+            cpu2 = _cpu_s(ours.proc.pid)
+            # The server's own CPU per request (warm-up included in the count): on a quiet
+            # machine close to the wall time at c=1, since the server does nothing else.
+            server_cpu_ms = {
+                "get_livez": round((cpu1 - cpu0) / (calls + 50) * 1e3, 3),
+                "post_risk": round((cpu2 - cpu1) / (calls + 50) * 1e3, 3),
+            }
             # The same latency from a C client (wrk, one connection, one thread): what the
             # service adds, without ~0.1 ms of http.client's own Python per request.
             c1_runs = [
@@ -747,6 +762,7 @@ def run(quick: bool) -> dict[str, Any]:
                 "overhead_ratio": round(overhead_http_client, 2),
             },
             "get_livez_round_trip": _ms(livez),
+            "server_cpu_ms_per_request": server_cpu_ms,
             "in_process_floor": floor,
             "in_process_path": _ms(path_t),
             "in_process_steps": steps,
