@@ -458,12 +458,22 @@ def test_fastapi_native_opentelemetry_follows_the_setting(registry: Registry) ->
 
 def test_start_up_freezes_the_heap_out_of_the_collector_s_reach(registry: Registry) -> None:
     import gc
+    import weakref
 
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
     with _app(registry) as api:
         assert api.get("/readyz").status_code == 200
         assert gc.get_freeze_count() > 100_000  # libraries and the model, not a handful
+        # The first model is frozen with the heap, yet a reload must still free it (a frozen
+        # reference cycle would leak one model per promotion).
+        first = weakref.ref(api.app.state.store.current.scorer)
+        MlflowClient(registry.uri, registry.uri).set_registered_model_alias(
+            MODEL_NAME, "champion", "2"
+        )
+        assert api.post("/v1/admin/reload").json()["result"] == "loaded"
+        gc.collect()
+        assert first() is None
     gc.unfreeze()
 
 
