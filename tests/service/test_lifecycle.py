@@ -20,6 +20,7 @@ from service.app import create_app
 from service.settings import ServiceSettings
 from tests.conftest import free_port, running_mlflow_server
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.faults import wait_ready
 from tests.service.helpers import check_risk_body, request_for
 
 HOST = "127.0.0.1"
@@ -51,17 +52,7 @@ def served(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> Iterator[st
     )  # fmt: skip
     url = f"http://{HOST}:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "uvicorn.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("service not ready within 60 s")
+        wait_ready(url, proc, tmp_path / "uvicorn.log", timeout=60)
         yield url
     finally:
         proc.terminate()
