@@ -178,24 +178,24 @@ class AuditMiddleware:
         clinic = None if principal is None else principal.clinic
         request_id = str(state.get("request_id", ""))
         when = utc_timestamp()  # one request, one moment: its records share it
-        try:
-            security.audit.write_many(
-                [
-                    AuditRecord(
-                        time=when,
-                        subject=subject,
-                        clinic=clinic,
-                        client_ref=ref,
-                        action=action,
-                        outcome=outcome_of(effective),  # type: ignore[arg-type]
-                        status=effective,
-                        request_id=request_id,
-                        model_version=version,
-                    )
-                    for ref, item_status in clients
-                    for effective in (status if item_status is None else item_status,)
-                ]
+        batch = []
+        for ref, item_status in clients:
+            effective = status if item_status is None else item_status
+            batch.append(
+                AuditRecord(
+                    time=when,
+                    subject=subject,
+                    clinic=clinic,
+                    client_ref=ref,
+                    action=action,
+                    outcome=outcome_of(effective),  # type: ignore[arg-type]
+                    status=effective,
+                    request_id=request_id,
+                    model_version=version,
+                )
             )
+        try:
+            security.audit.write_many(batch)
         except AuditWriteError:
             logger.error("audit record could not be written; response withheld",
                          extra={"fields": {"request_id": state.get("request_id")}})  # fmt: skip

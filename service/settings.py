@@ -46,8 +46,8 @@ class ServiceSettings(BaseSettings):
         False,
         description="FastAPI's native OpenTelemetry tracing, metrics and logs, exported through "
         "the globally configured OpenTelemetry providers. Off by default: the service exports "
-        "Prometheus metrics at /metrics, and the per-request check of the providers alone "
-        "costs ~10 us on the ~1 ms scoring path.",
+        "Prometheus metrics at /metrics, and FastAPI checks the providers on every request "
+        "even when none is configured (~20 us per request under cProfile).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
