@@ -18,6 +18,7 @@ from service.errors import NOT_JSON, error_body, pydantic_problems, request_id_o
 from service.schemas import (
     BatchRequest,
     BatchResponse,
+    Episode,
     ErrorResponse,
     RiskRequest,
     RiskResponse,
@@ -148,10 +149,9 @@ def risk_batch(
     """Each client is checked on its own; a bad one is reported in its item (with field paths
     relative to that item) and the others are still scored."""
     request_id = request_id_of(request)
-    parsed: list[RiskRequest | ValidationError]
+    parsed: list[Episode | ValidationError]
     try:
-        # Happy path: pydantic-core parses the JSON straight into models (half the time of
-        # json.loads and then validating the dicts, measured on a 1,000-client body).
+        # Happy path: every item valid, decoded in one pass (msgspec, else pydantic-core).
         fast = parse_valid_batch(raw)
         n_items = len(fast)
         parsed = list(fast)
@@ -175,7 +175,7 @@ def risk_batch(
         return JSONResponse(error_body(INVALID, request_id, [problem]), status_code=422)
     request.state.model_version = model.version
     items: list[dict[str, Any]] = []
-    reqs: list[RiskRequest] = []
+    reqs: list[Episode] = []
     positions: list[int] = []
     for i, req in enumerate(parsed):
         if isinstance(req, ValidationError):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 
 from features.kernels import compute_feature_matrix
 from features.registry import feature_registry
-from service.schemas import RiskRequest
-from service.scoring import check_and_pack, request_problems, single_arrays
+from service.schemas import EpisodeStruct, RiskRequest, SessionIn, parse_valid_batch
+from service.scoring import _ratings_matrix, check_and_pack, request_problems, single_arrays
 from tests.service.helpers import request_for
 from training.simulate import simulate_cohort
 
@@ -70,3 +71,50 @@ def test_check_and_pack_equals_the_per_client_path(max_sessions: int | None) -> 
         alone = single_arrays(reqs[packed.valid[j]], cohort.profile)
         x = compute_feature_matrix(alone, registry, np.array([alone.n_rows - 1]))
         np.testing.assert_array_equal(batch_x[row], x[0])
+
+
+def test_batch_items_decoded_by_the_fast_path_pack_identically() -> None:
+    """parse_valid_batch hands msgspec structs to check_and_pack; pydantic models pack the same."""
+    cohort = simulate_cohort(120, seed=5)
+    bodies = [request_for(cohort, cid) for cid in cohort.clients["client_id"].iloc[:40]]
+    raw = json.dumps({"clients": bodies}).encode()
+    fast = parse_valid_batch(raw)
+    assert all(isinstance(x, EpisodeStruct) for x in fast)
+    models = [RiskRequest.model_validate(b) for b in bodies]
+    a = check_and_pack(fast, cohort.profile).arrays
+    b = check_and_pack(models, cohort.profile).arrays
+    assert a is not None and b is not None
+    for field in ("client_id", "offsets", "session_number", "day", "attendance", "ratings",
+                  "intake_day", "age"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+@pytest.mark.parametrize(
+    "ratings",
+    [
+        {"empathy": 8.0, "acceptance": 7.5, "trust": 9.0, "goals": 6.0, "collaboration": 5.5,
+         "communication": 4.0},  # every element: one itemgetter call
+        {"communication": 4.0, "collaboration": 5.5, "goals": 6.0, "trust": 9.0,
+         "acceptance": 7.5, "empathy": 8.0},  # same keys, other order
+        {"empathy": 8.0, "goals": None},  # some, one null
+        {},  # not rated
+        {"empathy": 8.0, "acceptance": 7.5, "trust": 9.0, "goals": 6.0, "collaboration": 5.5,
+         "warmth": 4.0},  # six keys, one unknown: the KeyError branch
+        {"empathy": 8.0, "acceptance": 7.5, "trust": 9.0, "goals": 6.0, "collaboration": 5.5,
+         "communication": 4.0, "warmth": 1.0},  # seven keys
+    ],
+)  # fmt: skip
+def test_ratings_matrix_reads_every_element_in_profile_order(ratings: dict) -> None:
+    cohort_profile = simulate_cohort(10, seed=1).profile
+    names = cohort_profile.element_names
+    other = {n: float(i) for i, n in enumerate(names)}  # a full row next to it
+    sessions = [SessionIn(session_number=1, session_date="2026-01-05", attendance="attended",
+                          ratings=ratings),
+                SessionIn(session_number=2, session_date="2026-01-12", attendance="attended",
+                          ratings=other)]  # fmt: skip
+    got = _ratings_matrix(sessions, cohort_profile)
+    expected = np.array(
+        [[np.nan if r.get(n) is None else r[n] for r in (ratings, other)] for n in names]
+    )
+    assert got.shape == (len(names), 2) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
