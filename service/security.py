@@ -10,7 +10,7 @@ record, or one per client for a batch, whatever its outcome (refusals included).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -104,6 +104,12 @@ def note_client(request: Request, client_id: str, *, status: int | None = None) 
     """Remember a client this request touched, for its audit record (a batch notes many)."""
     refs: ClientRefs = request.app.state.security.refs
     _notes(request).append((refs(client_id), status))
+
+
+def note_clients(request: Request, client_ids: Iterable[str], *, status: int) -> None:
+    """:func:`note_client` for many clients of a batch with the same status, in order."""
+    refs: ClientRefs = request.app.state.security.refs
+    _notes(request).extend([(refs(c), status) for c in client_ids])
 
 
 def note_invalid(request: Request) -> None:

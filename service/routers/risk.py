@@ -29,6 +29,7 @@ from service.security import (
     BatchReader,
     RiskReader,
     note_client,
+    note_clients,
     note_invalid,
     same_clinic,
 )
@@ -208,9 +209,11 @@ def risk_batch(
         for band, count in zip(*np.unique(batch.risk_band.astype(str), return_counts=True),
                                strict=True):  # fmt: skip
             counter.labels(band=str(band), model_version=model.version).inc(int(count))
-        for k, payload in zip(row_client, payloads, strict=True):
-            items.append({"index": positions[k], "status": "ok", "result": payload})
-            note_client(request, reqs[k].client_id, status=200)
+        items.extend(
+            {"index": positions[k], "status": "ok", "result": payload}
+            for k, payload in zip(row_client, payloads, strict=True)
+        )
+        note_clients(request, [reqs[k].client_id for k in row_client], status=200)
     items.sort(key=lambda item: item["index"])
     return _json(
         {

@@ -365,6 +365,7 @@ def test_each_scoring_request_leaves_exactly_one_audit_record(registry: Registry
         (bearer(KEYS[0], clinic="clinic-other"), body, 404, "not_found"),
         ({}, bad, 422, "invalid"),
     ]
+    refs = {}
     with _app(registry) as api:
         for headers, payload, status, outcome in cases:
             before = len(_audit(registry))
@@ -377,12 +378,19 @@ def test_each_scoring_request_leaves_exactly_one_audit_record(registry: Registry
             assert rec.request_id == r.headers["x-request-id"]
             if status in (200, 404):
                 assert rec.client_ref and rec.client_ref != cid
+                refs[status] = rec.client_ref
         before = len(_audit(registry))
-        two = [body, request_for(registry.cohort, _some_clients(registry, 3)[2])]
-        api.post("/v1/risk/batch", json={"clients": two})
+        third = request_for(registry.cohort, _some_clients(registry, 3)[0])
+        api.post("/v1/risk/batch", json={"clients": [third, bad, body]})
         batch = _audit(registry)[before:]
-        assert [(r.action, r.outcome) for r in batch] == [("risk.batch", "ok")] * 2
+        # The refused item first (no client could be read), then the scored ones in item order.
+        assert [(r.action, r.outcome, r.status) for r in batch] == [
+            ("risk.batch", "invalid", 422), ("risk.batch", "ok", 200), ("risk.batch", "ok", 200)
+        ]  # fmt: skip
+        assert batch[0].client_ref is None
+        assert batch[2].client_ref == refs[200] != batch[1].client_ref  # the same pseudonym as alone
         assert batch[0].model_version == "1" and batch[0].clinic == TEST_CLINIC
+        assert len({r.time for r in batch}) == 1 and len({r.request_id for r in batch}) == 1
     raw = (registry.root / "audit" / "audit.jsonl").read_text()
     assert cid not in raw and "7.3579" not in raw and body["sessions"][0]["session_date"] not in raw
 

@@ -139,6 +139,10 @@ def test_utc_timestamp_converts_other_zones_and_refuses_naive_times():
     ("overrides", "message"),
     [
         ({"time": "2026-09-01 12:00:00"}, "time must be UTC ISO 8601"),
+        ({"time": "2026-09-01T12:00:00.000Z\n"}, "time must be UTC ISO 8601"),  # $ would pass it
+        ({"time": "٢٠٢٦-09-01T12:00:00.000Z"}, "time must be UTC ISO 8601"),  # \d would pass it
+        ({"action": "risk.read\n"}, "action must look like 'area.verb'"),
+        ({"client_ref": "a" * 64 + "\n"}, "client_ref must be a client_ref"),
         ({"action": "read risk"}, "action must look like 'area.verb'"),
         ({"outcome": "maybe"}, "outcome is not one of"),
         ({"outcome": ["ok"]}, "outcome is not one of"),
