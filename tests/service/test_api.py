@@ -388,7 +388,8 @@ def test_each_scoring_request_leaves_exactly_one_audit_record(registry: Registry
             ("risk.batch", "invalid", 422), ("risk.batch", "ok", 200), ("risk.batch", "ok", 200)
         ]  # fmt: skip
         assert batch[0].client_ref is None
-        assert batch[2].client_ref == refs[200] != batch[1].client_ref  # the same pseudonym as alone
+        # The same pseudonym as when that client was scored alone.
+        assert batch[2].client_ref == refs[200] != batch[1].client_ref
         assert batch[0].model_version == "1" and batch[0].clinic == TEST_CLINIC
         assert len({r.time for r in batch}) == 1 and len({r.request_id for r in batch}) == 1
     raw = (registry.root / "audit" / "audit.jsonl").read_text()
