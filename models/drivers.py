@@ -22,6 +22,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import repeat
 from math import inf, isfinite, nan
 from operator import add
@@ -106,6 +107,12 @@ class Driver:
 # Formatting
 
 
+# Ratings repeat across pairs and requests, and round() and float formatting cost several times a
+# cache hit; the results depend on the value only (0.0 and -0.0, equal keys, give equal results).
+_ROUNDED_KEPT = 4096
+
+
+@lru_cache(maxsize=_ROUNDED_KEPT)
 def _r1(x: float) -> str:
     """A rating with 1 decimal, never ``-0.0``."""
     # The string of f"{round(x, 1):.1f}" (both round the exact binary value half-even), and
@@ -113,9 +120,16 @@ def _r1(x: float) -> str:
     return f"{x:z.1f}"
 
 
+@lru_cache(maxsize=_ROUNDED_KEPT)
 def _v(x: float) -> float:
     """A rating for the evidence: rounded as in the text."""
     return round(x, 1) + 0.0
+
+
+@lru_cache(maxsize=_ROUNDED_KEPT)
+def _rated(x: float) -> tuple[float, str]:
+    """:func:`_v` and :func:`_r1` of ``x`` (the text of the rounded value) in one look-up."""
+    return round(x, 1) + 0.0, f"{x:z.1f}"
 
 
 def _n(count: int, singular: str, plural: str | None = None) -> str:
@@ -382,8 +396,11 @@ class _Tables:
     element_last_list: list[int]  # element_last_cols as a Python list
     activity_list: list[int]  # activity_cols as a Python list
     group_scale: np.ndarray  # (n_groups,) display factor per explanation group
-    #: (group, *candidate columns) -> sentences to try; filled as pairs are described.
-    chains: dict[tuple[int, ...], tuple[_Builder, ...]]
+    group_cols: np.ndarray  # (n_groups, most columns of a group) feature columns, 0-padded
+    group_pad: np.ndarray  # group_cols' shape: True where group_cols is padding
+    code_base: int  # most columns of a group + 1: the base of the chain codes (see _chain)
+    #: chain code -> sentences to try; filled as pairs are described.
+    chains: dict[int, tuple[_Builder, ...]]
 
 
 #: id(registry) -> tables; the registry is kept referenced so its id cannot be reused.
@@ -462,6 +479,13 @@ def _tables(registry: FeatureRegistry, group_names: tuple[str, ...]) -> _Tables:
     ]
     el_cols = [_col(registry, f"{e}_last") for e in profile.element_names]
     activity_cols = [_col(registry, f) for f in _ACTIVITY_FEATURES]
+    widest = max((len(g.col_list) for g in groups), default=0)
+    if len(groups) * (widest + 1) ** _CANDIDATES >= 2**63:
+        raise ValueError("an explanation group has too many features to code its sentence chains")
+    # At least one (padding) column, so that every pair has something to take the argmax of.
+    group_cols = np.full((len(groups), max(widest, 1)), -1, dtype=np.int64)
+    for gi, g in enumerate(groups):
+        group_cols[gi, : len(g.col_list)] = g.col_list
     tables = _Tables(
         registry=registry,
         group_names=group_names,
@@ -474,6 +498,9 @@ def _tables(registry: FeatureRegistry, group_names: tuple[str, ...]) -> _Tables:
         activity_list=activity_cols,
         group_slot=np.array([g.slot for g in groups], dtype=np.int64),
         group_scale=np.array([g.scale for g in groups], dtype=np.float64),
+        group_cols=np.maximum(group_cols, 0),
+        group_pad=group_cols < 0,
+        code_base=widest + 1,
         chains={},
     )
     _TABLES[id(registry)] = tables
@@ -481,20 +508,33 @@ def _tables(registry: FeatureRegistry, group_names: tuple[str, ...]) -> _Tables:
 
 
 def _gather(X: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``X[rows[:, None], cols]`` with NaN where a column is -1 (absent from the registry)."""
-    out = X[rows[:, None], np.maximum(cols, 0)]
-    if (cols < 0).any():
-        out = np.where(cols < 0, np.nan, out)
+    """``X[rows, cols.T].T``: per column (of shape (k,) or (k, n_rows)), its values in ``rows``,
+    with NaN where the column is -1 (absent from the registry)."""
+    if cols.ndim == 1:
+        cols = cols[:, None]
+    # A flat take of column-major X (as the feature kernels build it, so ravel is a view) costs
+    # a fraction of 2-d fancy indexing.
+    out = np.take(X.ravel(order="F"), np.maximum(cols, 0) * X.shape[0] + rows)
+    absent = cols < 0
+    if absent.any():
+        out[np.broadcast_to(absent, out.shape)] = np.nan
     return out
 
 
 def _rows_of(cls: type[_F], columns: dict[str, np.ndarray]) -> list[_F]:
     """Column arrays, one per field of ``cls`` -> one ``cls`` of Python scalars per pair."""
     n_int = _INT_FIELDS[cls]
-    # Two matrices converted row by row in C cost far less than one list per column zipped.
-    ints = np.column_stack([columns[name] for name in cls._fields[:n_int]]).tolist()
-    floats = np.column_stack([columns[name] for name in cls._fields[n_int:]]).tolist()
-    return list(map(tuple.__new__, repeat(cls), map(add, ints, floats)))
+    fields = cls._fields
+    n = columns[fields[0]].shape[0]
+    # Two matrices converted row by row in C cost far less than one list per column zipped;
+    # filled field by field (contiguous rows), then read transposed.
+    ints = np.empty((n_int, n), dtype=np.int64)
+    floats = np.empty((len(fields) - n_int, n))
+    for j, name in enumerate(fields[:n_int]):
+        ints[j] = columns[name]
+    for j, name in enumerate(fields[n_int:]):
+        floats[j] = columns[name]
+    return list(map(tuple.__new__, repeat(cls), map(add, ints.T.tolist(), floats.T.tolist())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,18 +564,18 @@ def _rating_facts(
     # elements in profile order (features.kernels, so values quoted here match the features).
     rated = np.empty((n_el + 1, n), dtype=bool)
     np.logical_and(np.isfinite(arrays.ratings), arrays.attendance == _ATT, out=rated[:n_el])
-    values = np.empty((n_el + 1, n))
-    values[:n_el] = np.where(rated[:n_el], arrays.ratings, np.nan)
     zeroed = np.where(rated[:n_el], arrays.ratings, 0.0)
     total = zeroed[0].copy()
     for e in range(1, n_el):
         total += zeroed[e]
     n_rated_el = rated[:n_el].sum(axis=0)
     rated[n_el] = n_rated_el > 0
+    # The value per (slot, row), read only where rated: there the raw rating is the value.
+    vflat = np.empty((n_el + 1) * n)
+    vflat[: n_el * n] = arrays.ratings.ravel()
     with np.errstate(divide="ignore", invalid="ignore"):
-        values[n_el] = total / n_rated_el
+        np.divide(total, n_rated_el, out=vflat[n_el * n :])
     flat = rated.ravel()
-    vflat = values.ravel()
     csum = np.zeros(flat.shape[0] + 1, dtype=np.int64)
     np.cumsum(flat, out=csum[1:])
     pos = np.flatnonzero(flat)
@@ -559,15 +599,14 @@ def _rating_facts(
     with np.errstate(invalid="ignore"):
         spread = np.fmax.reduce(recent, axis=0) - np.fmin.reduce(recent, axis=0)
 
-    cols = t.rating_stat_cols[slot]
-    stats = _gather(X, xrow, cols)
+    stats = _gather(X, xrow, t.rating_stat_cols[slot].T)
     for j, s in enumerate(_RATING_STATS):
         if s in _SCALED_STATS:
-            stats[:, j] *= scale
+            stats[j] *= scale
 
     # The rupture: its row from the session number the feature row gives, then the rated value
     # before it (the level it dropped from) and the value at it.
-    since = stats[:, _I_SINCE]
+    since = stats[_I_SINCE]
     has = np.isfinite(since)
     rup_sn = np.where(has, sn[at] - np.where(has, since, 0.0), 0).astype(np.int64)
     key = arrays.seg_of_row * (MAX_SESSION_NUMBER + 1) + sn
@@ -582,13 +621,15 @@ def _rating_facts(
     # with the lowest latest rating (whose strategy becomes the focus).
     overall = slot == n_el
     last_row = np.where(m > 0, np.clip(fp[0] - base, 0, n - 1), 0)
-    el_values = np.where(np.isnan(values[:n_el, last_row]), np.inf, values[:n_el, last_row])
+    # (The last rated session of a pair is attended, so its finite ratings are its rated ones.)
+    el_values = arrays.ratings[:, last_row]
+    el_values = np.where(np.isfinite(el_values), el_values, np.inf)
     low_el = np.where(overall & (m > 0), np.argmin(el_values, axis=0), -1)
     low_val = np.where(overall & (m > 0), np.min(el_values, axis=0), np.nan)
     el_last = _gather(X, xrow, t.element_last_cols)
     el_last = np.where(np.isnan(el_last), np.inf, el_last)
-    any_last = overall & np.isfinite(el_last).any(axis=1)
-    focus_el = np.where(any_last, np.argmin(el_last, axis=1), -1)
+    any_last = overall & np.isfinite(el_last).any(axis=0)
+    focus_el = np.where(any_last, np.argmin(el_last, axis=0), -1)
 
     columns: dict[str, np.ndarray] = {"m": m, "sn_now": sn[at]}
     for k in range(RECENT_RATED + 1):
@@ -605,7 +646,7 @@ def _rating_facts(
         "low_val": low_val,
         "focus_el": focus_el,
     }
-    columns |= {s: stats[:, j] for j, s in enumerate(_RATING_STATS)}
+    columns |= {s: stats[j] for j, s in enumerate(_RATING_STATS)}
     return _rows_of(_RatingFacts, columns)
 
 
@@ -629,7 +670,7 @@ def _activity_facts(
     ):
         columns[name] = (window == code).sum(axis=0)
     stats = _gather(X, xrow, t.activity_cols)
-    columns |= {f: stats[:, j] for j, f in enumerate(_ACTIVITY_FEATURES)}
+    columns |= {f: stats[j] for j, f in enumerate(_ACTIVITY_FEATURES)}
     if t.activity_cols[_ACTIVITY_FEATURES.index("client_age")] < 0:
         columns["client_age"] = arrays.age[arrays.seg_of_row[at]]
     return _rows_of(_ActivityFacts, columns)
@@ -811,17 +852,16 @@ def _trend(f: _RatingFacts, g: _Group, up: bool, span: int, fact: str) -> Senten
     old, new = f[_V_AT[k]], f.v0
     if not (isfinite(old) and isfinite(new)):
         return None
-    a, b = _v(old), _v(new)
+    (a, a_text), (b, b_text) = _rated(old), _rated(new)
     if up != (b < a):
         return None
     over = "since the previous rated session" if k == 1 else f"over the last {k} rated sessions"
-    # f"{_v(x):.1f}" is _r1(x): the rounded value is formatted once.
     if b < a:
-        text = f"{g.subject} fell from {a:.1f} to {b:.1f} {over}"
+        text = f"{g.subject} fell from {a_text} to {b_text} {over}"
     elif b > a:
-        text = f"{g.subject} rose from {a:.1f} to {b:.1f} {over}"
+        text = f"{g.subject} rose from {a_text} to {b_text} {over}"
     else:
-        text = f"{g.subject} held steady at {b:.1f} {over}"
+        text = f"{g.subject} held steady at {b_text} {over}"
     ev: Evidence = {
         "fact": fact,
         "from": a,
@@ -867,10 +907,10 @@ def _level(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
     mean3 = f.last3_mean
     if not isfinite(mean3):
         mean3 = last
-    lv = _v(last)
+    lv, lv_text = _rated(last)
     ev: Evidence = {"fact": "level", "latest": lv, "session": s}
     if n3 > 1:
-        mv = _v(mean3)
+        mv, mv_text = _rated(mean3)
         ev["recent_mean"] = mv
         ev["rated_sessions"] = n3
     if g.has_cutoff:
@@ -881,22 +921,22 @@ def _level(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
             quality = "high and steady" if steady else "high"
             if n3 > 1:
                 return (
-                    f"{g.subject} {g.verb} {quality} ({mv:.1f} over the last {n3} rated sessions)",
+                    f"{g.subject} {g.verb} {quality} ({mv_text} over the last {n3} rated sessions)",
                     ev,
                 )
             return f"{g.subject} {g.verb} {quality} ({_r1(mean3)} at session {s})", ev
     if up and f.below_cutoff == 1:
         return (
-            f"{g.subject} {g.verb} {lv:.1f} at session {s}, below the cut-off {g.cutoff_text}",
+            f"{g.subject} {g.verb} {lv_text} at session {s}, below the cut-off {g.cutoff_text}",
             ev,
         )
     if n3 > 1:
         text = (
-            f"{g.subject} {g.verb} {lv:.1f} at session {s} "
-            f"(mean {mv:.1f} over the last {n3} rated sessions)"
+            f"{g.subject} {g.verb} {lv_text} at session {s} "
+            f"(mean {mv_text} over the last {n3} rated sessions)"
         )
         return text, ev
-    return f"{g.subject} {g.verb} {lv:.1f} at session {s}", ev
+    return f"{g.subject} {g.verb} {lv_text} at session {s}", ev
 
 
 def _cutoff(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
@@ -945,8 +985,8 @@ def _early(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
     e = f.early_mean
     if not isfinite(e):
         return None
-    ev_mean = _v(e)
-    text = f"{g.subject} averaged {ev_mean:.1f} in appointments 1-3"
+    ev_mean, mean_text = _rated(e)
+    text = f"{g.subject} averaged {mean_text} in appointments 1-3"
     ev: Evidence = {"fact": "early", "early_mean": ev_mean}
     if g.has_cutoff:
         ev["cutoff"] = g.cutoff_r2
@@ -1089,6 +1129,7 @@ def _drop_alert(f: _RatingFacts, g: _Group, up: bool, t: _Tables) -> Sentence:
 # -- attendance, engagement, client ------------------------------------------------------------
 
 
+@lru_cache(maxsize=_ROUNDED_KEPT)
 def _int(x: float) -> int:
     return int(round(x)) if isfinite(x) else 0
 
@@ -1324,34 +1365,40 @@ _BUILDERS: dict[str, _Builder] = {
 _CANDIDATES = 4
 
 
-#: Most sentence chains kept per tables (distinct (group, candidates) keys are few in practice).
+#: Most sentence chains kept per tables (distinct (group, candidates) codes are few in practice).
 _CHAINS_MAX = 4096
 
 
-def _chain(t: _Tables, gi: int, candidates: list[int]) -> tuple[_Builder, ...]:
-    """Sentences to try for group ``gi``: its candidate features' topics, then the group's
-    defaults, each once, in that order."""
-    key = (gi, *candidates)
-    chain = t.chains.get(key)
+def _chain_code(t: _Tables, gi: int, candidates: list[int]) -> int:
+    """Group ``gi`` and its candidate columns (positions in the group, at most _CANDIDATES) as one
+    integer: the digits, base ``t.code_base``, are the group, then each candidate + 1, 0 padded."""
+    code = gi
+    for j in range(_CANDIDATES):
+        code = code * t.code_base + (candidates[j] + 1 if j < len(candidates) else 0)
+    return code
+
+
+def _chain(t: _Tables, code: int) -> tuple[_Builder, ...]:
+    """Sentences to try for the pair coded ``code`` (:func:`_chain_code`): its candidate features'
+    topics, then the group's defaults, each once, in that order."""
+    chain = t.chains.get(code)
     if chain is None:
-        g = t.groups[gi]
-        topics = [topic for j in candidates for topic in g.topics[j]]
+        rest, digits = code, []
+        for _ in range(_CANDIDATES):
+            rest, digit = divmod(rest, t.code_base)
+            digits.append(digit)
+        g = t.groups[rest]
+        topics = [topic for d in reversed(digits) if d for topic in g.topics[d - 1]]
         chain = tuple(
             _BUILDERS[topic] for topic in dict.fromkeys(topics + [*_DEFAULT_TOPICS[g.kind]])
         )
         if len(t.chains) < _CHAINS_MAX:
-            t.chains[key] = chain
+            t.chains[code] = chain
     return chain
 
 
-def _sentence(
-    f: _Facts, g: _Group, up: bool, contribution: float, chain: tuple[_Builder, ...], t: _Tables
-) -> tuple[str, Evidence]:
-    """The first sentence of ``chain`` the facts support, else the generic one."""
-    for build in chain:
-        got = build(f, g, up, t)
-        if got is not None:
-            return got
+def _generic(g: _Group, contribution: float) -> tuple[str, Evidence]:
+    """The sentence when no sentence of the group's chain is supported by its facts."""
     return (
         f"{g.label} contributes {contribution:+.2f} to the risk (log-odds)",
         {"fact": "contribution", "contribution": round(contribution, 2)},
@@ -1365,7 +1412,8 @@ def _sentence(
 #: Up to this many (row, group) pairs, the plain-Python path is faster.
 _SMALL_PAIRS = 24
 
-_Pairs = tuple[list[int], list[int], list[float], list[list[int]], list[_Facts]]
+#: Per (row, group) pair: the row, the group, its contribution, its sentence chain, its facts.
+_Pairs = tuple[list[int], list[int], list[float], list[tuple[_Builder, ...]], list[_Facts]]
 
 
 def _pairs_small(
@@ -1380,7 +1428,7 @@ def _pairs_small(
     pair_row: list[int] = []
     pair_group: list[int] = []
     pair_c: list[float] = []
-    candidates: list[list[int]] = []
+    chains: list[tuple[_Builder, ...]] = []
     phis = fc.tolist()
     for i, contributions in enumerate(gc.tolist()):
         # Sorted by -|c| (stable, so ties keep group order), as np.argsort(kind="stable").
@@ -1398,7 +1446,7 @@ def _pairs_small(
             pair_row.append(i)
             pair_group.append(gi)
             pair_c.append(c)
-            candidates.append([j for j in best if signed[j] > 0])
+            chains.append(_chain(t, _chain_code(t, gi, [j for j in best if signed[j] > 0])))
     slots = [t.groups[gi].slot for gi in pair_group]
     rating = [p for p, sl in enumerate(slots) if sl >= 0]
     other = [p for p, sl in enumerate(slots) if sl < 0]
@@ -1428,7 +1476,7 @@ def _pairs_small(
     ]
     for p, fct in zip(rating + other, got, strict=True):
         facts[p] = fct
-    return pair_row, pair_group, pair_c, candidates, facts
+    return pair_row, pair_group, pair_c, chains, facts
 
 
 def _pairs_batch(
@@ -1449,39 +1497,44 @@ def _pairs_batch(
     sign = np.where(pair_c > 0, 1.0, -1.0)
     n_pairs = pair_row.shape[0]
 
-    # Per pair: the group's features pushing the same way, largest first. Those come first in
-    # the stable descending order (NaN sorts last), so each pair keeps a prefix of it.
-    candidates: list[list[int]] = [[]] * n_pairs
-    for gi in np.unique(pair_group).tolist():
-        sel = np.flatnonzero(pair_group == gi)
-        signed = fc[pair_row[sel][:, None], t.groups[gi].cols] * sign[sel, None]
-        best = np.argsort(-signed, axis=1, kind="stable")[:, :_CANDIDATES]
-        n_pos = np.minimum((signed > 0).sum(axis=1), _CANDIDATES)
-        for p, b, n_p in zip(sel.tolist(), best.tolist(), n_pos.tolist(), strict=True):
-            candidates[p] = b[:n_p]
+    # Per pair: the group's features pushing the same way (not NaN, not the padding after the
+    # group's columns), largest first, ties in column order; coded as in _chain_code for all
+    # pairs at once, one candidate at a time (argmax takes the first of equal values).
+    signed = np.take(fc, pair_row[:, None] * fc.shape[1] + t.group_cols[pair_group])
+    signed *= sign[:, None]
+    signed[~(signed > 0) | t.group_pad[pair_group]] = -np.inf
+    codes = pair_group.copy()
+    every = np.arange(n_pairs)
+    for _ in range(_CANDIDATES):
+        best = signed.argmax(axis=1)
+        codes *= t.code_base
+        codes += np.where(signed[every, best] > 0, best + 1, 0)
+        signed[every, best] = -np.inf
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    table = [t.chains.get(c) or _chain(t, c) for c in distinct.tolist()]
+    chains = list(map(table.__getitem__, inverse.tolist()))
 
     slot = t.group_slot[pair_group]
-    facts: list[Any] = [None] * n_pairs
     is_rating = slot >= 0
-    if is_rating.any():
-        sel = np.flatnonzero(is_rating)
-        got_r = _rating_facts(
+    sel_r, sel_a = np.flatnonzero(is_rating), np.flatnonzero(~is_rating)
+    got: list[_Facts] = []
+    if sel_r.shape[0]:
+        got += _rating_facts(
             arrays,
-            rows[pair_row[sel]],
+            rows[pair_row[sel_r]],
             X,
-            pair_row[sel],
-            slot[sel],
-            t.group_scale[pair_group[sel]],
+            pair_row[sel_r],
+            slot[sel_r],
+            t.group_scale[pair_group[sel_r]],
             t,
         )
-        for p, fr in zip(sel.tolist(), got_r, strict=True):
-            facts[p] = fr
-    if not is_rating.all():
-        sel = np.flatnonzero(~is_rating)
-        got_a = _activity_facts(arrays, rows[pair_row[sel]], X, pair_row[sel], t)
-        for p, fa in zip(sel.tolist(), got_a, strict=True):
-            facts[p] = fa
-    return pair_row.tolist(), pair_group.tolist(), pair_c.tolist(), candidates, facts
+    if sel_a.shape[0]:
+        got += _activity_facts(arrays, rows[pair_row[sel_a]], X, pair_row[sel_a], t)
+    # Back to pair order: ``got`` holds the rating pairs' facts, then the others'.
+    back = np.empty(n_pairs, dtype=np.int64)
+    back[np.concatenate([sel_r, sel_a])] = np.arange(n_pairs)
+    facts = list(map(got.__getitem__, back.tolist()))
+    return pair_row.tolist(), pair_group.tolist(), pair_c.tolist(), chains, facts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1556,23 +1609,42 @@ def describe_drivers(
     fc = explanation.feature_contributions
     k = min(top, gc.shape[1])
     if n * k <= _SMALL_PAIRS:
-        pair_row, pair_group, pair_c, candidates, facts = _pairs_small(
-            arrays, rows, X, gc, fc, k, t
-        )
+        pair_row, pair_group, pair_c, chains, facts = _pairs_small(arrays, rows, X, gc, fc, k, t)
     else:
-        pair_row, pair_group, pair_c, candidates, facts = _pairs_batch(
-            arrays, rows, X, gc, fc, k, t
-        )
+        pair_row, pair_group, pair_c, chains, facts = _pairs_batch(arrays, rows, X, gc, fc, k, t)
 
     elements = registry.profile.elements
     groups = t.groups
-    for i, gi, c, cand, f in zip(pair_row, pair_group, pair_c, candidates, facts, strict=True):
+    new, set_attr = object.__new__, object.__setattr__
+    for i, gi, c, chain, f in zip(pair_row, pair_group, pair_c, chains, facts, strict=True):
         g = groups[gi]
         up = c > 0
-        text, evidence = _sentence(f, g, up, c, _chain(t, gi, cand), t)
+        # The first sentence of the chain the facts support.
+        for build in chain:
+            got = build(f, g, up, t)
+            if got is not None:
+                break
+        else:
+            got = _generic(g, c)
         focus = g.focus
         if g.kind == "overall":
             el = f.focus_el  # type: ignore[union-attr]
             focus = elements[el].focus if el >= 0 else GENERAL_FOCUS
-        out[i].append(Driver(g.name, g.label, c, RAISES if up else LOWERS, text, evidence, focus))
+        # Driver(...) sets its 7 fields one by one through object.__setattr__ (frozen), ~2 us a
+        # driver; setting the instance dict at once builds the same object in well under half.
+        d = new(Driver)
+        set_attr(
+            d,
+            "__dict__",
+            {
+                "group": g.name,
+                "label": g.label,
+                "contribution": c,
+                "direction": RAISES if up else LOWERS,
+                "text": got[0],
+                "evidence": got[1],
+                "focus": focus,
+            },
+        )
+        out[i].append(d)
     return out

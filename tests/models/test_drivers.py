@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import pickle
 import typing
 from collections.abc import Sequence
 
@@ -655,3 +657,76 @@ def test_rows_outside_the_arrays_are_refused_for_few_and_many_rows(n: int, bad: 
     rows[-1] = bad
     with pytest.raises(ValueError, match="inside the session arrays"):
         describe_drivers(arrays, rows, registry, X, e)
+
+
+@given(x=st.floats(allow_nan=True, allow_infinity=True))
+def test_cached_rounding_reads_as_round_does(x: float) -> None:
+    # The caches key on the value: 0.0 and -0.0 (equal keys) must give the same results.
+    for y in (x, -x, 0.0, -0.0):
+        rounded = round(y, 1) + 0.0
+        assert repr(drivers_module._v(y)) == repr(rounded)
+        assert repr(drivers_module._rated(y)) == repr((rounded, f"{rounded:.1f}"))
+        assert drivers_module._int(y) == (int(round(y)) if math.isfinite(y) else 0)
+
+
+def test_chain_codes_name_the_group_and_its_candidates_in_order() -> None:
+    registry = feature_registry(ALLIANCE6, include_covariates=True)
+    t = drivers_module._tables(registry, tuple(registry.index_of_group))
+    rng = np.random.default_rng(3)
+    for gi, g in enumerate(t.groups):
+        for n in range(drivers_module._CANDIDATES + 1):
+            candidates = rng.permutation(len(g.col_list))[:n].tolist()
+            topics = [topic for j in candidates for topic in g.topics[j]]
+            expected = tuple(
+                drivers_module._BUILDERS[topic]
+                for topic in dict.fromkeys(topics + [*drivers_module._DEFAULT_TOPICS[g.kind]])
+            )
+            code = drivers_module._chain_code(t, gi, candidates)
+            assert drivers_module._chain(t, code) == expected
+            t.chains.pop(code)  # and decoded again, not read from the cache
+            assert drivers_module._chain(t, code) == expected
+
+
+def test_tied_contributions_pick_the_same_candidates_on_both_paths() -> None:
+    # Ties are common in practice (equal contributions of a group's features): both paths take
+    # them in column order.
+    registry = feature_registry(ALLIANCE6, include_covariates=True)
+    sessions, clients = random_cohort(30, ALLIANCE6, seed=2)
+    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    rows = landmark_rows(arrays, "all")
+    X = compute_feature_matrix(arrays, registry, rows)
+    rng = np.random.default_rng(4)
+    fc = rng.choice([-0.1, 0.0, 0.1], size=(rows.shape[0], len(registry.names)))
+    e = _explanation(registry, fc)
+    t = drivers_module._tables(registry, e.group_names)
+    args = (arrays, rows, X, e.group_contributions, e.feature_contributions, 3, t)
+    small, batch = drivers_module._pairs_small(*args), drivers_module._pairs_batch(*args)
+    assert _nan_equal(small, batch)
+    assert len(set(batch[3])) > 10  # many distinct chains were compared
+
+
+def test_groups_too_wide_for_chain_codes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = feature_registry(ALLIANCE6)
+    monkeypatch.setattr(drivers_module, "_TABLES", {})
+    monkeypatch.setattr(drivers_module, "_CANDIDATES", 40)  # codes beyond int64
+    with pytest.raises(ValueError, match="too many features"):
+        drivers_module._tables(registry, tuple(registry.index_of_group))
+
+
+def test_drivers_are_ordinary_frozen_driver_objects() -> None:
+    # describe_drivers builds its Driver objects without Driver.__init__ (for speed): they must
+    # be indistinguishable from ones built with it.
+    drivers, _ = _describe(
+        _client(ratings={"goals": [8, 8, 6, 4]}, attendance=["attended"] * 4),
+        {"goals_slope": 0.5, "attendance_attended_rate": -0.2, "alliance_overall_last": 0.3},
+    )
+    assert len(drivers) == 3
+    names = [f.name for f in dataclasses.fields(Driver)]
+    for d in drivers:
+        same = Driver(**{name: getattr(d, name) for name in names})
+        assert d == same and repr(d) == repr(same)
+        assert list(vars(d)) == names
+        assert pickle.loads(pickle.dumps(d)) == d
+        assert dataclasses.replace(d, text="x").text == "x"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            d.text = "x"  # type: ignore[misc]
