@@ -13,8 +13,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service import scoring
+from service.auth import Principal
 from service.deps import ModelDep, SettingsDep, current_model
 from service.errors import NOT_JSON, error_body, pydantic_problems, request_id_of
+from service.gcpause import gc_paused
+from service.model_store import LoadedModel
 from service.schemas import (
     BatchRequest,
     BatchResponse,
@@ -33,6 +36,7 @@ from service.security import (
     note_invalid,
     same_clinic,
 )
+from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["risk"])
@@ -149,6 +153,14 @@ def risk_batch(
 ) -> Response:
     """Each client is checked on its own; a bad one is reported in its item (with field paths
     relative to that item) and the others are still scored."""
+    with gc_paused():  # see service.gcpause: ~10% of a 1,000-client batch
+        return _score_batch(request, principal, model, settings, raw)
+
+
+def _score_batch(
+    request: Request, principal: Principal, model: LoadedModel, settings: ServiceSettings,
+    raw: bytes,
+) -> Response:  # fmt: skip
     request_id = request_id_of(request)
     parsed: list[Episode | ValidationError]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from features.contract import ATTENDANCE_CODES, CLIENT_ID
 from features.profiles import ALLIANCE6
 from features.validation import DATE_BACKWARDS, UNKNOWN_ATTENDANCE, rating_out_of_range
 from models.pyfunc import load_scorer
+from service import scoring
 from service.app import create_app
 from service.schemas import Attendance
 from service.settings import ServiceSettings
@@ -107,6 +109,25 @@ def test_serving_equals_batch_and_the_training_path(api: TestClient, registry: R
                                  c.clients[c.clients[CLIENT_ID].isin(ids)]).to_frame()  # fmt: skip
     expected = frames["probability"].droplevel("landmark").reindex(ids).to_numpy()
     np.testing.assert_allclose(single, expected, rtol=0, atol=1e-12)
+
+
+def test_batch_runs_with_the_collector_paused_and_resumes_it(
+    api: TestClient, registry: Registry, monkeypatch
+) -> None:
+    seen = []
+    real = scoring.score
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score", spy)
+    good = [request_for(registry.cohort, cid) for cid in _some_clients(registry, 2)]
+    assert gc.isenabled()
+    assert api.post("/v1/risk/batch", json={"clients": good}).status_code == 200
+    bad = {"clients": [{"client_id": "c"}]}  # refused before scoring: the pause still ends
+    assert api.post("/v1/risk/batch", json=bad).status_code == 200
+    assert seen == [False] and gc.isenabled()
 
 
 def test_batch_reports_bad_items_in_their_slot(api: TestClient, registry: Registry) -> None:
@@ -440,8 +461,6 @@ def test_no_audit_no_data(registry: Registry, monkeypatch) -> None:
 def test_unexpected_errors_are_clean_500s_with_a_request_id(
     registry: Registry, monkeypatch
 ) -> None:
-    from service import scoring
-
     def explode(*args, **kwargs):
         raise RuntimeError("SECRET-DETAIL from deep inside")
 
