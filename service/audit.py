@@ -80,7 +80,7 @@ _MAX_TEXT = 256
 
 
 # The records of a batch share their time, subject, clinic, action, request id and model version:
-# their checks are cached, which halves the cost of a 1,000-record batch (~7 -> ~3 ms).
+# their checks are cached (1,000 records: ~7 -> ~4 ms, min, measured in process).
 @functools.lru_cache(maxsize=1024)
 def _is_time(value: str) -> bool:
     return _TIME.fullmatch(value) is not None

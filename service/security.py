@@ -102,11 +102,10 @@ def same_clinic(principal: Principal, clinic_id: str) -> bool:
 
 def note_client(request: Request, client_id: str, *, status: int | None = None) -> None:
     """Remember a client this request touched, for its audit record (a batch notes many)."""
-    refs: ClientRefs = request.app.state.security.refs
-    _notes(request).append((refs(client_id), status))
+    note_clients(request, (client_id,), status=status)
 
 
-def note_clients(request: Request, client_ids: Iterable[str], *, status: int) -> None:
+def note_clients(request: Request, client_ids: Iterable[str], *, status: int | None) -> None:
     """:func:`note_client` for many clients of a batch with the same status, in order."""
     refs: ClientRefs = request.app.state.security.refs
     _notes(request).extend([(refs(c), status) for c in client_ids])

@@ -153,7 +153,7 @@ def risk_batch(
 ) -> Response:
     """Each client is checked on its own; a bad one is reported in its item (with field paths
     relative to that item) and the others are still scored."""
-    with gc_paused():  # see service.gcpause: ~10% of a 1,000-client batch
+    with gc_paused():  # see service.gcpause: ~10% of a 1,000-client batch, in process
         return _score_batch(request, principal, model, settings, raw)
 
 
