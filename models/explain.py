@@ -29,6 +29,7 @@ from models.calibration import (
     MarginCalibrator,
     calibrate_probability,
 )
+from models.treeshap import PathTables
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,6 +188,7 @@ def explain(
     feature_names: Sequence[str],
     groups: Mapping[str, np.ndarray] | Grouping,
     check_booster_names: bool = True,
+    tables: PathTables | None = None,
 ) -> Explanation:
     """Explain calibrated dropout risk for each row of ``X``.
 
@@ -208,6 +210,10 @@ def explain(
         Compare ``feature_names`` with the booster's stored names. Reading them is a C call
         plus 148 string conversions (~0.1 ms); a caller that checked once at load time (the
         :class:`~models.scorer.Scorer`) passes False.
+    tables : PathTables, optional
+        The booster's TreeSHAP tables (:mod:`models.treeshap`, checked against it): the same
+        values as ``pred_contribs`` up to its float32 rounding, ~7x faster for one row.
+        Without them xgboost computes the contributions.
 
     Returns
     -------
@@ -241,7 +247,7 @@ def explain(
         else calibrator_params
     )
 
-    phi, bias = tree_contributions(booster, X)
+    phi, bias = tree_contributions(booster, X) if tables is None else tables.contributions(X)
     method = params["method"]
     if method == "sigmoid":
         slope, intercept = float(params["slope"]), float(params["intercept"])
