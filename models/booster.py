@@ -8,7 +8,10 @@ Why the search is bounded and shallow: exact TreeSHAP costs O(trees x leaves x d
 row (Lundberg et al. 2020, "From local explanations to global understanding with explainable
 AI for trees", Algorithm 1), and the service explains every prediction. Depth is capped at 5,
 boosting rounds at 600, and among trials whose validation log-loss is within
-``SearchSpace.tie_tolerance`` of the best the cheapest to explain is kept.
+``SearchSpace.tie_tolerance`` of the best the cheapest to explain is kept. The service reads
+the same values from tables (:mod:`models.treeshap`: O(leaves x depth) per row, tables of
+leaves x 2**depth x depth numbers); the depth cap keeps those small too, and the budget still
+bounds xgboost's own TreeSHAP, which explains any model the tables cannot.
 """
 
 from __future__ import annotations
