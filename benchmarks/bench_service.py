@@ -20,7 +20,10 @@ alias poller off and its default JSON access log (to a file).
    request is also timed from ``wrk -t1 -c1`` (15 s; 5 s with ``--quick``; twice, once with
    ``--quick``): a C client adds almost nothing of its own, where http.client spends ~0.1 ms
    of Python per request on the same two cores. ``overhead_ratio`` (the target) is wrk's
-   median over the floor's; http.client's ratio is reported next to it. The floor is also
+   median over the floor's; http.client's ratio is reported next to it. The floor is timed
+   twice, before the servers start and after the c=1 and batch runs (the server idle), and
+   the round with the lower median is used: the stricter target on a machine whose speed
+   drifts by minutes. The floor is also
    timed at the service's cadence (one call per measured c=1 latency, sleeping in between):
    on this machine a paused call costs ~1.5-2x a tight-loop one, so that figure is the
    like-for-like baseline; it is reported, the target stays on the tight-loop floor. The
@@ -731,6 +734,9 @@ def run(quick: bool) -> dict[str, Any]:
                 for _ in range(wrk_rounds)
             ]
             batch = _batch(ours.port, batch_bytes, batch_repeats)
+            # The floor again, minutes later with the server idle: the machine's speed drifts,
+            # and the target uses the lower of the two medians (the stricter).
+            floor_again_t, floor_again = _floor(scorer.booster, x, calls)
 
             p_mlflow = _free_port()
             peer = stack.enter_context(
@@ -758,6 +764,9 @@ def run(quick: bool) -> dict[str, Any]:
     ours_w, peer_w = _wrk_summary(ours_runs), _wrk_summary(peer_runs)
     ratio = ours_w["requests_per_s"]["median"] / peer_w["requests_per_s"]["median"]
     c1_p50_s = statistics.median(r.p50_ms for r in c1_runs) / 1e3
+    floor_rounds = [floor, floor_again]
+    if floor_again_t.median_s < floor_t.median_s:
+        floor_t, floor = floor_again_t, floor_again
     paced = _paced_floor(scorer.booster, x, min(calls, 500), c1_p50_s)
     overhead = c1_p50_s / floor_t.median_s
     overhead_http_client = http_t.median_s / floor_t.median_s
@@ -791,7 +800,11 @@ def run(quick: bool) -> dict[str, Any]:
             },
             "get_livez_round_trip": _ms(livez),
             "server_cpu_ms_per_request": server_cpu_ms,
-            "in_process_floor": floor,
+            "in_process_floor": {
+                **floor,
+                "rounds_median_ms": [r[r["floor"]]["median_ms"] for r in floor_rounds],
+                "used": "the round with the lower median",
+            },
             "floor_at_service_cadence": {
                 "gap_ms": round(c1_p50_s * 1e3, 3),
                 **_ms(paced),

@@ -5,7 +5,9 @@ xgboost's ``pred_contribs`` computes exact path-dependent TreeSHAP (Lundberg et 
 For one row of the served model (15 trees of depth 4) it took 0.33 ms, almost all of it the
 1-row ``DMatrix`` and the call itself; this module gives the same values in 0.045 ms, and a
 1,000-row batch in 5.0-5.4 ms against 28-39 ms (the benchmark's model, min of 2,000 and of 30
-calls, alternated in one run).
+calls, alternated in one run). At the largest models the search allows (600 trees of depth 2,
+187 of depth 4, 60 of depth 5; 148 features) building took 0.4-0.55 s at load, and one row or
+1,000 rows were 2-5x faster than ``pred_contribs``.
 
 Why tables work. Take a leaf with value ``v`` whose path from the root splits on the distinct
 features ``F`` (``d = |F|``). For feature ``j`` in ``F`` let ``z_j`` be the product of the cover
