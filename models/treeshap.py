@@ -41,6 +41,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import xgboost as xgb
 
+#: Working memory of one pass over rows (boolean split decisions, bit patterns, looked-up
+#: values): larger inputs are explained in chunks of rows.
+CHUNK_BYTES = 64 << 20
 #: Cap on tabulated values (8 bytes each): 4M entries is 32 MB. The served model needs ~15k.
 MAX_TABLE_ENTRIES = 1 << 22
 #: Objectives whose ``base_score`` is a probability (the margin starts at its log-odds), and
@@ -111,13 +114,18 @@ class PathTables:
     def n_table_entries(self) -> int:
         return int(self.table.size)
 
-    def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def contributions(
+        self, X: np.ndarray, chunk_rows: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact TreeSHAP of each row of ``X``, as :func:`models.explain.tree_contributions`.
 
         Parameters
         ----------
         X : ndarray of shape (n_rows, n_features)
             NaN for missing. Compared in float32, as xgboost does.
+        chunk_rows : int, optional
+            Rows per pass; default :attr:`chunk_rows` (about :data:`CHUNK_BYTES` of
+            intermediates: ~3,400 rows for the served model).
 
         Returns
         -------
@@ -129,9 +137,27 @@ class PathTables:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must be 2-D with {self.n_features} columns")
         n = X.shape[0]
-        n_leaves = self.leaf_row.shape[0]
-        if not (n_leaves and n):
+        if not (self.leaf_row.shape[0] and n):
             return np.zeros((n, self.n_features)), np.full(n, self.bias)
+        step = chunk_rows or self.chunk_rows
+        if n <= step:
+            return self._contributions(X), np.full(n, self.bias)
+        # Rows are independent: chunks bound the intermediates' memory and give the same bits.
+        phi = np.empty((n, self.n_features))
+        for start in range(0, n, step):
+            phi[start : start + step] = self._contributions(X[start : start + step])
+        return phi, np.full(n, self.bias)
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per pass, so that one pass's intermediates stay near :data:`CHUNK_BYTES`."""
+        slots = self.table.shape[0] * self.leaf_row.shape[0]
+        per_row = self.entry_split.shape[0] + 17 * slots + 5 * self.split_feature.shape[0]
+        return max(1, CHUNK_BYTES // per_row)
+
+    def _contributions(self, X: np.ndarray) -> np.ndarray:
+        n = X.shape[0]
+        n_leaves = self.leaf_row.shape[0]
         # Worked row-minor ((items, n_rows) arrays): every step is then whole-row operations,
         # and the feature matrix is column-major already (~3x faster for 1,000 rows).
         d = self.depth
@@ -160,7 +186,7 @@ class PathTables:
         phi[self.used_features] = np.add.reduceat(
             values.reshape(d * n_leaves, n)[self.value_order], self.feature_start, axis=0
         )
-        return np.ascontiguousarray(phi.T), np.full(n, self.bias)
+        return np.ascontiguousarray(phi.T)
 
     def probe_rows(self, n_rows: int = 64, seed: int = 0) -> np.ndarray:
         """Rows that put every split's feature at, just below or above its threshold, or

@@ -93,6 +93,35 @@ def test_a_row_gets_the_same_bits_alone_as_in_a_batch() -> None:
         np.testing.assert_array_equal(alone[0], phi[i])
     # Column-major input (the feature kernel's layout) gives the same bits.
     np.testing.assert_array_equal(tables.contributions(np.asfortranarray(X))[0], phi)
+    # So do chunks of rows (large inputs are explained in chunks to bound memory).
+    chunked, bias = tables.contributions(X, chunk_rows=7)
+    np.testing.assert_array_equal(chunked, phi)
+    assert bias.shape == (len(X),)
+
+
+def test_default_chunks_bound_the_working_memory(monkeypatch) -> None:
+    import tracemalloc
+
+    import models.treeshap
+
+    booster, X = _train(MODELS["depth 6, features repeat on paths"])
+    tables = PathTables.from_booster(booster)
+    rows = np.tile(X, (2, 1))[:1000]
+    monkeypatch.setattr(models.treeshap, "CHUNK_BYTES", 1 << 20)
+
+    def peak_mb(**kw) -> float:
+        tracemalloc.start()
+        try:
+            tables.contributions(rows, **kw)
+            return tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    assert tables.chunk_rows < len(rows)
+    chunked, whole = peak_mb(), peak_mb(chunk_rows=len(rows))
+    # numpy reports its buffers to tracemalloc; the output alone is 1,000 x 6 x 8 bytes.
+    assert chunked < 4, chunked
+    assert whole > 4 * chunked, (whole, chunked)
 
 
 def test_wrong_shape_is_refused_and_arrays_are_read_only() -> None:
