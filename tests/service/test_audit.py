@@ -46,12 +46,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # n < 0), tagging each request_id with its name. Imports only service.audit (~0.2 s).
 WRITER = textwrap.dedent(
     """
-    import sys
+    import pathlib, sys, time
     from service.audit import AuditRecord, JsonLinesAuditLog, client_ref
 
     path, name, n, policy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     log = JsonLinesAuditLog(path, fsync=policy, fsync_interval_s=0.05)
     key = bytes(range(32))
+    if len(sys.argv) > 5:  # start barrier: say ready, then wait for "go"
+        barrier = pathlib.Path(sys.argv[5])
+        (barrier / ("ready-" + name)).touch()
+        while not (barrier / "go").exists():
+            time.sleep(0.001)
     i = 0
     while n < 0 or i < n:
         log.write(AuditRecord(
@@ -79,9 +84,14 @@ def _record(i: int = 0, **overrides) -> AuditRecord:
     return AuditRecord(**(values | overrides))
 
 
-def _writer(path: Path, name: str, n: int, policy: str = "interval") -> subprocess.Popen:
+def _writer(
+    path: Path, name: str, n: int, policy: str = "interval", barrier: Path | None = None
+) -> subprocess.Popen:
+    """A process appending ``n`` records (forever if negative); with ``barrier``, it writes
+    ``barrier/ready-<name>`` once set up and starts writing when ``barrier/go`` exists."""
+    extra = [] if barrier is None else [str(barrier)]
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), name, str(n), policy],
+        [sys.executable, "-c", WRITER, str(path), name, str(n), policy, *extra],
         cwd=ROOT,
         stderr=subprocess.PIPE,
     )
@@ -434,7 +444,14 @@ def test_threads_sharing_a_log_and_separate_logs_write_only_whole_lines(tmp_path
 
 def test_two_processes_appending_write_only_whole_lines(tmp_path):
     path = tmp_path / "a.jsonl"
-    writers = [_writer(path, name, 3000) for name in ("p1", "p2")]
+    # Both start writing at once: without the barrier, one interpreter's start-up can outlast
+    # the other's 3,000 writes on a loaded machine (seen in CI), and nothing overlaps.
+    writers = [_writer(path, name, 3000, barrier=tmp_path) for name in ("p1", "p2")]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{n}").exists() for n in ("p1", "p2")):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in writers)
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
     for writer in writers:
         _, err = writer.communicate(timeout=60)
         assert writer.returncode == 0, err.decode()[-2000:]
