@@ -33,6 +33,7 @@ splits, vector leaves, several outputs, tables above :data:`MAX_TABLE_ENTRIES`) 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class PathTables:
             phi[start : start + step] = self._contributions(X[start : start + step])
         return phi, np.full(n, self.bias)
 
-    @property
+    @functools.cached_property
     def chunk_rows(self) -> int:
         """Rows per pass, so that one pass's intermediates stay near :data:`CHUNK_BYTES`."""
         slots = self.table.shape[0] * self.leaf_row.shape[0]
