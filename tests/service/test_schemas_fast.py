@@ -153,8 +153,10 @@ _DATE = st.one_of(
                      "20260101", "2026-13-01", "0000-01-01", " 2026-01-01", "2026-01-01 "]),
     st.integers(-(10**10), 10**10),
 )  # fmt: skip
+# Fresh empty containers per draw (st.builds): st.just({}) hands out ONE dict, which a later
+# mutation could fill with itself (a cycle) or carry into the next example.
 _ANY = st.one_of(
-    _TEXT, _NUMBER, _DATE, st.none(), st.booleans(), st.just([]), st.just({}),
+    _TEXT, _NUMBER, _DATE, st.none(), st.booleans(), st.builds(list), st.builds(dict),
     st.sampled_from(["attended", "no_show", "Attended", "late_cancel", "rescheduled"]),
 )  # fmt: skip
 _SESSION_KEYS = ["session_number", "session_date", "attendance", "ratings"]
