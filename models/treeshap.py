@@ -111,10 +111,6 @@ class PathTables:
             bias += b.add_tree(tree)
         return b.build(int(params["num_feature"]), bias, max_table_entries)
 
-    @property
-    def n_table_entries(self) -> int:
-        return int(self.table.size)
-
     def contributions(
         self, X: np.ndarray, chunk_rows: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
