@@ -8,14 +8,15 @@ what was sent: no client identifiers, ratings or dates. Messages are fixed strin
 from __future__ import annotations
 
 import atexit
-import copy
-import json
 import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any
+
+import orjson
 
 #: Attributes every LogRecord has; anything else was passed through ``extra``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -38,32 +39,78 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The exception class only: messages and tracebacks can quote request data.
             doc["error"] = record.exc_info[0].__name__
-        elif record.__dict__.get("exc_class"):
-            doc["error"] = record.__dict__["exc_class"]  # set by _QueueHandler.prepare
-        return json.dumps(doc, default=str)
+        return orjson.dumps(doc, default=str).decode()
 
 
 class _QueueHandler(logging.handlers.QueueHandler):
-    """Hands records to the listener thread, which formats and writes them.
+    """Formats each record into its JSON line in the caller and queues the line.
 
-    The base class formats in the caller with the default formatter, which appends the
-    traceback to the message; here only what :class:`JsonFormatter` reads is kept, and an
-    exception travels as its class name.
+    Only what :class:`JsonFormatter` reads goes into the line; an exception becomes its class
+    name, never its message or traceback.
     """
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)
-        record.msg = record.getMessage()
-        record.args = None
-        if record.exc_info and record.exc_info[0] is not None:
-            record.__dict__["exc_class"] = record.exc_info[0].__name__
-        record.exc_info = None
-        record.exc_text = None
-        record.stack_info = None
-        return record
+    def __init__(self, lines: queue.SimpleQueue[str]) -> None:
+        super().__init__(lines)
+        self._format = JsonFormatter().format
 
+    def prepare(self, record: logging.LogRecord) -> Any:
+        return self._format(record)
+
+
+class _LineWriter(logging.handlers.QueueListener):
+    """Every ``interval_s``, writes the lines queued meanwhile to ``stream`` in one write.
+
+    Writing each request's line as it came (the stock listener) cost the c=1 latency about
+    0.3 ms: wrk -c1 p50 2.03 ms logging to a file, 1.76 ms to /dev/null, 1.61 ms with no
+    access lines (3 alternating rounds), though one append takes ~1.3 us. With lines batched
+    this way: 1.61 against 1.92 ms median (5 alternating pairs against the stock listener).
+    """
+
+    def __init__(self, lines: queue.SimpleQueue[str], stream: Any, interval_s: float) -> None:
+        super().__init__(lines)
+        self._lines = lines
+        self._stream = stream
+        self.interval_s = interval_s
+        self._stopping = threading.Event()
+        self._draining = threading.Lock()  # one drain at a time keeps the lines in order
+
+    def _monitor(self) -> None:
+        while True:
+            stopping = self._stopping.wait(self.interval_s)
+            self._drain()
+            if stopping:
+                return
+
+    def _drain(self) -> None:
+        with self._draining:
+            batch: list[str] = []
+            while True:
+                try:
+                    batch.append(self._lines.get_nowait())
+                except queue.Empty:
+                    break
+            if batch:
+                self._stream.write("\n".join(batch) + "\n")
+                self._stream.flush()
+
+    def stop(self) -> None:
+        """Write out everything queued, then end the thread."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join()
+            self._thread = None
+
+
+#: How often queued log lines are written (they reach stderr at most this late).
+LOG_FLUSH_INTERVAL_S = 0.05
 
 _listener: logging.handlers.QueueListener | None = None
+
+
+def flush_logs() -> None:
+    """Write the queued lines now (the app calls it when it shuts down)."""
+    if isinstance(_listener, _LineWriter):
+        _listener._drain()
 
 
 def _stop_listener() -> None:
@@ -77,16 +124,15 @@ def _stop_listener() -> None:
 def configure_logging(level: str = "INFO") -> None:
     """Route the service's and uvicorn's loggers to stderr as JSON lines.
 
-    Records are queued and written by a background thread (``QueueListener``): formatting a
-    line and writing it to stderr took ~20 us of the event loop per request, and a slow reader
-    of stderr would have stalled every request. The queue is drained at exit.
+    Each record is formatted in the caller (orjson, a few microseconds) and the lines are
+    written by a background thread every :data:`LOG_FLUSH_INTERVAL_S` (:class:`_LineWriter`):
+    a slow reader of stderr would otherwise stall every request, and one write per request
+    cost ~0.3 ms of latency at concurrency 1. The queue is drained at exit.
     """
     global _listener
     _stop_listener()
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(JsonFormatter())
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(lines, stream, respect_handler_level=False)
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    _listener = _LineWriter(lines, sys.stderr, LOG_FLUSH_INTERVAL_S)
     _listener.start()
     handler = _QueueHandler(lines)
     for name in ("service", "uvicorn", "uvicorn.error"):

@@ -66,3 +66,35 @@ def test_reconfiguring_replaces_the_listener_and_keeps_one_handler() -> None:
             logger.propagate = True
             logger.setLevel(logging.NOTSET)
         logging.getLogger("uvicorn.access").disabled = False
+
+
+def test_the_writer_writes_queued_lines_together_on_its_timer() -> None:
+    import queue
+
+    from service import logs
+
+    class Stream:
+        def __init__(self) -> None:
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.writes.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    stream = Stream()
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    writer = logs._LineWriter(lines, stream, interval_s=30.0)
+    writer.start()
+    try:
+        for i in range(100):
+            lines.put(f"line {i}")
+        # Nothing is written per line: the writer waits for its timer (or stop).
+        writer._stopping.wait(0.2)
+        assert stream.writes == []
+    finally:
+        writer.stop()
+    # One write for the whole batch, every line in order, none lost.
+    assert stream.writes == ["".join(f"line {i}\n" for i in range(100))]
+    assert writer._thread is None
