@@ -104,12 +104,12 @@ class _LineWriter(logging.handlers.QueueListener):
 #: How often queued log lines are written (they reach stderr at most this late).
 LOG_FLUSH_INTERVAL_S = 0.05
 
-_listener: logging.handlers.QueueListener | None = None
+_listener: _LineWriter | None = None
 
 
 def flush_logs() -> None:
     """Write the queued lines now (the app calls it when it shuts down)."""
-    if isinstance(_listener, _LineWriter):
+    if _listener is not None:
         _listener._drain()
 
 
