@@ -3,7 +3,9 @@ landmark selection, labels, errors, and the array (serving) path."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,9 +13,9 @@ import pytest
 
 from features import kernels
 from features.arrays import SessionArrays
-from features.build import build_features, landmark_labels, landmark_rows
+from features.build import build_features, landmark_labels
 from features.contract import ATTENDANCE_CODES
-from features.profiles import ALLIANCE6, SRS, Element, InstrumentProfile
+from features.profiles import ALLIANCE6, SRS, WAI_SR, Element, InstrumentProfile
 from features.registry import feature_registry
 from tests.features.reference import reference_features
 from tests.features.strategies import random_cohort
@@ -354,20 +356,69 @@ def test_single_client_array_path_equals_build_features() -> None:
         kernels.compute_feature_matrix(arrays, feature_registry(SRS))
 
 
-def test_chunked_and_direct_write_paths_are_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_landmark_rows_in_any_order_with_repeats_pick_rows_of_the_full_matrix() -> None:
     sessions, clients = random_cohort(120, ALLIANCE6, seed=9)
     arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
     registry = feature_registry(ALLIANCE6, include_covariates=True)
-    rows = np.random.default_rng(0).permutation(landmark_rows(arrays, "all"))
-    assert arrays.n_rows > kernels._SMALL_HISTORY
-    whole = kernels.compute_feature_matrix(arrays, registry, rows)  # one pass, direct writes
-    monkeypatch.setattr(kernels, "CHUNK_ROWS", 50)
-    collected = kernels.compute_feature_matrix(arrays, registry, rows)  # short chunks: collect
-    monkeypatch.setattr(kernels, "_SMALL_HISTORY", 0)
-    direct = kernels.compute_feature_matrix(arrays, registry, rows)  # short chunks: direct
-    np.testing.assert_array_equal(collected, whole)
-    np.testing.assert_array_equal(direct, whole)
-    assert whole.flags.f_contiguous and collected.flags.f_contiguous
+    whole = kernels.compute_feature_matrix(arrays, registry)
+    rng = np.random.default_rng(0)
+    for rows in (
+        rng.permutation(arrays.n_rows),
+        rng.integers(0, arrays.n_rows, 500),  # repeats
+        np.array([arrays.n_rows - 1, 0, arrays.n_rows - 1]),
+        np.array([], dtype=np.int64),
+    ):
+        got = kernels.compute_feature_matrix(arrays, registry, rows)
+        np.testing.assert_array_equal(got, whole[rows])
+        assert got.flags.f_contiguous and got.shape == (rows.shape[0], whole.shape[1])
+    with pytest.raises(IndexError, match="landmark rows must lie in"):
+        kernels.compute_feature_matrix(arrays, registry, np.array([arrays.n_rows]))
+    with pytest.raises(IndexError, match="landmark rows must lie in"):
+        kernels.compute_feature_matrix(arrays, registry, np.array([-1]))
+
+
+def test_kernel_refuses_arrays_it_would_read_out_of_bounds() -> None:
+    """The compiled loop trusts its inputs only after these checks."""
+    sessions, clients = random_cohort(5, ALLIANCE6, seed=2)
+    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    registry = feature_registry(ALLIANCE6)
+    bad_code = arrays.attendance.copy()
+    bad_code[3] = len(ATTENDANCE_CODES)
+    bad_offsets = arrays.offsets.copy()
+    bad_offsets[-1] += 1
+    unsorted = arrays.offsets.copy()
+    unsorted[1], unsorted[2] = unsorted[2], unsorted[1]
+    cases = [
+        (replace(arrays, attendance=bad_code), "row 3 has no attendance code"),
+        (replace(arrays, offsets=bad_offsets), "offsets do not span the rows"),
+        (replace(arrays, offsets=unsorted), "offsets must not decrease"),
+        (replace(arrays, ratings=arrays.ratings[:5]), "ratings has"),
+        (replace(arrays, age=arrays.age[:-1]), "age has"),
+    ]
+    for broken, message in cases:
+        with pytest.raises(ValueError, match=message):
+            kernels.compute_feature_matrix(broken, registry)
+
+
+@pytest.mark.parametrize(
+    ("profile", "digest"),
+    [(ALLIANCE6, "601aaf53cfe7725c"), (SRS, "28848354806b9d72"), (WAI_SR, "468ad16428992fc9")],
+)
+def test_feature_bits_are_those_the_served_models_were_trained_on(
+    profile: InstrumentProfile, digest: str
+) -> None:
+    """Pins every bit of the features of a seeded cohort (NaNs canonicalised).
+
+    The digests were computed by the segmented-numpy kernel that the compiled kernel replaced,
+    and the compiled kernel reproduces them: models trained before the change see identical
+    inputs. A change of feature arithmetic (even the order of a sum) fails here; if it is meant,
+    retrain, and update the digests in the same commit.
+    """
+    sessions, clients = random_cohort(300, profile, seed=9)
+    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    x = kernels.compute_feature_matrix(arrays, feature_registry(profile, include_covariates=True))
+    x = np.where(np.isnan(x), np.nan, x)
+    assert hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16] == digest
 
 
 @pytest.mark.parametrize("profile", [ALLIANCE6, SRS])

@@ -1,5 +1,5 @@
-"""The one-client fast path: :meth:`SessionArrays.single_client` validation and packing, and the
-kernel's padded-buffer reads at the edges (first appointment, no rating, one appointment)."""
+"""The one-client path: :meth:`SessionArrays.single_client` validation and packing, and the
+kernel at the edges of a history (first appointment, no rating, one appointment)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_packed_arrays_never_alias_the_callers_arrays() -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_short_histories_alone_equal_their_rows_in_a_batch(n: int) -> None:
-    """Rows whose earlier sessions are missing read the padding of every buffer."""
+    """Rows with no earlier sessions start every running value afresh."""
     sessions, clients = random_cohort(40, ALLIANCE6, seed=11)
     sessions = sessions[sessions["session_number"] <= n]
     clients = clients[clients["client_id"].isin(sessions["client_id"])]
