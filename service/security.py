@@ -179,28 +179,22 @@ class AuditMiddleware:
         current = None if store is None else store.current
         version = state.get("model_version") or (None if current is None else current.version)
         clients: list[tuple[str | None, int | None]] = state.get("audit_clients") or [(None, None)]
-        subject = None if principal is None else principal.subject
-        clinic = None if principal is None else principal.clinic
-        request_id = str(state.get("request_id", ""))
-        when = utc_timestamp()  # one request, one moment: its records share it
-        batch = []
+        template = AuditRecord(
+            time=utc_timestamp(),  # one request, one moment: its records share it
+            subject=None if principal is None else principal.subject,
+            clinic=None if principal is None else principal.clinic,
+            action=action,
+            outcome=outcome_of(status),  # type: ignore[arg-type]
+            status=status,
+            request_id=str(state.get("request_id", "")),
+            model_version=version,
+        )
+        items = []
         for ref, item_status in clients:
             effective = status if item_status is None else item_status
-            batch.append(
-                AuditRecord(
-                    time=when,
-                    subject=subject,
-                    clinic=clinic,
-                    client_ref=ref,
-                    action=action,
-                    outcome=outcome_of(effective),  # type: ignore[arg-type]
-                    status=effective,
-                    request_id=request_id,
-                    model_version=version,
-                )
-            )
+            items.append((ref, effective, outcome_of(effective)))
         try:
-            security.audit.write_many(batch)
+            security.audit.write_batch(template, items)
         except AuditWriteError:
             logger.error("audit record could not be written; response withheld",
                          extra={"fields": {"request_id": state.get("request_id")}})  # fmt: skip

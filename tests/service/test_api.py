@@ -446,10 +446,10 @@ def test_no_audit_no_data(registry: Registry, monkeypatch) -> None:
     with _app(registry) as api:
         assert api.post("/v1/risk", json=body).status_code == 200
 
-        def broken(records) -> None:
+        def broken(template, clients) -> None:
             raise AuditWriteError("disk full")
 
-        monkeypatch.setattr(api.app.state.security.audit, "write_many", broken)
+        monkeypatch.setattr(api.app.state.security.audit, "write_batch", broken)
         r = api.post("/v1/risk", json=body)
         assert r.status_code == 503 and r.headers["retry-after"] == "30"
         assert "probability" not in r.text and body["client_id"] not in r.text

@@ -521,6 +521,68 @@ def test_write_many_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
     assert [r.request_id for r in records(path, skip_invalid=True)] == ["req-0", "req-2", "req-3"]
 
 
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {},
+        {"subject": None, "clinic": None, "model_version": None},
+        {"subject": 'thérapeute-ü \\ "quoted"', "clinic": "clinique-é", "request_id": ""},
+    ],
+)
+def test_batch_lines_equal_the_records_written_one_by_one(shared) -> None:
+    template = _record(0, action="risk.batch", **shared)
+    clients = [
+        (client_ref(f"c-{i}", KEY_A), status, outcome)
+        for i, (status, outcome) in enumerate([(200, "ok"), (422, "invalid"), (404, "not_found")])
+    ] + [(None, 200, "ok")]
+    expected = b"".join(
+        dataclasses.replace(template, client_ref=ref, status=status, outcome=outcome).to_line()
+        for ref, status, outcome in clients
+    )
+    assert template.batch_lines(clients) == expected
+    assert [AuditRecord.from_json(x) for x in expected.splitlines()][1].status == 422
+    assert template.batch_lines([]) == b""
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (("not-a-ref", 200, "ok"), "client_ref must be a client_ref"),
+        ((client_ref("c", KEY_A) + "\n", 200, "ok"), "client_ref must be a client_ref"),
+        ((None, 99, "ok"), "status must be an HTTP status code"),
+        ((None, True, "ok"), "status must be an HTTP status code"),
+        ((None, 200, "fine"), "outcome is not one of"),
+    ],
+)
+def test_batch_lines_check_each_client_like_a_record(item, message) -> None:
+    with pytest.raises(AuditRecordError, match=message):
+        _record(0).batch_lines([(None, 200, "ok"), item])
+
+
+def test_write_batch_appends_with_one_system_call(tmp_path, monkeypatch) -> None:
+    import service.audit as audit
+
+    path = tmp_path / "a.jsonl"
+    calls: list[int] = []
+    real_write = os.write
+
+    def counting(fd, data):
+        calls.append(len(data))
+        return real_write(fd, data)
+
+    template = _record(7, action="risk.batch")
+    refs = [client_ref(f"c-{i}", KEY_A) for i in range(1000)]
+    with JsonLinesAuditLog(path) as log:
+        monkeypatch.setattr(audit.os, "write", counting)
+        log.write_batch(template, [(r, 200, "ok") for r in refs])
+        log.write_batch(template, [])  # nothing to write, no system call
+        monkeypatch.undo()
+    assert len(calls) == 1
+    got = list(records(path))
+    assert [r.client_ref for r in got] == refs
+    assert {r.request_id for r in got} == {"req-7"} and {r.action for r in got} == {"risk.batch"}
+
+
 def test_records_are_utf8_json_lines_that_round_trip_any_text():
     record = _record(4, subject="thérapeute-ü", clinic="clinique-é")
     line = record.to_line()
