@@ -80,12 +80,16 @@ def request_problems(
 
 
 def _ratings_matrix(sessions: Sequence[Appointment], profile: InstrumentProfile) -> np.ndarray:
-    """(elements, sessions) float64; NaN where not rated (numpy turns None into NaN)."""
+    """(elements, sessions) float64; NaN where not rated (a null or a missing key)."""
     given = [s.ratings for s in sessions]
     names = profile.element_names
-    return np.asarray([[g.get(name) for g in given] for name in names], dtype=np.float64).reshape(
-        len(names), len(given)
-    )
+    # None mapped to NaN here, not by numpy: its conversion of None is the slow path (1,000
+    # clients x 12 appointments: 13.1 -> 9.3 ms, min).
+    nan = math.nan
+    return np.array(
+        [[nan if (v := g.get(name)) is None else v for g in given] for name in names],
+        dtype=np.float64,
+    ).reshape(len(names), len(given))
 
 
 def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays:
@@ -136,7 +140,7 @@ def check_and_pack(
     n = len(reqs)
     nan = float("nan")
     # Column by column with comprehensions: about twice as fast as one loop appending to many
-    # lists. numpy turns None (a null rating) and a missing key (.get) into NaN for float64.
+    # lists.
     sessions = [s for r in reqs for s in r.sessions]
     cl = np.repeat(np.arange(n, dtype=np.int64), [len(r.sessions) for r in reqs])
     sn = np.asarray([s.session_number for s in sessions], dtype=np.int64)
