@@ -490,10 +490,10 @@ def test_sigkill_mid_writing_leaves_every_completed_line_whole(tmp_path):
         assert len(list(records(path))) == len(got)
 
 
-def test_write_many_appends_one_request_s_records_whole_and_in_order(tmp_path, monkeypatch):
+def _count_writes(monkeypatch) -> list[int]:
+    """Sizes of the audit module's ``os.write`` calls from now on (until monkeypatch.undo)."""
     import service.audit as audit
 
-    path = tmp_path / "a.jsonl"
     calls: list[int] = []
     real_write = os.write
 
@@ -501,9 +501,15 @@ def test_write_many_appends_one_request_s_records_whole_and_in_order(tmp_path, m
         calls.append(len(data))
         return real_write(fd, data)
 
+    monkeypatch.setattr(audit.os, "write", counting)
+    return calls
+
+
+def test_write_many_appends_one_request_s_records_whole_and_in_order(tmp_path, monkeypatch):
+    path = tmp_path / "a.jsonl"
     log = JsonLinesAuditLog(path)
     log.write(_record(0))
-    monkeypatch.setattr(audit.os, "write", counting)
+    calls = _count_writes(monkeypatch)
     log.write_many([_record(i) for i in range(1, 1001)])
     log.write_many([])  # nothing to write, no system call
     monkeypatch.undo()
@@ -560,20 +566,11 @@ def test_batch_lines_check_each_client_like_a_record(item, message) -> None:
 
 
 def test_write_batch_appends_with_one_system_call(tmp_path, monkeypatch) -> None:
-    import service.audit as audit
-
     path = tmp_path / "a.jsonl"
-    calls: list[int] = []
-    real_write = os.write
-
-    def counting(fd, data):
-        calls.append(len(data))
-        return real_write(fd, data)
-
     template = _record(7, action="risk.batch")
     refs = [client_ref(f"c-{i}", KEY_A) for i in range(1000)]
     with JsonLinesAuditLog(path) as log:
-        monkeypatch.setattr(audit.os, "write", counting)
+        calls = _count_writes(monkeypatch)
         log.write_batch(template, [(r, 200, "ok") for r in refs])
         log.write_batch(template, [])  # nothing to write, no system call
         monkeypatch.undo()
