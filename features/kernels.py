@@ -73,8 +73,10 @@ def _sources(registry: FeatureRegistry) -> np.ndarray:
 
 
 #: id(registry) -> (registry, sources, per-group cut-offs, scalar parameters); the registry is
-#: kept referenced so its id cannot be reused while the entry exists.
+#: kept referenced so its id cannot be reused while the entry exists. A service loads one
+#: registry per model version, so the cache is emptied when it reaches :data:`_MAX_PLANS`.
 _PLANS: dict[int, tuple[FeatureRegistry, np.ndarray, np.ndarray, np.ndarray]] = {}
+_MAX_PLANS = 64
 
 
 def _plan(registry: FeatureRegistry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,6 +102,8 @@ def _plan(registry: FeatureRegistry) -> tuple[np.ndarray, np.ndarray, np.ndarray
         ]
     )
     plan = (registry, _sources(registry), cutoffs, params)
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
     _PLANS[id(registry)] = plan
     return plan[1], plan[2], plan[3]
 

@@ -16,7 +16,7 @@ from features.arrays import SessionArrays
 from features.build import build_features, landmark_labels
 from features.contract import ATTENDANCE_CODES
 from features.profiles import ALLIANCE6, SRS, WAI_SR, Element, InstrumentProfile
-from features.registry import feature_registry
+from features.registry import FeatureRegistry, feature_registry
 from tests.features.reference import reference_features
 from tests.features.strategies import random_cohort
 
@@ -398,6 +398,18 @@ def test_kernel_refuses_arrays_it_would_read_out_of_bounds() -> None:
     for broken, message in cases:
         with pytest.raises(ValueError, match=message):
             kernels.compute_feature_matrix(broken, registry)
+
+
+def test_kernel_plans_are_cached_per_registry_and_bounded() -> None:
+    """A service loads one registry per model version; their plans must not pile up."""
+    sessions, clients = random_cohort(3, ALLIANCE6, seed=4)
+    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    first = feature_registry(ALLIANCE6)
+    expected = kernels.compute_feature_matrix(arrays, first)
+    for _ in range(kernels._MAX_PLANS + 5):
+        fresh = FeatureRegistry.from_dict(first.to_dict())  # an equal, distinct object
+        np.testing.assert_array_equal(kernels.compute_feature_matrix(arrays, fresh), expected)
+        assert 1 <= len(kernels._PLANS) <= kernels._MAX_PLANS
 
 
 @pytest.mark.parametrize(
