@@ -12,6 +12,7 @@ Logging happens in ``training`` (the only MLflow writer); this module only defin
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import mlflow.pyfunc
@@ -77,7 +78,17 @@ def load_scorer(model_uri: str) -> Scorer:
     """
     from models.scorer import IncompatibleModelError
 
-    loaded = mlflow.pyfunc.load_model(model_uri)
+    before = list(sys.path)
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        # MLflow puts the model's code folder in front of sys.path on every load and leaves it
+        # there: a service reloading at every alias move would grow sys.path without bound, and
+        # a module first imported later would come from whichever artifact loaded last. The
+        # scorer runs on the installed code (its packages are imported already): take them out.
+        added = len(sys.path) - len(before)
+        if added > 0 and sys.path[added:] == before:
+            del sys.path[:added]
     inner = loaded.unwrap_python_model()
     if not isinstance(inner, AllianceRiskModel):
         raise IncompatibleModelError("the model is not an alliance-risk model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import mlflow
@@ -131,7 +132,10 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
 
     # The champion loads with plain MLflow and needs nothing else to score.
     pyfunc = mlflow.pyfunc.load_model("models:/alliance-risk@champion")
+    path_before = list(sys.path)
     scorer = load_scorer("models:/alliance-risk@champion")
+    load_scorer("models:/alliance-risk@champion")  # a reload leaves no code folder behind
+    assert sys.path == path_before
     X = scorer.score_frames(cohort.sessions, cohort.clients).features[:5]
     out = pyfunc.predict(pd.DataFrame(X, columns=list(scorer.feature_names)))
     # pyfunc predicts the margin directly, the scorer sums TreeSHAP: equal to float32 rounding.
