@@ -1,9 +1,9 @@
 """Session histories as contiguous numpy arrays with client segments: the input of the kernels.
 
 Rows are grouped by client (a *segment*: ``offsets[c]:offsets[c + 1]``) and sorted by
-``session_number`` inside each segment. :meth:`SessionArrays.from_frames` also orders segments by
-length, so that segments of equal length form runs the kernels can reshape into
-``(n_clients, length)`` blocks; any segment order is correct, the ordering only makes it fast.
+``session_number`` inside each segment. :meth:`SessionArrays.from_frames` orders segments by
+length, then client (the segmented-numpy kernel reshaped runs of equal lengths; the compiled
+kernel takes any segment order, and outputs are ordered by ``client_rank`` either way).
 
 The serving path builds one client's arrays directly with :meth:`SessionArrays.single_client`,
 without pandas.
@@ -124,24 +124,8 @@ class SessionArrays:
             return ar
         return ar - self.offsets[:-1][self.seg_of_row]
 
-    @cached_property
-    def runs(self) -> tuple[tuple[int, int, int], ...]:
-        """Maximal runs of consecutive equal-length segments: ``(first_row, end_row, length)``."""
-        lengths = self.lengths
-        if lengths.shape[0] == 0:
-            return ()
-        cut = np.flatnonzero(lengths[1:] != lengths[:-1]) + 1
-        starts = np.concatenate(([0], cut))
-        ends = np.concatenate((cut, [lengths.shape[0]]))
-        off = self.offsets
-        return tuple(
-            (int(off[a]), int(off[b]), int(lengths[a]))
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
-            if lengths[a] > 0
-        )
-
     def take_segments(self, segments: np.ndarray) -> SessionArrays:
-        """The clients at segment positions ``segments`` (ascending keeps length runs), copied."""
+        """The clients at segment positions ``segments``, copied."""
         lengths = self.lengths[segments]
         offsets = np.zeros(segments.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -439,7 +423,7 @@ def _segment_order(
         key_sorted = sn[order]
     else:
         lengths = np.bincount(codes, minlength=n_clients)
-        # Segments ordered by (length, client) so equal lengths form runs.
+        # Segments ordered by (length, client); see the module docstring.
         seg_order = np.argsort(lengths, kind="stable")
         seg_pos = np.empty(n_clients, dtype=np.int64)
         seg_pos[seg_order] = np.arange(n_clients, dtype=np.int64)
