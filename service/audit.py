@@ -344,16 +344,12 @@ class AuditLog(Protocol):
         """Persist ``record``; raise :class:`AuditWriteError` if it could not be."""
         ...
 
-    def write_many(self, records: Sequence[AuditRecord]) -> None:
-        """Persist all of ``records`` (one request's); raise :class:`AuditWriteError` if any
-        could not be."""
-        ...
-
     def write_batch(
         self, template: AuditRecord, clients: Sequence[tuple[str | None, int, str]]
     ) -> None:
         """Persist one request's records, one per ``(client_ref, status, outcome)``, all else
-        as in ``template`` (:meth:`AuditRecord.batch_lines`); as :meth:`write_many` does."""
+        as in ``template`` (:meth:`AuditRecord.batch_lines`); raise :class:`AuditWriteError` if
+        any could not be."""
         ...
 
     def close(self) -> None: ...
@@ -416,17 +412,12 @@ class JsonLinesAuditLog:
         """Append ``record`` as one line with a single ``os.write``."""
         self._append(record.to_line())
 
-    def write_many(self, records: Sequence[AuditRecord]) -> None:
-        """Append ``records`` (the records of one request, e.g. a 1,000-client batch) with a
-        single ``os.write``: one lock, one system call and, with ``fsync="always"``, one sync
-        for all of them. They land together and contiguous, like one record would."""
-        if records:
-            self._append(b"".join(r.to_line() for r in records))
-
     def write_batch(
         self, template: AuditRecord, clients: Sequence[tuple[str | None, int, str]]
     ) -> None:
-        """:meth:`write_many` for records that differ only per client (a batch request)."""
+        """Append one request's records (e.g. a 1,000-client batch) with a single ``os.write``:
+        one lock, one system call and, with ``fsync="always"``, one sync for all of them. They
+        land together and contiguous, like one record would."""
         lines = template.batch_lines(clients)
         if lines:
             self._append(lines)

@@ -505,26 +505,34 @@ def _count_writes(monkeypatch) -> list[int]:
     return calls
 
 
-def test_write_many_appends_one_request_s_records_whole_and_in_order(tmp_path, monkeypatch):
+def test_write_batch_appends_one_request_s_records_whole_and_in_order(tmp_path, monkeypatch):
     path = tmp_path / "a.jsonl"
+    template = _record(7, action="risk.batch")
+    refs = [client_ref(f"c-{i}", KEY_A) for i in range(1000)]
     log = JsonLinesAuditLog(path)
     log.write(_record(0))
     calls = _count_writes(monkeypatch)
-    log.write_many([_record(i) for i in range(1, 1001)])
-    log.write_many([])  # nothing to write, no system call
+    log.write_batch(template, [(r, 200, "ok") for r in refs])
+    log.write_batch(template, [])  # nothing to write, no system call
     monkeypatch.undo()
     log.write(_record(1001))
     log.close()
     assert len(calls) == 1  # one system call for the whole batch
-    assert [r.request_id for r in records(path)] == [f"req-{i}" for i in range(1002)]
+    got = list(records(path))
+    assert [r.request_id for r in got] == ["req-0"] + ["req-7"] * 1000 + ["req-1001"]
+    assert [r.client_ref for r in got[1:-1]] == refs
+    assert {r.action for r in got[1:-1]} == {"risk.batch"}
 
 
-def test_write_many_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
+def test_write_batch_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(_record(0).to_json() + "\n" + _record(1).to_json()[:50])
+    refs = [client_ref("c-2", KEY_A), client_ref("c-3", KEY_A)]
     with JsonLinesAuditLog(path) as log:
-        log.write_many([_record(2), _record(3)])
-    assert [r.request_id for r in records(path, skip_invalid=True)] == ["req-0", "req-2", "req-3"]
+        log.write_batch(_record(2), [(r, 200, "ok") for r in refs])
+    got = list(records(path, skip_invalid=True))
+    assert [r.request_id for r in got] == ["req-0", "req-2", "req-2"]
+    assert [r.client_ref for r in got[1:]] == refs
 
 
 @pytest.mark.parametrize(
@@ -563,21 +571,6 @@ def test_batch_lines_equal_the_records_written_one_by_one(shared) -> None:
 def test_batch_lines_check_each_client_like_a_record(item, message) -> None:
     with pytest.raises(AuditRecordError, match=message):
         _record(0).batch_lines([(None, 200, "ok"), item])
-
-
-def test_write_batch_appends_with_one_system_call(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "a.jsonl"
-    template = _record(7, action="risk.batch")
-    refs = [client_ref(f"c-{i}", KEY_A) for i in range(1000)]
-    with JsonLinesAuditLog(path) as log:
-        calls = _count_writes(monkeypatch)
-        log.write_batch(template, [(r, 200, "ok") for r in refs])
-        log.write_batch(template, [])  # nothing to write, no system call
-        monkeypatch.undo()
-    assert len(calls) == 1
-    got = list(records(path))
-    assert [r.client_ref for r in got] == refs
-    assert {r.request_id for r in got} == {"req-7"} and {r.action for r in got} == {"risk.batch"}
 
 
 def test_records_are_utf8_json_lines_that_round_trip_any_text():
