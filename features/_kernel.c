@@ -405,6 +405,55 @@ static PyObject *kernel_stat_keys(PyObject *self, PyObject *noargs) {
     return out;
 }
 
+/* ratings(mappings, names, out, n_keys): the rating matrix of request objects, the one step of
+ * packing a 1,000-client batch that was a Python loop over every (appointment, element) pair. */
+static PyObject *kernel_ratings(PyObject *self, PyObject *args) {
+    PyObject *mappings, *names;
+    Py_buffer out, n_keys;
+    if (!PyArg_ParseTuple(args, "O!O!w*w*", &PyList_Type, &mappings, &PyTuple_Type, &names, &out,
+                          &n_keys))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n = PyList_GET_SIZE(mappings), n_el = PyTuple_GET_SIZE(names);
+    if (check_len(&out, 8, n_el * n, "out") || check_len(&n_keys, 8, n, "n_keys")) goto done;
+    for (Py_ssize_t e = 0; e < n_el; e++)
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(names, e))) {
+            PyErr_SetString(PyExc_TypeError, "ratings: names must be strings");
+            goto done;
+        }
+    double *o = out.buf;
+    int64_t *k = n_keys.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyList_GET_ITEM(mappings, i);
+        if (!PyDict_Check(d)) {
+            PyErr_Format(PyExc_TypeError, "ratings: item %zd is not a dict", i);
+            goto done;
+        }
+        k[i] = PyDict_GET_SIZE(d);
+        for (Py_ssize_t e = 0; e < n_el; e++) {
+            PyObject *v = PyDict_GetItemWithError(d, PyTuple_GET_ITEM(names, e)); /* borrowed */
+            double x;
+            if (v == NULL) {
+                if (PyErr_Occurred()) goto done;
+                x = NAN;
+            } else if (v == Py_None) {
+                x = NAN;
+            } else if (PyFloat_CheckExact(v)) {
+                x = PyFloat_AS_DOUBLE(v);
+            } else {
+                x = PyFloat_AsDouble(v); /* ints, as numpy converts them */
+                if (x == -1.0 && PyErr_Occurred()) goto done;
+            }
+            o[e * n + i] = x;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&n_keys);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"fill", kernel_fill, METH_VARARGS,
      "fill(session_number, day, attendance, ratings, offsets, intake_day, age, cutoffs, params,\n"
@@ -413,6 +462,11 @@ static PyMethodDef methods[] = {
      "``src[c]`` of row ``i`` into ``out_t[c, r]`` for each ``r`` in\n"
      "``out_rows[out_start[i]:out_start[i + 1]]``. Buffers must be C-contiguous with the dtypes\n"
      "features.kernels passes (int64, int8, float64). Use features.kernels, not this."},
+    {"ratings", kernel_ratings, METH_VARARGS,
+     "ratings(mappings, names, out, n_keys)\n\n"
+     "For a list of dicts, write ``out[e, i] = float(mappings[i][names[e]])`` (NaN where the key\n"
+     "is missing or None) into a C-contiguous float64 buffer of shape (len(names),\n"
+     "len(mappings)), and ``n_keys[i] = len(mappings[i])`` into an int64 buffer."},
     {"stat_keys", kernel_stat_keys, METH_NOARGS,
      "The statistics table: ((key, kind), ...), kind 0 = one value, 1 = one per attendance\n"
      "code, 2 = one per rating group (elements, then the element mean)."},

@@ -21,4 +21,11 @@ def fill(
     n_out: int,
     /,
 ) -> None: ...
+def ratings(
+    mappings: list[dict[str, float | None]],
+    names: tuple[str, ...],
+    out: Buffer,
+    n_keys: Buffer,
+    /,
+) -> None: ...
 def stat_keys() -> tuple[tuple[str, int], ...]: ...

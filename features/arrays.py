@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features import _kernel
 from features.contract import (
     AGE,
     ATTENDANCE,
@@ -391,6 +392,28 @@ class SessionArrays:
             age=np.array([np.nan if age is None else float(age)]),
             outcome=np.array([-1], dtype=np.int8),
         )
+
+
+def ratings_matrix(
+    mappings: list[dict[str, float | None]], profile: InstrumentProfile
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ratings of many appointments, each a dict keyed by element name, as one matrix.
+
+    Returns ``(ratings, n_keys)``: ``ratings`` is ``(n_elements, len(mappings))`` float64 in
+    ``profile.element_names`` order, NaN where an element is missing or None; ``n_keys[i]`` is
+    ``len(mappings[i])``, so that a caller can tell that a dict names an element outside the
+    profile (more keys than elements found). Values are converted as ``float()`` does; a
+    value that is not a number raises ``TypeError``.
+
+    Compiled (``features._kernel.ratings``): a 1,000-client batch's 12,000 appointments took
+    ~7-9 ms as a Python loop, about 1 ms here.
+    """
+    if type(mappings) is not list:
+        mappings = list(mappings)
+    ratings = np.empty((len(profile.element_names), len(mappings)), dtype=np.float64)
+    n_keys = np.empty(len(mappings), dtype=np.int64)
+    _kernel.ratings(mappings, profile.element_names, ratings, n_keys)
+    return ratings, n_keys
 
 
 #: Attendance code -> its index in :data:`~features.contract.ATTENDANCE_CODES`.

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from features import contract as c
-from features.arrays import SessionArrays
+from features.arrays import SessionArrays, ratings_matrix
 from features.profiles import InstrumentProfile
 from features.validation import (
     BEFORE_INTAKE,
@@ -79,19 +79,6 @@ def request_problems(
     return problems
 
 
-def _ratings_matrix(sessions: Sequence[Appointment], profile: InstrumentProfile) -> np.ndarray:
-    """(elements, sessions) float64; NaN where not rated (a null or a missing key)."""
-    given = [s.ratings for s in sessions]
-    names = profile.element_names
-    # None mapped to NaN here, not by numpy: its conversion of None is the slow path (1,000
-    # clients x 12 appointments: 13.1 -> 9.3 ms, min).
-    nan = math.nan
-    return np.array(
-        [[nan if (v := g.get(name)) is None else v for g in given] for name in names],
-        dtype=np.float64,
-    ).reshape(len(names), len(given))
-
-
 def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays:
     """One client's history as arrays, without pandas."""
     s = req.sessions
@@ -103,7 +90,7 @@ def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays
             np.array([x.session_date.toordinal() for x in s], dtype=np.int64) - _EPOCH_ORDINAL
         ).astype("datetime64[D]"),
         attendance=[x.attendance for x in s],
-        ratings=_ratings_matrix(s, profile),
+        ratings=ratings_matrix([x.ratings for x in s], profile)[0],
         intake_date=None if req.intake_date is None else np.datetime64(req.intake_date, "D"),
         age=None if req.age is None else float(req.age),
         client_id=req.client_id,
@@ -148,8 +135,7 @@ def check_and_pack(
     day -= _EPOCH_ORDINAL
     code = _ATTENDANCE_CODE
     att = np.asarray([code[s.attendance] for s in sessions], dtype=np.int8)
-    keys = np.asarray([len(s.ratings) for s in sessions], dtype=np.int64)
-    ratings = _ratings_matrix(sessions, profile)
+    ratings, keys = ratings_matrix([s.ratings for s in sessions], profile)
     intake = np.asarray(
         [nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
          for r in reqs], dtype=np.float64,
@@ -246,8 +232,10 @@ def risk_payloads(
     fc = e.feature_contributions
     k = min(TOP_FEATURES, fc.shape[1])
     top = np.argsort(-np.abs(fc), axis=1, kind="stable")[:, :k]
-    top_contrib = np.take_along_axis(fc, top, axis=1).tolist()
-    top_value = np.take_along_axis(batch.features, top, axis=1)
+    # Plain fancy indexing: np.take_along_axis builds the same index with ~10 us of Python.
+    at = np.arange(n)[:, None]
+    top_contrib = fc[at, top].tolist()
+    top_value = batch.features[at, top]
     top_value_list = np.where(np.isfinite(top_value), top_value, np.nan).tolist()
     names = np.asarray(e.feature_names, dtype=object)
     group_of = model.scorer.registry.group_of

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features import kernels
-from features.arrays import MAX_SESSION_NUMBER, SessionArrays
+from features import _kernel, kernels
+from features.arrays import MAX_SESSION_NUMBER, SessionArrays, ratings_matrix
 from features.profiles import ALLIANCE6
 from features.registry import feature_registry
 from tests.features.strategies import random_cohort
@@ -96,3 +96,63 @@ def test_never_rated_client_has_nan_alliance_and_flags() -> None:
     assert x["alliance_overall_has_rupture"] == 0.0 and x["goals_unrepaired"] == 0.0
     assert np.isnan(x["alliance_overall_sessions_since_rupture"])
     assert x["engagement_unrated_share"] == 1.0
+
+
+# -- ratings_matrix: the compiled packing of request ratings -----------------------------------
+
+
+def _ratings_reference(
+    mappings: list[dict[str, float | None]], names: tuple[str, ...]
+) -> np.ndarray:
+    return np.array(
+        [[np.nan if m.get(e) is None else float(m[e]) for m in mappings] for e in names],
+        dtype=np.float64,
+    ).reshape(len(names), len(mappings))
+
+
+def test_ratings_matrix_matches_a_plain_python_packing() -> None:
+    rng = np.random.default_rng(4)
+    names = ALLIANCE6.element_names
+    mappings: list[dict[str, float | None]] = []
+    for _ in range(500):
+        m: dict[str, float | None] = {}
+        for e in rng.permutation(list(names)).tolist():  # any key order
+            u = rng.random()
+            if u < 0.15:
+                continue  # missing
+            m[e] = None if u < 0.3 else int(rng.integers(0, 11)) if u < 0.45 else rng.random() * 10
+        if rng.random() < 0.1:
+            m["not_an_element"] = 3.0
+        mappings.append(m)
+    ratings, n_keys = ratings_matrix(mappings, ALLIANCE6)
+    np.testing.assert_array_equal(ratings, _ratings_reference(mappings, names))
+    assert ratings.flags.c_contiguous and ratings.dtype == np.float64
+    assert n_keys.tolist() == [len(m) for m in mappings]
+
+
+def test_ratings_matrix_of_nothing_and_of_empty_dicts() -> None:
+    ratings, n_keys = ratings_matrix([], ALLIANCE6)
+    assert ratings.shape == (len(ALLIANCE6.elements), 0) and n_keys.shape == (0,)
+    ratings, n_keys = ratings_matrix([{}, {}], ALLIANCE6)
+    assert np.isnan(ratings).all() and n_keys.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("mappings", "error"),
+    [
+        ([{"trust": "high"}], TypeError),  # not a number
+        ([{"trust": 5.0}, [("trust", 5.0)]], TypeError),  # not a dict
+    ],
+)
+def test_ratings_matrix_refuses_what_is_not_a_rating(mappings: list, error: type) -> None:
+    with pytest.raises(error):
+        ratings_matrix(mappings, ALLIANCE6)
+
+
+def test_ratings_kernel_checks_its_buffers() -> None:
+    with pytest.raises(ValueError, match="out has"):
+        _kernel.ratings([{}], ("trust",), np.empty(2), np.empty(1, dtype=np.int64))
+    with pytest.raises(ValueError, match="n_keys has"):
+        _kernel.ratings([{}], ("trust",), np.empty(1), np.empty(2, dtype=np.int64))
+    with pytest.raises(TypeError, match="names must be strings"):
+        _kernel.ratings([{}], (1,), np.empty(1), np.empty(1, dtype=np.int64))

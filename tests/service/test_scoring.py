@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from features.arrays import ratings_matrix
 from features.kernels import compute_feature_matrix
 from features.registry import feature_registry
 from service.schemas import EpisodeStruct, RiskRequest, SessionIn, parse_valid_batch
-from service.scoring import _ratings_matrix, check_and_pack, request_problems, single_arrays
+from service.scoring import check_and_pack, request_problems, single_arrays
 from tests.service.helpers import request_for
 from training.simulate import simulate_cohort
 
@@ -112,9 +113,10 @@ def test_ratings_matrix_reads_every_element_in_profile_order(ratings: dict) -> N
                           ratings=ratings),
                 SessionIn(session_number=2, session_date="2026-01-12", attendance="attended",
                           ratings=other)]  # fmt: skip
-    got = _ratings_matrix(sessions, cohort_profile)
+    got, n_keys = ratings_matrix([s.ratings for s in sessions], cohort_profile)
     expected = np.array(
         [[np.nan if r.get(n) is None else r[n] for r in (ratings, other)] for n in names]
     )
     assert got.shape == (len(names), 2) and got.flags.c_contiguous
+    assert n_keys.tolist() == [len(ratings), len(other)]
     np.testing.assert_array_equal(got, expected)
