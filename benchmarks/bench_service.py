@@ -364,7 +364,7 @@ def parse_wrk(text: str) -> WrkRun:
 
 
 def _ensure_wrk() -> str:
-    subprocess.run(["bash", str(ROOT / "scripts" / "ensure-wrk.sh")], check=True)
+    subprocess.run(["bash", str(ROOT / "scripts" / "ensure-tool.sh"), "wrk"], check=True)
     return subprocess.run(
         ["wrk", "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[0]
