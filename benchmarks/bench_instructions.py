@@ -49,6 +49,7 @@ from benchmarks.bench_service import (
     _server,
     _server_env,
     _train_and_promote,
+    floor_calls,
 )
 from tests.service.helpers import request_for
 from training.simulate import simulate_cohort
@@ -95,8 +96,6 @@ def _per_call(pid: int, out_prefix: Path, fn: Any, n1: int, n2: int) -> dict[str
 def _floor_child(uri: str, body_file: str, out_prefix: str, n1: int, n2: int) -> None:
     """Runs under callgrind: counts the floor's two ways on its own process, prints JSON."""
     import mlflow
-    import numpy as np
-    import xgboost as xgb
 
     from models.pyfunc import load_scorer
     from service import scoring
@@ -107,25 +106,16 @@ def _floor_child(uri: str, body_file: str, out_prefix: str, n1: int, n2: int) ->
     scorer = load_scorer(f"models:/{MODEL_NAME}/1")
     req = RiskRequest.model_validate_json(Path(body_file).read_bytes())
     x = scorer.score_arrays(scoring.single_arrays(req, scorer.profile)).features[0]
-    row = np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1)
-    booster = scorer.booster
+    calls = floor_calls(scorer.booster, x)
 
-    def inplace_way(n: int) -> None:
-        for _ in range(n):
-            booster.inplace_predict(row, predict_type="margin", missing=np.nan)
-            d = xgb.DMatrix(row, missing=np.nan, nthread=1)
-            booster.predict(d, pred_contribs=True, validate_features=False)
+    def repeat(fn: Any) -> Any:
+        def run_n(n: int) -> None:
+            for _ in range(n):
+                fn()
 
-    def dmatrix_way(n: int) -> None:
-        for _ in range(n):
-            d = xgb.DMatrix(row, missing=np.nan, nthread=1)
-            booster.predict(d, output_margin=True, validate_features=False)
-            booster.predict(d, pred_contribs=True, validate_features=False)
+        return run_n
 
-    ways = {
-        "inplace_predict_then_dmatrix_treeshap": inplace_way,
-        "one_dmatrix_margin_and_treeshap": dmatrix_way,
-    }
+    ways = {name: repeat(fn) for name, fn in calls.items()}
     for fn in ways.values():
         fn(30)  # warm-up, not counted
     pid, prefix = os.getpid(), Path(out_prefix)

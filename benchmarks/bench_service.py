@@ -12,18 +12,18 @@ alias poller off and its default JSON access log (to a file).
    explanation included, sequentially over one keep-alive HTTP/1.1 connection from a raw
    ``http.client.HTTPConnection`` (lower client overhead than httpx): min and median. Same-run
    baselines: the **in-process floor**, a margin plus exact TreeSHAP (``pred_contribs=True``)
-   for the same feature row, ``nthread=1``, timed two raw ways (``inplace_predict`` then a
-   1-row ``DMatrix``; or one ``DMatrix`` for both) of which the faster is the floor. The
-   in-process full path (contract checks, ``single_arrays``, ``score`` = ``score_arrays`` + ``describe_drivers``,
-   ``risk_payloads``, ``orjson.dumps``) with each step timed apart, and ``GET /livez`` over the
-   same connection (the HTTP round trip with no work), show where the time goes. The same
-   request is also timed from ``wrk -t1 -c1`` in 6 rounds of 5 s (2 of 2 s with ``--quick``):
-   a C client adds almost nothing of its own, where http.client spends ~0.1 ms of Python per
-   request on the same two cores. Each wrk round sits between two floor timings (300 calls
-   each way; the server idle), and ``overhead_ratio`` (the target) is the median over rounds of
-   wrk's p50 over the lower of the two floors around it. Pairing in time matters here: the
-   machine's speed drifts by tens of percent between minutes, and a latency and a floor taken
-   minutes apart gave ratios from 2.3 to 4.2 over nine runs of unchanged code.
+   for the same feature row, ``nthread=1``, timed two raw ways (``inplace_predict`` then a 1-row
+   ``DMatrix``; or one ``DMatrix`` for both) of which the faster is the floor. The in-process
+   full path (contract checks, ``single_arrays``, ``score`` = ``score_arrays`` +
+   ``describe_drivers``, ``risk_payloads``, ``orjson.dumps``) with each step timed apart, and
+   ``GET /livez`` over the same connection (the HTTP round trip with no work), show where the
+   time goes. The same request is also timed from ``wrk -t1 -c1`` in 6 rounds of 5 s (2 of 2 s
+   with ``--quick``): a C client adds almost nothing of its own, where http.client spends ~0.1
+   ms of Python per request on the same two cores. Each wrk round sits between two floor timings
+   (300 calls each way; the server idle), and ``overhead_ratio`` (the target) is the median over
+   rounds of wrk's p50 over the lower of the two floors around it. Pairing in time matters here:
+   the machine's speed drifts by tens of percent between minutes, and a latency and a floor
+   taken minutes apart gave ratios from 2.3 to 4.2 over nine runs of unchanged code.
    ``overhead_ratio_unpaired`` keeps the former figure (the median c=1 p50 over the lowest floor
    median of the whole run) for comparison; http.client's ratio is reported next to them. The
    floor with its parts is timed twice, before the servers start and after the c=1 and batch
@@ -485,8 +485,8 @@ def _floor(booster: xgb.Booster, x: np.ndarray, calls: int) -> tuple[Timing, dic
     }
 
 
-def _floor_ways(booster: xgb.Booster, x: np.ndarray, calls: int) -> dict[str, Timing]:
-    """The floor's two raw ways, each timed over ``calls`` calls (see :func:`_floor`)."""
+def floor_calls(booster: xgb.Booster, x: np.ndarray) -> dict[str, Callable[[], object]]:
+    """The floor's two raw ways to get a margin and exact TreeSHAP for row ``x``, by name."""
     row = np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1)
 
     def inplace_way() -> object:
@@ -499,11 +499,15 @@ def _floor_ways(booster: xgb.Booster, x: np.ndarray, calls: int) -> dict[str, Ti
         booster.predict(d, output_margin=True, validate_features=False)
         return booster.predict(d, pred_contribs=True, validate_features=False)
 
-    fns = {
+    return {
         "inplace_predict_then_dmatrix_treeshap": inplace_way,
         "one_dmatrix_margin_and_treeshap": dmatrix_way,
     }
-    return {k: per_call(k, fn, calls) for k, fn in fns.items()}
+
+
+def _floor_ways(booster: xgb.Booster, x: np.ndarray, calls: int) -> dict[str, Timing]:
+    """The floor's two raw ways, each timed over ``calls`` calls (see :func:`_floor`)."""
+    return {k: per_call(k, fn, calls) for k, fn in floor_calls(booster, x).items()}
 
 
 def _floor_median_s(booster: xgb.Booster, x: np.ndarray, calls: int) -> float:
