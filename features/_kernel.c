@@ -294,6 +294,21 @@ static int check_len(Py_buffer *buf, Py_ssize_t itemsize, Py_ssize_t expected, c
     return 0;
 }
 
+/* Segment bounds: a[0] == 0, a[n] == end and never decreasing, so a[i]..a[i + 1] stays inside. */
+static int check_bounds(const int64_t *a, Py_ssize_t n, Py_ssize_t end, const char *span_error,
+                        const char *order_error) {
+    if (a[0] != 0 || a[n] != end) {
+        PyErr_Format(PyExc_ValueError, "feature kernel: %s", span_error);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (a[i + 1] < a[i]) {
+            PyErr_Format(PyExc_ValueError, "feature kernel: %s", order_error);
+            return -1;
+        }
+    return 0;
+}
+
 static PyObject *kernel_fill(PyObject *self, PyObject *args) {
     Py_buffer sn, day, att, ratings, offsets, intake, age, cutoffs, params, codes, out_start,
         out_rows, src, out_t;
@@ -312,7 +327,8 @@ static PyObject *kernel_fill(PyObject *self, PyObject *args) {
     k.n_out = n_out;
     k.n_cols = src.len / 8;
     const Py_ssize_t G = n_el + 1;
-    if (n_el < 1 || n_out < 0 || k.n_clients < 0 || sn.len % 8 || src.len % 8) {
+    if (n_el < 1 || n_out < 0 || k.n_clients < 0 || sn.len % 8 || src.len % 8 ||
+        out_rows.len % 8) {
         PyErr_SetString(PyExc_ValueError, "feature kernel: bad sizes");
         goto done;
     }
@@ -335,29 +351,17 @@ static PyObject *kernel_fill(PyObject *self, PyObject *args) {
     const Py_ssize_t size = table_offsets(k.n_codes, G, k.off);
 
     /* Everything the loop trusts is checked here, so it never reads or writes out of bounds. */
-    if (k.offsets[0] != 0 || k.offsets[k.n_clients] != k.n) {
-        PyErr_SetString(PyExc_ValueError, "feature kernel: offsets do not span the rows");
+    if (check_bounds(k.offsets, k.n_clients, k.n, "offsets do not span the rows",
+                     "offsets must not decrease"))
         goto done;
-    }
-    for (Py_ssize_t c = 0; c < k.n_clients; c++)
-        if (k.offsets[c + 1] < k.offsets[c]) {
-            PyErr_SetString(PyExc_ValueError, "feature kernel: offsets must not decrease");
-            goto done;
-        }
     for (Py_ssize_t i = 0; i < k.n; i++)
         if (k.att[i] < 0 || k.att[i] >= k.n_codes) {
             PyErr_Format(PyExc_ValueError, "feature kernel: row %zd has no attendance code", i);
             goto done;
         }
-    if (k.out_start[0] != 0 || k.out_start[k.n] * 8 != out_rows.len) {
-        PyErr_SetString(PyExc_ValueError, "feature kernel: out_start does not span out_rows");
+    if (check_bounds(k.out_start, k.n, out_rows.len / 8, "out_start does not span out_rows",
+                     "out_start must not decrease"))
         goto done;
-    }
-    for (Py_ssize_t i = 0; i < k.n; i++)
-        if (k.out_start[i + 1] < k.out_start[i]) {
-            PyErr_SetString(PyExc_ValueError, "feature kernel: out_start must not decrease");
-            goto done;
-        }
     for (Py_ssize_t j = 0; j < k.out_start[k.n]; j++)
         if (k.out_rows[j] < 0 || k.out_rows[j] >= n_out) {
             PyErr_SetString(PyExc_ValueError, "feature kernel: output row out of range");
