@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The install is redone when the project's metadata or the compiled feature kernel changes.
-INSTALL_INPUTS := pyproject.toml setup.py features/_kernel.c
+INSTALL_INPUTS := pyproject.toml setup.py features/_kernel.c models/_treeshap.c
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) 2>/dev/null | cksum | cut -d' ' -f1)
 DEMO_DIR ?= data/demo
 PORT ?= 8000

@@ -2,12 +2,13 @@
 
 xgboost's ``pred_contribs`` computes exact path-dependent TreeSHAP (Lundberg et al. 2020,
 "From local explanations to global understanding with explainable AI for trees", Algorithm 2).
-For one row of the served model (15 trees of depth 4) it took 0.33 ms, almost all of it the
-1-row ``DMatrix`` and the call itself; this module gives the same values in 0.045 ms, and a
-1,000-row batch in 5.0-5.4 ms against 28-39 ms (the benchmark's model, min of 2,000 and of 30
-calls, alternated in one run). At the largest models the search allows (600 trees of depth 2,
-187 of depth 4, 60 of depth 5; 148 features) building took 0.4-0.55 s at load, and one row or
-1,000 rows were 2-5x faster than ``pred_contribs``.
+For one row of the served model (15 trees of depth 4) it took 0.37 ms, almost all of it the
+1-row ``DMatrix`` and the call itself; this module gives the same values in 0.011 ms, and a
+1,000-row batch in 4.9 ms against 28 ms (the benchmark's model, min of 15 rounds, alternated in
+one run; the per-row pass is compiled, ``models/_treeshap.c``: in numpy it took 0.051 ms and
+15 ms). At the largest models the search allows (600 trees of depth 2, 187 of depth 4, 60 of
+depth 5; 148 features) building took 0.4-0.55 s at load, and one row or 1,000 rows were 2-5x
+faster than ``pred_contribs`` before the pass was compiled.
 
 Why tables work. Take a leaf with value ``v`` whose path from the root splits on the distinct
 features ``F`` (``d = |F|``). For feature ``j`` in ``F`` let ``z_j`` be the product of the cover
@@ -23,7 +24,7 @@ game ``E[f(x) | x_S]`` with the cover-weighted expectation that ``pred_contribs`
 splits on a feature multiply into one ``z_j`` and one ``o_j``, as its "unwound" paths do. It
 depends on the row only through the ``d`` bits ``o``, so every leaf's ``2**d`` possible
 answers are computed once, when the model is loaded. Explaining a row is then: its split
-decisions, each leaf's bit pattern, one gather, and a sum per feature.
+decisions, each leaf's bit pattern, one lookup per leaf and slot, and a sum per feature.
 
 The tables are checked against ``pred_contribs`` on probe rows at every split threshold (and
 missing) before they are used; a model they do not support (other boosters, categorical
@@ -33,7 +34,6 @@ splits, vector leaves, several outputs, tables above :data:`MAX_TABLE_ENTRIES`) 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass
@@ -42,15 +42,23 @@ from typing import Any, NamedTuple
 import numpy as np
 import xgboost as xgb
 
-#: Working memory of one pass over rows (boolean split decisions, bit patterns, looked-up
-#: values): larger inputs are explained in chunks of rows.
-CHUNK_BYTES = 64 << 20
+from models import _treeshap
+
 #: Cap on tabulated values (8 bytes each): 4M entries is 32 MB. The served model needs ~15k.
 MAX_TABLE_ENTRIES = 1 << 22
 #: Objectives whose ``base_score`` is a probability (the margin starts at its log-odds), and
 #: those whose ``base_score`` is already a margin.
 _LOGIT_BASE = frozenset({"binary:logistic", "reg:logistic"})
 _IDENTITY_BASE = frozenset({"binary:logitraw", "reg:squarederror"})
+
+
+#: The array fields and the dtypes the compiled pass reads them as.
+_DTYPES = {
+    "split_feature": np.intp, "split_threshold": np.float32, "split_default_left": np.bool_,
+    "entry_split": np.intp, "entry_goes_right": np.bool_, "leaf_row": np.intp,
+    "value_order": np.intp, "feature_start": np.intp, "used_features": np.intp,
+    "table": np.float64,
+}  # fmt: skip
 
 
 class UnsupportedBooster(ValueError):
@@ -84,9 +92,11 @@ class PathTables:
     table: np.ndarray  # (D, n_leaves * 2**D) float64: slot s of a leaf, by bit pattern
 
     def __post_init__(self) -> None:
-        for value in vars(self).values():
-            if isinstance(value, np.ndarray):
-                value.setflags(write=False)
+        for name, dtype in _DTYPES.items():
+            value = getattr(self, name)
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype):
+                raise TypeError(f"PathTables.{name} must be a {np.dtype(dtype)} array")
+            value.setflags(write=False)
 
     @property
     def depth(self) -> int:
@@ -111,18 +121,13 @@ class PathTables:
             bias += b.add_tree(tree)
         return b.build(int(params["num_feature"]), bias, max_table_entries)
 
-    def contributions(
-        self, X: np.ndarray, chunk_rows: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def contributions(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact TreeSHAP of each row of ``X``, as :func:`models.explain.tree_contributions`.
 
         Parameters
         ----------
         X : ndarray of shape (n_rows, n_features)
             NaN for missing. Compared in float32, as xgboost does.
-        chunk_rows : int, optional
-            Rows per pass; default :attr:`chunk_rows` (about :data:`CHUNK_BYTES` of
-            intermediates: ~3,400 rows for the served model).
 
         Returns
         -------
@@ -130,60 +135,21 @@ class PathTables:
         bias : ndarray of shape (n_rows,), float64
             ``phi.sum(1) + bias`` is the margin.
         """
-        X = np.asarray(X, dtype=np.float32)
+        X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must be 2-D with {self.n_features} columns")
         n = X.shape[0]
         if not (self.leaf_row.shape[0] and n):
             return np.zeros((n, self.n_features)), np.full(n, self.bias)
-        step = chunk_rows or self.chunk_rows
-        if n <= step:
-            return self._contributions(X), np.full(n, self.bias)
-        # Rows are independent: chunks bound the intermediates' memory and give the same bits.
         phi = np.empty((n, self.n_features))
-        for start in range(0, n, step):
-            phi[start : start + step] = self._contributions(X[start : start + step])
+        # Compiled (models/_treeshap.c): one pass per row with two small work buffers, so no
+        # chunking is needed. The numpy formulation it replaced took ~80 us for one row.
+        _treeshap.contributions(
+            X, self.split_feature, self.split_threshold, self.split_default_left,
+            self.entry_split, self.entry_goes_right, self.leaf_row, self.value_order,
+            self.feature_start, self.used_features, self.table, self.n_features, self.depth, phi,
+        )  # fmt: skip
         return phi, np.full(n, self.bias)
-
-    @functools.cached_property
-    def chunk_rows(self) -> int:
-        """Rows per pass, so that one pass's intermediates stay near :data:`CHUNK_BYTES`."""
-        slots = self.table.shape[0] * self.leaf_row.shape[0]
-        per_row = self.entry_split.shape[0] + 17 * slots + 5 * self.split_feature.shape[0]
-        return max(1, CHUNK_BYTES // per_row)
-
-    def _contributions(self, X: np.ndarray) -> np.ndarray:
-        n = X.shape[0]
-        n_leaves = self.leaf_row.shape[0]
-        # Worked row-minor ((items, n_rows) arrays): every step is then whole-row operations,
-        # and the feature matrix is column-major already (~3x faster for 1,000 rows).
-        d = self.depth
-        x = X.T[self.split_feature]
-        left = np.empty((x.shape[0] + 1, n), dtype=bool)
-        np.less(x, self.split_threshold[:, None], out=left[:-1])
-        left[:-1] |= np.isnan(x) & self.split_default_left[:, None]
-        left[-1] = True  # the constant column of the padding entries
-        agree = left[self.entry_split]
-        agree ^= self.entry_goes_right[:, None]  # True where the row takes the path's branch
-        agree = agree.reshape(-1, d, n_leaves, n)
-        bits = agree[0]
-        for k in range(1, agree.shape[0]):
-            bits &= agree[k]
-        # Bit s of a leaf's pattern is its slot s (at most 8 slots: one byte). Shifts, not
-        # np.packbits: along this axis that took 4.4 ms for 1,000 rows against ~0.2.
-        byte = bits[0].view(np.uint8).copy()
-        for s in range(1, d):
-            byte |= bits[s].view(np.uint8) << s
-        pattern = byte.astype(np.intp)
-        pattern += self.leaf_row[:, None]
-        values = np.empty((d, n_leaves, n))
-        for s in range(d):
-            self.table[s].take(pattern, out=values[s])
-        phi = np.zeros((self.n_features, n))
-        phi[self.used_features] = np.add.reduceat(
-            values.reshape(d * n_leaves, n)[self.value_order], self.feature_start, axis=0
-        )
-        return np.ascontiguousarray(phi.T)
 
     def probe_rows(self, n_rows: int = 64, seed: int = 0) -> np.ndarray:
         """Rows that put every split's feature at, just below or above its threshold, or

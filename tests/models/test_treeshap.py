@@ -93,35 +93,73 @@ def test_a_row_gets_the_same_bits_alone_as_in_a_batch() -> None:
         np.testing.assert_array_equal(alone[0], phi[i])
     # Column-major input (the feature kernel's layout) gives the same bits.
     np.testing.assert_array_equal(tables.contributions(np.asfortranarray(X))[0], phi)
-    # So do chunks of rows (large inputs are explained in chunks to bound memory).
-    chunked, bias = tables.contributions(X, chunk_rows=7)
-    np.testing.assert_array_equal(chunked, phi)
-    assert bias.shape == (len(X),)
+    assert tables.contributions(X)[1].shape == (len(X),)
 
 
-def test_default_chunks_bound_the_working_memory(monkeypatch) -> None:
+def _reference(tables: PathTables, X: np.ndarray) -> np.ndarray:
+    """The numpy formulation the compiled pass replaced (whole-array steps over rows)."""
+    X = np.asarray(X, dtype=np.float32)
+    n, n_leaves, d = X.shape[0], tables.leaf_row.shape[0], tables.depth
+    x = X.T[tables.split_feature]
+    left = np.ones((x.shape[0] + 1, n), dtype=bool)
+    left[:-1] = (x < tables.split_threshold[:, None]) | (
+        np.isnan(x) & tables.split_default_left[:, None]
+    )
+    agree = left[tables.entry_split] ^ tables.entry_goes_right[:, None]
+    bits = agree.reshape(-1, d, n_leaves, n).all(axis=0)
+    pattern = (bits.astype(np.intp) << np.arange(d)[:, None, None]).sum(axis=0)
+    pattern += tables.leaf_row[:, None]
+    values = np.stack([tables.table[s][pattern] for s in range(d)])
+    phi = np.zeros((tables.n_features, n))
+    phi[tables.used_features] = np.add.reduceat(
+        values.reshape(d * n_leaves, n)[tables.value_order], tables.feature_start, axis=0
+    )
+    return phi.T
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_compiled_pass_equals_the_array_formulation(name: str) -> None:
+    # The same terms summed: only the order of additions differs (numpy adds pairwise along a
+    # contiguous axis), so values agree to a few units in the last place.
+    booster, X = _train(MODELS[name])
+    tables = PathTables.from_booster(booster)
+    for rows in (X, tables.probe_rows(200, seed=2)):
+        ref = _reference(tables, rows)
+        np.testing.assert_allclose(tables.contributions(rows)[0], ref, rtol=0, atol=1e-12)
+
+
+def test_working_memory_is_the_output_alone() -> None:
     import tracemalloc
-
-    import models.treeshap
 
     booster, X = _train(MODELS["depth 6, features repeat on paths"])
     tables = PathTables.from_booster(booster)
     rows = np.tile(X, (2, 1))[:1000]
-    monkeypatch.setattr(models.treeshap, "CHUNK_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        tables.contributions(rows)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # phi (1,000 x 6 float64), the float32 copy of the rows and the bias: ~80 kB. The array
+    # formulation held (entries x rows) booleans and (slots x rows) doubles: megabytes.
+    assert peak < 160_000, peak
 
-    def peak_mb(**kw) -> float:
-        tracemalloc.start()
-        try:
-            tables.contributions(rows, **kw)
-            return tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
 
-    assert tables.chunk_rows < len(rows)
-    chunked, whole = peak_mb(), peak_mb(chunk_rows=len(rows))
-    # numpy reports its buffers to tracemalloc; the output alone is 1,000 x 6 x 8 bytes.
-    assert chunked < 4, chunked
-    assert whole > 4 * chunked, (whole, chunked)
+def test_malformed_tables_are_refused_before_the_compiled_pass_reads_them() -> None:
+    booster, X = _train(MODELS["depth 3"])
+    tables = PathTables.from_booster(booster)
+    bad_split = tables.entry_split.copy()
+    bad_split[3] = tables.split_feature.size + 1  # past the constant column
+    with pytest.raises(ValueError, match=r"entry_split\[3\] out of range"):
+        dataclasses.replace(tables, entry_split=bad_split).contributions(X[:2])
+    bad_order = tables.value_order.copy()
+    bad_order[0] = -1
+    with pytest.raises(ValueError, match="value_order"):
+        dataclasses.replace(tables, value_order=bad_order).contributions(X[:2])
+    with pytest.raises(ValueError, match="table has"):
+        dataclasses.replace(tables, table=tables.table[:, :-1].copy()).contributions(X[:2])
+    with pytest.raises(TypeError, match="entry_split must be a int64"):
+        dataclasses.replace(tables, entry_split=tables.entry_split.astype(np.int32))
 
 
 def test_wrong_shape_is_refused_and_arrays_are_read_only() -> None:
