@@ -10,6 +10,9 @@
  * row's result does not depend on the other rows of the call (alone or in a batch: same bits).
  * The numpy formulation summed the same terms partly pairwise: they agree to ~1e-15.
  *
+ * The tables are validated and copied once, into a Tables object, when the model loads; a call
+ * then only checks the sizes of its two buffers.
+ *
  * Python side: models/treeshap.py owns the tables, their layout and the documentation; use
  * PathTables.contributions, not this.
  */
@@ -93,24 +96,55 @@ static int check_index(const Py_ssize_t *a, Py_ssize_t n, Py_ssize_t lo, Py_ssiz
     return 0;
 }
 
-static PyObject *treeshap_contributions(PyObject *self, PyObject *args) {
-    Py_buffer x, sf, thr, dl, es, gr, lr, vo, fs, uf, table, out;
+/* A Tables object owns copies of the validated tables: checked once, when the model loads,
+ * and never again per call (the checks cost half as much as explaining one row). */
+typedef struct {
+    PyObject_HEAD
+    Tables t; /* x, out, left and values unset: they belong to each call */
+} TablesObject;
+
+static void tables_dealloc(TablesObject *self) {
+    PyMem_Free((void *)self->t.split_feature);
+    PyMem_Free((void *)self->t.threshold);
+    PyMem_Free((void *)self->t.default_left);
+    PyMem_Free((void *)self->t.entry_split);
+    PyMem_Free((void *)self->t.goes_right);
+    PyMem_Free((void *)self->t.leaf_row);
+    PyMem_Free((void *)self->t.value_order);
+    PyMem_Free((void *)self->t.feature_start);
+    PyMem_Free((void *)self->t.used_features);
+    PyMem_Free((void *)self->t.table);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A private copy of a buffer (at least one byte allocated, so NULL always means no memory). */
+static void *copy_of(const Py_buffer *b) {
+    void *p = PyMem_Malloc(b->len ? (size_t)b->len : 1);
+    if (p) memcpy(p, b->buf, (size_t)b->len);
+    return p;
+}
+
+static PyObject *tables_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Py_buffer sf, thr, dl, es, gr, lr, vo, fs, uf, table;
     Py_ssize_t n_features, depth;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*nnw*", &x, &sf, &thr, &dl, &es, &gr, &lr,
-                          &vo, &fs, &uf, &table, &n_features, &depth, &out))
+    if (kwds && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Tables() takes positional arguments only");
         return NULL;
-    Py_buffer *bufs[] = {&x, &sf, &thr, &dl, &es, &gr, &lr, &vo, &fs, &uf, &table, &out};
-    PyObject *result = NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*nn", &sf, &thr, &dl, &es, &gr, &lr, &vo,
+                          &fs, &uf, &table, &n_features, &depth))
+        return NULL;
+    Py_buffer *bufs[] = {&sf, &thr, &dl, &es, &gr, &lr, &vo, &fs, &uf, &table};
+    TablesObject *self = NULL;
     const Py_ssize_t P = (Py_ssize_t)sizeof(Py_ssize_t);
     Tables t = {0};
-    if (n_features < 1 || depth < 1 || depth > 8 || x.len % (4 * n_features) ||
-        sf.len % P || lr.len % P || vo.len % P || uf.len % P) {
+    if (n_features < 1 || depth < 1 || depth > 8 || sf.len % P || lr.len % P || vo.len % P ||
+        uf.len % P) {
         PyErr_SetString(PyExc_ValueError, "treeshap: bad sizes");
         goto done;
     }
     t.n_features = n_features;
     t.depth = depth;
-    t.n_rows = x.len / (4 * n_features);
     t.n_splits = sf.len / P;
     t.n_leaves = lr.len / P;
     t.n_values = vo.len / P;
@@ -123,33 +157,68 @@ static PyObject *treeshap_contributions(PyObject *self, PyObject *args) {
         check_len(&es, P, t.k * DL, "entry_split") ||
         check_len(&gr, 1, t.k * DL, "entry_goes_right") ||
         check_len(&fs, P, t.n_used, "feature_start") ||
-        check_len(&table, 8, depth * t.row_len, "table") ||
-        check_len(&out, 8, t.n_rows * n_features, "out"))
+        check_len(&table, 8, depth * t.row_len, "table"))
         goto done;
-    t.x = x.buf; t.split_feature = sf.buf; t.threshold = thr.buf; t.default_left = dl.buf;
-    t.entry_split = es.buf; t.goes_right = gr.buf; t.leaf_row = lr.buf; t.value_order = vo.buf;
-    t.feature_start = fs.buf; t.used_features = uf.buf; t.table = table.buf; t.out = out.buf;
-
-    /* Everything the loop trusts is checked here (a few thousand compares for the served model,
-     * ~1 us), so it never reads or writes out of bounds. */
-    if (check_index(t.split_feature, t.n_splits, 0, n_features, "split_feature") ||
-        check_index(t.entry_split, t.k * DL, 0, t.n_splits + 1, "entry_split") ||
-        check_index(t.leaf_row, t.n_leaves, 0, t.row_len - ((Py_ssize_t)1 << depth) + 1,
+    /* Everything the loop trusts is checked here, so it never reads or writes out of bounds. */
+    if (check_index(sf.buf, t.n_splits, 0, n_features, "split_feature") ||
+        check_index(es.buf, t.k * DL, 0, t.n_splits + 1, "entry_split") ||
+        check_index(lr.buf, t.n_leaves, 0, t.row_len - ((Py_ssize_t)1 << depth) + 1,
                     "leaf_row") ||
-        check_index(t.value_order, t.n_values, 0, DL, "value_order") ||
-        check_index(t.used_features, t.n_used, 0, n_features, "used_features") ||
-        check_index(t.feature_start, t.n_used, 0, t.n_values, "feature_start"))
+        check_index(vo.buf, t.n_values, 0, DL, "value_order") ||
+        check_index(uf.buf, t.n_used, 0, n_features, "used_features") ||
+        check_index(fs.buf, t.n_used, 0, t.n_values, "feature_start"))
         goto done;
-    for (Py_ssize_t g = 1; g < t.n_used; g++)
-        if (t.feature_start[g] <= t.feature_start[g - 1]) {
-            PyErr_SetString(PyExc_ValueError, "treeshap: feature_start must increase");
-            goto done;
-        }
-    if (t.n_used && t.feature_start[0] != 0) {
+    const Py_ssize_t *start = fs.buf;
+    if (t.n_used && start[0] != 0) {
         PyErr_SetString(PyExc_ValueError, "treeshap: feature_start must start at 0");
         goto done;
     }
+    for (Py_ssize_t g = 1; g < t.n_used; g++)
+        if (start[g] <= start[g - 1]) {
+            PyErr_SetString(PyExc_ValueError, "treeshap: feature_start must increase");
+            goto done;
+        }
+    self = (TablesObject *)type->tp_alloc(type, 0);
+    if (!self) goto done;
+    self->t = t;
+    /* Copies: the object cannot be changed by writing to the arrays it was made from. */
+    self->t.split_feature = copy_of(&sf);
+    self->t.threshold = copy_of(&thr);
+    self->t.default_left = copy_of(&dl);
+    self->t.entry_split = copy_of(&es);
+    self->t.goes_right = copy_of(&gr);
+    self->t.leaf_row = copy_of(&lr);
+    self->t.value_order = copy_of(&vo);
+    self->t.feature_start = copy_of(&fs);
+    self->t.used_features = copy_of(&uf);
+    self->t.table = copy_of(&table);
+    if (!self->t.split_feature || !self->t.threshold || !self->t.default_left ||
+        !self->t.entry_split || !self->t.goes_right || !self->t.leaf_row ||
+        !self->t.value_order || !self->t.feature_start || !self->t.used_features ||
+        !self->t.table) {
+        Py_CLEAR(self);
+        PyErr_NoMemory();
+    }
+done:
+    for (size_t b = 0; b < sizeof(bufs) / sizeof(bufs[0]); b++) PyBuffer_Release(bufs[b]);
+    return (PyObject *)self;
+}
 
+static PyObject *tables_contributions(TablesObject *self, PyObject *args) {
+    Py_buffer x, out;
+    if (!PyArg_ParseTuple(args, "y*w*", &x, &out)) return NULL;
+    PyObject *result = NULL;
+    Tables t = self->t;
+    const Py_ssize_t DL = t.depth * t.n_leaves;
+    if (x.len % (4 * t.n_features)) {
+        PyErr_Format(PyExc_ValueError, "treeshap: x must hold rows of %zd float32",
+                     t.n_features);
+        goto done;
+    }
+    t.n_rows = x.len / (4 * t.n_features);
+    if (check_len(&out, 8, t.n_rows * t.n_features, "out")) goto done;
+    t.x = x.buf;
+    t.out = out.buf;
     t.left = PyMem_Malloc((size_t)t.n_splits + 1);
     t.values = PyMem_Malloc((size_t)(DL ? DL : 1) * sizeof(double));
     if (!t.left || !t.values) {
@@ -167,24 +236,46 @@ static PyObject *treeshap_contributions(PyObject *self, PyObject *args) {
 done:
     PyMem_Free(t.left);
     PyMem_Free(t.values);
-    for (size_t b = 0; b < sizeof(bufs) / sizeof(bufs[0]); b++) PyBuffer_Release(bufs[b]);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
     return result;
 }
 
-static PyMethodDef methods[] = {
-    {"contributions", treeshap_contributions, METH_VARARGS,
-     "contributions(x, split_feature, split_threshold, split_default_left, entry_split,\n"
-     "              entry_goes_right, leaf_row, value_order, feature_start, used_features,\n"
-     "              table, n_features, depth, out)\n\n"
+static PyMethodDef tables_methods[] = {
+    {"contributions", (PyCFunction)tables_contributions, METH_VARARGS,
+     "contributions(x, out)\n\n"
      "Write the TreeSHAP values of each row of ``x`` (C-contiguous float32, n_features per row)\n"
-     "into ``out`` (C-contiguous float64, same shape). The table arrays are PathTables' own,\n"
-     "C-contiguous, with intp indices. Use models.treeshap.PathTables.contributions, not this."},
+     "into ``out`` (C-contiguous float64, same shape)."},
     {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TablesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "models._treeshap.Tables",
+    .tp_basicsize = sizeof(TablesObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Tables(split_feature, split_threshold, split_default_left, entry_split,\n"
+              "       entry_goes_right, leaf_row, value_order, feature_start, used_features,\n"
+              "       table, n_features, depth)\n\n"
+              "A validated private copy of PathTables' arrays (C-contiguous, intp indices).\n"
+              "Use models.treeshap.PathTables, not this.",
+    .tp_new = tables_new,
+    .tp_dealloc = (destructor)tables_dealloc,
+    .tp_methods = tables_methods,
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "models._treeshap",
-    "Compiled per-row part of tabulated TreeSHAP; see models/treeshap.py.", -1, methods,
+    "Compiled per-row part of tabulated TreeSHAP; see models/treeshap.py.", -1, NULL,
 };
 
-PyMODINIT_FUNC PyInit__treeshap(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__treeshap(void) {
+    if (PyType_Ready(&TablesType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Tables", (PyObject *)&TablesType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

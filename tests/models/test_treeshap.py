@@ -145,19 +145,22 @@ def test_working_memory_is_the_output_alone() -> None:
     assert peak < 160_000, peak
 
 
-def test_malformed_tables_are_refused_before_the_compiled_pass_reads_them() -> None:
+def test_malformed_tables_are_refused_when_built_not_read() -> None:
+    # The compiled pass trusts the indices it was built with: they are checked once, up front.
     booster, X = _train(MODELS["depth 3"])
     tables = PathTables.from_booster(booster)
     bad_split = tables.entry_split.copy()
     bad_split[3] = tables.split_feature.size + 1  # past the constant column
     with pytest.raises(ValueError, match=r"entry_split\[3\] out of range"):
-        dataclasses.replace(tables, entry_split=bad_split).contributions(X[:2])
+        dataclasses.replace(tables, entry_split=bad_split)
     bad_order = tables.value_order.copy()
     bad_order[0] = -1
     with pytest.raises(ValueError, match="value_order"):
-        dataclasses.replace(tables, value_order=bad_order).contributions(X[:2])
+        dataclasses.replace(tables, value_order=bad_order)
     with pytest.raises(ValueError, match="table has"):
-        dataclasses.replace(tables, table=tables.table[:, :-1].copy()).contributions(X[:2])
+        dataclasses.replace(tables, table=tables.table[:, :-1].copy())
+    with pytest.raises(ValueError, match="rows of 6 float32"):
+        tables._compiled.contributions(X[:2, :5].astype(np.float32).copy(), np.empty((2, 6)))
     with pytest.raises(TypeError, match="entry_split must be a int64"):
         dataclasses.replace(tables, entry_split=tables.entry_split.astype(np.int32))
 
