@@ -7,6 +7,7 @@ scale; they are documented equivalents, not separately validated thresholds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,11 +52,14 @@ class InstrumentProfile:
     description: str = ""
     sources: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
+    # Cached (computed once per profile, not per request): the serving path reads them several
+    # times per client. cached_property stores in the instance dict, which a frozen dataclass
+    # allows; equality and hashing still use the fields only.
+    @functools.cached_property
     def element_names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.elements)
 
-    @property
+    @functools.cached_property
     def columns(self) -> tuple[str, ...]:
         """Session-table rating columns, in profile order."""
         return tuple(ALLIANCE_PREFIX + e.name for e in self.elements)

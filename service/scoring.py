@@ -7,8 +7,8 @@ pass. Both then use the same scorer and the same feature kernels as training.
 
 from __future__ import annotations
 
-import functools
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +28,8 @@ from features.validation import (
     rating_out_of_range,
 )
 from models.drivers import Driver, describe_drivers, group_label
-from models.scorer import ScoreBatch
+from models.explain import Explanation
+from models.scorer import ScoreBatch, Scorer
 from service.model_store import LoadedModel
 from service.schemas import Appointment, Episode, RiskRequest
 
@@ -55,23 +56,29 @@ def request_problems(
     lo, hi = profile.scale_min, profile.scale_max
     seen: dict[int, int] = {}
     sessions: Sequence[Appointment] = req.sessions
+    # Locations are built only for a problem found: on a valid request (the usual case) this
+    # loop allocates nothing per rating.
     for i, s in enumerate(sessions):
-        loc = ["sessions", i]
         if s.session_number in seen:
-            problems.append({"loc": [*loc, "session_number"], "reason": DUPLICATE_SESSION_NUMBER})
+            problems.append(
+                {"loc": ["sessions", i, "session_number"], "reason": DUPLICATE_SESSION_NUMBER}
+            )
         seen[s.session_number] = i
         if req.intake_date is not None and s.session_date < req.intake_date:
-            problems.append({"loc": [*loc, "session_date"], "reason": BEFORE_INTAKE})
+            problems.append({"loc": ["sessions", i, "session_date"], "reason": BEFORE_INTAKE})
+        attended = s.attendance == c.ATTENDED
         for name, value in s.ratings.items():
-            rloc = [*loc, "ratings", name]
             if name not in elements:
-                problems.append({"loc": rloc, "reason": alliance_not_in_profile(profile)})
+                reason = alliance_not_in_profile(profile)
             elif value is None:
                 continue
             elif not (math.isfinite(value) and lo <= value <= hi):  # np.isfinite: 1.4 us/call
-                problems.append({"loc": rloc, "reason": rating_out_of_range(profile)})
-            elif s.attendance != c.ATTENDED:
-                problems.append({"loc": rloc, "reason": RATING_NOT_ATTENDED})
+                reason = rating_out_of_range(profile)
+            elif not attended:
+                reason = RATING_NOT_ATTENDED
+            else:
+                continue
+            problems.append({"loc": ["sessions", i, "ratings", name], "reason": reason})
     order = sorted(seen.items())
     for (_, prev), (_, cur) in zip(order, order[1:], strict=False):
         if sessions[cur].session_date < sessions[prev].session_date:
@@ -198,10 +205,35 @@ def score(model: LoadedModel, arrays: SessionArrays) -> tuple[ScoreBatch, list[l
     return batch, drivers
 
 
-@functools.lru_cache(maxsize=16)
-def _group_labels(profile: InstrumentProfile, group_names: tuple[str, ...]) -> tuple[str, ...]:
-    """Clinician names of the explanation groups, once per model (not per request)."""
-    return tuple(group_label(profile, g) for g in group_names)
+@dataclass(frozen=True)
+class _Names:
+    """Per-model strings of the response, made once per model rather than per request."""
+
+    group_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    labels: tuple[str, ...]  # clinician names of the groups
+    feature_array: np.ndarray  # feature_names as an object array, for fancy indexing
+
+
+#: Keyed by the scorer (weakly: a replaced model's entry goes with it).
+_NAMES: weakref.WeakKeyDictionary[Scorer, _Names] = weakref.WeakKeyDictionary()
+
+
+def _names(scorer: Scorer, e: Explanation) -> _Names:
+    # Identity checks: a scorer's explanations share its grouping's tuples (hashing the
+    # profile, or converting 148 names, cost ~10 us per request).
+    cached = _NAMES.get(scorer)
+    if cached is None or not (
+        cached.group_names is e.group_names and cached.feature_names is e.feature_names
+    ):
+        cached = _Names(
+            group_names=e.group_names,
+            feature_names=e.feature_names,
+            labels=tuple(group_label(scorer.profile, g) for g in e.group_names),
+            feature_array=np.asarray(e.feature_names, dtype=object),
+        )
+        _NAMES[scorer] = cached
+    return cached
 
 
 def model_ref(model: LoadedModel) -> dict[str, Any]:
@@ -223,12 +255,12 @@ def risk_payloads(
     1,000-client batches in tens of milliseconds.
     """
     e = batch.explanation
-    profile = model.scorer.profile
+    strings = _names(model.scorer, e)
     n = batch.n_rows
     ref = model_ref(model)
     when = scored_at.isoformat()
     group_names = list(e.group_names)
-    labels = _group_labels(profile, e.group_names)
+    labels = strings.labels
     fc = e.feature_contributions
     k = min(TOP_FEATURES, fc.shape[1])
     top = np.argsort(-np.abs(fc), axis=1, kind="stable")[:, :k]
@@ -237,7 +269,7 @@ def risk_payloads(
     top_contrib = fc[at, top].tolist()
     top_value = batch.features[at, top]
     top_value_list = np.where(np.isfinite(top_value), top_value, np.nan).tolist()
-    names = np.asarray(e.feature_names, dtype=object)
+    names = strings.feature_array
     group_of = model.scorer.registry.group_of
     top_names = names[top].tolist()
     groups = e.group_contributions.tolist()
