@@ -34,6 +34,7 @@ splits, vector leaves, several outputs, tables above :data:`MAX_TABLE_ENTRIES`) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -105,6 +106,11 @@ class PathTables:
             self.feature_start, self.used_features, self.table, self.n_features, self.depth,
         )  # fmt: skip
         object.__setattr__(self, "_compiled", compiled)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (or deep-copied) as its arrays; the compiled copy is rebuilt and rechecked.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return (_rebuild, (fields,))
 
     @property
     def depth(self) -> int:
@@ -187,6 +193,10 @@ class PathTables:
         if not diff <= 1e-5 * (abs(self.bias) + self.value_scale) + 1e-7:
             raise UnsupportedBooster(f"tables differ from pred_contribs by {diff:.3g}")
         return diff
+
+
+def _rebuild(fields: dict[str, Any]) -> PathTables:
+    return PathTables(**fields)
 
 
 def _base_margin(objective: str, base_score: Any) -> float:

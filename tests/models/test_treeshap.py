@@ -128,6 +128,17 @@ def test_compiled_pass_equals_the_array_formulation(name: str) -> None:
         np.testing.assert_allclose(tables.contributions(rows)[0], ref, rtol=0, atol=1e-12)
 
 
+def test_tables_survive_pickling_and_deep_copies() -> None:
+    import copy
+    import pickle
+
+    booster, X = _train(MODELS["depth 3"])
+    tables = PathTables.from_booster(booster)
+    for twin in (pickle.loads(pickle.dumps(tables)), copy.deepcopy(tables)):
+        assert twin._compiled is not tables._compiled
+        np.testing.assert_array_equal(twin.contributions(X)[0], tables.contributions(X)[0])
+
+
 def test_working_memory_is_the_output_alone() -> None:
     import tracemalloc
 
