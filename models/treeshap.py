@@ -45,7 +45,8 @@ import xgboost as xgb
 
 from models import _treeshap
 
-#: Cap on tabulated values (8 bytes each): 4M entries is 32 MB. The served model needs ~15k.
+#: Cap on tabulated values (8 bytes each, held twice: the arrays and the compiled copy): 4M
+#: entries is 2 x 32 MB. The served model needs ~15k.
 MAX_TABLE_ENTRIES = 1 << 22
 #: Objectives whose ``base_score`` is a probability (the margin starts at its log-odds), and
 #: those whose ``base_score`` is already a margin.
