@@ -205,7 +205,7 @@ def score(model: LoadedModel, arrays: SessionArrays) -> tuple[ScoreBatch, list[l
     return batch, drivers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Names:
     """Per-model strings of the response, made once per model rather than per request."""
 
