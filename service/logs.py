@@ -131,6 +131,13 @@ def configure_logging(level: str = "INFO") -> None:
     """
     global _listener
     _stop_listener()
+    # The JSON lines carry none of the record's thread, process or caller: skip working them
+    # out for every record (the logging HOWTO's "Optimization" section; the process id is a
+    # getpid() system call per record). ~2 of ~6.5 us per access line.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # documented there: no caller lookup
     lines: queue.SimpleQueue[str] = queue.SimpleQueue()
     _listener = _LineWriter(lines, sys.stderr, LOG_FLUSH_INTERVAL_S)
     _listener.start()
