@@ -82,7 +82,7 @@ from models.scorer import Scorer
 from service import scoring
 from service.gcpause import gc_paused
 from service.model_store import LoadedModel
-from service.schemas import RiskRequest, parse_valid_batch
+from service.schemas import RiskRequest, parse_request, parse_valid_batch
 from tests.service.helpers import check_risk_body, request_for
 from training.simulate import Cohort, simulate_cohort, write_cohort
 
@@ -637,7 +637,7 @@ def _in_process_path(
 ) -> tuple[Timing, dict[str, dict[str, float]]]:
     """What the route does for one client, without HTTP, and its steps timed apart."""
     profile = model.scorer.profile
-    req = RiskRequest.model_validate_json(body)
+    req = parse_request(body)
     now = datetime.now(UTC)
 
     def path() -> bytes:
@@ -655,7 +655,7 @@ def _in_process_path(
     assert scored.rows is not None
     rows = scored.rows
     steps = {
-        "parse_validate_request": lambda: RiskRequest.model_validate_json(body),
+        "parse_validate_request": lambda: parse_request(body),
         "request_problems": lambda: scoring.request_problems(req, profile),
         "single_arrays": lambda: scoring.single_arrays(req, profile),
         "score_arrays": lambda: model.scorer.score_arrays(arrays),

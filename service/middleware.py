@@ -72,9 +72,7 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(
-                route=template, method=scope["method"], status=str(status)
-            ).observe(elapsed)
+            self.metrics.observe_request(template, scope["method"], status, elapsed)
             logger.info(
                 "request",
                 extra={

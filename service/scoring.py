@@ -31,7 +31,7 @@ from models.drivers import Driver, describe_drivers, group_label
 from models.explain import Explanation
 from models.scorer import ScoreBatch, Scorer
 from service.model_store import LoadedModel
-from service.schemas import Appointment, Episode, RiskRequest
+from service.schemas import Appointment, Episode
 
 #: Raw per-feature contributions returned for audit.
 TOP_FEATURES = 10
@@ -86,7 +86,7 @@ def request_problems(
     return problems
 
 
-def single_arrays(req: RiskRequest, profile: InstrumentProfile) -> SessionArrays:
+def single_arrays(req: Episode, profile: InstrumentProfile) -> SessionArrays:
     """One client's history as arrays, without pandas."""
     s = req.sessions
     return SessionArrays.single_client(

@@ -25,6 +25,7 @@ from service.schemas import (
     ErrorResponse,
     RiskRequest,
     RiskResponse,
+    parse_request,
     parse_valid_batch,
 )
 from service.security import (
@@ -112,7 +113,7 @@ async def risk(request: Request, principal: RiskReader) -> Response:
     model = current_model(request)
     settings = request.app.state.settings
     try:
-        body = RiskRequest.model_validate_json(await request.body())
+        body = parse_request(await request.body())
     except ValidationError as exc:
         problems = pydantic_problems(exc.errors(), strip_body=False)
         return JSONResponse(error_body(INVALID, request_id, problems), status_code=422)
@@ -127,9 +128,7 @@ async def risk(request: Request, principal: RiskReader) -> Response:
         return JSONResponse(error_body(INVALID, request_id, problems), status_code=422)
     arrays = scoring.single_arrays(body, model.scorer.profile)
     batch, drivers = scoring.score(model, arrays)
-    request.app.state.metrics.predictions.labels(
-        band=str(batch.risk_band[0]), model_version=model.version
-    ).inc()
+    request.app.state.metrics.count_predictions(str(batch.risk_band[0]), model.version)
     (payload,) = scoring.risk_payloads(
         model, batch, drivers,
         client_ids=[body.client_id], request_id=request_id, scored_at=datetime.now(UTC),
@@ -217,10 +216,10 @@ def _score_batch(
             client_ids=[reqs[k].client_id for k in row_client],
             request_id=request_id, scored_at=datetime.now(UTC),
         )  # fmt: skip
-        counter = request.app.state.metrics.predictions
+        metrics = request.app.state.metrics
         for band, count in zip(*np.unique(batch.risk_band.astype(str), return_counts=True),
                                strict=True):  # fmt: skip
-            counter.labels(band=str(band), model_version=model.version).inc(int(count))
+            metrics.count_predictions(str(band), model.version, int(count))
         items.extend(
             {"index": positions[k], "status": "ok", "result": payload}
             for k, payload in zip(row_client, payloads, strict=True)

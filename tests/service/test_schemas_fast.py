@@ -23,12 +23,14 @@ from pydantic import ValidationError
 
 from service.schemas import (
     _FAST_BATCH,
+    _FAST_ONE,
     _VALID_BATCH,
     RISK_REQUEST_EXAMPLE,
     EpisodeStruct,
     RiskRequest,
     SessionIn,
     SessionStruct,
+    parse_request,
     parse_valid_batch,
 )
 
@@ -193,9 +195,32 @@ def _soundness(raw: bytes) -> str:
     return "both accept"
 
 
+def _single_soundness(raw: bytes) -> str:
+    """As :func:`_soundness`, for one client's body (``POST /v1/risk``) and ``parse_request``."""
+    try:
+        fast = _FAST_ONE.decode(raw)
+    except (msgspec.MsgspecError, ValueError):
+        fast = None
+    try:
+        slow = RiskRequest.model_validate_json(raw)
+    except ValidationError as refused:
+        assert fast is None, "msgspec accepted a body pydantic refuses"
+        with pytest.raises(ValidationError) as raised:
+            parse_request(raw)
+        assert raised.value.errors() == refused.errors()  # the same problems reported
+        return "both refuse"
+    parsed = parse_request(raw)
+    assert _plain(parsed) == _plain(slow)
+    if fast is None:
+        assert isinstance(parsed, RiskRequest)
+        return "pydantic only"
+    assert isinstance(parsed, EpisodeStruct) and _plain(fast) == _plain(slow)
+    return "both accept"
+
+
 def test_every_field_with_every_edge_value() -> None:
     """One field of the example changed at a time, to every edge value (and removed)."""
-    seen = set()
+    seen, seen_single = set(), set()
     sites: list[tuple[Any, ...]] = [(k,) for k in [*_CLIENT_KEYS, "extra"]]
     sites += [("sessions", 0, k) for k in [*_SESSION_KEYS, "extra"]]
     sites += [("sessions", 0, "ratings", k) for k in ("goals", "unknown")]
@@ -211,7 +236,9 @@ def test_every_field_with_every_edge_value() -> None:
                 target[site[-1]] = value
             raw = ("{" + f'"clients":{_dumps([item], None)}' + "}").encode("utf-8", "surrogatepass")
             seen.add(_soundness(raw))
-    assert seen == {"both refuse", "pydantic only", "both accept"}
+            single = _dumps(item, None).encode("utf-8", "surrogatepass")
+            seen_single.add(_single_soundness(single))
+    assert seen == seen_single == {"both refuse", "pydantic only", "both accept"}
 
 
 _REMOVE = object()
@@ -269,3 +296,4 @@ def test_the_fast_path_never_accepts_what_pydantic_refuses(
 ) -> None:
     raw = ("{" + f'"clients":{_dumps(clients, duplicate)}' + "}").encode("utf-8", "surrogatepass")
     _soundness(raw)
+    _single_soundness(_dumps(clients[0], duplicate).encode("utf-8", "surrogatepass"))
