@@ -45,6 +45,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -56,6 +57,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.store import project_root
+from service.clock import utc_iso_ms
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +115,10 @@ class AuditKeyError(AuditError):
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
-    """UTC ISO 8601 with milliseconds and ``Z``, e.g. ``2026-09-01T12:30:05.123Z``."""
-    moment = moment or datetime.now(UTC)
+    """UTC ISO 8601 with milliseconds and ``Z``, e.g. ``2026-09-01T12:30:05.123Z``; now if
+    ``moment`` is None."""
+    if moment is None:
+        return utc_iso_ms(time.time())
     if moment.tzinfo is None:
         raise ValueError("moment must be timezone-aware")
     return (

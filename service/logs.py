@@ -13,10 +13,11 @@ import logging.handlers
 import queue
 import sys
 import threading
-import time
 from typing import Any
 
 import orjson
+
+from service.clock import utc_iso_ms
 
 #: Attributes every LogRecord has; anything else was passed through ``extra``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -27,8 +28,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": utc_iso_ms(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
