@@ -22,7 +22,7 @@ from models.scorer import Scorer
 from models.store import tracking_uri
 from service.audit import AuditSettings, ClientRefs
 from service.auth import Authenticator, AuthSettings, describe
-from service.direct import DirectCall, DirectRoutes, plan
+from service.direct import DirectCall, DirectRoutes, by_request_line, plan
 from service.errors import install_error_handlers
 from service.limits import LimitSettings, RateLimiter, install_limits
 from service.logs import configure_logging, flush_logs
@@ -171,9 +171,14 @@ def create_app(
     app.include_router(health.router)
     # Middleware added last runs first: request id -> audit -> body size, timeout, CORS ->
     # direct routes -> FastAPI.
+    inline: frozenset[tuple[str, str]] = frozenset()
     if settings.direct_dispatch and not settings.opentelemetry:
-        app.add_middleware(DirectRoutes, calls=_direct_calls())
-    install_limits(app, limit_settings)
+        calls = _direct_calls()
+        app.add_middleware(DirectRoutes, calls=calls)
+        # Direct routes are async and wait only for the body: the timeout runs them in the
+        # request's task (service.limits.TimeoutMiddleware).
+        inline = frozenset(by_request_line(calls))
+    install_limits(app, limit_settings, inline=inline)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

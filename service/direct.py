@@ -88,6 +88,11 @@ def plan(route: APIRoute) -> DirectCall:
     return DirectCall(route, d.request_param_name, tuple(deps))
 
 
+def by_request_line(calls: Iterable[DirectCall]) -> dict[tuple[str, str], DirectCall]:
+    """``calls`` by the ``(method, path)`` of the requests they serve."""
+    return {(m, call.route.path): call for call in calls for m in call.route.methods or ()}
+
+
 def _exception_handlers(app: Any) -> dict[Any, Handler]:
     # Starlette gives handlers for 500 and Exception to its outermost error middleware, not to
     # the one around the routes; unexpected errors propagate here as they would there.
@@ -109,9 +114,7 @@ class DirectRoutes:
 
     def __init__(self, app: ASGIApp, calls: Iterable[DirectCall]) -> None:
         self.app = app
-        self.calls = {
-            (method, call.route.path): call for call in calls for method in call.route.methods or ()
-        }
+        self.calls = by_request_line(calls)
         self._handlers: dict[Any, Handler] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

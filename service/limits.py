@@ -273,13 +273,23 @@ class TimeoutMiddleware:
     :attr:`abandoned` counts the requests answered 504 whose app is still running.
     The deadline covers the time to the start of the response; a response that has started
     streaming is let finish (the API's responses are single JSON bodies).
+
+    **Inline routes** (``inline``: ``(method, path)`` pairs; the app passes ``POST /v1/risk``)
+    run in the request's own task instead: at the deadline, if no response has started, that
+    task is cancelled where it waits (the request body) and answered 504; the route does not
+    run on. This is for ``async def`` routes that wait for nothing but the request body (a
+    thread would be waited for, as with anyio). It saves the task and the two extra turns of
+    the event loop per request: ~14 us of a ~0.3 ms single-client request, in process.
     """
 
-    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, timeout_s: float, inline: frozenset[tuple[str, str]] = frozenset()
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.app = app
         self.timeout_s = timeout_s
+        self.inline = inline
         # asyncio keeps only weak references to tasks: a task answered 504 is held here until
         # it ends, or it could be garbage-collected mid-flight.
         self._abandoned: set[asyncio.Future[None]] = set()
@@ -287,6 +297,9 @@ class TimeoutMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if (scope["method"], scope["path"]) in self.inline:
+            await self._inline(scope, receive, send)
             return
         started = False
         timed_out = False
@@ -333,6 +346,44 @@ class TimeoutMiddleware:
         scope.setdefault("state", {})[TIMED_OUT_STATE] = True
         self._abandoned.add(task)
         task.add_done_callback(self._forget)
+        await self._answer_504(scope, receive, send)
+
+    async def _inline(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An inline route (see the class docstring): cancelled at the deadline, then 504."""
+        started = False
+        expired = False
+        task = asyncio.current_task()
+        assert task is not None  # ASGI servers run each request in a task
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        def expire() -> None:
+            nonlocal expired
+            if not started:
+                expired = True
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # cancelled from outside (server shutdown): not ours to answer
+            task.uncancel()
+        else:
+            if expired:  # the route swallowed the cancellation and answered anyway
+                task.uncancel()
+            return
+        finally:
+            timer.cancel()
+        scope.setdefault("state", {})[TIMED_OUT_STATE] = True
+        await self._answer_504(scope, receive, send)
+
+    async def _answer_504(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = scope.get("route")
         logger.warning(
             "request timed out",
@@ -520,8 +571,13 @@ def rate_limited(seconds: float) -> HTTPException:
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def install_limits(app: FastAPI, settings: LimitSettings) -> None:
+def install_limits(
+    app: FastAPI, settings: LimitSettings, *, inline: frozenset[tuple[str, str]] = frozenset()
+) -> None:
     """Add body-size, timeout and (if origins are configured) CORS middleware to ``app``.
+
+    ``inline``: the ``(method, path)`` of routes the timeout runs in the request's task (see
+    :class:`TimeoutMiddleware`).
 
     Call before adding ``RequestContextMiddleware`` (see the module docstring for the order).
     CORS is an allowlist of exact origins: an origin not listed gets no
@@ -529,7 +585,7 @@ def install_limits(app: FastAPI, settings: LimitSettings) -> None:
     """
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.request_timeout_s > 0:
-        app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+        app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s, inline=inline)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -51,7 +51,12 @@ class FakeClock:
         return self.now
 
 
-def _app(limits: LimitSettings, calls: list[str] | None = None, **routes: Any) -> FastAPI:
+def _app(
+    limits: LimitSettings,
+    calls: list[str] | None = None,
+    inline: set[tuple[str, str]] | None = None,
+    **routes: Any,
+) -> FastAPI:
     """The service's wiring: handlers, limits, then the request-id middleware outermost."""
     app = FastAPI()
     install_error_handlers(app)
@@ -69,7 +74,7 @@ def _app(limits: LimitSettings, calls: list[str] | None = None, **routes: Any) -
 
     for path, endpoint in routes.items():
         app.add_api_route(f"/{path}", endpoint, methods=["GET", "POST"])
-    install_limits(app, limits)
+    install_limits(app, limits, inline=frozenset(inline or ()))
     app.add_middleware(RequestContextMiddleware, metrics=ServiceMetrics())
     return app
 
@@ -383,6 +388,94 @@ def test_slow_async_route_gets_504_and_its_late_response_is_dropped():
         assert finished.wait(5)
         _wait_until(lambda: _middleware(app, TimeoutMiddleware).abandoned == 0)
         assert client.get("/ping").status_code == 200
+
+
+def test_inline_route_is_cancelled_at_the_deadline_and_answered_504():
+    ran_on = threading.Event()
+
+    async def sleepy(request: Request) -> dict:
+        await asyncio.sleep(1.0)  # stands for a request body that is slow to arrive
+        ran_on.set()
+        return {"late": SECRET}
+
+    app = _app(LimitSettings(request_timeout_s=0.2), inline={("GET", "/sleepy")}, sleepy=sleepy)
+    with TestClient(app) as client:
+        t0 = time.perf_counter()
+        response = client.get("/sleepy")
+        assert 0.2 <= time.perf_counter() - t0 < 0.9
+        _clean_error(
+            response,
+            504,
+            "the request did not complete within 0.2 s; quote the request_id to the operator",
+        )
+        time.sleep(1.0)
+        assert not ran_on.is_set()  # cancelled where it waited: it did not run on
+        assert _middleware(app, TimeoutMiddleware).abandoned == 0
+        assert client.get("/ping").status_code == 200
+
+
+async def _drive(app: Any, receive: Any) -> tuple[list[dict], dict]:
+    """One POST /x through ``app``; the messages it sent and the scope's state."""
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "state": {}}
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent, scope["state"]
+
+
+def test_inline_route_waiting_for_its_body_gets_504_and_the_state_says_so():
+    async def reads_body(scope, receive, send):
+        await receive()  # never comes
+        raise AssertionError("unreachable")
+
+    async def never() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    timeout = TimeoutMiddleware(reads_body, timeout_s=0.05, inline=frozenset({("POST", "/x")}))
+    sent, state = asyncio.run(_drive(timeout, never))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 504
+    assert state["timed_out"] is True
+
+
+def test_inline_route_that_has_started_its_response_is_let_finish():
+    async def slow_body(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.15)  # past the deadline, but the response has started
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def no_body() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    timeout = TimeoutMiddleware(slow_body, timeout_s=0.05, inline=frozenset({("POST", "/x")}))
+    sent, state = asyncio.run(_drive(timeout, no_body))
+    assert [m.get("status", m.get("body")) for m in sent] == [200, b"done"]
+    assert "timed_out" not in state
+
+
+def test_inline_route_cancelled_from_outside_is_not_answered():
+    async def waits(scope, receive, send):
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        timeout = TimeoutMiddleware(waits, timeout_s=5, inline=frozenset({("POST", "/x")}))
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "state": {}}
+        task = asyncio.ensure_future(timeout(scope, None, send))
+        await asyncio.sleep(0.05)
+        task.cancel()  # e.g. the server shutting down
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sent == []
+
+    asyncio.run(main())
 
 
 def _wait_until(condition, timeout_s: float = 5.0) -> None:
