@@ -117,13 +117,12 @@ def note_invalid(request: Request) -> None:
 
 
 def _notes(request: Request) -> list[tuple[str | None, int | None]]:
-    # request.state writes through to scope["state"], where the audit middleware reads it.
-    notes: list[tuple[str | None, int | None]] | None = getattr(
-        request.state, "audit_clients", None
-    )
+    # The dict behind request.state, where the audit middleware reads it (a missing attribute
+    # of request.state costs a raised and caught AttributeError).
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    notes: list[tuple[str | None, int | None]] | None = state.get("audit_clients")
     if notes is None:
-        notes = []
-        request.state.audit_clients = notes
+        notes = state["audit_clients"] = []
     return notes
 
 
