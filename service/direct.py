@@ -1,10 +1,11 @@
 """Direct dispatch of the single-client scoring route, past FastAPI's router and dependency
 solver.
 
-On ``POST /v1/risk`` FastAPI 0.165 spent ~50 us per request before the endpoint ran: it matches
+On ``POST /v1/risk`` FastAPI 0.165 spent ~60 us per request before the endpoint ran: it matches
 each ``include_router`` group several times (``_IncludedRouter._match``), then solves the
-dependencies and wraps the call in two exit stacks. In process, with the request's own work
-at ~0.3 ms, that was about 15% of the call; see ``benchmarks/bench_service.py``.
+dependencies and wraps the call in two exit stacks. In process, the whole ASGI call went from
+0.405 to 0.34 ms median without them (about 15%); ``benchmarks/bench_service.py`` measures the
+service end to end.
 
 :class:`DirectRoutes` is the innermost middleware, so body-size limits, the timeout, CORS,
 the audit trail and request ids apply unchanged. For a request whose method and path name a
