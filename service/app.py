@@ -16,13 +16,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.routing import APIRoute
 
 from models.scorer import Scorer
 from models.store import tracking_uri
 from service.audit import AuditSettings, ClientRefs
 from service.auth import Authenticator, AuthSettings, describe
-from service.direct import DirectCall, DirectRoutes, by_request_line, plan
 from service.errors import install_error_handlers
 from service.limits import LimitSettings, RateLimiter, install_limits
 from service.logs import configure_logging, flush_logs
@@ -169,26 +167,12 @@ def create_app(
     app.include_router(risk.router)
     app.include_router(model.router)
     app.include_router(health.router)
-    # Middleware added last runs first: request id -> audit -> body size, timeout, CORS ->
-    # direct routes -> FastAPI.
-    inline: frozenset[tuple[str, str]] = frozenset()
-    if settings.direct_dispatch and not settings.opentelemetry:
-        calls = _direct_calls()
-        app.add_middleware(DirectRoutes, calls=calls)
-        # Direct routes are async and wait only for the body: the timeout runs them in the
-        # request's task (service.limits.TimeoutMiddleware).
-        inline = frozenset(by_request_line(calls))
-    install_limits(app, limit_settings, inline=inline)
+    # Middleware added last runs first: request id -> audit -> CORS -> timeout -> body size ->
+    # FastAPI.
+    install_limits(app, limit_settings)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
-
-
-def _direct_calls() -> list[DirectCall]:
-    """``POST /v1/risk``, served by :class:`service.direct.DirectRoutes`."""
-    routes = [r for r in risk.router.routes if isinstance(r, APIRoute) and r.endpoint is risk.risk]
-    assert len(routes) == 1, "POST /v1/risk is not registered once"
-    return [plan(r) for r in routes]
 
 
 def _document_request_schemas(app: FastAPI) -> None:

@@ -49,13 +49,6 @@ class ServiceSettings(BaseSettings):
         "Prometheus metrics at /metrics, and FastAPI checks the providers on every request "
         "even when none is configured (~20 us per request under cProfile).",
     )
-    direct_dispatch: bool = Field(
-        True,
-        description="Serve POST /v1/risk past FastAPI's router and dependency solver (the same "
-        "endpoint, dependencies and error handlers; ~60 us less per request). Off: every route "
-        "goes through FastAPI. Always off with opentelemetry, whose spans name the route FastAPI "
-        "selects.",
-    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("model_uri")
