@@ -248,10 +248,10 @@ def timeout_detail(timeout_s: float) -> str:
 class TimeoutMiddleware:
     """Pure ASGI middleware: 504 with an ``error_body`` when no response has started in time.
 
-    The app runs in its own asyncio task; the middleware waits for it at most ``timeout_s``
-    seconds and, at the deadline, sends the 504 without waiting for the task any further. Not
-    waiting is what makes the 504 punctual: Starlette runs ``def`` routes with
-    ``anyio.to_thread.run_sync`` without ``abandon_on_cancel``, so an anyio cancel scope
+    The app runs in its own asyncio task; the middleware waits for it with ``asyncio.wait`` for
+    at most ``timeout_s`` seconds and, at the deadline, sends the 504 without waiting for the
+    task any further. Not waiting is what makes the 504 punctual: Starlette runs ``def`` routes
+    with ``anyio.to_thread.run_sync`` without ``abandon_on_cancel``, so an anyio cancel scope
     (``anyio.fail_after``) around the app waits for the thread to end (measured: a 0.1 s
     ``move_on_after`` around a 1 s thread returned after 1.13 s).
 
@@ -262,34 +262,27 @@ class TimeoutMiddleware:
 
     - A ``def`` route cannot be stopped anyway (Python threads cannot be killed). Its thread
       runs to the end and keeps its slot of the thread pool (anyio's limiter, 40 by default)
-      until then. Cancelling the task would be worse: asyncio's ``task.cancel()`` ends the task
-      at once and hands the slot back while the thread still runs (measured), so under
-      sustained overload threads would pile up without bound. Left alone, at most 40 run; later
-      requests wait for a slot and are answered 504 in turn, which sheds the load.
-    - An ``async def`` route runs on to completion as well; a CPU-bound one blocks the event
-      loop, and nothing on it (this timer included) runs until it yields: keep such work in
-      ``def`` routes.
+      until then. Cancelling the task would be worse: asyncio's ``task.cancel()`` (which is
+      what ``asyncio.wait_for`` and ``asyncio.timeout`` do at the deadline) ends the task at
+      once and hands the slot back while the thread still runs (measured), so under sustained
+      overload threads would pile up without bound. Left alone, at most 40 run; later requests
+      wait for a slot and are answered 504 in turn, which sheds the load.
+    - An ``async def`` route runs on as well. One still waiting for the request body gets
+      ``http.disconnect`` from the server once the 504 has been sent (uvicorn does this) and
+      ends there. A CPU-bound one blocks the event loop, and nothing on it (this timer
+      included) runs until it yields: keep such work in ``def`` routes.
 
-    :attr:`abandoned` counts the requests answered 504 whose app is still running.
-    The deadline covers the time to the start of the response; a response that has started
-    streaming is let finish (the API's responses are single JSON bodies).
-
-    **Inline routes** (``inline``: ``(method, path)`` pairs; the app passes ``POST /v1/risk``)
-    run in the request's own task instead: at the deadline, if no response has started, that
-    task is cancelled where it waits (the request body) and answered 504; the route does not
-    run on. This is for ``async def`` routes that wait for nothing but the request body (a
-    thread would be waited for, as with anyio). It saves the task and the two extra turns of
-    the event loop per request: ~14 us of a ~0.3 ms single-client request, in process.
+    :attr:`abandoned` counts the requests answered 504 whose app is still running; each is
+    kept referenced until it ends. The deadline covers the time to the start of the response;
+    a response that has started streaming is let finish (the API's responses are single JSON
+    bodies).
     """
 
-    def __init__(
-        self, app: ASGIApp, timeout_s: float, inline: frozenset[tuple[str, str]] = frozenset()
-    ) -> None:
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.app = app
         self.timeout_s = timeout_s
-        self.inline = inline
         # asyncio keeps only weak references to tasks: a task answered 504 is held here until
         # it ends, or it could be garbage-collected mid-flight.
         self._abandoned: set[asyncio.Future[None]] = set()
@@ -297,9 +290,6 @@ class TimeoutMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        if (scope["method"], scope["path"]) in self.inline:
-            await self._inline(scope, receive, send)
             return
         started = False
         timed_out = False
@@ -317,27 +307,12 @@ class TimeoutMiddleware:
                 return {"type": "http.disconnect"}
             return await receive()
 
-        # A future woken by whichever comes first, the app's end or the deadline: half the
-        # cost of asyncio.wait (measured ~14 us against ~33 us per request on uvloop).
-        loop = asyncio.get_running_loop()
-        task: asyncio.Future[None] = asyncio.ensure_future(
-            self.app(scope, guarded_receive, guarded_send)
-        )
-        woken = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        task.add_done_callback(wake)
-        timer = loop.call_later(self.timeout_s, wake)
+        task = asyncio.ensure_future(self.app(scope, guarded_receive, guarded_send))
         try:
-            await woken
+            await asyncio.wait({task}, timeout=self.timeout_s)
         except asyncio.CancelledError:
-            task.cancel()
+            task.cancel()  # cancelled from outside (server shutdown): the app goes with it
             raise
-        finally:
-            timer.cancel()
         if task.done() or started:
             await task
             return
@@ -346,41 +321,6 @@ class TimeoutMiddleware:
         scope.setdefault("state", {})[TIMED_OUT_STATE] = True
         self._abandoned.add(task)
         task.add_done_callback(self._forget)
-        await self._answer_504(scope, receive, send)
-
-    async def _inline(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """An inline route (see the class docstring): cancelled at the deadline, then 504."""
-        started = False
-        expired = False
-        task = asyncio.current_task()
-        assert task is not None  # ASGI servers run each request in a task
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        def expire() -> None:
-            nonlocal expired
-            if not started:
-                expired = True
-                task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire)
-        try:
-            await self.app(scope, receive, tracking_send)
-        except asyncio.CancelledError:
-            if not expired:
-                raise  # cancelled from outside (server shutdown): not ours to answer
-            task.uncancel()
-        else:
-            if expired:  # the route swallowed the cancellation and answered anyway
-                task.uncancel()
-            return
-        finally:
-            timer.cancel()
-        scope.setdefault("state", {})[TIMED_OUT_STATE] = True
         await self._answer_504(scope, receive, send)
 
     async def _answer_504(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -571,13 +511,8 @@ def rate_limited(seconds: float) -> HTTPException:
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def install_limits(
-    app: FastAPI, settings: LimitSettings, *, inline: frozenset[tuple[str, str]] = frozenset()
-) -> None:
+def install_limits(app: FastAPI, settings: LimitSettings) -> None:
     """Add body-size, timeout and (if origins are configured) CORS middleware to ``app``.
-
-    ``inline``: the ``(method, path)`` of routes the timeout runs in the request's task (see
-    :class:`TimeoutMiddleware`).
 
     Call before adding ``RequestContextMiddleware`` (see the module docstring for the order).
     CORS is an allowlist of exact origins: an origin not listed gets no
@@ -585,7 +520,7 @@ def install_limits(
     """
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.request_timeout_s > 0:
-        app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s, inline=inline)
+        app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

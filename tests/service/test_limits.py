@@ -51,12 +51,7 @@ class FakeClock:
         return self.now
 
 
-def _app(
-    limits: LimitSettings,
-    calls: list[str] | None = None,
-    inline: set[tuple[str, str]] | None = None,
-    **routes: Any,
-) -> FastAPI:
+def _app(limits: LimitSettings, calls: list[str] | None = None, **routes: Any) -> FastAPI:
     """The service's wiring: handlers, limits, then the request-id middleware outermost."""
     app = FastAPI()
     install_error_handlers(app)
@@ -74,7 +69,7 @@ def _app(
 
     for path, endpoint in routes.items():
         app.add_api_route(f"/{path}", endpoint, methods=["GET", "POST"])
-    install_limits(app, limits, inline=frozenset(inline or ()))
+    install_limits(app, limits)
     app.add_middleware(RequestContextMiddleware, metrics=ServiceMetrics())
     return app
 
@@ -390,30 +385,6 @@ def test_slow_async_route_gets_504_and_its_late_response_is_dropped():
         assert client.get("/ping").status_code == 200
 
 
-def test_inline_route_is_cancelled_at_the_deadline_and_answered_504():
-    ran_on = threading.Event()
-
-    async def sleepy(request: Request) -> dict:
-        await asyncio.sleep(1.0)  # stands for a request body that is slow to arrive
-        ran_on.set()
-        return {"late": SECRET}
-
-    app = _app(LimitSettings(request_timeout_s=0.2), inline={("GET", "/sleepy")}, sleepy=sleepy)
-    with TestClient(app) as client:
-        t0 = time.perf_counter()
-        response = client.get("/sleepy")
-        assert 0.2 <= time.perf_counter() - t0 < 0.9
-        _clean_error(
-            response,
-            504,
-            "the request did not complete within 0.2 s; quote the request_id to the operator",
-        )
-        time.sleep(1.0)
-        assert not ran_on.is_set()  # cancelled where it waited: it did not run on
-        assert _middleware(app, TimeoutMiddleware).abandoned == 0
-        assert client.get("/ping").status_code == 200
-
-
 async def _drive(app: Any, receive: Any) -> tuple[list[dict], dict]:
     """One POST /x through ``app``; the messages it sent and the scope's state."""
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "state": {}}
@@ -426,22 +397,37 @@ async def _drive(app: Any, receive: Any) -> tuple[list[dict], dict]:
     return sent, scope["state"]
 
 
-def test_inline_route_waiting_for_its_body_gets_504_and_the_state_says_so():
+def test_route_waiting_for_its_body_gets_504_then_the_server_s_disconnect():
+    ended: list[dict] = []
+
     async def reads_body(scope, receive, send):
-        await receive()  # never comes
-        raise AssertionError("unreachable")
+        ended.append(await receive())
 
-    async def never() -> dict:
-        await asyncio.Event().wait()
-        return {}
+    async def main() -> None:
+        complete = asyncio.Event()
 
-    timeout = TimeoutMiddleware(reads_body, timeout_s=0.05, inline=frozenset({("POST", "/x")}))
-    sent, state = asyncio.run(_drive(timeout, never))
-    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 504
-    assert state["timed_out"] is True
+        # As uvicorn does: a pending receive is answered http.disconnect once the response
+        # is complete.
+        async def server_receive() -> dict:
+            await complete.wait()
+            return {"type": "http.disconnect"}
+
+        timeout = TimeoutMiddleware(reads_body, timeout_s=0.05)
+        sent, state = await _drive(timeout, server_receive)
+        assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+        assert sent[0]["status"] == 504 and state["timed_out"] is True
+        assert timeout.abandoned == 1 and ended == []  # still waiting, still referenced
+        complete.set()
+        for _ in range(100):
+            if timeout.abandoned == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert timeout.abandoned == 0 and ended == [{"type": "http.disconnect"}]
+
+    asyncio.run(main())
 
 
-def test_inline_route_that_has_started_its_response_is_let_finish():
+def test_a_response_that_has_started_is_let_finish():
     async def slow_body(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await asyncio.sleep(0.15)  # past the deadline, but the response has started
@@ -450,18 +436,24 @@ def test_inline_route_that_has_started_its_response_is_let_finish():
     async def no_body() -> dict:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    timeout = TimeoutMiddleware(slow_body, timeout_s=0.05, inline=frozenset({("POST", "/x")}))
+    timeout = TimeoutMiddleware(slow_body, timeout_s=0.05)
     sent, state = asyncio.run(_drive(timeout, no_body))
     assert [m.get("status", m.get("body")) for m in sent] == [200, b"done"]
     assert "timed_out" not in state
 
 
-def test_inline_route_cancelled_from_outside_is_not_answered():
+def test_a_request_cancelled_from_outside_is_not_answered_and_its_app_is_cancelled():
+    cancelled = asyncio.Event()
+
     async def waits(scope, receive, send):
-        await asyncio.sleep(10)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
     async def main() -> None:
-        timeout = TimeoutMiddleware(waits, timeout_s=5, inline=frozenset({("POST", "/x")}))
+        timeout = TimeoutMiddleware(waits, timeout_s=5)
         sent: list[dict] = []
 
         async def send(message: dict) -> None:
@@ -473,7 +465,8 @@ def test_inline_route_cancelled_from_outside_is_not_answered():
         task.cancel()  # e.g. the server shutting down
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert sent == []
+        await asyncio.wait_for(cancelled.wait(), 1)
+        assert sent == [] and timeout.abandoned == 0
 
     asyncio.run(main())
 
