@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -126,7 +125,6 @@ def create_app(
                            extra={"fields": {"issuers": sorted(k for k, ok in warmed.items()
                                                                if not ok)}})  # fmt: skip
         result = await run_in_threadpool(store.refresh)
-        _freeze_startup_heap()
         logger.info(
             "service started",
             extra={"fields": {"model_uri": settings.model_uri, "load": result}},
@@ -194,27 +192,6 @@ def _document_request_schemas(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _freeze_startup_heap() -> None:
-    """Move everything alive after start-up (libraries, the model) out of the garbage
-    collector's reach.
-
-    A 1,000-client batch allocates some 10^5 container objects, which triggers full
-    collections; each one walked the whole heap of mlflow, pandas, xgboost and the model,
-    and doubled the batch's median time (one batch through the ASGI app in process:
-    582 -> 288 ms median). Frozen objects are still freed by reference counting; only
-    cycles among them are never collected, which costs nothing for objects that live as
-    long as the process.
-    """
-    gc.collect()
-    gc.freeze()
-    # Young collections every 10,000 container allocations instead of 700: a batch builds its
-    # answer from ~10^5 dicts and lists that all stay alive until it is sent, and re-walking
-    # them every 700 allocations cost ~40 ms of a 1,000-client batch (bench_service's
-    # in-process batch steps: building the payloads 59 -> ~20 ms). Reference counting still
-    # frees everything acyclic at once; only cyclic garbage waits a little longer.
-    gc.set_threshold(10_000, 10, 10)
 
 
 async def _poll(store: ModelStore, interval: float) -> None:
