@@ -35,6 +35,13 @@ DROPOUT: Final = "dropout"
 ONGOING: Final = "ongoing"
 OUTCOME_CODES: Final = (COMPLETED, DROPOUT, ONGOING)
 
+#: Largest accepted ``session_number``; far beyond any episode (weekly for 190 years), it
+#: only keeps absurd values out of int64 arithmetic.
+SESSION_NUMBER_MAX: Final = 10_000
+#: Accepted ``age`` range in whole years, inclusive.
+AGE_MIN: Final = 0
+AGE_MAX: Final = 120
+
 #: Required session columns besides the profile's ``alliance_<element>`` rating columns.
 SESSION_COLUMNS: Final = (
     CLIENT_ID,
