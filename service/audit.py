@@ -45,7 +45,6 @@ import re
 import secrets
 import stat
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -57,7 +56,6 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.store import project_root
-from service.clock import utc_iso_ms
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +116,11 @@ def utc_timestamp(moment: datetime | None = None) -> str:
     """UTC ISO 8601 with milliseconds and ``Z``, e.g. ``2026-09-01T12:30:05.123Z``; now if
     ``moment`` is None."""
     if moment is None:
-        return utc_iso_ms(time.time())
-    if moment.tzinfo is None:
+        moment = datetime.now(UTC)
+    elif moment.tzinfo is None:
         raise ValueError("moment must be timezone-aware")
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    # isoformat truncates to milliseconds (never rounds up to .1000).
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, kw_only=True)

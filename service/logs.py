@@ -13,14 +13,18 @@ import logging.handlers
 import queue
 import sys
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from service.clock import utc_iso_ms
-
 #: Attributes every LogRecord has; anything else was passed through ``extra``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def _utc_ms(t: float) -> str:
+    """``t`` (seconds since the epoch) as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, as the audit writes it."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +32,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": utc_iso_ms(record.created),
+            "ts": _utc_ms(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
