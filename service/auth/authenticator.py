@@ -1,0 +1,280 @@
+"""``Authenticator``: turns request headers into a ``Principal`` per ``AuthSettings``.
+
+In modes ``jwt`` and ``dev`` it parses the bearer token, picks the issuer's key from its
+``JwksSource``, verifies the signature and the required claims with PyJWT (the algorithms come
+from the key's type, never from the token's header), then reads the clinic, subject, scopes and
+``jti`` into a ``Principal``. In mode ``api_key`` it matches ``X-API-Key`` against the hashed
+key file. Every refusal is an ``AuthError`` with a fixed detail and one log line naming the
+class of failure: never the token, a claim value or a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jwt
+
+from service.auth.api_keys import ApiKeyRecord, load_api_keys, verify_api_key
+from service.auth.caches import JtiReplayCache, VerifiedTokenCache
+from service.auth.dev import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, ensure_dev_keys
+from service.auth.jwks import JwksSource, JwksUnavailable
+from service.auth.principal import (
+    API_KEY_HEADER,
+    AuthError,
+    Principal,
+    challenge,
+    normalise_scopes,
+)
+from service.auth.settings import ALGORITHMS, AuthMode, AuthSettings, IssuerConfig
+
+# The package's one logger name, as before the split: log filters and alerts key on it.
+logger = logging.getLogger("service.auth")
+
+#: A bearer token longer than this is refused before any parsing (cheap DoS guard).
+MAX_TOKEN_CHARS = 8192
+#: Claims every JWT must carry (the clinic claim is checked separately, by its configured name).
+REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat")
+
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of a JWT before verification, only to pick the issuer and key.
+
+    Lenient on purpose, and cheaper than PyJWT's strict segment check; the strict parse and
+    every check happen in ``jwt.decode`` right after.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not three segments")
+    header, payload = (
+        json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) for part in parts[:2]
+    )
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise ValueError("segments are not JSON objects")
+    return header, payload
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup (Starlette's ``Headers`` already is; a dict is not)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, item in headers.items():
+        if key.lower() == lowered:
+            return item
+    return None
+
+
+def _scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from ``scope`` (RFC 8693/9068: space-separated) or ``scp`` (a list, as some
+    identity providers send)."""
+    raw = claims.get("scope", claims.get("scp"))
+    if isinstance(raw, str):
+        return normalise_scopes(raw.split())
+    if isinstance(raw, list):
+        return normalise_scopes(s for s in raw if isinstance(s, str))
+    return frozenset()
+
+
+#: PyJWT exception -> (reason code for logs, fixed detail for the caller). First match wins.
+_JWT_FAILURES: tuple[tuple[type[jwt.PyJWTError], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "expired", "token has expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid", "token is not yet valid"),
+    (jwt.InvalidAudienceError, "audience", "token audience is not accepted"),
+    (jwt.InvalidIssuerError, "issuer", "token issuer is not accepted"),
+    (jwt.InvalidIssuedAtError, "iat", "token issued-at time is invalid"),
+    (jwt.InvalidSignatureError, "signature", "token signature is invalid"),
+    (jwt.InvalidAlgorithmError, "algorithm", "token algorithm is not accepted"),
+)
+
+
+class Authenticator:
+    """Turns request headers into a ``Principal`` per ``AuthSettings``.
+
+    Built once per app. The constructor reads the API key file (mode api_key) or creates/loads
+    the dev key pair (mode dev); JWKS are loaded lazily or by ``warm()``.
+
+    ``authenticate`` and ``warm`` are blocking calls: when an issuer's cached keys have expired
+    or a token names an unknown ``kid``, they fetch the JWKS, and each connect and read of
+    that fetch may block for up to ``jwks_timeout_s``; concurrent callers for the same issuer
+    wait for that one fetch. Call them from a thread, never on the event
+    loop: FastAPI runs plain ``def`` dependencies in its thread pool, and ``warm()`` at start-up
+    belongs in a worker thread too. They are thread-safe: the caches and each key source have
+    their own lock, and nothing else changes after construction.
+    """
+
+    def __init__(self, settings: AuthSettings, *, replay_cache: JtiReplayCache | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.settings = settings
+        self.mode: AuthMode = settings.mode
+        self.replay_cache = replay_cache or JtiReplayCache(settings.replay_cache_size)
+        self.verified = VerifiedTokenCache(
+            settings.verified_cache_size, settings.jwks_cache_s, settings.leeway_s,
+            clock=wall_clock,
+        )  # fmt: skip
+        self._api_keys: tuple[ApiKeyRecord, ...] = ()
+        issuers: list[IssuerConfig] = []
+        if settings.mode == "api_key":
+            assert settings.api_keys_file is not None  # AuthSettings guarantees it
+            self._api_keys = load_api_keys(settings.api_keys_file)
+        elif settings.mode == "dev":
+            ensure_dev_keys(settings.dev_key_dir)
+            issuers = [
+                IssuerConfig(
+                    issuer=DEV_ISSUER,
+                    audience=DEV_AUDIENCE,
+                    jwks_file=settings.dev_key_dir / DEV_JWKS_FILE,
+                )
+            ]
+        else:
+            issuers = list(settings.issuers)
+        self._sources = {
+            cfg.issuer: JwksSource(
+                cfg,
+                cache_s=settings.jwks_cache_s,
+                timeout_s=settings.jwks_timeout_s,
+                cooldown_s=settings.jwks_refetch_cooldown_s,
+                clock=clock,
+            )
+            for cfg in issuers
+        }
+
+    def warm(self) -> dict[str, bool]:
+        """Load every issuer's JWKS now; issuer -> whether keys are available."""
+        return {issuer: source.warm() for issuer, source in self._sources.items()}
+
+    def _refuse(self, reason: str, detail: str, error: str | None = "invalid_token") -> AuthError:
+        """A 401 with a fixed ``detail``; ``error=None`` when no credentials came at all (RFC
+        6750 section 3.1: then the challenge carries no error code)."""
+        logger.info(
+            "authentication refused", extra={"fields": {"reason": reason, "method": self.mode}}
+        )
+        description = detail if error else None
+        return AuthError(401, detail, challenge(self.mode, error, description))
+
+    def authenticate(self, headers: Mapping[str, str], *, single_use: bool = False) -> Principal:
+        """The caller's ``Principal``, or ``AuthError`` (401; 503 if keys are unreachable).
+
+        Parameters
+        ----------
+        headers
+            Request headers (case-insensitive names): ``Authorization: Bearer <jwt>`` in modes
+            jwt and dev, ``X-API-Key`` in mode api_key.
+        single_use
+            Require a ``jti`` and refuse a token presented before (CDS Hooks); JWT modes only.
+        """
+        if self.mode == "api_key":
+            return self._authenticate_key(_header(headers, API_KEY_HEADER))
+        value = _header(headers, "Authorization")
+        if not value:
+            raise self._refuse("missing", "missing bearer token", error=None)
+        scheme, _, token = value.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise self._refuse("malformed", "authorization header is not a bearer token",
+                               error="invalid_request")  # fmt: skip
+        return self._verify_jwt(token, single_use=single_use)
+
+    def _authenticate_key(self, presented: str | None) -> Principal:
+        if not presented:
+            raise self._refuse("missing", "missing API key", error=None)
+        record = verify_api_key(presented.strip(), self._api_keys)
+        if record is None:
+            raise self._refuse("unknown_key", "API key is not valid")
+        return Principal(
+            subject=f"apikey:{record.key_id}",
+            clinic=record.clinic,
+            scopes=record.scopes,
+            token_id=record.key_id,
+            method="api_key",
+        )
+
+    def _verify_jwt(self, token: str, *, single_use: bool) -> Principal:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise self._refuse("too_long", "token is too long")
+        digest = hashlib.sha256(token.encode()).digest()
+        claims, expired = self.verified.get(digest)
+        if expired:
+            raise self._refuse("expired", "token has expired")
+        if claims is None:
+            claims = self._verify_signature_and_claims(token)
+            self.verified.put(digest, claims)
+        return self._principal(digest, claims, single_use=single_use)
+
+    def _verify_signature_and_claims(self, token: str) -> dict[str, Any]:
+        try:
+            header, payload = _peek(token)
+        # binascii.Error and JSONDecodeError are ValueErrors; deep nesting is a RecursionError.
+        except (ValueError, TypeError, RecursionError):
+            raise self._refuse("malformed", "token is not a well-formed JWT") from None
+        alg, kid, iss = header.get("alg"), header.get("kid"), payload.get("iss")
+        if alg not in ALGORITHMS:
+            raise self._refuse("algorithm", "token algorithm is not accepted")
+        if not isinstance(kid, str) or not kid:
+            raise self._refuse("no_kid", "token has no key id")
+        source = self._sources.get(iss) if isinstance(iss, str) else None
+        if source is None:
+            raise self._refuse("issuer", "token issuer is not accepted")
+        try:
+            key = source.get(kid)
+        except JwksUnavailable:
+            raise AuthError(503, "the token issuer's signing keys are unavailable") from None
+        if key is None:
+            raise self._refuse("unknown_kid", "token signing key is not known")
+        if alg not in key.algorithms:
+            raise self._refuse("algorithm", "token algorithm does not match its key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                # From the key's own type, never from the token's header (RFC 8725 2.1).
+                algorithms=list(key.algorithms),
+                audience=source.config.audience,
+                issuer=source.config.issuer,
+                leeway=self.settings.leeway_s,
+                options={"require": list(REQUIRED_CLAIMS), "strict_aud": False},
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            raise self._refuse(
+                "missing_claim", f"token lacks the required '{exc.claim}' claim"
+            ) from None
+        except jwt.PyJWTError as exc:
+            for kind, reason, detail in _JWT_FAILURES:
+                if isinstance(exc, kind):
+                    raise self._refuse(reason, detail) from None
+            raise self._refuse("invalid", "token is invalid") from None
+        # RFC 7519 2: NumericDate is a JSON number; PyJWT would also take "1700000000".
+        if any(type(claims[name]) not in (int, float) for name in ("exp", "nbf", "iat")):
+            raise self._refuse("invalid", "token time claims must be numbers")
+        return claims
+
+    def _principal(self, digest: bytes, claims: dict[str, Any], *, single_use: bool) -> Principal:
+        claim = self.settings.clinic_claim
+        clinic, sub, jti = claims.get(claim), claims.get("sub"), claims.get("jti")
+        if not isinstance(clinic, str) or not clinic.strip():
+            raise self._refuse("missing_claim", f"token lacks the required '{claim}' claim")
+        if not isinstance(sub, str) or not sub.strip():
+            raise self._refuse("missing_claim", "token lacks the required 'sub' claim")
+        if jti is not None and (not isinstance(jti, str) or not jti):
+            raise self._refuse("invalid", "token 'jti' claim is invalid")
+        if single_use:
+            if jti is None:
+                raise self._refuse("missing_claim", "token lacks the required 'jti' claim")
+            key = f"{claims['iss']}\x00{jti}"
+            if self.replay_cache.seen(key, float(claims["exp"]) + self.settings.leeway_s):
+                raise self._refuse("replay", "token has already been used")
+        token_id = jti or "sha256:" + digest.hex()[:16]
+        return Principal(
+            subject=sub,
+            clinic=clinic,
+            scopes=_scopes_of(claims),
+            token_id=token_id,
+            method="dev" if self.mode == "dev" else "jwt",
+        )

@@ -1,0 +1,131 @@
+"""Who the caller is and what they may do: ``Principal``, the scopes, ``AuthError`` and the
+``WWW-Authenticate`` challenge every refusal carries.
+
+Scopes: ``risk:read`` (score one client), ``risk:batch``, ``model:read``, ``model:admin``. The
+SMART Backend Services scopes ``system/RiskAssessment.read`` and ``system/RiskAssessment.rs``
+are accepted as ``risk:read``; any other scope is ignored. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+RISK_READ = "risk:read"  # score one client
+RISK_BATCH = "risk:batch"  # score many clients in one request
+MODEL_READ = "model:read"  # model card and version
+MODEL_ADMIN = "model:admin"  # reload the model
+#: Every scope the service checks.
+SCOPES = frozenset({RISK_READ, RISK_BATCH, MODEL_READ, MODEL_ADMIN})
+#: SMART on FHIR v1 (``.read``) and v2 (``.rs`` = read + search) system scopes on the resource
+#: this service produces, accepted as ``risk:read`` (SMART App Launch 2.x, "Scopes and Launch
+#: Context").
+SMART_ALIASES = {
+    "system/RiskAssessment.read": RISK_READ,
+    "system/RiskAssessment.rs": RISK_READ,
+}
+API_KEY_HEADER = "X-API-Key"
+REALM = "alliance-risk"
+
+Method = Literal["jwt", "api_key", "dev"]
+
+
+class AuthError(Exception):
+    """A refused request: ``status`` 401 (no or bad credentials), 403 (missing scope) or 503
+    (the issuer's keys are unreachable and none are cached).
+
+    ``detail`` is a fixed string safe to return to the caller; ``www_authenticate`` is the
+    ``WWW-Authenticate`` header value (RFC 6750 section 3) or None.
+    """
+
+    def __init__(self, status: int, detail: str, www_authenticate: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.www_authenticate = www_authenticate
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers for this error (``WWW-Authenticate`` when there is one)."""
+        return {"WWW-Authenticate": self.www_authenticate} if self.www_authenticate else {}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller.
+
+    Attributes
+    ----------
+    subject
+        The token's ``sub`` (a user or client id at the issuer), or ``apikey:<key id>``.
+    clinic
+        The tenant every data access is confined to, from the token's clinic claim or the key's
+        binding; never from the request body or path.
+    scopes
+        Recognised scopes only (SMART aliases already mapped to ``risk:read``).
+    token_id
+        The token's ``jti``; without one, ``sha256:`` and 16 hex digits of the token's hash (a
+        stable id for rate limits, not reversible); the key id for API keys.
+    method
+        ``"jwt"``, ``"api_key"`` or ``"dev"``.
+    """
+
+    subject: str
+    clinic: str
+    scopes: frozenset[str]
+    token_id: str
+    method: Method
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def normalise_scopes(raw: Iterable[str]) -> frozenset[str]:
+    """Known scopes in ``raw``, SMART aliases mapped to ``risk:read``; anything else dropped."""
+    out = set()
+    for scope in raw:
+        if scope in SCOPES:
+            out.add(scope)
+        elif scope in SMART_ALIASES:
+            out.add(SMART_ALIASES[scope])
+    return frozenset(out)
+
+
+def check_scope_names(scopes: Iterable[str]) -> frozenset[str]:
+    """The scopes, each checked to be known (configuration and minting refuse typos)."""
+    names = list(scopes)
+    unknown = sorted(s for s in names if s not in SCOPES and s not in SMART_ALIASES)
+    if unknown:
+        known = sorted(SCOPES | set(SMART_ALIASES))
+        raise ValueError(f"unknown scope(s) {unknown}; known: {known}")
+    return normalise_scopes(names)
+
+
+def challenge(method: Method, error: str | None = None, description: str | None = None,
+              scope: str | None = None) -> str:  # fmt: skip
+    """A ``WWW-Authenticate`` value: ``Bearer`` (RFC 6750) or ``ApiKey`` for key mode."""
+    scheme = "ApiKey" if method == "api_key" else "Bearer"
+    parts = [f'realm="{REALM}"']
+    if method == "api_key":
+        parts.append(f'header="{API_KEY_HEADER}"')
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return f"{scheme} " + ", ".join(parts)
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    """Raise ``AuthError(403)`` unless ``principal`` holds ``scope`` (one of ``SCOPES``).
+
+    Scopes are not hierarchical: ``model:admin`` does not imply ``model:read``, nor
+    ``risk:batch`` imply ``risk:read``; a client asks for what it uses.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known: {sorted(SCOPES)}")
+    if scope not in principal.scopes:
+        detail = f"this operation needs the '{scope}' scope"
+        raise AuthError(403, detail, challenge(principal.method, "insufficient_scope", scope=scope))
