@@ -22,7 +22,7 @@ from service.audit import AuditSettings, ClientRefs
 from service.auth import Authenticator, AuthSettings, describe
 from service.errors import install_error_handlers
 from service.limits import LimitSettings, RateLimiter, install_limits
-from service.logs import configure_logging, flush_logs
+from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
@@ -141,7 +141,6 @@ def create_app(
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
-            flush_logs()
 
     app = FastAPI(
         title="alliance-risk",

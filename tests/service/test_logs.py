@@ -1,18 +1,26 @@
-"""The JSON log lines: written off the request path, and never a traceback or a value."""
+"""The JSON log lines: one per record, written as it happens, never a traceback or a value."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
 
-# A process that configures the service's logging, logs a line with fields and an exception
-# whose message quotes a value, and exits: every queued line must reach stderr at exit.
+from service.audit import _is_time
+from service.logs import configure_logging
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_LOGGERS = ("service", "uvicorn", "uvicorn.error")
+
+# A process that configures the service's logging, logs lines with fields and an exception
+# whose message quotes a value.
 SCRIPT = textwrap.dedent(
     """
     import logging
@@ -30,11 +38,27 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+# A record logged, then the process killed at once: nothing runs after the call returns.
+KILLED = textwrap.dedent(
+    """
+    import logging, os, signal
+    from service.logs import configure_logging
 
-def test_queued_lines_are_all_written_at_exit_as_json_without_tracebacks() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=60
+    configure_logging("INFO")
+    logging.getLogger("service.test").warning("last words", extra={"fields": {"n": 1}})
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _run(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
+
+
+def test_one_json_line_per_record_without_exception_text() -> None:
+    done = _run(SCRIPT)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert [d["i"] for d in lines[:-1]] == list(range(500))  # none lost, in order
@@ -47,54 +71,43 @@ def test_queued_lines_are_all_written_at_exit_as_json_without_tracebacks() -> No
     assert "SECRET" not in done.stderr and "7.3579" not in done.stderr
     assert "Traceback" not in done.stderr and "not at INFO" not in done.stderr
     assert {d["logger"] for d in lines} == {"service.test"}
+    assert all(_is_time(d["ts"]) for d in lines)  # the audit trail's time format
 
 
-def test_reconfiguring_replaces_the_listener_and_keeps_one_handler() -> None:
-    from service import logs
-
-    try:
-        logs.configure_logging("WARNING")
-        first = logs._listener
-        logs.configure_logging("WARNING")
-        assert logs._listener is not first and first is not None
-        assert len(logging.getLogger("service").handlers) == 1
-    finally:
-        logs._stop_listener()
-        for name in ("service", "uvicorn", "uvicorn.error"):
-            logger = logging.getLogger(name)
-            logger.handlers[:] = []
-            logger.propagate = True
-            logger.setLevel(logging.NOTSET)
-        logging.getLogger("uvicorn.access").disabled = False
+def test_a_line_logged_just_before_sigkill_is_on_stderr() -> None:
+    done = _run(KILLED)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    (line,) = [json.loads(text) for text in done.stderr.splitlines()]
+    assert (line["level"], line["msg"], line["n"]) == ("WARNING", "last words", 1)
 
 
-def test_the_writer_writes_queued_lines_together_on_its_timer() -> None:
-    import queue
+@pytest.fixture
+def restore_loggers():
+    yield
+    for name in SERVICE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    logging.getLogger("uvicorn.access").disabled = False
 
-    from service import logs
 
-    class Stream:
-        def __init__(self) -> None:
-            self.writes: list[str] = []
+def test_each_line_is_written_when_logged_and_reconfiguring_keeps_one_handler(
+    monkeypatch, restore_loggers
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("WARNING")
+    configure_logging("WARNING")
+    for name in SERVICE_LOGGERS:
+        assert len(logging.getLogger(name).handlers) == 1
+    logging.getLogger("service.test").warning("first")
+    assert json.loads(stream.getvalue())["msg"] == "first"  # already there, not queued
+    logging.getLogger("service.test").info("below the level")
+    assert stream.getvalue().count("\n") == 1
 
-        def write(self, text: str) -> None:
-            self.writes.append(text)
 
-        def flush(self) -> None:
-            pass
-
-    stream = Stream()
-    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-    writer = logs._LineWriter(lines, stream, interval_s=30.0)
-    writer.start()
-    try:
-        for i in range(100):
-            lines.put(f"line {i}")
-        # Nothing is written per line: the writer waits for its timer (or stop).
-        writer._stopping.wait(0.2)
-        assert stream.writes == []
-    finally:
-        writer.stop()
-    # One write for the whole batch, every line in order, none lost.
-    assert stream.writes == ["".join(f"line {i}\n" for i in range(100))]
-    assert writer._thread is None
+def test_uvicorn_s_access_log_is_disabled(restore_loggers) -> None:
+    # It prints the raw path and the client's address; the request middleware logs the route.
+    configure_logging("INFO")
+    assert logging.getLogger("uvicorn.access").disabled
