@@ -101,9 +101,10 @@ class Authenticator:
     the dev key pair (mode dev); JWKS are loaded lazily or by ``warm()``.
 
     ``authenticate`` and ``warm`` are blocking calls: when an issuer's cached keys have expired
-    or a token names an unknown ``kid``, they fetch the JWKS, and each connect and read of
-    that fetch may block for up to ``jwks_timeout_s``; concurrent callers for the same issuer
-    wait for that one fetch. Call them from a thread, never on the event
+    or a token names an unknown ``kid``, they fetch the JWKS and may block for up to
+    ``jwks_timeout_s`` (a fetch gives up after that, though a single read already under way may
+    add up to another ``jwks_timeout_s``, and name resolution its own time); concurrent callers
+    for the same issuer wait for that one fetch. Call them from a thread, never on the event
     loop: FastAPI runs plain ``def`` dependencies in its thread pool, and ``warm()`` at start-up
     belongs in a worker thread too. They are thread-safe: the caches and each key source have
     their own lock, and nothing else changes after construction.

@@ -7,8 +7,7 @@ What a source guarantees:
   algorithms its type allows; ``oct`` keys, encryption keys and keys without a ``kid`` are
   skipped;
 - URL fetches go to ``https`` (plain ``http`` only to a loopback address, never via a proxy),
-  follow no redirect, read at most 1 MiB, and each connect and read is limited to
-  ``timeout_s``;
+  follow no redirect, read at most 1 MiB and give up after ``timeout_s``;
 - the keys are trusted for ``cache_s``; an unknown ``kid`` causes one early refetch (key
   rotation), and reloads, failed ones included, happen at most once per ``cooldown_s``;
 - when a reload fails the last good keys stay in use; ``JwksUnavailable`` (a 503 for the
@@ -53,6 +52,7 @@ from service.auth.settings import IssuerConfig, is_loopback
 logger = logging.getLogger("service.auth")
 
 _MAX_JWKS_BYTES = 1 << 20
+_READ_CHUNK_BYTES = 1 << 16
 _MIN_RSA_BITS = 2048
 #: Curve -> the one algorithm a key on it may sign with.
 _EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384"}
@@ -124,9 +124,10 @@ class JwksSource:
     ``cooldown_s``. When a reload fails, the previous keys stay in use (an issuer outage must
     not lock every client out) and the failure is logged.
 
-    ``get`` and ``warm`` block while a URL is fetched (each connect and read limited to
-    ``timeout_s``); other threads asking the same source wait for that fetch. Call them from a
-    worker thread.
+    ``get`` and ``warm`` block while a URL is fetched: about ``timeout_s`` at most (the fetch
+    gives up once ``timeout_s`` has passed, checked between reads that are each limited to
+    ``timeout_s``, so never more than twice that, plus name resolution). Other threads asking
+    the same source wait for that fetch. Call them from a worker thread.
     """
 
     def __init__(self, config: IssuerConfig, *, cache_s: float = 300.0, timeout_s: float = 3.0,
@@ -153,10 +154,17 @@ class JwksSource:
             handlers.append(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        # The socket timeout limits each connect and read; the deadline limits the whole body,
+        # so an endpoint trickling bytes cannot hold the lock (and every waiting request).
+        deadline = time.monotonic() + self.timeout_s
+        body = bytearray()
         with opener.open(request, timeout=self.timeout_s) as response:
-            body = response.read(_MAX_JWKS_BYTES + 1)
-        if len(body) > _MAX_JWKS_BYTES:
-            raise ValueError("JWKS document is too large")
+            while chunk := response.read1(_READ_CHUNK_BYTES):
+                body += chunk
+                if len(body) > _MAX_JWKS_BYTES:
+                    raise ValueError("JWKS document is too large")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("JWKS fetch exceeded its timeout")
         return json.loads(body)
 
     def _reload(self) -> bool:

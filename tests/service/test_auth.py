@@ -338,10 +338,14 @@ def test_refusals_log_the_reason_class_only(authn, keys, caplog_auth):
 
 
 class _JwksServer:
-    """A tiny JWKS endpoint: serves ``doc`` with ``status``, counts hits."""
+    """A tiny JWKS endpoint: serves ``doc`` with ``status``, counts hits.
+
+    With ``trickle_s`` set, the body goes out one byte per ``trickle_s``.
+    """
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc, self.status, self.hits = doc, 200, 0
+        self.trickle_s = 0.0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -352,7 +356,16 @@ class _JwksServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not outer.trickle_s:
+                    self.wfile.write(body)
+                    return
+                for i in range(len(body)):
+                    try:
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up
+                    time.sleep(outer.trickle_s)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -438,6 +451,19 @@ def test_issuer_outage_keeps_cached_keys_and_503_without_any(server, keys, caplo
     with pytest.raises(AuthError, match="signing keys are unavailable") as info:
         cold.authenticate(_bearer(_token(keys)))
     assert info.value.status == 503
+
+
+def test_a_jwks_endpoint_trickling_bytes_is_given_up_after_the_timeout(server, keys, caplog_auth):
+    # Each byte arrives well within the socket timeout; only the fetch's deadline stops it.
+    server.trickle_s = 0.05
+    authn = _url_authn(server, _Clock(), jwks_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(AuthError, match="signing keys are unavailable") as info:
+        authn.authenticate(_bearer(_token(keys)))
+    assert time.monotonic() - started < 5  # the whole document would take about 30 s
+    assert info.value.status == 503
+    failures = [r for r in caplog_auth.records if r.getMessage() == "JWKS load failed"]
+    assert [r.fields for r in failures] == [{"issuer": ISS, "error": "TimeoutError"}]
 
 
 def test_jwks_url_must_be_https_unless_loopback():
