@@ -340,17 +340,22 @@ def test_refusals_log_the_reason_class_only(authn, keys, caplog_auth):
 class _JwksServer:
     """A tiny JWKS endpoint: serves ``doc`` with ``status``, counts hits.
 
-    With ``trickle_s`` set, the body goes out one byte per ``trickle_s``.
+    With ``hold`` set, a request signals ``entered`` and answers only once ``release`` is set
+    (a slow issuer). With ``trickle_s`` set, the body goes out one byte per ``trickle_s``.
     """
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc, self.status, self.hits = doc, 200, 0
-        self.trickle_s = 0.0
+        self.hold, self.trickle_s = False, 0.0
+        self.entered, self.release = threading.Event(), threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
+                if outer.hold:
+                    outer.entered.set()
+                    outer.release.wait(10)
                 body = json.dumps(outer.doc).encode()
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
@@ -376,6 +381,7 @@ class _JwksServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
@@ -464,6 +470,73 @@ def test_a_jwks_endpoint_trickling_bytes_is_given_up_after_the_timeout(server, k
     assert info.value.status == 503
     failures = [r for r in caplog_auth.records if r.getMessage() == "JWKS load failed"]
     assert [r.fields for r in failures] == [{"issuer": ISS, "error": "TimeoutError"}]
+
+
+class _NoChampion:
+    """A registry client whose alias lookup says "no such alias": the app starts without a
+    model, so a request that passes authentication gets the no-model 503."""
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> None:
+        error = LookupError(alias)
+        error.error_code = "RESOURCE_DOES_NOT_EXIST"  # type: ignore[attr-defined]
+        raise error
+
+
+def test_a_slow_jwks_fetch_does_not_stall_other_requests(server, keys, tmp_path):
+    # Imported here so the auth unit tests above do not depend on the whole app importing.
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.audit import AuditSettings
+    from service.deps import NO_MODEL
+    from service.limits import LimitSettings
+    from service.settings import ServiceSettings
+
+    issuer = IssuerConfig(issuer=ISS, audience=AUD, jwks_url=server.url)
+    app = create_app(
+        ServiceSettings(model_uri="models:/alliance-risk-svc@champion", poll_interval_s=0),
+        auth=AuthSettings(mode="jwt", issuers=[issuer], jwks_timeout_s=10,
+                          jwks_refetch_cooldown_s=0),
+        limits=LimitSettings(rate_per_clinic_per_s=0, rate_per_token_per_s=0),
+        audit=AuditSettings(path=tmp_path / "audit.jsonl", key_file=tmp_path / "audit.key"),
+        client_factory=_NoChampion,
+        configure_logs=False,
+    )  # fmt: skip
+    rotated = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode(_claims(scope="model:read"), rotated, algorithm="ES256",
+                       headers={"kid": "ec-2"})  # fmt: skip
+    answers: dict[str, Any] = {}
+
+    def get(name: str, path: str, headers: dict[str, str] | None = None) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: answers.__setitem__(name, client.get(path, headers=headers))
+        )
+        thread.start()
+        return thread
+
+    with TestClient(app) as client:
+        assert server.hits == 1  # warmed at start-up
+        # The issuer rotates in a new key and becomes slow: the first token signed with it
+        # makes one request wait for the refetch.
+        server.doc = _jwks({"ec-1": keys["ec-1"], "ec-2": rotated})
+        server.hold = True
+        waiting, probe = get("model", "/v1/model", _bearer(token)), None
+        try:
+            assert server.entered.wait(5), "the unknown kid did not cause a refetch"
+            probe = get("livez", "/livez")
+            probe.join(3)
+            assert "livez" in answers, "/livez stalled behind a JWKS fetch"
+            assert answers["livez"].status_code == 200
+            assert "model" not in answers  # still waiting for the issuer's keys
+        finally:
+            server.release.set()
+            for thread in (waiting, probe):
+                if thread is not None:
+                    thread.join(15)
+    assert server.hits == 2
+    # Authenticated with the rotated key, then refused only for want of a model.
+    assert answers["model"].status_code == 503
+    assert answers["model"].json()["detail"] == NO_MODEL
 
 
 def test_jwks_url_must_be_https_unless_loopback():
