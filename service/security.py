@@ -10,7 +10,7 @@ record, or one per client for a batch, whatever its outcome (refusals included).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -71,10 +71,16 @@ def _principal(request: Request) -> Principal:
     return principal
 
 
-def scoped(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """Dependency: the authenticated principal, holding ``scope``, within its rate limits."""
+def scoped(scope: str) -> Callable[[Request], Principal]:
+    """Dependency: the authenticated principal, holding ``scope``, within its rate limits.
 
-    async def dependency(request: Request) -> Principal:
+    A plain ``def``, which FastAPI runs in its thread pool: authenticating can block (a JWKS
+    fetch waits up to the JWKS timeout) and must never hold up the event loop. The principal
+    it sets on ``request.state`` lands in ``scope["state"]``, where :class:`AuditMiddleware`
+    reads it, whichever thread set it.
+    """
+
+    def dependency(request: Request) -> Principal:
         principal = _principal(request)
         try:
             require_scope(principal, scope)
