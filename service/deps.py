@@ -1,5 +1,10 @@
-"""Typed dependencies of the routes. ``async`` so FastAPI does not hop to the thread pool for
-them (a sync dependency costs a thread switch per request)."""
+"""Typed dependencies of the routes.
+
+These only read attributes of ``app.state`` (no I/O, no locks, nothing that can wait), so they
+are ``async def`` and FastAPI calls them on the event loop; a plain ``def`` would be sent to the
+thread pool for no benefit. A dependency that can block must be a plain ``def`` instead, as
+authentication is (``service.security.scoped``: it may fetch signing keys over HTTP).
+"""
 
 from __future__ import annotations
 
