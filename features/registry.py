@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import cache, cached_property
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -53,6 +53,8 @@ RUPTURE_MIN_HISTORY = 3
 YOUNG_AGE_YEARS = 25.0
 #: Schema version of :meth:`FeatureRegistry.to_dict`.
 REGISTRY_FORMAT = 1
+#: Keys of the per-attendance-code statistics in :attr:`FeatureRegistry.layout`.
+ATTENDANCE_CODE_STATS = tuple(f"{ATTENDANCE_GROUP}_{kind}" for kind in ("count", "rate", "last"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,22 @@ class Feature:
     def stat(self) -> str:
         """The statistic part of the name (``goals_slope`` -> ``slope``)."""
         return self.name[len(self.group) + 1 :]
+
+
+class StatisticsTable(NamedTuple):
+    """Where the feature kernel puts each statistic of one registry, and where columns read them.
+
+    The kernel fills a float64 ``(height, n_rows)`` table, a row per statistic and source (rating
+    group or attendance code); output column ``c`` is table row ``sources[c]``.
+    """
+
+    #: Statistic key (as in :attr:`FeatureRegistry.layout`) -> its table rows: a slice of one
+    #: row per rating group or per attendance code, or one row index for a single statistic.
+    rows: dict[str, int | slice]
+    #: ``(n_features,)`` int64: the table row of each output column.
+    sources: np.ndarray
+    #: Number of table rows.
+    height: int
 
 
 @dataclass(frozen=True)
@@ -151,12 +169,9 @@ class FeatureRegistry:
         """
         slots = {g: i for i, g in enumerate(self.rating_groups)}
         code_stats = {
-            f"{code}_{kind}" if kind != "last" else f"last_{code}": (
-                f"{ATTENDANCE_GROUP}_{kind}",
-                i,
-            )
+            f"{code}_{kind}" if kind != "last" else f"last_{code}": (key, i)
             for i, code in enumerate(ATTENDANCE_CODES)
-            for kind in ("count", "rate", "last")
+            for kind, key in zip(("count", "rate", "last"), ATTENDANCE_CODE_STATS, strict=True)
         }
         grouped: dict[str, tuple[list[int], list[int]]] = {}
         for i, f in enumerate(self.features):
@@ -177,6 +192,28 @@ class FeatureRegistry:
                 None if identity else np.asarray(srcs, dtype=np.int64),
             )
         return out
+
+    @cached_property
+    def statistics_table(self) -> StatisticsTable:
+        """The kernel's table of statistics for this registry (computed once per registry):
+        rows for every :attr:`layout` key, one per rating group or attendance code for the
+        per-source statistics, and the row every output column reads."""
+        sizes = dict.fromkeys(PER_GROUP_STATS, len(self.rating_groups))
+        sizes.update(dict.fromkeys(ATTENDANCE_CODE_STATS, len(ATTENDANCE_CODES)))
+        rows: dict[str, int | slice] = {}
+        sources = np.empty(len(self.features), dtype=np.int64)  # every column has a layout key
+        height = 0
+        for key, (cols, src) in self.layout.items():
+            size = sizes.get(key)
+            if size is None:
+                rows[key] = height
+                sources[cols] = height
+                height += 1
+                continue
+            rows[key] = slice(height, height + size)
+            sources[cols] = height + (np.arange(cols.shape[0]) if src is None else src)
+            height += size
+        return StatisticsTable(rows, sources, height)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: the full profile definition and every feature."""
