@@ -1,9 +1,11 @@
 """Session histories as contiguous numpy arrays with client segments: the input of the kernels.
 
 Rows are grouped by client (a *segment*: ``offsets[c]:offsets[c + 1]``) and sorted by
-``session_number`` inside each segment. :meth:`SessionArrays.from_frames` orders segments by
-length, then client (the segmented-numpy kernel reshaped runs of equal lengths; the compiled
-kernel takes any segment order, and outputs are ordered by ``client_rank`` either way).
+``session_number`` inside each segment. :meth:`SessionArrays.from_frames` and
+:meth:`SessionArrays.from_episodes` also order segments by length, then client, so that segments
+of equal length form runs (:attr:`SessionArrays.runs`) the kernel reshapes into
+``(n_clients, length)`` blocks; any segment order is correct, the ordering only makes it fast.
+Outputs are ordered by ``client_rank`` either way.
 
 The serving path builds one client's arrays directly with :meth:`SessionArrays.single_client`,
 without pandas.
@@ -19,7 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import _kernel
 from features.contract import (
     AGE,
     ATTENDANCE,
@@ -125,8 +126,24 @@ class SessionArrays:
             return ar
         return ar - self.offsets[:-1][self.seg_of_row]
 
+    @cached_property
+    def runs(self) -> tuple[tuple[int, int, int], ...]:
+        """Maximal runs of consecutive equal-length segments: ``(first_row, end_row, length)``."""
+        lengths = self.lengths
+        if lengths.shape[0] == 0:
+            return ()
+        cut = np.flatnonzero(lengths[1:] != lengths[:-1]) + 1
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [lengths.shape[0]]))
+        off = self.offsets
+        return tuple(
+            (int(off[a]), int(off[b]), int(lengths[a]))
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+            if lengths[a] > 0
+        )
+
     def take_segments(self, segments: np.ndarray) -> SessionArrays:
-        """The clients at segment positions ``segments``, copied."""
+        """The clients at segment positions ``segments`` (ascending keeps length runs), copied."""
         lengths = self.lengths[segments]
         offsets = np.zeros(segments.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -402,18 +419,28 @@ def ratings_matrix(
     Returns ``(ratings, n_keys)``: ``ratings`` is ``(n_elements, len(mappings))`` float64 in
     ``profile.element_names`` order, NaN where an element is missing or None; ``n_keys[i]`` is
     ``len(mappings[i])``, so that a caller can tell that a dict names an element outside the
-    profile (more keys than elements found). Values are converted as ``float()`` does; a
-    value that is not a number raises ``TypeError``.
-
-    Compiled (``features._kernel.ratings``): a 1,000-client batch's 12,000 appointments took
-    ~7-9 ms as a Python loop, about 1 ms here.
+    profile (more keys than elements found). Values are converted as ``float()`` does; an item
+    that is not a dict, or a value that is not a number, raises ``TypeError``.
     """
-    if type(mappings) is not list:
-        mappings = list(mappings)
-    ratings = np.empty((len(profile.element_names), len(mappings)), dtype=np.float64)
-    n_keys = np.empty(len(mappings), dtype=np.int64)
-    _kernel.ratings(mappings, profile.element_names, ratings, n_keys)
+    mappings = list(mappings)
+    for i, m in enumerate(mappings):
+        if not isinstance(m, dict):
+            raise TypeError(f"ratings: item {i} is not a dict")
+    names = profile.element_names
+    ratings = np.array(
+        [[_rating(m.get(e)) for m in mappings] for e in names], dtype=np.float64
+    ).reshape(len(names), len(mappings))
+    n_keys = np.array([len(m) for m in mappings], dtype=np.int64)
     return ratings, n_keys
+
+
+def _rating(value: Any) -> float:
+    """One rating as a float, NaN for None; text is refused, not parsed."""
+    if value is None:
+        return np.nan
+    if isinstance(value, str | bytes | bytearray):
+        raise TypeError("ratings: a rating must be a number")
+    return float(value)
 
 
 #: Attendance code -> its index in :data:`~features.contract.ATTENDANCE_CODES`.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features import _kernel, kernels
+from features import kernels
 from features.arrays import MAX_SESSION_NUMBER, SessionArrays, ratings_matrix
 from features.profiles import ALLIANCE6
 from features.registry import feature_registry
@@ -98,7 +98,7 @@ def test_never_rated_client_has_nan_alliance_and_flags() -> None:
     assert x["engagement_unrated_share"] == 1.0
 
 
-# -- ratings_matrix: the compiled packing of request ratings -----------------------------------
+# -- ratings_matrix: the packing of request ratings ---------------------------------------------
 
 
 def _ratings_reference(
@@ -147,12 +147,3 @@ def test_ratings_matrix_of_nothing_and_of_empty_dicts() -> None:
 def test_ratings_matrix_refuses_what_is_not_a_rating(mappings: list, error: type) -> None:
     with pytest.raises(error):
         ratings_matrix(mappings, ALLIANCE6)
-
-
-def test_ratings_kernel_checks_its_buffers() -> None:
-    with pytest.raises(ValueError, match="out has"):
-        _kernel.ratings([{}], ("trust",), np.empty(2), np.empty(1, dtype=np.int64))
-    with pytest.raises(ValueError, match="n_keys has"):
-        _kernel.ratings([{}], ("trust",), np.empty(1), np.empty(2, dtype=np.int64))
-    with pytest.raises(TypeError, match="names must be strings"):
-        _kernel.ratings([{}], (1,), np.empty(1), np.empty(1, dtype=np.int64))
