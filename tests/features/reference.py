@@ -101,6 +101,30 @@ def _series_features(
     return f
 
 
+def reference_rated_values(
+    attendance: list[str], ratings: list[list[float]], profile: InstrumentProfile
+) -> list[list[float]]:
+    """What each rating group counts at each appointment (the counterpart of
+    :func:`features.kernels.rated_values`).
+
+    ``ratings`` holds one list per element (profile order), one value per appointment. Returns
+    one list per element and a last one for the element mean, one value per appointment: an
+    element's rating if the appointment was attended and the rating is finite, else NaN; the
+    mean of those rated at the appointment, added up in profile order, or NaN if none is.
+    """
+    n = len(attendance)
+    rows: list[list[float]] = [[NAN] * n for _ in range(len(profile.elements) + 1)]
+    for i in range(n):
+        rated = []
+        for e, series in enumerate(ratings):
+            if attendance[i] == "attended" and math.isfinite(series[i]):
+                rows[e][i] = series[i]
+                rated.append(series[i])
+        if rated:
+            rows[-1][i] = sum(rated) / len(rated)
+    return rows
+
+
 def reference_client(
     history: dict[str, list],
     intake_day: float,
