@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import pickle
-import typing
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.special import expit
 
-import models.drivers as drivers_module
+import models.results
 from features.arrays import SessionArrays
 from features.build import landmark_rows
 from features.kernels import compute_feature_matrix
-from features.profiles import PROFILES, get_profile
+from features.profiles import OVERALL, PROFILES, InstrumentProfile, get_profile
 from features.registry import Feature, FeatureRegistry, feature_registry
-from models.drivers import GENERAL_FOCUS, LOWERS, RAISES, Driver, describe_drivers
+from models.drivers import (
+    GENERAL_FOCUS,
+    LOWERS,
+    RAISES,
+    RECENT_APPOINTMENTS,
+    RECENT_RATED,
+    Driver,
+    DriverWriter,
+    describe_drivers,
+)
+from models.drivers.facts import ActivityFacts, RatingFacts
+from models.drivers.tables import ACTIVITY_FEATURES, RATING_STATS
+from models.drivers.wording import rating, rating_text
 from models.explain import Explanation
 from models.scorer import Scorer
 from tests.features.strategies import client_history, random_cohort
@@ -111,16 +121,6 @@ def _check_driver(d: Driver) -> None:
     assert d.direction == (RAISES if d.contribution > 0 else LOWERS)
     json.dumps(d.evidence, allow_nan=False)
     assert isinstance(d.evidence["fact"], str)
-
-
-def _nan_equal(a: object, b: object) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_nan_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_nan_equal(x, y) for x, y in zip(a, b, strict=True))
-    return a == b and type(a) is type(b)
 
 
 # -- sentences for given groups (independent of any model's ranking) ---------------------------
@@ -446,7 +446,10 @@ def test_errors_name_the_problem() -> None:
         describe_drivers(arrays, np.array([5]), registry, X, e)
     other = feature_registry(ALLIANCE6, include_covariates=True)
     e_other = _explanation(other, np.zeros((1, len(other.names))))
-    with pytest.raises(ValueError, match="differ from the registry"):
+    writer = DriverWriter.build(registry, e.group_names)
+    with pytest.raises(ValueError, match="features differ from the registry's"):
+        writer.describe(arrays, rows, X, e_other)
+    with pytest.raises(ValueError, match="'client' is not in the feature registry"):
         describe_drivers(arrays, rows, registry, X, e_other)
     srs = feature_registry(SRS)
     with pytest.raises(ValueError, match="different instrument profiles"):
@@ -476,11 +479,12 @@ def trained() -> dict[str, tuple[Scorer, object]]:
 
 
 def _score(scorer: Scorer, arrays: SessionArrays, landmarks="latest", top: int = 3):
+    """The scorer's explanation of ``arrays`` at ``landmarks``, and its drivers."""
     rows = landmark_rows(arrays, landmarks, scorer.k_max)
-    batch = scorer.score_arrays(arrays, landmarks=landmarks)
-    return batch, describe_drivers(
-        arrays, rows, scorer.registry, batch.features, batch.explanation, top=top
-    )
+    X = compute_feature_matrix(arrays, scorer.registry, rows)
+    e = scorer.explain_matrix(X)
+    writer = DriverWriter.build(scorer.registry, e.group_names)
+    return e, rows, writer.describe(arrays, rows, X, e, top=top)
 
 
 def _subset(cohort, n: int, profile) -> SessionArrays:
@@ -493,11 +497,10 @@ def _subset(cohort, n: int, profile) -> SessionArrays:
 def test_drivers_follow_the_explanation(trained) -> None:
     scorer, cohort = trained["alliance6"]
     arrays = _subset(cohort, 120, scorer.profile)
-    batch, out = _score(scorer, arrays, landmarks="all")
-    e = batch.explanation
+    e, _, out = _score(scorer, arrays, landmarks="all")
     groups = list(e.group_names)
     rating_groups = set(scorer.registry.rating_groups)
-    assert len(out) == batch.n_rows
+    assert len(out) == e.n_rows
     seen = set()
     for i, drivers in enumerate(out):
         assert 1 <= len(drivers) <= 3
@@ -525,10 +528,10 @@ def test_every_profile_and_awkward_histories(trained, name: str) -> None:
         _client(profile, ratings={profile.element_names[0]: [profile.scale_max, mid, None]}),
     ]
     for arrays in clients:
-        _, out = _score(scorer, arrays)
+        _, _, out = _score(scorer, arrays)
         for d in out[0]:
             _check_driver(d)
-    _, out = _score(scorer, _subset(cohort, 100, profile), landmarks="all")
+    _, _, out = _score(scorer, _subset(cohort, 100, profile), landmarks="all")
     for drivers in out:
         for d in drivers:
             _check_driver(d)
@@ -540,8 +543,8 @@ def test_batch_gives_the_same_drivers_as_each_client_alone(trained) -> None:
     sessions = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
     clients = cohort.clients[cohort.clients["client_id"].isin(ids)]
     arrays = SessionArrays.from_frames(sessions, clients, scorer.profile)
-    batch, out = _score(scorer, arrays)
-    for i, cid in enumerate(batch.client_id):
+    _, rows, out = _score(scorer, arrays)
+    for i, cid in enumerate(arrays.client_id[arrays.seg_of_row[rows]]):
         s = sessions[sessions["client_id"] == cid]
         one = SessionArrays.single_client(
             scorer.profile,
@@ -551,7 +554,7 @@ def test_batch_gives_the_same_drivers_as_each_client_alone(trained) -> None:
             ratings=np.vstack([s[c].to_numpy(float) for c in scorer.profile.columns]),
             intake_date=clients.loc[clients["client_id"] == cid, "intake_date"].iloc[0],
         )
-        alone = _score(scorer, one)[1][0]
+        alone = _score(scorer, one)[2][0]
         assert [(d.group, d.text, d.evidence, d.focus, d.direction) for d in alone] == [
             (d.group, d.text, d.evidence, d.focus, d.direction) for d in out[i]
         ]
@@ -560,52 +563,165 @@ def test_batch_gives_the_same_drivers_as_each_client_alone(trained) -> None:
         )
 
 
-# -- the two implementations agree ---------------------------------------------------------------
+# -- properties on any history ------------------------------------------------------------------
 
 
 def _random_explanation(registry: FeatureRegistry, n: int, seed: int) -> Explanation:
     rng = np.random.default_rng(seed)
     fc = rng.normal(0.0, 0.2, (n, len(registry.names)))
     fc[rng.random(fc.shape) < 0.3] = 0.0
+    # Some rows with equal contributions (ties between groups and within them).
+    tied = rng.random(n) < 0.3
+    fc[tied] = rng.choice([-0.1, 0.0, 0.1], size=(int(tied.sum()), fc.shape[1]))
     return _explanation(registry, fc)
 
 
-@pytest.mark.parametrize("name", list(PROFILES))
-def test_small_and_batch_paths_give_identical_facts(name: str) -> None:
-    profile = get_profile(name)
-    registry = feature_registry(profile, include_covariates=True)
-    sessions, clients = random_cohort(60, profile, seed=5)
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
-    rows = landmark_rows(arrays, "all")
-    X = compute_feature_matrix(arrays, registry, rows)
-    e = _random_explanation(registry, rows.shape[0], seed=1)
-    t = drivers_module._tables(registry, e.group_names)
-    args = (arrays, rows, X, e.group_contributions, e.feature_contributions, 4, t)
-    small = drivers_module._pairs_small(*args)
-    batch = drivers_module._pairs_batch(*args)
-    assert _nan_equal(small, batch)
-    facts = {f.m for f in batch[4] if isinstance(f, drivers_module._RatingFacts)}
-    assert {0, 1, 2, 3} <= facts  # never rated, single and several rated sessions were covered
-    # And the public function agrees row by row (one row at a time takes the small path).
-    out = describe_drivers(arrays, rows, registry, X, e)
-    for i in range(0, rows.shape[0], 7):
-        one = Explanation(
-            space=e.space,
-            base_logit=e.base_logit[i : i + 1],
-            base_probability=e.base_probability[i : i + 1],
-            feature_contributions=e.feature_contributions[i : i + 1],
-            group_contributions=e.group_contributions[i : i + 1],
-            feature_names=e.feature_names,
-            group_names=e.group_names,
-            logit=e.logit[i : i + 1],
-            probability=e.probability[i : i + 1],
+def _rows_of(e: Explanation, i: int) -> Explanation:
+    """The explanation of scored row ``i`` alone."""
+    one = slice(i, i + 1)
+    return Explanation(
+        space=e.space,
+        base_logit=e.base_logit[one],
+        base_probability=e.base_probability[one],
+        feature_contributions=e.feature_contributions[one],
+        group_contributions=e.group_contributions[one],
+        feature_names=e.feature_names,
+        group_names=e.group_names,
+        logit=e.logit[one],
+        probability=e.probability[one],
+    )
+
+
+def _histories(sessions: pd.DataFrame) -> dict[str, dict[str, list]]:
+    """Per client, plain lists sorted by session number (as tests/features/reference.py reads)."""
+    out = {}
+    for client_id, group in sessions.groupby("client_id", sort=True):
+        group = group.sort_values("session_number")
+        out[client_id] = {
+            "session_number": group["session_number"].astype(int).tolist(),
+            "attendance": group["attendance"].tolist(),
+            **{
+                c: group[c].astype(float).tolist()
+                for c in group.columns
+                if c.startswith("alliance_")
+            },
+        }
+    return out
+
+
+def _rated(history: dict[str, list], k_index: int, group: str, profile: InstrumentProfile):
+    """Session number -> rated value of ``group`` up to appointment ``k_index``, on the scale the
+    texts quote: rated sessions and the element mean as tests/features/reference.py defines them
+    (attended, value present; the mean of the elements rated at that session)."""
+    out: dict[int, float] = {}
+    for i in range(k_index + 1):
+        if history["attendance"][i] != "attended":
+            continue
+        if group == OVERALL:
+            rated = [history[c][i] for c in profile.columns if not math.isnan(history[c][i])]
+            if not rated:
+                continue
+            value = sum(rated) / len(rated)
+            if profile.total == "sum":
+                value *= len(profile.elements)
+        else:
+            value = history[f"alliance_{group}"][i]
+            if math.isnan(value):
+                continue
+        out[history["session_number"][i]] = value
+    return out
+
+
+def _check_history(
+    d: Driver, history: dict[str, list], k_index: int, profile: InstrumentProfile
+) -> None:
+    """The sessions and values the evidence names are the client's, recomputed from scratch."""
+    ev, fact = d.evidence, d.evidence["fact"]
+    attendance = history["attendance"][: k_index + 1]
+    if fact == "recent_missed":
+        window = attendance[-RECENT_APPOINTMENTS:]
+        assert (ev["no_shows"], ev["late_cancellations"]) == (
+            window.count("no_show"),
+            window.count("late_cancel"),
         )
-        assert describe_drivers(arrays, rows[i : i + 1], registry, X[i : i + 1], one) == [out[i]]
+        assert (ev["no_shows_total"], ev["late_cancellations_total"], ev["appointments_total"]) == (
+            attendance.count("no_show"),
+            attendance.count("late_cancel"),
+            len(attendance),
+        )
+    if fact == "attended_share":
+        assert (ev["attended"], ev["appointments"]) == (
+            attendance.count("attended"),
+            len(attendance),
+        )
+    if d.group not in (*profile.element_names, OVERALL):
+        return
+    series = _rated(history, k_index, d.group, profile)
+    sessions = list(series)
+
+    def at(session: int) -> float:
+        return rating(series[session])
+
+    if fact in ("trend", "change_prev", "first_to_last", "drop_alert"):
+        assert ev["to_session"] == sessions[-1]
+        assert (ev["from"], ev["to"]) == (at(ev["from_session"]), at(ev["to_session"]))
+        apart = len(sessions) - 1 - sessions.index(ev["from_session"])
+        first = len(sessions) - 1  # first_to_last: from the first rated session
+        assert apart == {"trend": min(RECENT_RATED, first), "first_to_last": first}.get(fact, 1)
+        if fact != "drop_alert":
+            assert ev["rated_sessions"] == (len(sessions) if fact == "first_to_last" else apart)
+    elif fact in ("level", "cutoff", "own_mean"):
+        assert (ev["session"], ev["latest"]) == (sessions[-1], at(sessions[-1]))
+    elif fact == "rupture" and "session" in ev:
+        before = sessions[sessions.index(ev["session"]) - 1]
+        assert (ev["from"], ev["to"], ev["latest"]) == (
+            at(before),
+            at(ev["session"]),
+            at(sessions[-1]),
+        )
+    elif fact in ("n_rated", "variability", "rupture"):
+        assert ev["rated_sessions"] == len(sessions)
+    elif fact == "element_cutoff" and "element" in ev:
+        element = _rated(history, k_index, ev["element"], profile)
+        assert ev["session"] == sessions[-1]
+        assert ev["latest"] == rating(element[ev["session"]])
+
+
+def _check_rows(
+    out: list[list[Driver]],
+    arrays: SessionArrays,
+    rows: np.ndarray,
+    e: Explanation,
+    histories: dict[str, dict[str, list]],
+    top: int,
+) -> set[str]:
+    """Every property of every row's drivers; returns the kinds of facts seen."""
+    profile = arrays.profile
+    groups = list(e.group_names)
+    seen = set()
+    for i, drivers in enumerate(out):
+        gc = e.group_contributions[i]
+        expected = [g for g in np.argsort(-np.abs(gc), kind="stable")[:top] if gc[g] != 0]
+        assert [groups.index(d.group) for d in drivers] == expected
+        seg = int(arrays.seg_of_row[rows[i]])
+        history = histories[arrays.client_id[seg]]
+        k_index = int(arrays.rank[rows[i]])
+        for d in drivers:
+            assert d.contribution == gc[groups.index(d.group)]
+            _check_driver(d)
+            _check_history(d, history, k_index, profile)
+            seen.add(d.evidence["fact"])
+    return seen
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), name=st.sampled_from(sorted(PROFILES)), seed=st.integers(0, 2**16))
-def test_any_history_gives_valid_drivers(data, name: str, seed: int) -> None:
+@given(
+    data=st.data(),
+    name=st.sampled_from(sorted(PROFILES)),
+    seed=st.integers(0, 2**16),
+    top=st.integers(0, 6),
+)
+def test_any_history_gives_drivers_that_quote_its_numbers(data, name, seed, top) -> None:
     profile = get_profile(name)
     sessions, clients = data.draw(client_history(profile))
     registry = feature_registry(profile, include_covariates=True)
@@ -613,41 +729,73 @@ def test_any_history_gives_valid_drivers(data, name: str, seed: int) -> None:
     rows = landmark_rows(arrays, "all")
     X = compute_feature_matrix(arrays, registry, rows)
     e = _random_explanation(registry, rows.shape[0], seed)
-    out = describe_drivers(arrays, rows, registry, X, e, top=4)
-    groups = list(e.group_names)
-    for i, drivers in enumerate(out):
-        assert len(drivers) <= 4
-        for d in drivers:
-            _check_driver(d)
-            assert d.contribution == e.group_contributions[i, groups.index(d.group)]
-    t = drivers_module._tables(registry, e.group_names)
-    args = (arrays, rows, X, e.group_contributions, e.feature_contributions, 4, t)
-    assert _nan_equal(drivers_module._pairs_small(*args), drivers_module._pairs_batch(*args))
+    writer = DriverWriter.build(registry, e.group_names)
+    out = writer.describe(arrays, rows, X, e, top=top)
+    _check_rows(out, arrays, rows, e, _histories(sessions), top)
+    for i in range(rows.shape[0]):
+        assert writer.describe(arrays, rows[i : i + 1], X[i : i + 1], _rows_of(e, i), top=top) == [
+            out[i]
+        ]
 
 
-# -- internals the fast paths rely on -----------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(PROFILES))
+@pytest.mark.parametrize("covariates", [False, True])
+def test_a_cohort_gives_drivers_that_quote_its_numbers(name: str, covariates: bool) -> None:
+    profile = get_profile(name)
+    registry = feature_registry(profile, include_covariates=covariates)
+    sessions, clients = random_cohort(60, profile, seed=5)  # never-attended, never-rated, gaps
+    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    rows = landmark_rows(arrays, "all")
+    X = compute_feature_matrix(arrays, registry, rows)
+    e = _random_explanation(registry, rows.shape[0], seed=1)
+    writer = DriverWriter.build(registry, e.group_names)
+    out = writer.describe(arrays, rows, X, e, top=4)
+    seen = _check_rows(out, arrays, rows, e, _histories(sessions), 4)
+    assert {"trend", "first_to_last", "level", "rupture", "recent_missed", "n_rated"} <= seen
+    # A row alone, and its client alone in its own arrays, give the row's drivers.
+    for i in range(0, rows.shape[0], 7):
+        one = _rows_of(e, i)
+        assert writer.describe(arrays, rows[i : i + 1], X[i : i + 1], one, top=4) == [out[i]]
+        seg = arrays.seg_of_row[rows[i]]
+        alone = arrays.take_segments(np.array([seg]))
+        row = arrays.rank[rows[i : i + 1]]
+        assert writer.describe(alone, row, X[i : i + 1], one, top=4) == [out[i]]
 
 
-@given(x=st.floats())
-def test_rating_text_is_the_value_rounded_to_one_decimal(x: float) -> None:
-    # _r1 formats directly ("z" drops the sign of a rounded zero); it must read as round() does.
-    assert drivers_module._r1(x) == f"{round(x, 1) + 0.0:.1f}"
+# -- the writer ----------------------------------------------------------------------------------
 
 
-def test_facts_tuples_list_the_integers_first_then_the_feature_statistics() -> None:
-    for cls, stats in (
-        (drivers_module._RatingFacts, drivers_module._RATING_STATS),
-        (drivers_module._ActivityFacts, drivers_module._ACTIVITY_FEATURES),
-    ):
-        assert cls._fields[-len(stats) :] == stats
-        kinds = list(typing.get_type_hints(cls).values())
-        n_int = drivers_module._INT_FIELDS[cls]
-        assert kinds == [int] * n_int + [float] * (len(kinds) - n_int)
+def test_one_writer_describes_any_batch_of_its_model() -> None:
+    registry = feature_registry(SRS, include_covariates=True)
+    sessions, clients = random_cohort(20, SRS, seed=3)
+    arrays = SessionArrays.from_frames(sessions, clients, SRS)
+    rows = landmark_rows(arrays, "all")
+    X = compute_feature_matrix(arrays, registry, rows)
+    e = _random_explanation(registry, rows.shape[0], seed=2)
+    writer = DriverWriter.build(registry, e.group_names)
+    out = writer.describe(arrays, rows, X, e)
+    assert out == describe_drivers(arrays, rows, registry, X, e)
+    assert writer.describe(arrays, rows, X, e) == out  # nothing carried over between calls
+    assert all(type(d) is models.results.Driver for drivers in out for d in drivers)
+    assert Driver is models.results.Driver
 
 
-@pytest.mark.parametrize("n", [2, drivers_module._SMALL_PAIRS + 1])
+def test_the_writer_refuses_other_groupings() -> None:
+    registry = feature_registry(ALLIANCE6)
+    with pytest.raises(ValueError, match="'therapist' is not in the feature registry"):
+        DriverWriter.build(registry, (*registry.groups, "therapist"))
+    arrays = _client(attendance=["attended", "attended"])
+    rows = landmark_rows(arrays, "latest")
+    X = compute_feature_matrix(arrays, registry, rows)
+    e = _explanation(registry, np.zeros((1, X.shape[1])))
+    writer = DriverWriter.build(registry, tuple(reversed(e.group_names)))
+    with pytest.raises(ValueError, match="groups differ from the driver writer's"):
+        writer.describe(arrays, rows, X, e)
+
+
+@pytest.mark.parametrize("n", [1, 30])
 @pytest.mark.parametrize("bad", [-1, 3])
-def test_rows_outside_the_arrays_are_refused_for_few_and_many_rows(n: int, bad: int) -> None:
+def test_rows_outside_the_arrays_are_refused(n: int, bad: int) -> None:
     arrays = _client(attendance=["attended"] * 3)
     registry = feature_registry(ALLIANCE6)
     rows = np.full(n, 2, dtype=np.int64)
@@ -659,74 +807,14 @@ def test_rows_outside_the_arrays_are_refused_for_few_and_many_rows(n: int, bad: 
         describe_drivers(arrays, rows, registry, X, e)
 
 
-@given(x=st.floats(allow_nan=True, allow_infinity=True))
-def test_cached_rounding_reads_as_round_does(x: float) -> None:
-    # The caches key on the value: 0.0 and -0.0 (equal keys) must give the same results.
-    for y in (x, -x, 0.0, -0.0):
-        rounded = round(y, 1) + 0.0
-        assert repr(drivers_module._v(y)) == repr(rounded)
-        assert repr(drivers_module._rated(y)) == repr((rounded, f"{rounded:.1f}"))
-        assert drivers_module._int(y) == (int(round(y)) if math.isfinite(y) else 0)
+@given(x=st.floats())
+def test_rating_text_is_the_value_rounded_to_one_decimal(x: float) -> None:
+    # rating_text formats directly ("z" drops the sign of a rounded zero); it must read as the
+    # evidence's rating() does, so that a text and its evidence quote the same number.
+    assert rating_text(x) == f"{rating(x):.1f}"
 
 
-def test_chain_codes_name_the_group_and_its_candidates_in_order() -> None:
-    registry = feature_registry(ALLIANCE6, include_covariates=True)
-    t = drivers_module._tables(registry, tuple(registry.index_of_group))
-    rng = np.random.default_rng(3)
-    for gi, g in enumerate(t.groups):
-        for n in range(drivers_module._CANDIDATES + 1):
-            candidates = rng.permutation(len(g.col_list))[:n].tolist()
-            topics = [topic for j in candidates for topic in g.topics[j]]
-            expected = tuple(
-                drivers_module._BUILDERS[topic]
-                for topic in dict.fromkeys(topics + [*drivers_module._DEFAULT_TOPICS[g.kind]])
-            )
-            code = drivers_module._chain_code(t, gi, candidates)
-            assert drivers_module._chain(t, code) == expected
-            t.chains.pop(code)  # and decoded again, not read from the cache
-            assert drivers_module._chain(t, code) == expected
-
-
-def test_tied_contributions_pick_the_same_candidates_on_both_paths() -> None:
-    # Ties are common in practice (equal contributions of a group's features): both paths take
-    # them in column order.
-    registry = feature_registry(ALLIANCE6, include_covariates=True)
-    sessions, clients = random_cohort(30, ALLIANCE6, seed=2)
-    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
-    rows = landmark_rows(arrays, "all")
-    X = compute_feature_matrix(arrays, registry, rows)
-    rng = np.random.default_rng(4)
-    fc = rng.choice([-0.1, 0.0, 0.1], size=(rows.shape[0], len(registry.names)))
-    e = _explanation(registry, fc)
-    t = drivers_module._tables(registry, e.group_names)
-    args = (arrays, rows, X, e.group_contributions, e.feature_contributions, 3, t)
-    small, batch = drivers_module._pairs_small(*args), drivers_module._pairs_batch(*args)
-    assert _nan_equal(small, batch)
-    assert len(set(batch[3])) > 10  # many distinct chains were compared
-
-
-def test_groups_too_wide_for_chain_codes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = feature_registry(ALLIANCE6)
-    monkeypatch.setattr(drivers_module, "_TABLES", {})
-    monkeypatch.setattr(drivers_module, "_CANDIDATES", 40)  # codes beyond int64
-    with pytest.raises(ValueError, match="too many features"):
-        drivers_module._tables(registry, tuple(registry.index_of_group))
-
-
-def test_drivers_are_ordinary_frozen_driver_objects() -> None:
-    # describe_drivers builds its Driver objects without Driver.__init__ (for speed): they must
-    # be indistinguishable from ones built with it.
-    drivers, _ = _describe(
-        _client(ratings={"goals": [8, 8, 6, 4]}, attendance=["attended"] * 4),
-        {"goals_slope": 0.5, "attendance_attended_rate": -0.2, "alliance_overall_last": 0.3},
-    )
-    assert len(drivers) == 3
-    names = [f.name for f in dataclasses.fields(Driver)]
-    for d in drivers:
-        same = Driver(**{name: getattr(d, name) for name in names})
-        assert d == same and repr(d) == repr(same)
-        assert list(vars(d)) == names
-        assert pickle.loads(pickle.dumps(d)) == d
-        assert dataclasses.replace(d, text="x").text == "x"
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            d.text = "x"  # type: ignore[misc]
+def test_facts_end_with_the_feature_statistics_they_read() -> None:
+    # The fact engine fills the trailing fields from the feature row, in these orders.
+    assert RatingFacts._fields[-len(RATING_STATS) :] == RATING_STATS
+    assert ActivityFacts._fields[-len(ACTIVITY_FEATURES) :] == ACTIVITY_FEATURES
