@@ -179,7 +179,7 @@ def _low_point(f: RatingFacts, g: Group, up: bool) -> Sentence:
     if not up or f.m < 1 or not (isfinite(lo) and isfinite(last)):
         return None
     lov, lv = rating(lo), rating(last)
-    ev: Evidence = {"fact": "low_point", "lowest": lov, "latest": lv}
+    ev: Evidence = {"fact": "low_point", "lowest": lov, "latest": lv, "session": f.sn0}
     if lov >= lv:
         return f"{g.subject} at its lowest so far: {lv:.1f} at session {f.sn0}", ev
     return f"{g.subject} reached a low of {lov:.1f} (latest {lv:.1f})", ev
@@ -284,6 +284,7 @@ def _ceiling(f: RatingFacts, g: Group, up: bool) -> Sentence:
     return f"Perfect scores ({fmt(top)} on every element) {where}, a known warning sign", {
         "fact": "ceiling",
         "rated_sessions": n,
+        "session": f.sn0,
         "scale_max": top,
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from features.arrays import SessionArrays
 from features.build import landmark_rows
 from features.kernels import compute_feature_matrix
 from features.profiles import OVERALL, PROFILES, InstrumentProfile, get_profile
-from features.registry import Feature, FeatureRegistry, feature_registry
+from features.registry import YOUNG_AGE_YEARS, Feature, FeatureRegistry, feature_registry
 from models.drivers import (
     GENERAL_FOCUS,
     LOWERS,
@@ -565,6 +566,14 @@ def test_batch_gives_the_same_drivers_as_each_client_alone(trained) -> None:
 
 # -- properties on any history ------------------------------------------------------------------
 
+#: Numbers a text quotes that are fixed by its wording, not by the client.
+_FIXED = (
+    "appointments 1-3",
+    f"none in the last {RECENT_APPOINTMENTS}",
+    f"{YOUNG_AGE_YEARS:g} years",
+)
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
+
 
 def _random_explanation(registry: FeatureRegistry, n: int, seed: int) -> Explanation:
     rng = np.random.default_rng(seed)
@@ -632,6 +641,21 @@ def _rated(history: dict[str, list], k_index: int, group: str, profile: Instrume
     return out
 
 
+def _check_quotes(d: Driver) -> None:
+    """Every number in the text is one of its evidence (or a difference of two it quotes)."""
+    ev = d.evidence
+    quoted = {abs(float(v)) for v in ev.values() if isinstance(v, (int, float))}
+    if ev["fact"] == "drop_alert":
+        quoted.add(rating(ev["from"] - ev["to"]))
+    if ev["fact"] == "own_mean":
+        quoted.add(rating(ev["own_mean"] - ev["latest"]))
+    text = d.text
+    for fixed in _FIXED:
+        text = text.replace(fixed, "")
+    for number in _NUMBER.findall(text):
+        assert float(number) in quoted, (d.text, ev)
+
+
 def _check_history(
     d: Driver, history: dict[str, list], k_index: int, profile: InstrumentProfile
 ) -> None:
@@ -670,8 +694,10 @@ def _check_history(
         assert apart == {"trend": min(RECENT_RATED, first), "first_to_last": first}.get(fact, 1)
         if fact != "drop_alert":
             assert ev["rated_sessions"] == (len(sessions) if fact == "first_to_last" else apart)
-    elif fact in ("level", "cutoff", "own_mean"):
+    elif fact in ("level", "cutoff", "own_mean", "low_point"):
         assert (ev["session"], ev["latest"]) == (sessions[-1], at(sessions[-1]))
+    elif fact == "ceiling":
+        assert ev["session"] == sessions[-1]
     elif fact == "rupture" and "session" in ev:
         before = sessions[sessions.index(ev["session"]) - 1]
         assert (ev["from"], ev["to"], ev["latest"]) == (
@@ -709,6 +735,7 @@ def _check_rows(
         for d in drivers:
             assert d.contribution == gc[groups.index(d.group)]
             _check_driver(d)
+            _check_quotes(d)
             _check_history(d, history, k_index, profile)
             seen.add(d.evidence["fact"])
     return seen
