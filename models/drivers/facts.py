@@ -15,6 +15,7 @@ import numpy as np
 
 from features.arrays import MAX_SESSION_NUMBER, SessionArrays
 from features.contract import ATTENDANCE_CODES, ATTENDED, LATE_CANCEL, NO_SHOW
+from features.kernels import rated_values
 from models.drivers.tables import ACTIVITY_FEATURES, RATING_STATS, RATING_VALUE_STATS, Tables
 
 #: Rated sessions quoted by "over the last N rated sessions" sentences.
@@ -152,7 +153,7 @@ def _rating_facts(
     n_el = len(arrays.profile.elements)
     n = arrays.n_rows
     sn = arrays.session_number
-    values = _rated_values(arrays)  # (n_el + 1, n): NaN where not rated
+    values = rated_values(arrays)  # (n_el + 1, n): NaN where not rated
     # Positions in the flattened (slot, row) values count the rated values before them, so the
     # k-th rated value of a slot in a client is one look-up, however long the history; the row
     # of a position is the position modulo n.
@@ -241,19 +242,3 @@ def _activity_facts(
         *stats,
     ]
     return list(map(ActivityFacts._make, zip(*(c.tolist() for c in columns), strict=True)))
-
-
-def _rated_values(arrays: SessionArrays) -> np.ndarray:
-    """Stand-in for ``features.kernels.rated_values`` until it lands (same contract)."""
-    n_el = len(arrays.profile.elements)
-    rated = np.isfinite(arrays.ratings) & (arrays.attendance == ATTENDED_CODE)
-    out = np.empty((n_el + 1, arrays.n_rows))
-    out[:n_el] = np.where(rated, arrays.ratings, np.nan)
-    zeroed = np.where(rated, arrays.ratings, 0.0)
-    total = zeroed[0].copy()
-    for e in range(1, n_el):
-        total += zeroed[e]
-    count = rated.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[n_el] = np.where(count > 0, total / count, np.nan)
-    return out
