@@ -1,14 +1,12 @@
 """Exact TreeSHAP of a small tree ensemble as table lookups, for one-row serving latency.
 
 xgboost's ``pred_contribs`` computes exact path-dependent TreeSHAP (Lundberg et al. 2020,
-"From local explanations to global understanding with explainable AI for trees", Algorithm 2).
-For one row of the served model (15 trees of depth 4) it took 0.37 ms, almost all of it the
-1-row ``DMatrix`` and the call itself; this module gives the same values in 0.011 ms, and a
-1,000-row batch in 4.9 ms against 28 ms (the benchmark's model, min of 15 rounds, alternated in
-one run; the per-row pass is compiled, ``models/_treeshap.c``: in numpy it took 0.051 ms and
-15 ms). At the largest models the search allows (600 trees of depth 2, 187 of depth 4, 60 of
-depth 5; 148 features) building took 0.4-0.55 s at load, and one row or 1,000 rows were 2-5x
-faster than ``pred_contribs`` before the pass was compiled.
+"From local explanations to global understanding with explainable AI for trees", Algorithm 2)
+in O(leaves x depth^2) per tree and row; for one row, almost all of its time is the 1-row
+``DMatrix`` and the call itself. The values depend on a row only through a few bits per leaf
+(below), so they are tabulated once per model, when it loads. Explaining rows is then a fixed
+sequence of whole-array numpy operations and one sparse sum (scipy), the same code for one row
+and for a batch; batches go through it in chunks of rows, which bounds the working memory.
 
 Why tables work. Take a leaf with value ``v`` whose path from the root splits on the distinct
 features ``F`` (``d = |F|``). For feature ``j`` in ``F`` let ``z_j`` be the product of the cover
@@ -41,26 +39,21 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 import xgboost as xgb
 
-from models import _treeshap
-
-#: Cap on tabulated values (8 bytes each, held twice: the arrays and the compiled copy): 4M
-#: entries is 2 x 32 MB. The served model needs ~15k.
+#: Cap on tabulated values (8 bytes each): 4M entries is 32 MB. The largest models the search
+#: allows (:class:`models.booster.SearchSpace`) need under a tenth of that.
 MAX_TABLE_ENTRIES = 1 << 22
+#: Working memory of one pass over rows (split decisions, bit patterns, looked-up values):
+#: larger inputs are explained in chunks of rows. Bounded passes are also faster than one
+#: pass over a large batch (their arrays stay in the processor's caches); much smaller ones
+#: would leave each numpy operation too few rows.
+CHUNK_BYTES = 8 << 20
 #: Objectives whose ``base_score`` is a probability (the margin starts at its log-odds), and
 #: those whose ``base_score`` is already a margin.
 _LOGIT_BASE = frozenset({"binary:logistic", "reg:logistic"})
 _IDENTITY_BASE = frozenset({"binary:logitraw", "reg:squarederror"})
-
-
-#: The array fields and the dtypes the compiled pass reads them as.
-_DTYPES = {
-    "split_feature": np.intp, "split_threshold": np.float32, "split_default_left": np.bool_,
-    "entry_split": np.intp, "entry_goes_right": np.bool_, "leaf_row": np.intp,
-    "value_order": np.intp, "feature_start": np.intp, "used_features": np.intp,
-    "table": np.float64,
-}  # fmt: skip
 
 
 class UnsupportedBooster(ValueError):
@@ -76,6 +69,8 @@ class PathTables:
     distinct path feature, or padding. A slot's bit is 1 when the row takes the path's branch
     at every split on that feature: up to ``K`` splits per slot, padded with a constant
     column that always agrees (and, for a padding slot, never does, so its bit stays 0).
+    Slots are numbered slot-major (``s * n_leaves + leaf``); the real ones are listed by
+    feature, as the rows of a sparse 0/1 matrix that sums looked-up values into features.
     """
 
     n_features: int
@@ -84,34 +79,50 @@ class PathTables:
     split_feature: np.ndarray  # (n_splits,) intp: column tested
     split_threshold: np.ndarray  # (n_splits,) float32: go left when x < threshold
     split_default_left: np.ndarray  # (n_splits,) bool: where a missing value goes
-    entry_split: np.ndarray  # (K * D * n_leaves,) intp into the splits plus the constant column
-    entry_goes_right: np.ndarray  # (K * D * n_leaves,) bool: the path's branch there
+    entry_split: np.ndarray  # (K, D * n_leaves) intp into the splits plus the constant column
+    entry_goes_right: np.ndarray  # (K, D * n_leaves) bool: the path's branch there
     leaf_row: np.ndarray  # (n_leaves,) intp: each leaf's first position in a ``table`` row
-    value_order: np.ndarray  # (n_slots,) intp: real slots (slot-major, s * n_leaves + leaf)
-    #                          grouped by feature
-    feature_start: np.ndarray  # (n_used,) intp: first position of each feature's group
-    used_features: np.ndarray  # (n_used,) intp: features tested anywhere
+    feature_slots: np.ndarray  # (n_slots,) intp: the real slots, grouped by feature
+    feature_ptr: np.ndarray  # (n_features + 1,) intp: feature f's slots are
+    #                          feature_slots[feature_ptr[f]:feature_ptr[f + 1]]
     table: np.ndarray  # (D, n_leaves * 2**D) float64: slot s of a leaf, by bit pattern
-    _compiled: _treeshap.Tables = field(init=False, repr=False, compare=False)
+    # Derived from the fields above in __post_init__ (rebuilt, never pickled: __reduce__).
+    _entry_index: np.ndarray = field(init=False, repr=False)
+    _feature_sum: sp.csr_array = field(init=False, repr=False)
+    _chunk_rows: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name, dtype in _DTYPES.items():
-            value = getattr(self, name)
-            if not (isinstance(value, np.ndarray) and value.dtype == dtype):
-                raise TypeError(f"PathTables.{name} must be a {np.dtype(dtype)} array")
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+        if self.leaf_row.shape[0] and not (
+            self.leaf_row.min() >= 0
+            and self.leaf_row.max() + (1 << self.depth) <= self.table.shape[1]
+        ):
+            raise ValueError("leaf_row points past the table")
+        # Each entry's row in the decisions of ``_pass``: "goes left" at each split and at
+        # the constant column, then "goes right" at each.
+        entry_index = self.entry_split + self.entry_goes_right * (self.split_feature.shape[0] + 1)
+        # Sums looked-up values (rows: slots) into features, each feature's slots in the order
+        # of ``feature_slots``: the same additions for a row alone as in any batch.
+        ones = np.ones(self.feature_slots.shape[0])
+        for value in (entry_index, ones):
             value.setflags(write=False)
-        # The compiled pass's own validated copy (checked once, here; not per call).
-        compiled = _treeshap.Tables(
-            self.split_feature, self.split_threshold, self.split_default_left,
-            self.entry_split, self.entry_goes_right, self.leaf_row, self.value_order,
-            self.feature_start, self.used_features, self.table, self.n_features, self.depth,
-        )  # fmt: skip
-        object.__setattr__(self, "_compiled", compiled)
+        feature_sum = sp.csr_array(
+            (ones, self.feature_slots, self.feature_ptr),
+            shape=(self.n_features, entry_index.shape[1]),
+            copy=False,
+        )
+        feature_sum.check_format(full_check=True)  # scipy's kernel trusts the indices
+        object.__setattr__(self, "_entry_index", entry_index)
+        object.__setattr__(self, "_feature_sum", feature_sum)
+        object.__setattr__(self, "_chunk_rows", max(1, CHUNK_BYTES // self._bytes_per_row()))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled (or deep-copied) as its arrays; the compiled copy is rebuilt and rechecked.
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        return (_rebuild, (fields,))
+        # Pickled and deep-copied as its fields and rebuilt through __init__, so that the
+        # copy's arrays are read-only too and its derived state is derived again.
+        fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.init)
+        return (PathTables, fields)
 
     @property
     def depth(self) -> int:
@@ -150,17 +161,55 @@ class PathTables:
         bias : ndarray of shape (n_rows,), float64
             ``phi.sum(1) + bias`` is the margin.
         """
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must be 2-D with {self.n_features} columns")
         n = X.shape[0]
-        if not (self.leaf_row.shape[0] and n):
-            return np.zeros((n, self.n_features)), np.full(n, self.bias)
         phi = np.empty((n, self.n_features))
-        # Compiled (models/_treeshap.c): one pass per row with two small work buffers, so no
-        # chunking is needed. The numpy formulation it replaced took ~50 us for one row.
-        self._compiled.contributions(X, phi)
+        # Rows are independent and each is summed in the same order, so chunks of rows bound
+        # the working memory (about CHUNK_BYTES) and give the same bits as one pass.
+        step = self._chunk_rows
+        for start in range(0, n, step):
+            rows = np.asarray(X[start : start + step], dtype=np.float32)
+            phi[start : start + step] = self._pass(rows).T
         return phi, np.full(n, self.bias)
+
+    def _pass(self, X: np.ndarray) -> np.ndarray:
+        """``phi.T`` of the float32 rows ``X``: (n_features, n_rows)."""
+        n = X.shape[0]
+        n_splits, n_leaves, d = self.split_feature.shape[0], self.leaf_row.shape[0], self.depth
+        # Row-minor ((items, n_rows) arrays): every step is whole-row operations.
+        x = X.T[self.split_feature]
+        decisions = np.empty((2, n_splits + 1, n), dtype=bool)
+        left = decisions[0]
+        np.less(x, self.split_threshold[:, None], out=left[:-1])
+        left[:-1] |= np.isnan(x) & self.split_default_left[:, None]
+        left[-1] = True  # the constant column of the padding entries
+        np.logical_not(left, out=decisions[1])
+        decisions = decisions.reshape(2 * (n_splits + 1), n)
+        # A slot's bit: the row takes the path's branch at each of its (up to K) splits.
+        bits = decisions[self._entry_index[0]]
+        for entries in self._entry_index[1:]:
+            bits &= decisions[entries]
+        # Bit s of a leaf's pattern is its slot s (at most 8 slots: one byte).
+        bits = bits.reshape(d, n_leaves, n).view(np.uint8)
+        for s in range(1, d):
+            bits[0] |= bits[s] << s
+        pattern = self.leaf_row[:, None] + bits[0]
+        values = np.empty((d, n_leaves, n))
+        for s in range(d):
+            # Patterns stay within their leaf's 2**D entries (leaf_row is checked when built);
+            # mode="raise" would copy through a buffer.
+            self.table[s].take(pattern, out=values[s], mode="clip")
+        result: np.ndarray = self._feature_sum @ values.reshape(d * n_leaves, n)
+        return result
+
+    def _bytes_per_row(self) -> int:
+        """The memory one row takes in :meth:`_pass`, roughly."""
+        n_splits, n_slots = self.split_feature.shape[0], self._entry_index.shape[1]
+        # float32 x, 2 decisions, 2 bytes of bits per slot, intp patterns, float64 values, the
+        # float32 input and float64 result.
+        return 6 * n_splits + 10 * n_slots + 8 * self.leaf_row.shape[0] + 12 * self.n_features
 
     def probe_rows(self, n_rows: int = 64, seed: int = 0) -> np.ndarray:
         """Rows that put every split's feature at, just below or above its threshold, or
@@ -194,10 +243,6 @@ class PathTables:
         if not diff <= 1e-5 * (abs(self.bias) + self.value_scale) + 1e-7:
             raise UnsupportedBooster(f"tables differ from pred_contribs by {diff:.3g}")
         return diff
-
-
-def _rebuild(fields: dict[str, Any]) -> PathTables:
-    return PathTables(**fields)
 
 
 def _base_margin(objective: str, base_score: Any) -> float:
@@ -310,10 +355,10 @@ class _Builder:
                 for e, (split, goes_right) in enumerate(slot):
                     entry_split[e, s, j] = split
                     entry_right[e, s, j] = goes_right
-        flat = slot_feature.T.reshape(-1)  # slot-major, as ``values`` is laid out
+        flat = slot_feature.T.reshape(-1)  # slot-major, as ``_pass`` lays out its values
         real = np.flatnonzero(flat >= 0)
-        order = real[np.argsort(flat[real], kind="stable")]
-        used, starts = np.unique(flat[order], return_index=True)
+        slots = real[np.argsort(flat[real], kind="stable")]
+        ptr = np.searchsorted(flat[slots], np.arange(n_features + 1))
         return PathTables(
             n_features=n_features,
             bias=bias,
@@ -321,12 +366,11 @@ class _Builder:
             split_feature=np.asarray(self.split_feature, dtype=np.intp),
             split_threshold=np.asarray(self.split_threshold, dtype=np.float32),
             split_default_left=np.asarray(self.split_default_left, dtype=bool),
-            entry_split=entry_split.reshape(-1),
-            entry_goes_right=entry_right.reshape(-1),
+            entry_split=entry_split.reshape(k, d * n_leaves),
+            entry_goes_right=entry_right.reshape(k, d * n_leaves),
             leaf_row=np.arange(n_leaves, dtype=np.intp) << d,
-            value_order=order.astype(np.intp),
-            feature_start=starts.astype(np.intp),
-            used_features=used.astype(np.intp),
+            feature_slots=slots.astype(np.intp),
+            feature_ptr=ptr.astype(np.intp),
             table=np.ascontiguousarray(table.transpose(2, 0, 1).reshape(d, -1)),
         )
 

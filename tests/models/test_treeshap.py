@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import pickle
+import sys
+import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
 import xgboost as xgb
 
+from models import treeshap
 from models.explain import tree_contributions
 from models.scorer import _path_tables
 from models.treeshap import PathTables, UnsupportedBooster
@@ -25,18 +31,23 @@ def _data(n: int = 600, p: int = 6, seed: int = 0, missing: float = 0.15):
     return X, y
 
 
-def _train(params: dict, rounds: int = 12, seed: int = 0, **data) -> tuple[xgb.Booster, np.ndarray]:
+def _train(params: dict, seed: int = 0, **data) -> tuple[xgb.Booster, np.ndarray]:
     X, y = _data(seed=seed, **data)
     if params.get("objective", "").startswith("reg:squared"):
         y = y * 3 + np.nan_to_num(X[:, 1]).clip(-2, 2)
     p = {"objective": "binary:logistic", "nthread": 1, "seed": seed, **params}
+    rounds = p.pop("rounds", 12)
     return xgb.train(p, xgb.DMatrix(X, label=y, missing=np.nan), rounds), X
 
 
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     "depth 1": {"max_depth": 1},
+    "depth 2": {"max_depth": 2},
     "depth 3": {"max_depth": 3},
+    "depth 4": {"max_depth": 4},
+    "depth 5": {"max_depth": 5},
     "depth 6, features repeat on paths": {"max_depth": 6, "colsample_bytree": 0.5},
+    "many trees": {"max_depth": 3, "eta": 0.05, "subsample": 0.7, "rounds": 300},
     "base_score set": {"max_depth": 4, "base_score": 0.3},
     "logitraw": {"max_depth": 3, "objective": "binary:logitraw"},
     "squared error": {"max_depth": 4, "objective": "reg:squarederror"},
@@ -48,7 +59,8 @@ MODELS = {
 def test_contributions_equal_pred_contribs(name: str) -> None:
     booster, X = _train(MODELS[name])
     tables = PathTables.from_booster(booster)
-    for rows in (X, tables.probe_rows(200, seed=1)):
+    every_missing = np.full((1, X.shape[1]), np.nan)
+    for rows in (X, tables.probe_rows(200, seed=1), every_missing):
         ref_phi, ref_bias = tree_contributions(booster, rows)
         phi, bias = tables.contributions(rows)
         # xgboost sums in float32: equal to its rounding, on the data and at every threshold.
@@ -64,9 +76,10 @@ def test_contributions_equal_pred_contribs(name: str) -> None:
 def test_repeated_features_and_missing_values_are_exercised() -> None:
     booster, _ = _train(MODELS["depth 6, features repeat on paths"])
     tables = PathTables.from_booster(booster)
-    k = tables.entry_split.size // (tables.depth * tables.leaf_row.size)
-    assert k >= 2, "no path splits twice on one feature: the test model is too easy"
+    assert tables.entry_split.shape[0] >= 2, "no path splits twice on one feature: too easy"
     assert tables.split_default_left.any() and not tables.split_default_left.all()
+    many = PathTables.from_booster(_train(MODELS["many trees"])[0])
+    assert many.leaf_row.size > 1000, "the many-trees model is small"
 
 
 def test_stumps_of_one_leaf_only_move_the_bias() -> None:
@@ -79,7 +92,7 @@ def test_stumps_of_one_leaf_only_move_the_bias() -> None:
     tables = PathTables.from_booster(booster)
     assert tables.leaf_row.size == 0
     phi, bias = tables.contributions(X[:5])
-    assert not phi.any()
+    assert phi.shape == (5, 6) and not phi.any()
     ref_phi, ref_bias = tree_contributions(booster, X[:5])
     np.testing.assert_allclose(bias, ref_bias, atol=2e-6)
 
@@ -91,89 +104,72 @@ def test_a_row_gets_the_same_bits_alone_as_in_a_batch() -> None:
     for i in (0, 17, len(X) - 1):
         alone, _ = tables.contributions(X[i : i + 1])
         np.testing.assert_array_equal(alone[0], phi[i])
-    # Column-major input (the feature kernel's layout) gives the same bits.
+    # Column-major or float32 input (the feature kernel's layout) gives the same bits.
     np.testing.assert_array_equal(tables.contributions(np.asfortranarray(X))[0], phi)
+    np.testing.assert_array_equal(tables.contributions(X.astype(np.float32))[0], phi)
     assert tables.contributions(X)[1].shape == (len(X),)
 
 
-def _reference(tables: PathTables, X: np.ndarray) -> np.ndarray:
-    """The numpy formulation the compiled pass replaced (whole-array steps over rows)."""
-    X = np.asarray(X, dtype=np.float32)
-    n, n_leaves, d = X.shape[0], tables.leaf_row.shape[0], tables.depth
-    x = X.T[tables.split_feature]
-    left = np.ones((x.shape[0] + 1, n), dtype=bool)
-    left[:-1] = (x < tables.split_threshold[:, None]) | (
-        np.isnan(x) & tables.split_default_left[:, None]
-    )
-    agree = left[tables.entry_split] ^ tables.entry_goes_right[:, None]
-    bits = agree.reshape(-1, d, n_leaves, n).all(axis=0)
-    pattern = (bits.astype(np.intp) << np.arange(d)[:, None, None]).sum(axis=0)
-    pattern += tables.leaf_row[:, None]
-    values = np.stack([tables.table[s][pattern] for s in range(d)])
-    phi = np.zeros((tables.n_features, n))
-    phi[tables.used_features] = np.add.reduceat(
-        values.reshape(d * n_leaves, n)[tables.value_order], tables.feature_start, axis=0
-    )
-    return phi.T
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_compiled_pass_equals_the_array_formulation(name: str) -> None:
-    # The same terms summed: only the order of additions differs (numpy adds pairwise along a
-    # contiguous axis), so values agree to a few units in the last place.
-    booster, X = _train(MODELS[name])
-    tables = PathTables.from_booster(booster)
-    for rows in (X, tables.probe_rows(200, seed=2)):
-        ref = _reference(tables, rows)
-        np.testing.assert_allclose(tables.contributions(rows)[0], ref, rtol=0, atol=1e-12)
-
-
-def test_tables_survive_pickling_and_deep_copies() -> None:
-    import copy
-    import pickle
-
-    booster, X = _train(MODELS["depth 3"])
-    tables = PathTables.from_booster(booster)
-    for twin in (pickle.loads(pickle.dumps(tables)), copy.deepcopy(tables)):
-        assert twin._compiled is not tables._compiled
-        np.testing.assert_array_equal(twin.contributions(X)[0], tables.contributions(X)[0])
-
-
-def test_working_memory_is_the_output_alone() -> None:
-    import tracemalloc
-
+def test_chunks_of_rows_give_the_same_bits_as_one_pass(monkeypatch) -> None:
     booster, X = _train(MODELS["depth 6, features repeat on paths"])
     tables = PathTables.from_booster(booster)
-    rows = np.tile(X, (2, 1))[:1000]
+    monkeypatch.setattr(treeshap, "CHUNK_BYTES", len(X) * tables._bytes_per_row())
+    one_pass = dataclasses.replace(tables)
+    monkeypatch.setattr(treeshap, "CHUNK_BYTES", 7 * tables._bytes_per_row())
+    chunked = dataclasses.replace(tables)
+    assert one_pass._chunk_rows == len(X) and chunked._chunk_rows == 7
+    phi = one_pass.contributions(X)[0]
+    np.testing.assert_array_equal(chunked.contributions(X)[0], phi)
+    for n in (1, 6, 7, 8, 15):
+        np.testing.assert_array_equal(chunked.contributions(X[:n])[0], phi[:n])
+
+
+def test_working_memory_is_bounded_by_the_chunks(monkeypatch) -> None:
+    booster, X = _train(MODELS["depth 6, features repeat on paths"])
+    monkeypatch.setattr(treeshap, "CHUNK_BYTES", 1 << 18)
+    tables = PathTables.from_booster(booster)
+    rows = np.tile(X, (10, 1))
+    assert len(rows) * tables._bytes_per_row() > 50 * treeshap.CHUNK_BYTES
     tracemalloc.start()
     try:
         tables.contributions(rows)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # phi (1,000 x 6 float64), the float32 copy of the rows and the bias: ~80 kB. The array
-    # formulation held (entries x rows) booleans and (slots x rows) doubles: megabytes.
-    assert peak < 160_000, peak
+    output = len(rows) * (tables.n_features + 1) * 8  # phi and bias
+    assert peak < output + 2 * treeshap.CHUNK_BYTES, peak
 
 
-def test_malformed_tables_are_refused_when_built_not_read() -> None:
-    # The compiled pass trusts the indices it was built with: they are checked once, up front.
+def test_copies_are_read_only_tables_with_the_same_values() -> None:
     booster, X = _train(MODELS["depth 3"])
     tables = PathTables.from_booster(booster)
-    bad_split = tables.entry_split.copy()
-    bad_split[3] = tables.split_feature.size + 1  # past the constant column
-    with pytest.raises(ValueError, match=r"entry_split\[3\] out of range"):
-        dataclasses.replace(tables, entry_split=bad_split)
-    bad_order = tables.value_order.copy()
-    bad_order[0] = -1
-    with pytest.raises(ValueError, match="value_order"):
-        dataclasses.replace(tables, value_order=bad_order)
-    with pytest.raises(ValueError, match="table has"):
+    for twin in (pickle.loads(pickle.dumps(tables)), copy.deepcopy(tables)):
+        assert twin.table is not tables.table
+        assert not any(v.flags.writeable for v in vars(twin).values() if isinstance(v, np.ndarray))
+        np.testing.assert_array_equal(twin.contributions(X)[0], tables.contributions(X)[0])
+
+
+def test_malformed_tables_are_refused() -> None:
+    booster, X = _train(MODELS["depth 3"])
+    tables = PathTables.from_booster(booster)
+    bad_slots = tables.feature_slots.copy()
+    bad_slots[0] = tables.depth * tables.leaf_row.size  # past the last slot
+    with pytest.raises(ValueError, match="indices must be <"):
+        dataclasses.replace(tables, feature_slots=bad_slots)
+    with pytest.raises(ValueError, match="leaf_row points past the table"):
         dataclasses.replace(tables, table=tables.table[:, :-1].copy())
-    with pytest.raises(ValueError, match="rows of 6 float32"):
-        tables._compiled.contributions(X[:2, :5].astype(np.float32).copy(), np.empty((2, 6)))
-    with pytest.raises(TypeError, match="entry_split must be a int64"):
-        dataclasses.replace(tables, entry_split=tables.entry_split.astype(np.int32))
+    # Every other index is bounds-checked by numpy as it is read.
+    bad_entry = tables.entry_split.copy()
+    bad_entry[0, 3] = 2 * tables.split_feature.size + 2
+    with pytest.raises(IndexError):
+        dataclasses.replace(tables, entry_split=bad_entry).contributions(X[:2])
+
+
+def test_no_compiled_module_is_loaded() -> None:
+    # Installs from wheels have no compiler, and logged models hold no compiled file.
+    import models.pyfunc  # noqa: F401  (the scorer, explain and treeshap with it)
+
+    assert "models._treeshap" not in sys.modules
 
 
 def test_wrong_shape_is_refused_and_arrays_are_read_only() -> None:
