@@ -156,7 +156,7 @@ def _fill(
     with np.errstate(divide="ignore", invalid="ignore"):
         n_attended = _attendance_features(arrays, seg, table)
         _rating_features(arrays, seg, table, n_attended)
-        age = arrays.age.take(arrays.seg_of_row, out=table("client_age"))
+        age = arrays.age.take(arrays.seg_of_row, out=table("client_age"), mode="clip")
         unknown = ~np.isfinite(age)
         age[unknown] = np.nan
         young = np.less(age, YOUNG_AGE_YEARS, out=table("client_age_under_25"))
@@ -348,7 +348,7 @@ def _rating_features(
     prev_of_p = seg.previous(last_row)  # at a rated row: the rated row before it
     prev_of = prev_of_p[:, 1:]
     prev_row = prev_of_p.take(last_row)
-    last = values_p.take(last_row, out=table("last", groups))
+    last = values_p.take(last_row, out=table("last", groups), mode="clip")
     prev = values_p.take(prev_row)
     np.subtract(last, prev, out=table("change_prev", groups))
     # The same sum as with NaN-masked terms: missing earlier sessions add 0.0.
