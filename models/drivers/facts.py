@@ -198,11 +198,11 @@ def _rating_facts(
     overall = (slot == n_el) & (c_end > c_start)
     el_values = values[:n_el, fp[0] % n]
     el_values[np.isnan(el_values)] = np.inf
-    low_el = np.where(overall, np.argmin(el_values, axis=0), -1)
-    low_val = np.where(overall, np.min(el_values, axis=0), np.nan)
+    low_el = np.where(overall, el_values.argmin(axis=0), -1)
+    low_val = np.where(overall, el_values.min(axis=0), np.nan)
     el_last = _gather(X, xrow, tables.element_last_cols[:, None])
     el_last[np.isnan(el_last)] = np.inf
-    any_last = (slot == n_el) & np.isfinite(el_last).any(axis=0)
+    any_last = (slot == n_el) & (el_last < np.inf).any(axis=0)
     focus_el = np.where(any_last, el_last.argmin(axis=0), -1)
 
     columns = [
