@@ -150,7 +150,7 @@ def compute_feature_matrix(
 def _fill(
     arrays: SessionArrays, plan: StatisticsTable, rows: np.ndarray, out_t: np.ndarray
 ) -> None:
-    """Every statistic of ``arrays``; the landmark ``rows`` of the registry's into ``out_t``."""
+    """Compute every statistic of ``arrays``; write the registry columns at ``rows`` to out_t."""
     table = _Table(plan, arrays.n_rows)
     seg = _Segments(arrays, len(arrays.profile.elements) + 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -164,7 +164,8 @@ def _fill(
     missing = set(plan.rows) - table.written
     if missing:
         raise RuntimeError(f"the feature kernel does not compute {sorted(missing)}")
-    # Rows are checked by the caller. (A take into a strided block of out_t is slow: assign.)
+    # mode="clip": the caller checked the rows. Assigned, not taken into out_t: when batches are
+    # chunked, out_t is a strided block, and a take into it goes through a temporary anyway.
     out_t[...] = table.data.take(rows, axis=1, mode="clip").take(plan.sources, axis=0)
 
 
