@@ -35,6 +35,7 @@ from models.drivers.tables import ACTIVITY_FEATURES, RATING_STATS
 from models.drivers.wording import rating, rating_text
 from models.explain import Explanation
 from models.scorer import Scorer
+from tests.features.reference import reference_rated_values
 from tests.features.strategies import client_history, random_cohort
 from training.pipeline import TrainConfig, train_model
 from training.simulate import simulate_cohort
@@ -620,25 +621,19 @@ def _histories(sessions: pd.DataFrame) -> dict[str, dict[str, list]]:
 
 def _rated(history: dict[str, list], k_index: int, group: str, profile: InstrumentProfile):
     """Session number -> rated value of ``group`` up to appointment ``k_index``, on the scale the
-    texts quote: rated sessions and the element mean as tests/features/reference.py defines them
-    (attended, value present; the mean of the elements rated at that session)."""
-    out: dict[int, float] = {}
-    for i in range(k_index + 1):
-        if history["attendance"][i] != "attended":
-            continue
-        if group == OVERALL:
-            rated = [history[c][i] for c in profile.columns if not math.isnan(history[c][i])]
-            if not rated:
-                continue
-            value = sum(rated) / len(rated)
-            if profile.total == "sum":
-                value *= len(profile.elements)
-        else:
-            value = history[f"alliance_{group}"][i]
-            if math.isnan(value):
-                continue
-        out[history["session_number"][i]] = value
-    return out
+    texts quote, from the readable reference (:func:`tests.features.reference.
+    reference_rated_values`)."""
+    end = k_index + 1
+    values = reference_rated_values(
+        history["attendance"][:end], [history[c][:end] for c in profile.columns], profile
+    )
+    slot = (*profile.element_names, OVERALL).index(group)
+    scale = len(profile.elements) if group == OVERALL and profile.total == "sum" else 1
+    return {
+        sn: v * scale
+        for sn, v in zip(history["session_number"][:end], values[slot], strict=True)
+        if not math.isnan(v)
+    }
 
 
 def _check_quotes(d: Driver) -> None:
