@@ -190,12 +190,12 @@ class Episodes:
         def text(column: str) -> np.ndarray:
             if column not in clients.columns:
                 return np.full(n, None, dtype=object)
-            values = clients[column].astype(object).to_numpy()
-            values = np.where(pd.isna(values), None, values)
+            values = clients[column].to_numpy(dtype=object, copy=True)
+            values[pd.isna(values)] = None
             return per_episode(column, values, None)
 
         outcome = (
-            pd.Index(c.OUTCOME_CODES).get_indexer(clients[c.OUTCOME]).astype(np.int8)
+            pd.Index(c.OUTCOME_CODES).get_indexer(pd.Index(clients[c.OUTCOME])).astype(np.int8)
             if c.OUTCOME in clients.columns
             else np.full(n_clients, -1, np.int8)
         )
@@ -220,7 +220,7 @@ class Episodes:
             session_number=sessions[c.SESSION_NUMBER].to_numpy(dtype=np.float64, na_value=np.nan),
             day=_days(sessions, c.SESSION_DATE),
             attendance=pd.Index(c.ATTENDANCE_CODES)
-            .get_indexer(sessions[c.ATTENDANCE])
+            .get_indexer(pd.Index(sessions[c.ATTENDANCE]))
             .astype(np.int8),
             ratings=ratings,
         )

@@ -13,6 +13,8 @@ Logging happens in ``training`` (the only MLflow writer); this module only defin
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow.pyfunc
@@ -51,7 +53,7 @@ def predict_frame(scorer: Scorer, model_input: pd.DataFrame) -> pd.DataFrame:
 
     Returns a frame with ``probability``, ``risk_band`` and ``logit`` (the log-odds of the
     returned probability) per input row, on the input's index. No explanation is computed:
-    this is the plain prediction path (explanations come from :meth:`Scorer.score_matrix`).
+    this is the plain prediction path (explanations come from :meth:`Scorer.score`).
     """
     names = list(scorer.feature_names)
     missing = [c for c in names if c not in model_input.columns]
@@ -68,6 +70,63 @@ def predict_frame(scorer: Scorer, model_input: pd.DataFrame) -> pd.DataFrame:
         },
         index=model_input.index,
     )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model version a model URI names now.
+
+    ``uri`` is the pinned URI to load (``models:/<name>/<version>``), so that what is loaded
+    and what is reported cannot differ even if the alias moves in between. A URI outside the
+    registry (a run or a path) is its own name, with version ``local``.
+    """
+
+    uri: str
+    name: str
+    version: str
+    alias: str | None
+
+
+def resolve_model(model_uri: str, client: Callable[[], Any] | None = None) -> ModelRef:
+    """Resolve ``models:/<name>@<alias>`` to its current version (one registry call).
+
+    ``models:/<name>/<version>`` and other URIs are returned as they are.
+
+    Parameters
+    ----------
+    model_uri
+        The URI to resolve.
+    client
+        ``() -> MlflowClient``; default a client on the configured tracking URI.
+
+    Raises
+    ------
+    LookupError
+        The alias names no version (for example: no champion promoted yet).
+    """
+    if not model_uri.startswith("models:/"):
+        return ModelRef(model_uri, model_uri, "local", None)
+    ref = model_uri.removeprefix("models:/")
+    if "@" not in ref:
+        name, _, version = ref.partition("/")
+        return ModelRef(model_uri, name, version, None)
+    name, alias = ref.split("@", 1)
+    if client is None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient
+    try:
+        found = client().get_model_version_by_alias(name, alias)
+    except Exception as exc:
+        if getattr(exc, "error_code", "") in _MISSING:
+            raise LookupError(f"no version of {name!r} has the alias {alias!r}") from None
+        raise
+    version = str(found.version)
+    return ModelRef(f"models:/{name}/{version}", name, version, alias)
+
+
+#: MLflow error codes meaning "no such model or alias" (as opposed to an unreachable registry).
+_MISSING = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
 
 
 def load_scorer(model_uri: str) -> Scorer:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
@@ -131,9 +130,25 @@ class RiskScore:
 
     def to_dict(self) -> dict[str, Any]:
         """The score as JSON-ready Python objects: the one serialisation of a result."""
-        return _adapter(RiskScore).dump_python(self, mode="json")  # type: ignore[no-any-return]
+        return _RISK_SCORE.dump_python(self, mode="json")
 
 
-@cache
-def _adapter(kind: type) -> TypeAdapter[Any]:
-    return TypeAdapter(kind)
+@dataclass(frozen=True, slots=True)
+class ContractProblem:
+    """Why an episode was not scored: one broken rule of the data contract."""
+
+    __pydantic_config__ = _DOCUMENTED
+
+    appointment: int | None
+    """Position of the appointment among the input's appointments (None: the whole episode)."""
+    column: str
+    """Contract column concerned (``session_date``, ``alliance_goals``, ...; ``sessions`` when
+    the episode has no appointment)."""
+    reason: str
+    """The data contract's wording (docs/data-contract.md); never a submitted value."""
+
+
+#: Built when the module is imported, once: pydantic reads these classes' source for their
+#: attribute docstrings, and CPython 3.11's compile() is not safe to run from several threads
+#: at once (a first call to_dict from the service's thread pool could be).
+_RISK_SCORE: TypeAdapter[RiskScore] = TypeAdapter(RiskScore)

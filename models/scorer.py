@@ -1,7 +1,12 @@
-"""The scorer: the one inference path from session history to calibrated, explained risk.
+"""The scorer: the one inference path from episodes of care to calibrated, explained risk.
 
-Training evaluation, batch scoring, the MLflow pyfunc and the HTTP API all call a
-:class:`Scorer`; nothing else builds features for a model or applies its calibration.
+:meth:`Scorer.score` takes :class:`~features.episodes.Episodes` (client fields and appointments,
+from a file or a request), checks the data contract's rules, computes the landmark features,
+the calibrated probability, the risk band and the exact grouped explanation, and describes the
+drivers in clinician language. The HTTP routes, ``alliance-risk score``, evaluation and every
+later adapter (FHIR, CDS Hooks) call it; nothing else checks episodes for a model, builds its
+features or applies its calibration. Per-model tables (TreeSHAP, explanation groups, driver
+tables, response strings) are built once, when the scorer is.
 
 A scorer is saved as a directory of plain files, never a pickle of library objects:
 
@@ -15,25 +20,29 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import sklearn
 import xgboost as xgb
 
-from features.arrays import SessionArrays
-from features.build import INDEX_NAMES, Landmarks, landmark_rows
+from features import contract
+from features.build import Landmarks, landmark_rows
+from features.episodes import Episodes
 from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry
+from features.validation import NO_SESSIONS, contract_violations, empty_episodes
 from models.booster import margin
 from models.calibration import calibrate_probability
+from models.drivers import DriverWriter, group_label
 from models.explain import Explanation, Grouping, explain
+from models.results import ContractProblem
+from models.scoreset import ScoreSet
 from models.treeshap import PathTables, UnsupportedBooster
 
 logger = logging.getLogger(__name__)
@@ -99,65 +108,22 @@ class RiskBands:
 
 
 @dataclass(frozen=True, eq=False)
-class ScoreBatch:
-    """Scores of many (client, landmark) rows.
+class ModelStrings:
+    """Names and labels every result of one model repeats, made once per model."""
 
-    Attributes
-    ----------
-    client_id, landmark : ndarray of shape (n_rows,)
-        Which client and which landmark (appointment number) each row is.
-    features : ndarray of shape (n_rows, n_features)
-        The model inputs, columns in ``feature_names`` order (NaN = undefined by design).
-    explanation : Explanation
-        Probability, base and signed contributions in ``explanation.space``.
-    risk_band : ndarray of shape (n_rows,)
-        ``low`` / ``moderate`` / ``high``.
-    rows : ndarray of shape (n_rows,), optional
-        When scored from :class:`~features.arrays.SessionArrays`: the flat-array row of each
-        scored landmark (what :func:`models.drivers.describe_drivers` needs for the history).
-    """
+    groups: tuple[str, ...]  # explanation groups, in output order
+    group_labels: tuple[str, ...]  # their clinician names
+    feature_array: np.ndarray  # feature names (object array, for fancy indexing)
+    feature_group_array: np.ndarray  # each feature's group (object array)
 
-    client_id: np.ndarray
-    landmark: np.ndarray
-    features: np.ndarray
-    explanation: Explanation
-    risk_band: np.ndarray
-    rows: np.ndarray | None = None
-
-    @property
-    def probability(self) -> np.ndarray:
-        return self.explanation.probability
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.landmark.shape[0])
-
-    def to_frame(self, *, top_groups: int = 3) -> pd.DataFrame:
-        """One row per (client, landmark): probability, band and the top explanation groups.
-
-        Columns: ``probability``, ``risk_band``, ``base_probability``, ``space``, then for
-        ``i = 1..top_groups`` ``group_i`` and ``contribution_i`` (signed, in ``space``).
-        """
-        e = self.explanation
-        frame = pd.DataFrame(
-            {
-                "probability": e.probability,
-                "risk_band": self.risk_band,
-                "base_probability": e.base_probability,
-                "space": e.space,
-            },
-            index=pd.MultiIndex.from_arrays([self.client_id, self.landmark], names=INDEX_NAMES),
+    @classmethod
+    def build(cls, registry: FeatureRegistry, groups: tuple[str, ...]) -> ModelStrings:
+        return cls(
+            groups=groups,
+            group_labels=tuple(group_label(registry.profile, g) for g in groups),
+            feature_array=np.asarray(registry.names, dtype=object),
+            feature_group_array=np.asarray([f.group for f in registry.features], dtype=object),
         )
-        k = min(top_groups, len(e.group_names))
-        order = np.argsort(-np.abs(e.group_contributions), axis=1, kind="stable")[:, :k]
-        names = np.asarray(e.group_names, dtype=object)
-        for i in range(k):
-            col = order[:, i]
-            frame[f"group_{i + 1}"] = names[col]
-            frame[f"contribution_{i + 1}"] = np.take_along_axis(
-                e.group_contributions, col[:, None], axis=1
-            )[:, 0]
-        return frame
 
 
 def _library_versions() -> dict[str, str]:
@@ -213,6 +179,10 @@ class Scorer:
     k_max: int = 20
     metadata: Mapping[str, Any] = field(default_factory=dict)
     model_card: str | None = None
+    #: Built from the fields when the scorer is: the strings every result repeats, and the
+    #: tables that describe drivers.
+    names: ModelStrings = field(init=False, repr=False)
+    drivers: DriverWriter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = self.booster.feature_names
@@ -226,6 +196,8 @@ class Scorer:
         # booster's names again (both cost more than the TreeSHAP of a small model).
         self._grouping = Grouping.build(self.registry.index_of_group, self.registry.names)
         self._tables = _path_tables(self.booster)
+        self.names = ModelStrings.build(self.registry, self._grouping.group_names)
+        self.drivers = DriverWriter.build(self.registry, self._grouping.group_names)
 
     @property
     def profile(self) -> InstrumentProfile:
@@ -240,7 +212,7 @@ class Scorer:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probabilities only, without explanations (evaluation's fast path).
 
-        Equal to ``score_matrix(X).probability`` to float64 rounding: with TreeSHAP tables the
+        Equal to ``explain_matrix(X).probability`` to float64 rounding: with TreeSHAP tables the
         margin is the same sum of contributions the explanation adds up (xgboost's own margin
         differs from it in the 7th digit, which a steep isotonic step can turn into 2e-5 of
         probability); without them it is xgboost's margin and TreeSHAP is skipped.
@@ -267,72 +239,88 @@ class Scorer:
             tables=self._tables,
         )
 
-    def score_matrix(
+    def score(
         self,
-        X: np.ndarray,
+        episodes: Episodes,
         *,
-        client_id: np.ndarray | None = None,
-        landmark: np.ndarray | None = None,
-    ) -> ScoreBatch:
-        """Score precomputed feature rows (``(n_rows, n_features)``, registry column order)."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        n = X.shape[0]
+        landmarks: Landmarks = "latest",
+        scored_at: datetime | None = None,
+    ) -> ScoreSet:
+        """Check, score and explain episodes: the one inference entry.
+
+        Parameters
+        ----------
+        episodes : Episodes
+            Client fields and appointments, on this model's instrument profile.
+        landmarks : {"latest", "all", "training"} or int, default "latest"
+            Which appointments to score each episode at (:func:`features.build.landmark_rows`):
+            its latest, every one up to the model's ``k_max``, those of open episodes
+            (evaluation), or the appointment numbered ``k``.
+        scored_at : datetime, optional
+            Time stamp of the results; default now (UTC).
+
+        Returns
+        -------
+        ScoreSet
+            The scored rows (arrays and :class:`~models.results.RiskScore` objects) and, per
+            refused episode, the rules it broke. An episode with no appointment at the
+            requested landmark has no row and no problem.
+
+        Raises
+        ------
+        IncompatibleModelError
+            The episodes use another instrument profile than the model.
+        """
+        if episodes.profile != self.profile:
+            raise IncompatibleModelError(
+                f"the episodes use the {episodes.profile.name!r} instrument profile; "
+                f"this model was trained on {self.profile.name!r}"
+            )
+        problems = _problems_by_episode(episodes)
+        scorable = np.ones(episodes.n_episodes, dtype=bool)
+        scorable[list(problems)] = False
+        ok = np.flatnonzero(scorable)
+        arrays = episodes.pack(ok)
+        rows = landmark_rows(arrays, landmarks, self.k_max)
+        X = compute_feature_matrix(arrays, self.registry, rows)
         e = self.explain_matrix(X)
-        return ScoreBatch(
-            client_id=np.full(n, "", dtype=object) if client_id is None else client_id,
-            landmark=np.zeros(n, dtype=np.int64) if landmark is None else landmark,
+        return ScoreSet(
+            scorer=self,
+            episodes=episodes,
+            problems=problems,
+            episode=ok[arrays.client_rank[arrays.seg_of_row[rows]]],
+            landmark=arrays.session_number[rows],
             features=X,
             explanation=e,
             risk_band=self.bands.assign(e.probability),
+            arrays=arrays,
+            rows=rows,
+            scored_at=scored_at or datetime.now(UTC),
         )
 
-    def score_arrays(self, arrays: SessionArrays, *, landmarks: Landmarks = "latest") -> ScoreBatch:
-        """Score packed session arrays at the requested landmarks (the API's path)."""
-        if arrays.profile != self.profile:
-            raise IncompatibleModelError(
-                f"sessions use the {arrays.profile.name!r} instrument profile; "
-                f"this model was trained on {self.profile.name!r}"
-            )
-        rows = landmark_rows(arrays, landmarks, self.k_max)
-        X = compute_feature_matrix(arrays, self.registry, rows)
-        batch = self.score_matrix(
-            X,
-            client_id=arrays.client_id[arrays.seg_of_row[rows]],
-            landmark=arrays.session_number[rows],
-        )
-        return replace(batch, rows=rows)
+    def self_check(self) -> ScoreSet:
+        """Score a synthetic episode (no real client) end to end and verify the output; raise
+        :class:`SelfCheckError` if it is invalid.
 
-    def score_frames(
-        self, sessions: pd.DataFrame, clients: pd.DataFrame, *, landmarks: Landmarks = "latest"
-    ) -> ScoreBatch:
-        """Score normalised, validated ``sessions`` and ``clients`` frames (batch scoring)."""
-        missing = [c for c in self.profile.columns if c not in sessions.columns]
-        if missing:
-            raise IncompatibleModelError(
-                f"this model was trained on {self.profile.name!r} ratings; the sessions lack "
-                f"{len(missing)} of its alliance columns (e.g. {missing[0]})"
-            )
-        arrays = SessionArrays.from_frames(sessions, clients, self.profile)
-        return self.score_arrays(arrays, landmarks=landmarks)
-
-    def self_check(self, X: np.ndarray) -> ScoreBatch:
-        """Score ``X`` and verify the output; raise :class:`SelfCheckError` if it is invalid.
-
-        Checks: probabilities finite and in [0, 1]; the explanation adds up (base plus group
-        contributions equals the output in its space, to 1e-6); group sums equal feature sums.
+        Checks: one result; probability finite and in [0, 1]; the explanation adds up (base plus
+        group contributions equals the output in its space, to 1e-6); group sums equal feature
+        sums; drivers in clinician language.
         """
-        batch = self.score_matrix(X)
-        e = batch.explanation
+        scored = self.score(_synthetic_episode(self.profile))
+        e = scored.explanation
         p = e.probability
+        if scored.n_rows != 1:
+            raise SelfCheckError("the synthetic episode was not scored")
         if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
             raise SelfCheckError("probabilities are not finite values in [0, 1]")
         if not np.allclose(e.base_logit + e.group_contributions.sum(1), e.logit, atol=1e-6):
             raise SelfCheckError("explanation does not add up to the model output")
         if not np.allclose(e.group_contributions.sum(1), e.feature_contributions.sum(1), atol=1e-6):
             raise SelfCheckError("group contributions do not add up to feature contributions")
-        return batch
+        (result,) = scored.results
+        if not result.explanation.drivers or not all(d.text for d in result.explanation.drivers):
+            raise SelfCheckError("no driver could be described")
+        return scored
 
     # -- persistence -----------------------------------------------------------------------------
 
@@ -403,6 +391,38 @@ class Scorer:
         )
 
 
-def finite_or_none(value: float) -> float | None:
-    """JSON-safe float: NaN and infinities become None."""
-    return value if math.isfinite(value) else None
+def _problems_by_episode(episodes: Episodes) -> dict[int, tuple[ContractProblem, ...]]:
+    """The contract problems of each refused episode (position -> problems in rule order)."""
+    found: dict[int, list[ContractProblem]] = {}
+    for v in contract_violations(episodes):
+        for appointment, ep in zip(
+            v.appointments.tolist(), episodes.episode[v.appointments].tolist(), strict=True
+        ):
+            if ep >= 0:
+                found.setdefault(ep, []).append(ContractProblem(appointment, v.column, v.reason))
+    for ep in np.flatnonzero(empty_episodes(episodes)).tolist():
+        found.setdefault(ep, []).append(ContractProblem(None, "sessions", NO_SESSIONS))
+    return {ep: tuple(found[ep]) for ep in sorted(found)}
+
+
+def _synthetic_episode(profile: InstrumentProfile) -> Episodes:
+    """Six weekly appointments on ``profile``'s scale, falling ratings and two no-shows."""
+    n = 6
+    level = profile.scale_min + profile.scale_range * np.array(
+        [0.85, 0.8, np.nan, 0.7, 0.6, np.nan]
+    )
+    codes = ["attended", "attended", "no_show", "attended", "attended", "no_show"]
+    start = float(np.datetime64("2026-01-05", "D").astype(np.int64))
+    return Episodes.from_columns(
+        profile,
+        client_id=["self-check"],
+        clinic_id=[None],
+        therapist_id=[None],
+        intake_day=[start - 4],
+        age=[30.0],
+        episode=np.zeros(n),
+        session_number=np.arange(1, n + 1),
+        day=start + 7 * np.arange(n),
+        attendance=[contract.ATTENDANCE_CODES.index(code) for code in codes],
+        ratings=np.tile(level, (len(profile.elements), 1)),
+    )

@@ -27,7 +27,6 @@ from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
 from service.routers import health, model, risk
-from service.schemas import RiskRequest
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 
@@ -160,7 +159,6 @@ def create_app(
     app.state.metrics = metrics
     app.state.security = security
     install_error_handlers(app)
-    _document_request_schemas(app)
     app.include_router(risk.router)
     app.include_router(model.router)
     app.include_router(health.router)
@@ -170,27 +168,6 @@ def create_app(
     app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
-
-
-def _document_request_schemas(app: FastAPI) -> None:
-    """Put RiskRequest (and SessionIn) into the OpenAPI components.
-
-    The risk routes parse their bodies themselves, so no route declares RiskRequest and
-    FastAPI would leave it out; their documented request bodies refer to it.
-    """
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = generate()  # also caches it in app.openapi_schema
-            schema = RiskRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = doc.setdefault("components", {}).setdefault("schemas", {})
-            components.update(schema.pop("$defs", {}))
-            components["RiskRequest"] = schema
-            return doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _poll(store: ModelStore, interval: float) -> None:

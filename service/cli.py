@@ -21,15 +21,10 @@ BOOTSTRAP_REASON = "first model of a fresh installation, trained on simulated de
 
 
 def _has_champion(model_uri: str) -> bool:
-    from service.model_store import resolve_target
-
-    def client() -> object:
-        from mlflow import MlflowClient
-
-        return MlflowClient()
+    from models.pyfunc import resolve_model
 
     try:
-        resolve_target(model_uri, client)
+        resolve_model(model_uri)
     except LookupError:
         return False
     return True

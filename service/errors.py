@@ -26,6 +26,17 @@ logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal error; quote the request_id to the operator"
 NOT_JSON = "body is not valid JSON"
+INVALID = "request does not meet the data contract"
+
+
+class InvalidRequest(Exception):
+    """A request the data contract refuses: answered 422 with ``errors`` (``loc`` and
+    ``reason`` each, never a submitted value)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(INVALID)
+        self.errors = errors
+
 
 #: Pydantic error types -> the data validator's wording, by the field they occur on.
 _FIELD_REASONS = {
@@ -77,13 +88,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
-            error_body(
-                "request does not meet the data contract",
-                request_id_of(request),
-                pydantic_problems(exc.errors()),
-            ),  # fmt: skip
+            error_body(INVALID, request_id_of(request), pydantic_problems(exc.errors())),
             status_code=422,
         )
+
+    @app.exception_handler(InvalidRequest)
+    async def _refused(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return JSONResponse(error_body(INVALID, request_id_of(request), exc.errors), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -14,12 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
-
-from features.arrays import SessionArrays
-from features.profiles import InstrumentProfile
+from models.pyfunc import load_scorer, resolve_model
 from models.scorer import Scorer
 from service.metrics import ServiceMetrics
 
@@ -39,16 +36,6 @@ class LoadedModel:
     loaded_at: datetime
 
 
-@dataclass(frozen=True)
-class Target:
-    """What a model URI points at now: the concrete URI to load and its name/version/alias."""
-
-    uri: str
-    name: str
-    version: str
-    alias: str | None
-
-
 @dataclass
 class StoreStatus:
     """Outcome of the last reload attempt (for /readyz and the logs). No client data."""
@@ -58,59 +45,6 @@ class StoreStatus:
     last_checked: float | None = None
     detail: str | None = None
     refused_version: str | None = None
-
-
-def warmup_arrays(profile: InstrumentProfile) -> SessionArrays:
-    """A synthetic six-appointment history on ``profile``'s scale (no real client)."""
-    lo, hi = profile.scale_min, profile.scale_max
-    n = 6
-    level = lo + (hi - lo) * np.array([0.85, 0.8, np.nan, 0.7, 0.6, np.nan])
-    ratings = np.tile(level, (len(profile.element_names), 1))
-    return SessionArrays.single_client(
-        profile,
-        session_number=np.arange(1, n + 1),
-        session_date=np.datetime64("2026-01-05") + np.arange(n) * np.timedelta64(7, "D"),
-        attendance=["attended", "attended", "no_show", "attended", "attended", "no_show"],
-        ratings=ratings,
-        intake_date=np.datetime64("2026-01-01"),
-        age=30.0,
-    )
-
-
-def check_scorer(scorer: Scorer) -> None:
-    """Warm up and self-check ``scorer``; raises if it cannot score or its output is invalid."""
-    arrays = warmup_arrays(scorer.profile)
-    batch = scorer.score_arrays(arrays, landmarks="latest")
-    scorer.self_check(batch.features)
-
-
-def resolve_target(model_uri: str, client_factory: Callable[[], object]) -> Target:
-    """Resolve ``models:/name@alias`` to its current version (a registry call).
-
-    ``models:/name/N`` and other URIs are returned as they are (not watched).
-    Raises ``LookupError`` when the alias does not exist (no champion yet).
-    """
-    if not model_uri.startswith("models:/"):
-        return Target(model_uri, model_uri, "local", None)
-    ref = model_uri.removeprefix("models:/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        client = client_factory()
-        try:
-            mv = client.get_model_version_by_alias(name, alias)  # type: ignore[attr-defined]
-        except Exception as exc:
-            if _is_missing(exc):
-                raise LookupError(f"no version of {name!r} has the alias {alias!r}") from None
-            raise
-        version = str(mv.version)
-        return Target(f"models:/{name}/{version}", name, version, alias)
-    name, _, version = ref.partition("/")
-    return Target(model_uri, name, version, None)
-
-
-def _is_missing(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    return code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 class ModelStore:
@@ -134,12 +68,12 @@ class ModelStore:
         metrics: ServiceMetrics,
         *,
         loader: Callable[[str], Scorer] | None = None,
-        client_factory: Callable[[], object] | None = None,
+        client_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.model_uri = model_uri
         self.metrics = metrics
         self._loader = loader or _default_loader
-        self._client_factory = client_factory or _default_client
+        self._client_factory = client_factory
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
         self.status = StoreStatus()
@@ -161,7 +95,7 @@ class ModelStore:
 
     def _refresh(self) -> ReloadResult:
         try:
-            target = resolve_target(self.model_uri, self._client_factory)
+            target = resolve_model(self.model_uri, self._client_factory)
         except LookupError as exc:
             self._registry(True)
             self.status.detail = str(exc)
@@ -184,7 +118,7 @@ class ModelStore:
             return "refused"  # already refused; not retried on every poll
         try:
             scorer = self._loader(target.uri)
-            check_scorer(scorer)
+            scorer.self_check()
         except Exception as exc:
             self.status.refused_version = target.version
             self.status.detail = f"version {target.version} refused: {type(exc).__name__}" + (
@@ -227,12 +161,4 @@ class ModelStore:
 
 
 def _default_loader(uri: str) -> Scorer:
-    from models.pyfunc import load_scorer
-
     return load_scorer(uri)
-
-
-def _default_client() -> object:
-    from mlflow import MlflowClient
-
-    return MlflowClient()

@@ -3,29 +3,35 @@
 Inputs follow the data contract (docs/data-contract.md): a client's episode with its list of
 scheduled appointments. Ratings are keyed by the element names of the served model's instrument
 profile (``alliance6``: empathy, acceptance, trust, goals, collaboration, communication), so the
-same schema serves every profile; the profile-dependent checks (which elements, which scale)
-run against the loaded model and report with the validator's wording.
+same schema serves every profile; the profile-dependent rules (which elements, which scale) run
+in the scorer and report with the validator's wording.
+
+Responses are the scorer's own result objects (:mod:`models.results`) with the request's
+envelope: FastAPI validates and documents them, and pydantic serialises them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
-import msgspec
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from typing_extensions import TypedDict
 
-from features.validation import AGE_MAX, AGE_MIN, SESSION_NUMBER_MAX
+from features.contract import AGE_MAX, AGE_MIN, SESSION_NUMBER_MAX
+from models.results import RiskScore
 
 #: The contract's attendance codes (a test keeps them equal to features.contract).
 Attendance = Literal["attended", "no_show", "late_cancel", "cancelled", "rescheduled"]
-RiskBand = Literal["low", "moderate", "high"]
 #: Identifiers: 1-128 characters, none of them a control character.
 ID_MAX_LENGTH = 128
 _ID_CHARS = r"[^\x00-\x1f]+"
 Identifier = Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=f"^{_ID_CHARS}$")
 #: Free-text audit fields (gender, referral source).
 TEXT_MAX_LENGTH = 64
+#: A rating: a finite number (NaN and infinities are refused), or null for "not rated".
+Rating = Annotated[float, Field(allow_inf_nan=False)] | None
 
 _RATINGS_EXAMPLE = {
     "empathy": 8.5,
@@ -37,25 +43,36 @@ _RATINGS_EXAMPLE = {
 }
 
 
-class SessionIn(BaseModel):
-    """One scheduled appointment."""
+class SessionIn(TypedDict):
+    """One scheduled appointment.
 
-    model_config = ConfigDict(extra="forbid")
+    A TypedDict rather than a model: a 1,000-client batch holds some 12,000 appointments, and
+    validating them into plain dicts costs a fraction of building as many model objects.
+    """
 
-    session_number: int = Field(
-        ge=1,
-        le=SESSION_NUMBER_MAX,
-        description="Order of the appointment in the episode (1, 2, ...).",
-    )
-    session_date: date = Field(description="ISO date of the appointment.")
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    session_number: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=SESSION_NUMBER_MAX,
+            description="Order of the appointment in the episode (1, 2, ...).",
+        ),
+    ]
+    session_date: Annotated[date, Field(description="ISO date of the appointment.")]
     attendance: Attendance
-    ratings: dict[str, float | None] = Field(
-        default_factory=dict,
-        description="Alliance ratings of this appointment keyed by element name of the model's "
-        "instrument profile (see GET /v1/model); omit or null when not rated. Only attended "
-        "appointments carry ratings.",
-        examples=[_RATINGS_EXAMPLE],
-    )
+    ratings: NotRequired[
+        Annotated[
+            dict[str, Rating],
+            Field(
+                description="Alliance ratings of this appointment keyed by element name of the "
+                "model's instrument profile (see GET /v1/model); omit or null when not rated. "
+                "Only attended appointments carry ratings.",
+                examples=[_RATINGS_EXAMPLE],
+            ),
+        ]
+    ]
 
 
 def _example_sessions() -> list[dict[str, Any]]:
@@ -106,6 +123,30 @@ class RiskRequest(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class InvalidItem:
+    """A batch item that is not a valid RiskRequest: pydantic's errors, without the input."""
+
+    errors: tuple[dict[str, Any], ...]
+
+
+def _item_or_errors(value: Any, handler: Any) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        return InvalidItem(
+            tuple(dict(e) for e in exc.errors(include_input=False, include_url=False))
+        )
+
+
+if TYPE_CHECKING:
+    BatchClient = RiskRequest | InvalidItem
+else:
+    # Each item is validated on its own: a bad one becomes an InvalidItem (reported in its slot
+    # of the response) instead of failing the batch. The documented schema is RiskRequest's.
+    BatchClient = Annotated[RiskRequest, WrapValidator(_item_or_errors)]
+
+
 class BatchRequest(BaseModel):
     """Up to ``max_batch`` clients (default 1,000). Each item is checked on its own: a bad item
     is reported in its slot of the response and does not fail the batch."""
@@ -114,103 +155,7 @@ class BatchRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"clients": [RISK_REQUEST_EXAMPLE]}]}
     )
 
-    clients: list[dict[str, Any]] = Field(
-        min_length=1,
-        description="RiskRequest objects.",
-    )
-
-
-class _ValidBatch(BaseModel):
-    """The happy path of a batch body: every item a valid RiskRequest."""
-
-    model_config = ConfigDict(extra="forbid")
-    clients: list[RiskRequest] = Field(min_length=1)
-
-
-_VALID_BATCH = TypeAdapter(_ValidBatch)
-
-
-# -- the fast path (batches and single clients) -------------------------------------------------
-# msgspec mirrors of SessionIn and RiskRequest. msgspec decodes a valid 1,000-client body about 3x
-# faster than pydantic (21 against 71 ms, measured on the benchmark's body) because it builds plain
-# slotted objects. It is only a fast path: a body it refuses goes to pydantic, which then accepts
-# it (pydantic's lax mode takes more, e.g. "3" for 3) or reports every problem in its item.
-# So these classes must never accept what pydantic refuses, and must give the same values:
-# tests/service/test_schemas_fast.py holds both (the constraints compared through the two JSON
-# schemas, and the two decoders on generated bodies).
-# The identifier pattern ends in \Z: pydantic's regex engine (Rust) reads $ as the end of the
-# text, Python's re (which msgspec uses) also lets $ match before a final newline.
-_FastId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=f"^{_ID_CHARS}\\Z")
-]
-_FastText = Annotated[str, msgspec.Meta(max_length=TEXT_MAX_LENGTH)]
-
-
-class SessionStruct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One appointment decoded by the fast path (fields as :class:`SessionIn`)."""
-
-    session_number: Annotated[int, msgspec.Meta(ge=1, le=SESSION_NUMBER_MAX)]
-    session_date: date
-    attendance: Attendance
-    ratings: dict[str, float | None] = {}
-
-
-class EpisodeStruct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A client's episode decoded by the fast path (fields as :class:`RiskRequest`)."""
-
-    client_id: _FastId
-    clinic_id: _FastId
-    therapist_id: _FastId
-    sessions: Annotated[
-        list[SessionStruct], msgspec.Meta(min_length=1, max_length=SESSION_NUMBER_MAX)
-    ]
-    intake_date: date | None = None
-    age: Annotated[int, msgspec.Meta(ge=AGE_MIN, le=AGE_MAX)] | None = None
-    gender: _FastText | None = None
-    referral_source: _FastText | None = None
-
-
-class _BatchStruct(msgspec.Struct, forbid_unknown_fields=True):
-    clients: Annotated[list[EpisodeStruct], msgspec.Meta(min_length=1)]
-
-
-_FAST_BATCH = msgspec.json.Decoder(_BatchStruct)
-
-#: A client's episode and an appointment as the scoring code reads them: the pydantic model or
-#: its fast-path twin.
-Episode = RiskRequest | EpisodeStruct
-Appointment = SessionIn | SessionStruct
-
-
-_FAST_ONE = msgspec.json.Decoder(EpisodeStruct)
-
-
-def parse_request(raw: bytes) -> Episode:
-    """One client's body (``POST /v1/risk``), decoded by msgspec when it accepts it, else by
-    pydantic-core, which accepts what msgspec is too strict for or raises
-    ``pydantic.ValidationError`` naming every problem (5 against 12 us for the benchmark's
-    12-appointment body)."""
-    try:
-        return _FAST_ONE.decode(raw)
-    except (msgspec.MsgspecError, ValueError):  # ValueError: e.g. invalid UTF-8 in a string
-        pass
-    return RiskRequest.model_validate_json(raw)
-
-
-def parse_valid_batch(raw: bytes) -> list[RiskRequest] | list[EpisodeStruct]:
-    """The clients of a batch body in which every item is valid.
-
-    Decoded by msgspec when it accepts the body (see above), else by pydantic-core straight from
-    the bytes (half the time of ``json.loads`` and then validating the dicts).
-
-    Raises ``pydantic.ValidationError`` if any item is invalid; the route then checks the items
-    one by one to report each in its own slot.
-    """
-    try:
-        return _FAST_BATCH.decode(raw).clients
-    except (msgspec.MsgspecError, ValueError):  # ValueError: e.g. invalid UTF-8 in a string
-        pass
-    return _VALID_BATCH.validate_json(raw).clients
+    clients: list[BatchClient] = Field(min_length=1, description="RiskRequest objects.")
 
 
 class ModelRef(BaseModel):
@@ -219,55 +164,19 @@ class ModelRef(BaseModel):
     alias: str | None = None
 
 
-class GroupContribution(BaseModel):
-    group: str = Field(description="Alliance element, alliance_overall, attendance, engagement "
-                       "or client.")  # fmt: skip
-    label: str = Field(description="Clinician name of the group.")
-    contribution: float = Field(description="Signed; positive raises the risk. In `space`.")
+@dataclass(frozen=True, slots=True)
+class RiskResponse(RiskScore):
+    """A client's calibrated, explained dropout risk, with the model and request it came from."""
 
-
-class Driver(BaseModel):
-    group: str
-    label: str
-    contribution: float
-    direction: Literal["raises risk", "lowers risk"]
-    text: str = Field(description="What drives the risk, in clinician language, with numbers.")
-    evidence: dict[str, float | int | str | None] = Field(description="The numbers behind text.")
-    focus: str | None = Field(
-        None, description="Alliance-building strategy for alliance drivers (null otherwise)."
-    )
-
-
-class FeatureContribution(BaseModel):
-    feature: str
-    group: str
-    value: float | None = Field(description="Feature value (null: undefined by design).")
-    contribution: float
-
-
-class ExplanationOut(BaseModel):
-    space: str = Field(description="Units of base_value, contributions and output_value.")
-    base_value: float = Field(description="Where every explanation starts, in `space`.")
-    base_probability: float = Field(description="The population base rate, as a probability.")
-    output_value: float = Field(
-        description="base_value + sum of contributions, exactly: the model output in `space`."
-    )
-    contributions: list[GroupContribution] = Field(description="Every group, signed.")
-    drivers: list[Driver] = Field(description="The top 3 groups in clinician language.")
-    features: list[FeatureContribution] = Field(
-        description="Raw per-feature contributions, the 10 largest by magnitude, for audit."
-    )
-
-
-class RiskResponse(BaseModel):
-    client_id: str
-    landmark: int = Field(description="Number of scheduled appointments the risk is based on.")
-    probability: float = Field(ge=0, le=1, description="Calibrated probability of dropout.")
-    risk_band: RiskBand
     model: ModelRef
-    scored_at: datetime
+    """The model version that scored."""
     request_id: str
-    explanation: ExplanationOut
+    """The request's id (also the X-Request-ID header); quote it to the operator."""
+
+    @classmethod
+    def of(cls, score: RiskScore, model: ModelRef, request_id: str) -> RiskResponse:
+        result = {f.name: getattr(score, f.name) for f in fields(RiskScore)}
+        return cls(**result, model=model, request_id=request_id)
 
 
 class Problem(BaseModel):

@@ -29,9 +29,11 @@ from features.contract import (
     DROPOUT,
     GENDER,
     OUTCOME,
+    OUTCOME_CODES,
     REFERRAL_SOURCE,
     THERAPIST_ID,
 )
+from features.episodes import Episodes
 from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry, feature_registry
@@ -51,9 +53,6 @@ SUBGROUPS = ("landmark", CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
 AGE_BANDS = (0, 25, 40, 60, 200)
 AGE_BAND_LABELS = ("<25", "25-39", "40-59", "60+")
 UNKNOWN = "unknown"
-#: Rows of test data whose explanations feed the global importance table (TreeSHAP is the
-#: expensive step; a seeded sample keeps the report fast and stable).
-IMPORTANCE_SAMPLE = 5000
 
 Progress = Callable[[str], None]
 
@@ -128,20 +127,23 @@ def landmark_set(
     """Features and labels of every labelled client's landmarks (ongoing clients left out)."""
     rows = landmark_rows(arrays, landmarks, k_max)
     seg = arrays.seg_of_row[rows]
-    labelled = np.isin(
-        arrays.outcome[seg],
-        [_outcome_code(COMPLETED), _outcome_code(DROPOUT)],
-    )
+    labelled = np.isin(arrays.outcome[seg], _ENDED)
     rows, seg = rows[labelled], seg[labelled]
     X = compute_feature_matrix(arrays, registry, rows)
     y = (arrays.outcome[seg] == _outcome_code(DROPOUT)).astype(np.float64)
-    ids = arrays.client_id[seg]
+    context = _context(arrays.client_id[seg], arrays.session_number[rows], clients)
+    return LandmarkSet(X=X, y=y, context=context)
+
+
+def _context(ids: np.ndarray, landmark: np.ndarray, clients: pd.DataFrame) -> pd.DataFrame:
+    """What evaluation slices landmark rows by: client, landmark, clinic, therapist, age band,
+    gender and referral source (``unknown`` when not recorded)."""
     info = clients.set_index(CLIENT_ID)
     info = info.reindex(pd.Index(ids, name=CLIENT_ID))
-    context = pd.DataFrame(
+    return pd.DataFrame(
         {
             CLIENT_ID: ids,
-            "landmark": arrays.session_number[rows],
+            "landmark": landmark,
             CLINIC_ID: info[CLINIC_ID].to_numpy(dtype=object),
             THERAPIST_ID: info[THERAPIST_ID].to_numpy(dtype=object),
             "age_band": age_band(pd.to_numeric(info[AGE], errors="coerce")).to_numpy(dtype=object),
@@ -152,13 +154,14 @@ def landmark_set(
             .to_numpy(dtype=object),
         }
     )
-    return LandmarkSet(X=X, y=y, context=context)
 
 
 def _outcome_code(outcome: str) -> int:
-    from features.contract import OUTCOME_CODES
-
     return OUTCOME_CODES.index(outcome)
+
+
+#: Outcome codes of ended episodes, the only ones with a label.
+_ENDED = np.array([_outcome_code(COMPLETED), _outcome_code(DROPOUT)])
 
 
 @dataclass(frozen=True)
@@ -229,16 +232,38 @@ def therapist_summary(table: pd.DataFrame, *, min_n: int = 200) -> dict[str, flo
 
 def evaluate_scorer(
     scorer: Scorer,
-    data: LandmarkSet,
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
     *,
     baselines: dict[str, LogisticBaseline | AlertRule] | None = None,
     n_boot: int = 200,
     seed: int = 0,
 ) -> ModelEvaluation:
-    """Evaluate ``scorer`` (and ``baselines``) on labelled landmark rows ``data``."""
-    if data.X.shape[0] == 0:
+    """Evaluate ``scorer`` (and ``baselines``) on the labelled landmarks of normalised tables.
+
+    Every ended episode (completed or dropout) is scored by :meth:`Scorer.score` at each of its
+    landmarks while it was still open (``landmarks="training"``): the same inference the API
+    and ``alliance-risk score`` run. Ongoing episodes have no label and are left out.
+
+    Raises
+    ------
+    ValueError
+        No labelled landmark to evaluate on.
+    """
+    ended = clients[clients[OUTCOME].isin((COMPLETED, DROPOUT))]
+    episodes = Episodes.from_frames(
+        sessions[sessions[CLIENT_ID].isin(ended[CLIENT_ID])], ended, scorer.profile
+    )
+    scored = scorer.score(episodes, landmarks="training")
+    if scored.n_rows == 0:
         raise ValueError("no labelled landmark rows to evaluate on")
-    p = scorer.predict_proba(data.X)
+    ids = episodes.client_id[scored.episode]
+    data = LandmarkSet(
+        X=scored.features,
+        y=(episodes.outcome[scored.episode] == _outcome_code(DROPOUT)).astype(np.float64),
+        context=_context(ids, scored.landmark, clients),
+    )
+    p = scored.probability
     cluster = data.client_id
     report = evaluate(
         data.y, p, frame=data.context, by=SUBGROUPS, cluster=cluster, n_boot=n_boot, seed=seed
@@ -252,16 +277,13 @@ def evaluate_scorer(
         bp = base.predict_proba(data.X)
         base_probs[name] = bp
         base_reports[name] = evaluate(data.y, bp, cluster=cluster, n_boot=n_boot, seed=seed)
-    rng = np.random.default_rng(seed)
-    sample = rng.permutation(data.X.shape[0])[:IMPORTANCE_SAMPLE]
-    importance = global_importance(scorer.explain_matrix(data.X[np.sort(sample)]))
     return ModelEvaluation(
         model=report,
         baselines=base_reports,
         baseline_probability=base_probs,
         therapists=per_therapist,
         therapist_summary=therapist_summary(per_therapist),
-        importance=importance,
+        importance=global_importance(scored.explanation),
         probability=p,
         data=data,
     )
@@ -414,8 +436,14 @@ def train_model(
 
     say("evaluate")
     t = time.perf_counter()
+    test_clients = clients[clients[CLIENT_ID].isin(splits.test)]
     evaluation = evaluate_scorer(
-        scorer, test, baselines=baselines, n_boot=config.n_boot, seed=config.seed
+        scorer,
+        sessions[sessions[CLIENT_ID].isin(splits.test)],
+        test_clients,
+        baselines=baselines,
+        n_boot=config.n_boot,
+        seed=config.seed,
     )
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0

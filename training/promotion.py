@@ -17,11 +17,10 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
-from features.arrays import SessionArrays
 from features.contract import THERAPIST_ID
 from models.pyfunc import load_scorer
 from models.scorer import IncompatibleModelError, Scorer
-from training.pipeline import ModelEvaluation, evaluate_scorer, landmark_set
+from training.pipeline import ModelEvaluation, evaluate_scorer
 from training.registry import (
     GateResult,
     PromotionResult,
@@ -52,11 +51,9 @@ class PromotionOutcome:
 def evaluate_on(scorer: Scorer, sessions: pd.DataFrame, clients: pd.DataFrame, *, n_boot: int = 0,
                 seed: int = 0) -> ModelEvaluation:  # fmt: skip
     """Evaluate ``scorer`` on the labelled landmarks of normalised ``sessions``/``clients``."""
-    if {c.name for c in [scorer.profile]} and sessions.empty:
+    if sessions.empty:
         raise ValueError("no sessions to evaluate on")
-    arrays = SessionArrays.from_frames(sessions, clients, scorer.profile)
-    data = landmark_set(arrays, clients, scorer.registry, k_max=scorer.k_max)
-    return evaluate_scorer(scorer, data, n_boot=n_boot, seed=seed)
+    return evaluate_scorer(scorer, sessions, clients, n_boot=n_boot, seed=seed)
 
 
 def gate_subgroups(evaluation: ModelEvaluation) -> pd.DataFrame:

@@ -1,56 +1,119 @@
-"""Batch scoring of a cohort through the model's scorer (the same object the API calls)."""
+"""Scoring a caseload from files: the analysts' view of what the API gives EHRs.
+
+The model's scorer checks, scores and explains the episodes (the same call the API makes);
+this module picks the episodes (open ones by default), and flattens each result into one row of
+a table.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from features.contract import CLIENT_ID
-from models.pyfunc import load_scorer
+from features.contract import CLIENT_ID, ONGOING, OUTCOME
+from features.episodes import Episodes
+from features.profiles import InstrumentProfile
+from models.pyfunc import load_scorer, resolve_model
+from models.results import RiskScore
+
+#: Drivers (and groups) per row of the output table.
+TOP = 3
 
 
 @dataclass(frozen=True)
 class CohortScores:
-    """One row per scored client, and how many clients had no such landmark."""
+    """One row per scored client, and why the others were not scored.
+
+    ``not_at_landmark`` counts clients with no appointment at the requested landmark;
+    ``refused`` clients broken by the data contract (none after validation);
+    ``skipped_ended`` clients left out because their episode has ended (see ``include_ended``).
+    """
 
     frame: pd.DataFrame
     model_name: str
     model_version: str
-    not_scored: int
+    not_at_landmark: int
+    refused: int
+    skipped_ended: int
 
 
-def resolve_model_version(model_uri: str) -> tuple[str, str]:
-    """(name, version) behind a ``models:/name@alias`` or ``models:/name/N`` URI, else the URI."""
-    from mlflow import MlflowClient
+def score_row(score: RiskScore) -> dict[str, Any]:
+    """One flat table row of a result: the client, the risk, and its top drivers.
 
-    if not model_uri.startswith("models:/"):
-        return model_uri, ""
-    ref = model_uri.removeprefix("models:/")
-    client = MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = ref.partition("/")
-    return name, version
+    Columns: ``client_id``, ``clinic_id``, ``therapist_id``, ``landmark``, ``probability``,
+    ``risk_band``, ``base_probability``, ``space``, ``scored_at``, then for ``i = 1..3``
+    ``group_i``, ``contribution_i`` (signed, in ``space``), ``driver_i`` (the sentence) and
+    ``focus_i`` (the alliance-building focus, empty for attendance and engagement).
+    """
+    doc = score.to_dict()
+    explanation = doc.pop("explanation")
+    row = {**doc}
+    row["base_probability"] = explanation["base_probability"]
+    row["space"] = explanation["space"]
+    drivers = explanation["drivers"]
+    for i in range(TOP):
+        d = drivers[i] if i < len(drivers) else {}
+        row[f"group_{i + 1}"] = d.get("group")
+        row[f"contribution_{i + 1}"] = d.get("contribution")
+        row[f"driver_{i + 1}"] = d.get("text")
+        row[f"focus_{i + 1}"] = d.get("focus")
+    return row
+
+
+COLUMNS = (
+    "client_id", "clinic_id", "therapist_id", "landmark", "probability", "risk_band",
+    "base_probability", "space", "scored_at",
+    *(f"{kind}_{i}" for i in range(1, TOP + 1)
+      for kind in ("group", "contribution", "driver", "focus")),
+    "model_name", "model_version",
+)  # fmt: skip
 
 
 def score_cohort(
     model_uri: str,
     sessions: pd.DataFrame,
     clients: pd.DataFrame,
+    profile: InstrumentProfile,
     *,
     landmark: int | None = None,
+    include_ended: bool = False,
 ) -> CohortScores:
-    """Score every client of normalised tables at their latest landmark (or at ``landmark``)."""
-    name, version = resolve_model_version(model_uri)
-    # Pin the resolved version so the scores and the version reported cannot diverge.
-    scorer = load_scorer(f"models:/{name}/{version}" if version else model_uri)
-    batch = scorer.score_frames(
-        sessions, clients, landmarks="latest" if landmark is None else landmark
+    """Score the clients of normalised, validated tables at their latest appointment (or at
+    ``landmark``).
+
+    Parameters
+    ----------
+    model_uri
+        ``models:/<name>@<alias>`` (resolved once, so the scores and the version reported
+        cannot differ), ``models:/<name>/<version>``, or another MLflow model URI.
+    sessions, clients
+        Tables as :func:`features.validation.validate_and_normalise` returns them.
+    profile
+        Their instrument profile (a model trained on another one refuses them).
+    landmark
+        Score at appointment ``k`` instead of each client's latest.
+    include_ended
+        Score every client; by default only open episodes (outcome ``ongoing``): the caseload.
+    """
+    ref = resolve_model(model_uri)
+    scorer = load_scorer(ref.uri)
+    open_ = clients[OUTCOME] == ONGOING
+    chosen = clients if include_ended else clients[open_]
+    episodes = Episodes.from_frames(
+        sessions[sessions[CLIENT_ID].isin(chosen[CLIENT_ID])], chosen, profile
     )
-    frame = batch.to_frame(top_groups=3).reset_index()
-    frame["model_name"] = name
-    frame["model_version"] = version
-    n_clients = clients[CLIENT_ID].nunique()
-    return CohortScores(frame, name, version, int(n_clients - frame[CLIENT_ID].nunique()))
+    scored = scorer.score(episodes, landmarks="latest" if landmark is None else landmark)
+    frame = pd.DataFrame([score_row(s) for s in scored.results], columns=list(COLUMNS))
+    frame["model_name"] = ref.name
+    frame["model_version"] = ref.version
+    return CohortScores(
+        frame=frame.sort_values(CLIENT_ID, kind="stable", ignore_index=True),
+        model_name=ref.name,
+        model_version=ref.version,
+        not_at_landmark=episodes.n_episodes - len(scored.problems) - np.unique(scored.episode).size,
+        refused=len(scored.problems),
+        skipped_ended=0 if include_ended else int((~open_).sum()),
+    )

@@ -1,20 +1,29 @@
-"""The scorer: one inference path, exact explanations, safe persistence."""
+"""The scorer: one inference entry from episodes, exact explanations, safe persistence."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import xgboost as xgb
+from pydantic import TypeAdapter
 
-from features.arrays import SessionArrays
 from features.build import build_features
+from features.episodes import Episodes
 from features.profiles import get_profile
 from features.registry import feature_registry
+from features.validation import (
+    DUPLICATE_SESSION_NUMBER,
+    NO_SESSIONS,
+    normalise_clients,
+    normalise_sessions,
+    rating_out_of_range,
+)
 from models.booster import fit_booster, margin
 from models.calibration import MarginCalibrator
+from models.results import ContractProblem, RiskScore
 from models.scorer import (
     BOOSTER_FILE,
     SCORER_FILE,
@@ -55,57 +64,151 @@ def scorer(cohort) -> Scorer:
     )
 
 
-def test_frames_arrays_and_matrix_paths_agree(scorer, cohort) -> None:
-    by_frames = scorer.score_frames(cohort.sessions, cohort.clients)
-    arrays = SessionArrays.from_frames(cohort.sessions, cohort.clients, scorer.profile)
-    by_arrays = scorer.score_arrays(arrays)
-    by_matrix = scorer.score_matrix(by_frames.features)
-    np.testing.assert_array_equal(by_frames.probability, by_arrays.probability)
-    np.testing.assert_allclose(by_frames.probability, by_matrix.probability, rtol=0, atol=1e-12)
-    assert by_frames.n_rows == cohort.clients["client_id"].nunique()
+@pytest.fixture(scope="module")
+def episodes(cohort) -> Episodes:
+    return _episodes(cohort)
 
 
-def test_single_client_path_equals_its_row_in_the_batch(scorer, cohort) -> None:
-    batch = scorer.score_frames(cohort.sessions, cohort.clients)
-    cid = batch.client_id[7]
-    s = cohort.sessions[cohort.sessions["client_id"] == cid]
-    c = cohort.clients[cohort.clients["client_id"] == cid].iloc[0]
-    one = SessionArrays.single_client(
-        scorer.profile,
-        session_number=s["session_number"].to_numpy(),
-        session_date=s["session_date"].to_numpy(),
-        attendance=s["attendance"].tolist(),
-        ratings=np.vstack([s[col].to_numpy(float) for col in scorer.profile.columns]),
-        intake_date=c["intake_date"].to_datetime64(),
-        client_id=cid,
+def _episodes(cohort, ids=None) -> Episodes:
+    s, c = cohort.sessions, cohort.clients
+    if ids is not None:
+        s, c = s[s["client_id"].isin(ids)], c.set_index("client_id").loc[ids].reset_index()
+    return Episodes.from_frames(
+        normalise_sessions(s, cohort.profile), normalise_clients(c), cohort.profile
     )
-    alone = scorer.score_arrays(one)
-    assert alone.probability[0] == pytest.approx(batch.probability[7], abs=1e-12)
-    assert alone.landmark[0] == batch.landmark[7]
 
 
-def test_explanation_adds_up_exactly_and_matches_probability(scorer, cohort) -> None:
-    batch = scorer.score_frames(cohort.sessions, cohort.clients, landmarks="all")
-    e = batch.explanation
-    np.testing.assert_allclose(e.base_logit + e.group_contributions.sum(1), e.logit, atol=1e-6)
-    np.testing.assert_allclose(1 / (1 + np.exp(-e.logit)), e.probability, atol=1e-12)
-    # The probability also matches the booster's own margin through the calibrator.
-    m = margin(scorer.booster, batch.features)
-    direct = 1 / (1 + np.exp(-(scorer.calibrator["slope"] * m + scorer.calibrator["intercept"])))
-    np.testing.assert_allclose(direct, e.probability, atol=1e-5)
-    assert ((e.probability >= 0) & (e.probability <= 1)).all()
+def test_score_equals_the_feature_library_and_the_matrix_path(scorer, cohort, episodes) -> None:
+    scored = scorer.score(episodes, landmarks="all")
+    frame = build_features(cohort.sessions, cohort.clients, profile=scorer.profile)
+    # Episodes keep the clients table's order; the feature frame is sorted by client id.
+    expected = frame.loc[list(zip(episodes.client_id[scored.episode], scored.landmark,
+                                  strict=True))].to_numpy()  # fmt: skip
+    np.testing.assert_array_equal(scored.features, expected)
+    np.testing.assert_allclose(
+        scored.probability, scorer.explain_matrix(expected).probability, rtol=0, atol=0
+    )
+    np.testing.assert_allclose(
+        scored.probability, scorer.predict_proba(expected), rtol=0, atol=1e-12
+    )
 
 
-def test_save_load_round_trip_is_identical(scorer, cohort, tmp_path) -> None:
+def test_one_episode_alone_equals_its_row_among_all(scorer, cohort, episodes) -> None:
+    together = {r.client_id: r for r in scorer.score(episodes).results}
+    for cid in cohort.clients["client_id"].iloc[[0, 7, 123, 399]]:
+        (alone,) = scorer.score(_episodes(cohort, [cid])).results
+        row = together[cid]
+        assert alone.probability == row.probability
+        assert alone.landmark == row.landmark
+        assert alone.explanation.drivers == row.explanation.drivers
+        assert alone.explanation.contributions == row.explanation.contributions
+
+
+def test_episode_order_does_not_change_any_result(scorer, cohort) -> None:
+    ids = list(cohort.clients["client_id"].iloc[:60])
+    rng = np.random.default_rng(0)
+    shuffled = [ids[i] for i in rng.permutation(len(ids))]
+    a = {r.client_id: r for r in scorer.score(_episodes(cohort, ids)).results}
+    b = {r.client_id: r for r in scorer.score(_episodes(cohort, shuffled)).results}
+    assert a.keys() == b.keys()
+    for cid in ids:
+        assert a[cid].probability == b[cid].probability
+        assert a[cid].explanation.drivers == b[cid].explanation.drivers
+
+
+def test_results_add_up_exactly_and_say_why(scorer, episodes) -> None:
+    scored = scorer.score(episodes)
+    assert scored.n_rows == episodes.n_episodes and not scored.problems
+    for r in scored.results:
+        e = r.explanation
+        total = e.base_value + sum(c.contribution for c in e.contributions)
+        assert math.isclose(total, e.output_value, abs_tol=1e-9)
+        assert math.isclose(1 / (1 + math.exp(-e.output_value)), r.probability, abs_tol=1e-12)
+        assert 0.0 <= r.probability <= 1.0
+        assert r.risk_band == scorer.bands.assign(np.array([r.probability]))[0]
+        assert [c.group for c in e.contributions] == list(scorer.names.groups)
+        magnitudes = [abs(d.contribution) for d in e.drivers]
+        assert 1 <= len(e.drivers) <= 3 and magnitudes == sorted(magnitudes, reverse=True)
+        by_group = {c.group: c.contribution for c in e.contributions}
+        for d in e.drivers:
+            assert d.contribution == by_group[d.group] and d.text and "nan" not in d.text
+            assert d.direction == ("raises risk" if d.contribution > 0 else "lowers risk")
+        assert len(e.features) == 10
+        feature_magnitudes = [abs(f.contribution) for f in e.features]
+        assert feature_magnitudes == sorted(feature_magnitudes, reverse=True)
+        assert all(f.value is None or math.isfinite(f.value) for f in e.features)
+        assert r.clinic_id and r.therapist_id
+
+
+def test_to_dict_is_the_one_serialisation_and_round_trips(scorer, episodes) -> None:
+    result = scorer.score(episodes).results[0]
+    doc = result.to_dict()
+    json.dumps(doc)  # JSON-ready: no numpy scalars, no datetimes
+    assert doc["scored_at"].endswith("Z")
+    assert TypeAdapter(RiskScore).validate_python(doc) == result
+
+
+def test_broken_episodes_are_reported_and_the_others_scored(scorer, cohort) -> None:
+    ids = list(cohort.clients["client_id"].iloc[:4])
+    e = _episodes(cohort, ids)
+    first = [int(np.flatnonzero(e.episode == j)[0]) for j in range(4)]
+    sn, att, ratings = e.session_number.copy(), e.attendance.copy(), e.ratings.copy()
+    second = first[1] + 1
+    sn[second] = sn[first[1]]  # episode 1: a repeated session number
+    rated = int(np.flatnonzero((e.episode == 2) & ~np.isnan(e.ratings[3]))[0])
+    ratings[3, rated] = 11.0  # episode 2: goals out of the 0-10 scale
+    broken = Episodes.from_columns(
+        e.profile,
+        client_id=[*e.client_id, "no-appointments"],
+        clinic_id=[*e.clinic_id, "k"],
+        therapist_id=[*e.therapist_id, "t"],
+        intake_day=[*e.intake_day, np.nan],
+        age=[*e.age, np.nan],
+        episode=e.episode,
+        session_number=sn,
+        day=e.day,
+        attendance=att,
+        ratings=ratings,
+    )
+    scored = scorer.score(broken)
+    assert sorted(scored.problems) == [1, 2, 4]
+    assert scored.problems[1] == (
+        ContractProblem(first[1], "session_number", DUPLICATE_SESSION_NUMBER),
+        ContractProblem(second, "session_number", DUPLICATE_SESSION_NUMBER),
+    )
+    assert scored.problems[2] == (
+        ContractProblem(rated, "alliance_goals", rating_out_of_range(e.profile)),
+    )
+    assert scored.problems[4] == (ContractProblem(None, "sessions", NO_SESSIONS),)
+    outcomes = dict(scored.by_episode())
+    assert {j: type(o).__name__ for j, o in outcomes.items()} == {
+        0: "RiskScore", 1: "tuple", 2: "tuple", 3: "RiskScore", 4: "tuple"
+    }  # fmt: skip
+    assert outcomes[3].client_id == ids[3]  # type: ignore[union-attr]
+
+
+def test_landmark_k_scores_those_who_reached_it(scorer, cohort, episodes) -> None:
+    scored = scorer.score(episodes, landmarks=5)
+    reached = cohort.sessions.groupby("client_id")["session_number"].max() >= 5
+    assert scored.n_rows == int(reached.sum()) and not scored.problems
+    assert set(scored.landmark.tolist()) == {5}
+    missing = [j for j, o in scored.by_episode() if o is None]
+    assert len(missing) == int((~reached).sum())
+
+
+def test_save_load_round_trip_is_identical(scorer, episodes, tmp_path) -> None:
     scorer.save(tmp_path)
     again = Scorer.load(tmp_path)
-    a = scorer.score_frames(cohort.sessions, cohort.clients)
-    b = again.score_frames(cohort.sessions, cohort.clients)
+    a, b = scorer.score(episodes), again.score(episodes)
     np.testing.assert_array_equal(a.probability, b.probability)
     np.testing.assert_array_equal(a.risk_band, b.risk_band)
+    assert [r.explanation.drivers for r in a.results] == [r.explanation.drivers for r in b.results]
     assert again.registry == scorer.registry
     assert again.model_card == "# card\n"
     assert again.metadata == {"note": "test"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [BOOSTER_FILE, SCORER_FILE, "model_card.md"]
+    )  # plain files only: no pickle, nothing compiled
 
 
 def test_load_refuses_other_xgboost_minor_version(scorer, tmp_path) -> None:
@@ -137,12 +240,11 @@ def test_booster_with_other_columns_is_incompatible(scorer) -> None:
 def test_scoring_another_profile_is_refused(scorer) -> None:
     srs = simulate_cohort(20, seed=1, profile="srs")
     with pytest.raises(IncompatibleModelError, match="trained on 'alliance6'"):
-        scorer.score_frames(srs.sessions, srs.clients)
+        scorer.score(_episodes(srs))
 
 
-def test_self_check_passes_and_catches_broken_calibration(scorer, cohort) -> None:
-    X = scorer.score_frames(cohort.sessions, cohort.clients).features[:5]
-    assert scorer.self_check(X).n_rows == 5
+def test_self_check_passes_and_catches_broken_calibration(scorer) -> None:
+    assert scorer.self_check().n_rows == 1
     broken = Scorer(
         booster=scorer.booster,
         calibrator={"method": "sigmoid", "slope": float("nan"), "intercept": 0.0},
@@ -150,7 +252,7 @@ def test_self_check_passes_and_catches_broken_calibration(scorer, cohort) -> Non
         bands=scorer.bands,
     )
     with pytest.raises(SelfCheckError, match="probabilities"):
-        broken.self_check(X)
+        broken.self_check()
 
 
 def test_risk_bands_from_probabilities_and_assignment() -> None:
@@ -163,18 +265,6 @@ def test_risk_bands_from_probabilities_and_assignment() -> None:
     assert labels[0] == "low" and labels[-1] == "high"
     with pytest.raises(ValueError, match="moderate_from <= high_from"):
         RiskBands(0.6, 0.5)
-
-
-def test_to_frame_top_groups_are_signed_and_largest(scorer, cohort) -> None:
-    batch = scorer.score_frames(cohort.sessions, cohort.clients)
-    frame = batch.to_frame(top_groups=3)
-    gc = batch.explanation.group_contributions
-    names = list(batch.explanation.group_names)
-    row = frame.iloc[0]
-    top = np.argsort(-np.abs(gc[0]))[:3]
-    assert [row[f"group_{i + 1}"] for i in range(3)] == [names[j] for j in top]
-    assert row["contribution_1"] == pytest.approx(gc[0, top[0]])
-    assert isinstance(frame.index, pd.MultiIndex)
 
 
 def test_serving_booster_is_single_threaded(scorer) -> None:

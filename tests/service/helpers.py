@@ -7,8 +7,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter
 
 from service.schemas import RiskResponse
+
+#: Built once: pydantic reads the dataclasses' source for their docstrings, and CPython 3.11's
+#: compile() is not safe to run from several threads at once (the load tests call this from
+#: threads).
+_RESPONSE = TypeAdapter(RiskResponse)
 
 #: Every client id a service test has put in a request: the session-wide log scan looks for
 #: them (tests/service/conftest.py).
@@ -49,7 +55,7 @@ def request_for(cohort, client_id: str, clinic: str = "clinic-test") -> dict[str
 
 def check_risk_body(body: dict[str, Any]) -> RiskResponse:
     """Schema-valid, and the explanation adds up exactly to the output in its space."""
-    parsed = RiskResponse.model_validate(body)
+    parsed = _RESPONSE.validate_python(body)
     e = parsed.explanation
     total = e.base_value + sum(c.contribution for c in e.contributions)
     assert math.isclose(total, e.output_value, abs_tol=1e-6)

@@ -19,6 +19,8 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
+from features.episodes import Episodes
+from features.validation import normalise_clients, normalise_sessions
 from training.registry import CHAMPION_ALIAS, champion, evaluate_gates, promote, resolve_version
 from training.tracking import (
     TAG_DATASET_FINGERPRINT,
@@ -200,11 +202,20 @@ def test_cli_trains_registers_promotes_and_loads_through_the_server(
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION_ALIAS}")
     scorer = load_scorer(f"models:/{name}@{CHAMPION_ALIAS}")
-    X = scorer.score_frames(cohort.sessions, cohort.clients).features[:3]
+    X = scorer.score(_episodes(cohort)).features[:3]
     out = pyfunc.predict(pd.DataFrame(X, columns=list(scorer.feature_names)))
     # pyfunc predicts the margin directly, the scorer sums TreeSHAP: equal to float32 rounding.
-    np.testing.assert_allclose(out["probability"], scorer.score_matrix(X).probability, atol=1e-6)
+    np.testing.assert_allclose(out["probability"], scorer.explain_matrix(X).probability, atol=1e-6)
 
     scores = tmp_path / "scores.csv"
-    run("score", "--model", f"models:/{name}@{CHAMPION_ALIAS}", *files, "--out", str(scores))
+    run("score", "--model", f"models:/{name}@{CHAMPION_ALIAS}", *files, "--all", "--out",
+        str(scores))  # fmt: skip
     assert len(pd.read_csv(scores)) == cohort.clients["client_id"].nunique()
+
+
+def _episodes(cohort) -> Episodes:
+    return Episodes.from_frames(
+        normalise_sessions(cohort.sessions, cohort.profile),
+        normalise_clients(cohort.clients),
+        cohort.profile,
+    )

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from features.contract import CLIENT_ID
+from features.episodes import Episodes
+from features.validation import normalise_clients, normalise_sessions
 from models.booster import margin
 from models.calibration import SPACE_CALIBRATED, SPACE_UNCALIBRATED
 from models.pyfunc import load_scorer
@@ -75,7 +77,7 @@ def test_calibration_keeps_or_improves_brier(trained, cohort) -> None:
     data = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20)
     cal = data.subset(trained.splits.calibration)
     raw = 1 / (1 + np.exp(-margin(trained.scorer.booster, cal.X)))
-    calibrated = trained.scorer.score_matrix(cal.X).probability
+    calibrated = trained.scorer.explain_matrix(cal.X).probability
     brier = lambda p: float(np.mean((p - cal.y) ** 2))  # noqa: E731
     assert brier(calibrated) <= brier(raw) + 1e-4
 
@@ -136,10 +138,10 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     scorer = load_scorer("models:/alliance-risk@champion")
     load_scorer("models:/alliance-risk@champion")  # a reload leaves no code folder behind
     assert sys.path == path_before
-    X = scorer.score_frames(cohort.sessions, cohort.clients).features[:5]
+    X = scorer.score(_episodes(cohort)).features[:5]
     out = pyfunc.predict(pd.DataFrame(X, columns=list(scorer.feature_names)))
     # pyfunc predicts the margin directly, the scorer sums TreeSHAP: equal to float32 rounding.
-    np.testing.assert_allclose(out["probability"], scorer.score_matrix(X).probability, atol=1e-6)
+    np.testing.assert_allclose(out["probability"], scorer.explain_matrix(X).probability, atol=1e-6)
     assert scorer.metadata["simulated"] is True
     assert "simulated data" in scorer.model_card
 
@@ -148,10 +150,20 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
                  str(scores)], store)  # fmt: skip
     assert done.exit_code == 0, done.output
     frame = pd.read_csv(scores)
-    assert len(frame) == cohort.clients[CLIENT_ID].nunique()
+    # The caseload by default: open episodes only.
+    ongoing = cohort.clients.loc[cohort.clients["outcome"] == "ongoing", CLIENT_ID]
+    assert sorted(frame[CLIENT_ID]) == sorted(ongoing) and len(frame) > 0
     assert frame["probability"].between(0, 1).all()
     assert set(frame["risk_band"]) <= {"low", "moderate", "high"}
     assert (frame["model_version"] == 1).all()
+    assert frame["driver_1"].str.len().gt(0).all() and "nan" not in " ".join(frame["driver_1"])
+    assert {"clinic_id", "therapist_id", "scored_at", "focus_1", "driver_3"} <= set(frame.columns)
+    alliance = frame["group_1"].isin(cohort.profile.element_names)
+    assert frame.loc[alliance, "focus_1"].notna().all()
+    everyone = _run(["score", "--model", "models:/alliance-risk@champion", *args, "--all",
+                     "--out", str(scores)], store)  # fmt: skip
+    assert everyone.exit_code == 0, everyone.output
+    assert len(pd.read_csv(scores)) == cohort.clients[CLIENT_ID].nunique()
 
     # A model fitted to noise is worse. Shuffle outcomes only among the clients that train it
     # (intakes before the temporal test cut): the test clients keep their true outcomes, so
@@ -175,3 +187,30 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     tags = client.get_model_version("alliance-risk", "2").tags
     assert "auroc_drop" in tags["promotion.failed_checks"]
     assert _run(["promote", "--version", "2", "--force"], store).exit_code == 2
+
+
+def _episodes(cohort) -> Episodes:
+    return Episodes.from_frames(
+        normalise_sessions(cohort.sessions, cohort.profile),
+        normalise_clients(cohort.clients),
+        cohort.profile,
+    )
+
+
+def test_evaluation_scores_exactly_the_test_landmarks_through_the_scorer(trained, cohort) -> None:
+    """Evaluation runs the scorer on the test episodes: its rows are the test split's labelled
+    landmark rows, with the same features the model was fitted on."""
+    from features.arrays import SessionArrays
+    from training.pipeline import landmark_set
+
+    arrays = SessionArrays.from_frames(cohort.sessions, cohort.clients, cohort.profile)
+    test = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20).subset(
+        trained.splits.test
+    )
+    ev = trained.evaluation.data
+    key = lambda d: list(zip(d.client_id, d.context["landmark"], strict=True))  # noqa: E731
+    assert sorted(key(ev)) == sorted(key(test)) and len(test.y) > 0
+    by_key = dict(zip(key(ev), range(len(ev.y)), strict=True))
+    rows = [by_key[k] for k in key(test)]
+    np.testing.assert_array_equal(ev.X[rows], test.X)
+    np.testing.assert_array_equal(ev.y[rows], test.y)

@@ -44,15 +44,25 @@ def score(
             "left out and counted). Default: each client's latest appointment.",
         ),
     ] = None,
+    include_ended: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Score every client. Default: open episodes only (outcome 'ongoing'), the "
+            "caseload.",
+        ),
+    ] = False,
     profile: ProfileOpt = None,
     on_error: OnErrorOpt = "fail",
     quarantine_dir: QuarantineDirOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Score every client: probability, risk band, landmark, model version, top 3 groups.
+    """Score the caseload: probability, risk band and the top 3 drivers of each open episode.
 
-    Output columns: client_id, landmark, probability, risk_band, base_probability, space,
-    group_1..3 with contribution_1..3 (signed, in `space`), model_name, model_version.
+    Output columns: client_id, clinic_id, therapist_id, landmark, probability, risk_band,
+    base_probability, space, scored_at, then for i = 1..3: group_i, contribution_i (signed, in
+    `space`), driver_i (the reason in clinician language, with its numbers) and focus_i (the
+    alliance-building focus; empty for attendance and engagement); model_name, model_version.
     """
     console = Console()
     cohort = load_or_exit(
@@ -66,8 +76,12 @@ def score(
     from training.scoring import score_cohort
 
     try:
-        result = score_cohort(model, cohort.sessions, cohort.clients, landmark=landmark)
-    except (MlflowException, OSError) as err:
+        with console.status(f"Scoring {len(cohort.clients)} clients"):
+            result = score_cohort(
+                model, cohort.sessions, cohort.clients, cohort.profile,
+                landmark=landmark, include_ended=include_ended,
+            )  # fmt: skip
+    except (MlflowException, OSError, LookupError) as err:
         console.print(f"[bold red]Cannot load model[/] {model}: {err}")
         raise typer.Exit(EXIT_UNREADABLE) from None
     except IncompatibleModelError as err:
@@ -79,10 +93,16 @@ def score(
     else:
         result.frame.to_csv(out, index=False)
     bands = result.frame["risk_band"].value_counts()
+    left_out = [
+        f"{result.skipped_ended} ended episodes (--all scores them)" if result.skipped_ended else "",
+        f"{result.not_at_landmark} clients had no appointment {landmark}"
+        if result.not_at_landmark else "",
+        f"{result.refused} clients broke the data contract" if result.refused else "",
+    ]  # fmt: skip
     console.print(
         f"Scored {len(result.frame)} clients with {result.model_name} v{result.model_version}: "
         + ", ".join(f"{bands.get(b, 0)} {b}" for b in ("high", "moderate", "low"))
-        + (f"; {result.not_scored} clients had no appointment {landmark}" if landmark else "")
+        + "".join(f"; not scored: {text}" for text in left_out if text)
         + f". Written to {out}."
     )
 

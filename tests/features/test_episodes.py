@@ -1,0 +1,228 @@
+"""Episodes and the contract rules within them: one implementation for a request and a file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features import contract as c
+from features import validation as v
+from features.episodes import Episodes
+from features.profiles import ALLIANCE6, WAI_SR, InstrumentProfile
+from training.simulate import simulate_cohort
+
+ATTENDED, NO_SHOW = c.ATTENDANCE_CODES.index("attended"), c.ATTENDANCE_CODES.index("no_show")
+
+
+def one_episode(
+    profile: InstrumentProfile = ALLIANCE6,
+    *,
+    numbers=(1, 2, 3),
+    days=(10, 17, 24),
+    attendance=(ATTENDED, NO_SHOW, ATTENDED),
+    rating=(8.0, np.nan, 7.0),
+    intake=5.0,
+) -> Episodes:
+    """One client's three appointments, every element rated ``rating`` at each."""
+    n = len(numbers)
+    return Episodes.from_columns(
+        profile,
+        client_id=["c"],
+        clinic_id=["k"],
+        therapist_id=["t"],
+        intake_day=[intake],
+        age=[40],
+        episode=np.zeros(n),
+        session_number=numbers,
+        day=days,
+        attendance=attendance,
+        ratings=np.tile(np.asarray(rating, dtype=float), (len(profile.elements), 1)),
+    )
+
+
+def found(e: Episodes) -> list[tuple[int, str, str]]:
+    return sorted(
+        (int(a), x.column, x.reason) for x in v.contract_violations(e) for a in x.appointments
+    )
+
+
+def test_a_valid_episode_breaks_no_rule() -> None:
+    assert v.contract_violations(one_episode()) == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(
+            {"numbers": (1, 2, 2)},
+            [
+                (1, c.SESSION_NUMBER, v.DUPLICATE_SESSION_NUMBER),
+                (2, c.SESSION_NUMBER, v.DUPLICATE_SESSION_NUMBER),
+            ],
+            id="duplicate number: every copy",
+        ),  # fmt: skip
+        pytest.param(
+            {"days": (10, 3, 24)},
+            [(1, c.SESSION_DATE, v.BEFORE_INTAKE), (1, c.SESSION_DATE, v.DATE_BACKWARDS)],
+            id="backwards and before intake",
+        ),  # fmt: skip
+        pytest.param(
+            {"numbers": (3, 2, 1)},
+            [(0, c.SESSION_DATE, v.DATE_BACKWARDS), (1, c.SESSION_DATE, v.DATE_BACKWARDS)],
+            id="dates follow session_number, not row order",
+        ),  # fmt: skip
+        pytest.param({"days": (10, 17, 17)}, [], id="same day twice is fine"),
+        pytest.param({"intake": np.nan}, [], id="unknown intake"),
+        pytest.param(
+            {"numbers": (1, np.nan, 3)},
+            [(1, c.SESSION_NUMBER, v.SESSION_NUMBER_INVALID)],
+            id="unreadable number",
+        ),  # fmt: skip
+        pytest.param(
+            {"days": (10, np.nan, 24)}, [(1, c.SESSION_DATE, v.DATE_NOT_ISO)], id="unreadable date"
+        ),  # fmt: skip
+        pytest.param(
+            {"attendance": (ATTENDED, -1, ATTENDED)},
+            [(1, c.ATTENDANCE, v.UNKNOWN_ATTENDANCE)],
+            id="unknown code",
+        ),  # fmt: skip
+    ],
+)
+def test_each_rule(change: dict, expected: list) -> None:
+    assert found(one_episode(**change)) == sorted(expected)
+
+
+def test_ratings_against_the_scale_and_attendance() -> None:
+    out = found(one_episode(rating=(8.0, 9.0, 10.5)))
+    per_element = [(1, col, v.RATING_NOT_ATTENDED) for col in ALLIANCE6.columns]
+    per_element += [(2, col, v.rating_out_of_range(ALLIANCE6)) for col in ALLIANCE6.columns]
+    assert out == sorted(per_element)
+    # 0 is on the 0-10 scale but below WAI-SR's 1-5.
+    assert found(one_episode(rating=(0.0, np.nan, 1.0))) == []
+    wai = found(one_episode(WAI_SR, rating=(0.0, np.nan, 1.0)))
+    assert wai == sorted((0, col, v.rating_out_of_range(WAI_SR)) for col in WAI_SR.columns)
+
+
+def test_unlinked_rows_get_cell_rules_only() -> None:
+    e = one_episode(numbers=(1, 1, 2))
+    orphan = Episodes.from_columns(
+        e.profile, client_id=e.client_id, clinic_id=e.clinic_id, therapist_id=e.therapist_id,
+        intake_day=e.intake_day, age=e.age, episode=[0, -1, -1],
+        session_number=e.session_number, day=[10, np.nan, 1], attendance=e.attendance,
+        ratings=e.ratings,
+    )  # fmt: skip
+    assert found(orphan) == [(1, c.SESSION_DATE, v.DATE_NOT_ISO)]
+
+
+@st.composite
+def episode_lists(draw):
+    """Several small episodes, some broken, as (numbers, days, attendance, ratings, intake)."""
+    out = []
+    for _ in range(draw(st.integers(1, 6))):
+        n = draw(st.integers(0, 5))
+        numbers = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
+        days = draw(st.lists(st.integers(0, 60), min_size=n, max_size=n))
+        codes = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+        ratings = draw(st.lists(st.sampled_from([np.nan, 0.0, 7.5, 10.0, 10.5, -1.0]),
+                                min_size=n, max_size=n))  # fmt: skip
+        intake = draw(st.sampled_from([np.nan, 0.0, 20.0]))
+        out.append((numbers, days, codes, ratings, intake))
+    return out
+
+
+def _build(parts, order=None) -> Episodes:
+    rows = [(j, *row) for j, p in enumerate(parts) for row in zip(*p[:4], strict=True)]
+    if order is not None:
+        rows = [rows[i] for i in order]
+    col = list(zip(*rows, strict=True)) if rows else [[]] * 5
+    n_el = len(ALLIANCE6.elements)
+    return Episodes.from_columns(
+        ALLIANCE6,
+        client_id=[f"c{j}" for j in range(len(parts))],
+        clinic_id=["k"] * len(parts),
+        therapist_id=["t"] * len(parts),
+        intake_day=[p[4] for p in parts],
+        age=[np.nan] * len(parts),
+        episode=col[0],
+        session_number=col[1],
+        day=col[2],
+        attendance=col[3],
+        ratings=np.tile(np.asarray(col[4], dtype=float), (n_el, 1)),
+    )
+
+
+@given(episode_lists(), st.randoms(use_true_random=False))
+@settings(max_examples=150, deadline=None)
+def test_many_episodes_at_once_equal_each_alone(parts, rnd) -> None:
+    """Checking episodes together or one by one, in any row order, finds the same problems."""
+    n = sum(len(p[0]) for p in parts)
+    order = list(range(n))
+    rnd.shuffle(order)
+    together = _build(parts, order)
+    by_row = {order[i]: i for i in range(n)}  # original row -> position in `together`
+    expected, offset = [], 0
+    for p in parts:
+        alone = _build([p])
+        expected += [(by_row[offset + a], col, reason) for a, col, reason in found(alone)]
+        offset += len(p[0])
+    assert found(together) == sorted(expected)
+
+
+def test_files_and_columns_give_the_same_episodes_and_problems() -> None:
+    cohort = simulate_cohort(30, seed=5)
+    s = v.normalise_sessions(cohort.sessions, cohort.profile)
+    cl = v.normalise_clients(cohort.clients)
+    s.loc[3, "alliance_goals"] = 12.0
+    s.loc[7, c.SESSION_NUMBER] = s.loc[6, c.SESSION_NUMBER]
+    from_frames = Episodes.from_frames(s, cl, cohort.profile)
+    ids = list(from_frames.client_id)
+    epoch = np.datetime64("1970-01-01")
+    from_columns = Episodes.from_columns(
+        cohort.profile,
+        client_id=ids,
+        clinic_id=cl[c.CLINIC_ID].tolist(),
+        therapist_id=cl[c.THERAPIST_ID].tolist(),
+        intake_day=(cl[c.INTAKE_DATE].to_numpy() - epoch) / np.timedelta64(1, "D"),
+        age=cl[c.AGE].to_numpy(dtype=float),
+        outcome=pd.Index(c.OUTCOME_CODES).get_indexer(cl[c.OUTCOME]),
+        episode=[ids.index(x) for x in s[c.CLIENT_ID]],
+        session_number=s[c.SESSION_NUMBER].to_numpy(dtype=float),
+        day=(s[c.SESSION_DATE].to_numpy() - epoch) / np.timedelta64(1, "D"),
+        attendance=pd.Index(c.ATTENDANCE_CODES).get_indexer(s[c.ATTENDANCE]),
+        ratings=s[list(cohort.profile.columns)].to_numpy(dtype=float).T,
+    )
+    for name in ("client_id", "clinic_id", "therapist_id", "episode", "attendance", "outcome"):
+        np.testing.assert_array_equal(getattr(from_frames, name), getattr(from_columns, name))
+    for name in ("intake_day", "age", "session_number", "day", "ratings"):
+        np.testing.assert_array_equal(getattr(from_frames, name), getattr(from_columns, name))
+    assert found(from_frames) == found(from_columns) != []
+    # And validate_tables reports exactly these rows for the same tables.
+    report = v.validate_tables(s, cl, cohort.profile)
+    assert sorted((p.row, p.column, p.reason) for p in report.problems) == found(from_frames)
+
+
+def test_pack_sorts_each_episode_by_session_number() -> None:
+    e = one_episode(numbers=(3, 1, 2), days=(24, 10, 17))
+    arrays = e.pack(np.array([0]))
+    assert arrays.session_number.tolist() == [1, 2, 3]
+    assert arrays.day.tolist() == [10, 17, 24]
+    assert arrays.n_clients == 1 and arrays.intake_day.tolist() == [5.0]
+
+
+def test_columns_must_agree_in_length() -> None:
+    e = one_episode()
+    with pytest.raises(ValueError, match="differ in length"):
+        Episodes.from_columns(
+            e.profile, client_id=["a", "b"], clinic_id=["k"], therapist_id=["t"],
+            intake_day=[1.0], age=[1.0], episode=[0], session_number=[1], day=[1],
+            attendance=[0], ratings=np.full((6, 1), np.nan),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="episode must index"):
+        Episodes.from_columns(
+            e.profile, client_id=["a"], clinic_id=["k"], therapist_id=["t"],
+            intake_day=[1.0], age=[1.0], episode=[3], session_number=[1], day=[1],
+            attendance=[0], ratings=np.full((6, 1), np.nan),
+        )  # fmt: skip
