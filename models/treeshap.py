@@ -49,7 +49,7 @@ MAX_TABLE_ENTRIES = 1 << 22
 #: larger inputs are explained in chunks of rows. Bounded passes are also faster than one
 #: pass over a large batch (their arrays stay in the processor's caches); much smaller ones
 #: would leave each numpy operation too few rows.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 #: Objectives whose ``base_score`` is a probability (the margin starts at its log-odds), and
 #: those whose ``base_score`` is already a margin.
 _LOGIT_BASE = frozenset({"binary:logistic", "reg:logistic"})
