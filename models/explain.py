@@ -224,8 +224,9 @@ def explain(
         :class:`~models.scorer.Scorer`) passes False.
     tables : PathTables, optional
         The booster's TreeSHAP tables (:mod:`models.treeshap`, checked against it): the same
-        values as ``pred_contribs`` up to its float32 rounding, ~30x faster for one row.
-        Without them xgboost computes the contributions.
+        values as ``pred_contribs`` up to its float32 rounding, by table lookups instead of a
+        ``DMatrix`` and xgboost's recursion over every path. Without them xgboost computes
+        the contributions.
 
     Returns
     -------
