@@ -1,11 +1,9 @@
 # One image for every deployable of alliance-risk (training CLI, MLflow server, API).
-# The wheel is built in its own stage: the feature kernel is C, and the compiler stays out of the
-# image that runs.
+# The project is pure Python (its dependencies come as wheels): the wheel is built in its own
+# stage only so that the sources and build tools stay out of the image that runs.
 FROM python:3.11-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY features ./features
 COPY models ./models
 COPY training ./training

@@ -253,7 +253,10 @@ def log_training_run(
             name=MODEL_ARTIFACT,
             python_model=str(Path(models.__file__).parent / "mlflow_entry.py"),
             artifacts={SCORER_ARTIFACT: str(scorer_dir)},
-            code_paths=[str(Path(features.__file__).parent), str(Path(models.__file__).parent)],
+            code_paths=[
+                str(_python_sources(Path(pkg.__file__).parent, Path(tmp) / "code"))
+                for pkg in (features, models)
+            ],
             signature=signature,
             input_example=example,
             pip_requirements=_requirements(),
@@ -272,6 +275,18 @@ def log_training_run(
         LoggedRun(run_id, experiment_id, info.model_uri, register_as, version),
         scorer,
     )
+
+
+def _python_sources(package: Path, into: Path) -> Path:
+    """A copy of ``package`` with its ``.py`` files only: the logged model carries no compiled
+    file (no extension module, no bytecode), so it loads on any OS with the pinned libraries."""
+    target = into / package.name
+    for source in package.rglob("*.py"):
+        if "__pycache__" not in source.parts:
+            dest = target / source.relative_to(package)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(source.read_bytes())
+    return target
 
 
 def log_evaluation_run(

@@ -134,6 +134,14 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
 
     # The champion loads with plain MLflow and needs nothing else to score.
     pyfunc = mlflow.pyfunc.load_model("models:/alliance-risk@champion")
+    # It holds source and data only: no extension module or bytecode ties it to a platform.
+    logged = Path(mlflow.artifacts.download_artifacts("models:/alliance-risk@champion",
+                                                      dst_path=str(tmp_path / "logged")))  # fmt: skip
+    code = [p for p in (logged / "code").rglob("*") if p.is_file()]
+    assert code and all(p.suffix == ".py" for p in code), sorted({p.suffix for p in code})
+    assert {"scorer.py", "kernels.py", "facts.py"} <= {p.name for p in code}
+    compiled = (".so", ".pyd", ".dylib", ".dll", ".pyc", ".c")
+    assert not [p for p in logged.rglob("*") if p.suffix in compiled]
     path_before = list(sys.path)
     scorer = load_scorer("models:/alliance-risk@champion")
     load_scorer("models:/alliance-risk@champion")  # a reload leaves no code folder behind
