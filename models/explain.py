@@ -180,15 +180,23 @@ def _group_matrix(
     return G, names
 
 
-def _group_sums(contributions: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """Signed sums of each group's columns, ``(n_rows, n_groups)``.
+def _row_sums(values: np.ndarray) -> np.ndarray:
+    """Each row's sum, adding its columns left to right.
 
-    Row by row in a fixed order (not ``contributions @ G``, whose BLAS blocking depends on the
-    number of rows), so a client's explanation has the same bits alone and in a batch.
+    ``np.add.accumulate`` is sequential by definition; ``sum`` and ``@`` choose their order by
+    the array's shape (pairwise, BLAS blocks), so a client's explanation would differ in the
+    last bit alone and in a batch.
     """
+    if values.shape[1] == 0:
+        return np.zeros(values.shape[0])
+    return np.add.accumulate(values, axis=1)[:, -1]
+
+
+def _group_sums(contributions: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Signed sums of each group's columns, ``(n_rows, n_groups)``, by :func:`_row_sums`."""
     out = np.empty((contributions.shape[0], G.shape[1]))
     for g in range(G.shape[1]):
-        out[:, g] = contributions[:, np.flatnonzero(G[:, g])].sum(axis=1)
+        out[:, g] = _row_sums(contributions[:, np.flatnonzero(G[:, g])])
     return out
 
 
@@ -273,7 +281,8 @@ def explain(
         space = SPACE_UNCALIBRATED
     else:
         raise ValueError("calibrator params: unknown method (expected 'sigmoid' or 'isotonic')")
-    logit = base_logit + contributions.sum(axis=1)
+    group_contributions = _group_sums(contributions, G)
+    logit = base_logit + _row_sums(group_contributions)
     if method == "sigmoid":
         probability = expit(logit)
         base_probability = expit(base_logit)
@@ -285,7 +294,7 @@ def explain(
         base_logit=base_logit,
         base_probability=base_probability,
         feature_contributions=contributions,
-        group_contributions=_group_sums(contributions, G),
+        group_contributions=group_contributions,
         feature_names=names,
         group_names=group_names,
         logit=logit,
