@@ -1,23 +1,33 @@
 """Landmark feature frames: the pandas face of :mod:`features.kernels`.
 
-``build_features`` sorts and packs the frames once (:class:`~features.arrays.SessionArrays`),
-chooses the landmark rows, and lets the numpy core compute every registry column. The result
+``build_features`` reads the frames as episodes (:class:`~features.episodes.Episodes`), refuses
+them if they break the data contract, packs them once (:func:`pack_frames`, which training uses
+too), chooses the landmark rows, and lets the numpy core compute every registry column. The result
 for a client depends only on that client's rows, so the function can run per client partition.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from features.arrays import SessionArrays
-from features.contract import CLIENT_ID, COMPLETED, DROPOUT, OUTCOME, OUTCOME_CODES
+from features.contract import CLIENT_ID, COMPLETED, DROPOUT, INTAKE_DATE, OUTCOME, OUTCOME_CODES
+from features.episodes import Episodes
 from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry, feature_registry
+from features.validation import (
+    DUPLICATE_CLIENT,
+    EMPTY_ID,
+    UNKNOWN_CLIENT,
+    contract_violations,
+    empty_episodes,
+)
 
 Landmarks = Literal["all", "latest", "training"] | int
 
@@ -27,6 +37,67 @@ INDEX_NAMES = (CLIENT_ID, "landmark")
 LABEL_NAME = "dropout"
 
 _ENDED = np.array([OUTCOME_CODES.index(COMPLETED), OUTCOME_CODES.index(DROPOUT)], dtype=np.int8)
+
+
+def pack_frames(
+    sessions: pd.DataFrame, clients: pd.DataFrame, profile: InstrumentProfile
+) -> SessionArrays:
+    """Check the frames against the data contract and pack every client that has sessions.
+
+    Parameters
+    ----------
+    sessions, clients
+        As for :func:`build_features`.
+    profile
+        Instrument profile naming the rating columns.
+
+    Returns
+    -------
+    SessionArrays
+        One segment per client with at least one session; ``client_id`` holds the real client
+        ids and ``client_rank`` their sorted order; ``outcome`` comes from ``clients``.
+
+    Raises
+    ------
+    ValueError
+        On a missing column, a session whose client is not in ``clients``, a duplicated client,
+        or a broken contract rule (:func:`features.validation.contract_violations`: duplicated
+        session number, missing date, unknown attendance code, ...). The message names the
+        first problem's table, row position, column and reason, never a value.
+    """
+    if INTAKE_DATE not in clients.columns:
+        raise ValueError(f"clients: missing column {INTAKE_DATE!r}")
+    episodes = Episodes.from_frames(sessions, clients, profile)
+    _refuse_problems(episodes, clients)
+    # Positions in client id order: pack makes each segment's client_id its position here, so
+    # client_rank ranks the real ids, the order of every output.
+    positions = np.flatnonzero(~empty_episodes(episodes))
+    positions = positions[np.argsort(episodes.client_id[positions], kind="stable")]
+    arrays = episodes.pack(positions)
+    return replace(arrays, client_id=episodes.client_id[positions[arrays.client_rank]])
+
+
+def _refuse_problems(episodes: Episodes, clients: pd.DataFrame) -> None:
+    """Raise a ValueError naming the first problem: sessions before clients, then by row."""
+    missing_id = episodes.episode < 0
+    # Episodes.from_frames numbers the ids of clients first, then those only in sessions.
+    unknown = episodes.episode >= clients[CLIENT_ID].nunique()
+    first: list[tuple[str, int, str, str]] = [
+        (table, int(np.argmax(mask)), CLIENT_ID, reason)
+        for table, mask, reason in (
+            ("sessions", missing_id, EMPTY_ID),
+            ("sessions", unknown, UNKNOWN_CLIENT),
+            ("clients", clients[CLIENT_ID].duplicated().to_numpy(), DUPLICATE_CLIENT),
+        )
+        if mask.any()
+    ]
+    first += [
+        ("sessions", int(v.appointments[0]), v.column, v.reason)
+        for v in contract_violations(episodes)
+    ]
+    if first:
+        table, row, column, reason = min(first, key=lambda p: (p[0] == "clients", p[1]))
+        raise ValueError(f"{table} row {row}, column {column!r}: {reason}")
 
 
 def landmark_rows(
@@ -86,12 +157,13 @@ def build_features(
     Parameters
     ----------
     sessions
-        Normalised appointments, any row order: ``client_id``, ``session_number`` (int >= 1,
-        unique per client), ``session_date`` (datetime64), ``attendance`` (code) and the
-        profile's ``alliance_<element>`` columns (float, NaN = not rated).
+        Normalised appointments, any row order: ``client_id``, ``session_number`` (int 1 to
+        ``SESSION_NUMBER_MAX``, unique per client), ``session_date`` (datetime64),
+        ``attendance`` (code) and the profile's ``alliance_<element>`` columns (float on the
+        profile's scale, NaN = not rated; rated only when attended).
     clients
-        ``client_id``, ``intake_date`` (datetime64); ``outcome`` for ``"training"``
-        landmarks; ``age`` (years) for covariates.
+        ``client_id`` (unique, every client of ``sessions``), ``intake_date`` (datetime64);
+        ``outcome`` for ``"training"`` landmarks; ``age`` (years) for covariates.
     profile
         Instrument profile (elements, scale, cut-offs).
     landmarks
@@ -106,9 +178,14 @@ def build_features(
     pandas.DataFrame
         Indexed by (``client_id``, ``landmark``), sorted; columns exactly
         ``feature_registry(profile, include_covariates=...).names``, float64.
+
+    Raises
+    ------
+    ValueError
+        When the frames break the data contract; see :func:`pack_frames`.
     """
     registry = feature_registry(profile, include_covariates=include_covariates)
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    arrays = pack_frames(sessions, clients, profile)
     rows = landmark_rows(arrays, landmarks, k_max)
     matrix = compute_feature_matrix(arrays, registry, rows)
     return pd.DataFrame(matrix, index=_index(arrays, rows), columns=_columns(registry), copy=False)

@@ -151,6 +151,10 @@ class Episodes:
         one for the id, else they are unknown (:mod:`features.validation` reports the unknown
         or duplicated client).
 
+        Typed tables that were not normalised (the simulator's, a test's) are read as well:
+        a session_number that is not a whole number from 1 to ``SESSION_NUMBER_MAX`` is
+        missing, dates may be ISO text.
+
         Parameters
         ----------
         sessions
@@ -159,6 +163,12 @@ class Episodes:
         clients
             ``client_id``; ``clinic_id``, ``therapist_id``, ``intake_date`` (datetime64),
             ``age`` and ``outcome`` when present.
+
+        Raises
+        ------
+        ValueError
+            On a missing column, a rating column that is not numeric or a date column that is
+            not dates. Messages name the column, never a value.
         """
         for col in (c.CLIENT_ID, c.SESSION_NUMBER, c.SESSION_DATE, c.ATTENDANCE, *profile.columns):
             if col not in sessions.columns:
@@ -201,7 +211,10 @@ class Episodes:
         )
         ratings = np.empty((len(profile.columns), len(sessions)))
         for i, col in enumerate(profile.columns):
-            ratings[i] = sessions[col].to_numpy(dtype=np.float64, na_value=np.nan)
+            try:
+                ratings[i] = sessions[col].to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                raise ValueError(f"sessions: column {col!r} must be numeric") from None
         return cls(
             profile=profile,
             client_id=np.asarray(uniques, dtype=object),
@@ -217,7 +230,7 @@ class Episodes:
             ),
             outcome=per_episode(c.OUTCOME, outcome, -1),
             episode=session_code,
-            session_number=sessions[c.SESSION_NUMBER].to_numpy(dtype=np.float64, na_value=np.nan),
+            session_number=_session_numbers(sessions[c.SESSION_NUMBER]),
             day=_days(sessions, c.SESSION_DATE),
             attendance=pd.Index(c.ATTENDANCE_CODES)
             .get_indexer(pd.Index(sessions[c.ATTENDANCE]))
@@ -258,9 +271,22 @@ class Episodes:
         return replace(arrays, outcome=self.outcome[episodes][arrays.client_rank])
 
 
+def _session_numbers(values: pd.Series) -> np.ndarray:
+    """Session numbers as float64, NaN where missing or not a whole number in the contract's
+    range."""
+    number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        valid = (number == np.floor(number)) & (number >= 1) & (number <= c.SESSION_NUMBER_MAX)
+    return np.where(valid, number, np.nan)
+
+
 def _days(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """A datetime64 column as float64 days since 1970-01-01, NaN for NaT."""
-    values = frame[column].to_numpy(dtype="datetime64[us]")
+    """A datetime64 (or ISO text) column as float64 days since 1970-01-01, NaN for NaT."""
+    try:
+        values = frame[column].to_numpy(dtype="datetime64[us]")
+    except (TypeError, ValueError):
+        # numpy's message quotes the cell.
+        raise ValueError(f"column {column!r} must hold dates (datetime64 or ISO text)") from None
     day = values.astype("datetime64[D]")
     out = day.astype(np.int64).astype(np.float64)
     out[np.isnat(day)] = np.nan

@@ -103,8 +103,8 @@ def compute_feature_matrix(
     Parameters
     ----------
     arrays
-        Sorted session arrays (:meth:`SessionArrays.from_frames` or
-        :meth:`SessionArrays.single_client`).
+        Sorted session arrays (:meth:`features.episodes.Episodes.pack`, or
+        :func:`features.build.pack_frames` for tables).
     registry
         Feature registry for ``arrays.profile`` (:func:`features.registry.feature_registry`).
     rows

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.arrays import SessionArrays
-from features.build import landmark_rows
+from features.build import landmark_rows, pack_frames
 from features.contract import (
     AGE,
     CLIENT_ID,
@@ -353,7 +353,7 @@ def train_model(
 
     say("features")
     registry = feature_registry(profile, include_covariates=config.include_covariates)
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    arrays = pack_frames(sessions, clients, profile)
     data = landmark_set(arrays, clients, registry, k_max=config.k_max)
     splits = split_clients(
         clients,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from hypothesis import strategies as st
 
-from features.contract import ATTENDANCE_CODES, OUTCOME_CODES
+from features.contract import ATTENDANCE_CODES, ATTENDED, OUTCOME_CODES
 from features.profiles import InstrumentProfile
 
 #: Attendance code probabilities (attended, no_show, late_cancel, cancelled, rescheduled).
@@ -113,7 +113,8 @@ def client_history(
     min_sessions: int = 1,
     max_sessions: int = 14,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One client's ``(sessions, clients)``: any attendance, any rating pattern, ties included."""
+    """One client's ``(sessions, clients)``: any attendance, any rating pattern the data contract
+    allows (attended appointments only), ties included."""
     n = draw(st.integers(min_sessions, max_sessions))
     step = _rating_step(profile)
     grid = np.arange(profile.scale_min, profile.scale_max + step / 2, step)
@@ -127,7 +128,7 @@ def client_history(
     for k in range(1, n + 1):
         day = day + np.timedelta64(draw(st.integers(0, 40)), "D")
         att = draw(st.sampled_from(ATTENDANCE_CODES))
-        ratings = {c: draw(value) for c in profile.columns}
+        ratings = {c: draw(value) if att == ATTENDED else None for c in profile.columns}
         rows.append(
             {
                 "client_id": client_id,

@@ -1,21 +1,26 @@
 """Example-based tests of the landmark features: exact values on tiny hand-computed histories,
-landmark selection, labels, errors, and the array (serving) path."""
+landmark selection, labels, refusals of tables that break the contract, and the array (serving)
+path."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from features import kernels
+from features import validation as v
 from features.arrays import SessionArrays
-from features.build import build_features, landmark_labels
+from features.build import build_features, landmark_labels, pack_frames
 from features.contract import ATTENDANCE_CODES
+from features.episodes import Episodes
 from features.profiles import ALLIANCE6, SRS, WAI_SR, Element, InstrumentProfile
 from features.registry import feature_registry
+from tests.features.packing import days, one_client
 from tests.features.reference import reference_features
 from tests.features.strategies import random_cohort
 
@@ -218,12 +223,25 @@ def test_single_session_and_never_rated_histories() -> None:
 
 
 def test_ratings_on_missed_appointments_and_infinite_values_are_ignored() -> None:
-    sessions, clients = history(
+    """The contract refuses such tables; the kernel still ignores what it should never see."""
+    visits = [(0, "attended", 8.0), (7, "no_show", 2.0), (14, "attended", -math.inf)]
+    sessions, clients = history(ALLIANCE6, visits, age=math.inf)
+    with pytest.raises(
+        ValueError, match=re.escape(f"row 1, column 'alliance_empathy': {v.RATING_NOT_ATTENDED}")
+    ):
+        build_features(sessions, clients, profile=ALLIANCE6)
+    arrays = one_client(
         ALLIANCE6,
-        [(0, "attended", 8.0), (7, "no_show", 2.0), (14, "attended", -math.inf)],
+        session_number=sessions["session_number"].to_numpy(),
+        session_date=sessions["session_date"].to_numpy(),
+        attendance=sessions["attendance"].tolist(),
+        ratings=sessions[list(ALLIANCE6.columns)].to_numpy().T,
+        intake_date="2023-12-25",
         age=math.inf,
     )
-    f = build_features(sessions, clients, profile=ALLIANCE6, include_covariates=True).loc["a"]
+    registry = feature_registry(ALLIANCE6, include_covariates=True)
+    x = kernels.compute_feature_matrix(arrays, registry)
+    f = pd.DataFrame(x, index=[1, 2, 3], columns=registry.names)
     assert f.loc[2, "alliance_overall_last"] == 8.0
     assert f.loc[3, "alliance_overall_min"] == 8.0
     assert f.loc[3, "alliance_overall_n_rated"] == 1.0
@@ -295,22 +313,59 @@ def test_any_number_of_elements() -> None:
     np.testing.assert_allclose(f.to_numpy(), ref.to_numpy(), rtol=1e-9, atol=1e-9)
 
 
+def _at(table: str, row: int, column: str, reason: str) -> str:
+    return re.escape(f"{table} row {row}, column {column!r}: {reason}")
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda s, c: (s.assign(session_number=[1, 1, 2]), c), "row 1: duplicate 'session_number'"),
+        (
+            lambda s, c: (s.assign(session_number=[1, 1, 2]), c),
+            _at("sessions", 0, "session_number", v.DUPLICATE_SESSION_NUMBER),
+        ),
         (
             lambda s, c: (s.assign(attendance=["attended", "maybe", "attended"]), c),
-            "row 1: 'attendance'",
+            _at("sessions", 1, "attendance", v.UNKNOWN_ATTENDANCE),
         ),
-        (lambda s, c: (s, c.assign(client_id=["someone-else"])), "no row in clients"),
+        (
+            lambda s, c: (s, c.assign(client_id=["someone-else"])),
+            _at("sessions", 0, "client_id", v.UNKNOWN_CLIENT),
+        ),
+        (
+            lambda s, c: (s.assign(client_id=["SECRET-ID-42", None, "SECRET-ID-42"]), c),
+            _at("sessions", 1, "client_id", v.EMPTY_ID),
+        ),
         (lambda s, c: (s.drop(columns=["alliance_trust"]), c), "missing column 'alliance_trust'"),
-        (lambda s, c: (s.assign(session_number=[1, 2, 0]), c), "row 2: 'session_number'"),
+        (lambda s, c: (s, c.drop(columns=["intake_date"])), "missing column 'intake_date'"),
+        (
+            lambda s, c: (s.assign(session_number=[1, 2, 0]), c),
+            _at("sessions", 2, "session_number", v.SESSION_NUMBER_INVALID),
+        ),
         (
             lambda s, c: (s.assign(session_date=[DAY0, pd.NaT, DAY0]), c),
-            "row 1: missing 'session_date'",
+            _at("sessions", 1, "session_date", v.DATE_NOT_ISO),
         ),
-        (lambda s, c: (s, pd.concat([c, c])), "clients row 1: duplicate 'client_id'"),
+        (
+            lambda s, c: (s.assign(session_date=[DAY0, DAY0 - pd.Timedelta(days=1), DAY0]), c),
+            _at("sessions", 1, "session_date", v.DATE_BACKWARDS),
+        ),
+        (
+            lambda s, c: (s, c.assign(intake_date=[DAY0 + pd.Timedelta(days=1)])),
+            _at("sessions", 0, "session_date", v.BEFORE_INTAKE),
+        ),
+        (
+            lambda s, c: (s.assign(alliance_goals=[8.0, 11.0, np.nan]), c),
+            _at("sessions", 1, "alliance_goals", v.rating_out_of_range(ALLIANCE6)),
+        ),
+        (
+            lambda s, c: (s, pd.concat([c, c])),
+            _at("clients", 1, "client_id", v.DUPLICATE_CLIENT),
+        ),
+        (
+            lambda s, c: (s.assign(session_date=["2024-01-01", "SECRET-DATE", "2024-01-15"]), c),
+            "column 'session_date' must hold dates",
+        ),
     ],
 )
 def test_errors_name_row_and_column_never_values(mutate, message) -> None:
@@ -325,26 +380,45 @@ def test_errors_name_row_and_column_never_values(mutate, message) -> None:
     assert "SECRET" not in str(err.value) and "maybe" not in str(err.value)
 
 
-def test_single_client_array_path_equals_build_features() -> None:
+def test_the_first_problem_is_named_whatever_the_rule() -> None:
+    """Sessions before clients, then the lowest row, whichever rule it breaks."""
+    sessions, clients = history(
+        ALLIANCE6, [(0, "attended", 8.0), (7, "attended", 9.0), (14, "attended", 7.0)]
+    )
+    sessions = sessions.assign(
+        session_number=[1, 2, 2], attendance=["attended", "attended", "maybe"]
+    )
+    with pytest.raises(
+        ValueError, match=_at("sessions", 1, "session_number", v.DUPLICATE_SESSION_NUMBER)
+    ):
+        build_features(sessions, pd.concat([clients, clients]), profile=ALLIANCE6)
+
+
+def test_array_path_equals_build_features() -> None:
+    """Episodes from columns (a request), in any appointment order, packed: the same features."""
     sessions, clients = history(ALLIANCE6, VISITS_A)
     expected = build_features(sessions, clients, profile=ALLIANCE6, landmarks="latest")
     shuffled = sessions.sample(frac=1.0, random_state=1)
-    arrays = SessionArrays.single_client(
+    episodes = Episodes.from_columns(
         ALLIANCE6,
-        session_number=shuffled["session_number"].tolist(),
-        session_date=[d.date() for d in shuffled["session_date"]],
-        attendance=shuffled["attendance"].tolist(),
-        ratings={
-            e: [None if math.isnan(v) else v for v in shuffled[f"alliance_{e}"]]
-            for e in ALLIANCE6.element_names
-        },
-        intake_date="2023-12-25",
+        client_id=["a"],
+        clinic_id=["north"],
+        therapist_id=["t1"],
+        intake_day=days(["2023-12-25"]),
+        age=[30.0],
+        episode=np.zeros(len(shuffled)),
+        session_number=shuffled["session_number"].to_numpy(),
+        day=days([d.date() for d in shuffled["session_date"]]),
+        attendance=[ATTENDANCE_CODES.index(a) for a in shuffled["attendance"]],
+        ratings=shuffled[list(ALLIANCE6.columns)].to_numpy().T,
     )
+    assert v.contract_violations(episodes) == ()
+    arrays = episodes.pack(np.array([0]))
     registry = feature_registry(ALLIANCE6)
     got = kernels.compute_feature_matrix(arrays, registry, np.array([arrays.n_rows - 1]))
     np.testing.assert_array_equal(got, expected.to_numpy())
     with pytest.raises(ValueError, match="duplicate 'session_number'"):
-        SessionArrays.single_client(
+        one_client(
             ALLIANCE6,
             session_number=[1, 1],
             session_date=["2024-01-01"] * 2,
@@ -357,7 +431,7 @@ def test_single_client_array_path_equals_build_features() -> None:
 
 def test_landmark_rows_in_any_order_with_repeats_pick_rows_of_the_full_matrix() -> None:
     sessions, clients = random_cohort(120, ALLIANCE6, seed=9)
-    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    arrays = pack_frames(sessions, clients, ALLIANCE6)
     registry = feature_registry(ALLIANCE6, include_covariates=True)
     whole = kernels.compute_feature_matrix(arrays, registry)
     rng = np.random.default_rng(0)
@@ -391,33 +465,30 @@ def test_feature_bits_are_those_the_served_models_were_trained_on(
     fails here; if it is meant, retrain, and update the digests in the same commit.
     """
     sessions, clients = random_cohort(300, profile, seed=9)
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    arrays = pack_frames(sessions, clients, profile)
     x = kernels.compute_feature_matrix(arrays, feature_registry(profile, include_covariates=True))
     x = np.where(np.isnan(x), np.nan, x)
     assert hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16] == digest
 
 
 @pytest.mark.parametrize("profile", [ALLIANCE6, SRS])
-def test_from_episodes_equals_from_frames(profile: InstrumentProfile) -> None:
-    """The pandas-free batch constructor (the API's batch path) packs the same histories."""
+def test_from_episodes_equals_pack_frames(profile: InstrumentProfile) -> None:
+    """Flat arrays in any row order (the API's batch form) pack the same histories as tables."""
     sessions, clients = random_cohort(60, profile, seed=5)
     shuffled = sessions.sample(frac=1.0, random_state=1).reset_index(drop=True)
     ids = clients["client_id"].to_numpy()
     position = {cid: k for k, cid in enumerate(ids)}
-    epoch = np.datetime64("1970-01-01", "D")
-    via_frames = SessionArrays.from_frames(sessions, clients, profile)
+    via_frames = pack_frames(sessions, clients, profile)
     via_episodes = SessionArrays.from_episodes(
         profile,
         client=shuffled["client_id"].map(position).to_numpy(),
         session_number=shuffled["session_number"].to_numpy(),
-        day=(shuffled["session_date"].to_numpy().astype("datetime64[D]") - epoch).astype(int),
+        day=days(shuffled["session_date"].to_numpy()).astype(int),
         attendance=shuffled["attendance"]
         .map({code: i for i, code in enumerate(ATTENDANCE_CODES)})
         .to_numpy(),
         ratings=shuffled[list(profile.columns)].to_numpy(dtype=float).T,
-        intake_day=(clients["intake_date"].to_numpy().astype("datetime64[D]") - epoch).astype(
-            float
-        ),
+        intake_day=days(clients["intake_date"].to_numpy()),
         age=clients["age"].to_numpy(dtype=float) if "age" in clients else np.full(len(ids), np.nan),
     )
     registry = feature_registry(profile)
@@ -433,3 +504,17 @@ def test_from_episodes_equals_from_frames(profile: InstrumentProfile) -> None:
             ratings=np.full((len(profile.elements), 2), np.nan),
             intake_day=np.array([0.0]), age=np.array([np.nan]),
         )  # fmt: skip
+
+
+def test_pack_frames_keeps_real_ids_sorted_and_only_clients_with_sessions() -> None:
+    """Clients come in table order (not by id) and some have no session: the packed segments
+    carry the real ids, ranked by id, and outputs are sorted by id."""
+    sessions, clients = random_cohort(40, ALLIANCE6, seed=6)
+    silent = clients.iloc[:3].assign(client_id=["zz-none", "aa-none", "mm-none"])
+    clients = pd.concat([clients.iloc[::-1], silent], ignore_index=True)
+    arrays = pack_frames(sessions, clients, ALLIANCE6)
+    ids = sorted(sessions["client_id"].unique())
+    assert sorted(arrays.client_id.tolist()) == ids
+    np.testing.assert_array_equal(np.array(ids, dtype=object)[arrays.client_rank], arrays.client_id)
+    f = build_features(sessions, clients, profile=ALLIANCE6, landmarks="latest")
+    assert f.index.get_level_values("client_id").tolist() == ids

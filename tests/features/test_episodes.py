@@ -226,3 +226,86 @@ def test_columns_must_agree_in_length() -> None:
             intake_day=[1.0], age=[1.0], episode=[3], session_number=[1], day=[1],
             attendance=[0], ratings=np.full((6, 1), np.nan),
         )  # fmt: skip
+
+
+# -- reading typed tables and packing (what the old one-client constructor was tested for) --------
+
+
+def _frames(numbers: list, dates: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One client's sessions (attended, unrated) and clients tables, typed but not normalised."""
+    n = len(numbers)
+    sessions = pd.DataFrame(
+        {
+            c.CLIENT_ID: ["a"] * n,
+            c.SESSION_NUMBER: numbers,
+            c.SESSION_DATE: dates or pd.date_range("2024-01-01", periods=n, freq="7D"),
+            c.ATTENDANCE: ["attended"] * n,
+            **{col: [np.nan] * n for col in ALLIANCE6.columns},
+        }
+    )
+    clients = pd.DataFrame({c.CLIENT_ID: ["a"], c.INTAKE_DATE: [pd.Timestamp("2023-12-30")]})
+    return sessions, clients
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, c.SESSION_NUMBER_MAX + 1, np.iinfo(np.int64).min])
+def test_session_numbers_outside_the_contract_read_as_invalid(bad) -> None:
+    e = Episodes.from_frames(*_frames([1, bad, 3]), ALLIANCE6)
+    assert np.isnan(e.session_number[1])
+    assert found(e) == [(1, c.SESSION_NUMBER, v.SESSION_NUMBER_INVALID)]
+
+
+def test_session_number_bounds_are_accepted_and_packed_in_order() -> None:
+    e = Episodes.from_frames(*_frames([c.SESSION_NUMBER_MAX, 1]), ALLIANCE6)
+    assert found(e) == [(0, c.SESSION_DATE, v.DATE_BACKWARDS)]  # row 0 is dated later
+    np.testing.assert_array_equal(e.pack(np.array([0])).session_number, [1, c.SESSION_NUMBER_MAX])
+
+
+def test_dates_may_be_iso_text_and_bad_cells_are_not_quoted() -> None:
+    typed = Episodes.from_frames(*_frames([1, 2], ["2024-01-01", "2024-01-08"]), ALLIANCE6)
+    np.testing.assert_array_equal(typed.day, [19723.0, 19730.0])
+    with pytest.raises(ValueError, match="column 'session_date' must hold dates") as err:
+        Episodes.from_frames(*_frames([1, 2], ["2024-01-01", "SECRET-1"]), ALLIANCE6)
+    assert "SECRET" not in str(err.value)
+    sessions, clients = _frames([1, 2])
+    sessions["alliance_trust"] = ["SECRET-2", None]
+    with pytest.raises(ValueError, match="column 'alliance_trust' must be numeric") as err:
+        Episodes.from_frames(sessions, clients, ALLIANCE6)
+    assert "SECRET" not in str(err.value)
+
+
+def test_sorted_and_shuffled_appointments_pack_the_same_arrays() -> None:
+    rng = np.random.default_rng(3)
+    numbers = np.array([1, 2, 3, 5, 8, 9, 10, 12, 15])
+    days = np.arange(9) * 7.0 + 10
+    ratings = rng.uniform(0, 10, (6, 9))
+    ratings[rng.random((6, 9)) < 0.3] = np.nan
+    order = rng.permutation(9)
+
+    def episode(rows: np.ndarray) -> Episodes:
+        return Episodes.from_columns(
+            ALLIANCE6, client_id=["c"], clinic_id=["k"], therapist_id=["t"], intake_day=[5.0],
+            age=[40], episode=np.zeros(9), session_number=numbers[rows], day=days[rows],
+            attendance=np.full(9, ATTENDED), ratings=ratings[:, rows],
+        )  # fmt: skip
+
+    in_order, shuffled = episode(np.arange(9)).pack([0]), episode(order).pack([0])
+    for field in ("session_number", "day", "attendance", "ratings"):
+        np.testing.assert_array_equal(getattr(shuffled, field), getattr(in_order, field))
+    with pytest.raises(ValueError, match="duplicate 'session_number'"):
+        one_episode(numbers=(3, 1, 3)).pack(np.array([0]))
+
+
+def test_packed_arrays_never_alias_the_callers_arrays() -> None:
+    ratings = np.full((6, 3), 8.0)
+    numbers = np.array([1, 2, 3])
+    e = Episodes.from_columns(
+        ALLIANCE6, client_id=["c"], clinic_id=["k"], therapist_id=["t"], intake_day=[5.0],
+        age=[40], episode=np.zeros(3), session_number=numbers, day=[10, 17, 24],
+        attendance=[ATTENDED] * 3, ratings=ratings,
+    )  # fmt: skip
+    arrays = e.pack(np.array([0]))
+    ratings[:] = 0.0
+    numbers[:] = 99
+    assert (e.ratings == 8.0).all() and (arrays.ratings == 8.0).all()
+    np.testing.assert_array_equal(e.session_number, [1, 2, 3])
+    np.testing.assert_array_equal(arrays.session_number, [1, 2, 3])

@@ -1,5 +1,6 @@
 """The numpy feature kernel: what counts as a rated session (``rated_values``), chunked batches
-equal to one pass, registries that order or pick columns differently, and no compiled code."""
+equal to one pass, short histories alone equal to their rows in a batch, registries that order or
+pick columns differently, and no compiled code."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pytest
 import features
 from features import kernels
 from features.arrays import SessionArrays
+from features.build import pack_frames
 from features.contract import ATTENDANCE_CODES, ATTENDED
 from features.profiles import ALLIANCE6, PROFILES, InstrumentProfile
 from features.registry import Feature, FeatureRegistry, feature_registry
+from tests.features.packing import one_client
 from tests.features.reference import reference_rated_values
 from tests.features.strategies import random_cohort
 
@@ -35,7 +38,7 @@ def test_rated_values_by_hand() -> None:
             [NAN, NAN, NAN, NAN, NAN, 9.0],  # a late cancellation
         ]
     ).T
-    arrays = SessionArrays.single_client(
+    arrays = one_client(
         ALLIANCE6,
         session_number=[1, 2, 3, 4, 5],
         session_date=["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29"],
@@ -73,7 +76,7 @@ def test_rated_values_by_hand() -> None:
 def _cohort_with_ignored_ratings(profile: InstrumentProfile, seed: int) -> SessionArrays:
     """A random cohort, plus ratings on missed appointments and some infinite ratings."""
     sessions, clients = random_cohort(80, profile, seed=seed)
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    arrays = pack_frames(sessions, clients, profile)
     rng = np.random.default_rng(seed)
     ratings = arrays.ratings.copy()
     fill = np.isnan(ratings) & (rng.random(ratings.shape) < 0.5)
@@ -94,9 +97,9 @@ def test_rated_values_match_the_readable_definition(profile: InstrumentProfile) 
 
 
 def test_features_count_exactly_the_rated_values() -> None:
-    """Every rating group's last value and count of rated sessions come from rated_values."""
-    sessions, clients = random_cohort(40, ALLIANCE6, seed=8)
-    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    """Every rating group's last value and count of rated sessions come from rated_values,
+    also when missed appointments carry ratings and some ratings are infinite."""
+    arrays = _cohort_with_ignored_ratings(ALLIANCE6, seed=8)
     registry = feature_registry(ALLIANCE6)
     x = kernels.compute_feature_matrix(arrays, registry)
     values = kernels.rated_values(arrays)
@@ -114,7 +117,7 @@ def test_features_count_exactly_the_rated_values() -> None:
 
 def test_chunked_batches_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     sessions, clients = random_cohort(120, ALLIANCE6, seed=9)
-    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    arrays = pack_frames(sessions, clients, ALLIANCE6)
     registry = feature_registry(ALLIANCE6, include_covariates=True)
     rows = np.random.default_rng(0).permutation(arrays.n_rows)[: arrays.n_rows // 2]
     assert arrays.n_rows <= kernels.CHUNK_ROWS
@@ -129,7 +132,7 @@ def test_chunked_batches_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None
 def test_segments_in_any_order_give_the_same_rows() -> None:
     """Length-sorted segments are only faster: unsorted ones make many short runs."""
     sessions, clients = random_cohort(150, ALLIANCE6, seed=4)
-    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    arrays = pack_frames(sessions, clients, ALLIANCE6)
     registry = feature_registry(ALLIANCE6)
     order = np.random.default_rng(1).permutation(arrays.n_clients)
     shuffled = arrays.take_segments(order)
@@ -139,9 +142,41 @@ def test_segments_in_any_order_give_the_same_rows() -> None:
     np.testing.assert_array_equal(kernels.compute_feature_matrix(shuffled, registry), whole[rows])
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_short_histories_alone_equal_their_rows_in_a_batch(n: int) -> None:
+    """Rows with no earlier sessions start every running value afresh."""
+    sessions, clients = random_cohort(40, ALLIANCE6, seed=11)
+    sessions = sessions[sessions["session_number"] <= n]
+    clients = clients[clients["client_id"].isin(sessions["client_id"])]
+    batch = pack_frames(sessions, clients, ALLIANCE6)
+    registry = feature_registry(ALLIANCE6, include_covariates=True)
+    whole = kernels.compute_feature_matrix(batch, registry)
+    for c in range(batch.n_clients):
+        alone = kernels.compute_feature_matrix(batch.take_segments(np.array([c])), registry)
+        np.testing.assert_array_equal(alone, whole[batch.offsets[c] : batch.offsets[c + 1]])
+
+
+def test_never_rated_client_has_nan_alliance_and_flags() -> None:
+    arrays = one_client(
+        ALLIANCE6,
+        session_number=[1, 2, 3],
+        session_date=["2024-01-01", "2024-01-02", "2024-01-03"],
+        attendance=["attended"] * 3,
+        ratings=np.full((6, 3), np.nan),
+        intake_date="2023-12-30",
+    )
+    registry = feature_registry(ALLIANCE6)
+    x = dict(zip(registry.names, kernels.compute_feature_matrix(arrays, registry)[-1], strict=True))
+    assert np.isnan(x["alliance_overall_last"]) and np.isnan(x["goals_sd"])
+    assert x["engagement_never_rated"] == 1.0 and x["alliance_overall_n_rated"] == 0.0
+    assert x["alliance_overall_has_rupture"] == 0.0 and x["goals_unrepaired"] == 0.0
+    assert np.isnan(x["alliance_overall_sessions_since_rupture"])
+    assert x["engagement_unrated_share"] == 1.0
+
+
 def test_registries_that_order_or_pick_columns_differently() -> None:
     sessions, clients = random_cohort(20, ALLIANCE6, seed=6)
-    arrays = SessionArrays.from_frames(sessions, clients, ALLIANCE6)
+    arrays = pack_frames(sessions, clients, ALLIANCE6)
     full = feature_registry(ALLIANCE6, include_covariates=True)
     expected = kernels.compute_feature_matrix(arrays, full)
 

@@ -51,11 +51,16 @@ def test_future_sessions_never_change_past_landmarks(profile: InstrumentProfile,
     assert_identical(past, full)
 
     # Rewrite every appointment after k (attendance, ratings, dates): landmarks <= k unchanged.
+    # The new dates keep the other history's gaps after appointment k, so they never go back.
     other, _ = data.draw(client_history(profile, min_sessions=n, max_sessions=n), label="future")
     future = sessions["session_number"] > k
     changed = sessions.copy()
-    cols = ["attendance", "session_date", *profile.columns]
+    cols = ["attendance", *profile.columns]
     changed.loc[future, cols] = other.loc[future, cols].to_numpy()
+    dates = other["session_date"]
+    changed.loc[future, "session_date"] = (
+        dates[future] - dates[k - 1] + sessions["session_date"][k - 1]
+    ).to_numpy()
     again = build(changed, clients, profile).loc[lambda f: f.index.get_level_values(1) <= k]
     assert_identical(past, again)
 

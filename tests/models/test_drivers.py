@@ -16,7 +16,7 @@ from scipy.special import expit
 
 import models.results
 from features.arrays import SessionArrays
-from features.build import landmark_rows
+from features.build import landmark_rows, pack_frames
 from features.kernels import compute_feature_matrix
 from features.profiles import OVERALL, PROFILES, InstrumentProfile, get_profile
 from features.registry import YOUNG_AGE_YEARS, Feature, FeatureRegistry, feature_registry
@@ -35,6 +35,7 @@ from models.drivers.tables import ACTIVITY_FEATURES, RATING_STATS
 from models.drivers.wording import rating, rating_text
 from models.explain import Explanation
 from models.scorer import Scorer
+from tests.features.packing import one_client
 from tests.features.reference import reference_rated_values
 from tests.features.strategies import client_history, random_cohort
 from training.pipeline import TrainConfig, train_model
@@ -62,7 +63,7 @@ def _client(
     n = len(attendance) if attendance is not None else len(next(iter(ratings.values())))
     attendance = attendance if attendance is not None else ["attended"] * n
     full = {e: list(ratings.get(e, [default] * n)) for e in profile.element_names}
-    return SessionArrays.single_client(
+    return one_client(
         profile,
         session_number=np.arange(1, n + 1),
         session_date=START + WEEK * np.arange(n),
@@ -493,7 +494,7 @@ def _subset(cohort, n: int, profile) -> SessionArrays:
     ids = cohort.clients["client_id"].iloc[:n]
     sessions = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
     clients = cohort.clients[cohort.clients["client_id"].isin(ids)]
-    return SessionArrays.from_frames(sessions, clients, profile)
+    return pack_frames(sessions, clients, profile)
 
 
 def test_drivers_follow_the_explanation(trained) -> None:
@@ -544,11 +545,11 @@ def test_batch_gives_the_same_drivers_as_each_client_alone(trained) -> None:
     ids = cohort.clients["client_id"].iloc[:30]
     sessions = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
     clients = cohort.clients[cohort.clients["client_id"].isin(ids)]
-    arrays = SessionArrays.from_frames(sessions, clients, scorer.profile)
+    arrays = pack_frames(sessions, clients, scorer.profile)
     _, rows, out = _score(scorer, arrays)
     for i, cid in enumerate(arrays.client_id[arrays.seg_of_row[rows]]):
         s = sessions[sessions["client_id"] == cid]
-        one = SessionArrays.single_client(
+        one = one_client(
             scorer.profile,
             session_number=s["session_number"].to_numpy(),
             session_date=s["session_date"].to_numpy(),
@@ -747,7 +748,7 @@ def test_any_history_gives_drivers_that_quote_its_numbers(data, name, seed, top)
     profile = get_profile(name)
     sessions, clients = data.draw(client_history(profile))
     registry = feature_registry(profile, include_covariates=True)
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    arrays = pack_frames(sessions, clients, profile)
     rows = landmark_rows(arrays, "all")
     X = compute_feature_matrix(arrays, registry, rows)
     e = _random_explanation(registry, rows.shape[0], seed)
@@ -766,7 +767,7 @@ def test_a_cohort_gives_drivers_that_quote_its_numbers(name: str, covariates: bo
     profile = get_profile(name)
     registry = feature_registry(profile, include_covariates=covariates)
     sessions, clients = random_cohort(60, profile, seed=5)  # never-attended, never-rated, gaps
-    arrays = SessionArrays.from_frames(sessions, clients, profile)
+    arrays = pack_frames(sessions, clients, profile)
     rows = landmark_rows(arrays, "all")
     X = compute_feature_matrix(arrays, registry, rows)
     e = _random_explanation(registry, rows.shape[0], seed=1)
@@ -790,7 +791,7 @@ def test_a_cohort_gives_drivers_that_quote_its_numbers(name: str, covariates: bo
 def test_one_writer_describes_any_batch_of_its_model() -> None:
     registry = feature_registry(SRS, include_covariates=True)
     sessions, clients = random_cohort(20, SRS, seed=3)
-    arrays = SessionArrays.from_frames(sessions, clients, SRS)
+    arrays = pack_frames(sessions, clients, SRS)
     rows = landmark_rows(arrays, "all")
     X = compute_feature_matrix(arrays, registry, rows)
     e = _random_explanation(registry, rows.shape[0], seed=2)

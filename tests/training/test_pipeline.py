@@ -70,10 +70,10 @@ def test_risk_bands_sit_at_the_base_rate_and_the_top_decile(trained) -> None:
 
 
 def test_calibration_keeps_or_improves_brier(trained, cohort) -> None:
-    from features.arrays import SessionArrays
+    from features.build import pack_frames
     from training.pipeline import landmark_set
 
-    arrays = SessionArrays.from_frames(cohort.sessions, cohort.clients, cohort.profile)
+    arrays = pack_frames(cohort.sessions, cohort.clients, cohort.profile)
     data = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20)
     cal = data.subset(trained.splits.calibration)
     raw = 1 / (1 + np.exp(-margin(trained.scorer.booster, cal.X)))
@@ -208,10 +208,10 @@ def _episodes(cohort) -> Episodes:
 def test_evaluation_scores_exactly_the_test_landmarks_through_the_scorer(trained, cohort) -> None:
     """Evaluation runs the scorer on the test episodes: its rows are the test split's labelled
     landmark rows, with the same features the model was fitted on."""
-    from features.arrays import SessionArrays
+    from features.build import pack_frames
     from training.pipeline import landmark_set
 
-    arrays = SessionArrays.from_frames(cohort.sessions, cohort.clients, cohort.profile)
+    arrays = pack_frames(cohort.sessions, cohort.clients, cohort.profile)
     test = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20).subset(
         trained.splits.test
     )
