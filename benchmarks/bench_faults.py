@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks._harness import provenance
 from tests.service.faults import run_scenario
 from tests.service.helpers import request_for
 from training.simulate import simulate_cohort, write_cohort
@@ -41,6 +42,7 @@ def _two_versions(tmp: Path) -> Path:
 
 
 def run(quick: bool) -> dict[str, Any]:
+    started = provenance()
     phase_s, concurrency = (8.0, 8) if quick else (60.0, 32)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -54,6 +56,7 @@ def run(quick: bool) -> dict[str, Any]:
     base = out["hot_reload"]["req_per_s"]
     for phase in ("bad_model", "crash", "registry_outage"):
         out[phase]["throughput_ratio_to_hot_reload"] = round(out[phase]["req_per_s"] / base, 2)
+    out["provenance"] = started
     out["zero_failures_outside_the_crash"] = all(
         out[p]["failed"] == 0 for p in ("hot_reload", "bad_model", "registry_outage")
     )
