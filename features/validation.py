@@ -312,13 +312,15 @@ def contract_violations(episodes: Episodes) -> tuple[Violation, ...]:
     with np.errstate(invalid="ignore"):
         add(has_day & (day < intake), c.SESSION_DATE, BEFORE_INTAKE)
 
-    p = e.profile
-    not_attended = has_code & (att != _ATTENDED)
-    for column, r in zip(p.columns, e.ratings, strict=True):
-        rated = ~np.isnan(r)
-        with np.errstate(invalid="ignore"):
-            add(rated & ~((r >= p.scale_min) & (r <= p.scale_max)), column, rating_out_of_range(p))
-        add(rated & not_attended, column, RATING_NOT_ATTENDED)
+    # Ratings: both rules for every element at once, then one entry per element that breaks one.
+    p, r = e.profile, e.ratings
+    rated = ~np.isnan(r)
+    with np.errstate(invalid="ignore"):
+        outside = rated & ~((r >= p.scale_min) & (r <= p.scale_max))
+    unattended = rated & (has_code & (att != _ATTENDED))
+    for j in np.flatnonzero(outside.any(axis=1) | unattended.any(axis=1)).tolist():
+        add(outside[j], p.columns[j], rating_out_of_range(p))
+        add(unattended[j], p.columns[j], RATING_NOT_ATTENDED)
     return tuple(out)
 
 

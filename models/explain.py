@@ -137,11 +137,14 @@ class Grouping:
         Groups, in output column order.
     matrix : ndarray of shape (n_features, n_groups)
         0/1 membership; each row has exactly one 1 (the groups partition the features).
+    columns : tuple of ndarray
+        Per group, the positions of its features (what the group sums add).
     """
 
     feature_names: tuple[str, ...]
     group_names: tuple[str, ...]
     matrix: np.ndarray
+    columns: tuple[np.ndarray, ...]
 
     @classmethod
     def build(cls, groups: Mapping[str, np.ndarray], feature_names: Sequence[str]) -> Grouping:
@@ -149,7 +152,8 @@ class Grouping:
         names = tuple(str(n) for n in feature_names)
         matrix, group_names = _group_matrix(groups, names)
         matrix.setflags(write=False)
-        return cls(feature_names=names, group_names=group_names, matrix=matrix)
+        columns = tuple(np.flatnonzero(matrix[:, g]) for g in range(matrix.shape[1]))
+        return cls(feature_names=names, group_names=group_names, matrix=matrix, columns=columns)
 
 
 def _group_matrix(
@@ -192,11 +196,11 @@ def _row_sums(values: np.ndarray) -> np.ndarray:
     return np.add.accumulate(values, axis=1)[:, -1]
 
 
-def _group_sums(contributions: np.ndarray, G: np.ndarray) -> np.ndarray:
+def _group_sums(contributions: np.ndarray, grouping: Grouping) -> np.ndarray:
     """Signed sums of each group's columns, ``(n_rows, n_groups)``, by :func:`_row_sums`."""
-    out = np.empty((contributions.shape[0], G.shape[1]))
-    for g in range(G.shape[1]):
-        out[:, g] = _row_sums(contributions[:, np.flatnonzero(G[:, g])])
+    out = np.empty((contributions.shape[0], len(grouping.columns)))
+    for g, columns in enumerate(grouping.columns):
+        out[:, g] = _row_sums(contributions[:, columns])
     return out
 
 
@@ -259,9 +263,9 @@ def explain(
     if isinstance(groups, Grouping):
         if groups.feature_names != names:
             raise ValueError("the Grouping was built for a different feature list")
-        G, group_names = groups.matrix, groups.group_names
+        grouping = groups
     else:
-        G, group_names = _group_matrix(groups, names)
+        grouping = Grouping.build(groups, names)
     params = (
         calibrator_params.to_dict()
         if isinstance(calibrator_params, MarginCalibrator)
@@ -281,7 +285,7 @@ def explain(
         space = SPACE_UNCALIBRATED
     else:
         raise ValueError("calibrator params: unknown method (expected 'sigmoid' or 'isotonic')")
-    group_contributions = _group_sums(contributions, G)
+    group_contributions = _group_sums(contributions, grouping)
     logit = base_logit + _row_sums(group_contributions)
     if method == "sigmoid":
         probability = expit(logit)
@@ -296,7 +300,7 @@ def explain(
         feature_contributions=contributions,
         group_contributions=group_contributions,
         feature_names=names,
-        group_names=group_names,
+        group_names=grouping.group_names,
         logit=logit,
         probability=probability,
     )
