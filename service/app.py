@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
@@ -124,7 +125,9 @@ def create_app(
             logger.warning("some issuers' signing keys could not be loaded yet",
                            extra={"fields": {"issuers": sorted(k for k, ok in warmed.items()
                                                                if not ok)}})  # fmt: skip
-        result = await run_in_threadpool(store.refresh)
+        # Route work shares a pool of settings.route_threads threads (see its description).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.route_threads
+        result = await store.refresh_in_thread()
         # What is alive now (libraries, the model) lives as long as the process: moved out of the
         # cyclic collector's reach (CPython's gc.freeze), a full collection, which a batch of a
         # thousand clients triggers about once, walks the batch's objects instead of ~250,000
@@ -183,6 +186,6 @@ async def _poll(store: ModelStore, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await run_in_threadpool(store.refresh)
+            await store.refresh_in_thread()
         except Exception as exc:  # a poll must never kill the poller
             logger.error("reload check failed", extra={"fields": {"error": type(exc).__name__}})

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
+
 from models.pyfunc import load_scorer, resolve_model
 from models.scorer import Scorer
 from service.metrics import ServiceMetrics
@@ -76,6 +79,7 @@ class ModelStore:
         self._client_factory = client_factory
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
+        self._reload_thread: anyio.CapacityLimiter | None = None
         self.status = StoreStatus()
         metrics.model_loaded.set(0)
 
@@ -83,6 +87,13 @@ class ModelStore:
     def current(self) -> LoadedModel | None:
         """The model to score with; read it once per request."""
         return self._current
+
+    async def refresh_in_thread(self) -> ReloadResult:
+        """:meth:`refresh` in a thread of its own: loading a model takes seconds and must hold
+        up neither the event loop nor the threads that serve requests."""
+        if self._reload_thread is None:
+            self._reload_thread = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(self.refresh, limiter=self._reload_thread)
 
     def refresh(self) -> ReloadResult:
         """Check the alias and, if it moved, load, check and swap in the new version."""

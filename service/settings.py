@@ -41,6 +41,15 @@ class ServiceSettings(BaseSettings):
     max_sessions: int = Field(
         500, ge=1, le=10_000, description="Appointments per client in one request."
     )
+    route_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Threads per worker that run the routes' work (scoring, authentication). "
+        "One worker computes on one core at a time (Python's GIL); more threads only contend "
+        "for it, and served fewer requests/s in bench_service than one. Use --workers for more "
+        "cores. Model reloads have a thread of their own.",
+    )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
     opentelemetry: bool = Field(
         False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 
 from models.drivers import group_label
 from service.deps import ModelDep, StoreDep
@@ -46,7 +45,7 @@ async def model_info(_: ModelReader, model: ModelDep) -> dict[str, Any]:
 async def reload(_: ModelAdmin, store: StoreDep) -> dict[str, Any]:
     """Check the watched alias now and swap in a new version if it moved and passes its checks.
     The current model keeps serving whatever the outcome."""
-    result = await run_in_threadpool(store.refresh)
+    result = await store.refresh_in_thread()
     current = store.current
     return {
         "result": result,

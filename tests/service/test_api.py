@@ -497,3 +497,43 @@ def test_a_body_that_is_not_json_is_a_422_saying_so_without_echoing_it(registry:
             assert r.status_code == 422, (path, r.text)
             assert r.json()["errors"] == [{"loc": [], "reason": "body is not valid JSON"}]
             assert "LEAKED" not in r.text and r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_a_slow_reload_holds_up_no_request(registry: Registry) -> None:
+    """Loading a model takes seconds; it has a thread of its own, so scoring goes on meanwhile
+    even with one route thread per worker (the default)."""
+    import threading
+    import time
+
+    from models.pyfunc import load_scorer
+
+    release, loading = threading.Event(), threading.Event()
+
+    def slow_loader(uri: str):
+        scorer = load_scorer(uri)
+        if uri.endswith("/2"):
+            loading.set()
+            assert release.wait(20)
+        return scorer
+
+    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
+    assert settings.route_threads == 1
+    security = security_settings(KEYS[0], registry.root / "audit")
+    app = create_app(settings, configure_logs=False, loader=slow_loader, **security)
+    body = request_for(registry.cohort, _some_clients(registry, 2)[1])
+    with TestClient(app, headers=bearer(KEYS[0])) as api:
+        MlflowClient(registry.uri, registry.uri).set_registered_model_alias(
+            MODEL_NAME, "champion", "2"
+        )
+        reload = threading.Thread(target=lambda: api.post("/v1/admin/reload"))
+        reload.start()
+        try:
+            assert loading.wait(30)
+            started = time.monotonic()
+            r = api.post("/v1/risk", json=body)  # would wait for the reload if it shared a thread
+            assert time.monotonic() - started < 10
+            assert r.status_code == 200 and r.json()["model"]["version"] == "1"
+        finally:
+            release.set()
+            reload.join(30)
+        assert api.post("/v1/risk", json=body).json()["model"]["version"] == "2"
