@@ -16,6 +16,7 @@ from service.deps import ModelDep, SettingsDep
 from service.episodes import edge_problems, to_episodes
 from service.errors import InvalidRequest, pydantic_problems, request_id_of
 from service.model_store import LoadedModel
+from service.routers.jsonbody import OrjsonRoute
 from service.schemas import (
     BatchItem,
     BatchRequest,
@@ -35,7 +36,7 @@ from service.security import (
     same_clinic,
 )
 
-router = APIRouter(prefix="/v1", tags=["risk"])
+router = APIRouter(prefix="/v1", tags=["risk"], route_class=OrjsonRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No valid credentials."},

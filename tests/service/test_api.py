@@ -537,3 +537,19 @@ def test_a_slow_reload_holds_up_no_request(registry: Registry) -> None:
             release.set()
             reload.join(30)
         assert api.post("/v1/risk", json=body).json()["model"]["version"] == "2"
+
+
+def test_bodies_are_parsed_as_strict_json(registry: Registry) -> None:
+    """orjson parses the bodies (service/routers/jsonbody.py): a NaN literal, which Python's json
+    module would take as a float, is malformed JSON."""
+    body = request_for(registry.cohort, _some_clients(registry, 3)[2])
+    text = json.dumps(body)
+    rated = next(s for s in body["sessions"] if s["ratings"])
+    element, value = next(iter(rated["ratings"].items()))
+    bad = text.replace(f'"{element}": {json.dumps(value)}', f'"{element}": NaN', 1)
+    assert bad != text
+    with _app(registry) as api:
+        for path, payload in (("/v1/risk", bad), ("/v1/risk/batch", f'{{"clients": [{bad}]}}')):
+            r = api.post(path, content=payload, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, r.text
+            assert r.json()["errors"] == [{"loc": [], "reason": "body is not valid JSON"}]
