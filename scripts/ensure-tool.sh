@@ -2,8 +2,7 @@
 # Usage: ensure-tool.sh COMMAND [DEBIAN_PACKAGE]
 # Make sure COMMAND is on PATH, installing the Debian package (default: COMMAND) if not.
 # Idempotent: does nothing when COMMAND is already there. Uses sudo only when not root.
-# The benchmarks run it for the tools they drive: wrk (bench_service), valgrind
-# (bench_instructions).
+# The benchmarks run it for the tool they drive: wrk (bench_service).
 set -euo pipefail
 
 TOOL="${1:?usage: ensure-tool.sh COMMAND [DEBIAN_PACKAGE]}"
