@@ -1,17 +1,15 @@
-"""Episodes of care as numpy columns, and the contract rules that hold inside an episode.
+"""Episodes of care as numpy columns: what every edge hands the scorer.
 
 An *episode* is one client's course of treatment: the client's fields and its scheduled
-appointments. Every edge hands episodes inward in this one form: the file loader builds them from
-the ``sessions`` and ``clients`` tables (:meth:`Episodes.from_frames`), the HTTP API from one
-request or a batch of them. :func:`contract_violations` then checks the rules of the data contract
-that hold within an episode (docs/data-contract.md), once, vectorised over every appointment, so a
+appointments. Every edge builds episodes in this one form: the file loader from the ``sessions``
+and ``clients`` tables (:meth:`Episodes.from_frames`), the HTTP API from one request or a batch
+of them (:meth:`Episodes.from_columns`). The data contract's rules within an episode are checked
+over these columns, once and vectorised, by :func:`features.validation.contract_violations`, so a
 single request and a file of a million rows are checked by the same code with the same wording.
 
-Rules about the *form* of a cell (a date that is not ISO, a rating that is not a number, an empty
-identifier) belong to whoever reads the cell: :mod:`features.validation` for files, the request
-schemas for the API. What cannot be read arrives here as missing (NaN, -1), and the rules below
-skip it where the reader already reported it. Rules that join the two tables (an unknown or
-duplicated client, a clinic that differs) are :mod:`features.validation`'s too.
+What a reader could not parse arrives here as missing (NaN, -1, None): the rules report it.
+Rules that join the two tables (an unknown or duplicated client, a clinic that differs) belong
+to :mod:`features.validation` alone, since only files have two tables.
 """
 
 from __future__ import annotations
@@ -251,7 +249,10 @@ class Episodes:
         """The appointments of ``episodes`` (positions, each with at least one appointment and
         no contract violation) sorted and packed for the feature kernels.
 
-        Segment ``j`` of the result is ``episodes[j]``: its ``client_id`` is ``j``.
+        The result's clients are ``episodes[j]`` for ``j = 0, 1, ...``: segment ``s`` holds
+        ``episodes[client_rank[s]]`` (segments are ordered by length, see
+        :class:`~features.arrays.SessionArrays`), and output rows of
+        :func:`features.build.landmark_rows` come in ``j`` order.
         """
         episodes = np.asarray(episodes, dtype=np.int64)
         new_index = np.full(self.n_episodes, -1, dtype=np.int64)

@@ -33,14 +33,9 @@ import pandas as pd
 from features import contract as c
 from features.contract import AGE_MAX, AGE_MIN, SESSION_NUMBER_MAX
 from features.episodes import Episodes
-from features.normalise import (
-    Parsed,
-    normalise_clients,
-    normalise_sessions,
-    parse_clients,
-    parse_sessions,
-    with_index,
-)
+from features.normalise import Parsed, parse_clients, parse_sessions, with_index
+from features.normalise import normalise_clients as normalise_clients  # re-exported
+from features.normalise import normalise_sessions as normalise_sessions  # re-exported
 from features.profiles import ALLIANCE_PREFIX as _ALLIANCE_PREFIX
 from features.profiles import PROFILES, InstrumentProfile, infer_profile
 
@@ -48,14 +43,6 @@ Table = Literal["sessions", "clients"]
 Severity = Literal["error", "warning"]
 
 _ATTENDED = c.ATTENDANCE_CODES.index(c.ATTENDED)
-
-__all__ = [
-    "AGE_MAX",
-    "AGE_MIN",
-    "SESSION_NUMBER_MAX",
-    "normalise_clients",
-    "normalise_sessions",
-]
 
 # ---------------------------------------------------------------------------------------------
 # Reason texts: the one place they are written. Never interpolate a cell value into any of them.
@@ -334,15 +321,6 @@ def _repeated(keys: np.ndarray) -> np.ndarray:
     """Mask of entries whose key occurs more than once (every occurrence)."""
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     return np.asarray(counts[inverse.reshape(-1)] > 1)
-
-
-__all__ = [
-    "NO_SESSIONS",
-    "Episodes",
-    "Violation",
-    "contract_violations",
-    "empty_episodes",
-]
 
 
 # ---------------------------------------------------------------------------------------------

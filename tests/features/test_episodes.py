@@ -309,3 +309,39 @@ def test_packed_arrays_never_alias_the_callers_arrays() -> None:
     assert (e.ratings == 8.0).all() and (arrays.ratings == 8.0).all()
     np.testing.assert_array_equal(e.session_number, [1, 2, 3])
     np.testing.assert_array_equal(arrays.session_number, [1, 2, 3])
+
+
+def test_pack_of_several_episodes_keeps_who_is_who() -> None:
+    """Segments are reordered by length; client_rank says which chosen episode each is, and
+    landmark rows come in the chosen order."""
+    from features.build import landmark_rows
+
+    lengths = [3, 1, 4, 2]
+    rng = np.random.default_rng(3)
+    episode = np.repeat(np.arange(4), lengths)
+    numbers = np.concatenate([rng.permutation(n) + 1 for n in lengths])
+    order = rng.permutation(episode.shape[0])  # appointments in any row order
+    e = Episodes.from_columns(
+        ALLIANCE6,
+        client_id=["a", "b", "c", "d"],
+        clinic_id=["k"] * 4,
+        therapist_id=["t"] * 4,
+        intake_day=[0.0, 1.0, 2.0, 3.0],
+        age=[20, 30, 40, 50],
+        episode=episode[order],
+        session_number=numbers[order],
+        day=(10 * episode + numbers)[order],
+        attendance=np.zeros(episode.shape[0]),
+        ratings=np.full((6, episode.shape[0]), np.nan),
+    )
+    chosen = np.array([3, 0, 2])
+    arrays = e.pack(chosen)
+    for s in range(arrays.n_clients):
+        j = int(arrays.client_rank[s])
+        ep = int(chosen[j])
+        segment = slice(arrays.offsets[s], arrays.offsets[s + 1])
+        assert arrays.session_number[segment].tolist() == list(range(1, lengths[ep] + 1))
+        assert (arrays.day[segment] == 10 * ep + arrays.session_number[segment]).all()
+        assert arrays.intake_day[s] == float(ep) and arrays.age[s] == 20 + 10 * ep
+    latest = landmark_rows(arrays, "latest")
+    assert [int(arrays.client_rank[arrays.seg_of_row[r]]) for r in latest] == [0, 1, 2]
