@@ -210,7 +210,8 @@ class Scorer:
     # -- scoring ---------------------------------------------------------------------------------
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities only, without explanations (evaluation's fast path).
+        """Calibrated probabilities only, without explanations: the MLflow pyfunc's
+        ``predict`` on feature rows (:func:`models.pyfunc.predict_frame`).
 
         Equal to ``explain_matrix(X).probability`` to float64 rounding: with TreeSHAP tables the
         margin is the same sum of contributions the explanation adds up (xgboost's own margin

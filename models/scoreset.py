@@ -158,8 +158,11 @@ class ScoreSet:
     def by_episode(self) -> Iterator[tuple[int, RiskScore | tuple[ContractProblem, ...] | None]]:
         """Per input episode, in order: its score (the last scored row of the episode), the
         problems that refused it, or None when it has no row at the requested landmark."""
+        # Rows come in episode order, then landmark order: an episode's score is its run's last.
+        ends = np.flatnonzero(np.r_[self.episode[1:] != self.episode[:-1], True])
         last = np.full(self.episodes.n_episodes, -1, dtype=np.int64)
-        last[self.episode] = np.arange(self.n_rows)
+        if self.n_rows:
+            last[self.episode[ends]] = ends
         results = self.results
         for i, row in enumerate(last.tolist()):
             if i in self.problems:
