@@ -147,6 +147,7 @@ def create_app(
         try:
             yield
         finally:
+            gc.unfreeze()  # an embedding process (or a test) gets its collector back
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from features.episodes import Episodes
 from features.profiles import ALLIANCE_PREFIX, InstrumentProfile
 from features.validation import alliance_not_in_profile
 from models.results import ContractProblem
+from service.errors import safe_loc
 from service.schemas import RiskRequest
 
 #: ``date.toordinal()`` of 1970-01-01: ordinals minus this are days since the epoch.
@@ -45,7 +46,10 @@ def edge_problems(
     if keys <= set(elements):
         return []
     return [
-        {"loc": ["sessions", i, "ratings", name], "reason": alliance_not_in_profile(profile)}
+        {
+            "loc": safe_loc(["sessions", i, "ratings", name]),
+            "reason": alliance_not_in_profile(profile),
+        }
         for i, s in enumerate(request.sessions)
         for name in s.get("ratings", {})
         if name not in elements

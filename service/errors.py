@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from features.profiles import PROFILES
 from features.validation import (
     DATE_NOT_ISO,
     EMPTY_ID,
@@ -21,6 +22,7 @@ from features.validation import (
     SESSION_NUMBER_INVALID,
     UNKNOWN_ATTENDANCE,
 )
+from service.schemas import BatchRequest, RiskRequest, SessionIn
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,30 @@ def error_body(detail: str, request_id: str, errors: list[dict[str, Any]] | None
     return {"detail": detail, "request_id": request_id, "errors": errors or []}
 
 
+#: What an error path may name: the request schema's fields and the instruments' element names.
+#: A key the caller chose (an unknown field, a rating key) could be anything, a client's name
+#: included, so it is replaced by :data:`UNRECOGNISED_KEY`.
+_QUOTABLE = frozenset(
+    {
+        *RiskRequest.model_fields,
+        *SessionIn.__annotations__,
+        *BatchRequest.model_fields,
+        *(name for profile in PROFILES.values() for name in profile.element_names),
+        "[key]",
+    }
+)
+UNRECOGNISED_KEY = "(unrecognised key)"
+
+
+def safe_loc(loc: list[Any]) -> list[str | int]:
+    """``loc`` with every part that is not an index or a schema name replaced."""
+    return [p if isinstance(p, int) or p in _QUOTABLE else UNRECOGNISED_KEY for p in loc]
+
+
 def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str, Any]]:
-    """Pydantic errors -> ``[{"loc", "reason"}]``: the location and a value-free reason."""
-    out = []
+    """Pydantic errors -> ``[{"loc", "reason"}]``: the location (:func:`safe_loc`) and a
+    value-free reason."""
+    out: list[dict[str, Any]] = []
     for err in errors:
         loc = list(err.get("loc", ()))
         if strip_body and loc and loc[0] == "body":
@@ -80,7 +103,7 @@ def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str,
         else:
             # Pydantic's own message names the expected type or bound, not the input value.
             reason = str(err.get("msg", "invalid value"))
-        out.append({"loc": loc, "reason": reason})
+        out.append({"loc": safe_loc(loc), "reason": reason})
     return out
 
 

@@ -261,12 +261,12 @@ class TimeoutMiddleware:
     out, so the route can tell (e.g. to audit the request as answered 504).
 
     - A ``def`` route cannot be stopped anyway (Python threads cannot be killed). Its thread
-      runs to the end and keeps its slot of the thread pool (anyio's limiter, 40 by default)
-      until then. Cancelling the task would be worse: asyncio's ``task.cancel()`` (which is
+      runs to the end and keeps its slot of the thread pool (anyio's limiter, sized by the
+      service's ``route_threads`` setting) until then. Cancelling the task would be worse: asyncio's ``task.cancel()`` (which is
       what ``asyncio.wait_for`` and ``asyncio.timeout`` do at the deadline) ends the task at
       once and hands the slot back while the thread still runs (measured), so under sustained
-      overload threads would pile up without bound. Left alone, at most 40 run; later requests
-      wait for a slot and are answered 504 in turn, which sheds the load.
+      overload threads would pile up without bound. Left alone, at most ``route_threads`` run;
+      later requests wait for a slot and are answered 504 in turn, which sheds the load.
     - An ``async def`` route runs on as well. One still waiting for the request body gets
       ``http.disconnect`` from the server once the 504 has been sent (uvicorn does this) and
       ends there. A CPU-bound one blocks the event loop, and nothing on it (this timer

@@ -10,10 +10,12 @@ record, or one per client for a batch, whatever its outcome (refusals included).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 import orjson
 from fastapi import Depends, HTTPException, Request
 
@@ -61,27 +63,38 @@ def outcome_of(status: int) -> str:
     return "error"
 
 
-def _principal(request: Request) -> Principal:
+#: Threads that authenticate (per worker), apart from the route threads: checking a token is
+#: quick, but fetching an issuer's keys can wait up to the JWKS timeout, and that wait must hold
+#: up neither the event loop nor scoring.
+AUTH_THREADS = 4
+
+
+async def _principal(request: Request) -> Principal:
     security: Security = request.app.state.security
+    state = request.app.state
+    if getattr(state, "auth_threads", None) is None:
+        state.auth_threads = anyio.CapacityLimiter(AUTH_THREADS)
     try:
-        principal = security.authenticator.authenticate(request.headers)
+        principal = await anyio.to_thread.run_sync(
+            security.authenticator.authenticate, request.headers, limiter=state.auth_threads
+        )
     except AuthError as err:
         raise HTTPException(err.status, err.detail, headers=err.headers) from None
     request.state.principal = principal
     return principal
 
 
-def scoped(scope: str) -> Callable[[Request], Principal]:
+def scoped(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """Dependency: the authenticated principal, holding ``scope``, within its rate limits.
 
-    A plain ``def``, which FastAPI runs in its thread pool: authenticating can block (a JWKS
-    fetch waits up to the JWKS timeout) and must never hold up the event loop. The principal
-    it sets on ``request.state`` lands in ``scope["state"]``, where :class:`AuditMiddleware`
-    reads it, whichever thread set it.
+    Authentication runs on threads of its own (:data:`AUTH_THREADS`): it can block (a JWKS fetch
+    waits up to the JWKS timeout) and must hold up neither the event loop nor the route threads
+    that score. The principal it sets on ``request.state`` lands in ``scope["state"]``, where
+    :class:`AuditMiddleware` reads it.
     """
 
-    def dependency(request: Request) -> Principal:
-        principal = _principal(request)
+    async def dependency(request: Request) -> Principal:
+        principal = await _principal(request)
         try:
             require_scope(principal, scope)
         except AuthError as err:

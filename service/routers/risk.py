@@ -1,7 +1,7 @@
 """``POST /v1/risk`` and ``POST /v1/risk/batch``: requests -> episodes -> the scorer -> responses.
 
 Both routes are plain ``def`` functions: FastAPI runs them in its thread pool, so scoring (CPU
-work of a millisecond for one client, tens for a batch) never holds up the event loop.
+work) never holds up the event loop.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def risk(
     edge = to_episodes([body], scorer.profile)
     scored = scorer.score(edge.episodes)
     ((_, outcome),) = scored.by_episode()
-    if not isinstance(outcome, RiskScore):
-        raise InvalidRequest(edge.request_problems(0, outcome or ()))
+    if isinstance(outcome, tuple):
+        raise InvalidRequest(edge.request_problems(0, outcome))
+    assert outcome is not None, "an episode with appointments has a latest one"
     _count(request, model, [outcome])
     return RiskResponse.of(outcome, model_ref(model), request_id_of(request))
 
@@ -140,8 +141,9 @@ def risk_batch(
             result = RiskResponse.of(outcome, ref, request_id)
             items.append(BatchItem(index=positions[j], status="ok", result=result))
         else:
+            assert outcome is not None, "an episode with appointments has a latest one"
             note_client(request, item.client_id, status=422)
-            items.append(_failed(positions[j], edge.request_problems(j, outcome or ())))
+            items.append(_failed(positions[j], edge.request_problems(j, outcome)))
     _count(request, model, results)
     items.sort(key=lambda it: it.index)
     return BatchResponse(

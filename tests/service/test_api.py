@@ -553,3 +553,52 @@ def test_bodies_are_parsed_as_strict_json(registry: Registry) -> None:
             r = api.post(path, content=payload, headers={"Content-Type": "application/json"})
             assert r.status_code == 422, r.text
             assert r.json()["errors"] == [{"loc": [], "reason": "body is not valid JSON"}]
+
+
+def test_batch_items_keep_their_slots_whatever_fails_where(api: TestClient,
+                                                           registry: Registry) -> None:  # fmt: skip
+    """Refusals by the schema, by tenancy and by the contract, in any order, each in its own
+    slot; the accepted items are scored in theirs."""
+    ids = _some_clients(registry, 6)
+    good = [request_for(registry.cohort, cid) for cid in ids[2:]]
+    backwards = json.loads(json.dumps(good[1]))
+    backwards["sessions"][1]["session_date"] = "1999-01-01"
+    backwards["intake_date"] = None
+    other = request_for(registry.cohort, ids[1], clinic="clinic-other")
+    items = [{"client_id": "x"}, good[0], backwards, other, good[2]]
+    body = api.post("/v1/risk/batch", json={"clients": items}).json()
+    assert (body["scored"], body["failed"]) == (2, 3)
+    by_index = {item["index"]: item for item in body["items"]}
+    assert [by_index[i]["status"] for i in range(5)] == ["error", "ok", "error", "error", "ok"]
+    assert by_index[1]["result"]["client_id"] == good[0]["client_id"]
+    assert by_index[4]["result"]["client_id"] == good[2]["client_id"]
+    assert {"loc": ["sessions", 1, "session_date"], "reason": DATE_BACKWARDS} in by_index[2][
+        "errors"
+    ]
+    assert by_index[3]["errors"] == [{"loc": ["clinic_id"], "reason": "client not found"}]
+    nothing = api.post("/v1/risk/batch", json={"clients": [{"client_id": "x"}, other]}).json()
+    assert (nothing["scored"], nothing["failed"]) == (0, 2)
+
+
+def test_keys_the_caller_chose_are_never_echoed(api: TestClient, registry: Registry) -> None:
+    body = request_for(registry.cohort, _some_clients(registry, 3)[2])
+    rated = next(i for i, s in enumerate(body["sessions"]) if s["ratings"])
+    secret = "Jane Doe 1980-02-03"
+    cases = []
+    unknown_rating = json.loads(json.dumps(body))
+    unknown_rating["sessions"][rated]["ratings"][secret] = 5.0
+    cases.append((unknown_rating, ["sessions", rated, "ratings", "(unrecognised key)"]))
+    bad_value = json.loads(json.dumps(body))
+    bad_value["sessions"][rated]["ratings"][secret] = "not a number"
+    cases.append((bad_value, ["sessions", rated, "ratings", "(unrecognised key)"]))
+    extra_field = {**body, secret: "x"}
+    cases.append((extra_field, ["(unrecognised key)"]))
+    for payload, loc in cases:
+        r = api.post("/v1/risk", json=payload)
+        assert r.status_code == 422 and secret not in r.text
+        assert loc in [e["loc"] for e in r.json()["errors"]], r.json()
+    # A known element of another instrument is named: it says what to fix and names nobody.
+    srs_element = json.loads(json.dumps(body))
+    srs_element["sessions"][rated]["ratings"]["relationship"] = 7.0
+    r = api.post("/v1/risk", json=srs_element)
+    assert r.json()["errors"][0]["loc"] == ["sessions", rated, "ratings", "relationship"]

@@ -3,6 +3,7 @@ outages, a trickling or slow issuer) and the parsing of JWKS documents."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -114,9 +115,14 @@ def test_a_slow_jwks_fetch_does_not_stall_other_requests(server, keys, tmp_path)
     from service.settings import ServiceSettings
 
     issuer = IssuerConfig(issuer=ISS, audience=AUD, jwks_url=server.url)
+    # A second issuer whose keys are a local file: its tokens need no fetch.
+    other_iss, other_key = "https://other-idp.example.org", ec.generate_private_key(ec.SECP256R1())
+    other_jwks = tmp_path / "other-jwks.json"
+    other_jwks.write_text(json.dumps(jwks_doc({"o-1": other_key})))
+    other = IssuerConfig(issuer=other_iss, audience=AUD, jwks_file=other_jwks)
     app = create_app(
         ServiceSettings(model_uri="models:/alliance-risk-svc@champion", poll_interval_s=0),
-        auth=AuthSettings(mode="jwt", issuers=[issuer], jwks_timeout_s=10,
+        auth=AuthSettings(mode="jwt", issuers=[issuer, other], jwks_timeout_s=10,
                           jwks_refetch_cooldown_s=0),
         limits=LimitSettings(rate_per_clinic_per_s=0, rate_per_token_per_s=0),
         audit=AuditSettings(path=tmp_path / "audit.jsonl", key_file=tmp_path / "audit.key"),
@@ -141,17 +147,25 @@ def test_a_slow_jwks_fetch_does_not_stall_other_requests(server, keys, tmp_path)
         # makes one request wait for the refetch.
         server.doc = jwks_doc({"ec-1": keys["ec-1"], "ec-2": rotated})
         server.hold = True
-        waiting, probe = get("model", "/v1/model", bearer(token)), None
+        waiting, probe, second = get("model", "/v1/model", bearer(token)), None, None
         try:
             assert server.entered.wait(5), "the unknown kid did not cause a refetch"
             probe = get("livez", "/livez")
             probe.join(3)
             assert "livez" in answers, "/livez stalled behind a JWKS fetch"
             assert answers["livez"].status_code == 200
+            # Nor does it hold up requests that need no fetch (with the default single route
+            # thread, authenticating on it would).
+            fine = jwt.encode(make_claims(iss=other_iss, scope="model:read"), other_key,
+                              algorithm="ES256", headers={"kid": "o-1"})  # fmt: skip
+            second = get("other", "/v1/model", bearer(fine))
+            second.join(3)
+            assert "other" in answers, "a request of another issuer stalled behind a JWKS fetch"
+            assert answers["other"].json()["detail"] == NO_MODEL  # authenticated, then 503
             assert "model" not in answers  # still waiting for the issuer's keys
         finally:
             server.release.set()
-            for thread in (waiting, probe):
+            for thread in (waiting, probe, second):
                 if thread is not None:
                     thread.join(15)
     assert server.hits == 2
