@@ -250,11 +250,22 @@ def evaluate_scorer(
     ValueError
         No labelled landmark to evaluate on.
     """
-    ended = clients[clients[OUTCOME].isin((COMPLETED, DROPOUT))]
+    # Ended episodes with at least one appointment: the others have no landmark to score.
+    ended = clients[
+        clients[OUTCOME].isin((COMPLETED, DROPOUT)) & clients[CLIENT_ID].isin(sessions[CLIENT_ID])
+    ]
     episodes = Episodes.from_frames(
         sessions[sessions[CLIENT_ID].isin(ended[CLIENT_ID])], ended, scorer.profile
     )
     scored = scorer.score(episodes, landmarks="training")
+    if scored.problems:
+        # Validated tables never get here; evaluating the rest would hide whom it left out.
+        raise ValueError(
+            f"{len(scored.problems)} episode(s) break the data contract; run alliance-risk "
+            "validate on these tables first"
+        )
+    if not np.isin(episodes.outcome, _ENDED).all():
+        raise ValueError("every evaluated client needs one clients row with an outcome")
     if scored.n_rows == 0:
         raise ValueError("no labelled landmark rows to evaluate on")
     ids = episodes.client_id[scored.episode]

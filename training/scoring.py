@@ -27,14 +27,16 @@ TOP = 3
 class CohortScores:
     """One row per scored client, and why the others were not scored.
 
-    ``not_at_landmark`` counts clients with no appointment at the requested landmark;
-    ``refused`` clients broken by the data contract (none after validation);
+    ``no_appointments`` counts clients with no appointment yet (nothing to score);
+    ``not_at_landmark`` clients with no appointment numbered as the requested landmark;
+    ``refused`` clients whose episode breaks the data contract (none after validation);
     ``skipped_ended`` clients left out because their episode has ended (see ``include_ended``).
     """
 
     frame: pd.DataFrame
     model_name: str
     model_version: str
+    no_appointments: int
     not_at_landmark: int
     refused: int
     skipped_ended: int
@@ -102,8 +104,9 @@ def score_cohort(
     scorer = load_scorer(ref.uri)
     open_ = clients[OUTCOME] == ONGOING
     chosen = clients if include_ended else clients[open_]
+    seen = chosen[CLIENT_ID].isin(sessions[CLIENT_ID])
     episodes = Episodes.from_frames(
-        sessions[sessions[CLIENT_ID].isin(chosen[CLIENT_ID])], chosen, profile
+        sessions[sessions[CLIENT_ID].isin(chosen[CLIENT_ID])], chosen[seen], profile
     )
     scored = scorer.score(episodes, landmarks="latest" if landmark is None else landmark)
     frame = pd.DataFrame([score_row(s) for s in scored.results], columns=list(COLUMNS))
@@ -113,6 +116,7 @@ def score_cohort(
         frame=frame.sort_values(CLIENT_ID, kind="stable", ignore_index=True),
         model_name=ref.name,
         model_version=ref.version,
+        no_appointments=int((~seen).sum()),
         not_at_landmark=episodes.n_episodes - len(scored.problems) - np.unique(scored.episode).size,
         refused=len(scored.problems),
         skipped_ended=0 if include_ended else int((~open_).sum()),

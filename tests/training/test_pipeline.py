@@ -222,3 +222,38 @@ def test_evaluation_scores_exactly_the_test_landmarks_through_the_scorer(trained
     rows = [by_key[k] for k in key(test)]
     np.testing.assert_array_equal(ev.X[rows], test.X)
     np.testing.assert_array_equal(ev.y[rows], test.y)
+
+
+def test_score_cohort_scores_the_caseload_and_counts_everyone_it_leaves_out(
+    trained, cohort, tmp_path
+) -> None:
+    import features
+    import models
+    from training.scoring import score_cohort
+
+    model_dir = tmp_path / "model"
+    mlflow.pyfunc.save_model(
+        str(model_dir),
+        python_model=str(Path(models.__file__).parent / "mlflow_entry.py"),
+        artifacts={"scorer": str(trained.scorer.save(tmp_path / "scorer"))},
+        code_paths=[str(Path(models.__file__).parent), str(Path(features.__file__).parent)],
+        pip_requirements=["mlflow"],
+    )
+    sessions = normalise_sessions(cohort.sessions, cohort.profile)
+    new = cohort.clients.iloc[:1].assign(client_id="new-client", outcome="ongoing")
+    clients = normalise_clients(pd.concat([cohort.clients, new], ignore_index=True))
+    ongoing = clients.loc[clients["outcome"] == "ongoing", CLIENT_ID]
+
+    caseload = score_cohort(str(model_dir), sessions, clients, cohort.profile)
+    assert sorted(caseload.frame[CLIENT_ID]) == sorted(set(ongoing) - {"new-client"})
+    assert caseload.no_appointments == 1 and caseload.refused == 0
+    assert caseload.skipped_ended == len(clients) - len(ongoing)
+    assert caseload.not_at_landmark == 0
+    assert (caseload.frame["model_version"] == "local").all()
+
+    at_5 = score_cohort(str(model_dir), sessions, clients, cohort.profile, landmark=5,
+                        include_ended=True)  # fmt: skip
+    numbered_5 = set(sessions.loc[sessions["session_number"] == 5, CLIENT_ID])
+    assert set(at_5.frame[CLIENT_ID]) == numbered_5 and (at_5.frame["landmark"] == 5).all()
+    assert at_5.skipped_ended == 0 and at_5.no_appointments == 1
+    assert at_5.not_at_landmark == len(clients) - 1 - len(numbered_5)

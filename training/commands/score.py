@@ -40,8 +40,8 @@ def score(
         typer.Option(
             "--landmark",
             min=1,
-            help="Score every client at appointment k (clients with fewer appointments are "
-            "left out and counted). Default: each client's latest appointment.",
+            help="Score every client at the appointment numbered k (clients with no appointment "
+            "numbered k are left out and counted). Default: each client's latest appointment.",
         ),
     ] = None,
     include_ended: Annotated[
@@ -95,7 +95,9 @@ def score(
     bands = result.frame["risk_band"].value_counts()
     left_out = [
         f"{result.skipped_ended} ended episodes (--all scores them)" if result.skipped_ended else "",
-        f"{result.not_at_landmark} clients had no appointment {landmark}"
+        f"{result.no_appointments} clients with no appointment yet"
+        if result.no_appointments else "",
+        f"{result.not_at_landmark} clients had no appointment numbered {landmark}"
         if result.not_at_landmark else "",
         f"{result.refused} clients broke the data contract" if result.refused else "",
     ]  # fmt: skip
