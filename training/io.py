@@ -11,8 +11,10 @@ quoted line breaks before it).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,37 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, engine="c", **_CSV_OPTIONS)  # type: ignore[call-overload]
 
 
+#: zlib's own reason in "Error -3 while decompressing data: <reason>" (library text, never data).
+_ZLIB_REASON: Final = re.compile(r"while decompressing data: ([a-z ]+)$")
+
+
+def _gzip_reason(err: Exception) -> str:
+    """Why a gzip stream cannot be read, in words that quote none of the file's bytes."""
+    if isinstance(err, EOFError):
+        return "truncated gzip file (it ends before the compressed data does)"
+    found = _ZLIB_REASON.search(str(err)) if isinstance(err, zlib.error) else None
+    detail = f" ({found.group(1)})" if found else ""
+    return f"corrupt gzip data{detail}; the file is damaged, export or copy it again"
+
+
+def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
+    """(line, byte column), both 1-based, of the first byte that is not UTF-8, or None.
+
+    Per line is exact: a UTF-8 sequence never holds a newline byte, so none spans two lines.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return number, err.start + 1
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read one table from CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``).
 
@@ -87,7 +120,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the extension is not one of the above, or the file cannot be parsed.
+        If the extension is not one of the above, or the file cannot be parsed: the message
+        names the file and the reason (a corrupt or truncated gzip stream; the line and byte of
+        the first byte that is not UTF-8), never a cell's content.
     """
     path = Path(path)
     kind = _kind(path)
@@ -106,7 +141,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
         detail = found.group(0) if found else type(err).__name__
         raise ValueError(f"{path.name}: cannot be read as {kind} ({detail})") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path.name}: not UTF-8 text; save it as UTF-8 CSV") from None
+        where = _first_bad_utf8(path)
+        at = f" at line {where[0]}, byte {where[1]} of the line" if where else ""
+        raise ValueError(
+            f"{path.name}: not UTF-8 text{at} (mixed encodings?); save it as UTF-8 CSV"
+        ) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        # EOFError would otherwise reach click, which prints only "Aborted.".
+        raise ValueError(f"{path.name}: {_gzip_reason(err)}") from None
     except (pd.errors.EmptyDataError, OSError, ArrowException) as err:
         raise ValueError(f"{path.name}: cannot be read as {kind} ({type(err).__name__})") from None
     logger.info("read %s: %d rows, %d columns", path.name, len(frame), frame.shape[1])
@@ -178,6 +220,15 @@ def write_problem_report(
     problems_frame(report, files).to_csv(path, index=False)
     logger.info("wrote %d problems to %s", len(report.problems), path)
     return path
+
+
+class OutputError(OSError):
+    """An output (quarantine files) could not be written; the input itself was readable."""
+
+
+def quarantine_folder(sessions_path: str | Path, quarantine_dir: str | Path | None) -> Path:
+    """Where quarantine CSVs go: ``quarantine_dir``, else ``quarantine/`` beside the sessions."""
+    return Path(quarantine_dir) if quarantine_dir else Path(sessions_path).parent / "quarantine"
 
 
 class ContractError(ValueError):
@@ -294,6 +345,9 @@ def load_cohort(
     ContractError
         On errors in ``"fail"`` mode, and in either mode on a table-level error (a missing
         column or unknown profile), which no row-level quarantine can fix.
+    OutputError
+        When the quarantine files cannot be written (unreadable input raises ``ValueError``
+        or ``FileNotFoundError``).
     """
     files = {"sessions": Path(sessions_path), "clients": Path(clients_path)}
     raw_sessions = read_table(files["sessions"])
@@ -356,21 +410,29 @@ def _quarantine(
     c_out[report.bad_client_rows] = True
 
     s_rows, c_rows = np.flatnonzero(s_out), np.flatnonzero(c_out)
-    out_dir = Path(quarantine_dir) if quarantine_dir else files["sessions"].parent / "quarantine"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = quarantine_folder(files["sessions"], quarantine_dir)
     quarantine_files = {
         "sessions": out_dir / "sessions.quarantine.csv",
         "clients": out_dir / "clients.quarantine.csv",
     }
-    _write_quarantine(
-        raw_sessions,
-        s_rows,
-        _reasons_by_row(report, "sessions", s_rows),
-        quarantine_files["sessions"],
-    )
-    _write_quarantine(
-        raw_clients, c_rows, _reasons_by_row(report, "clients", c_rows), quarantine_files["clients"]
-    )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_quarantine(
+            raw_sessions,
+            s_rows,
+            _reasons_by_row(report, "sessions", s_rows),
+            quarantine_files["sessions"],
+        )
+        _write_quarantine(
+            raw_clients,
+            c_rows,
+            _reasons_by_row(report, "clients", c_rows),
+            quarantine_files["clients"],
+        )
+    except OSError as err:
+        raise OutputError(
+            f"cannot write the quarantine files to {out_dir} ({err.strerror or type(err).__name__})"
+        ) from None
 
     kept_sessions = _clean(sessions, ~s_out)
     kept_clients = _clean(clients, ~c_out)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from training.io import ContractError, LoadedCohort, load_cohort, write_problem_report
+from training.io import (
+    ContractError,
+    LoadedCohort,
+    OutputError,
+    load_cohort,
+    quarantine_folder,
+    write_problem_report,
+)
 
 #: Offered as choices by typer; a test keeps it in step with features.profiles.PROFILES.
 ProfileName = Literal["alliance6", "srs", "wai_sr"]
@@ -74,6 +84,58 @@ TrackingOpt = Annotated[
 ]
 
 
+def unwritable_reason(path: Path, *, folder: bool = False) -> str | None:
+    """Why the file (or, with ``folder``, the folder) ``path`` cannot be written, else None.
+
+    Creates nothing: the nearest existing folder on the way is probed with a temporary file,
+    which also catches read-only mounts and holds for root, whom permission bits do not stop.
+    """
+    if path.is_dir() and not folder:
+        return "it is a folder"
+    if path.exists() and folder and not path.is_dir():
+        return "it exists and is not a folder"
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        return f"cannot create files in {probe} ({err.strerror or type(err).__name__})"
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    return None
+
+
+def check_output_or_exit(
+    console: Console, option: str, path: Path | None, *, folder: bool = False
+) -> None:
+    """Exit 2 with a message naming ``option`` unless ``path`` can be written (None: no output).
+
+    Called before any work, so that a long run does not end in an unwritable output.
+    """
+    if path is None:
+        return
+    reason = unwritable_reason(path, folder=folder)
+    if reason is not None:
+        console.print(
+            f"[bold red]Cannot write output[/]: {option} {escape(str(path))}: {escape(reason)}"
+        )
+        raise typer.Exit(EXIT_UNREADABLE)
+
+
+def check_quarantine_or_exit(
+    console: Console, on_error: str, sessions: Path, quarantine_dir: Path | None
+) -> None:
+    """In quarantine mode, exit 2 unless the quarantine folder (given or default) is writable."""
+    if on_error == "quarantine":
+        folder = quarantine_folder(sessions, quarantine_dir)
+        option = "--quarantine-dir" if quarantine_dir else "--quarantine-dir (default)"
+        check_output_or_exit(console, option, folder, folder=True)
+
+
 def load_or_exit(
     console: Console,
     sessions: Path,
@@ -85,6 +147,8 @@ def load_or_exit(
     report: Path | None = None,
 ) -> LoadedCohort:
     """Load and validate a cohort, or print the contract report and exit non-zero."""
+    check_output_or_exit(console, "--report", report)
+    check_quarantine_or_exit(console, on_error, sessions, quarantine_dir)
     try:
         cohort = load_cohort(
             sessions, clients, profile=profile, on_error=on_error, quarantine_dir=quarantine_dir
@@ -95,8 +159,11 @@ def load_or_exit(
             write_problem_report(err.report, report, err.files)
         console.print("Run `alliance-risk validate` for the full report.")
         raise typer.Exit(EXIT_ERRORS) from None
+    except OutputError as err:
+        console.print(f"[bold red]Cannot write output[/]: --quarantine-dir: {escape(str(err))}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
     except (OSError, ValueError) as err:
-        console.print(f"[bold red]Cannot read input[/]: {err}")
+        console.print(f"[bold red]Cannot read input[/]: {escape(str(err))}")
         raise typer.Exit(EXIT_UNREADABLE) from None
     if cohort.quarantine_files:
         console.print(

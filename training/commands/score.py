@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from training.commands.common import (
     EXIT_ERRORS,
@@ -17,6 +18,7 @@ from training.commands.common import (
     QuarantineDirOpt,
     SessionsOpt,
     TrackingOpt,
+    check_output_or_exit,
     configure_tracking,
     load_or_exit,
 )
@@ -65,6 +67,7 @@ def score(
     alliance-building focus; empty for attendance and engagement); model_name, model_version.
     """
     console = Console()
+    check_output_or_exit(console, "--out", out)
     cohort = load_or_exit(
         console, sessions, clients, profile=profile, on_error=on_error,
         quarantine_dir=quarantine_dir,
@@ -87,11 +90,18 @@ def score(
     except IncompatibleModelError as err:
         console.print(f"[bold red]Incompatible model[/]: {err}")
         raise typer.Exit(EXIT_ERRORS) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        result.frame.to_parquet(out, index=False)
-    else:
-        result.frame.to_csv(out, index=False)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".parquet":
+            result.frame.to_parquet(out, index=False)
+        else:
+            result.frame.to_csv(out, index=False)
+    except OSError as err:
+        console.print(
+            f"[bold red]Cannot write output[/]: --out {escape(str(out))}: "
+            f"{escape(err.strerror or type(err).__name__)}"
+        )
+        raise typer.Exit(EXIT_UNREADABLE) from None
     bands = result.frame["risk_band"].value_counts()
     left_out = [
         f"{result.skipped_ended} ended episodes (--all scores them)" if result.skipped_ended else "",

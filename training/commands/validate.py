@@ -21,10 +21,13 @@ from training.commands.common import (
     ProfileOpt,
     QuarantineDirOpt,
     SessionsOpt,
+    check_output_or_exit,
+    check_quarantine_or_exit,
 )
 from training.io import (
     ContractError,
     LoadedCohort,
+    OutputError,
     load_cohort,
     problems_frame,
     write_problem_report,
@@ -119,6 +122,8 @@ def validate(
     """
     console = Console()
     files = {"sessions": sessions, "clients": clients}
+    check_output_or_exit(console, "--report", report)
+    check_quarantine_or_exit(console, on_error, sessions, quarantine_dir)
     try:
         cohort = load_cohort(
             sessions, clients, profile=profile, on_error=on_error, quarantine_dir=quarantine_dir
@@ -134,6 +139,9 @@ def validate(
         if err.report.table_errors and on_error == "quarantine":
             console.print("Table-level errors (e.g. a missing column) cannot be quarantined.")
         raise typer.Exit(EXIT_ERRORS) from None
+    except OutputError as err:
+        console.print(f"[bold red]Cannot write output[/]: --quarantine-dir: {escape(str(err))}")
+        raise typer.Exit(EXIT_UNREADABLE) from None
     except (OSError, ValueError) as err:
         console.print(f"[bold red]Cannot read input[/]: {escape(str(err))}")
         raise typer.Exit(EXIT_UNREADABLE) from None
