@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from service.settings import DEFAULT_MODEL_URI
+from service.settings import DEFAULT_MODEL_URI, ServiceSettings
 
 #: The demo model ``serve`` trains when the embedded registry has no champion.
 BOOTSTRAP_CLIENTS = 10_000
@@ -106,7 +108,6 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve the risk API (FastAPI on uvicorn) with the champion model."""
     import mlflow
-    import uvicorn
     from pydantic import ValidationError
 
     from models.store import project_root
@@ -133,9 +134,7 @@ def serve(
     root = project_root()
     if bootstrap_model and model == DEFAULT_MODEL_URI and not _has_champion(model):
         bootstrap(console, root / "data" / "demo", bootstrap_clients)
-    example = root / "data" / "demo" / "request.json"
-    example.parent.mkdir(parents=True, exist_ok=True)
-    example.write_text(json.dumps(RISK_REQUEST_EXAMPLE, indent=2) + "\n")
+    example = write_example(root / "data" / "demo", RISK_REQUEST_EXAMPLE)
     os.environ.update(
         {
             "MLFLOW_TRACKING_URI": uri,
@@ -143,6 +142,12 @@ def serve(
             "ALLIANCE_RISK_POLL_INTERVAL_S": str(poll_interval),
         }
     )
+    try:
+        settings = ServiceSettings()
+    except ValidationError as exc:
+        console.print(f"[bold red]Cannot start[/]: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    state_dir = shared_worker_state() if workers > 1 else None
     console.print(
         f"Serving {model} on http://{host}:{port} (docs: http://{host}:{port}/docs). "
         "When /readyz says ready, try:\n"
@@ -150,6 +155,18 @@ def serve(
     clinic = str(RISK_REQUEST_EXAMPLE["clinic_id"])
     console.print(_curl(host, port, example, clinic, auth.mode == "dev"), soft_wrap=True,
                   highlight=False, markup=False)  # fmt: skip
+    try:
+        _run_uvicorn(host, port, workers, settings)
+    finally:
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _run_uvicorn(host: str, port: int, workers: int, settings: ServiceSettings) -> None:
+    import uvicorn
+
+    from service.connections import DeadlineHttpToolsProtocol
+
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -158,7 +175,40 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
+        # Header and body read deadlines (service/connections.py); no websockets to upgrade to.
+        http=DeadlineHttpToolsProtocol,
+        ws="none",
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections,
+        backlog=settings.backlog,
     )
+
+
+def write_example(folder: Path, example: dict[str, object]) -> Path:
+    """The README's request body as a file for the printed curl line.
+
+    Written into ``folder`` (the project's data/demo) when it is writable, else into a fresh
+    temporary folder: a non-root user in a container cannot write under the project.
+    """
+    text = json.dumps(example, indent=2) + "\n"
+    path = folder / "request.json"
+    try:
+        if not (path.is_file() and path.read_text() == text):
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix="alliance-risk-")) / "request.json"
+        path.write_text(text)
+    return path
+
+
+def shared_worker_state() -> Path:
+    """A fresh folder the workers of one ``serve`` share: Prometheus' multiprocess files and
+    the rate limiter's buckets. Set as ``PROMETHEUS_MULTIPROC_DIR`` before the workers start.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="alliance-risk-workers-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
 
 
 def register(app: typer.Typer) -> None:

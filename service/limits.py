@@ -335,8 +335,12 @@ class TimeoutMiddleware:
                 }
             },
         )
+        # Connection: close, because the body may be only partly read: uvicorn would otherwise
+        # keep reading (and discarding) the rest into a kept-alive connection.
         response = JSONResponse(
-            error_body(timeout_detail(self.timeout_s), _request_id(scope)), status_code=504
+            error_body(timeout_detail(self.timeout_s), _request_id(scope)),
+            status_code=504,
+            headers={"Connection": "close"},
         )
         await response(scope, receive, send)
 

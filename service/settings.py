@@ -50,6 +50,31 @@ class ServiceSettings(BaseSettings):
         "for it, and served fewer requests/s in bench_service than one. Use --workers for more "
         "cores. Model reloads have a thread of their own.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a client has to send a request's headers, counted from the "
+        "connection (or from the first byte of a next request on a kept-alive one); the "
+        "connection is closed after that. Stops idle and slowloris connections; 0 turns it off.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a client has to send a request's body once its headers are in, "
+        "whether the app reads it or not; the connection is closed after that. 0 turns it off.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds an idle connection is kept open between requests."
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="Open connections per worker; above it new requests are answered 503 "
+        "(uvicorn's limit_concurrency).",
+    )
+    backlog: int = Field(
+        2048, ge=1, description="Connections the kernel queues before the server accepts them."
+    )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
     opentelemetry: bool = Field(
         False,

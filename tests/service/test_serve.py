@@ -94,3 +94,21 @@ def test_serve_refuses_to_start_without_authentication(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert refused.returncode == 2 and "Refused" in refused.stderr
+
+
+def test_the_curl_example_goes_to_a_temporary_folder_when_the_project_is_not_writable(
+    tmp_path: Path,
+) -> None:
+    from service.cli import write_example
+
+    example = {"clinic_id": "clinic-a"}
+    written = write_example(tmp_path / "data" / "demo", example)
+    assert written == tmp_path / "data" / "demo" / "request.json"
+    assert json.loads(written.read_text()) == example
+    # A folder that cannot be created (a file is in the way; chmod does not stop root).
+    (tmp_path / "blocked").write_text("")
+    elsewhere = write_example(tmp_path / "blocked" / "demo", example)
+    assert not elsewhere.is_relative_to(tmp_path)
+    assert json.loads(elsewhere.read_text()) == example
+    elsewhere.unlink()
+    elsewhere.parent.rmdir()
