@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
 
 # MLflow reports usage telemetry to the internet unless told not to; this service handles
 # mental-health data and sends nothing anywhere. Set before any module imports mlflow.
@@ -11,22 +14,65 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from service import cli as service_cli
 from service import token_cli
 from training import cli as training_cli
 
+PACKAGE = "alliance-risk"
+
+
+def _without_flag_metavars(params: list[Any]) -> list[Any]:
+    """Flags take no value, so their help shows none (typer would print ``<bool>``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_bool_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_metavars(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_metavars(super().get_params(ctx))
+
+
 app = typer.Typer(
-    name="alliance-risk",
+    name=PACKAGE,
+    cls=_Group,
     help="Dropout risk from therapeutic-alliance trajectories and attendance.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
 
+def _version() -> str:
+    try:
+        return package_version(PACKAGE)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PACKAGE} {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version of alliance-risk and exit.",
+    ),
     verbose: int = typer.Option(
         0,
         "--verbose",
@@ -44,6 +90,9 @@ def _main(
 training_cli.register(app)
 service_cli.register(app)
 token_cli.register(app)
+for _info in app.registered_commands:
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
 
 if __name__ == "__main__":
     app()

@@ -19,6 +19,8 @@ from training.io import (
     quarantine_folder,
     write_problem_report,
 )
+from training.registry import CHAMPION_ALIAS
+from training.tracking import DEFAULT_MODEL_NAME
 
 #: Offered as choices by typer; a test keeps it in step with features.profiles.PROFILES.
 ProfileName = Literal["alliance6", "srs", "wai_sr"]
@@ -26,6 +28,9 @@ OnErrorName = Literal["fail", "quarantine"]
 
 #: Exit codes shared by every command: 0 success, 1 refused/contract errors, 2 unusable input.
 EXIT_OK, EXIT_ERRORS, EXIT_UNREADABLE = 0, 1, 2
+
+#: What ``score`` and ``evaluate`` use unless told otherwise: the promoted model, as the API.
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 
 SessionsOpt = Annotated[
     Path,

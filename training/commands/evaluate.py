@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from training.commands.common import (
+    DEFAULT_MODEL_URI,
     EXIT_ERRORS,
     EXIT_UNREADABLE,
     ClientsOpt,
@@ -29,15 +30,16 @@ _SHOWN = ("n", "prevalence", "auroc", "auprc", "brier", "ece", "calibration_slop
 
 
 def evaluate(
+    sessions: SessionsOpt,
+    clients: ClientsOpt,
     model: Annotated[
         str,
         typer.Option(
             "--model",
-            help="Model URI, e.g. models:/alliance-risk@champion or models:/alliance-risk/3.",
+            help="Model URI: the promoted model by default, or a version such as "
+            "models:/alliance-risk/3.",
         ),
-    ],
-    sessions: SessionsOpt,
-    clients: ClientsOpt,
+    ] = DEFAULT_MODEL_URI,
     profile: ProfileOpt = None,
     on_error: OnErrorOpt = "fail",
     quarantine_dir: QuarantineDirOpt = None,

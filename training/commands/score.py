@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from training.commands.common import (
+    DEFAULT_MODEL_URI,
     EXIT_ERRORS,
     EXIT_UNREADABLE,
     ClientsOpt,
@@ -25,10 +26,6 @@ from training.commands.common import (
 
 
 def score(
-    model: Annotated[
-        str,
-        typer.Option("--model", help="Model URI, e.g. models:/alliance-risk@champion."),
-    ],
     sessions: SessionsOpt,
     clients: ClientsOpt,
     out: Annotated[
@@ -37,6 +34,14 @@ def score(
             "--out", help="Output file (.csv or .parquet), one row per client.", dir_okay=False
         ),
     ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="Model URI: the promoted model by default, or a version such as "
+            "models:/alliance-risk/3.",
+        ),
+    ] = DEFAULT_MODEL_URI,
     landmark: Annotated[
         int | None,
         typer.Option(
