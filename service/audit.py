@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 AUDIT_DIRNAME = ".alliance-risk"
 
 #: Actions the service records (others of the same ``area.verb`` shape are accepted).
-ACTIONS = frozenset({"risk.read", "risk.batch", "model.read", "model.reload"})
+ACTIONS = frozenset({"risk.read", "risk.batch", "model.read", "model.reload", "request.unrouted"})
 #: What became of the request.
 OUTCOMES = frozenset({"ok", "denied", "invalid", "not_found", "unavailable", "error"})
 Outcome = Literal["ok", "denied", "invalid", "not_found", "unavailable", "error"]
@@ -75,8 +75,11 @@ KEY_BYTES = 32
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 _ACTION = re.compile(r"[a-z][a-z_]*(\.[a-z_]+)+")
 _REF = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_TEXT = 256
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators (str.splitlines and some
+# log viewers break lines at them) and lone surrogates (not UTF-8: the record could not be encoded).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: Longest text field of a record (subject, clinic, request and correlation ids, model version).
+MAX_TEXT = 256
 
 
 # The records of a batch share their time, subject, clinic, action, request id and model version:
@@ -91,9 +94,19 @@ def _is_action(value: str) -> bool:
     return _ACTION.fullmatch(value) is not None
 
 
+def is_audit_text(value: object) -> bool:
+    """Whether ``value`` can be a text field of an :class:`AuditRecord`: a string of at most
+    :data:`MAX_TEXT` characters without control characters, line separators or lone surrogates.
+
+    The one rule for who may appear in the trail: authentication refuses a token whose subject
+    or clinic breaks it (``service.auth``), before any action runs.
+    """
+    return isinstance(value, str) and len(value) <= MAX_TEXT and _has_no_control(value)
+
+
 @functools.lru_cache(maxsize=4096)
-def _is_text(value: str) -> bool:
-    return len(value) <= _MAX_TEXT and _CONTROL.search(value) is None
+def _has_no_control(value: str) -> bool:
+    return _CONTROL.search(value) is None
 
 
 class AuditError(Exception):
@@ -145,9 +158,13 @@ class AuditRecord:
     status : int
         HTTP status returned.
     request_id : str
-        The request's ``X-Request-ID``.
+        The service's own id of the request (sent back as ``X-Request-ID``; never the caller's).
     model_version : str or None
         Version of the model that scored (or would have scored) the request.
+    correlation_id : str or None
+        The caller's own ``X-Request-ID``, when it had a safe shape (``service.middleware``);
+        it can repeat, so it never identifies a request. Written only when present, so a line
+        without it reads as before.
     """
 
     time: str = field(default_factory=utc_timestamp)
@@ -159,6 +176,7 @@ class AuditRecord:
     status: int
     request_id: str
     model_version: str | None = None
+    correlation_id: str | None = None
 
     def __post_init__(self) -> None:
         # Messages name the field and the rule, never the value.
@@ -167,13 +185,13 @@ class AuditRecord:
         if not isinstance(self.action, str) or not _is_action(self.action):
             raise AuditRecordError("AuditRecord.action must look like 'area.verb'")
         _check_per_client(self.client_ref, self.status, self.outcome)
-        for name in ("subject", "clinic", "request_id", "model_version"):
+        for name in ("subject", "clinic", "request_id", "model_version", "correlation_id"):
             value = getattr(self, name)
             if value is None and name != "request_id":
                 continue
-            if not isinstance(value, str) or not _is_text(value):
+            if not is_audit_text(value):
                 raise AuditRecordError(
-                    f"AuditRecord.{name} must be text of at most {_MAX_TEXT} characters "
+                    f"AuditRecord.{name} must be text of at most {MAX_TEXT} characters "
                     "without control characters"
                 )
 
@@ -187,20 +205,20 @@ class AuditRecord:
         A flat dict through orjson: ``dataclasses.asdict`` deep-copies every field and cost
         ~0.1 ms per record, which a 1,000-client batch pays 1,000 times.
         """
-        return orjson.dumps(
-            {
-                "time": self.time,
-                "subject": self.subject,
-                "clinic": self.clinic,
-                "client_ref": self.client_ref,
-                "action": self.action,
-                "outcome": self.outcome,
-                "status": self.status,
-                "request_id": self.request_id,
-                "model_version": self.model_version,
-            },
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
+        doc = {
+            "time": self.time,
+            "subject": self.subject,
+            "clinic": self.clinic,
+            "client_ref": self.client_ref,
+            "action": self.action,
+            "outcome": self.outcome,
+            "status": self.status,
+            "request_id": self.request_id,
+            "model_version": self.model_version,
+        }
+        if self.correlation_id is not None:
+            doc["correlation_id"] = self.correlation_id
+        return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
     def batch_lines(self, clients: Iterable[tuple[str | None, int, str]]) -> bytes:
         """The lines of records equal to this one but for ``(client_ref, status, outcome)``.
@@ -219,6 +237,11 @@ class AuditRecord:
             + orjson.dumps(self.request_id)
             + b',"model_version":'
             + orjson.dumps(self.model_version)
+            + (
+                b""
+                if self.correlation_id is None
+                else b',"correlation_id":' + orjson.dumps(self.correlation_id)
+            )
             + b"}\n"
         )
         parts = []
@@ -239,12 +262,14 @@ class AuditRecord:
             doc = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             raise AuditRecordError("not a complete JSON record") from None
-        if not isinstance(doc, dict) or set(doc) != _FIELD_NAMES:
+        if not isinstance(doc, dict) or not _REQUIRED_FIELDS <= set(doc) <= _FIELD_NAMES:
             raise AuditRecordError("not an audit record: fields differ from AuditRecord")
         return cls(**doc)
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord))
+#: Fields every line has; the rest were added later and are written only when set.
+_REQUIRED_FIELDS = _FIELD_NAMES - {"correlation_id"}
 
 
 def _check_per_client(ref: object, status: object, outcome: object) -> None:

@@ -1,36 +1,53 @@
 """Request ids, latency metrics and one access-log line per request, as a pure ASGI middleware
-(cheaper than ``BaseHTTPMiddleware`` on the millisecond scoring path)."""
+(cheaper than ``BaseHTTPMiddleware`` on the millisecond scoring path).
+
+Every request gets an id of ours (128 random bits), sent back as ``X-Request-ID`` and written to
+the access log and the audit trail. A caller's own ``X-Request-ID`` never becomes that id (two
+callers could send the same one and make two audit records look like one request): when it has
+a safe shape it is kept apart as ``correlation_id`` and echoed as ``X-Correlation-ID``.
+Responses under ``/v1`` carry client data or errors about it: ``Cache-Control: no-store`` keeps
+them out of browser and proxy caches.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
 import orjson
 
-from service.errors import INTERNAL_ERROR, error_body
+from service.errors import INTERNAL_ERROR, PROBLEM_JSON, error_body
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger("service.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+CORRELATION_ID_HEADER = b"x-correlation-id"
+#: A caller's id is kept only in this shape (ASCII letters, digits, ``-``, ``_``, ``.``, ``:``;
+#: 1 to 64 characters, enough for a UUID or a W3C trace id); anything else is dropped.
+_CORRELATION = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+_NO_STORE = (b"cache-control", b"no-store")
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    for key, value in headers:
-        if key == REQUEST_ID_HEADER:
-            text = value.decode("latin-1")
-            # Only a caller's opaque token of a safe shape is reused; anything else is replaced.
-            if 8 <= len(text) <= 64 and all(ch.isalnum() or ch in "-_" for ch in text):
-                return text
-    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (~1.3 us less).
+def _request_id() -> str:
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID.
     return os.urandom(16).hex()
 
 
+def _correlation_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's ``X-Request-ID`` if it has the safe shape, else None."""
+    for key, value in headers:
+        if key == REQUEST_ID_HEADER:
+            return value.decode("ascii") if _CORRELATION.fullmatch(value) else None
+    return None
+
+
 class RequestContextMiddleware:
-    """Sets ``scope["state"]["request_id"]``, echoes it as ``X-Request-ID``, records latency."""
+    """Sets ``scope["state"]["request_id"]`` (ours) and ``["correlation_id"]`` (the caller's,
+    or None), echoes them as ``X-Request-ID`` and ``X-Correlation-ID``, records latency."""
 
     def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -40,19 +57,29 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope.get("headers", []))
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = _request_id()
+        correlation_id = _correlation_id(scope.get("headers", []))
+        state = scope.setdefault("state", {})
+        state["request_id"], state["correlation_id"] = request_id, correlation_id
+        echoed = [(REQUEST_ID_HEADER, request_id.encode("ascii"))]
+        if correlation_id is not None:
+            echoed.append((CORRELATION_ID_HEADER, correlation_id.encode("ascii")))
+        path = scope["path"]
+        if path.startswith("/v1/") or path == "/v1":
+            echoed.append(_NO_STORE)
         status = 500
         started = False
+        self.metrics.request_started()  # observe_request (in finally) counts it out
         start = time.perf_counter()
 
         async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                message.setdefault("headers", []).append(
-                    (REQUEST_ID_HEADER, request_id.encode("latin-1"))
-                )
+                headers = message.setdefault("headers", [])
+                if _NO_STORE in echoed:  # the one cache directive, whatever the route set
+                    headers[:] = [h for h in headers if h[0].lower() != b"cache-control"]
+                headers.extend(echoed)
             await send(message)
 
         try:
@@ -64,9 +91,9 @@ class RequestContextMiddleware:
                          extra={"fields": {"request_id": request_id, "error": type(exc).__name__}})  # fmt: skip
             if started:
                 raise
-            body = orjson.dumps(error_body(INTERNAL_ERROR, request_id))
+            body = orjson.dumps(error_body(INTERNAL_ERROR, request_id, status=500))
             await send_with_id({"type": "http.response.start", "status": 500,
-                                "headers": [(b"content-type", b"application/json"),
+                                "headers": [(b"content-type", PROBLEM_JSON.encode()),
                                             (b"content-length", str(len(body)).encode())]})  # fmt: skip
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
@@ -79,6 +106,7 @@ class RequestContextMiddleware:
                 extra={
                     "fields": {
                         "request_id": request_id,
+                        "correlation_id": correlation_id,
                         "method": scope["method"],
                         "route": template,
                         "status": status,

@@ -4,13 +4,20 @@ audit trail, as route dependencies plus one ASGI middleware.
 Every request to a ``/v1`` route authenticates (never off; dev mode only when asked for). The
 clinic always comes from the credential: a request about a client of another clinic gets the
 same 404 as a client that does not exist. Every request to ``/v1`` leaves exactly one audit
-record, or one per client for a batch, whatever its outcome (refusals included).
+record, or one per client for a batch, whatever its outcome (refusals included), and a request
+that matches no route (a 404, or the 307 of a trailing slash) is recorded as
+:data:`UNROUTED`. Who acts must fit the audit record: the authenticator refuses claims the record
+would refuse, and every route's record is built and checked before the route body runs.
+
+The credentials are declared to OpenAPI as two security schemes (``bearer``: a JWT, dev tokens
+included; ``apiKey``: the ``X-API-Key`` header), so ``/docs`` has an Authorize button. Those
+declarations check nothing: the :class:`~service.auth.Authenticator` is the one check.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,10 +25,19 @@ import anyio
 import anyio.to_thread
 import orjson
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.audit import AuditLog, AuditRecord, AuditWriteError, ClientRefs, utc_timestamp
-from service.auth import Authenticator, AuthError, Principal, require_scope
-from service.errors import error_body
+from service.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditRecordError,
+    AuditWriteError,
+    ClientRefs,
+    utc_timestamp,
+)
+from service.auth import API_KEY_HEADER, Authenticator, AuthError, Principal, require_scope
+from service.auth.principal import challenge
+from service.errors import PROBLEM_JSON, error_body
 from service.limits import RateLimiter, rate_limited
 
 logger = logging.getLogger(__name__)
@@ -36,6 +52,23 @@ AUDITED = {
     "/v1/model": "model.read",
     "/v1/admin/reload": "model.reload",
 }
+#: Audit action of a ``/v1`` request that matched no route (a 404, a trailing-slash redirect).
+UNROUTED = "request.unrouted"
+
+#: OpenAPI security schemes (documentation and the Authorize button of /docs only).
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="JWT",
+    description="A JWT from a configured issuer (auth mode jwt), or a dev token from "
+    "`alliance-risk token` (auth mode dev).",
+    auto_error=False,
+)
+API_KEY = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="apiKey",
+    description="An API key from the hashed keys file (auth mode api_key).",
+    auto_error=False,
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +89,7 @@ def outcome_of(status: int) -> str:
         return "denied"
     if status == 404:
         return "not_found"
-    if status in (400, 413, 422):
+    if status in (400, 413, 415, 422):
         return "invalid"
     if status == 503:
         return "unavailable"
@@ -81,10 +114,19 @@ async def _principal(request: Request) -> Principal:
     except AuthError as err:
         raise HTTPException(err.status, err.detail, headers=err.headers) from None
     request.state.principal = principal
+    try:
+        # The record this request will leave, checked before any route body can act; the
+        # authenticator already refuses claims the record would refuse.
+        audit_template(request.scope, 200)
+    except AuditRecordError:
+        del request.state.principal
+        detail = "credentials cannot be recorded in the audit trail"
+        header = challenge(principal.method, "invalid_token", detail)
+        raise HTTPException(401, detail, headers={"WWW-Authenticate": header}) from None
     return principal
 
 
-def scoped(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency: the authenticated principal, holding ``scope``, within its rate limits.
 
     Authentication runs on threads of its own (:data:`AUTH_THREADS`): it can block (a JWKS fetch
@@ -93,7 +135,11 @@ def scoped(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     :class:`AuditMiddleware` reads it.
     """
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(
+        request: Request,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+        _key: Annotated[str | None, Depends(API_KEY)],
+    ) -> Principal:
         principal = await _principal(request)
         try:
             require_scope(principal, scope)
@@ -158,7 +204,9 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not (
+            scope["path"].startswith("/v1/") or scope["path"] == "/v1"
+        ):
             await self.app(scope, receive, send)
             return
         recorded = False
@@ -186,45 +234,54 @@ class AuditMiddleware:
     def _record(scope: dict[str, Any], status: int) -> bool:
         """Write the request's records; False if the audit log refused them."""
         state = scope.get("state", {})
-        route = scope.get("route")
-        action = AUDITED.get(getattr(route, "path", None) or scope["path"])
-        if action is None:
-            return True
-        app = scope["app"]
-        security: Security = app.state.security
-        principal: Principal | None = state.get("principal")
-        store = getattr(app.state, "store", None)
-        current = None if store is None else store.current
-        version = state.get("model_version") or (None if current is None else current.version)
+        security: Security = scope["app"].state.security
         clients: list[tuple[str | None, int | None]] = state.get("audit_clients") or [(None, None)]
-        template = AuditRecord(
-            time=utc_timestamp(),  # one request, one moment: its records share it
-            subject=None if principal is None else principal.subject,
-            clinic=None if principal is None else principal.clinic,
-            action=action,
-            outcome=outcome_of(status),  # type: ignore[arg-type]
-            status=status,
-            request_id=str(state.get("request_id", "")),
-            model_version=version,
-        )
         items = []
         for ref, item_status in clients:
             effective = status if item_status is None else item_status
             items.append((ref, effective, outcome_of(effective)))
         try:
-            security.audit.write_batch(template, items)
-        except AuditWriteError:
+            security.audit.write_batch(audit_template(scope, status), items)
+        except (AuditWriteError, AuditRecordError) as exc:
             logger.error("audit record could not be written; response withheld",
-                         extra={"fields": {"request_id": state.get("request_id")}})  # fmt: skip
+                         extra={"fields": {"request_id": state.get("request_id"),
+                                           "error": type(exc).__name__}})  # fmt: skip
             return False
         return True
 
 
+def audit_template(scope: Mapping[str, Any], status: int) -> AuditRecord:
+    """The audit record of a ``/v1`` request answered with ``status``, before its clients are
+    filled in (:meth:`AuditRecord.batch_lines`); :class:`AuditRecordError` if a field does not
+    fit the record."""
+    state = scope.get("state", {})
+    route = scope.get("route")
+    action = UNROUTED if route is None else AUDITED.get(getattr(route, "path", ""), UNROUTED)
+    app = scope["app"]
+    principal: Principal | None = state.get("principal")
+    store = getattr(app.state, "store", None)
+    current = None if store is None else store.current
+    version = state.get("model_version") or (None if current is None else current.version)
+    return AuditRecord(
+        time=utc_timestamp(),  # one request, one moment: its records share it
+        subject=None if principal is None else principal.subject,
+        clinic=None if principal is None else principal.clinic,
+        action=action,
+        outcome=outcome_of(status),  # type: ignore[arg-type]
+        status=status,
+        request_id=str(state.get("request_id", "")),
+        model_version=version,
+        correlation_id=state.get("correlation_id"),
+    )
+
+
 async def _send_unaudited(scope: dict[str, Any], send: Any) -> None:
     request_id = str(scope.get("state", {}).get("request_id", ""))
-    body = orjson.dumps(error_body("the audit trail is unavailable; try again later", request_id))
+    body = orjson.dumps(
+        error_body("the audit trail is unavailable; try again later", request_id, status=503)
+    )
     await send({"type": "http.response.start", "status": 503,
-                "headers": [(b"content-type", b"application/json"),
+                "headers": [(b"content-type", PROBLEM_JSON.encode()),
                             (b"content-length", str(len(body)).encode()),
                             (b"retry-after", b"30")]})  # fmt: skip
     await send({"type": "http.response.body", "body": body})

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.audit import is_audit_text
 from service.auth.principal import check_scope_names
 
 #: 32 characters of ``secrets.token_urlsafe`` carry 192 bits; shorter keys are refused.
@@ -67,6 +68,14 @@ class _ApiKeyEntry(BaseModel):
     hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
     clinic: str = Field(min_length=1)
     scopes: list[str] = Field(min_length=1)
+
+    @field_validator("id", "clinic")
+    @classmethod
+    def _audit_text(cls, value: str) -> str:
+        # The key id and clinic go into every audit record of the key's requests.
+        if not is_audit_text(value):
+            raise ValueError("must be printable text (no control characters)")
+        return value
 
 
 class _ApiKeyFile(BaseModel):

@@ -20,6 +20,7 @@ from typing import Any
 
 import jwt
 
+from service.audit import MAX_TEXT, is_audit_text
 from service.auth.api_keys import ApiKeyRecord, load_api_keys, verify_api_key
 from service.auth.caches import JtiReplayCache, VerifiedTokenCache
 from service.auth.dev import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, ensure_dev_keys
@@ -189,8 +190,12 @@ class Authenticator:
         record = verify_api_key(presented.strip(), self._api_keys)
         if record is None:
             raise self._refuse("unknown_key", "API key is not valid")
+        subject = f"apikey:{record.key_id}"
+        # load_api_keys refuses such entries; checked again as for tokens, before any action.
+        if not (is_audit_text(subject) and is_audit_text(record.clinic)):
+            raise self._refuse("key_shape", "API key is not valid")
         return Principal(
-            subject=f"apikey:{record.key_id}",
+            subject=subject,
             clinic=record.clinic,
             scopes=record.scopes,
             token_id=record.key_id,
@@ -263,6 +268,14 @@ class Authenticator:
             raise self._refuse("missing_claim", f"token lacks the required '{claim}' claim")
         if not isinstance(sub, str) or not sub.strip():
             raise self._refuse("missing_claim", "token lacks the required 'sub' claim")
+        # Who may act is who can be written to the audit trail (one rule, the record's own): a
+        # claim it would refuse is refused here, before any action runs (RFC 6750 invalid_token).
+        if not is_audit_text(clinic):
+            raise self._refuse("claim_shape", f"token '{claim}' claim is not accepted "
+                               f"(at most {MAX_TEXT} characters, no control characters)")  # fmt: skip
+        if not is_audit_text(sub):
+            raise self._refuse("claim_shape", "token 'sub' claim is not accepted "
+                               f"(at most {MAX_TEXT} characters, no control characters)")  # fmt: skip
         if jti is not None and (not isinstance(jti, str) or not jti):
             raise self._refuse("invalid", "token 'jti' claim is invalid")
         if single_use:

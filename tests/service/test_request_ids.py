@@ -1,0 +1,151 @@
+"""Request ids are ours, the caller's is a separate correlation id; every /v1 request is audited
+(unrouted ones too); /v1 responses are never cached; the security schemes are in OpenAPI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.audit import AuditRecord, records
+from service.security import AUDITED, UNROUTED
+from service.settings import ServiceSettings
+from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.helpers import request_for
+
+CHAMPION = f"models:/{MODEL_NAME}@champion"
+
+
+def _audit(registry: Registry) -> list[AuditRecord]:
+    path = registry.root / "audit" / "audit.jsonl"
+    return list(records(path)) if path.exists() else []
+
+
+@pytest.fixture
+def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
+    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
+    security = security_settings(dev_key_dir, registry.root / "audit")
+    app = create_app(settings, configure_logs=False, **security)
+    with TestClient(app, headers=bearer(dev_key_dir)) as client:
+        yield client
+
+
+def _body(registry: Registry) -> dict:
+    return request_for(registry.cohort, str(registry.cohort.clients["client_id"].iloc[0]))
+
+
+def test_a_caller_s_request_id_is_a_correlation_id_never_our_request_id(
+    api: TestClient, registry: Registry
+) -> None:
+    body = _body(registry)
+    before = len(_audit(registry))
+    sent = "caller-trace-0001"
+    answers = [api.post("/v1/risk", json=body, headers={"X-Request-ID": sent}) for _ in range(2)]
+    new = _audit(registry)[before:]
+    assert len(new) == 2
+    ours = [r.headers["x-request-id"] for r in answers]
+    assert ours[0] != ours[1] and sent not in ours
+    assert [r.request_id for r in new] == ours
+    assert [r.correlation_id for r in new] == [sent, sent]
+    assert [r.headers["x-correlation-id"] for r in answers] == [sent, sent]
+    assert all(r.json()["request_id"] == r.headers["x-request-id"] for r in answers)
+
+
+@pytest.mark.parametrize("sent", ["x" * 65, "a b", "id\u00e9", "semi;colon", ""])
+def test_a_caller_id_of_another_shape_is_dropped(
+    api: TestClient, registry: Registry, sent: str
+) -> None:
+    before = len(_audit(registry))
+    r = api.get("/v1/model", headers={"X-Request-ID": sent.encode("utf-8")})
+    assert r.status_code == 200
+    assert "x-correlation-id" not in r.headers
+    (rec,) = _audit(registry)[before:]
+    assert rec.correlation_id is None and rec.request_id == r.headers["x-request-id"]
+    assert "correlation_id" not in json.loads(rec.to_json())  # a line as before the field
+
+
+def test_old_audit_lines_without_a_correlation_id_still_read(tmp_path: Path) -> None:
+    old = (
+        '{"time":"2026-09-01T12:00:00.000Z","subject":"s","clinic":"c","client_ref":null,'
+        '"action":"model.read","outcome":"ok","status":200,"request_id":"r1","model_version":"3"}'
+    )
+    path = tmp_path / "audit.jsonl"
+    path.write_text(old + "\n")
+    (rec,) = records(path)
+    assert rec.correlation_id is None and rec.to_json() == old
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/risk/", 307),  # the trailing-slash redirect
+        ("GET", "/v1/nothing-here", 404),
+        ("POST", "/v1/admin/reload/extra", 404),
+        ("GET", "/v1", 404),
+    ],
+)
+def test_unrouted_v1_requests_leave_one_audit_line(
+    api: TestClient, registry: Registry, method: str, path: str, status: int
+) -> None:
+    before = len(_audit(registry))
+    r = api.request(method, path, json=_body(registry), follow_redirects=False)
+    assert r.status_code == status
+    (rec,) = _audit(registry)[before:]
+    assert (rec.action, rec.status, rec.request_id) == (UNROUTED, status, r.headers["x-request-id"])
+    assert rec.client_ref is None
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_every_v1_route_has_its_own_audit_action(api: TestClient) -> None:
+    # A new /v1 route missing from AUDITED would be recorded as unrouted.
+    paths = {p for p in api.get("/openapi.json").json()["paths"] if p.startswith("/v1")}
+    assert paths == set(AUDITED)
+
+
+def test_v1_responses_are_not_stored_by_caches(api: TestClient, registry: Registry) -> None:
+    body = _body(registry)
+    bad = {**body, "sessions": "not a list"}
+    answers = [
+        api.post("/v1/risk", json=body),
+        api.post("/v1/risk/batch", json={"clients": [body]}),
+        api.post("/v1/risk", json=bad),
+        api.post("/v1/risk", json=body, headers={"Authorization": ""}),
+        api.post("/v1/risk/batch", json={"clients": "x"}),
+        api.get("/v1/model"),
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 422, 401, 422, 200]
+    assert all(r.headers["cache-control"] == "no-store" for r in answers)
+    assert "no-store" not in api.get("/livez").headers.get("cache-control", "")
+
+
+def test_openapi_declares_bearer_and_api_key_on_every_v1_operation(api: TestClient) -> None:
+    schema = api.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearer"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": schemes["bearer"]["description"],
+    }  # fmt: skip
+    assert (schemes["apiKey"]["type"], schemes["apiKey"]["in"]) == ("apiKey", "header")
+    assert schemes["apiKey"]["name"] == "X-API-Key"
+    operations = {
+        (path, method): op for path, ops in schema["paths"].items() for method, op in ops.items()
+    }
+    v1 = {k: op for k, op in operations.items() if k[0].startswith("/v1/")}
+    assert len(v1) == 4
+    for op in v1.values():
+        assert op["security"] == [{"bearer": []}, {"apiKey": []}]
+        # The declarations add no parameters of their own (the headers are not documented twice).
+        names = {p["name"].lower() for p in op.get("parameters", [])}
+        assert not names & {"authorization", "x-api-key"}
+    others = {k: op for k, op in operations.items() if not k[0].startswith("/v1/")}
+    assert others and all("security" not in op for op in others.values())
+
+
+def test_the_declared_schemes_do_not_check_credentials(api: TestClient) -> None:
+    # HTTPBearer and APIKeyHeader would accept any bearer string; the authenticator refuses it.
+    r = api.get("/v1/model", headers={"Authorization": "Bearer not.a.jwt", "X-API-Key": "x" * 40})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
