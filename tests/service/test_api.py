@@ -89,7 +89,8 @@ def test_one_client_scored_and_explained_exactly(api: TestClient, registry: Regi
         assert (parsed.model.name, parsed.model.version, parsed.model.alias) == (
             MODEL_NAME, "1", "champion",
         )  # fmt: skip
-        assert parsed.request_id == r.headers["x-request-id"] == "trace-0001-abcd"
+        assert parsed.request_id == r.headers["x-request-id"] != "trace-0001-abcd"  # ours
+        assert r.headers["x-correlation-id"] == "trace-0001-abcd"
         for d in parsed.explanation.drivers:
             is_element = d.group in ALLIANCE6.element_names
             assert (d.focus is not None) == is_element or d.group == "alliance_overall"
