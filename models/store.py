@@ -2,7 +2,9 @@
 
 The embedded default is an SQLite-backed store under ``<project root>/.mlflow/`` with artifacts
 in ``<project root>/.mlflow/artifacts``; ``MLFLOW_TRACKING_URI`` overrides it (for example
-``http://127.0.0.1:5000`` for a tracking server with a PostgreSQL backend store). Pure path
+``http://127.0.0.1:5000`` for a tracking server with a PostgreSQL backend store). The project
+root never depends on where a command happens to run from outside a checkout (see
+:func:`project_root`), so ``train`` and ``score`` run from two folders share one store. Pure path
 logic: nothing here creates directories or talks to MLflow.
 """
 
@@ -21,22 +23,44 @@ STORE_DIRNAME = ".mlflow"
 _PROJECT_NAME = re.compile(r"""^\s*name\s*=\s*["']alliance-risk["']""", re.MULTILINE)
 
 
-def project_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: cwd) holding this project's pyproject.
+#: Where this package's code lives; inside a checkout (editable install) its root is above.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+#: Data folder name under the per-user data directory.
+USER_DIRNAME = "alliance-risk"
 
-    Falls back to ``start`` itself when no ``pyproject.toml`` naming ``alliance-risk`` is found,
-    so an installed package used from any directory still gets a predictable store location.
-    """
-    here = (start or Path.cwd()).resolve()
+
+def user_data_dir() -> Path:
+    """Per-user data folder: ``$XDG_DATA_HOME/alliance-risk``, default
+    ``~/.local/share/alliance-risk`` (the XDG base directory convention)."""
+    base = os.environ.get("XDG_DATA_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".local" / "share") / USER_DIRNAME
+
+
+def _find_project(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` whose pyproject names alliance-risk."""
+    here = start.resolve()
     for candidate in (here, *here.parents):
-        pyproject = candidate / "pyproject.toml"
         try:
-            text = pyproject.read_text(encoding="utf-8")
+            text = (candidate / "pyproject.toml").read_text(encoding="utf-8")
         except OSError:
             continue
         if _PROJECT_NAME.search(text):
             return candidate
-    return here
+    return None
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project folder: home of the embedded store (``.mlflow/``), audit log and dev keys.
+
+    With ``start``: the nearest directory at or above it holding this project's pyproject, else
+    ``start`` itself. Without: the checkout around the current directory; else the checkout
+    this code is installed from (an editable install); else :func:`user_data_dir`. Outside a
+    checkout the answer never depends on the current directory, so commands run from different
+    folders share one store (a fresh store per folder would hide the registered model).
+    """
+    if start is not None:
+        return _find_project(start) or start.resolve()
+    return _find_project(Path.cwd()) or _find_project(_PACKAGE_DIR) or user_data_dir()
 
 
 def _root(root: Path | None) -> Path:

@@ -3,6 +3,8 @@
 The embedded default is an SQLite-backed MLflow store under ``<project root>/.mlflow/`` with
 artifacts in ``<project root>/.mlflow/artifacts``; ``MLFLOW_TRACKING_URI`` overrides it (for
 example ``http://127.0.0.1:5000`` for a tracking server with a PostgreSQL backend store).
+Outside a checkout the project root is the per-user data folder
+(:func:`models.store.project_root`), never the current directory.
 
 Nothing happens at import time: :func:`configure_mlflow` creates directories and sets the URI
 only when it is called.

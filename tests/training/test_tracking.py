@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
+from models import store
 from training import tracking
 from training.tracking import (
     artifact_location,
@@ -29,6 +30,7 @@ from training.tracking import (
     tracking_uri,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = '[project]\nname = "alliance-risk"\nversion = "0"\n'
 
 
@@ -55,13 +57,78 @@ def test_project_root_is_found_from_a_subdirectory(
     assert project_root() == fake_project.resolve()
 
 
-def test_project_root_ignores_other_projects_and_falls_back_to_cwd(
+def test_project_root_ignores_other_projects_and_never_falls_back_to_cwd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
     monkeypatch.chdir(tmp_path)
-    assert project_root() == tmp_path.resolve()
+    # Outside any checkout: the checkout this code runs from (the tests run from one).
+    assert project_root() == ROOT
     assert project_root(tmp_path / "missing-sub") == (tmp_path / "missing-sub").resolve()
+
+
+@pytest.fixture
+def installed_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """As if installed from a wheel (no checkout around the code); returns XDG_DATA_HOME."""
+    site = tmp_path / "site-packages" / "models"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(store, "_PACKAGE_DIR", site)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "xdg"
+
+
+def test_outside_a_checkout_every_folder_gets_the_same_per_user_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed_wheel: Path
+) -> None:
+    seen = set()
+    for folder in ("x", "y/deeper"):
+        (tmp_path / folder).mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / folder)
+        seen.add((project_root(), tracking_uri()))
+    assert seen == {
+        (
+            installed_wheel / "alliance-risk",
+            f"sqlite:///{installed_wheel}/alliance-risk/.mlflow/mlflow.db",
+        )
+    }
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store.user_data_dir() == tmp_path / "home" / ".local" / "share" / "alliance-risk"
+
+
+@pytest.mark.slow
+def test_train_in_one_folder_and_score_from_another_finds_the_model(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    installed_wheel: Path,
+    mlflow_sqlite_template: Path,
+    restore_mlflow_uris: None,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    embedded = installed_wheel / "alliance-risk" / ".mlflow" / "mlflow.db"
+    embedded.parent.mkdir(parents=True)
+    shutil.copyfile(mlflow_sqlite_template, embedded)  # skips MLflow's schema migrations
+
+    def run(folder: str, *args: str) -> str:
+        # A new process starts without it; mlflow.set_tracking_uri exports it to this one.
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / folder)
+        done = CliRunner().invoke(app, list(args))
+        assert done.exit_code == 0, done.output
+        return done.output
+
+    run("x", "simulate", "--out", "data", "--clients", "300")
+    data = ["--sessions", "data/sessions.csv", "--clients", "data/clients.csv"]
+    run("x", "train", *data, "--trials", "1", "--promote")
+    data = [arg.replace("data/", "../x/data/") for arg in data]
+    out = run("y", "score", *data, "--out", "scores.csv")
+    assert "with alliance-risk v1" in out
+    assert not (tmp_path / "x" / ".mlflow").exists() and not (tmp_path / "y" / ".mlflow").exists()
 
 
 def test_tracking_uri_defaults_to_sqlite_under_the_project(

@@ -83,7 +83,9 @@ TrackingOpt = Annotated[
         "--tracking-uri",
         envvar="MLFLOW_TRACKING_URI",
         help="MLflow tracking server or database. Default: the embedded SQLite store in "
-        ".mlflow/ of the project (env MLFLOW_TRACKING_URI).",
+        ".mlflow/ of the project checkout; outside one, in $XDG_DATA_HOME/alliance-risk/"
+        ".mlflow/ (~/.local/share/alliance-risk/.mlflow/), whatever the current folder "
+        "(env MLFLOW_TRACKING_URI).",
         show_default=False,
     ),
 ]
