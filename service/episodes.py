@@ -89,10 +89,7 @@ def to_episodes(requests: Sequence[RiskRequest], profile: InstrumentProfile) -> 
         client_id=[r.client_id for r in requests],
         clinic_id=[r.clinic_id for r in requests],
         therapist_id=[r.therapist_id for r in requests],
-        intake_day=[
-            np.nan if r.intake_date is None else r.intake_date.toordinal() - _EPOCH_ORDINAL
-            for r in requests
-        ],
+        intake_day=[r.intake_date.toordinal() - _EPOCH_ORDINAL for r in requests],
         age=[np.nan if r.age is None else r.age for r in requests],
         episode=np.repeat(np.arange(len(requests)), lengths),
         session_number=[s["session_number"] for s in sessions],

@@ -1,12 +1,22 @@
-"""Error bodies: a fixed message, the ``request_id`` and, for 422, field paths with reasons.
+"""Error bodies: RFC 9457 problem details with a fixed message, the ``request_id`` and, for
+422, field paths with reasons.
 
-Never the submitted values, never a stack trace (MLflow's scoring server echoes both; that
-would leak clinical data).
+Every error the service answers is ``application/problem+json`` (:data:`PROBLEM_JSON`) with the
+members ``type`` (``about:blank``: the status says it all), ``title`` (the status phrase),
+``status`` and ``detail``, and the extensions ``request_id``, ``errors`` (at most
+:data:`MAX_REPORTED_ERRORS`) and ``more_errors`` (how many were left out). ``instance`` is
+omitted: the only occurrence-specific URI would be built from the request path, which the caller
+chose; ``request_id`` identifies the occurrence instead.
+
+Never the submitted values or the keys the caller chose, never a stack trace (MLflow's scoring
+server echoes both; that would leak clinical data), and never a body that grows with the number
+of mistakes in the request.
 """
 
 from __future__ import annotations
 
 import logging
+from http.client import responses as STATUS_PHRASES
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,13 +32,25 @@ from features.validation import (
     SESSION_NUMBER_INVALID,
     UNKNOWN_ATTENDANCE,
 )
-from service.schemas import BatchRequest, RiskRequest, SessionIn
+from service.schemas import BatchRequest, ErrorResponse, RiskRequest, SessionIn
 
 logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal error; quote the request_id to the operator"
 NOT_JSON = "body is not valid JSON"
 INVALID = "request does not meet the data contract"
+NOT_AN_OBJECT = "must be a JSON object"
+
+#: The media type of every error body (RFC 9457).
+PROBLEM_JSON = "application/problem+json"
+#: Problems listed in one error body or batch item; the rest are counted in ``more_errors``.
+MAX_REPORTED_ERRORS = 20
+
+
+class ProblemResponse(JSONResponse):
+    """A JSON response sent as ``application/problem+json``."""
+
+    media_type = PROBLEM_JSON
 
 
 class InvalidRequest(Exception):
@@ -53,8 +75,38 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "") or "")
 
 
-def error_body(detail: str, request_id: str, errors: list[dict[str, Any]] | None = None) -> dict:
-    return {"detail": detail, "request_id": request_id, "errors": errors or []}
+def capped(errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The first :data:`MAX_REPORTED_ERRORS` problems and the number left out."""
+    return errors[:MAX_REPORTED_ERRORS], max(0, len(errors) - MAX_REPORTED_ERRORS)
+
+
+def error_body(
+    detail: str, request_id: str, errors: list[dict[str, Any]] | None = None, *, status: int
+) -> dict[str, Any]:
+    """The problem details of an error answered with HTTP ``status``."""
+    shown, more = capped(errors or [])
+    return {
+        "type": "about:blank",
+        "title": STATUS_PHRASES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "request_id": request_id,
+        "errors": shown,
+        "more_errors": more,
+    }
+
+
+def problem(
+    status: int,
+    detail: str,
+    request_id: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    """An error response: :func:`error_body` as :data:`PROBLEM_JSON`."""
+    return ProblemResponse(
+        error_body(detail, request_id, errors, status=status), status_code=status, headers=headers
+    )
 
 
 #: What an error path may name: the request schema's fields and the instruments' element names.
@@ -77,6 +129,9 @@ def safe_loc(loc: list[Any]) -> list[str | int]:
     return [p if isinstance(p, int) or p in _QUOTABLE else UNRECOGNISED_KEY for p in loc]
 
 
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
+
+
 def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str, Any]]:
     """Pydantic errors -> ``[{"loc", "reason"}]``: the location (:func:`safe_loc`) and a
     value-free reason."""
@@ -90,7 +145,9 @@ def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str,
         if kind == "json_invalid":
             out.append({"loc": [], "reason": NOT_JSON})
             continue
-        if field in _FIELD_REASONS and kind not in {"missing", "extra_forbidden"}:
+        if kind in _NOT_AN_OBJECT:
+            reason = NOT_AN_OBJECT
+        elif field in _FIELD_REASONS and kind not in {"missing", "extra_forbidden"}:
             reason = _FIELD_REASONS[field]
         elif len(loc) >= 2 and loc[-2] == "ratings" and kind != "dict_type":
             reason = RATING_NOT_NUMERIC
@@ -107,36 +164,70 @@ def pydantic_problems(errors: Any, *, strip_body: bool = True) -> list[dict[str,
     return out
 
 
+_ERROR_DESCRIPTIONS = {
+    400: "The body could not be read.",
+    401: "No valid credentials.",
+    403: "The credentials lack the scope.",
+    404: "No such client for this clinic.",
+    413: "The body is larger than the limit.",
+    415: "The body is not sent as application/json.",
+    422: "The request does not meet the data contract.",
+    429: "Rate limit; see Retry-After.",
+    500: "Internal error; quote the request_id to the operator.",
+    503: "No model is loaded yet, or the audit trail is unavailable; see Retry-After.",
+    504: "The request did not complete in time.",
+}
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """``schema`` with its local ``$defs`` references replaced by the definitions."""
+    if isinstance(schema, list):
+        return [_inlined(s, defs) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+    return {k: _inlined(v, defs) for k, v in schema.items()}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for these error statuses, documented as :data:`PROBLEM_JSON`.
+
+    FastAPI puts a response ``model`` under the route's own media type (``application/json``;
+    fastapi#3122), so the schema is given as content of :data:`PROBLEM_JSON` instead, generated
+    by pydantic and inlined (its ``$defs`` have no place in an OpenAPI document).
+    """
+    generated = ErrorResponse.model_json_schema()
+    schema = _inlined(generated, generated.pop("$defs", {}))
+    return {
+        status: {
+            "description": _ERROR_DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            error_body(INVALID, request_id_of(request), pydantic_problems(exc.errors())),
-            status_code=422,
-        )
+    async def _invalid(request: Request, exc: RequestValidationError) -> ProblemResponse:
+        return problem(422, INVALID, request_id_of(request), pydantic_problems(exc.errors()))
 
     @app.exception_handler(InvalidRequest)
-    async def _refused(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return JSONResponse(error_body(INVALID, request_id_of(request), exc.errors), 422)
+    async def _refused(request: Request, exc: InvalidRequest) -> ProblemResponse:
+        return problem(422, INVALID, request_id_of(request), exc.errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return JSONResponse(
-            error_body(detail, request_id_of(request)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = getattr(exc, "headers", None)
+        return problem(exc.status_code, detail, request_id_of(request), headers=headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
         logger.error(
             "unhandled error",
             extra={"fields": {"request_id": request_id_of(request), "error": type(exc).__name__}},
         )
-        return JSONResponse(
-            error_body(
-                "internal error; quote the request_id to the operator", request_id_of(request)
-            ),  # fmt: skip
-            status_code=500,
-        )
+        return problem(500, INTERNAL_ERROR, request_id_of(request))

@@ -34,10 +34,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import ProblemResponse, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +227,8 @@ class BodySizeLimitMiddleware:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            error_body(body_too_large_detail(self.max_body_bytes), _request_id(scope)),
+        response = ProblemResponse(
+            error_body(body_too_large_detail(self.max_body_bytes), _request_id(scope), status=413),
             status_code=413,
             headers={"Connection": "close"},
         )
@@ -337,8 +336,8 @@ class TimeoutMiddleware:
         )
         # Connection: close, because the body may be only partly read: uvicorn would otherwise
         # keep reading (and discarding) the rest into a kept-alive connection.
-        response = JSONResponse(
-            error_body(timeout_detail(self.timeout_s), _request_id(scope)),
+        response = ProblemResponse(
+            error_body(timeout_detail(self.timeout_s), _request_id(scope), status=504),
             status_code=504,
             headers={"Connection": "close"},
         )

@@ -30,8 +30,9 @@ _ID_CHARS = r"[^\x00-\x1f]+"
 Identifier = Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=f"^{_ID_CHARS}$")
 #: Free-text audit fields (gender, referral source).
 TEXT_MAX_LENGTH = 64
-#: A rating: a finite number (NaN and infinities are refused), or null for "not rated".
-Rating = Annotated[float, Field(allow_inf_nan=False)] | None
+#: A rating: a finite JSON number (NaN and infinities are refused), or null for "not rated".
+#: Strict: ``true`` or ``"8"`` is not a rating (lax mode would score them as 1.0 and 8.0).
+Rating = Annotated[float, Field(strict=True, allow_inf_nan=False)] | None
 
 _RATINGS_EXAMPLE = {
     "empathy": 8.5,
@@ -55,6 +56,7 @@ class SessionIn(TypedDict):
     session_number: Annotated[
         int,
         Field(
+            strict=True,
             ge=1,
             le=SESSION_NUMBER_MAX,
             description="Order of the appointment in the episode (1, 2, ...).",
@@ -108,8 +110,10 @@ class RiskRequest(BaseModel):
     client_id: str = Identifier
     clinic_id: str = Identifier
     therapist_id: str = Identifier
-    intake_date: date | None = Field(None, description="ISO date of intake.")
-    age: int | None = Field(None, ge=AGE_MIN, le=AGE_MAX, description="Age in years.")
+    intake_date: date = Field(description="ISO date of intake (required by the data contract).")
+    age: int | None = Field(
+        None, strict=True, ge=AGE_MIN, le=AGE_MAX, description="Age in whole years."
+    )
     gender: str | None = Field(
         None, max_length=TEXT_MAX_LENGTH, description="Audit only; never a model input."
     )
@@ -185,16 +189,24 @@ class Problem(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    detail: str
-    request_id: str
+    """RFC 9457 problem details (``application/problem+json``), with the request id and, for
+    422, the problems found (at most 20; ``more_errors`` counts the rest)."""
+
+    type: str = Field("about:blank", description="Always about:blank: the status says it all.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong, in a fixed wording; never request data.")
+    request_id: str = Field(description="Also the X-Request-ID header; quote it to the operator.")
     errors: list[Problem] = Field(default_factory=list)
+    more_errors: int = Field(0, ge=0, description="Problems found but not listed in errors.")
 
 
 class BatchItem(BaseModel):
     index: int = Field(description="Position of the client in the request.")
     status: Literal["ok", "error"]
     result: RiskResponse | None = None
-    errors: list[Problem] | None = None
+    errors: list[Problem] | None = Field(None, description="At most 20 problems of this item.")
+    more_errors: int | None = Field(None, ge=0, description="Problems not listed in errors.")
 
 
 class BatchResponse(BaseModel):

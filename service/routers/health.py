@@ -14,13 +14,14 @@ from service.schemas import Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez")
+@router.get("/livez", operation_id="getLiveness")
 async def livez() -> dict[str, str]:
     """The process is up (it says nothing about the model)."""
     return {"status": "alive"}
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get("/readyz", operation_id="getReadiness", response_model=Readiness,
+            responses={503: {"model": Readiness}})  # fmt: skip
 async def readyz(store: StoreDep) -> Any:
     """Ready when a model is loaded and passed its warm-up; 503 otherwise. Also reports whether
     the registry answered at the last check (the loaded model serves through an outage)."""

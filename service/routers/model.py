@@ -15,7 +15,7 @@ from service.security import ModelAdmin, ModelReader
 router = APIRouter(prefix="/v1", tags=["model"])
 
 
-@router.get("/model", response_model=ModelInfo, responses={503: ERRORS[503]})
+@router.get("/model", operation_id="getModel", response_model=ModelInfo, responses=ERRORS)
 async def model_info(_: ModelReader, model: ModelDep) -> dict[str, Any]:
     """The served model: version, training date, headline test metrics, risk-band thresholds,
     the explanation groups with their features, and the model card."""
@@ -41,7 +41,8 @@ async def model_info(_: ModelReader, model: ModelDep) -> dict[str, Any]:
     }
 
 
-@router.post("/admin/reload", tags=["admin"], response_model=ReloadResponse)
+@router.post("/admin/reload", operation_id="reloadModel", tags=["admin"],
+             response_model=ReloadResponse, responses=ERRORS)  # fmt: skip
 async def reload(_: ModelAdmin, store: StoreDep) -> dict[str, Any]:
     """Check the watched alias now and swap in a new version if it moved and passes its checks.
     The current model keeps serving whatever the outcome."""

@@ -14,14 +14,19 @@ from fastapi import APIRouter, HTTPException, Request
 from models.results import RiskScore
 from service.deps import ModelDep, SettingsDep
 from service.episodes import edge_problems, to_episodes
-from service.errors import InvalidRequest, pydantic_problems, request_id_of
+from service.errors import (
+    InvalidRequest,
+    capped,
+    error_responses,
+    pydantic_problems,
+    request_id_of,
+)
 from service.model_store import LoadedModel
 from service.routers.jsonbody import OrjsonRoute
 from service.schemas import (
     BatchItem,
     BatchRequest,
     BatchResponse,
-    ErrorResponse,
     InvalidItem,
     ModelRef,
     RiskRequest,
@@ -38,14 +43,10 @@ from service.security import (
 
 router = APIRouter(prefix="/v1", tags=["risk"], route_class=OrjsonRoute)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No valid credentials."},
-    403: {"model": ErrorResponse, "description": "The credentials lack the scope."},
-    404: {"model": ErrorResponse, "description": "No such client for this clinic."},
-    422: {"model": ErrorResponse, "description": "The request does not meet the data contract."},
-    429: {"model": ErrorResponse, "description": "Rate limit; see Retry-After."},
-    503: {"model": ErrorResponse, "description": "No model is loaded yet."},
-}
+#: The errors any /v1 operation can answer (authentication, rate limit, model, audit, time).
+ERRORS = error_responses(401, 403, 429, 500, 503, 504)
+#: And those of an operation that takes a JSON body.
+BODY_ERRORS = error_responses(400, 413, 415, 422)
 
 
 def model_ref(model: LoadedModel) -> ModelRef:
@@ -56,12 +57,14 @@ def _count(request: Request, model: LoadedModel, scores: list[RiskScore]) -> Non
     metrics = request.app.state.metrics
     for band, n in Counter(score.risk_band for score in scores).items():
         metrics.count_predictions(band, model.version, n)
+    metrics.observe_probabilities((score.probability for score in scores), model.version)
 
 
 @router.post(
     "/risk",
+    operation_id="scoreRisk",
     response_model=RiskResponse,
-    responses=ERRORS,
+    responses={**ERRORS, **BODY_ERRORS, **error_responses(404)},
     summary="Dropout risk of one client, explained by alliance element and attendance",
 )
 def risk(
@@ -93,8 +96,9 @@ def risk(
 
 @router.post(
     "/risk/batch",
+    operation_id="scoreRiskBatch",
     response_model=BatchResponse,
-    responses=ERRORS,
+    responses={**ERRORS, **BODY_ERRORS},
     summary="Dropout risk of up to 1,000 clients in one vectorised pass",
 )
 def risk_batch(
@@ -156,4 +160,7 @@ def risk_batch(
 
 
 def _failed(index: int, errors: list[dict[str, Any]]) -> BatchItem:
-    return BatchItem.model_validate({"index": index, "status": "error", "errors": errors})
+    shown, more = capped(errors)
+    return BatchItem.model_validate(
+        {"index": index, "status": "error", "errors": shown, "more_errors": more}
+    )

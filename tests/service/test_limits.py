@@ -77,11 +77,15 @@ def _app(limits: LimitSettings, calls: list[str] | None = None, **routes: Any) -
 def _clean_error(response, status: int, detail: str) -> None:
     """Status, the error_body shape, the request id echoed, nothing the caller sent."""
     assert response.status_code == status
-    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json() == {
+        "type": "about:blank",
+        "title": response.reason_phrase,
+        "status": status,
         "detail": detail,
         "request_id": response.headers["x-request-id"],
         "errors": [],
+        "more_errors": 0,
     }
     assert SECRET not in response.text and "Traceback" not in response.text
 

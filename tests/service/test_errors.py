@@ -1,0 +1,149 @@
+"""The error model through the real app: RFC 9457 problem details of a bounded size, 415 for
+bodies that are not JSON, and an OpenAPI document that names every operation and its errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.errors import MAX_REPORTED_ERRORS, PROBLEM_JSON
+from service.settings import ServiceSettings
+from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.helpers import request_for
+
+#: Generous for 20 problems with their paths and reasons; the attacks below made 1 MB and 3.2 MB
+#: bodies.
+MAX_ERROR_BODY_BYTES = 8192
+#: The operation ids clients generate code from: renaming one breaks them.
+OPERATION_IDS = {
+    ("post", "/v1/risk"): "scoreRisk",
+    ("post", "/v1/risk/batch"): "scoreRiskBatch",
+    ("get", "/v1/model"): "getModel",
+    ("post", "/v1/admin/reload"): "reloadModel",
+    ("get", "/livez"): "getLiveness",
+    ("get", "/readyz"): "getReadiness",
+}
+
+
+@pytest.fixture
+def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0
+    )
+    app = create_app(settings, configure_logs=False,
+                     **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
+    with TestClient(app, headers=bearer(dev_key_dir)) as client:
+        yield client
+
+
+@pytest.fixture
+def body(registry: Registry) -> dict[str, Any]:
+    cid = str(registry.cohort.sessions["client_id"].iloc[0])
+    return request_for(registry.cohort, cid)
+
+
+def _is_problem(r: Any, status: int) -> dict[str, Any]:
+    """The documented error shape: RFC 9457 members plus request_id, errors and more_errors."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM_JSON
+    out = r.json()
+    assert set(out) == {"type", "title", "status", "detail", "request_id", "errors",
+                        "more_errors"}  # fmt: skip
+    assert out["type"] == "about:blank" and out["status"] == status and out["title"]
+    assert out["request_id"] == r.headers["x-request-id"]
+    return out
+
+
+def test_a_huge_key_gives_a_small_body(api: TestClient, body: dict[str, Any]) -> None:
+    key = "k" * 1_000_000
+    r = api.post("/v1/risk", json={**body, key: 1})
+    assert len(r.content) < MAX_ERROR_BODY_BYTES
+    assert _is_problem(r, 422)["errors"] == [
+        {"loc": ["(unrecognised key)"], "reason": "field is not part of the data contract"}
+    ]
+    batch = api.post("/v1/risk/batch", json={"clients": [{**body, key: 1}, body]})
+    assert batch.status_code == 200 and len(batch.content) < MAX_ERROR_BODY_BYTES + 8192
+    assert key[:100] not in batch.text
+
+
+def test_many_unknown_keys_give_a_small_body_and_a_count(api: TestClient,
+                                                          body: dict[str, Any]) -> None:  # fmt: skip
+    unknown = {f"key-{i}": 1 for i in range(9000)}
+    r = api.post("/v1/risk", json={**body, **unknown})
+    assert len(r.content) < MAX_ERROR_BODY_BYTES
+    out = _is_problem(r, 422)
+    assert len(out["errors"]) == MAX_REPORTED_ERRORS
+    assert out["more_errors"] == 9000 - MAX_REPORTED_ERRORS
+
+    rated = next(i for i, s in enumerate(body["sessions"]) if s["ratings"])
+    many_ratings = json.loads(json.dumps(body))
+    many_ratings["sessions"][rated]["ratings"] = {f"e{i}": 5.0 for i in range(9000)}
+    for payload in ({**body, **unknown}, many_ratings):
+        batch = api.post("/v1/risk/batch", json={"clients": [payload, body]})
+        assert batch.status_code == 200 and len(batch.content) < MAX_ERROR_BODY_BYTES + 8192
+        item = batch.json()["items"][0]
+        assert item["status"] == "error" and len(item["errors"]) == MAX_REPORTED_ERRORS
+        assert item["more_errors"] == 9000 - MAX_REPORTED_ERRORS
+    # Rating keys the schema accepts but the served profile does not have: capped the same way.
+    r = api.post("/v1/risk", json=many_ratings)
+    assert len(r.content) < MAX_ERROR_BODY_BYTES
+    assert _is_problem(r, 422)["more_errors"] == 9000 - MAX_REPORTED_ERRORS
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/jsonx", "multipart/form-data"])  # fmt: skip
+def test_a_body_that_is_not_declared_json_is_415(api: TestClient, body: dict[str, Any],
+                                                 registry: Registry, content_type) -> None:  # fmt: skip
+    from service.audit import records
+
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    for path, payload in (("/v1/risk", body), ("/v1/risk/batch", {"clients": [body]})):
+        r = api.post(path, content=json.dumps(payload).encode(), headers=headers)
+        assert _is_problem(r, 415)["detail"] == "the body must be sent as application/json"
+        last = list(records(registry.root / "audit" / "audit.jsonl"))[-1]
+        assert (last.outcome, last.status) == ("invalid", 415)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON", "application/merge-patch+json"])  # fmt: skip
+def test_json_media_types_are_accepted(api: TestClient, body: dict[str, Any],
+                                       content_type: str) -> None:  # fmt: skip
+    r = api.post("/v1/risk", content=json.dumps(body).encode(),
+                 headers={"Content-Type": content_type})  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def test_errors_are_problem_details(api: TestClient, body: dict[str, Any]) -> None:
+    _is_problem(api.post("/v1/risk", json=body, headers={"Authorization": ""}), 401)
+    _is_problem(api.get("/v1/nowhere"), 404)
+    out = _is_problem(api.post("/v1/risk", json={**body, "age": -3}), 422)
+    assert out["title"] == "Unprocessable Entity" and out["more_errors"] == 0
+    assert out["detail"] == "request does not meet the data contract"
+
+
+def test_openapi_names_every_operation_and_documents_its_errors(api: TestClient) -> None:
+    schema = api.get("/openapi.json").json()
+    found = {(m, p): op["operationId"] for p, ops in schema["paths"].items()
+             for m, op in ops.items()}  # fmt: skip
+    assert found == OPERATION_IDS
+    for (method, path), _ in OPERATION_IDS.items():
+        if not path.startswith("/v1/"):
+            continue
+        responses = schema["paths"][path][method]["responses"]
+        expected = {"401", "403", "429", "500", "503", "504"}
+        if method == "post" and path.startswith("/v1/risk"):
+            expected |= {"400", "413", "415", "422"}
+        assert expected <= set(responses), (path, sorted(responses))
+        for status in expected:
+            content = responses[status]["content"]
+            assert list(content) == [PROBLEM_JSON], (path, status)
+            props = content[PROBLEM_JSON]["schema"]["properties"]
+            assert {"type", "title", "status", "detail", "request_id", "errors",
+                    "more_errors"} <= set(props)  # fmt: skip
+            assert "$ref" not in json.dumps(props["errors"])
