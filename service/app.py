@@ -28,7 +28,7 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
-from service.routers import health, model, risk
+from service.routers import docs, health, model, risk
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 
@@ -148,6 +148,7 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # an embedding process (or a test) gets its collector back
+            metrics.close()
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -158,9 +159,10 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
-        redoc_url="/redoc" if settings.docs_enabled else None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        # Served by routers/docs.py instead, with the assets from an installed package.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
         telemetry={
             "tracing": settings.opentelemetry,
             "metrics": settings.opentelemetry,
@@ -174,6 +176,8 @@ def create_app(
     app.include_router(risk.router)
     app.include_router(model.router)
     app.include_router(health.router)
+    if settings.docs_enabled:
+        app.include_router(docs.router)
     # Middleware added last runs first: request id -> audit -> CORS -> timeout -> body size ->
     # FastAPI.
     install_limits(app, limit_settings)

@@ -2,19 +2,79 @@
 
 Labels are routes, methods, status codes, bands, model versions and reload results: never a
 client identifier.
+
+One process: the registry also holds prometheus_client's process (CPU, memory, open files) and
+garbage-collector collectors, which a custom ``CollectorRegistry`` does not have by default.
+
+Several workers (``alliance-risk serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
+folder before they start): every worker writes its values to files there, and ``/metrics``, on
+whichever worker answers, adds them up with prometheus_client's ``MultiProcessCollector``. Gauges
+say how (``multiprocess_mode``); a worker's live gauges are removed when it exits
+(:meth:`ServiceMetrics.close`). Process and GC series are per process and not exported then
+(prometheus_client's multiprocess mode does not support them).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Latency buckets in seconds, fine below 10 ms where single-client scoring lives.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
+
+#: Buckets of served dropout probabilities, in steps of 0.05: fine enough to see bands and drift.
+PROBABILITY_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 21))
+
+
+def multiprocess_dir() -> str | None:
+    """The folder shared by the workers of one ``serve``, or None in a single process."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
+class ModelInfo:
+    """``alliance_risk_model_info{name,version,alias} 1``: the model being served.
+
+    A gauge rather than prometheus_client's ``Info``, which multiprocess mode does not support.
+    The previous model's series is set to 0 before it is dropped (across workers its last value
+    stays in the shared files, so it reads 0 there, not 1).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._gauge = Gauge(
+            "alliance_risk_model_info",
+            "The model being served (name, version, alias): 1.",
+            ("name", "version", "alias"),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._current: tuple[str, str, str] | None = None
+
+    def info(self, labels: dict[str, str]) -> None:
+        """Set the model being served (keys ``name``, ``version``, ``alias``)."""
+        new = (labels["name"], labels["version"], labels["alias"])
+        if self._current is not None and self._current != new:
+            self._gauge.labels(*self._current).set(0)
+            self._gauge.remove(*self._current)
+        self._gauge.labels(*new).set(1)
+        self._current = new
 
 
 @dataclass
@@ -27,6 +87,7 @@ class ServiceMetrics:
     # label values come from small fixed sets (route templates, methods, statuses, bands,
     # versions).
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False)
+    multiprocess_dir: str | None = field(default_factory=multiprocess_dir)
 
     def _child(self, metric: Any, *values: str) -> Any:
         key = (metric, *values)
@@ -35,16 +96,46 @@ class ServiceMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
+    def request_started(self) -> None:
+        """A request came in; :meth:`observe_request` counts it out again."""
+        self.in_flight.inc()
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One request's latency, by route template, method and status code."""
+        """One request's latency, by route template, method and status code; the request is
+        no longer in flight."""
         self._child(self.request_latency, route, method, str(status)).observe(seconds)
+        self.in_flight.dec()
 
     def count_predictions(self, band: str, model_version: str, n: int = 1) -> None:
         """``n`` clients scored into ``band`` by ``model_version``."""
         self._child(self.predictions, band, model_version).inc(n)
 
+    def observe_probabilities(self, probabilities: Iterable[float], model_version: str) -> None:
+        """The dropout probability of every client served, single or in a batch."""
+        histogram = self._child(self.probabilities, model_version)
+        for p in probabilities:
+            histogram.observe(p)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The ``/metrics`` body and its content type: this process's registry, or the sum of
+        every worker's files in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """At worker exit: drop this worker's live gauges from the shared files."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
     def __post_init__(self) -> None:
         r = self.registry
+        if self.multiprocess_dir is None:
+            # What the default registry has (PROCESS_COLLECTOR, GC_COLLECTOR), for this one.
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
         self.request_latency = Histogram(
             "alliance_risk_request_duration_seconds",
             "Request latency by route template, method and status code.",
@@ -65,14 +156,30 @@ class ServiceMetrics:
             ("result",),
             registry=r,
         )
-        self.model_info = Info(
-            "alliance_risk_model", "The model being served (name, version, alias).", registry=r
-        )
+        self.model_info = ModelInfo(r)
         self.model_loaded = Gauge(
-            "alliance_risk_model_loaded", "1 when a model is loaded and serving.", registry=r
+            "alliance_risk_model_loaded",
+            "1 when a model is loaded and serving (across workers: the least of them).",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.registry_up = Gauge(
             "alliance_risk_registry_up",
-            "1 when the last check of the model registry succeeded, 0 when it failed.",
+            "1 when the last check of the model registry succeeded, 0 when it failed (across "
+            "workers: the least of them).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.in_flight = Gauge(
+            "alliance_risk_requests_in_flight",
+            "Requests received and not yet answered (across workers: their sum).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.probabilities = Histogram(
+            "alliance_risk_probability",
+            "Dropout probability of every client served, single or in a batch, by model version.",
+            ("model_version",),
+            buckets=PROBABILITY_BUCKETS,
             registry=r,
         )

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import StoreDep
 from service.schemas import Readiness
@@ -40,6 +39,6 @@ async def readyz(store: StoreDep) -> Any:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    """Prometheus exposition: this worker's metrics, or all workers' added up."""
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)
