@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 #: The same answer for "no such client" and "a client of another clinic" (OWASP API1).
 NOT_FOUND = "client not found"
+AUDIT_UNAVAILABLE = "the audit trail is unavailable; try again later"
 
 #: Route template -> audit action.
 AUDITED = {
@@ -126,8 +127,14 @@ async def _principal(request: Request) -> Principal:
     return principal
 
 
-def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
+def scoped(scope: str, *, audit_first: bool = False) -> Callable[..., Awaitable[Principal]]:
     """Dependency: the authenticated principal, holding ``scope``, within its rate limits.
+
+    With ``audit_first`` (routes with side effects, such as a model reload), the request's audit
+    record is written before the route acts, as answered 200, and a record that cannot be
+    written is a 503 with nothing done: no action without its audit record. Such a route answers
+    200 whatever it finds; if it fails unexpectedly, the middleware adds a second record with
+    the status actually sent.
 
     Authentication runs on threads of its own (:data:`AUTH_THREADS`): it can block (a JWKS fetch
     waits up to the JWKS timeout) and must hold up neither the event loop nor the route threads
@@ -150,6 +157,10 @@ def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
         )
         if wait is not None:
             raise rate_limited(wait)
+        if audit_first:
+            if not AuditMiddleware.record(request.scope, 200):
+                raise HTTPException(503, AUDIT_UNAVAILABLE, headers={"Retry-After": "30"})
+            request.scope["state"]["audited_status"] = 200
         return principal
 
     return dependency
@@ -158,7 +169,7 @@ def scoped(scope: str) -> Callable[..., Awaitable[Principal]]:
 RiskReader = Annotated[Principal, Depends(scoped("risk:read"))]
 BatchReader = Annotated[Principal, Depends(scoped("risk:batch"))]
 ModelReader = Annotated[Principal, Depends(scoped("model:read"))]
-ModelAdmin = Annotated[Principal, Depends(scoped("model:admin"))]
+ModelAdmin = Annotated[Principal, Depends(scoped("model:admin", audit_first=True))]
 
 
 def same_clinic(principal: Principal, clinic_id: str) -> bool:
@@ -218,7 +229,7 @@ class AuditMiddleware:
                 return  # the app's own body is dropped: the client already has the 503
             if message["type"] == "http.response.start":
                 recorded = True
-                if not self._record(scope, message["status"]):
+                if not self.record(scope, message["status"]):
                     refused = True
                     await _send_unaudited(scope, send)
                     return
@@ -228,12 +239,15 @@ class AuditMiddleware:
             await self.app(scope, receive, capture)
         finally:
             if not recorded:  # the app raised before responding: the outer layer sends a 500
-                self._record(scope, 500)
+                self.record(scope, 500)
 
     @staticmethod
-    def _record(scope: dict[str, Any], status: int) -> bool:
-        """Write the request's records; False if the audit log refused them."""
+    def record(scope: Mapping[str, Any], status: int) -> bool:
+        """Write the request's records as answered ``status`` (nothing if they were already
+        written for that status, see :func:`scoped`); False if the audit log refused them."""
         state = scope.get("state", {})
+        if state.get("audited_status") == status:
+            return True
         security: Security = scope["app"].state.security
         clients: list[tuple[str | None, int | None]] = state.get("audit_clients") or [(None, None)]
         items = []

@@ -150,3 +150,48 @@ def test_no_claim_content_gives_a_5xx_and_every_request_is_audited_once(
     assert new[0].status == r.status_code
     if r.status_code == 401:
         assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_no_reload_runs_unless_its_audit_record_is_written(
+    api: TestClient, registry: Registry, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from service.audit import AuditWriteError
+
+    admin = {"Authorization": f"Bearer {dev_token(dev_key_dir)}"}
+    MlflowClient(registry.uri, registry.uri).set_registered_model_alias(MODEL_NAME, "champion", "2")
+    reloads = _reloads(api)
+    log = api.app.state.security.audit
+    real = log.write_batch
+
+    def broken(template, clients) -> None:
+        raise AuditWriteError("disk full")
+
+    monkeypatch.setattr(log, "write_batch", broken)
+    r = api.post("/v1/admin/reload", headers=admin)
+    assert r.status_code == 503 and "result" not in r.text
+    assert _reloads(api) == reloads and api.app.state.store.current.version == "1"
+    monkeypatch.setattr(log, "write_batch", real)
+    before = len(_audit(registry))
+    r = api.post("/v1/admin/reload", headers=admin)
+    assert r.status_code == 200 and r.json()["result"] == "loaded"
+    (rec,) = _audit(registry)[before:]  # written before the reload, once
+    assert (rec.action, rec.status, rec.request_id) == (
+        "model.reload", 200, r.headers["x-request-id"],
+    )  # fmt: skip
+
+
+def test_a_reload_that_fails_after_its_record_adds_the_failure(
+    api: TestClient, registry: Registry, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def explode() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(api.app.state.store, "refresh_in_thread", explode)
+    before = len(_audit(registry))
+    r = api.post("/v1/admin/reload", headers={"Authorization": f"Bearer {dev_token(dev_key_dir)}"})
+    assert r.status_code == 500
+    new = _audit(registry)[before:]
+    assert [(x.action, x.status) for x in new] == [("model.reload", 200), ("model.reload", 500)]
+    assert {x.request_id for x in new} == {r.headers["x-request-id"]}
