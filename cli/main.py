@@ -15,9 +15,10 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.models import DefaultPlaceholder
 
+from service import apikey_cli, token_cli
 from service import cli as service_cli
-from service import token_cli
 from training import cli as training_cli
 
 PACKAGE = "alliance-risk"
@@ -90,9 +91,21 @@ def _main(
 training_cli.register(app)
 service_cli.register(app)
 token_cli.register(app)
-for _info in app.registered_commands:
-    if _info.cls in (None, TyperCommand):
-        _info.cls = _Command
+apikey_cli.register(app)
+
+
+def _use_our_classes(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):
+            command.cls = _Command
+    for group in typer_app.registered_groups:
+        if isinstance(group.cls, DefaultPlaceholder) or group.cls in (None, TyperGroup):
+            group.cls = _Group
+        if group.typer_instance is not None:
+            _use_our_classes(group.typer_instance)
+
+
+_use_our_classes(app)
 
 if __name__ == "__main__":
     app()
