@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from jwt.utils import base64url_encode
 
+from service.audit import MAX_TEXT, is_audit_text
 from service.auth.principal import check_scope_names
 from service.auth.settings import check_dev_mode_allowed, default_dev_key_dir
 
@@ -139,6 +140,11 @@ def mint_dev_token(clinic: str, scopes: Iterable[str], ttl_s: int = 3600, sub: s
         raise ValueError("clinic must not be empty")
     if not sub.strip():
         raise ValueError("sub must not be empty")
+    for name, value in (("clinic", clinic), ("sub", sub)):
+        if not is_audit_text(value):  # the service would refuse the token (401 invalid_token)
+            raise ValueError(
+                f"{name} must be at most {MAX_TEXT} characters, without control characters"
+            )
     names = list(scopes)
     if not names:
         raise ValueError("give at least one scope")

@@ -78,3 +78,31 @@ def test_api_keys_must_be_long_and_the_file_valid(tmp_path):
     with pytest.raises(ValueError, match=r"keys\.0\.hash: string_pattern_mismatch") as info:
         load_api_keys(_key_file(tmp_path, [{**entry, "hash": plaintext}]))
     assert plaintext not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("id", "front\n1"), ("id", "front\x001"), ("clinic", "n" * 257),
+                         ("clinic", "north\u2028")],
+)  # fmt: skip
+def test_key_ids_and_clinics_the_audit_record_would_refuse_are_refused_at_load(
+    tmp_path, field, value
+):
+    entry = {"id": "a", "hash": hash_api_key(generate_api_key()), "clinic": "north",
+             "scopes": ["risk:read"], field: value}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"keys\.0\.{field}: value_error") as info:
+        load_api_keys(_key_file(tmp_path, [entry]))
+    assert value not in str(info.value)
+
+
+def test_a_key_whose_id_the_audit_record_would_refuse_is_a_401_not_a_500(tmp_path):
+    key = generate_api_key()
+    path = _key_file(tmp_path, [{"id": "ok", "hash": hash_api_key(key), "clinic": "north",
+                                 "scopes": ["risk:read"]}])  # fmt: skip
+    authn = Authenticator(AuthSettings(mode="api_key", api_keys_file=path))
+    # A record that did not come through load_api_keys (the loader refuses it).
+    authn._api_keys = (auth.ApiKeyRecord("front\r\n1", hash_api_key(key), "north",
+                                         frozenset({"risk:read"})),)  # fmt: skip
+    with pytest.raises(AuthError, match="API key is not valid") as info:
+        authn.authenticate({"X-API-Key": key})
+    assert info.value.status == 401
+    assert 'error="invalid_token"' in (info.value.www_authenticate or "")

@@ -115,3 +115,16 @@ def test_token_command_refuses_compose_and_bad_scopes(tmp_path, monkeypatch):
     refused = CliRunner().invoke(_cli(), [*args, "--scope", "risk:read"])
     assert refused.exit_code == 1 and "Refused" in refused.stderr
     assert refused.stdout == ""
+
+
+@pytest.mark.parametrize("claim", ["sub", "clinic"])
+def test_no_dev_token_for_a_subject_or_clinic_the_service_would_refuse(tmp_path, claim):
+    args = {"sub": "me", "clinic": "north", claim: "a" * 300}
+    with pytest.raises(ValueError, match=f"{claim} must be at most 256 characters"):
+        mint_dev_token(args["clinic"], ["risk:read"], sub=args["sub"], key_dir=tmp_path / "k")
+    with pytest.raises(ValueError, match=f"{claim} must be at most 256 characters"):
+        mint_dev_token(**{**args, claim: "x\ny"}, scopes=["risk:read"], key_dir=tmp_path / "k")
+    long = CliRunner().invoke(_cli(), ["token", "--clinic", "north", "--scope", "risk:read",
+                                       "--subject", "a" * 300, "--key-dir", str(tmp_path / "k")])  # fmt: skip
+    assert long.exit_code == 2 and "sub must be at most 256" in long.stderr
+    assert long.stdout == ""
