@@ -13,7 +13,8 @@ from tests.training.test_io import write
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
-COMMANDS = ["simulate", "validate", "train", "evaluate", "score", "promote", "serve", "token"]
+COMMANDS = ["simulate", "validate", "train", "evaluate", "score", "promote", "serve", "token",
+            "apikey", "apikey create", "apikey list"]  # fmt: skip
 
 
 def test_version_prints_the_installed_package_version() -> None:
@@ -33,7 +34,7 @@ def test_shell_completion_script_is_offered() -> None:
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])
 def test_flags_show_no_value_placeholder(command: str) -> None:
-    result = runner.invoke(app, [*filter(None, [command]), "--help"], env=WIDE)
+    result = runner.invoke(app, [*command.split(), "--help"], env=WIDE)
     assert result.exit_code == 0, result.output
     assert "--help" in result.output
     assert "<bool>" not in result.output
