@@ -24,7 +24,8 @@ from service.auth import SCOPES, SMART_ALIASES, generate_api_key, hash_api_key, 
 
 #: The service reads its keys file from here (see service.auth.settings.AuthSettings).
 KEYS_FILE_ENV = "ALLIANCE_RISK_AUTH_API_KEYS_FILE"
-EXIT_ERROR = 2
+#: As the analysts' commands: 1 refused (a value the loader rejects), 2 unusable file.
+EXIT_REFUSED, EXIT_UNUSABLE = 1, 2
 _SCOPE_HELP = ", ".join(sorted(SCOPES) + sorted(SMART_ALIASES))
 
 KeysFileOpt = Annotated[
@@ -46,9 +47,9 @@ apikey_app = typer.Typer(
 )
 
 
-def _fail(console: Console, message: str) -> typer.Exit:
+def _fail(console: Console, message: str, code: int = EXIT_UNUSABLE) -> typer.Exit:
     console.print(f"[bold red]Error[/]: {escape(message)}")
-    return typer.Exit(EXIT_ERROR)
+    return typer.Exit(code)
 
 
 def _keys_file(console: Console, keys_file: Path | None) -> Path:
@@ -114,7 +115,11 @@ def create(
         raise _fail(console, f"the keys file cannot be used, nothing was changed: {exc}") from None
     key_id = name if name is not None else f"key-{os.urandom(4).hex()}"
     if any(entry.get("id") == key_id for entry in entries):
-        raise _fail(console, f"{path} already holds a key named {key_id!r}; choose another --name")
+        raise _fail(
+            console,
+            f"{path} already holds a key named {key_id!r}; choose another --name",
+            EXIT_REFUSED,
+        )
     key = generate_api_key()
     scopes = list(dict.fromkeys(scope))
     entry = {"id": key_id, "hash": hash_api_key(key), "clinic": clinic, "scopes": scopes}
@@ -122,7 +127,7 @@ def create(
         _write_checked(path, [*entries, entry])
     except ValueError as exc:
         # The loader names entry and field, never a value; point at the options instead.
-        raise _fail(console, f"refused, nothing was changed: {exc}") from None
+        raise _fail(console, f"refused, nothing was changed: {exc}", EXIT_REFUSED) from None
     except OSError as exc:
         raise _fail(console, f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
     console.print(

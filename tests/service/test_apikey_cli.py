@@ -101,7 +101,7 @@ def test_a_repeated_name_is_refused_and_the_file_kept(tmp_path: Path) -> None:
         "create", "--keys-file", keys, "--clinic", "north", "--scope", "risk:read",
         "--name", "front-1",
     )  # fmt: skip
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert "already holds a key named 'front-1'" in err
     assert keys.read_bytes() == before
 
@@ -136,7 +136,7 @@ def test_invalid_values_are_refused_before_anything_is_written(
     keys = tmp_path / "api-keys.json"
     args = {"--clinic": "north", "--scope": "risk:read", option: value}
     code, out, err = apikey("create", "--keys-file", keys, *(x for kv in args.items() for x in kv))
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert reason in err and "nothing was changed" in err
     assert not keys.exists() and list(tmp_path.iterdir()) == []
 
