@@ -163,6 +163,11 @@ def test_utc_timestamp_converts_other_zones_and_refuses_naive_times():
         ({"subject": "x" * 257}, "subject must be text"),
         ({"clinic": "clinic\na"}, "clinic must be text"),
         ({"request_id": None}, "request_id must be text"),
+        ({"subject": "lone \ud800 surrogate"}, "subject must be text"),  # not UTF-8
+        ({"clinic": "clinic\x85a"}, "clinic must be text"),  # C1 control (NEL)
+        ({"subject": "line\u2028break"}, "subject must be text"),
+        ({"correlation_id": "c" * 257}, "correlation_id must be text"),
+        ({"correlation_id": "c\n"}, "correlation_id must be text"),
     ],
 )
 def test_invalid_records_are_refused_without_echoing_the_value(overrides, message):
@@ -541,6 +546,7 @@ def test_write_batch_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
         {},
         {"subject": None, "clinic": None, "model_version": None},
         {"subject": 'thérapeute-ü \\ "quoted"', "clinic": "clinique-é", "request_id": ""},
+        {"correlation_id": "caller-trace-1"},
     ],
 )
 def test_batch_lines_equal_the_records_written_one_by_one(shared) -> None:

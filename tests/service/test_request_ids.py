@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,19 @@ def test_the_declared_schemes_do_not_check_credentials(api: TestClient) -> None:
     # HTTPBearer and APIKeyHeader would accept any bearer string; the authenticator refuses it.
     r = api.get("/v1/model", headers={"Authorization": "Bearer not.a.jwt", "X-API-Key": "x" * 40})
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_the_access_log_line_carries_our_id_and_the_caller_s_apart(api: TestClient) -> None:
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    access = logging.getLogger("service.access")
+    access.addHandler(handler)
+    try:
+        r = api.get("/v1/model", headers={"X-Request-ID": "caller-trace-0002"})
+    finally:
+        access.removeHandler(handler)
+    fields = [x.__dict__["fields"] for x in logged if x.getMessage() == "request"]
+    assert [(f["request_id"], f["correlation_id"]) for f in fields] == [
+        (r.headers["x-request-id"], "caller-trace-0002")
+    ]
