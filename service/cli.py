@@ -204,10 +204,11 @@ def write_example(folder: Path, example: dict[str, object]) -> Path:
 
 def shared_worker_state() -> Path:
     """A fresh folder the workers of one ``serve`` share: Prometheus' multiprocess files and
-    the rate limiter's buckets. Set as ``PROMETHEUS_MULTIPROC_DIR`` before the workers start.
-    """
+    the rate limiter's buckets (``PROMETHEUS_MULTIPROC_DIR``, ``ALLIANCE_RISK_LIMIT_SHARED_DIR``),
+    set before the workers start."""
     folder = Path(tempfile.mkdtemp(prefix="alliance-risk-workers-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    os.environ["ALLIANCE_RISK_LIMIT_SHARED_DIR"] = str(folder)
     return folder
 
 

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -55,11 +56,13 @@ CORS_ALLOW_METHODS = ("GET", "POST")
 class LimitSettings(BaseSettings):
     """Request limits, from the environment with prefix ``ALLIANCE_RISK_LIMIT_``.
 
-    Rates are per process: with ``N`` uvicorn workers a client can get up to ``N`` times the
-    configured rate (a shared store such as Redis would be needed for one global budget). The
-    default rates are far above what a clinic's systems send in normal use and well below what
-    one worker serves (about 500-600 single-client requests/s, perf-notes): they stop a runaway
-    client, not regular traffic. Load tests that drive one clinic hard must raise them.
+    Rates hold across the workers of one ``alliance-risk serve --workers N``: it sets
+    ``shared_dir``, and the workers keep their buckets in one SQLite file there
+    (:mod:`service.shared_limits`). Several hosts or several ``serve`` processes behind one
+    proxy each count alone: enforce a global rate at that proxy then. The default rates are far
+    above what a clinic's systems send in normal use and well below what one worker serves
+    (about 500-600 single-client requests/s, perf-notes): they stop a runaway client, not
+    regular traffic. Load tests that drive one clinic hard must raise them.
     """
 
     model_config = SettingsConfigDict(env_prefix="ALLIANCE_RISK_LIMIT_", extra="ignore")
@@ -83,6 +86,11 @@ class LimitSettings(BaseSettings):
     burst_per_token: int = Field(100, ge=1, description="Requests a token may send at once.")
     max_rate_buckets: int = Field(
         10_000, ge=1, description="Buckets kept in memory; idle full buckets are dropped first."
+    )
+    shared_dir: Path | None = Field(
+        None,
+        description="Folder whose rate-limit buckets every worker shares (set by serve when "
+        "--workers is above 1); unset: the buckets are the process's own.",
     )
     request_timeout_s: float = Field(
         10.0, ge=0, description="Seconds until a request is answered 504; 0 turns it off."
@@ -417,18 +425,26 @@ class RateLimiter:
         self.max_buckets = max_buckets
         self.clock = clock
         self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
-        self._lock = threading.Lock()
+        # Re-entrant: SharedRateLimiter.check holds it around this class's check.
+        self._lock = threading.RLock()
 
     @classmethod
     def from_settings(
         cls, settings: LimitSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> RateLimiter:
-        """Kinds ``"clinic"`` and ``"token"``; a rate of 0 leaves that kind unlimited."""
+        """Kinds ``"clinic"`` and ``"token"``; a rate of 0 leaves that kind unlimited. With
+        ``settings.shared_dir``, a :class:`~service.shared_limits.SharedRateLimiter` there."""
         specs = {}
         if settings.rate_per_clinic_per_s > 0:
             specs["clinic"] = BucketSpec(settings.rate_per_clinic_per_s, settings.burst_per_clinic)
         if settings.rate_per_token_per_s > 0:
             specs["token"] = BucketSpec(settings.rate_per_token_per_s, settings.burst_per_token)
+        if settings.shared_dir is not None and specs:
+            from service.shared_limits import SharedRateLimiter
+
+            return SharedRateLimiter(
+                specs, settings.shared_dir, max_buckets=settings.max_rate_buckets, clock=clock
+            )
         return cls(specs, max_buckets=settings.max_rate_buckets, clock=clock)
 
     def check(self, keys: Mapping[str, str], cost: float = 1.0) -> float | None:

@@ -290,6 +290,91 @@ def test_limiter_is_thread_safe():
     assert sum(r is None for r in results) == 500
 
 
+# -- rate across workers -----------------------------------------------------------------------
+
+
+def _shared(folder, specs, clock, **kwargs):
+    from service.shared_limits import SharedRateLimiter
+
+    return SharedRateLimiter(specs, folder, clock=clock, **kwargs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rate=st.floats(0.5, 50),
+    burst=st.integers(1, 20),
+    steps=st.lists(st.tuples(st.floats(0, 0.5), st.integers(0, 2)), min_size=1, max_size=80),
+)
+def test_limiters_sharing_a_folder_hold_one_budget(tmp_path_factory, rate, burst, steps):
+    """Three limiters on one folder (three workers) grant what one would, request by request."""
+    clock = FakeClock()
+    folder = tmp_path_factory.mktemp("shared")
+    spec = {"token": BucketSpec(rate, burst)}
+    workers = [_shared(folder, spec, clock) for _ in range(3)]
+    alone = RateLimiter(spec, clock=clock)
+    try:
+        for gap, worker in steps:
+            clock.now += gap
+            got = workers[worker].check({"token": "t"})
+            expected = alone.check({"token": "t"})
+            assert (got is None) == (expected is None)
+            if got is not None:
+                assert got == pytest.approx(expected)
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def test_shared_limiter_forgets_refilled_buckets_and_stays_bounded(tmp_path):
+    from service.shared_limits import SWEEP_EVERY
+
+    clock = FakeClock()
+    limiter = _shared(tmp_path, {"token": BucketSpec(1.0, 5)}, clock, max_buckets=100)
+    for i in range(SWEEP_EVERY):
+        limiter.check({"token": f"t{i}"})
+    assert len(limiter) == 100  # swept down to the bound, the most recent kept
+    assert limiter.check({"token": f"t{SWEEP_EVERY - 1}"}) is None
+    clock.now += 5.0  # every bucket has refilled
+    for _ in range(SWEEP_EVERY):
+        limiter.check({"token": "busy"})
+    assert len(limiter) == 1
+    limiter.close()
+
+
+def test_limiter_from_settings_is_shared_when_a_folder_is_set(tmp_path):
+    from service.shared_limits import SharedRateLimiter
+
+    limiter = RateLimiter.from_settings(LimitSettings(rate_per_token_per_s=2, shared_dir=tmp_path))
+    assert isinstance(limiter, SharedRateLimiter)
+    assert limiter.path.parent == tmp_path
+    limiter.close()
+
+
+def test_rate_limit_holds_across_two_real_workers(registry, tmp_path, dev_key_dir):
+    """``serve --workers 2``: a clinic's burst of 10 is 10 overall, not 10 per worker."""
+    import httpx
+
+    from tests.service.conftest import bearer
+    from tests.service.helpers import request_for
+    from tests.service.serving import serving
+
+    env = {
+        "ALLIANCE_RISK_LIMIT_RATE_PER_CLINIC_PER_S": "0.001",
+        "ALLIANCE_RISK_LIMIT_BURST_PER_CLINIC": "10",
+    }
+    body = request_for(registry.cohort, str(registry.cohort.clients["client_id"].iloc[0]))
+    with serving(registry, tmp_path / "serve", dev_key_dir, workers=2, env=env) as url:
+        statuses = [
+            # A new connection each time, so both workers take requests.
+            httpx.post(
+                f"{url}/v1/risk", json=body, headers=bearer(dev_key_dir), timeout=10
+            ).status_code
+            for _ in range(40)
+        ]
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 30
+
+
 def test_limiter_from_settings_and_zero_rate_turns_a_kind_off():
     limiter = RateLimiter.from_settings(
         LimitSettings(rate_per_clinic_per_s=0, rate_per_token_per_s=2, burst_per_token=7)
