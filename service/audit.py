@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeGuard, runtime_checkable
 
 import orjson
 from pydantic import Field, SecretStr
@@ -94,7 +94,7 @@ def _is_action(value: str) -> bool:
     return _ACTION.fullmatch(value) is not None
 
 
-def is_audit_text(value: object) -> bool:
+def is_audit_text(value: object) -> TypeGuard[str]:
     """Whether ``value`` can be a text field of an :class:`AuditRecord`: a string of at most
     :data:`MAX_TEXT` characters without control characters, line separators or lone surrogates.
 
