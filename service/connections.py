@@ -14,6 +14,12 @@ accepts a class):
 - **body**: from the end of the headers until the whole body has been received, read by the app
   or not.
 
+It also bounds the size of a request's headers (httptools buffers a header of any length until
+it ends): past ``max_header_bytes`` the client gets 431 and the connection is closed. The count
+is of bytes received while headers are pending, so a pipelined request sent in the same packet
+as the end of the previous body counts that body's tail too (browsers and HTTP clients do not
+pipeline).
+
 A connection that misses a deadline is closed (no response: the client is not listening). The
 deadline is absolute, so a byte every few seconds does not extend it. Once a request has been
 received, the app's own time limit (:class:`service.limits.TimeoutMiddleware`) and uvicorn's
@@ -32,6 +38,11 @@ from service.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
+HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 39\r\nconnection: close\r\n\r\nrequest headers are larger than allowed"
+)
+
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's ``HttpToolsProtocol`` with header and body read deadlines (see the module).
@@ -46,7 +57,9 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self._header_timeout_s = settings.header_timeout_s
         self._body_timeout_s = settings.body_timeout_s
+        self._max_header_bytes = settings.max_header_bytes
         self._read_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes: int | None = 0  # None once the headers are complete
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
@@ -74,15 +87,31 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._header_bytes is not None
+            and self._header_bytes > self._max_header_bytes
+            and not self.transport.is_closing()
+        ):
+            self._disarm()
+            logger.info("connection closed: request headers too large")
+            self.transport.write(HEADERS_TOO_LARGE)
+            self.transport.close()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._read_deadline is None:
             self._arm(self._header_timeout_s, "headers")
 
     def on_headers_complete(self) -> None:
+        self._header_bytes = None
         super().on_headers_complete()
         self._arm(self._body_timeout_s, "body")
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._header_bytes = 0  # what comes next is the next request's headers
         super().on_message_complete()

@@ -63,6 +63,12 @@ class ServiceSettings(BaseSettings):
         description="Seconds a client has to send a request's body once its headers are in, "
         "whether the app reads it or not; the connection is closed after that. 0 turns it off.",
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line plus headers in bytes; above it the client gets 431 "
+        "and the connection is closed.",
+    )
     keep_alive_timeout_s: float = Field(
         5.0, gt=0, description="Seconds an idle connection is kept open between requests."
     )

@@ -33,6 +33,8 @@ def serving(
     Rate limits are off unless ``env`` sets them; ``env`` overrides any ``ALLIANCE_RISK_*``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    # The project folder of this serve (its data/demo, dev keys): not the checkout's.
+    (workdir / "pyproject.toml").write_text('[project]\nname = "alliance-risk"\n')
     port = free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ALLIANCE_RISK_")},
@@ -51,7 +53,7 @@ def serving(
         proc = subprocess.Popen(
             [str(exe), "serve", "--host", HOST, "--port", str(port), "--model", CHAMPION,
              "--no-bootstrap", "--poll-interval", "0", "--dev-auth", "--workers", str(workers)],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=registry.root,
+            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
             start_new_session=True,
         )  # fmt: skip
     url = f"http://{HOST}:{port}"

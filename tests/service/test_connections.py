@@ -4,6 +4,7 @@ meanwhile; the number of connections is bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -106,6 +107,12 @@ def test_idle_and_slow_connections_are_closed_while_requests_are_served(
         sock = _connect(url)
         sock.send(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
         peers.append(_Peer(f"headers-{i}", sock, dribble=b"X-Slow: 1\r\n"))
+    huge = _connect(url)  # one header line of 1 MB, sent at once
+    huge.setblocking(True)
+    with contextlib.suppress(OSError):  # closed by the server while sending: expected
+        huge.sendall(b"GET /livez HTTP/1.1\r\nX-Big: " + b"a" * 1_000_000)
+    huge.setblocking(False)
+    peers.append(_Peer("huge-headers", huge))
     kept = _connect(url)  # one full request, then a second one dribbled on the same connection
     kept.setblocking(True)
     kept.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -139,6 +146,8 @@ def test_idle_and_slow_connections_are_closed_while_requests_are_served(
     for peer in peers[:6]:
         assert peer.received == b"", peer.name  # closed without an answer
         assert peer.open_for > HEADER_TIMEOUT_S - 0.2, (peer.name, peer.open_for)
+    assert peers[6].received.startswith(b"HTTP/1.1 431"), peers[6].received[:100]
+    assert peers[6].open_for < MARGIN_S
     assert peers[-2].received.startswith(b"HTTP/1.1 404")
     late = peers[-1]
     assert late.received.startswith(b"HTTP/1.1 504"), late.received[:100]

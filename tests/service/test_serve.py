@@ -51,6 +51,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_serve_bootstraps_a_model_then_restarts_on_it(tmp_path: Path) -> None:
+    # A project folder of its own: outside a checkout the store would be the installed one's.
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "alliance-risk"\n')
     log = tmp_path / "serve.log"
     port = free_port()
     url = f"http://{HOST}:{port}"
