@@ -194,6 +194,10 @@ def test_records_without_client_or_identity_are_valid():
         b"[]",
         b'{"time": "2026-09-01T12:00:00.000Z"}',
         b"\xff\xfe",
+        # A whole record plus a field AuditRecord does not have.
+        b'{"time":"2026-09-01T12:00:00.000Z","subject":null,"clinic":null,"client_ref":null,'
+        b'"action":"model.read","outcome":"ok","status":200,"request_id":"r","model_version":null,'
+        b'"correlation_id":"c","extra":1}',
     ],
 )
 def test_from_json_refuses_torn_or_foreign_lines(line):
