@@ -99,3 +99,24 @@ def test_metrics_add_up_across_workers(
             assert _total(text, "alliance_risk_model_loaded") == 1
             info = _total(text, "alliance_risk_model_info", version="1", alias="champion")
             assert info == 1
+
+
+def test_a_worker_leaving_takes_its_live_gauges_along(tmp_path: Path) -> None:
+    """Multiprocess mode (a fresh interpreter: prometheus_client picks its mode at import)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from service.metrics import ServiceMetrics\n"
+        "m = ServiceMetrics()\n"
+        "m.request_started()\n"
+        "m.model_loaded.set(1)\n"
+        "m.count_predictions('low', '1')\n"
+        "m.close()\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # The counter stays (a dead worker's counts still count); its live gauges are gone.
+    assert any(name.startswith("counter") for name in left), left
+    assert not any(name.startswith("gauge_live") for name in left), left
