@@ -157,11 +157,14 @@ def test_the_access_log_line_carries_our_id_and_the_caller_s_apart(api: TestClie
     handler = logging.Handler()
     handler.emit = logged.append  # type: ignore[method-assign]
     access = logging.getLogger("service.access")
+    level = access.level  # other tests' logging set-ups may have raised the effective level
     access.addHandler(handler)
+    access.setLevel(logging.INFO)
     try:
         r = api.get("/v1/model", headers={"X-Request-ID": "caller-trace-0002"})
     finally:
         access.removeHandler(handler)
+        access.setLevel(level)
     fields = [x.__dict__["fields"] for x in logged if x.getMessage() == "request"]
     assert [(f["request_id"], f["correlation_id"]) for f in fields] == [
         (r.headers["x-request-id"], "caller-trace-0002")
