@@ -17,7 +17,7 @@ from tests.service.helpers import request_for
 from tests.service.serving import HOST, serving
 
 HEADER_TIMEOUT_S = 1.5
-BODY_TIMEOUT_S = 2.5
+BODY_TIMEOUT_S = 4.0
 REQUEST_TIMEOUT_S = 1.0
 #: Scheduling slack on 2 shared cores.
 MARGIN_S = 1.5
@@ -153,7 +153,7 @@ def test_idle_and_slow_connections_are_closed_while_requests_are_served(
     assert late.received.startswith(b"HTTP/1.1 504"), late.received[:100]
     assert b"connection: close" in late.received.lower()
     # Closed with the 504, not at the body deadline.
-    assert late.open_for < REQUEST_TIMEOUT_S + MARGIN_S, late.open_for
+    assert late.open_for < REQUEST_TIMEOUT_S + 1.0 < BODY_TIMEOUT_S, late.open_for
     assert httpx.get(f"{url}/livez").status_code == 200
 
 
