@@ -16,9 +16,9 @@ accepts a class):
 
 It also bounds the size of a request's headers (httptools buffers a header of any length until
 it ends): past ``max_header_bytes`` the client gets 431 and the connection is closed. The count
-is of bytes received while headers are pending, so a pipelined request sent in the same packet
-as the end of the previous body counts that body's tail too (browsers and HTTP clients do not
-pipeline).
+is of whole reads from the socket while headers are pending: a read that completes the headers
+is never refused, and a pipelined request's first bytes, arriving in the read that ends the
+previous request, go uncounted, so the bound is exact to within one read.
 
 A connection that misses a deadline is closed (no response: the client is not listening). The
 deadline is absolute, so a byte every few seconds does not extend it. Once a request has been
@@ -47,8 +47,9 @@ HEADERS_TOO_LARGE = (
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's ``HttpToolsProtocol`` with header and body read deadlines (see the module).
 
-    The deadlines come from the process's settings (``ALLIANCE_RISK_HEADER_TIMEOUT_S``,
-    ``ALLIANCE_RISK_BODY_TIMEOUT_S``): uvicorn builds one protocol per connection from a class
+    The deadlines and the header bound come from the process's settings
+    (``ALLIANCE_RISK_HEADER_TIMEOUT_S``, ``ALLIANCE_RISK_BODY_TIMEOUT_S``,
+    ``ALLIANCE_RISK_MAX_HEADER_BYTES``): uvicorn builds one protocol per connection from a class
     name, in every worker process, so the environment is what reaches them all.
     """
 
