@@ -4,8 +4,9 @@
 Set-up: a cohort of 5,000 simulated clients (2,000 with ``--quick``, seed 3) is written to a
 temporary directory, then the real ``alliance-risk train`` (``--trials 1`` with ``--quick``) and
 ``alliance-risk promote --force`` run against a fresh SQLite MLflow store. Servers (see
-:mod:`benchmarks._servers`) run with ``OMP_NUM_THREADS=1``. Ours is ``uvicorn
-service.app:create_app --factory`` with uvloop and httptools, dev authentication (a dev token
+:mod:`benchmarks._servers`) run with ``OMP_NUM_THREADS=1``. Ours is ``alliance-risk serve
+--no-bootstrap``, as users start it (uvloop, serve's httptools protocol with read deadlines, the
+workers' shared rate limits and metrics), with dev authentication (a dev token
 for the bodies' clinic), rate limits off, the alias poller off and its audit file in the
 temporary directory; the peer is ``mlflow models serve`` of the same model version.
 
@@ -137,10 +138,11 @@ def _server_env(tracking_uri: str, tmp: Path | None = None) -> dict[str, str]:
 
 
 def _ours_cmd(port: int, workers: int) -> list[str]:
+    # As users start it: serve's own protocol (read deadlines), worker-shared limits and metrics.
     return [
-        str(BIN / "uvicorn"), "service.app:create_app", "--factory",
+        str(BIN / "alliance-risk"), "serve", "--no-bootstrap",
+        "--model", f"models:/{MODEL_NAME}@champion", "--poll-interval", "0",
         "--host", HOST, "--port", str(port), "--workers", str(workers),
-        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
 
 
