@@ -26,6 +26,7 @@ def serving(
     dev_key_dir: Path,
     *,
     workers: int = 1,
+    poll_interval_s: float = 0,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Yield the base URL of a ready ``alliance-risk serve``; stop it (and its workers) after.
@@ -52,7 +53,7 @@ def serving(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(exe), "serve", "--host", HOST, "--port", str(port), "--model", CHAMPION,
-             "--no-bootstrap", "--poll-interval", "0", "--dev-auth", "--workers", str(workers)],
+             "--no-bootstrap", "--poll-interval", str(poll_interval_s), "--dev-auth", "--workers", str(workers)],
             env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
             start_new_session=True,
         )  # fmt: skip

@@ -3,9 +3,6 @@ moves, and an MLflow tracking server that goes away."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,46 +15,19 @@ from mlflow import MlflowClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.conftest import free_port, running_mlflow_server
+from tests.conftest import running_mlflow_server
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
-from tests.service.faults import wait_ready
 from tests.service.helpers import check_risk_body, request_for
+from tests.service.serving import serving
 
-HOST = "127.0.0.1"
 CHAMPION = f"models:/{MODEL_NAME}@champion"
 
 
 @pytest.fixture
 def served(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> Iterator[str]:
-    """``uvicorn service.app:create_app`` in its own process on a loopback port."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": registry.uri,
-        "ALLIANCE_RISK_MODEL_URI": CHAMPION,
-        "ALLIANCE_RISK_POLL_INTERVAL_S": "0.5",
-        "OMP_NUM_THREADS": "1",
-        "ALLIANCE_RISK_AUTH_MODE": "dev",
-        "ALLIANCE_RISK_AUTH_DEV_KEY_DIR": str(dev_key_dir),
-        "ALLIANCE_RISK_AUDIT_PATH": str(tmp_path / "audit.jsonl"),
-        "ALLIANCE_RISK_AUDIT_KEY_FILE": str(tmp_path / "audit.key"),
-        "ALLIANCE_RISK_LIMIT_RATE_PER_CLINIC_PER_S": "0",
-        "ALLIANCE_RISK_LIMIT_RATE_PER_TOKEN_PER_S": "0",
-    }
-    log = (tmp_path / "uvicorn.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-         "--host", HOST, "--port", str(port), "--no-access-log"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=registry.root,
-    )  # fmt: skip
-    url = f"http://{HOST}:{port}"
-    try:
-        wait_ready(url, proc, tmp_path / "uvicorn.log", timeout=60)
+    """``alliance-risk serve`` in its own process on a loopback port, polling the alias."""
+    with serving(registry, tmp_path / "serve", dev_key_dir, poll_interval_s=0.5) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
 
 
 def test_alias_moves_under_concurrent_load_without_a_failed_request(
