@@ -182,7 +182,7 @@ def create_app(
     # FastAPI.
     install_limits(app, limit_settings)
     app.add_middleware(AuditMiddleware)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, refs=security.refs)
     return app
 
 

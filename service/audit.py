@@ -2,8 +2,10 @@
 
 A record says who (``subject``, ``clinic``) did what (``action``) to which client
 (``client_ref``), with which result (``outcome``, ``status``), when, under which ``request_id``
-and with which model version. It never holds ratings, dates or any other clinical value, and
-never the raw client identifier.
+and with which model version. It never holds ratings, dates or any other clinical value, never
+the raw client identifier, and no value the caller chose: a caller's ``X-Request-ID`` is held
+as ``correlation_ref``, the same keyed pseudonym as ``client_ref`` (a caller can put a client
+id there).
 
 ``client_ref`` is a keyed pseudonym: HMAC-SHA256 of the client id under a secret audit key, in
 hex. The same client always gets the same ref under one key, so an auditor holding the key can
@@ -78,7 +80,7 @@ _REF = re.compile(r"[0-9a-f]{64}")
 # C0 and C1 controls, DEL, the Unicode line and paragraph separators (str.splitlines and some
 # log viewers break lines at them) and lone surrogates (not UTF-8: the record could not be encoded).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-#: Longest text field of a record (subject, clinic, request and correlation ids, model version).
+#: Longest text field of a record (subject, clinic, request id, model version).
 MAX_TEXT = 256
 
 
@@ -161,10 +163,11 @@ class AuditRecord:
         The service's own id of the request (sent back as ``X-Request-ID``; never the caller's).
     model_version : str or None
         Version of the model that scored (or would have scored) the request.
-    correlation_id : str or None
-        The caller's own ``X-Request-ID``, when it had a safe shape (``service.middleware``);
-        it can repeat, so it never identifies a request. Written only when present, so a line
-        without it reads as before.
+    correlation_ref : str or None
+        :func:`client_ref` of the caller's own ``X-Request-ID``, when it had a safe shape
+        (``service.middleware``); never the value itself, which the caller chose and could be a
+        client id. It can repeat, so it never identifies a request. Written only when present,
+        so a line without it reads as before.
     """
 
     time: str = field(default_factory=utc_timestamp)
@@ -176,7 +179,7 @@ class AuditRecord:
     status: int
     request_id: str
     model_version: str | None = None
-    correlation_id: str | None = None
+    correlation_ref: str | None = None
 
     def __post_init__(self) -> None:
         # Messages name the field and the rule, never the value.
@@ -185,7 +188,11 @@ class AuditRecord:
         if not isinstance(self.action, str) or not _is_action(self.action):
             raise AuditRecordError("AuditRecord.action must look like 'area.verb'")
         _check_per_client(self.client_ref, self.status, self.outcome)
-        for name in ("subject", "clinic", "request_id", "model_version", "correlation_id"):
+        if self.correlation_ref is not None and (
+            not isinstance(self.correlation_ref, str) or not _REF.fullmatch(self.correlation_ref)
+        ):
+            raise AuditRecordError("AuditRecord.correlation_ref must be a client_ref() pseudonym")
+        for name in ("subject", "clinic", "request_id", "model_version"):
             value = getattr(self, name)
             if value is None and name != "request_id":
                 continue
@@ -216,8 +223,8 @@ class AuditRecord:
             "request_id": self.request_id,
             "model_version": self.model_version,
         }
-        if self.correlation_id is not None:
-            doc["correlation_id"] = self.correlation_id
+        if self.correlation_ref is not None:
+            doc["correlation_ref"] = self.correlation_ref
         return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
     def batch_lines(self, clients: Iterable[tuple[str | None, int, str]]) -> bytes:
@@ -239,8 +246,8 @@ class AuditRecord:
             + orjson.dumps(self.model_version)
             + (
                 b""
-                if self.correlation_id is None
-                else b',"correlation_id":' + orjson.dumps(self.correlation_id)
+                if self.correlation_ref is None
+                else b',"correlation_ref":' + orjson.dumps(self.correlation_ref)
             )
             + b"}\n"
         )
@@ -269,7 +276,7 @@ class AuditRecord:
 
 _FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord))
 #: Fields every line has; the rest were added later and are written only when set.
-_REQUIRED_FIELDS = _FIELD_NAMES - {"correlation_id"}
+_REQUIRED_FIELDS = _FIELD_NAMES - {"correlation_ref"}
 
 
 def _check_per_client(ref: object, status: object, outcome: object) -> None:
@@ -289,7 +296,9 @@ def client_ref(client_id: str, key: bytes) -> str:
     """HMAC-SHA256 of the UTF-8 client id under ``key``, as 64 hex digits.
 
     The id is used exactly as received (no trimming or case folding), as it is matched
-    elsewhere in the service.
+    elsewhere in the service. The same function gives a record's ``correlation_ref`` from the
+    caller's ``X-Request-ID``: an auditor finds a caller's lines with
+    ``client_ref(value, AuditSettings().load_key())``.
     """
     if len(key) < 16:
         raise AuditKeyError("audit key is too short (at least 16 bytes)")

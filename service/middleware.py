@@ -4,7 +4,10 @@
 Every request gets an id of ours (128 random bits), sent back as ``X-Request-ID`` and written to
 the access log and the audit trail. A caller's own ``X-Request-ID`` never becomes that id (two
 callers could send the same one and make two audit records look like one request): when it has
-a safe shape it is kept apart as ``correlation_id`` and echoed as ``X-Correlation-ID``.
+a safe shape it is echoed to the caller as ``X-Correlation-ID``, and logs and the audit trail
+hold only its keyed pseudonym ``correlation_ref`` (:func:`service.audit.client_ref` under the
+audit key). The value is the caller's choice and could be anything, a client id included: an
+auditor holding the key finds the lines of a caller's id, the files alone name nothing.
 Responses under ``/v1`` carry client data or errors about it: ``Cache-Control: no-store`` keeps
 them out of browser and proxy caches.
 """
@@ -15,6 +18,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,12 +50,20 @@ def _correlation_id(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Sets ``scope["state"]["request_id"]`` (ours) and ``["correlation_id"]`` (the caller's,
-    or None), echoes them as ``X-Request-ID`` and ``X-Correlation-ID``, records latency."""
+    """Sets ``scope["state"]["request_id"]`` (ours) and ``["correlation_ref"]`` (``refs`` of
+    the caller's id, or None), echoes our id and the caller's as ``X-Request-ID`` and
+    ``X-Correlation-ID``, records latency.
 
-    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+    ``refs`` is the audit key's :class:`~service.audit.ClientRefs`; without it the caller's id
+    is echoed but neither logged nor audited.
+    """
+
+    def __init__(
+        self, app: Any, metrics: ServiceMetrics, refs: Callable[[str], str] | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.refs = refs
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -60,7 +72,10 @@ class RequestContextMiddleware:
         request_id = _request_id()
         correlation_id = _correlation_id(scope.get("headers", []))
         state = scope.setdefault("state", {})
-        state["request_id"], state["correlation_id"] = request_id, correlation_id
+        correlation_ref = (
+            None if correlation_id is None or self.refs is None else self.refs(correlation_id)
+        )
+        state["request_id"], state["correlation_ref"] = request_id, correlation_ref
         echoed = [(REQUEST_ID_HEADER, request_id.encode("ascii"))]
         if correlation_id is not None:
             echoed.append((CORRELATION_ID_HEADER, correlation_id.encode("ascii")))
@@ -106,7 +121,7 @@ class RequestContextMiddleware:
                 extra={
                     "fields": {
                         "request_id": request_id,
-                        "correlation_id": correlation_id,
+                        "correlation_ref": correlation_ref,
                         "method": scope["method"],
                         "route": template,
                         "status": status,

@@ -285,7 +285,7 @@ def audit_template(scope: Mapping[str, Any], status: int) -> AuditRecord:
         status=status,
         request_id=str(state.get("request_id", "")),
         model_version=version,
-        correlation_id=state.get("correlation_id"),
+        correlation_ref=state.get("correlation_ref"),
     )
 
 

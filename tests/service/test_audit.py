@@ -166,8 +166,10 @@ def test_utc_timestamp_converts_other_zones_and_refuses_naive_times():
         ({"subject": "lone \ud800 surrogate"}, "subject must be text"),  # not UTF-8
         ({"clinic": "clinic\x85a"}, "clinic must be text"),  # C1 control (NEL)
         ({"subject": "line\u2028break"}, "subject must be text"),
-        ({"correlation_id": "c" * 257}, "correlation_id must be text"),
-        ({"correlation_id": "c\n"}, "correlation_id must be text"),
+        # A caller's X-Request-ID only ever as its keyed pseudonym, never the value itself.
+        ({"correlation_ref": "c-000123"}, "correlation_ref must be a client_ref"),
+        ({"correlation_ref": "a" * 64 + "\n"}, "correlation_ref must be a client_ref"),
+        ({"correlation_ref": 7}, "correlation_ref must be a client_ref"),
     ],
 )
 def test_invalid_records_are_refused_without_echoing_the_value(overrides, message):
@@ -197,7 +199,7 @@ def test_records_without_client_or_identity_are_valid():
         # A whole record plus a field AuditRecord does not have.
         b'{"time":"2026-09-01T12:00:00.000Z","subject":null,"clinic":null,"client_ref":null,'
         b'"action":"model.read","outcome":"ok","status":200,"request_id":"r","model_version":null,'
-        b'"correlation_id":"c","extra":1}',
+        b'"correlation_ref":null,"extra":1}',
     ],
 )
 def test_from_json_refuses_torn_or_foreign_lines(line):
@@ -550,7 +552,7 @@ def test_write_batch_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
         {},
         {"subject": None, "clinic": None, "model_version": None},
         {"subject": 'thérapeute-ü \\ "quoted"', "clinic": "clinique-é", "request_id": ""},
-        {"correlation_id": "caller-trace-1"},
+        {"correlation_ref": client_ref("caller-trace-1", KEY_A)},
     ],
 )
 def test_batch_lines_equal_the_records_written_one_by_one(shared) -> None:

@@ -1,8 +1,12 @@
-"""Request ids are ours, the caller's is a separate correlation id; every /v1 request is audited
-(unrouted ones too); /v1 responses are never cached; the security schemes are in OpenAPI."""
+"""Request ids are ours, the caller's is kept apart as a keyed pseudonym (correlation_ref); every
+/v1 request is audited (unrouted ones too); /v1 responses are never cached; the security schemes
+are in OpenAPI."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Iterator
@@ -12,7 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.audit import AuditRecord, records
+from service.audit import AuditRecord, AuditSettings, client_ref, records
+from service.logs import JsonFormatter
 from service.security import AUDITED, UNROUTED
 from service.settings import ServiceSettings
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
@@ -39,7 +44,30 @@ def _body(registry: Registry) -> dict:
     return request_for(registry.cohort, str(registry.cohort.clients["client_id"].iloc[0]))
 
 
-def test_a_caller_s_request_id_is_a_correlation_id_never_our_request_id(
+def _audit_key(registry: Registry) -> bytes:
+    """The key an auditor holds (the test app's key file)."""
+    return AuditSettings(key_file=registry.root / "audit" / "audit.key").load_key()
+
+
+@contextlib.contextmanager
+def _access_lines() -> Iterator[list[str]]:
+    """The access log's lines (as the JSON formatter writes them) while the block runs."""
+    lines: list[str] = []
+    formatter = JsonFormatter()
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(formatter.format(record))  # type: ignore[method-assign]
+    access = logging.getLogger("service.access")
+    level = access.level  # other tests' logging set-ups may have raised the effective level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+
+def test_a_caller_s_request_id_is_a_correlation_ref_never_our_request_id(
     api: TestClient, registry: Registry
 ) -> None:
     body = _body(registry)
@@ -51,9 +79,41 @@ def test_a_caller_s_request_id_is_a_correlation_id_never_our_request_id(
     ours = [r.headers["x-request-id"] for r in answers]
     assert ours[0] != ours[1] and sent not in ours
     assert [r.request_id for r in new] == ours
-    assert [r.correlation_id for r in new] == [sent, sent]
-    assert [r.headers["x-correlation-id"] for r in answers] == [sent, sent]
+    # What an auditor holding the key computes, by hand and with the documented one-liner.
+    expected = hmac.new(_audit_key(registry), sent.encode(), hashlib.sha256).hexdigest()
+    assert expected == client_ref(sent, _audit_key(registry))
+    assert [r.correlation_ref for r in new] == [expected, expected]
+    assert [r.headers["x-correlation-id"] for r in answers] == [sent, sent]  # to the caller only
     assert all(r.json()["request_id"] == r.headers["x-request-id"] for r in answers)
+
+
+def test_a_client_id_sent_as_x_request_id_is_in_no_audit_or_access_log_line(
+    api: TestClient, registry: Registry
+) -> None:
+    # A caller chooses X-Request-ID freely; a tester put a client id there (issue 18 re-test).
+    clients = registry.cohort.clients["client_id"].astype(str)
+    planted = str(clients.iloc[1])
+    path = registry.root / "audit" / "audit.jsonl"
+    before = path.read_bytes() if path.exists() else b""
+    body = _body(registry)
+    sent = {"X-Request-ID": planted}
+    with _access_lines() as logged:
+        answers = [
+            api.post("/v1/risk", json=body, headers=sent),
+            api.post("/v1/risk/batch", json={"clients": [body, body]}, headers=sent),
+            api.get("/v1/model", headers=sent),
+            api.get("/v1/nothing-here", headers=sent),
+            api.post("/v1/risk", json=body, headers={**sent, "Authorization": ""}),
+            api.get("/livez", headers=sent),
+        ]
+    assert [r.status_code for r in answers] == [200, 200, 200, 404, 401, 200]
+    written = path.read_bytes()[len(before) :]
+    assert written.count(b"\n") == 6  # one per request, two for the batch of two, none for /livez
+    assert planted.encode() not in written
+    assert len(logged) == 6 and all(planted not in line for line in logged)
+    ref = client_ref(planted, _audit_key(registry))
+    assert all(json.loads(line)["correlation_ref"] == ref for line in written.splitlines())
+    assert all(ref in line for line in logged)
 
 
 @pytest.mark.parametrize("sent", ["x" * 65, "a b", "id\u00e9", "semi;colon", ""])
@@ -65,11 +125,11 @@ def test_a_caller_id_of_another_shape_is_dropped(
     assert r.status_code == 200
     assert "x-correlation-id" not in r.headers
     (rec,) = _audit(registry)[before:]
-    assert rec.correlation_id is None and rec.request_id == r.headers["x-request-id"]
-    assert "correlation_id" not in json.loads(rec.to_json())  # a line as before the field
+    assert rec.correlation_ref is None and rec.request_id == r.headers["x-request-id"]
+    assert "correlation_ref" not in json.loads(rec.to_json())  # a line as before the field
 
 
-def test_old_audit_lines_without_a_correlation_id_still_read(tmp_path: Path) -> None:
+def test_audit_lines_without_a_correlation_ref_still_read(tmp_path: Path) -> None:
     old = (
         '{"time":"2026-09-01T12:00:00.000Z","subject":"s","clinic":"c","client_ref":null,'
         '"action":"model.read","outcome":"ok","status":200,"request_id":"r1","model_version":"3"}'
@@ -77,7 +137,7 @@ def test_old_audit_lines_without_a_correlation_id_still_read(tmp_path: Path) -> 
     path = tmp_path / "audit.jsonl"
     path.write_text(old + "\n")
     (rec,) = records(path)
-    assert rec.correlation_id is None and rec.to_json() == old
+    assert rec.correlation_ref is None and rec.to_json() == old
 
 
 @pytest.mark.parametrize(
@@ -152,20 +212,12 @@ def test_the_declared_schemes_do_not_check_credentials(api: TestClient) -> None:
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
 
 
-def test_the_access_log_line_carries_our_id_and_the_caller_s_apart(api: TestClient) -> None:
-    logged: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = logged.append  # type: ignore[method-assign]
-    access = logging.getLogger("service.access")
-    level = access.level  # other tests' logging set-ups may have raised the effective level
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    try:
+def test_the_access_log_line_carries_our_id_and_the_caller_s_ref_apart(
+    api: TestClient, registry: Registry
+) -> None:
+    with _access_lines() as logged:
         r = api.get("/v1/model", headers={"X-Request-ID": "caller-trace-0002"})
-    finally:
-        access.removeHandler(handler)
-        access.setLevel(level)
-    fields = [x.__dict__["fields"] for x in logged if x.getMessage() == "request"]
-    assert [(f["request_id"], f["correlation_id"]) for f in fields] == [
-        (r.headers["x-request-id"], "caller-trace-0002")
-    ]
+    (line,) = (json.loads(x) for x in logged)
+    ref = client_ref("caller-trace-0002", _audit_key(registry))
+    assert (line["request_id"], line["correlation_ref"]) == (r.headers["x-request-id"], ref)
+    assert "correlation_id" not in line
