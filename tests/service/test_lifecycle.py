@@ -1,5 +1,5 @@
-"""The model lifecycle with real servers on 127.0.0.1: uvicorn serving while the champion
-moves, and an MLflow tracking server that goes away."""
+"""The model lifecycle with real servers on 127.0.0.1: ``alliance-risk serve`` serving while
+the champion moves, and an MLflow tracking server that goes away."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from service.settings import ServiceSettings
 from tests.conftest import running_mlflow_server
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
 from tests.service.helpers import check_risk_body, request_for
-from tests.service.serving import serving
-
-CHAMPION = f"models:/{MODEL_NAME}@champion"
+from tests.service.serving import CHAMPION, serving
 
 
 @pytest.fixture
