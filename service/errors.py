@@ -45,6 +45,11 @@ NOT_AN_OBJECT = "must be a JSON object"
 PROBLEM_JSON = "application/problem+json"
 #: Problems listed in one error body or batch item; the rest are counted in ``more_errors``.
 MAX_REPORTED_ERRORS = 20
+#: Problems listed in a whole batch response, over all its items, in index order. An item past
+#: the budget keeps its slot, its ``status`` and its count in ``more_errors``, with no
+#: ``errors``: a 1,000-item batch of junk gets a body of a bounded size (about 100 KB at most),
+#: not one that grows with the problems in each item.
+MAX_BATCH_REPORTED_ERRORS = 200
 
 
 class ProblemResponse(JSONResponse):
@@ -78,6 +83,21 @@ def request_id_of(request: Request) -> str:
 def capped(errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """The first :data:`MAX_REPORTED_ERRORS` problems and the number left out."""
     return errors[:MAX_REPORTED_ERRORS], max(0, len(errors) - MAX_REPORTED_ERRORS)
+
+
+def batch_capped(
+    failures: list[tuple[int, list[dict[str, Any]]]],
+) -> list[tuple[int, list[dict[str, Any]], int]]:
+    """Each failed batch item's ``(index, problems listed, number left out)``, in index order:
+    at most :data:`MAX_REPORTED_ERRORS` listed per item and :data:`MAX_BATCH_REPORTED_ERRORS`
+    over the batch."""
+    budget = MAX_BATCH_REPORTED_ERRORS
+    out = []
+    for index, errors in sorted(failures, key=lambda failure: failure[0]):
+        shown = errors[: min(MAX_REPORTED_ERRORS, budget)]
+        budget -= len(shown)
+        out.append((index, shown, len(errors) - len(shown)))
+    return out
 
 
 def error_body(

@@ -205,7 +205,11 @@ class BatchItem(BaseModel):
     index: int = Field(description="Position of the client in the request.")
     status: Literal["ok", "error"]
     result: RiskResponse | None = None
-    errors: list[Problem] | None = Field(None, description="At most 20 problems of this item.")
+    errors: list[Problem] | None = Field(
+        None,
+        description="At most 20 problems of this item, and at most 200 over the whole batch "
+        "(in item order): an item past that budget lists none and counts them in more_errors.",
+    )
     more_errors: int | None = Field(None, ge=0, description="Problems not listed in errors.")
 
 

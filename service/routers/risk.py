@@ -16,7 +16,7 @@ from service.deps import ModelDep, SettingsDep
 from service.episodes import edge_problems, to_episodes
 from service.errors import (
     InvalidRequest,
-    capped,
+    batch_capped,
     error_responses,
     pydantic_problems,
     request_id_of,
@@ -117,19 +117,20 @@ def risk_batch(
     scorer = model.scorer
     request_id = request_id_of(request)
     items: list[BatchItem] = []
+    failures: list[tuple[int, list[dict[str, Any]]]] = []
     accepted: list[RiskRequest] = []
     positions: list[int] = []
     for i, item in enumerate(body.clients):
         if isinstance(item, InvalidItem):
             note_invalid(request)
-            items.append(_failed(i, pydantic_problems(item.errors, strip_body=False)))
+            failures.append((i, pydantic_problems(item.errors, strip_body=False)))
         elif not same_clinic(principal, item.clinic_id):
             # Exactly what a client that does not exist gets: nothing about the other clinic.
             note_client(request, item.client_id, status=404)
-            items.append(_failed(i, [{"loc": ["clinic_id"], "reason": NOT_FOUND}]))
+            failures.append((i, [{"loc": ["clinic_id"], "reason": NOT_FOUND}]))
         elif refused := edge_problems(item, scorer.profile, max_sessions=settings.max_sessions):
             note_client(request, item.client_id, status=422)
-            items.append(_failed(i, refused))
+            failures.append((i, refused))
         else:
             accepted.append(item)
             positions.append(i)
@@ -147,8 +148,9 @@ def risk_batch(
         else:
             assert outcome is not None, "an episode with appointments has a latest one"
             note_client(request, item.client_id, status=422)
-            items.append(_failed(positions[j], edge.request_problems(j, outcome)))
+            failures.append((positions[j], edge.request_problems(j, outcome)))
     _count(request, model, results)
+    items.extend(_failed(*failure) for failure in batch_capped(failures))
     items.sort(key=lambda it: it.index)
     return BatchResponse(
         model=ref,
@@ -159,8 +161,7 @@ def risk_batch(
     )
 
 
-def _failed(index: int, errors: list[dict[str, Any]]) -> BatchItem:
-    shown, more = capped(errors)
+def _failed(index: int, shown: list[dict[str, Any]], more: int) -> BatchItem:
     return BatchItem.model_validate(
         {"index": index, "status": "error", "errors": shown, "more_errors": more}
     )

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.errors import MAX_REPORTED_ERRORS, PROBLEM_JSON
+from service.errors import MAX_BATCH_REPORTED_ERRORS, MAX_REPORTED_ERRORS, PROBLEM_JSON
 from service.settings import ServiceSettings
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
 from tests.service.helpers import request_for
@@ -147,3 +147,46 @@ def test_openapi_names_every_operation_and_documents_its_errors(api: TestClient)
             assert {"type", "title", "status", "detail", "request_id", "errors",
                     "more_errors"} <= set(props)  # fmt: skip
             assert "$ref" not in json.dumps(props["errors"])
+
+
+#: A failing 1,000-client batch, whatever its items hold: at most MAX_BATCH_REPORTED_ERRORS
+#: listed problems (a path and a fixed reason each, under 200 bytes) and about 80 bytes for
+#: every other item's slot. The attacks below made 1.59 MB and 116 KB.
+MAX_FAILED_BATCH_BYTES = MAX_BATCH_REPORTED_ERRORS * 200 + 1000 * 80
+
+
+@pytest.mark.parametrize(
+    "item", [{f"key-{j}": 1 for j in range(25)}, 0], ids=["25-unknown-keys", "not-an-object"]
+)
+def test_a_failing_batch_has_a_bounded_body_and_every_item_in_its_slot(
+    api: TestClient, item: Any
+) -> None:
+    clients = [item] * 1000
+    r = api.post("/v1/risk/batch", json={"clients": clients})
+    assert r.status_code == 200, r.text
+    assert len(r.content) < MAX_FAILED_BATCH_BYTES, len(r.content)
+    out = r.json()
+    assert (out["scored"], out["failed"]) == (0, 1000)
+    items = out["items"]
+    assert [it["index"] for it in items] == list(range(1000))
+    assert all(it["status"] == "error" and it["result"] is None for it in items)
+    assert sum(len(it["errors"]) for it in items) == MAX_BATCH_REPORTED_ERRORS
+    # Every item still counts its problems: listed ones plus more_errors, the same for each.
+    per_item = {len(it["errors"]) + it["more_errors"] for it in items}
+    assert len(per_item) == 1 and per_item.pop() >= 1
+    assert all(len(it["errors"]) <= MAX_REPORTED_ERRORS for it in items)
+    # The budget goes to the first items, in index order.
+    listed = [bool(it["errors"]) for it in items]
+    assert listed == sorted(listed, reverse=True)
+    assert "key-" not in r.text
+
+
+def test_the_batch_budget_leaves_scored_items_whole(api: TestClient,
+                                                    body: dict[str, Any]) -> None:  # fmt: skip
+    clients = [0] * (MAX_BATCH_REPORTED_ERRORS + 5) + [body]
+    out = api.post("/v1/risk/batch", json={"clients": clients}).json()
+    assert (out["scored"], out["failed"]) == (1, MAX_BATCH_REPORTED_ERRORS + 5)
+    last = out["items"][-1]
+    assert last["status"] == "ok" and last["result"]["probability"] >= 0
+    assert out["items"][-2] == {"index": MAX_BATCH_REPORTED_ERRORS + 4, "status": "error",
+                                "result": None, "errors": [], "more_errors": 1}  # fmt: skip
