@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from service.auth import SCOPES, SMART_ALIASES, AuthSettings, DevModeRefused, mint_dev_token
 
@@ -43,10 +44,10 @@ def token(
             clinic_claim=settings.clinic_claim,
         )
     except DevModeRefused as exc:
-        console.print(f"[bold red]Refused[/]: {exc}")
+        console.print(f"[bold red]Refused[/]: {escape(str(exc))}")
         raise typer.Exit(1) from None
     except (ValueError, PermissionError) as exc:
-        console.print(f"[bold red]Error[/]: {exc}")
+        console.print(f"[bold red]Error[/]: {escape(str(exc))}")
         raise typer.Exit(2) from None
     configured = os.environ.get("ALLIANCE_RISK_AUTH_MODE", "")
     if configured and configured != "dev":
@@ -55,7 +56,8 @@ def token(
             "environment will not accept dev tokens.[/]"
         )
     console.print(
-        f"[dim]Dev token for clinic {clinic!r}, scopes {' '.join(scope)}, valid {ttl} s.[/]"
+        f"[dim]Dev token for clinic {escape(repr(clinic))}, scopes {escape(' '.join(scope))}, "
+        f"valid {ttl} s.[/]"
     )
     typer.echo(jwt_text)
 

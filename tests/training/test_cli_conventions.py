@@ -59,3 +59,74 @@ def test_model_defaults_to_the_champion(
     assert "Cannot load model models:/alliance-risk@champion" in result.output
     help_text = runner.invoke(app, [command, "--help"], env=WIDE).output
     assert "[default: models:/alliance-risk@champion]" in help_text
+
+
+def _blocked(tmp_path: Path) -> Path:
+    """A path no one can create, root included: its parent is a regular file."""
+    plain = tmp_path / "plain-file"
+    plain.write_text("x")
+    return plain / "sub"
+
+
+# One representative error of each command: (arguments, start of the message).
+ERRORS = {
+    "simulate": (["simulate", "--clients", "5", "--out", "{blocked}"], "Cannot write output"),
+    "validate": (["validate", "--sessions", "{missing}", "--clients", "{clients}"],
+                 "Cannot read input"),
+    "train": (["train", "--sessions", "{missing}", "--clients", "{clients}"],
+              "Cannot read input"),
+    "evaluate": (["evaluate", "--sessions", "{missing}", "--clients", "{clients}"],
+                 "Cannot read input"),
+    "score": (["score", "--sessions", "{sessions}", "--clients", "{clients}",
+               "--out", "{blocked}/scores.csv"], "Cannot write output"),
+    "promote": (["promote", "--force"], "--force needs --reason"),
+    "token": (["token", "--clinic", "north", "--scope", "risk:everything", "--key-dir",
+               "{tmp}/keys"], "unknown scope"),
+    "apikey": (["apikey", "create", "--keys-file", "{tmp}/keys.json", "--clinic", "north",
+                "--scope", "risk:everything"], "unknown scope"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(ERRORS))
+def test_errors_go_to_stderr_and_leave_stdout_empty(command: str, tmp_path: Path) -> None:
+    sessions, clients = write(tmp_path)
+    names = {"blocked": _blocked(tmp_path), "missing": tmp_path / "nope.csv", "tmp": tmp_path,
+             "sessions": sessions, "clients": clients}  # fmt: skip
+    args, message = ERRORS[command]
+    env = {**WIDE, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = runner.invoke(app, [a.format(**names) for a in args], env=env)
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+def test_validate_tables_go_to_stdout_and_the_verdict_to_stderr(tmp_path: Path) -> None:
+    from tests.training.test_io import SESSIONS_CSV, edit
+
+    s, cl = write(tmp_path, edit(SESSIONS_CSV, 3, "attendance", "gone"))
+    result = runner.invoke(app, ["validate", "--sessions", str(s), "--clients", str(cl)], env=WIDE)
+    assert result.exit_code == 1, result.output
+    assert "Problems by table, column and reason" in result.stdout
+    assert "FAILED" in result.stderr and "FAILED" not in result.stdout
+
+
+def test_a_contract_error_in_train_goes_to_stderr(tmp_path: Path) -> None:
+    from tests.training.test_io import SESSIONS_CSV, edit
+
+    s, cl = write(tmp_path, edit(SESSIONS_CSV, 3, "attendance", "gone"))
+    env = {**WIDE, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = runner.invoke(app, ["train", "--sessions", str(s), "--clients", str(cl)], env=env)
+    assert result.exit_code == 1, result.output
+    assert "alliance-risk validate" in result.stderr
+    assert result.stdout == ""
+
+
+def test_token_messages_show_square_brackets_literally(tmp_path: Path) -> None:
+    # rich would take "[bold]" for markup and drop it from the message.
+    args = ["token", "--clinic", "[red]north", "--key-dir", str(tmp_path / "keys")]
+    refused = runner.invoke(app, [*args, "--scope", "[bold]risk"], env=WIDE)
+    assert refused.exit_code == 2 and "[bold]risk" in refused.stderr
+    minted = runner.invoke(app, [*args, "--scope", "risk:read"], env=WIDE)
+    assert minted.exit_code == 0, minted.output
+    assert "clinic '[red]north'" in minted.stderr

@@ -132,3 +132,41 @@ def test_default_quarantine_dir_is_checked_too(tmp_path: Path) -> None:
     assert code == 2, text
     assert "Cannot write output: --quarantine-dir (default)" in text
     assert "it exists and is not a folder" in text
+
+
+def _wrong_kind(tmp_path: Path) -> dict[str, tuple[list[str | Path], str, Path]]:
+    """Outputs given a path of the wrong kind: (arguments, option, path), per case."""
+    s, cl = write(tmp_path, edit(SESSIONS_CSV, 3, "attendance", "gone"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    plain = tmp_path / "version"
+    plain.write_text("a file, as /proc/version")
+    score = ["score", "--model", MODEL, "--sessions", s, "--clients", cl]
+    return {
+        "score --out folder": ([*score, "--out", folder], "--out", folder),
+        "validate --report folder": (
+            ["validate", "--sessions", s, "--clients", cl, "--report", folder], "--report", folder,
+        ),
+        "--quarantine-dir file": (
+            [*score, "--out", tmp_path / "scores.csv", "--on-error", "quarantine",
+             "--quarantine-dir", plain],
+            "--quarantine-dir", plain,
+        ),
+        "simulate --out file": (["simulate", "--clients", "5", "--out", plain], "--out", plain),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["score --out folder", "validate --report folder", "--quarantine-dir file",
+     "simulate --out file"],
+)  # fmt: skip
+def test_an_output_of_the_wrong_kind_gets_the_one_line_output_error(
+    tmp_path: Path, case: str
+) -> None:
+    args, option, path = _wrong_kind(tmp_path)[case]
+    code, text = invoke(args, tmp_path)
+    assert code == 2, text
+    kind = "it is a folder" if path.is_dir() else "it exists and is not a folder"
+    assert f"Cannot write output: {option} {path}: {kind}" in text
+    assert "Usage:" not in text and "Invalid value" not in text

@@ -19,8 +19,9 @@ WIDE = {"COLUMNS": "250"}  # rich wraps at 80 columns otherwise
 
 
 def run(*args: str | Path) -> tuple[int, str]:
+    """Exit code and what the user sees: the tables (stdout) and the verdict or error (stderr)."""
     result = runner.invoke(app, ["validate", *map(str, args)], env=WIDE)
-    return result.exit_code, result.stdout
+    return result.exit_code, result.output
 
 
 def test_clean_files_exit_0(tmp_path: Path) -> None:

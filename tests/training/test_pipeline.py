@@ -190,7 +190,7 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     assert second.exit_code == 0, second.output
     refused = _run(["promote", "--name", "alliance-risk", "--version", "2"], store)
     assert refused.exit_code == 1, refused.output
-    assert "Refused" in refused.output
+    assert "Refused" in refused.stderr and "Refused" not in refused.stdout
     assert str(client.get_model_version_by_alias("alliance-risk", "champion").version) == "1"
     tags = client.get_model_version("alliance-risk", "2").tags
     assert "auroc_drop" in tags["promotion.failed_checks"]

@@ -71,7 +71,8 @@ QuarantineDirOpt = Annotated[
         "--quarantine-dir",
         help="Where sessions.quarantine.csv and clients.quarantine.csv go. "
         "Default: quarantine/ next to the sessions file.",
-        file_okay=False,
+        # Checked by check_quarantine_or_exit, not click, so that it fails like every output.
+        metavar="<directory>",
     ),
 ]
 ExperimentOpt = Annotated[
@@ -116,35 +117,45 @@ def unwritable_reason(path: Path, *, folder: bool = False) -> str | None:
     return None
 
 
-def check_output_or_exit(
-    console: Console, option: str, path: Path | None, *, folder: bool = False
-) -> None:
+def error_console() -> Console:
+    """Where errors, refusals, warnings and progress go: stderr, so that stdout holds results.
+
+    Made per call: rich then writes to the ``sys.stderr`` of the moment (a test runner's too).
+    """
+    return Console(stderr=True)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print the one-line ``message`` (rich markup) on stderr; returns the Exit to raise."""
+    error_console().print(message)
+    return typer.Exit(code)
+
+
+def check_output_or_exit(option: str, path: Path | None, *, folder: bool = False) -> None:
     """Exit 2 with a message naming ``option`` unless ``path`` can be written (None: no output).
 
-    Called before any work, so that a long run does not end in an unwritable output.
+    Called before any work, so that a long run does not end in an unwritable output. An
+    existing folder where a file goes (or the reverse) is reported here too, in the same form.
     """
     if path is None:
         return
     reason = unwritable_reason(path, folder=folder)
     if reason is not None:
-        console.print(
-            f"[bold red]Cannot write output[/]: {option} {escape(str(path))}: {escape(reason)}"
+        raise fail(
+            f"[bold red]Cannot write output[/]: {option} {escape(str(path))}: {escape(reason)}",
+            EXIT_UNREADABLE,
         )
-        raise typer.Exit(EXIT_UNREADABLE)
 
 
-def check_quarantine_or_exit(
-    console: Console, on_error: str, sessions: Path, quarantine_dir: Path | None
-) -> None:
+def check_quarantine_or_exit(on_error: str, sessions: Path, quarantine_dir: Path | None) -> None:
     """In quarantine mode, exit 2 unless the quarantine folder (given or default) is writable."""
     if on_error == "quarantine":
         folder = quarantine_folder(sessions, quarantine_dir)
         option = "--quarantine-dir" if quarantine_dir else "--quarantine-dir (default)"
-        check_output_or_exit(console, option, folder, folder=True)
+        check_output_or_exit(option, folder, folder=True)
 
 
 def load_or_exit(
-    console: Console,
     sessions: Path,
     clients: Path,
     *,
@@ -153,30 +164,31 @@ def load_or_exit(
     quarantine_dir: Path | None = None,
     report: Path | None = None,
 ) -> LoadedCohort:
-    """Load and validate a cohort, or print the contract report and exit non-zero."""
-    check_output_or_exit(console, "--report", report)
-    check_quarantine_or_exit(console, on_error, sessions, quarantine_dir)
+    """Load and validate a cohort, or print the contract report on stderr and exit non-zero."""
+    check_output_or_exit("--report", report)
+    check_quarantine_or_exit(on_error, sessions, quarantine_dir)
+    errors = error_console()
     try:
         cohort = load_cohort(
             sessions, clients, profile=profile, on_error=on_error, quarantine_dir=quarantine_dir
         )
     except ContractError as err:
-        console.print(str(err), markup=False, highlight=False)
+        errors.print(str(err), markup=False, highlight=False)
         if report is not None:
             write_problem_report(err.report, report, err.files)
-        console.print("Run `alliance-risk validate` for the full report.")
-        raise typer.Exit(EXIT_ERRORS) from None
+        raise fail("Run `alliance-risk validate` for the full report.", EXIT_ERRORS) from None
     except OutputError as err:
-        console.print(f"[bold red]Cannot write output[/]: --quarantine-dir: {escape(str(err))}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        raise fail(
+            f"[bold red]Cannot write output[/]: --quarantine-dir: {escape(str(err))}",
+            EXIT_UNREADABLE,
+        ) from None
     except (OSError, ValueError) as err:
-        console.print(f"[bold red]Cannot read input[/]: {escape(str(err))}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        raise fail(f"[bold red]Cannot read input[/]: {escape(str(err))}", EXIT_UNREADABLE) from None
     if cohort.quarantine_files:
-        console.print(
+        errors.print(
             f"Quarantined {cohort.clients_quarantined} client episodes "
             f"({cohort.sessions_quarantined} session rows) to "
-            f"{cohort.quarantine_files['sessions'].parent}; continuing with the rest."
+            f"{escape(str(cohort.quarantine_files['sessions'].parent))}; continuing with the rest."
         )
     return cohort
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from training.commands.common import (
@@ -20,6 +21,8 @@ from training.commands.common import (
     SessionsOpt,
     TrackingOpt,
     configure_tracking,
+    error_console,
+    fail,
     load_or_exit,
 )
 from training.simulate import is_simulated
@@ -56,7 +59,7 @@ def evaluate(
     """
     console = Console()
     cohort = load_or_exit(
-        console, sessions, clients, profile=profile, on_error=on_error,
+        sessions, clients, profile=profile, on_error=on_error,
         quarantine_dir=quarantine_dir,
     )  # fmt: skip
     configure_tracking(tracking_uri)
@@ -70,20 +73,19 @@ def evaluate(
     try:
         scorer = load_scorer(model)
     except (MlflowException, IncompatibleModelError, OSError) as err:
-        console.print(f"[bold red]Cannot load model[/] {model}: {err}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        message = f"[bold red]Cannot load model[/] {escape(model)}: {escape(str(err))}"
+        raise fail(message, EXIT_UNREADABLE) from None
     if scorer.profile.name != cohort.profile.name:
-        console.print(
+        raise fail(
             f"[bold red]Profile mismatch[/]: the model was trained on {scorer.profile.name!r} "
-            f"ratings, the data are {cohort.profile.name!r}."
+            f"ratings, the data are {cohort.profile.name!r}.",
+            EXIT_ERRORS,
         )
-        raise typer.Exit(EXIT_ERRORS)
     try:
-        with console.status("Scoring and evaluating"):
+        with error_console().status("Scoring and evaluating"):
             evaluation = evaluate_on(scorer, cohort.sessions, cohort.clients, n_boot=bootstrap)
     except ValueError as err:
-        console.print(f"[bold red]Cannot evaluate[/]: {err}")
-        raise typer.Exit(EXIT_ERRORS) from None
+        raise fail(f"[bold red]Cannot evaluate[/]: {escape(str(err))}", EXIT_ERRORS) from None
     run = log_evaluation_run(
         evaluation,
         model_uri=model,

@@ -6,9 +6,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from training.commands.common import EXIT_ERRORS, EXIT_UNREADABLE, TrackingOpt, configure_tracking
+from training.commands.common import (
+    EXIT_ERRORS,
+    EXIT_UNREADABLE,
+    TrackingOpt,
+    configure_tracking,
+    error_console,
+    fail,
+)
 from training.tracking import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
@@ -16,7 +24,10 @@ if TYPE_CHECKING:
 
 
 def render_promotion(console: Console, outcome: PromotionOutcome) -> bool:
-    """Print the gate checks and the decision; True when the version is (now) the champion."""
+    """Print the gate checks and the decision; True when the version is (now) the champion.
+
+    A refusal goes to stderr, as every command's refusals; the table and a promotion to ``console``.
+    """
     if outcome.already_champion:
         console.print(f"Version {outcome.version} of {outcome.name} is already the champion.")
         return True
@@ -41,7 +52,7 @@ def render_promotion(console: Console, outcome: PromotionOutcome) -> bool:
             f"previous champion: {outcome.previous_champion or 'none'}."
         )
         return True
-    console.print(
+    error_console().print(
         f"[bold red]Refused[/]: {outcome.name} v{outcome.version} did not pass the gates; the "
         f"champion stays {outcome.previous_champion or 'unset'}. Use --force --reason TEXT to "
         "override (recorded on the version)."
@@ -74,8 +85,10 @@ def promote(
     """
     console = Console()
     if force and not (reason or "").strip():
-        console.print("[bold red]--force needs --reason TEXT[/] (it is recorded on the version).")
-        raise typer.Exit(EXIT_UNREADABLE)
+        raise fail(
+            "[bold red]--force needs --reason TEXT[/] (it is recorded on the version).",
+            EXIT_UNREADABLE,
+        )
     configure_tracking(tracking_uri)
     from mlflow.exceptions import MlflowException
 
@@ -84,8 +97,7 @@ def promote(
     try:
         outcome = promote_version(name, version, force=force, reason=reason)
     except (MlflowException, ValueError) as err:
-        console.print(f"[bold red]Cannot promote[/]: {err}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        raise fail(f"[bold red]Cannot promote[/]: {escape(str(err))}", EXIT_UNREADABLE) from None
     if not render_promotion(console, outcome):
         raise typer.Exit(EXIT_ERRORS)
 

@@ -21,6 +21,8 @@ from training.commands.common import (
     TrackingOpt,
     check_output_or_exit,
     configure_tracking,
+    error_console,
+    fail,
     load_or_exit,
 )
 
@@ -31,7 +33,9 @@ def score(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output file (.csv or .parquet), one row per client.", dir_okay=False
+            "--out",
+            help="Output file (.csv or .parquet), one row per client.",
+            metavar="<file>",  # checked by check_output_or_exit, as every output
         ),
     ],
     model: Annotated[
@@ -72,9 +76,9 @@ def score(
     alliance-building focus; empty for attendance and engagement); model_name, model_version.
     """
     console = Console()
-    check_output_or_exit(console, "--out", out)
+    check_output_or_exit("--out", out)
     cohort = load_or_exit(
-        console, sessions, clients, profile=profile, on_error=on_error,
+        sessions, clients, profile=profile, on_error=on_error,
         quarantine_dir=quarantine_dir,
     )  # fmt: skip
     configure_tracking(tracking_uri)
@@ -84,17 +88,16 @@ def score(
     from training.scoring import score_cohort
 
     try:
-        with console.status(f"Scoring {len(cohort.clients)} clients"):
+        with error_console().status(f"Scoring {len(cohort.clients)} clients"):
             result = score_cohort(
                 model, cohort.sessions, cohort.clients, cohort.profile,
                 landmark=landmark, include_ended=include_ended,
             )  # fmt: skip
     except (MlflowException, OSError, LookupError) as err:
-        console.print(f"[bold red]Cannot load model[/] {model}: {err}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        message = f"[bold red]Cannot load model[/] {escape(model)}: {escape(str(err))}"
+        raise fail(message, EXIT_UNREADABLE) from None
     except IncompatibleModelError as err:
-        console.print(f"[bold red]Incompatible model[/]: {err}")
-        raise typer.Exit(EXIT_ERRORS) from None
+        raise fail(f"[bold red]Incompatible model[/]: {escape(str(err))}", EXIT_ERRORS) from None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".parquet":
@@ -102,11 +105,11 @@ def score(
         else:
             result.frame.to_csv(out, index=False)
     except OSError as err:
-        console.print(
+        raise fail(
             f"[bold red]Cannot write output[/]: --out {escape(str(out))}: "
-            f"{escape(err.strerror or type(err).__name__)}"
-        )
-        raise typer.Exit(EXIT_UNREADABLE) from None
+            f"{escape(err.strerror or type(err).__name__)}",
+            EXIT_UNREADABLE,
+        ) from None
     bands = result.frame["risk_band"].value_counts()
     left_out = [
         f"{result.skipped_ended} ended episodes (--all scores them)" if result.skipped_ended else "",
@@ -120,7 +123,7 @@ def score(
         f"Scored {len(result.frame)} clients with {result.model_name} v{result.model_version}: "
         + ", ".join(f"{bands.get(b, 0)} {b}" for b in ("high", "moderate", "low"))
         + "".join(f"; not scored: {text}" for text in left_out if text)
-        + f". Written to {out}."
+        + f". Written to {escape(str(out))}."
     )
 
 

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from features import contract as c
-from training.commands.common import ProfileName
+from training.commands.common import ProfileName, check_output_or_exit, error_console
 from training.simulate import Cohort, SimulationConfig, simulate_cohort, write_cohort
 
 #: Offered as choices by typer; a test keeps it in step with features.profiles.PROFILES.
@@ -46,7 +46,12 @@ def _summary(cohort: Cohort, written: dict[str, Path]) -> Table:
 
 def simulate(
     out: Annotated[
-        Path, typer.Option("--out", help="Output folder (created if missing).", file_okay=False)
+        Path,
+        typer.Option(
+            "--out",
+            help="Output folder (created if missing).",
+            metavar="<directory>",  # checked by check_output_or_exit, as every output
+        ),
     ],
     clients: Annotated[
         int, typer.Option("--clients", min=1, help="Number of clients (episodes of care).")
@@ -80,14 +85,14 @@ def simulate(
     ] = False,
 ) -> None:
     """Simulate a literature-grounded cohort and write its sessions and clients tables."""
-    console = Console(stderr=True)
+    check_output_or_exit("--out", out, folder=True)
     config = SimulationConfig(dropout_rate=dropout_rate)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
-        console=console,
+        console=error_console(),
         transient=True,
     ) as bar:
         tasks: dict[str, TaskID] = {}

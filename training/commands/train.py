@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,6 +22,8 @@ from training.commands.common import (
     SessionsOpt,
     TrackingOpt,
     configure_tracking,
+    error_console,
+    fail,
     load_or_exit,
 )
 from training.commands.promote import render_promotion
@@ -144,7 +147,7 @@ def train(
 
     console = Console()
     cohort = load_or_exit(
-        console, sessions, clients, profile=profile, on_error=on_error,
+        sessions, clients, profile=profile, on_error=on_error,
         quarantine_dir=quarantine_dir,
     )  # fmt: skip
     uri = configure_tracking(tracking_uri)
@@ -162,7 +165,7 @@ def train(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=error_console(),  # progress, so stdout holds only the results
         transient=False,
     ) as progress:
         stages = progress.add_task("Training", total=len(_STAGES))
@@ -184,8 +187,7 @@ def train(
             )  # fmt: skip
         except ValueError as err:
             progress.stop()
-            console.print(f"[bold red]Cannot train[/]: {err}")
-            raise typer.Exit(EXIT_ERRORS) from None
+            raise fail(f"[bold red]Cannot train[/]: {escape(str(err))}", EXIT_ERRORS) from None
         on_stage("log")
         test_ids = result.splits.test
         logged, _ = log_training_run(

@@ -23,6 +23,7 @@ from training.commands.common import (
     SessionsOpt,
     check_output_or_exit,
     check_quarantine_or_exit,
+    fail,
 )
 from training.io import (
     ContractError,
@@ -106,7 +107,7 @@ def validate(
             help="Write every problem as CSV with columns table, row, line, column, severity, "
             "reason "
             "(row: 1-based data row; line: CSV file line, header is line 1).",
-            dir_okay=False,
+            metavar="<file>",  # checked by check_output_or_exit, as every output
         ),
     ] = None,
     show: Annotated[
@@ -122,8 +123,8 @@ def validate(
     """
     console = Console()
     files = {"sessions": sessions, "clients": clients}
-    check_output_or_exit(console, "--report", report)
-    check_quarantine_or_exit(console, on_error, sessions, quarantine_dir)
+    check_output_or_exit("--report", report)
+    check_quarantine_or_exit(on_error, sessions, quarantine_dir)
     try:
         cohort = load_cohort(
             sessions, clients, profile=profile, on_error=on_error, quarantine_dir=quarantine_dir
@@ -132,19 +133,21 @@ def validate(
         _render(console, err.report, files, show)
         if report is not None:
             write_problem_report(err.report, report, files)
-        console.print(
+        # The tables above are the result (stdout); the verdict is the refusal (stderr).
+        verdict = (
             f"[bold red]FAILED[/]: {len(err.report.errors)} errors, "
             f"{len(err.report.warnings)} warnings."
         )
         if err.report.table_errors and on_error == "quarantine":
-            console.print("Table-level errors (e.g. a missing column) cannot be quarantined.")
-        raise typer.Exit(EXIT_ERRORS) from None
+            verdict += "\nTable-level errors (e.g. a missing column) cannot be quarantined."
+        raise fail(verdict, EXIT_ERRORS) from None
     except OutputError as err:
-        console.print(f"[bold red]Cannot write output[/]: --quarantine-dir: {escape(str(err))}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        raise fail(
+            f"[bold red]Cannot write output[/]: --quarantine-dir: {escape(str(err))}",
+            EXIT_UNREADABLE,
+        ) from None
     except (OSError, ValueError) as err:
-        console.print(f"[bold red]Cannot read input[/]: {escape(str(err))}")
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        raise fail(f"[bold red]Cannot read input[/]: {escape(str(err))}", EXIT_UNREADABLE) from None
 
     _render(console, cohort.report, files, show)
     if report is not None:
