@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service.audit import MAX_TEXT, is_audit_text
 from service.auth import SCOPES, SMART_ALIASES, generate_api_key, hash_api_key, load_api_keys
 
 #: The service reads its keys file from here (see service.auth.settings.AuthSettings).
@@ -27,6 +28,9 @@ KEYS_FILE_ENV = "ALLIANCE_RISK_AUTH_API_KEYS_FILE"
 #: As the analysts' commands: 1 refused (a value the loader rejects), 2 unusable file.
 EXIT_REFUSED, EXIT_UNUSABLE = 1, 2
 _SCOPE_HELP = ", ".join(sorted(SCOPES) + sorted(SMART_ALIASES))
+#: The keys file's limit on a key id (service.auth.api_keys); a clinic is an audit text field.
+_MAX_NAME = 128
+_PRINTABLE = "printable characters (no control characters or line separators)"
 
 KeysFileOpt = Annotated[
     Path | None,
@@ -58,6 +62,23 @@ def _keys_file(console: Console, keys_file: Path | None) -> Path:
     return keys_file
 
 
+def _option_problem(name: str | None, clinic: str, scopes: list[str]) -> str | None:
+    """What is wrong with the options, naming the option and its rule, else None.
+
+    The checks the keys file's loader makes, made first so that a refusal names the option
+    rather than a field of a temporary file. A value with control characters is never shown.
+    """
+    if name is not None and not (0 < len(name) <= _MAX_NAME and is_audit_text(name)):
+        return f"--name must be 1 to {_MAX_NAME} {_PRINTABLE}"
+    if not (clinic and is_audit_text(clinic)):
+        return f"--clinic must be 1 to {MAX_TEXT} {_PRINTABLE}"
+    unknown = sorted(s for s in scopes if s not in SCOPES and s not in SMART_ALIASES)
+    if unknown:
+        shown = unknown if all(is_audit_text(s) for s in unknown) else "(not shown)"
+        return f"--scope: unknown scope(s) {shown}; one of: {_SCOPE_HELP}"
+    return None
+
+
 def _existing_entries(path: Path) -> list[dict[str, Any]]:
     """The entries of a valid keys file as stored (``[]`` if absent); ``ValueError`` if not."""
     if not path.exists():
@@ -77,7 +98,10 @@ def _write_checked(path: Path, entries: list[dict[str, Any]]) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        load_api_keys(Path(tmp))
+        try:
+            load_api_keys(Path(tmp))
+        except ValueError as exc:  # name the keys file, not the temporary one
+            raise ValueError(str(exc).replace(tmp, str(path))) from None
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -109,6 +133,9 @@ def create(
     """
     console = Console(stderr=True)
     path = _keys_file(console, keys_file)
+    problem = _option_problem(name, clinic, scope)
+    if problem is not None:
+        raise _fail(console, f"refused, nothing was changed: {problem}", EXIT_REFUSED)
     try:
         entries = _existing_entries(path)
     except (ValueError, OSError) as exc:

@@ -126,19 +126,51 @@ def test_a_malformed_keys_file_is_refused_and_left_alone(tmp_path: Path, content
     assert list(tmp_path.iterdir()) == [keys]  # no temporary file left behind
 
 
+PRINTABLE_RULE = "printable characters (no control characters or line separators)"
+
+
 @pytest.mark.parametrize(
     ("option", "value", "reason"),
-    [("--scope", "risk:write", "unknown scope"), ("--clinic", "north\x1b[2J", "keys.0.clinic")],
+    [
+        ("--scope", "risk:write", "--scope: unknown scope(s) ['risk:write']"),
+        ("--scope", "risk:\x01", "--scope: unknown scope(s) (not shown)"),
+        ("--clinic", "north\x1b[2J", f"--clinic must be 1 to 256 {PRINTABLE_RULE}"),
+        ("--clinic", "", f"--clinic must be 1 to 256 {PRINTABLE_RULE}"),
+        ("--name", "front\x01desk", f"--name must be 1 to 128 {PRINTABLE_RULE}"),
+        ("--name", "front\u2028desk", f"--name must be 1 to 128 {PRINTABLE_RULE}"),
+        ("--name", "n" * 129, f"--name must be 1 to 128 {PRINTABLE_RULE}"),
+        ("--name", "", f"--name must be 1 to 128 {PRINTABLE_RULE}"),
+    ],
+    ids=[
+        "scope-unknown",
+        "scope-control",
+        "clinic-escape",
+        "clinic-empty",
+        "name-control",
+        "name-line-separator",
+        "name-long",
+        "name-empty",
+    ],
 )
-def test_invalid_values_are_refused_before_anything_is_written(
-    tmp_path: Path, option: str, value: str, reason: str
+@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
+def test_invalid_values_are_refused_by_option_before_anything_is_written(
+    tmp_path: Path, option: str, value: str, reason: str, existing: bool
 ) -> None:
     keys = tmp_path / "api-keys.json"
+    if existing:
+        create(keys, "north", "risk:read", name="front-1")
+    before = keys.read_bytes() if existing else None
     args = {"--clinic": "north", "--scope": "risk:read", option: value}
     code, out, err = apikey("create", "--keys-file", keys, *(x for kv in args.items() for x in kv))
     assert code == 1 and out == ""
     assert reason in err and "nothing was changed" in err
-    assert not keys.exists() and list(tmp_path.iterdir()) == []
+    assert ".tmp" not in err and "keys.0" not in err  # the option, not the file, is named
+    if not value.isprintable() or len(value) > 128:
+        assert value not in err  # neither a control character nor the long value comes back
+    if existing:
+        assert keys.read_bytes() == before and list(tmp_path.iterdir()) == [keys]
+    else:
+        assert not keys.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_the_keys_file_comes_from_the_service_s_environment_variable(
