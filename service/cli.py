@@ -64,12 +64,20 @@ def bootstrap(console: Console, data_dir: Path, n_clients: int = BOOTSTRAP_CLIEN
             raise typer.Exit(1)
 
 
-def _curl(host: str, port: int, example: Path, clinic: str, dev: bool) -> str:
+def _curl(host: str, port: int, example: Path, clinic: str, mode: str) -> str:
+    """The README's request as a curl line, with the credential auth ``mode`` expects."""
+    from service.auth import API_KEY_HEADER
+
     exe = Path(sys.executable).parent / "alliance-risk"
-    token = f"$({exe} token --clinic {clinic} --scope risk:read)" if dev else "$YOUR_TOKEN"
+    if mode == "dev":
+        credential = f"Authorization: Bearer $({exe} token --clinic {clinic} --scope risk:read)"
+    elif mode == "api_key":
+        credential = f"{API_KEY_HEADER}: $YOUR_API_KEY"
+    else:
+        credential = "Authorization: Bearer $YOUR_TOKEN"
     return (
         f"curl -s -X POST http://{host}:{port}/v1/risk "
-        f'-H "Authorization: Bearer {token}" '
+        f'-H "{credential}" '
         f"-H 'Content-Type: application/json' -d @{example}"
     )
 
@@ -112,7 +120,7 @@ def serve(
 
     from models.store import project_root
     from models.store import tracking_uri as default_uri
-    from service.auth import AuthSettings, DevModeRefused
+    from service.auth import Authenticator, AuthSettings, DevModeRefused
     from service.schemas import RISK_REQUEST_EXAMPLE
 
     console = Console(stderr=True)
@@ -125,6 +133,14 @@ def serve(
         raise typer.Exit(2) from None
     except ValidationError:
         console.print(f"[bold red]Cannot start[/]: {AUTH_REQUIRED}")
+        raise typer.Exit(2) from None
+    try:
+        # What each worker's app builds: a keys file it would refuse stops serve here, with
+        # one line naming the file and the reason (load_api_keys never quotes a value).
+        Authenticator(auth)
+    except (OSError, ValueError) as exc:
+        reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        console.print(f"Cannot start: {reason}", style="bold red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     # One OpenMP thread per process: more threads than cores costs ~10x (perf-notes).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -153,7 +169,7 @@ def serve(
         "When /readyz says ready, try:\n"
     )
     clinic = str(RISK_REQUEST_EXAMPLE["clinic_id"])
-    console.print(_curl(host, port, example, clinic, auth.mode == "dev"), soft_wrap=True,
+    console.print(_curl(host, port, example, clinic, auth.mode), soft_wrap=True,
                   highlight=False, markup=False)  # fmt: skip
     try:
         _run_uvicorn(host, port, workers, settings)

@@ -99,7 +99,8 @@ def load_api_keys(path: Path) -> tuple[ApiKeyRecord, ...]:
         parsed = _ApiKeyFile.model_validate_json(Path(path).read_bytes())
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()
+            ".".join(str(p) for p in err["loc"]) + ": " + err["type"] if err["loc"] else err["type"]
+            for err in exc.errors()
         )
         raise ValueError(f"API key file {path} is invalid: {problems}") from None
     records = []

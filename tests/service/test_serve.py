@@ -114,3 +114,51 @@ def test_the_curl_example_goes_to_a_temporary_folder_when_the_project_is_not_wri
     assert json.loads(elsewhere.read_text()) == example
     elsewhere.unlink()
     elsewhere.parent.rmdir()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "No such file"),
+        ("{not json", "json_invalid"),
+        # A raw key where its hash belongs: refused, and the value is never printed.
+        ('{"keys": [{"id": "k1", "hash": "ar_SECRETKEYVALUE", "clinic": "north", '
+         '"scopes": ["risk:read"]}]}', "keys.0.hash"),
+        ('{"keys": [{"id": "k1", "hash": "sha256:' + "a" * 64 + '", "clinic": "north", '
+         '"scopes": ["risk:everything"]}]}', "keys.0.scopes"),
+    ],
+)  # fmt: skip
+def test_serve_with_a_bad_api_keys_file_exits_2_with_one_line(
+    tmp_path: Path, content: str | None, reason: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    keys = tmp_path / "keys.json"
+    if content is not None:
+        keys.write_text(content)
+    env = {"ALLIANCE_RISK_AUTH_MODE": "api_key", "ALLIANCE_RISK_AUTH_API_KEYS_FILE": str(keys)}
+    result = CliRunner().invoke(app, ["serve", "--no-bootstrap"], env=env)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Cannot start: "), result.output
+    assert str(keys) in lines[0] and reason in lines[0]
+    assert "SECRETKEYVALUE" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("mode", "header", "absent"),
+    [
+        ("dev", "Authorization: Bearer $(", "X-API-Key"),
+        ("jwt", 'Authorization: Bearer $YOUR_TOKEN"', "X-API-Key"),
+        ("api_key", 'X-API-Key: $YOUR_API_KEY"', "Authorization"),
+    ],
+)
+def test_the_printed_curl_sends_the_credential_the_auth_mode_expects(
+    mode: str, header: str, absent: str
+) -> None:
+    from service.cli import _curl
+
+    line = _curl(HOST, 8000, Path("request.json"), "clinic-a", mode)
+    assert f'-H "{header}' in line and absent not in line
