@@ -16,8 +16,18 @@ literals as floats, and kept only if orjson can write it back (no lone surrogate
 beyond 64 bits). The schema then refuses the non-finite number in its own field and item. Only
 malformed bodies pay for the second parse.
 
-A body sent under any other media type (or none) gets a 415 before it is read: FastAPI would hand
-it to the schema as raw bytes and answer a confusing 422.
+A body sent under any other media type (or none) gets a 415: FastAPI would hand it to the schema
+as raw bytes and answer a confusing 422.
+
+Who asks comes before what they sent: FastAPI reads and parses the body before it solves the
+route's dependencies, authentication among them, so a stranger's malformed body would get a 422
+(or 415) instead of the 401, and an authenticated caller's would be audited without its subject.
+So neither is raised while the body is read: a body that is not JSON, or not sent as JSON,
+reaches FastAPI as a stand-in that no body model accepts, FastAPI solves the dependencies (a 401,
+403 or 429 is raised there) and only then reports the body as invalid, and the route turns that
+report into the 422 "not valid JSON" or the 415 it stands for. This relies on FastAPI validating
+the body after the dependencies (fastapi/routing.py ``get_request_handler`` and
+``solve_dependencies``), and on every body of these routes being required.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from typing import Any
 
 import orjson
 from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 NOT_JSON_MEDIA_TYPE = "the body must be sent as application/json"
@@ -60,26 +71,72 @@ def loads(body: bytes) -> Any:
         return value
 
 
+class _Refused:
+    """The body FastAPI validates when the real one is not JSON: no body model accepts it."""
+
+    __slots__ = ()
+
+
 class OrjsonRequest(Request):
-    """A request whose JSON body is parsed by :func:`loads`."""
+    """A request whose JSON body is parsed by :func:`loads`; with ``refuse_body`` (a body not
+    sent as JSON) it is never parsed. A body that is refused or not valid JSON is handed to
+    FastAPI as a :class:`_Refused`, and the reason kept in :attr:`malformed` for later."""
+
+    def __init__(self, scope: Any, receive: Any, *, refuse_body: bool = False) -> None:
+        super().__init__(scope, receive)
+        self.refuse_body = refuse_body
+        self.malformed: json.JSONDecodeError | None = None
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = loads(await self.body())
+            if self.refuse_body:
+                self._json = _Refused()
+            else:
+                try:
+                    self._json = loads(await self.body())
+                except json.JSONDecodeError as err:
+                    self.malformed, self._json = err, _Refused()
         return self._json
+
+
+def _not_json(err: json.JSONDecodeError) -> RequestValidationError:
+    """FastAPI's own report of a body that is not JSON, without the body."""
+    return RequestValidationError(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body", err.pos),
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": err.msg},
+            }
+        ]
+    )
 
 
 class OrjsonRoute(APIRoute):
     """A route that hands its endpoint an :class:`OrjsonRequest`, and answers 415 when the route
-    takes a body and the request does not say it is JSON."""
+    takes a body and the request does not say it is JSON, once the dependencies (authentication
+    first) have passed."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         takes_body = self.body_field is not None
+        if self.body_field is not None and not self.body_field.field_info.is_required():
+            # An optional body would let the endpoint run on the stand-in of a refused one.
+            raise TypeError(f"{self.path}: an OrjsonRoute body must be required")
 
         async def route_handler(request: Request) -> Response:
-            if takes_body and not is_json(request.headers.get("content-type")):
-                raise HTTPException(415, NOT_JSON_MEDIA_TYPE)
-            return await handler(OrjsonRequest(request.scope, request.receive))
+            refused = takes_body and not is_json(request.headers.get("content-type"))
+            ours = OrjsonRequest(request.scope, request.receive, refuse_body=refused)
+            try:
+                return await handler(ours)
+            except RequestValidationError:
+                # Raised only after every dependency passed: now the body's fault is the answer.
+                if refused:
+                    raise HTTPException(415, NOT_JSON_MEDIA_TYPE) from None
+                if ours.malformed is not None:
+                    raise _not_json(ours.malformed) from None
+                raise
 
         return route_handler

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.errors import MAX_BATCH_REPORTED_ERRORS, MAX_REPORTED_ERRORS, PROBLEM_JSON
+from service.routers.jsonbody import OrjsonRoute
+from service.schemas import RiskRequest
 from service.settings import ServiceSettings
-from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.conftest import MODEL_NAME, TEST_CLINIC, Registry, bearer, security_settings
 from tests.service.helpers import request_for
 
 #: Generous for 20 problems with their paths and reasons; the attacks below made 1 MB and 3.2 MB
@@ -190,3 +193,63 @@ def test_the_batch_budget_leaves_scored_items_whole(api: TestClient,
     assert last["status"] == "ok" and last["result"]["probability"] >= 0
     assert out["items"][-2] == {"index": MAX_BATCH_REPORTED_ERRORS + 4, "status": "error",
                                 "result": None, "errors": [], "more_errors": 1}  # fmt: skip
+
+
+def _last_audit(registry: Registry) -> Any:
+    from service.audit import records
+
+    return list(records(registry.root / "audit" / "audit.jsonl"))[-1]
+
+
+#: A body that is not JSON, and a JSON body under another media type.
+BAD_BODIES = [(b'{"client_id": "c-LEAKED", ', "application/json"), (b"{}", "text/plain")]
+
+
+@pytest.mark.parametrize("credentials", ["", "Bearer x.y.z", "scope"])
+def test_credentials_are_checked_before_the_body(api: TestClient, registry: Registry,
+                                                 dev_key_dir: Path, credentials: str) -> None:  # fmt: skip
+    """Who asks comes first: without valid credentials a malformed or mistyped body gets the
+    401 (or 403), never a 422 or 415 that would tell a stranger how the API reads bodies."""
+    if credentials == "scope":
+        headers, status = bearer(dev_key_dir, scopes=("model:read",)), 403
+    else:
+        headers, status = {"Authorization": credentials}, 401
+    for path in ("/v1/risk", "/v1/risk/batch"):
+        for content, content_type in BAD_BODIES:
+            r = api.post(path, content=content, headers={**headers, "Content-Type": content_type})
+            _is_problem(r, status)
+            assert "LEAKED" not in r.text
+            assert (_last_audit(registry).outcome, _last_audit(registry).status) == (
+                "denied", status)  # fmt: skip
+
+
+def test_a_bad_body_is_audited_with_who_sent_it(api: TestClient, registry: Registry) -> None:
+    for path in ("/v1/risk", "/v1/risk/batch"):
+        malformed = api.post(path, content=BAD_BODIES[0][0],
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+        assert _is_problem(malformed, 422)["errors"] == [
+            {"loc": [], "reason": "body is not valid JSON"}
+        ]
+        assert "LEAKED" not in malformed.text
+        last = _last_audit(registry)
+        assert (last.outcome, last.status) == ("invalid", 422)
+        assert (last.subject, last.clinic) == ("dev-user", TEST_CLINIC)
+        mistyped = api.post(path, content=b"{}", headers={"Content-Type": "text/plain"})
+        assert _is_problem(mistyped, 415)["detail"] == "the body must be sent as application/json"
+        last = _last_audit(registry)
+        assert (last.outcome, last.status) == ("invalid", 415)
+        assert (last.subject, last.clinic) == ("dev-user", TEST_CLINIC)
+
+
+def test_a_json_route_refuses_an_optional_body() -> None:
+    """A refused body reaches FastAPI as a stand-in that only a required body model refuses."""
+    router = APIRouter(route_class=OrjsonRoute)
+    with pytest.raises(TypeError, match="must be required"):
+
+        @router.post("/things")
+        def post(thing: RiskRequest | None = None) -> None: ...
+
+    @router.post("/things")
+    def post_required(thing: RiskRequest) -> None: ...
+
+    assert router.routes[-1].body_field is not None  # type: ignore[attr-defined]
