@@ -39,7 +39,7 @@ KeysFileOpt = Annotated[
         envvar=KEYS_FILE_ENV,
         help=f"JSON file of hashed keys the service reads (env {KEYS_FILE_ENV}). Created "
         "with mode 0600 if absent.",
-        dir_okay=False,
+        metavar="<file>",  # a folder is refused by the command, in its one-line form
         show_default=False,
     ),
 ]

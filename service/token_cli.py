@@ -28,19 +28,22 @@ def token(
     = "dev-user",
     key_dir: Annotated[Path | None, typer.Option(help="Dev key directory. Default: "
                        "ALLIANCE_RISK_AUTH_DEV_KEY_DIR, else .alliance-risk/dev-keys in the "
-                       "project root. Keys are created there if absent.", file_okay=False)]
+                       "project root. Keys are created there if absent.",
+                       metavar="<directory>")]  # checked below, in the one-line form
     = None,
 ) -> None:  # fmt: skip
     """Print a dev-mode token, accepted by a service running with ALLIANCE_RISK_AUTH_MODE=dev."""
     console = Console(stderr=True)
+    folder = key_dir
     try:
         settings = AuthSettings(mode="dev")
+        folder = key_dir or settings.dev_key_dir
         jwt_text = mint_dev_token(
             clinic,
             scope,
             ttl_s=ttl,
             sub=subject,
-            key_dir=key_dir or settings.dev_key_dir,
+            key_dir=folder,
             clinic_claim=settings.clinic_claim,
         )
     except DevModeRefused as exc:
@@ -48,6 +51,14 @@ def token(
         raise typer.Exit(1) from None
     except (ValueError, PermissionError) as exc:
         console.print(f"[bold red]Error[/]: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except OSError as exc:  # the key folder cannot be created or written
+        option = "--key-dir" if key_dir else "--key-dir (default)"
+        exists = folder is not None and folder.exists() and not folder.is_dir()
+        reason = "it exists and is not a folder" if exists else exc.strerror or type(exc).__name__
+        console.print(
+            f"[bold red]Cannot write output[/]: {option} {escape(str(folder))}: {escape(reason)}"
+        )
         raise typer.Exit(2) from None
     configured = os.environ.get("ALLIANCE_RISK_AUTH_MODE", "")
     if configured and configured != "dev":

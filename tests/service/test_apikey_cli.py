@@ -193,3 +193,12 @@ def test_the_keys_file_comes_from_the_service_s_environment_variable(
     assert (
         "no keys file: pass --keys-file or set ALLIANCE_RISK_AUTH_API_KEYS_FILE" in missing.stderr
     )
+
+
+@pytest.mark.parametrize("command", ["create", "list"])
+def test_a_folder_as_keys_file_is_a_one_line_error(tmp_path: Path, command: str) -> None:
+    args = ["--clinic", "north", "--scope", "risk:read"] if command == "create" else []
+    code, out, err = apikey(command, "--keys-file", tmp_path, *args)
+    assert code == 2 and out == ""
+    assert err.startswith("Error: the keys file cannot be used") and "Is a directory" in err
+    assert "Usage:" not in err and list(tmp_path.iterdir()) == []

@@ -130,3 +130,16 @@ def test_token_messages_show_square_brackets_literally(tmp_path: Path) -> None:
     minted = runner.invoke(app, [*args, "--scope", "risk:read"], env=WIDE)
     assert minted.exit_code == 0, minted.output
     assert "clinic '[red]north'" in minted.stderr
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_token_with_an_unusable_key_dir_is_a_one_line_error(tmp_path: Path, where: str) -> None:
+    key_dir = _blocked(tmp_path)
+    if where == "a file":
+        key_dir = key_dir.parent
+    args = ["token", "--clinic", "north", "--scope", "risk:read", "--key-dir", str(key_dir)]
+    result = runner.invoke(app, args, env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Cannot write output: --key-dir {key_dir}: ")
+    assert result.stdout == "" and "Usage:" not in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
