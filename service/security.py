@@ -55,6 +55,8 @@ AUDITED = {
 }
 #: Audit action of a ``/v1`` request that matched no route (a 404, a trailing-slash redirect).
 UNROUTED = "request.unrouted"
+#: Status recorded for a request whose body never arrived in full (Request Timeout).
+BODY_NOT_RECEIVED = 408
 
 #: OpenAPI security schemes (documentation and the Authorize button of /docs only).
 BEARER = HTTPBearer(
@@ -90,7 +92,7 @@ def outcome_of(status: int) -> str:
         return "denied"
     if status == 404:
         return "not_found"
-    if status in (400, 413, 415, 422):
+    if status in (400, 408, 413, 415, 422):
         return "invalid"
     if status == 503:
         return "unavailable"
@@ -209,6 +211,11 @@ class AuditMiddleware:
     routes, so refusals by authentication, validation or limits are recorded too. The records
     are written when the response starts, before any byte of its body is sent: if they cannot
     be written, the client gets a 503 instead of the data (no audit, no data).
+
+    A request whose connection closed before its body was complete (the body deadline of
+    ``service.connections``, or the client hanging up) is answered, and recorded, as
+    :data:`BODY_NOT_RECEIVED` (408): the app would call the cut body a 400, but nothing was
+    received to act on and the client gets no answer.
     """
 
     def __init__(self, app: Any) -> None:
@@ -222,6 +229,17 @@ class AuditMiddleware:
             return
         recorded = False
         refused = False
+        cut_off = False  # the connection closed before the whole body arrived
+        body_done = False
+
+        async def watch() -> dict[str, Any]:
+            nonlocal cut_off, body_done
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            elif message["type"] == "http.disconnect" and not body_done:
+                cut_off = True
+            return message
 
         async def capture(message: dict[str, Any]) -> None:
             nonlocal recorded, refused
@@ -229,6 +247,8 @@ class AuditMiddleware:
                 return  # the app's own body is dropped: the client already has the 503
             if message["type"] == "http.response.start":
                 recorded = True
+                if cut_off:
+                    message = {**message, "status": BODY_NOT_RECEIVED}
                 if not self.record(scope, message["status"]):
                     refused = True
                     await _send_unaudited(scope, send)
@@ -236,7 +256,7 @@ class AuditMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, watch, capture)
         finally:
             if not recorded:  # the app raised before responding: the outer layer sends a 500
                 self.record(scope, 500)

@@ -221,3 +221,45 @@ def test_the_access_log_line_carries_our_id_and_the_caller_s_ref_apart(
     ref = client_ref("caller-trace-0002", _audit_key(registry))
     assert (line["request_id"], line["correlation_ref"]) == (r.headers["x-request-id"], ref)
     assert "correlation_id" not in line
+
+
+@pytest.mark.parametrize(
+    ("received", "status", "outcome"),
+    [
+        (10, 408, "invalid"),  # cut off: nothing to act on, and no one to answer
+        (None, 200, "ok"),  # the whole body, then the client left: the action ran
+    ],
+)
+def test_a_body_cut_off_before_it_is_complete_is_audited_as_a_408(
+    api: TestClient, registry: Registry, received: int | None, status: int, outcome: str
+) -> None:
+    # What uvicorn hands the app when the connection closes mid-body (our body deadline in
+    # service.connections, or the client hanging up): the first chunk, then http.disconnect.
+    body = json.dumps(_body(registry)).encode()
+    token = api.headers["authorization"].encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/risk", "raw_path": b"/v1/risk", "root_path": "",
+        "query_string": b"", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), (b"authorization", token)],
+    }  # fmt: skip
+    chunks = [
+        {"type": "http.request", "body": body[:received], "more_body": received is not None},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    before = len(_audit(registry))
+    api.portal.call(api.app, scope, receive, send)  # type: ignore[union-attr, arg-type]
+    (rec,) = _audit(registry)[before:]
+    assert (rec.action, rec.status, rec.outcome) == ("risk.read", status, outcome)
+    assert (rec.client_ref is None) == (status == 408)
+    assert sent[0]["status"] == status  # the access log and metrics see the same status
