@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from training.pipeline import TrainConfig, train_model
@@ -146,3 +147,19 @@ def registry(registry_template: Registry, tmp_path: Path) -> Iterator[Registry]:
     db = root / ".mlflow" / "mlflow.db"
     # Artifact locations in the store are absolute paths into the template, which stays put.
     yield Registry(uri=f"sqlite:///{db}", root=root, cohort=registry_template.cohort)
+
+
+@pytest.fixture
+def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
+    """The app on a private registry's champion, dev authentication, every scope by default (a
+    request's own ``Authorization`` header overrides it); its audit file in the registry's root."""
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0
+    )
+    app = create_app(settings, configure_logs=False,
+                     **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
+    with TestClient(app, headers=bearer(dev_key_dir)) as client:
+        yield client

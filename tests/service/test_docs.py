@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from tests.service.serving import CHAMPION
 
 #: Every URL a page names: attributes, JavaScript string literals and CSS url(...).
 URL = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
-
-
-@pytest.fixture
-def api(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> Iterator[TestClient]:
-    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
-    app = create_app(
-        settings, configure_logs=False, **security_settings(dev_key_dir, tmp_path / "audit")
-    )
-    with TestClient(app) as client:
-        yield client
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

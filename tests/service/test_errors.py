@@ -4,7 +4,6 @@ bodies that are not JSON, and an OpenAPI document that names every operation and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,10 @@ import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.errors import MAX_BATCH_REPORTED_ERRORS, MAX_REPORTED_ERRORS, PROBLEM_JSON
 from service.routers.jsonbody import OrjsonRoute
 from service.schemas import RiskRequest
-from service.settings import ServiceSettings
-from tests.service.conftest import MODEL_NAME, TEST_CLINIC, Registry, bearer, security_settings
+from tests.service.conftest import TEST_CLINIC, Registry, bearer
 from tests.service.helpers import request_for
 
 #: Generous for 20 problems with their paths and reasons; the attacks below made 1 MB and 3.2 MB
@@ -32,17 +29,6 @@ OPERATION_IDS = {
     ("get", "/livez"): "getLiveness",
     ("get", "/readyz"): "getReadiness",
 }
-
-
-@pytest.fixture
-def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
-    settings = ServiceSettings(
-        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0
-    )
-    app = create_app(settings, configure_logs=False,
-                     **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
-    with TestClient(app, headers=bearer(dev_key_dir)) as client:
-        yield client
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ one sum across uvicorn workers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -11,11 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.settings import ServiceSettings
-from tests.service.conftest import Registry, bearer, security_settings
+from tests.service.conftest import Registry, bearer
 from tests.service.helpers import request_for
-from tests.service.serving import CHAMPION, serving
+from tests.service.serving import serving
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -32,16 +29,6 @@ def _total(text: str, name: str, **labels: str) -> float:
         for (sample, sample_labels), value in _samples(text).items()
         if sample == name and set(labels.items()) <= set(sample_labels)
     )
-
-
-@pytest.fixture
-def api(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> Iterator[TestClient]:
-    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
-    app = create_app(
-        settings, configure_logs=False, **security_settings(dev_key_dir, tmp_path / "audit")
-    )
-    with TestClient(app, headers=bearer(dev_key_dir)) as client:
-        yield client
 
 
 def test_process_and_gc_collectors_are_exported(api: TestClient) -> None:

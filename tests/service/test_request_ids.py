@@ -15,12 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.audit import AuditRecord, AuditSettings, client_ref, records
 from service.logs import JsonFormatter
 from service.security import AUDITED, UNROUTED
-from service.settings import ServiceSettings
-from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.conftest import MODEL_NAME, Registry
 from tests.service.helpers import request_for
 
 CHAMPION = f"models:/{MODEL_NAME}@champion"
@@ -29,15 +27,6 @@ CHAMPION = f"models:/{MODEL_NAME}@champion"
 def _audit(registry: Registry) -> list[AuditRecord]:
     path = registry.root / "audit" / "audit.jsonl"
     return list(records(path)) if path.exists() else []
-
-
-@pytest.fixture
-def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
-    settings = ServiceSettings(model_uri=CHAMPION, tracking_uri=registry.uri, poll_interval_s=0)
-    security = security_settings(dev_key_dir, registry.root / "audit")
-    app = create_app(settings, configure_logs=False, **security)
-    with TestClient(app, headers=bearer(dev_key_dir)) as client:
-        yield client
 
 
 def _body(registry: Registry) -> dict:

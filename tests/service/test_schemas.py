@@ -4,30 +4,14 @@ required fields are required, and every batch item succeeds or fails on its own.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from features.validation import RATING_NOT_NUMERIC
-from service.app import create_app
 from service.errors import NOT_AN_OBJECT
-from service.settings import ServiceSettings
-from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.conftest import Registry
 from tests.service.helpers import request_for
-
-
-@pytest.fixture
-def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
-    settings = ServiceSettings(
-        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0
-    )
-    app = create_app(settings, configure_logs=False,
-                     **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
-    with TestClient(app, headers=bearer(dev_key_dir)) as client:
-        yield client
 
 
 def _client(registry: Registry, n: int = 0) -> dict[str, Any]:
