@@ -40,6 +40,14 @@ SessionsOpt = Annotated[
         dir_okay=False,
     ),
 ]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Model URI: the promoted model by default, or a version such as "
+        "models:/alliance-risk/3.",
+    ),
+]
 ClientsOpt = Annotated[
     Path,
     typer.Option(

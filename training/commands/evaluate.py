@@ -15,6 +15,7 @@ from training.commands.common import (
     EXIT_UNREADABLE,
     ClientsOpt,
     ExperimentOpt,
+    ModelOpt,
     OnErrorOpt,
     ProfileOpt,
     QuarantineDirOpt,
@@ -35,14 +36,7 @@ _SHOWN = ("n", "prevalence", "auroc", "auprc", "brier", "ece", "calibration_slop
 def evaluate(
     sessions: SessionsOpt,
     clients: ClientsOpt,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            help="Model URI: the promoted model by default, or a version such as "
-            "models:/alliance-risk/3.",
-        ),
-    ] = DEFAULT_MODEL_URI,
+    model: ModelOpt = DEFAULT_MODEL_URI,
     profile: ProfileOpt = None,
     on_error: OnErrorOpt = "fail",
     quarantine_dir: QuarantineDirOpt = None,

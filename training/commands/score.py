@@ -14,6 +14,7 @@ from training.commands.common import (
     EXIT_ERRORS,
     EXIT_UNREADABLE,
     ClientsOpt,
+    ModelOpt,
     OnErrorOpt,
     ProfileOpt,
     QuarantineDirOpt,
@@ -38,14 +39,7 @@ def score(
             metavar="<file>",  # checked by check_output_or_exit, as every output
         ),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            help="Model URI: the promoted model by default, or a version such as "
-            "models:/alliance-risk/3.",
-        ),
-    ] = DEFAULT_MODEL_URI,
+    model: ModelOpt = DEFAULT_MODEL_URI,
     landmark: Annotated[
         int | None,
         typer.Option(
