@@ -120,11 +120,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the extension is not one of the above, or the file cannot be parsed: the message
+        If ``path`` is a folder, the extension is not one of the above, or the file cannot be parsed: the message
         names the file and the reason (a corrupt or truncated gzip stream; the line and byte of
         the first byte that is not UTF-8), never a cell's content.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path.name}: is a folder; give the table's file")
     kind = _kind(path)
     if kind is None:
         raise ValueError(

@@ -69,6 +69,25 @@ def test_corrupt_gzip_input_exits_2_with_the_file_and_reason(
     assert "Aborted" not in out
 
 
+@pytest.mark.parametrize("table", ["sessions", "clients"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_folder_as_input_is_a_one_line_read_error(
+    tmp_path: Path, command: str, table: str
+) -> None:
+    sessions, clients = write(tmp_path)
+    folder = tmp_path / f"{table}.csv"
+    given = {"sessions": sessions, "clients": clients}
+    given[table].unlink()
+    folder.mkdir()
+    args = [*COMMANDS[command], "--sessions", given["sessions"], "--clients", given["clients"]]
+    if command == "score":
+        args[args.index("scores.csv")] = tmp_path / "scores.csv"
+    code, out = invoke(args, tmp_path)
+    assert code == 2, out
+    assert f"Cannot read input: {table}.csv: is a folder" in out
+    assert "Usage:" not in out
+
+
 def test_mixed_encoding_names_line_and_byte(tmp_path: Path) -> None:
     sessions, clients = write(tmp_path)
     latin1_line = "007,K01,T01,4,2024-01-23,attended,4,4,5\n".replace("T01", "T\u00e91")

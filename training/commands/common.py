@@ -37,7 +37,7 @@ SessionsOpt = Annotated[
     typer.Option(
         "--sessions",
         help="Sessions file (.csv, .csv.gz, .parquet): one row per scheduled appointment.",
-        dir_okay=False,
+        metavar="<file>",  # a folder is refused by read_table, as every unreadable input
     ),
 ]
 ModelOpt = Annotated[
@@ -53,7 +53,7 @@ ClientsOpt = Annotated[
     typer.Option(
         "--clients",
         help="Clients file (.csv, .csv.gz, .parquet): one row per episode of care.",
-        dir_okay=False,
+        metavar="<file>",
     ),
 ]
 ProfileOpt = Annotated[
