@@ -14,7 +14,8 @@ there is no second model and no second feature path. The scenarios:
 - ``next_attended``: one attended appointment is appended after the last one, on the last date
   plus the client's typical interval (the median gap between appointments, at least one day;
   weekly when there is only one appointment), with every element's latest rating carried
-  forward. The landmark moves on by one.
+  forward. The landmark moves on by one. Not offered after the contract's largest session
+  number.
 - ``no_shows_stop``: every no-show is recoded as attended, rated as the client's latest rated
   session before it (unrated when there is none), so no rating changes by the recoding.
 
@@ -177,7 +178,7 @@ def what_if(
     if specs:
         scored = scorer.score(_episodes_of(episodes, specs), scored_at=current.scored_at)
         if scored.problems:
-            raise AssertionError("a what-if scenario broke the data contract")
+            raise RuntimeError("a what-if scenario broke the data contract")
         probability = dict(zip(scored.episode.tolist(), scored.probability.tolist(), strict=True))
         landmark = dict(zip(scored.episode.tolist(), scored.landmark.tolist(), strict=True))
     found: dict[int, list[Scenario]] = {}
@@ -275,7 +276,8 @@ def _scenarios(
                     "level before the drop), the model's risk would be {p} ({change}).",
                 )
             )
-    specs.append(_next_attended(h, rated))
+    if h.session_number[-1] < contract.SESSION_NUMBER_MAX:
+        specs.append(_next_attended(h, rated))
     no_show = h.attendance == _NO_SHOW
     if no_show.any():
         specs.append(_no_shows_attended(h, rated, no_show))

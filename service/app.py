@@ -28,7 +28,7 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
-from service.routers import docs, health, model, risk
+from service.routers import docs, health, model, risk, whatif
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 
@@ -174,6 +174,7 @@ def create_app(
     app.state.security = security
     install_error_handlers(app)
     app.include_router(risk.router)
+    app.include_router(whatif.router)
     app.include_router(model.router)
     app.include_router(health.router)
     if settings.docs_enabled:

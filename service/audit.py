@@ -65,7 +65,9 @@ logger = logging.getLogger(__name__)
 AUDIT_DIRNAME = ".alliance-risk"
 
 #: Actions the service records (others of the same ``area.verb`` shape are accepted).
-ACTIONS = frozenset({"risk.read", "risk.batch", "model.read", "model.reload", "request.unrouted"})
+ACTIONS = frozenset(
+    {"risk.read", "risk.batch", "risk.what_if", "model.read", "model.reload", "request.unrouted"}
+)
 #: What became of the request.
 OUTCOMES = frozenset({"ok", "denied", "invalid", "not_found", "unavailable", "error"})
 Outcome = Literal["ok", "denied", "invalid", "not_found", "unavailable", "error"]

@@ -21,6 +21,7 @@ from typing_extensions import TypedDict
 
 from features.contract import AGE_MAX, AGE_MIN, SESSION_NUMBER_MAX
 from models.results import RiskScore
+from models.whatif import WhatIf
 
 #: The contract's attendance codes (a test keeps them equal to features.contract).
 Attendance = Literal["attended", "no_show", "late_cancel", "cancelled", "rescheduled"]
@@ -181,6 +182,22 @@ class RiskResponse(RiskScore):
     def of(cls, score: RiskScore, model: ModelRef, request_id: str) -> RiskResponse:
         result = {f.name: getattr(score, f.name) for f in fields(RiskScore)}
         return cls(**result, model=model, request_id=request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIfResponse(WhatIf):
+    """A client's current risk and the model's risk under plausible changes to the history,
+    with the model and request it came from."""
+
+    model: ModelRef
+    """The model version that scored every scenario."""
+    request_id: str
+    """The request's id (also the X-Request-ID header); quote it to the operator."""
+
+    @classmethod
+    def of(cls, result: WhatIf, model: ModelRef, request_id: str) -> WhatIfResponse:
+        values = {f.name: getattr(result, f.name) for f in fields(WhatIf)}
+        return cls(**values, model=model, request_id=request_id)
 
 
 class Problem(BaseModel):

@@ -50,6 +50,7 @@ AUDIT_UNAVAILABLE = "the audit trail is unavailable; try again later"
 AUDITED = {
     "/v1/risk": "risk.read",
     "/v1/risk/batch": "risk.batch",
+    "/v1/risk/what-if": "risk.what_if",
     "/v1/model": "model.read",
     "/v1/admin/reload": "model.reload",
 }

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features.build import build_features
+from features.contract import SESSION_NUMBER_MAX
 from features.episodes import Episodes
 from features.validation import normalise_clients, normalise_sessions
 from models import whatif
@@ -172,3 +173,25 @@ def test_refused_and_empty_episodes_come_back_as_the_scorer_reports_them(
     )
     (out,) = what_if(scorer, bad)
     assert isinstance(out, tuple) and out[0].column == "alliance_empathy"
+
+
+def test_no_appointment_is_appended_past_the_largest_session_number(scorer) -> None:  # noqa: F811
+    good = _synthetic_episode(scorer.profile)
+    last = good.session_number + (SESSION_NUMBER_MAX - good.session_number[-1])
+    episodes = Episodes.from_columns(
+        scorer.profile,
+        client_id=["x"],
+        clinic_id=[None],
+        therapist_id=[None],
+        intake_day=good.intake_day,
+        age=good.age,
+        episode=good.episode,
+        session_number=last,
+        day=good.day,
+        attendance=good.attendance,
+        ratings=good.ratings,
+    )
+    (r,) = what_if(scorer, episodes)
+    assert isinstance(r, WhatIf) and r.landmark == SESSION_NUMBER_MAX
+    assert "next_attended" not in {s.kind for s in r.scenarios}
+    assert {"element_recovers", "no_shows_stop"} <= {s.kind for s in r.scenarios}

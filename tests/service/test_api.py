@@ -327,7 +327,7 @@ def test_every_v1_operation_needs_a_token(registry: Registry) -> None:
         schema = api.get("/openapi.json").json()
         operations = [(m, p) for p, ops in schema["paths"].items() for m in ops if
                       p.startswith("/v1/")]  # fmt: skip
-        assert len(operations) == 4
+        assert len(operations) == 5
         for method, path in operations:
             r = api.request(method.upper(), path, json=body if "risk" in path else None,
                             headers={"Authorization": ""})  # fmt: skip

@@ -24,6 +24,7 @@ MAX_ERROR_BODY_BYTES = 8192
 OPERATION_IDS = {
     ("post", "/v1/risk"): "scoreRisk",
     ("post", "/v1/risk/batch"): "scoreRiskBatch",
+    ("post", "/v1/risk/what-if"): "riskWhatIf",
     ("get", "/v1/model"): "getModel",
     ("post", "/v1/admin/reload"): "reloadModel",
     ("get", "/livez"): "getLiveness",

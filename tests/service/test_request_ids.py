@@ -185,7 +185,7 @@ def test_openapi_declares_bearer_and_api_key_on_every_v1_operation(api: TestClie
         (path, method): op for path, ops in schema["paths"].items() for method, op in ops.items()
     }
     v1 = {k: op for k, op in operations.items() if k[0].startswith("/v1/")}
-    assert len(v1) == 4
+    assert len(v1) == 5
     for op in v1.values():
         assert op["security"] == [{"bearer": []}, {"apiKey": []}]
         # The declarations add no parameters of their own (the headers are not documented twice).
