@@ -461,7 +461,10 @@ def model_card(
         "- **Censoring.** Clients still in therapy have no outcome yet; leaving them out can "
         "bias the training population towards shorter treatments.",
         "- **No causal claims.** The explanation shows which inputs moved this score; it does "
-        "not show that changing them would change whether a client drops out.",
+        "not show that changing them would change whether a client drops out. The same holds "
+        "for the what-if scenarios (`POST /v1/risk/what-if`): each is the model's risk for a "
+        "modified history, an association learned from past clients, not a promise that the "
+        "change would cause a lower risk.",
         "- **Calibration drifts.** Probabilities are calibrated to the population above; a "
         "different clinic, referral mix or period needs re-validation before the numbers can "
         "be read as probabilities.",

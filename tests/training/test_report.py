@@ -197,6 +197,12 @@ def test_model_card_sections_in_reading_order() -> None:
     assert card.endswith("\n")
 
 
+def test_model_card_says_what_if_scenarios_are_associations_not_causes() -> None:
+    limitations = _card().split("## Limitations")[1]
+    assert "what-if scenarios" in limitations
+    assert "an association learned from past clients, not a promise" in limitations
+
+
 def test_model_card_metrics_with_confidence_intervals() -> None:
     card = _card()
     assert "| auroc  | 0.810 | 0.790 to 0.830 |" in card
