@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What an operator must set: every one is required with ${VAR:?}.
+SECRETS = {
+    "POSTGRES_PASSWORD": "not-a-real-password",
+    "ALLIANCE_RISK_AUTH_MODE": "api_key",
+    "ALLIANCE_RISK_AUDIT_KEY": "ab" * 32,
+}
 
 
 def _compose() -> dict:
@@ -22,7 +33,8 @@ def test_every_service_is_buildable_or_pulled_and_dependencies_exist() -> None:
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
         for volume in svc.get("volumes", []):
-            source = volume.split(":", 1)[0]
+            # A ${VAR:-default} source is the default unless the operator sets VAR.
+            source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume).split(":", 1)[0]
             if not source.startswith((".", "/")):
                 assert source in compose.get("volumes", {}), f"{name}: undeclared volume {source}"
 
@@ -47,3 +59,116 @@ def test_api_cannot_run_in_dev_auth_mode_and_needs_auth_and_audit_secrets() -> N
     # No default: compose refuses to start until the operator chooses jwt or api_key.
     assert env["ALLIANCE_RISK_AUTH_MODE"].startswith("${ALLIANCE_RISK_AUTH_MODE:?")
     assert env["ALLIANCE_RISK_AUDIT_KEY"].startswith("${ALLIANCE_RISK_AUDIT_KEY:?")
+
+
+def _dockerfile_uid() -> int:
+    match = re.search(r"useradd [^\n]*--uid (\d+)", (ROOT / "Dockerfile").read_text())
+    assert match, "Dockerfile: the non-root user's uid"
+    return int(match.group(1))
+
+
+def _conditions(svc: dict) -> dict[str, str]:
+    return {dep: cond["condition"] for dep, cond in svc.get("depends_on", {}).items()}
+
+
+def test_each_service_waits_for_what_it_needs() -> None:
+    services = _compose()["services"]
+    assert _conditions(services["mlflow"]) == {
+        "postgres": "service_healthy",
+        "init-volumes": "service_completed_successfully",
+    }
+    assert _conditions(services["trainer"]) == {"mlflow": "service_healthy"}
+    assert _conditions(services["api"]) == {
+        "mlflow": "service_healthy",
+        "trainer": "service_completed_successfully",
+    }
+    for name in ("postgres", "mlflow", "api"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+    assert services["api"]["healthcheck"]["test"][-1].endswith("/readyz")
+    for name in ("init-volumes", "trainer"):  # one-shot jobs: a restart would loop
+        assert services[name]["restart"] == "no", name
+
+
+def test_mlflow_accepts_the_host_name_the_stack_uses_and_no_other() -> None:
+    command = _compose()["services"]["mlflow"]["command"]
+    allowed = [arg.split("=", 1)[1] for arg in command if arg.startswith("--allowed-hosts=")]
+    assert len(allowed) == 1
+    hosts = allowed[0].split(",")
+    assert "mlflow:5000" in hosts and "*" not in hosts
+
+
+def test_init_hands_every_writable_volume_to_the_image_user() -> None:
+    compose = _compose()
+    init = compose["services"]["init-volumes"]
+    assert init["user"] == "root"
+    uid = _dockerfile_uid()
+    assert init["command"][0] == f"{uid}:{uid}"
+    handed = set(init["command"][2:])
+    for name, svc in compose["services"].items():
+        if name in {"postgres", "init-volumes"}:
+            continue
+        assert "user" not in svc, f"{name} runs as the image's non-root user"
+        for volume in svc.get("volumes", []):
+            source, target, *mode = volume.split(":")
+            if source in compose["volumes"] and mode != ["ro"] and source != "trainer-data":
+                assert target in handed, f"{name}: {target} is never handed to uid {uid}"
+
+
+def test_the_api_reads_its_keys_file_from_a_mounted_volume() -> None:
+    api = _compose()["services"]["api"]
+    keys_file = api["environment"]["ALLIANCE_RISK_AUTH_API_KEYS_FILE"]
+    targets = [volume.split(":")[1] for volume in api["volumes"]]
+    assert any(keys_file.startswith(target + "/") for target in targets)
+
+
+def test_the_api_is_started_by_serve_with_shared_workers() -> None:
+    command = _compose()["services"]["api"]["command"]
+    assert command[0] == "serve"  # its workers share metrics and rate limits; bare uvicorn's do not
+    assert "--workers=2" in command and "--no-bootstrap" in command
+
+
+def test_the_database_password_is_on_no_command_line() -> None:
+    for name, svc in _compose()["services"].items():
+        for arg in svc.get("command", []) + svc.get("entrypoint", []):
+            assert "POSTGRES_PASSWORD" not in arg, f"{name}: the password in its command line"
+
+
+def test_the_image_has_the_scripts_the_stack_runs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for svc in _compose()["services"].values():
+        for word in [*svc.get("entrypoint", []), *svc.get("healthcheck", {}).get("test", [])]:
+            if word.startswith("/usr/local/bin/"):
+                script = word.rsplit("/", 1)[1]
+                assert (ROOT / "scripts" / script).is_file()
+                assert f"scripts/{script}" in dockerfile, f"the image lacks {script}"
+
+
+@pytest.fixture(scope="module")
+def docker_compose() -> str:
+    """Debian's docker-compose (installed by scripts/ensure-tool.sh when missing, as root)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ensure-tool.sh"), "docker-compose"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    path = shutil.which("docker-compose")
+    if done.returncode != 0 or path is None:
+        pytest.fail(f"docker-compose is required and could not be installed:\n{done.stderr}")
+    return path
+
+
+def _config(docker_compose: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ROOT)}
+    return subprocess.run(
+        [docker_compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True, text=True, timeout=120, env={**base, **env}, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_docker_compose_config_validates_and_refuses_each_missing_secret(
+    docker_compose: str,
+) -> None:
+    done = _config(docker_compose, SECRETS)
+    assert done.returncode == 0, done.stderr
+    for name in SECRETS:
+        done = _config(docker_compose, {k: v for k, v in SECRETS.items() if k != name})
+        assert done.returncode != 0 and f"set {name}" in done.stderr, name
