@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -67,6 +68,7 @@ SECRETS = {
 #: Ports the services listen on inside their containers, when no `ports:` entry says it.
 IMAGE_PORTS = {"postgres": 5432}
 STACK_TIMEOUT_S = 150.0
+NAME_FILTER = "name='alliance-risk'"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -238,6 +240,16 @@ class NativeStack:
                 group=service.gid if self.root else None,
                 extra_groups=[] if self.root else None,
             )
+
+    def run_again(self, name: str) -> subprocess.CompletedProcess[str]:
+        """A one-shot service run once more, as ``docker compose up`` does on every start."""
+        service = self.services[name]
+        return subprocess.run(
+            self.argv(service), cwd=self.workdir, env=self.environ(service),
+            capture_output=True, text=True, timeout=STACK_TIMEOUT_S,
+            user=service.uid if self.root else None, group=service.gid if self.root else None,
+            extra_groups=[] if self.root else None,
+        )  # fmt: skip
 
     def start_postgres(self, service: Service) -> None:
         """What the postgres image's entrypoint does with POSTGRES_USER/PASSWORD/DB."""
@@ -437,6 +449,22 @@ def test_the_compose_stack_starts_natively_and_scores_one_request(stack: NativeS
     record = json.loads(audit.read_text().splitlines()[-1])
     assert record["outcome"] == "ok" and record["subject"] == "apikey:ehr-test"
     assert str(RISK_REQUEST_EXAMPLE["client_id"]) not in audit.read_text()
+
+    # A restart keeps the champion; a clinic's export in the data folder is trained on.
+    again = stack.run_again("trainer")
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-2000:]
+    data = stack.services["trainer"].mounts["/data"]
+    subprocess.run(
+        [str(VENV_BIN / "alliance-risk"), "simulate", "--clients", SECRETS[
+            "ALLIANCE_RISK_DEMO_CLIENTS"], "--seed", "11", "--out", str(data)],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    again = stack.run_again("trainer")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "training on the mounted data folder" in again.stderr
+    versions = f"/api/2.0/mlflow/model-versions/search?filter={quote(NAME_FILTER)}"
+    status, body = _request(mlflow_port, "GET", versions, {"Host": "mlflow:5000"})
+    assert status == 200 and len(json.loads(body)["model_versions"]) == 2
 
     if stack.root:
         app = stack.app_uid
