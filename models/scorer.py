@@ -13,7 +13,9 @@ A scorer is saved as a directory of plain files, never a pickle of library objec
 - ``booster.ubj``: the trimmed XGBoost booster (its own portable binary format);
 - ``scorer.json``: the feature registry (with the full instrument profile), the calibration
   map, the risk-band thresholds, the landmark cap, free-form metadata, and the library
-  versions it was built with (checked on load).
+  versions it was built with (checked on load);
+- ``reference.json`` (optional): the reference profile (:mod:`models.reference`), the training
+  distribution monitoring compares with and the clinics' typical levels the what-if reads.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from models.booster import margin
 from models.calibration import calibrate_probability
 from models.drivers import DriverWriter, group_label
 from models.explain import Explanation, Grouping, explain
+from models.reference import ReferenceProfile
 from models.results import ContractProblem
 from models.scoreset import ScoreSet
 from models.treeshap import PathTables, UnsupportedBooster
@@ -52,6 +55,7 @@ SCORER_FORMAT_VERSION = 1
 BOOSTER_FILE = "booster.ubj"
 SCORER_FILE = "scorer.json"
 MODEL_CARD_FILE = "model_card.md"
+REFERENCE_FILE = "reference.json"
 
 LOW, MODERATE, HIGH = "low", "moderate", "high"
 BAND_LABELS = (LOW, MODERATE, HIGH)
@@ -170,6 +174,9 @@ class Scorer:
         JSON-able facts about the model (trained_at, metrics, data fingerprint, ...).
     model_card : str, optional
         The model card (Markdown), shipped with the model so the API can show it.
+    reference : ReferenceProfile, optional
+        The training reference profile (:mod:`models.reference`); None for models trained
+        before it existed.
     """
 
     booster: xgb.Booster
@@ -179,6 +186,7 @@ class Scorer:
     k_max: int = 20
     metadata: Mapping[str, Any] = field(default_factory=dict)
     model_card: str | None = None
+    reference: ReferenceProfile | None = None
     #: Built from the fields when the scorer is: the strings every result repeats, and the
     #: tables that describe drivers.
     names: ModelStrings = field(init=False, repr=False)
@@ -343,6 +351,10 @@ class Scorer:
         (out / SCORER_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
         if self.model_card is not None:
             (out / MODEL_CARD_FILE).write_text(self.model_card)
+        if self.reference is not None:
+            (out / REFERENCE_FILE).write_text(
+                json.dumps(self.reference.to_dict(), indent=1, allow_nan=False)
+            )
         return out
 
     @classmethod
@@ -352,7 +364,8 @@ class Scorer:
         Raises
         ------
         IncompatibleModelError
-            Unknown format, a different xgboost minor version, or mismatched feature columns.
+            Unknown format, a different xgboost minor version, mismatched feature columns, or
+            an unreadable reference profile.
         """
         src = Path(directory)
         try:
@@ -381,6 +394,14 @@ class Scorer:
         except (KeyError, TypeError, ValueError) as exc:
             raise IncompatibleModelError(f"{SCORER_FILE} is incomplete: {exc}") from exc
         card = src / MODEL_CARD_FILE
+        reference = None
+        if (src / REFERENCE_FILE).is_file():
+            try:
+                reference = ReferenceProfile.from_dict(
+                    json.loads((src / REFERENCE_FILE).read_text())
+                )
+            except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise IncompatibleModelError(f"{REFERENCE_FILE} is unreadable: {exc}") from exc
         return cls(
             booster=booster,
             calibrator=calibrator,
@@ -389,6 +410,7 @@ class Scorer:
             k_max=int(doc.get("k_max", 20)),
             metadata=doc.get("metadata", {}),
             model_card=card.read_text() if card.is_file() else None,
+            reference=reference,
         )
 
 

@@ -1,0 +1,262 @@
+"""The reference profile a model version carries: what its inputs and scores looked like when it
+was trained, and each clinic's typical alliance ratings per appointment number.
+
+Monitoring compares new data with it (drift of feature groups and of the score), and the
+what-if's element recovery reads the clinic's typical level from it (:mod:`models.whatif`). It is
+saved inside the scorer directory (``reference.json``), so a loaded
+:class:`~models.scorer.Scorer` has it as ``scorer.reference``; training also logs it as a run
+artifact for analysts.
+
+Two parts, from two sets of rows (both chosen in :func:`training.pipeline.train_model`):
+
+- :func:`distribution_profile`: per-feature quantiles (by explanation group), the score
+  histogram and the risk-band shares, from a :class:`~models.scoreset.ScoreSet`. Training passes
+  the calibration split's labelled landmarks (``landmarks="training"``): rows the booster was not
+  fitted on (so the scores are not the in-sample, overconfident ones), and the very rows the risk
+  bands were set on (so the band shares are the ones the thresholds mean). Monitoring can call
+  the same function on a ScoreSet of new data and compare like with like.
+- :func:`typical_levels`: per appointment number 1..``k_max`` and per clinic, the median rating
+  of each alliance element, from :class:`~features.episodes.Episodes`. Training passes every
+  client outside the test split (train, validation and calibration: the test split stays
+  untouched by anything the model carries). No feature or score is needed, so nothing is scored.
+
+Nothing here identifies a client: every number is an aggregate, and a clinic's median is kept
+only where at least ``min_clients`` clients rated the element at that appointment (the median of
+a handful of clients is close to one client's rating); elsewhere the all-clinics median stands
+in, and where fewer than ``min_clients`` clients rated it at all, no level is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from features import contract
+from features.episodes import Episodes
+
+if TYPE_CHECKING:
+    from models.scoreset import ScoreSet
+
+REFERENCE_FORMAT_VERSION = 1
+#: Feature and score quantiles kept in the profile.
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Fixed edges of the score histogram: 20 bins of 5 percentage points (the last includes 1.0).
+SCORE_BINS = tuple(round(0.05 * i, 2) for i in range(21))
+#: Fewest clients rating an element at an appointment number for a clinic's median to be kept
+#: (below it the all-clinics median is used; below it overall, no level at all).
+MIN_CLIENTS = 20
+
+_ATTENDED = contract.ATTENDANCE_CODES.index(contract.ATTENDED)
+#: The scorer's band labels (``models.scorer.BAND_LABELS``, which imports this module).
+BAND_ORDER = ("low", "moderate", "high")
+
+
+def _quantiles(values: np.ndarray) -> list[float] | None:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    return [float(q) for q in np.quantile(finite, QUANTILES)]
+
+
+def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
+    """Feature quantiles by group, score distribution and band shares of scored rows.
+
+    Parameters
+    ----------
+    scored : ScoreSet
+        The output of :meth:`~models.scorer.Scorer.score`; every scored row counts once.
+
+    Returns
+    -------
+    dict
+        JSON-able: ``n_rows``, ``n_clients``; ``features``: group -> feature ->
+        ``{"quantiles": [...] or None, "missing_share": float}`` (quantiles at
+        :data:`QUANTILES` of the finite values, as :func:`numpy.quantile` computes them; NaN is
+        "undefined by design" and counted in ``missing_share``); ``score``: ``bins``
+        (:data:`SCORE_BINS`), ``shares`` (fraction of rows per bin) and ``quantiles`` of the
+        calibrated probability; ``bands``: ``low``/``moderate``/``high`` -> fraction of rows.
+
+    Raises
+    ------
+    ValueError
+        No scored row.
+    """
+    n = scored.n_rows
+    if n == 0:
+        raise ValueError("a reference profile needs at least one scored row")
+    registry = scored.scorer.registry
+    features: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(registry.features):
+        column = scored.features[:, i]
+        features.setdefault(f.group, {})[f.name] = {
+            "quantiles": _quantiles(column),
+            "missing_share": float(np.mean(~np.isfinite(column))),
+        }
+    p = np.asarray(scored.probability, dtype=np.float64)
+    counts, _ = np.histogram(p, bins=np.asarray(SCORE_BINS))
+    bands = np.asarray(scored.risk_band, dtype=object)
+    return {
+        "n_rows": n,
+        "n_clients": int(np.unique(scored.episode).shape[0]),
+        "quantile_levels": list(QUANTILES),
+        "features": features,
+        "score": {
+            "bins": list(SCORE_BINS),
+            "shares": (counts / n).tolist(),
+            "quantiles": _quantiles(p),
+        },
+        "bands": {b: float(np.mean(bands == b)) for b in BAND_ORDER},
+    }
+
+
+@dataclass(frozen=True)
+class TypicalLevels:
+    """Median rating per element at each appointment number 1..``k_max``, per clinic and overall.
+
+    ``overall[element][k - 1]`` is the all-clinics median at appointment ``k`` (None when fewer
+    than ``min_clients`` clients rated it there); ``clinics[clinic][element][k - 1]`` the clinic's
+    own median, None where it had fewer than ``min_clients`` such clients. Ratings are on the
+    model's instrument scale.
+    """
+
+    k_max: int
+    min_clients: int
+    overall: Mapping[str, tuple[float | None, ...]]
+    clinics: Mapping[str, Mapping[str, tuple[float | None, ...]]]
+
+    def level(self, clinic_id: str | None, element: str, session_number: int) -> float | None:
+        """The clinic's typical rating of ``element`` at appointment ``session_number``.
+
+        The clinic's own median where it has one, else the all-clinics median (a clinic the
+        model never saw, an unknown clinic, or one with fewer than ``min_clients`` clients
+        there); None when neither exists. Appointments after ``k_max`` use ``k_max``'s level
+        (the model's landmarks stop there too).
+        """
+        if element not in self.overall or session_number < 1:
+            return None
+        k = min(int(session_number), self.k_max) - 1
+        own = self.clinics.get(clinic_id, {}).get(element) if clinic_id is not None else None
+        if own is not None and own[k] is not None:
+            return own[k]
+        return self.overall[element][k]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k_max": self.k_max,
+            "min_clients": self.min_clients,
+            "overall": {e: list(v) for e, v in self.overall.items()},
+            "clinics": {c: {e: list(v) for e, v in d.items()} for c, d in self.clinics.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TypicalLevels:
+        k_max = int(data["k_max"])
+
+        def levels(values: Any) -> tuple[float | None, ...]:
+            out = tuple(None if v is None else float(v) for v in values)
+            if len(out) != k_max:
+                raise ValueError("typical levels need one value per appointment number")
+            return out
+
+        return cls(
+            k_max=k_max,
+            min_clients=int(data["min_clients"]),
+            overall={str(e): levels(v) for e, v in data["overall"].items()},
+            clinics={
+                str(c): {str(e): levels(v) for e, v in d.items()}
+                for c, d in data["clinics"].items()
+            },
+        )
+
+
+def typical_levels(
+    episodes: Episodes, *, k_max: int, min_clients: int = MIN_CLIENTS
+) -> TypicalLevels:
+    """Each clinic's median rating of each element at appointment numbers 1..``k_max``.
+
+    Parameters
+    ----------
+    episodes : Episodes
+        Validated episodes; their attended, rated appointments numbered at most ``k_max`` count
+        (no-shows, cancellations and missing ratings do not). An episode without a clinic counts
+        toward the all-clinics median only.
+    k_max : int
+        Largest appointment number kept (the model's landmark cap).
+    min_clients : int, default :data:`MIN_CLIENTS`
+        Fewest distinct clients (episodes) rating an element at an appointment number for a
+        median to be kept.
+
+    Returns
+    -------
+    TypicalLevels
+        Clinics with no kept median at all are left out.
+    """
+    if k_max < 1 or min_clients < 1:
+        raise ValueError("k_max and min_clients must be at least 1")
+    ep = episodes.episode
+    sn = episodes.session_number
+    keep = (ep >= 0) & (episodes.attendance == _ATTENDED) & np.isfinite(sn) & (sn <= k_max)
+    keep &= sn >= 1
+    clinic = np.full(ep.shape, None, dtype=object)
+    clinic[keep] = episodes.clinic_id[ep[keep]]
+    names = episodes.profile.element_names
+    overall: dict[str, tuple[float | None, ...]] = {}
+    clinics: dict[str, dict[str, tuple[float | None, ...]]] = {}
+    for g, element in enumerate(names):
+        rated = keep & np.isfinite(episodes.ratings[g])
+        frame = pd.DataFrame(
+            {
+                "clinic": clinic[rated],
+                "k": sn[rated].astype(np.int64),
+                "episode": ep[rated],
+                "value": episodes.ratings[g, rated],
+            }
+        )
+        overall[element] = _levels(frame.groupby("k"), k_max, min_clients)
+        by_clinic = frame[frame["clinic"].notna()].groupby("clinic")
+        for c, rows in by_clinic:
+            own = _levels(rows.groupby("k"), k_max, min_clients)
+            if any(v is not None for v in own):
+                clinics.setdefault(str(c), {})[element] = own
+    return TypicalLevels(k_max=k_max, min_clients=min_clients, overall=overall, clinics=clinics)
+
+
+def _levels(groups: Any, k_max: int, min_clients: int) -> tuple[float | None, ...]:
+    """Median per appointment number 1..k_max where at least ``min_clients`` episodes rated."""
+    stats = groups.agg(median=("value", "median"), clients=("episode", "nunique"))
+    stats = stats[stats["clients"] >= min_clients]
+    median = stats["median"].reindex(range(1, k_max + 1))
+    return tuple(None if np.isnan(v) else float(v) for v in median.to_numpy(dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """A model version's reference: :func:`distribution_profile` output, the typical levels,
+    and a sentence saying which rows each came from."""
+
+    distribution: Mapping[str, Any]
+    typical: TypicalLevels
+    rows: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": REFERENCE_FORMAT_VERSION,
+            "rows": self.rows,
+            "distribution": dict(self.distribution),
+            "typical_levels": self.typical.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceProfile:
+        """Read :meth:`to_dict` output; raises KeyError, TypeError or ValueError when invalid."""
+        if data.get("format_version") != REFERENCE_FORMAT_VERSION:
+            raise ValueError("unsupported reference profile format")
+        return cls(
+            distribution=dict(data["distribution"]),
+            typical=TypicalLevels.from_dict(data["typical_levels"]),
+            rows=str(data["rows"]),
+        )
