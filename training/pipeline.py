@@ -1,7 +1,8 @@
 """Training and evaluation, as library functions the CLI renders.
 
 ``train_model`` fits the booster on the train split (early-stopped on ``valid``), calibrates it
-on the calibration split, sets the risk bands there, and evaluates the resulting
+on the calibration split, sets the risk bands there, attaches the reference profile
+(:func:`reference_of`), and evaluates the resulting
 :class:`~models.scorer.Scorer` and both baselines on the same test rows. ``evaluate_scorer``
 is the same evaluation for an already trained scorer on new data (external or temporal
 validation). Nothing here touches MLflow; :mod:`training.runlog` logs the results.
@@ -40,6 +41,7 @@ from features.registry import FeatureRegistry, feature_registry
 from models.booster import FitResult, SearchSpace, fit_booster, margin
 from models.calibration import MarginCalibrator
 from models.explain import global_importance
+from models.reference import ReferenceProfile, distribution_profile, typical_levels
 from models.scorer import RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
 from training.metrics import EvaluationReport, evaluate
@@ -445,6 +447,10 @@ def train_model(
         },
     )
 
+    t = time.perf_counter()
+    scorer.reference = reference_of(scorer, sessions, clients, splits)
+    timings["reference_s"] = time.perf_counter() - t
+
     say("evaluate")
     t = time.perf_counter()
     test_clients = clients[clients[CLIENT_ID].isin(splits.test)]
@@ -467,6 +473,40 @@ def train_model(
         evaluation=evaluation,
         data_summary=summary,
         timings=timings,
+    )
+
+
+def reference_of(
+    scorer: Scorer, sessions: pd.DataFrame, clients: pd.DataFrame, splits: Splits
+) -> ReferenceProfile:
+    """The reference profile of a freshly trained ``scorer`` (see :mod:`models.reference`).
+
+    The distribution part comes from ``scorer.score`` on the calibration split's ended episodes
+    at their training landmarks (the rows the bands were set on, not fitted on); the clinics'
+    typical levels from the ratings of the train, validation and calibration clients (never the
+    test split's).
+    """
+    ended = clients[
+        clients[CLIENT_ID].isin(pd.Index(splits.calibration))
+        & clients[OUTCOME].isin((COMPLETED, DROPOUT))
+        & clients[CLIENT_ID].isin(sessions[CLIENT_ID])
+    ]
+    cal = Episodes.from_frames(
+        sessions[sessions[CLIENT_ID].isin(ended[CLIENT_ID])], ended, scorer.profile
+    )
+    dev_ids = pd.Index(np.concatenate([splits.train, splits.valid, splits.calibration]))
+    dev_clients = clients[clients[CLIENT_ID].isin(dev_ids)]
+    dev = Episodes.from_frames(
+        sessions[sessions[CLIENT_ID].isin(dev_ids)], dev_clients, scorer.profile
+    )
+    return ReferenceProfile(
+        distribution=distribution_profile(scorer.score(cal, landmarks="training")),
+        typical=typical_levels(dev, k_max=scorer.k_max),
+        rows=(
+            "distribution: the calibration split's ended episodes at their training landmarks; "
+            "typical levels: attended, rated appointments of the train, validation and "
+            "calibration clients"
+        ),
     )
 
 

@@ -2,11 +2,13 @@
 
 The run holds: parameters, test metrics (model and baselines), the dataset fingerprint and git
 commit as tags, and artifacts under ``report/`` (calibration, ROC and PR plots, per-landmark,
-subgroup, therapist, comparison, importance and search tables, the model card) and
+subgroup, therapist, comparison, importance and search tables, the model card),
 ``evaluation/`` (the test split's tables, pseudonymised, so that ``promote`` can score the
-candidate and the champion on the very same rows). The logged model is one self-contained pyfunc
-(:class:`models.pyfunc.AllianceRiskModel`) whose ``scorer`` artifact carries everything needed
-to score.
+candidate and the champion on the very same rows) and ``reference/reference_profile.json`` (the
+model's reference profile, :mod:`models.reference`, for analysts). The logged model is one
+self-contained pyfunc (:class:`models.pyfunc.AllianceRiskModel`) whose ``scorer`` artifact
+carries everything needed to score, the same reference profile included
+(``scorer.reference``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ MODEL_ARTIFACT = "model"
 EVALUATION_DIR = "evaluation"
 TEST_SESSIONS = "test_sessions.parquet"
 TEST_CLIENTS = "test_clients.parquet"
+REFERENCE_ARTIFACT = "reference/reference_profile.json"
 TAG_SIMULATED = "data.simulated"
 TAG_PROFILE = "instrument.profile"
 
@@ -231,6 +234,8 @@ def log_training_run(
         ps.to_parquet(ev / TEST_SESSIONS, index=False)
         pc.to_parquet(ev / TEST_CLIENTS, index=False)
         mlflow.log_artifacts(str(ev), artifact_path=EVALUATION_DIR)
+        if result.scorer.reference is not None:
+            mlflow.log_dict(result.scorer.reference.to_dict(), REFERENCE_ARTIFACT)
 
         scorer = replace(
             result.scorer,

@@ -20,6 +20,7 @@ from models.booster import margin
 from models.calibration import SPACE_CALIBRATED, SPACE_UNCALIBRATED
 from models.pyfunc import load_scorer
 from training.pipeline import TrainConfig, train_model
+from training.runlog import REFERENCE_ARTIFACT
 from training.simulate import simulate_cohort, write_cohort
 from training.tracking import configure_mlflow
 
@@ -57,6 +58,32 @@ def test_probabilities_are_valid_and_explanations_add_up(trained) -> None:
 
 def data_x(trained) -> np.ndarray:
     return trained.evaluation.data.X
+
+
+def test_the_reference_profile_is_the_calibration_splits_scores(trained, cohort) -> None:
+    reference = trained.scorer.reference
+    assert reference is not None and "calibration split" in reference.rows
+    calibration = trained.splits.calibration
+    ended = cohort.clients[
+        cohort.clients[CLIENT_ID].isin(calibration)
+        & cohort.clients["outcome"].isin(("completed", "dropout"))
+    ]
+    scored = trained.scorer.score(
+        Episodes.from_frames(
+            normalise_sessions(
+                cohort.sessions[cohort.sessions[CLIENT_ID].isin(ended[CLIENT_ID])], cohort.profile
+            ),
+            normalise_clients(ended),
+            cohort.profile,
+        ),
+        landmarks="training",
+    )
+    assert reference.distribution["n_rows"] == scored.n_rows
+    bands = trained.scorer.bands.assign(scored.probability)
+    for band, share in reference.distribution["bands"].items():
+        assert share == pytest.approx(np.mean(bands == band))
+    # Bands were set on these rows: about high_share of them are high.
+    assert reference.distribution["bands"]["high"] == pytest.approx(0.10, abs=0.03)
 
 
 def test_risk_bands_sit_at_the_base_rate_and_the_top_decile(trained) -> None:
@@ -152,6 +179,14 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     np.testing.assert_allclose(out["probability"], scorer.explain_matrix(X).probability, atol=1e-6)
     assert scorer.metadata["simulated"] is True
     assert "simulated data" in scorer.model_card
+    # The reference profile travels inside the model, and sits beside it for analysts.
+    assert scorer.reference is not None
+    assert sum(scorer.reference.distribution["bands"].values()) == pytest.approx(1.0)
+    assert set(scorer.reference.distribution["features"]) == set(scorer.registry.groups)
+    assert set(scorer.reference.typical.overall) == set(cohort.profile.element_names)
+    run_id = scorer.metadata["run_id"]
+    logged_profile = mlflow.artifacts.load_dict(f"runs:/{run_id}/{REFERENCE_ARTIFACT}")
+    assert logged_profile == scorer.reference.to_dict()
 
     scores = tmp_path / "scores.csv"
     done = _run(["score", "--model", "models:/alliance-risk@champion", *args, "--out",
