@@ -5,8 +5,12 @@ Each scenario is a modified copy of the client's episode, scored by the same
 there is no second model and no second feature path. The scenarios:
 
 - ``element_recovers`` (one per alliance element): the element's rating at the latest rated
-  session is raised to the client's own best rating of it so far. The model carries no clinic
-  reference levels per landmark, so the client's own best is the only target (see ``notes``).
+  session is raised to the client's own best rating of it so far or to the clinic's typical
+  level at that appointment number, whichever is lower (issue 23). The typical level is the
+  median rating in the model's training data (:class:`models.reference.TypicalLevels`: the
+  clinic's own where it had at least ``min_clients`` clients rating the element there, else the
+  all-clinics median). A model without a reference profile (trained before it existed) has no
+  typical levels: there the client's own best is the only target, and ``notes`` says so.
 - ``rupture_repaired``: every element whose most recent rupture is still open (the features'
   ``<element>_unrepaired``, a drop of at least one own SD or the floor from the previous rated
   session, :mod:`features.kernels`) is rated at the latest rated session at the level it dropped
@@ -19,8 +23,9 @@ there is no second model and no second feature path. The scenarios:
 - ``no_shows_stop``: every no-show is recoded as attended, rated as the client's latest rated
   session before it (unrated when there is none), so no rating changes by the recoding.
 
-Every value stays plausible: ratings are ones the client has given (so within the scale), and no
-date is earlier than the last appointment. What the model shows is an association in the
+Every value stays plausible: ratings are ones the client has given or, for a recovery, a
+clinic's typical level below the client's own best (so within the scale), and no date is earlier
+than the last appointment. What the model shows is an association in the
 training data, not a promise that the change would cause the risk to fall: every sentence says so.
 If an improvement raises the model's risk (the model is not monotone there), the scenario is kept,
 marked ``raises_risk`` and its sentence says so, instead of being hidden.
@@ -52,10 +57,17 @@ NOT_MONOTONE = (
     "The model gives a higher risk for this improvement: it is not monotone here, so do not "
     "read this scenario as advice."
 )
-#: Notes of every response: what the recovery targets are.
+#: Notes of every response: what the recovery targets are (models without typical levels).
 OWN_BEST_ONLY = (
     "Recovery targets are the client's own best ratings so far: this model holds no clinic "
     "reference levels per landmark, so the clinic's typical level is not used."
+)
+#: The same note for models with typical levels (``{n}``: the fewest clients for a clinic's own).
+LOWER_OF_BEST_AND_CLINIC = (
+    "Recovery targets are the client's own best rating so far or the clinic's typical level at "
+    "that appointment, whichever is lower. The typical level is the median rating in the "
+    "model's training data: the clinic's own where at least {n} of its clients were rated "
+    "there, otherwise the median of all clinics."
 )
 #: Interval of the appended appointment when the client has only one appointment (days).
 DEFAULT_INTERVAL_DAYS = 7
@@ -172,7 +184,10 @@ def what_if(
             continue
         features = dict(zip(names, current.features[row_of[ep]].tolist(), strict=True))
         history = _history(episodes, ep)
-        specs.extend((ep, s) for s in _scenarios(scorer, history, features, outcome.landmark))
+        specs.extend(
+            (ep, s)
+            for s in _scenarios(scorer, history, features, outcome.landmark, episodes.clinic_id[ep])
+        )
     probability: dict[int, float] = {}
     landmark: dict[int, int] = {}
     if specs:
@@ -192,7 +207,7 @@ def what_if(
             out.append(outcome)
             continue
         scenarios = sorted(found.get(ep, []), key=lambda s: s.change_pp)
-        notes = [OWN_BEST_ONLY]
+        notes = [_recovery_note(scorer)]
         if n := sum(s.raises_risk for s in scenarios):
             notes.append(
                 f"In {n} scenario{'s' if n > 1 else ''} the model gives a higher risk for an "
@@ -214,6 +229,12 @@ def what_if(
     return out
 
 
+def _recovery_note(scorer: Scorer) -> str:
+    if scorer.reference is None:
+        return OWN_BEST_ONLY
+    return LOWER_OF_BEST_AND_CLINIC.format(n=scorer.reference.typical.min_clients)
+
+
 def _scenario(spec: _Spec, p: float, landmark: int, p_now: float) -> Scenario:
     change = 100.0 * (p - float(p_now))
     raises = change > 0.0
@@ -230,10 +251,16 @@ def _points(change: float) -> str:
 
 
 def _scenarios(
-    scorer: Scorer, h: _History, features: dict[str, float], landmark: int
+    scorer: Scorer,
+    h: _History,
+    features: dict[str, float],
+    landmark: int,
+    clinic_id: str | None = None,
 ) -> list[_Spec]:
-    """The scenarios that change something in history ``h``, scored at ``landmark`` now."""
+    """The scenarios that change something in history ``h`` of a client of ``clinic_id``,
+    scored at ``landmark`` now."""
     profile = scorer.profile
+    typical = None if scorer.reference is None else scorer.reference.typical
     eps = 1e-9 * profile.scale_range
     rated = h.rated()
     specs: list[_Spec] = []
@@ -248,16 +275,23 @@ def _scenarios(
             if not rated[g, last_rated]:
                 continue
             now, best = float(values[last_rated]), float(np.nanmax(values))
-            if best > now + eps:
+            clinic = None if typical is None else typical.level(clinic_id, element.name, session)
+            target = best if clinic is None else min(best, clinic)
+            if target > now + eps:
                 ratings = h.ratings.copy()
-                ratings[g, last_rated] = best
+                ratings[g, last_rated] = target
+                where = (
+                    "the client's best so far"
+                    if target == best
+                    else f"the clinic's typical level at session {session}"
+                )
                 specs.append(
                     _Spec(
                         "element_recovers",
                         element.name,
                         h.with_ratings(ratings),
-                        f"If {element.label.lower()} had been rated at the client's best so far "
-                        f"({best:g} instead of {now:g} at session {session}), the model's risk "
+                        f"If {element.label.lower()} had been rated at {where} "
+                        f"({target:g} instead of {now:g} at session {session}), the model's risk "
                         "would be {p} ({change}).",
                     )
                 )

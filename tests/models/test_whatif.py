@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +13,16 @@ from features.contract import SESSION_NUMBER_MAX
 from features.episodes import Episodes
 from features.validation import normalise_clients, normalise_sessions
 from models import whatif
+from models.reference import ReferenceProfile, TypicalLevels
 from models.scorer import Scorer, _synthetic_episode
-from models.whatif import ASSOCIATION, NOT_MONOTONE, OWN_BEST_ONLY, WhatIf, what_if
+from models.whatif import (
+    ASSOCIATION,
+    LOWER_OF_BEST_AND_CLINIC,
+    NOT_MONOTONE,
+    OWN_BEST_ONLY,
+    WhatIf,
+    what_if,
+)
 from tests.models.test_scorer import cohort, scorer  # noqa: F401 (shared fixtures)
 
 N_CLIENTS = 80
@@ -195,3 +205,73 @@ def test_no_appointment_is_appended_past_the_largest_session_number(scorer) -> N
     assert isinstance(r, WhatIf) and r.landmark == SESSION_NUMBER_MAX
     assert "next_attended" not in {s.kind for s in r.scenarios}
     assert {"element_recovers", "no_shows_stop"} <= {s.kind for s in r.scenarios}
+
+
+def _at_clinic(episodes: Episodes, clinic: str) -> Episodes:
+    return Episodes.from_columns(
+        episodes.profile,
+        client_id=episodes.client_id,
+        clinic_id=[clinic],
+        therapist_id=episodes.therapist_id,
+        intake_day=episodes.intake_day,
+        age=episodes.age,
+        episode=episodes.episode,
+        session_number=episodes.session_number,
+        day=episodes.day,
+        attendance=episodes.attendance,
+        ratings=episodes.ratings,
+    )
+
+
+def test_recovery_goes_to_the_lower_of_own_best_and_the_clinics_typical_level(
+    scorer: Scorer,  # noqa: F811
+) -> None:
+    # Every element: 8.5 at session 1 (the client's best), 6 now at session 5.
+    episodes = _at_clinic(_synthetic_episode(scorer.profile), "k1")
+    first, second, third, *rest = scorer.profile.element_names
+    k = scorer.k_max
+    at5 = lambda v: tuple(v if i == 4 else None for i in range(k))  # noqa: E731
+    typical = TypicalLevels(
+        k_max=k,
+        min_clients=20,
+        # The all-clinics level, used for the second element where k1 has none of its own.
+        overall={e: at5(7.5) for e in scorer.profile.element_names},
+        clinics={"k1": {first: at5(7.0), third: at5(5.0), **{e: at5(9.5) for e in rest}}},
+    )
+    reference = ReferenceProfile(distribution={}, typical=typical, rows="test")
+    with_ref = replace(scorer, reference=reference)
+    (r,) = what_if(with_ref, episodes)
+    recovers = {s.element: s for s in r.scenarios if s.kind == "element_recovers"}
+    assert "(7 instead of 6 at session 5)" in recovers[first].text
+    assert "the clinic's typical level at session 5" in recovers[first].text
+    assert "(7.5 instead of 6 at session 5)" in recovers[second].text  # all-clinics fallback
+    assert third not in recovers  # the clinic's level is below the client's rating now
+    for e in rest:
+        assert "the client's best so far (8.5 instead of 6" in recovers[e].text
+    assert r.notes[0] == LOWER_OF_BEST_AND_CLINIC.format(n=20)
+    # The scenario is the scorer on the history with the first element rated 7 at session 5.
+    ratings = episodes.ratings.copy()
+    ratings[0, 4] = 7.0
+    modified = Episodes.from_columns(
+        episodes.profile,
+        client_id=episodes.client_id,
+        clinic_id=episodes.clinic_id,
+        therapist_id=episodes.therapist_id,
+        intake_day=episodes.intake_day,
+        age=episodes.age,
+        episode=episodes.episode,
+        session_number=episodes.session_number,
+        day=episodes.day,
+        attendance=episodes.attendance,
+        ratings=ratings,
+    )
+    (alt,) = scorer.score(modified).results
+    assert recovers[first].probability == pytest.approx(alt.probability, abs=1e-12)
+    # Without a reference profile the same client recovers to their own best, as before.
+    (plain,) = what_if(scorer, episodes)
+    assert plain.notes[0] == OWN_BEST_ONLY
+    assert all(
+        "(8.5 instead of 6 at session 5)" in s.text
+        for s in plain.scenarios
+        if s.kind == "element_recovers"
+    )

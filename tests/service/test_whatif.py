@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from features.contract import CLIENT_ID
 from features.validation import UNKNOWN_ATTENDANCE
-from models.whatif import ASSOCIATION, NOT_MONOTONE, OWN_BEST_ONLY, what_if
+from models.whatif import ASSOCIATION, LOWER_OF_BEST_AND_CLINIC, NOT_MONOTONE, what_if
 from service.episodes import to_episodes
 from service.schemas import RiskRequest
 from tests.service.conftest import TEST_CLINIC, Registry, bearer
@@ -50,7 +50,11 @@ def test_what_if_is_the_served_scorer_on_each_scenario(api: TestClient, registry
         ]
         changes = [s["change_pp"] for s in out["scenarios"]]
         assert changes == sorted(changes)
-        assert out["notes"][0] == OWN_BEST_ONLY
+        # The served model carries typical levels: recovery targets are the lower of the two.
+        assert scorer.reference is not None and out["notes"] == list(expected.notes)
+        assert out["notes"][0] == LOWER_OF_BEST_AND_CLINIC.format(
+            n=scorer.reference.typical.min_clients
+        )
         for s in out["scenarios"]:
             assert 0.0 <= s["probability"] <= 1.0
             assert s["raises_risk"] == (s["change_pp"] > 0)
