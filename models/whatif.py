@@ -11,10 +11,12 @@ there is no second model and no second feature path. The scenarios:
   clinic's own where it had at least ``min_clients`` clients rating the element there, else the
   all-clinics median). A model without a reference profile (trained before it existed) has no
   typical levels: there the client's own best is the only target, and ``notes`` says so.
-- ``rupture_repaired``: every element whose most recent rupture is still open (the features'
-  ``<element>_unrepaired``, a drop of at least one own SD or the floor from the previous rated
-  session, :mod:`features.kernels`) is rated at the latest rated session at the level it dropped
-  from.
+- ``rupture_repaired``: every element rated at the latest rated session whose most recent
+  rupture is still open (the features' ``<element>_unrepaired``, :mod:`features.kernels`) is
+  rated there at the level it dropped from; after a decline over several sessions that leaves an
+  earlier drop open, so the rating is raised again to the level before that one, until the
+  scenario's own features say no rupture of a repaired element is open. Earlier appointments
+  never change.
 - ``next_attended``: one attended appointment is appended after the last one, on the last date
   plus the client's typical interval (the median gap between appointments, at least one day;
   weekly when there is only one appointment), with every element's latest rating carried
@@ -27,14 +29,17 @@ Every value stays plausible: ratings are ones the client has given or, for a rec
 clinic's typical level below the client's own best (so within the scale), and no date is earlier
 than the last appointment. What the model shows is an association in the
 training data, not a promise that the change would cause the risk to fall: every sentence says so.
-If an improvement raises the model's risk (the model is not monotone there), the scenario is kept,
-marked ``raises_risk`` and its sentence says so, instead of being hidden.
+If an improvement raises the model's risk by at least the 0.1 percentage point the sentence
+shows (the model is not monotone there), the scenario is kept, marked ``raises_risk`` and its
+sentence says so, instead of being hidden. ``next_attended`` is the risk at a later appointment,
+a different quantity from the risk now: its sentence says so and it is never marked. Elements
+not rated at the latest rated session get no recovery or repair, and ``notes`` names them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -45,6 +50,7 @@ from features import contract
 from features.episodes import Episodes
 from models.results import ContractProblem, RiskBand
 from models.scorer import Scorer
+from models.scoreset import ScoreSet
 
 ScenarioKind = Literal["element_recovers", "rupture_repaired", "next_attended", "no_shows_stop"]
 
@@ -57,6 +63,18 @@ NOT_MONOTONE = (
     "The model gives a higher risk for this improvement: it is not monotone here, so do not "
     "read this scenario as advice."
 )
+#: Said by every ``next_attended`` sentence: it compares the risk at another appointment.
+LATER_APPOINTMENT = (
+    "That is the risk at a later appointment, not the risk now, so the difference is not what "
+    "attending changes."
+)
+#: Note when elements have no rating at the latest rated session (``{elements}``: labels).
+NOT_RATED_LATEST = (
+    "No recovery or rupture scenario for {elements}: not rated at the latest rated session, so "
+    "there is no current rating to work from."
+)
+#: Most rounds of raising a repaired rating until the features say its rupture is closed.
+MAX_REPAIR_ROUNDS = 64
 #: Notes of every response: what the recovery targets are (models without typical levels).
 OWN_BEST_ONLY = (
     "Recovery targets are the client's own best ratings so far: this model holds no clinic "
@@ -151,6 +169,7 @@ class _Spec:
     element: str | None
     history: _History
     text: str  # a format string with {p} and {change}
+    last_rated: int = -1  # rupture_repaired: the appointment whose ratings are raised
 
 
 def what_if(
@@ -176,18 +195,8 @@ def what_if(
     """
     current = scorer.score(episodes, scored_at=scored_at)
     outcomes = list(current.by_episode())
-    names = scorer.feature_names
     row_of = {int(ep): i for i, ep in enumerate(current.episode.tolist())}
-    specs: list[tuple[int, _Spec]] = []
-    for ep, outcome in outcomes:
-        if outcome is None or isinstance(outcome, tuple):
-            continue
-        features = dict(zip(names, current.features[row_of[ep]].tolist(), strict=True))
-        history = _history(episodes, ep)
-        specs.extend(
-            (ep, s)
-            for s in _scenarios(scorer, history, features, outcome.landmark, episodes.clinic_id[ep])
-        )
+    specs, unrated = _specs(scorer, episodes, current)
     probability: dict[int, float] = {}
     landmark: dict[int, int] = {}
     if specs:
@@ -208,6 +217,8 @@ def what_if(
             continue
         scenarios = sorted(found.get(ep, []), key=lambda s: s.change_pp)
         notes = [_recovery_note(scorer)]
+        if unrated.get(ep):
+            notes.append(NOT_RATED_LATEST.format(elements=", ".join(unrated[ep])))
         if n := sum(s.raises_risk for s in scenarios):
             notes.append(
                 f"In {n} scenario{'s' if n > 1 else ''} the model gives a higher risk for an "
@@ -237,17 +248,87 @@ def _recovery_note(scorer: Scorer) -> str:
 
 def _scenario(spec: _Spec, p: float, landmark: int, p_now: float) -> Scenario:
     change = 100.0 * (p - float(p_now))
-    raises = change > 0.0
-    text = spec.text.format(p=f"{p:.0%}", change=_points(change))
-    text = f"{text} {NOT_MONOTONE if raises else ASSOCIATION}"
-    return Scenario(spec.kind, spec.element, landmark, p, change, raises, text)
+    # One threshold for the flag and the words: the change as the sentence shows it.
+    shown = round(change, 1)
+    # next_attended is the risk at a later appointment: not an improvement of the same quantity.
+    raises = shown > 0.0 and spec.kind != "next_attended"
+    text = spec.text.format(p=f"{p:.0%}", change=_points(shown))
+    if spec.kind == "next_attended":
+        text = f"{text} {LATER_APPOINTMENT}"
+    if raises:
+        text = f"{text} {NOT_MONOTONE}"
+    return Scenario(spec.kind, spec.element, landmark, p, change, raises, f"{text} {ASSOCIATION}")
 
 
-def _points(change: float) -> str:
-    if round(change, 1) == 0.0:
+def _points(shown: float) -> str:
+    if shown == 0.0:
         return "no change"
-    word = "lower" if change < 0 else "higher"
-    return f"{abs(change):.1f} percentage points {word}"
+    word = "lower" if shown < 0 else "higher"
+    return f"{abs(shown):.1f} percentage points {word}"
+
+
+def _specs(
+    scorer: Scorer, episodes: Episodes, current: ScoreSet
+) -> tuple[list[tuple[int, _Spec]], dict[int, list[str]]]:
+    """Every scenario of each episode ``current`` scored and, per episode, the labels of the
+    elements not rated at its latest rated session (nothing to recover or repair from)."""
+    names = scorer.feature_names
+    specs: list[tuple[int, _Spec]] = []
+    unrated: dict[int, list[str]] = {}
+    for j, ep in enumerate(current.episode.tolist()):
+        features = dict(zip(names, current.features[j].tolist(), strict=True))
+        h = _history(episodes, ep)
+        landmark = int(current.landmark[j])
+        specs.extend(
+            (ep, s) for s in _scenarios(scorer, h, features, landmark, episodes.clinic_id[ep])
+        )
+        rated = h.rated()
+        last = np.flatnonzero(rated.any(axis=0))
+        unrated[ep] = [
+            e.label.lower()
+            for g, e in enumerate(scorer.profile.elements)
+            if not last.size or not rated[g, last[-1]]
+        ]
+    return _close_ruptures(scorer, episodes, specs), unrated
+
+
+def _close_ruptures(
+    scorer: Scorer, episodes: Episodes, specs: list[tuple[int, _Spec]]
+) -> list[tuple[int, _Spec]]:
+    """``specs`` with each rupture repair raised until its own features say no rupture is open.
+
+    Raising the latest rating to the level before the most recent drop leaves an earlier drop
+    open after a decline over several sessions; each round raises the latest rated ratings to
+    the level before the rupture the features now call open (a rating the client gave, so
+    within the scale; earlier appointments never change), all pending scenarios in one call.
+    """
+    out = list(specs)
+    pending = [j for j, (_, s) in enumerate(out) if s.kind == "rupture_repaired"]
+    names = scorer.feature_names
+    for _ in range(MAX_REPAIR_ROUNDS):
+        if not pending:
+            break
+        scored = scorer.score(_episodes_of(episodes, [out[j] for j in pending]))
+        still: list[int] = []
+        for row, k in enumerate(scored.episode.tolist()):
+            j = pending[k]
+            ep, spec = out[j]
+            h = spec.history
+            features = dict(zip(names, scored.features[row].tolist(), strict=True))
+            landmark = int(scored.landmark[row])
+            ratings = h.ratings.copy()
+            rated = h.rated()
+            for g, element in enumerate(scorer.profile.elements):
+                if not rated[g, spec.last_rated]:
+                    continue
+                level = _level_before_open_rupture(h, g, features, element.name, landmark)
+                if level is not None and level > ratings[g, spec.last_rated]:
+                    ratings[g, spec.last_rated] = level
+            if not np.array_equal(ratings, h.ratings, equal_nan=True):
+                out[j] = (ep, replace(spec, history=h.with_ratings(ratings)))
+                still.append(j)
+        pending = still
+    return out
 
 
 def _scenarios(
@@ -306,8 +387,10 @@ def _scenarios(
                     "rupture_repaired",
                     None,
                     h.with_ratings(repaired),
-                    f"If {what} had been repaired by session {session} (ratings back at the "
-                    "level before the drop), the model's risk would be {p} ({change}).",
+                    f"If {what} had been repaired by session {session} (rated there back at "
+                    "the level before the ratings dropped), the model's risk would be {p} "
+                    "({change}).",
+                    last_rated,
                 )
             )
     if h.session_number[-1] < contract.SESSION_NUMBER_MAX:
@@ -351,8 +434,8 @@ def _next_attended(h: _History, rated: np.ndarray) -> _Spec:
         None,
         history,
         f"If the client attends the next appointment (about {interval} days after the last) "
-        "and rates it as the last time, the model's risk at that appointment would be {p} "
-        "({change}).",
+        "and rates it as the last time, the model's risk at that next appointment would be {p} "
+        "({change} compared with the risk now).",
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +59,41 @@ def test_what_if_is_the_served_scorer_on_each_scenario(api: TestClient, registry
         )
         for s in out["scenarios"]:
             assert 0.0 <= s["probability"] <= 1.0
-            assert s["raises_risk"] == (s["change_pp"] > 0)
-            assert s["text"].endswith(NOT_MONOTONE if s["raises_risk"] else ASSOCIATION)
+            shown = round(s["change_pp"], 1)
+            assert s["raises_risk"] == (shown > 0 and s["kind"] != "next_attended")
+            assert (NOT_MONOTONE in s["text"]) == s["raises_risk"]
+            assert s["text"].endswith(ASSOCIATION)
             assert cid not in s["text"]
+
+
+def test_next_attended_is_risk_on_the_body_with_the_appointment_appended(
+    api: TestClient, registry: Registry
+) -> None:
+    checked = 0
+    for cid in _clients(registry, 6):
+        body = request_for(registry.cohort, cid)
+        out = api.post(ROUTE, json=body).json()
+        (scenario,) = [s for s in out["scenarios"] if s["kind"] == "next_attended"]
+        sessions = body["sessions"]
+        days = [date.fromisoformat(x["session_date"]) for x in sessions]
+        gaps = [(b - a).days for a, b in zip(days, days[1:], strict=False)]
+        interval = max(1, int(statistics.median(gaps))) if gaps else 7
+        carried: dict[str, float] = {}
+        for x in sessions:
+            if x["attendance"] == "attended":
+                carried.update(x["ratings"])
+        appended = {
+            "session_number": sessions[-1]["session_number"] + 1,
+            "session_date": str(days[-1] + timedelta(days=interval)),
+            "attendance": "attended",
+            "ratings": carried,
+        }
+        later = api.post("/v1/risk", json={**body, "sessions": [*sessions, appended]})
+        assert later.status_code == 200, later.text
+        assert scenario["probability"] == later.json()["probability"]
+        assert scenario["landmark"] == later.json()["landmark"] == appended["session_number"]
+        checked += 1
+    assert checked == 6
 
 
 def test_tokens_scopes_and_tenancy_as_for_risk(api: TestClient, registry: Registry,
