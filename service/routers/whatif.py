@@ -36,8 +36,9 @@ def risk_what_if(
     settings: SettingsDep,
 ) -> WhatIfResponse:
     """The current probability (as POST /v1/risk gives it) and, per scenario (an alliance
-    element back at the client's best so far, an open rupture repaired, the next appointment
-    attended, the no-shows attended), the model's probability for the modified history, the
+    element back at the lower of the client's best so far and the clinic's typical level at
+    this appointment, an open rupture repaired, the next appointment attended, the no-shows
+    attended), the model's probability for the modified history, the
     change in percentage points and one sentence. These are the model's associations, not
     promises of cause; an improvement the model scores as riskier is marked ``raises_risk``."""
     note_client(request, body.client_id)
