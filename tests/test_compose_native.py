@@ -66,7 +66,7 @@ SECRETS = {
     "ALLIANCE_RISK_DEMO_CLIENTS": "600",
 }
 #: Ports the services listen on inside their containers, when no `ports:` entry says it.
-IMAGE_PORTS = {"postgres": 5432}
+IMAGE_PORTS = {"postgres": 5432, "mlflow": 5000}
 STACK_TIMEOUT_S = 150.0
 NAME_FILTER = "name='alliance-risk'"
 
@@ -94,7 +94,7 @@ def _dockerfile() -> tuple[list[str], int, set[str]]:
     text = DOCKERFILE.read_text()
     entry = re.search(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE)
     uid = re.search(r"useradd [^\n]*--uid (\d+)", text)
-    copied = re.search(r"^COPY --chmod=0755 ((?:.|\\\n)*?)/usr/local/bin/", text, re.MULTILINE)
+    copied = re.search(r"^COPY (scripts/(?:.|\\\n)*?)/usr/local/bin/$", text, re.MULTILINE)
     assert entry and uid and copied, "Dockerfile: ENTRYPOINT, useradd --uid, COPY of scripts"
     scripts = {Path(p).name for p in copied.group(1).replace("\\\n", " ").split()}
     return json.loads(entry.group(1)), int(uid.group(1)), scripts
@@ -375,6 +375,23 @@ def _as_uid(uid: int, *argv: str) -> int:
     return subprocess.run(argv, user=uid, group=uid, extra_groups=[], timeout=30).returncode
 
 
+def _clinic_export(folder: Path, *, seed: int) -> None:
+    """A cohort in ``folder`` shaped as a clinic's export: no simulation marker."""
+    subprocess.run(
+        [str(VENV_BIN / "alliance-risk"), "simulate", "--clients",
+         SECRETS["ALLIANCE_RISK_DEMO_CLIENTS"], "--seed", str(seed), "--out", str(folder)],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    (folder / "simulation.json").unlink()
+
+
+def _versions(mlflow_port: int) -> int:
+    path = f"/api/2.0/mlflow/model-versions/search?filter={quote(NAME_FILTER)}"
+    status, body = _request(mlflow_port, "GET", path, {"Host": "mlflow:5000"})
+    assert status == 200, body[:300]
+    return len(json.loads(body)["model_versions"])
+
+
 def _request(
     port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None
 ) -> tuple[int, bytes]:
@@ -450,21 +467,40 @@ def test_the_compose_stack_starts_natively_and_scores_one_request(stack: NativeS
     assert record["outcome"] == "ok" and record["subject"] == "apikey:ehr-test"
     assert str(RISK_REQUEST_EXAMPLE["client_id"]) not in audit.read_text()
 
-    # A restart keeps the champion; a clinic's export in the data folder is trained on.
+    # A restart keeps the champion; it was trained on simulated clients, and says so loudly.
     again = stack.run_again("trainer")
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-2000:]
+    assert "WARNING: the model serving /v1/risk was trained on SIMULATED clients" in again.stderr
+
+    # A clinic's export in the data folder is trained on once, and promoted through the gates.
     data = stack.services["trainer"].mounts["/data"]
-    subprocess.run(
-        [str(VENV_BIN / "alliance-risk"), "simulate", "--clients", SECRETS[
-            "ALLIANCE_RISK_DEMO_CLIENTS"], "--seed", "11", "--out", str(data)],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
+    _clinic_export(data, seed=11)
     again = stack.run_again("trainer")
-    assert again.returncode == 0, again.stderr[-2000:]
     assert "training on the mounted data folder" in again.stderr
-    versions = f"/api/2.0/mlflow/model-versions/search?filter={quote(NAME_FILTER)}"
-    status, body = _request(mlflow_port, "GET", versions, {"Host": "mlflow:5000"})
-    assert status == 200 and len(json.loads(body)["model_versions"]) == 2
+    assert _versions(mlflow_port) == 2
+    promoted = "trained on the mounted export, is the champion" in again.stderr
+    if promoted:
+        assert again.returncode == 0, again.stderr[-2000:]
+    else:  # refused: the simulated demo champion must not go on scoring real clients
+        assert again.returncode == 1 and "simulated demo model" in again.stderr, again.stderr
+    # Started again on the same export: nothing is trained, no version is added.
+    again = stack.run_again("trainer")
+    assert "training on the mounted data folder" not in again.stderr
+    assert _versions(mlflow_port) == 2
+    assert again.returncode == (0 if promoted else 1), again.stderr[-2000:]
+    # A changed export is trained on.
+    _clinic_export(data, seed=12)
+    again = stack.run_again("trainer")
+    assert "training on the mounted data folder" in again.stderr, again.stderr[-2000:]
+    assert _versions(mlflow_port) == 3
+    # An export that breaks the data contract fails the job: it is not a gate refusal.
+    sessions = data / "sessions.csv"
+    sessions.write_text(sessions.read_text().replace(",", ";", 40))
+    again = stack.run_again("trainer")
+    assert again.returncode == 1 and "ERROR: training on the mounted export failed" in (
+        again.stderr
+    ), again.stderr[-2000:]
+    assert _versions(mlflow_port) == 3
 
     if stack.root:
         app = stack.app_uid
