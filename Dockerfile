@@ -24,7 +24,10 @@ RUN pip install /wheels/*.whl psycopg2-binary && rm -rf /wheels \
     && useradd --create-home --uid 10001 app \
     && mkdir -p /mlartifacts /audit /keys /data \
     && chown app:app /mlartifacts /audit /keys
-COPY --chmod=0755 scripts/compose-init.sh scripts/compose-train.sh scripts/healthcheck.py \
-    /usr/local/bin/
+# COPY then RUN chmod: COPY's own mode option needs BuildKit, which the classic builder of
+# Debian's docker-compose 1.29 lacks.
+COPY scripts/compose-init.sh scripts/compose-train.sh scripts/healthcheck.py /usr/local/bin/
+RUN chmod 0755 /usr/local/bin/compose-init.sh /usr/local/bin/compose-train.sh \
+    /usr/local/bin/healthcheck.py
 USER app
 ENTRYPOINT ["alliance-risk"]

@@ -3,10 +3,13 @@
 # The compose stack's one-shot set-up, run as root before anything else (docker-compose.yml,
 # service init-volumes). Docker creates named volumes owned by root, and every other service
 # runs as the image's non-root user, so: each VOLUME (and KEYS_DIR) is handed to UID:GID
-# (the folder itself, not its contents: files the services write are theirs already). An API
-# keys file KEYS_SOURCE_DIR/api-keys.json, as `alliance-risk apikey create` writes it on the
-# host (mode 0600, owned by the host's user), is copied to KEYS_DIR/api-keys.json readable by
-# UID:GID alone; without one, a copy left from an earlier start is removed.
+# (the folder itself, not its contents: files the services write are theirs already). Each
+# JSON file in KEYS_SOURCE_DIR (api-keys.json, as `alliance-risk apikey create` writes it on
+# the host, mode 0600 and owned by the host's user; a JWT issuer's key set for `jwks_file`) is
+# copied to KEYS_DIR readable by UID:GID alone; a copy whose source is gone is removed. The API
+# reads these files when it starts: after changing one, run this step again, then restart it.
+# A KEYS_SOURCE_DIR that the host user cannot write (Docker creates a missing bind-mount
+# source as root) only means no keys: nothing here needs to write there.
 set -eu
 
 owner="${1:?usage: compose-init.sh UID:GID KEYS_SOURCE_DIR KEYS_DIR VOLUME...}"
@@ -20,15 +23,18 @@ for dir in "$keys_dir" "$@"; do
     chmod 0750 "$dir"
 done
 
-keys_file="$keys_dir/api-keys.json"
-if [ -f "$keys_source/api-keys.json" ]; then
-    # Copy then rename: the API never sees a half-written keys file.
-    cp "$keys_source/api-keys.json" "$keys_file.tmp"
-    chown "$owner" "$keys_file.tmp"
-    chmod 0400 "$keys_file.tmp"
-    mv -f "$keys_file.tmp" "$keys_file"
-    echo "compose-init: API keys file installed" >&2
-else
-    rm -f "$keys_file"
-fi
+for installed in "$keys_dir"/*.json; do
+    [ -f "$installed" ] || continue
+    [ -f "$keys_source/$(basename "$installed")" ] || rm -f "$installed"
+done
+for source in "$keys_source"/*.json; do
+    [ -f "$source" ] || continue
+    target="$keys_dir/$(basename "$source")"
+    # Copy then rename: the API never sees a half-written file.
+    cp "$source" "$target.tmp"
+    chown "$owner" "$target.tmp"
+    chmod 0400 "$target.tmp"
+    mv -f "$target.tmp" "$target"
+    echo "compose-init: installed $(basename "$source")" >&2
+done
 echo "compose-init: volumes owned by $owner" >&2

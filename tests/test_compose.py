@@ -24,12 +24,23 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+#: The tag of the project's image: built once, by one service, and run by the others.
+LOCAL_IMAGE = "alliance-risk:local"
+
+
 def test_every_service_is_buildable_or_pulled_and_dependencies_exist() -> None:
     compose = _compose()
     services = compose["services"]
     assert {"postgres", "mlflow"} <= set(services)
+    builders = [name for name, svc in services.items() if "build" in svc]
+    # One build, tagged: every `build:` would otherwise make its own copy of the image.
+    assert builders == ["init-volumes"], builders
+    assert services["init-volumes"]["image"] == LOCAL_IMAGE
     for name, svc in services.items():
-        assert ("image" in svc) != ("build" in svc), f"{name}: exactly one of image/build"
+        assert "image" in svc, f"{name}: no image"
+        if svc["image"] == LOCAL_IMAGE:
+            continue  # built by init-volumes (compose does not pull what a service builds)
+        assert "build" not in svc and ":" in svc["image"], f"{name}: a pinned, pulled image"
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on unknown service {dep}"
         for volume in svc.get("volumes", []):
@@ -43,6 +54,22 @@ def test_published_ports_bind_loopback_only() -> None:
     for name, svc in _compose()["services"].items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_mlflow_is_not_published_it_has_no_authentication() -> None:
+    # Whoever reaches it can move the champion alias; the README says how to reach its UI.
+    assert "ports" not in _compose()["services"]["mlflow"]
+
+
+def test_the_image_builds_without_buildkit() -> None:
+    # Debian's docker-compose 1.29 builds with the classic builder: no COPY --chmod there.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--chmod" not in dockerfile
+    joined = dockerfile.replace("\\\n", " ")
+    chmod = re.search(r"^RUN chmod 0755 (.*)$", joined, re.MULTILINE)
+    assert chmod, "the scripts are made executable"
+    for script in ("compose-init.sh", "compose-train.sh", "healthcheck.py"):
+        assert f"/usr/local/bin/{script}" in chmod.group(1).split(), script
 
 
 def test_no_secret_is_written_into_the_file() -> None:
@@ -172,3 +199,29 @@ def test_docker_compose_config_validates_and_refuses_each_missing_secret(
     for name in SECRETS:
         done = _config(docker_compose, {k: v for k, v in SECRETS.items() if k != name})
         assert done.returncode != 0 and f"set {name}" in done.stderr, name
+
+
+def test_init_installs_every_keys_file_for_the_api_alone_and_drops_removed_ones(
+    tmp_path: Path,
+) -> None:
+    # api-keys.json for api_key mode, and a JWT issuer's key set for `jwks_file` in jwt mode.
+    source, keys, volume = tmp_path / "keys-in", tmp_path / "keys", tmp_path / "audit"
+    source.mkdir()
+    (source / "api-keys.json").write_text("{}")
+    (source / "jwks.json").write_text('{"keys": []}')
+    owner = f"{os.geteuid()}:{os.getegid()}"
+
+    def init() -> None:
+        subprocess.run(
+            ["sh", str(ROOT / "scripts" / "compose-init.sh"), owner, str(source), str(keys),
+             str(volume)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+
+    init()
+    for name in ("api-keys.json", "jwks.json"):
+        assert (keys / name).read_text() == (source / name).read_text()
+        assert (keys / name).stat().st_mode & 0o777 == 0o400
+    (source / "jwks.json").unlink()
+    init()
+    assert sorted(p.name for p in keys.iterdir()) == ["api-keys.json"]
