@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from models.results import RiskScore
+from service.auth import Principal
 from service.deps import ModelDep, SettingsDep
-from service.episodes import edge_problems, to_episodes
+from service.episodes import RequestEpisodes, edge_problems, to_episodes
 from service.errors import (
     InvalidRequest,
     batch_capped,
@@ -40,6 +41,7 @@ from service.security import (
     note_invalid,
     same_clinic,
 )
+from service.settings import ServiceSettings
 
 router = APIRouter(prefix="/v1", tags=["risk"], route_class=OrjsonRoute)
 
@@ -60,6 +62,27 @@ def _count(request: Request, model: LoadedModel, scores: list[RiskScore]) -> Non
     metrics.observe_probabilities((score.probability for score in scores), model.version)
 
 
+def one_client(
+    body: RiskRequest,
+    request: Request,
+    principal: Principal,
+    model: LoadedModel,
+    settings: ServiceSettings,
+) -> RequestEpisodes:
+    """What every one-client route does before its model work: note the client for the audit
+    record, answer another clinic's client as a missing one (404), run the edge's checks (422)
+    and turn the request into an episode for the served model's profile."""
+    note_client(request, body.client_id)
+    if not same_clinic(principal, body.clinic_id):
+        raise HTTPException(404, NOT_FOUND)
+    request.state.model_version = model.version
+    profile = model.scorer.profile
+    refused = edge_problems(body, profile, max_sessions=settings.max_sessions)
+    if refused:
+        raise InvalidRequest(refused)
+    return to_episodes([body], profile)
+
+
 @router.post(
     "/risk",
     operation_id="scoreRisk",
@@ -76,16 +99,8 @@ def risk(
 ) -> RiskResponse:
     """Calibrated dropout probability at the client's latest appointment, its risk band and
     an explanation whose group contributions add up, with the base, to the output."""
-    note_client(request, body.client_id)
-    if not same_clinic(principal, body.clinic_id):
-        raise HTTPException(404, NOT_FOUND)
-    request.state.model_version = model.version
-    scorer = model.scorer
-    refused = edge_problems(body, scorer.profile, max_sessions=settings.max_sessions)
-    if refused:
-        raise InvalidRequest(refused)
-    edge = to_episodes([body], scorer.profile)
-    scored = scorer.score(edge.episodes)
+    edge = one_client(body, request, principal, model, settings)
+    scored = model.scorer.score(edge.episodes)
     ((_, outcome),) = scored.by_episode()
     if isinstance(outcome, tuple):
         raise InvalidRequest(edge.request_problems(0, outcome))

@@ -7,16 +7,15 @@ A plain ``def`` route: scoring (CPU work) runs in the thread pool.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 
 from models.whatif import WhatIf, what_if
 from service.deps import ModelDep, SettingsDep
-from service.episodes import edge_problems, to_episodes
 from service.errors import InvalidRequest, error_responses, request_id_of
 from service.routers.jsonbody import OrjsonRoute
-from service.routers.risk import BODY_ERRORS, ERRORS, model_ref
+from service.routers.risk import BODY_ERRORS, ERRORS, model_ref, one_client
 from service.schemas import RiskRequest, WhatIfResponse
-from service.security import NOT_FOUND, RiskReader, note_client, same_clinic
+from service.security import RiskReader
 
 router = APIRouter(prefix="/v1", tags=["risk"], route_class=OrjsonRoute)
 
@@ -41,16 +40,8 @@ def risk_what_if(
     attended), the model's probability for the modified history, the
     change in percentage points and one sentence. These are the model's associations, not
     promises of cause; an improvement the model scores as riskier is marked ``raises_risk``."""
-    note_client(request, body.client_id)
-    if not same_clinic(principal, body.clinic_id):
-        raise HTTPException(404, NOT_FOUND)
-    request.state.model_version = model.version
-    scorer = model.scorer
-    refused = edge_problems(body, scorer.profile, max_sessions=settings.max_sessions)
-    if refused:
-        raise InvalidRequest(refused)
-    edge = to_episodes([body], scorer.profile)
-    (outcome,) = what_if(scorer, edge.episodes)
+    edge = one_client(body, request, principal, model, settings)
+    (outcome,) = what_if(model.scorer, edge.episodes)
     if isinstance(outcome, tuple):
         raise InvalidRequest(edge.request_problems(0, outcome))
     assert isinstance(outcome, WhatIf), "an episode with appointments has a latest one"
