@@ -20,7 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.scorer import Scorer
 from models.store import tracking_uri
-from service.audit import AuditSettings, ClientRefs
+from service.audit import ClientRefs
+from service.audit_log import AuditSettings
 from service.auth import Authenticator, AuthSettings, describe
 from service.errors import install_error_handlers
 from service.limits import LimitSettings, RateLimiter, install_limits

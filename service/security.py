@@ -27,14 +27,8 @@ import orjson
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.audit import (
-    AuditLog,
-    AuditRecord,
-    AuditRecordError,
-    AuditWriteError,
-    ClientRefs,
-    utc_timestamp,
-)
+from service.audit import AuditRecord, AuditRecordError, AuditWriteError, ClientRefs, utc_timestamp
+from service.audit_log import AuditLog
 from service.auth import API_KEY_HEADER, Authenticator, AuthError, Principal, require_scope
 from service.auth.principal import challenge
 from service.errors import PROBLEM_JSON, error_body

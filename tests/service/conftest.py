@@ -70,7 +70,7 @@ def dev_key_dir(tmp_path_factory) -> Path:
 def security_settings(key_dir: Path, audit_dir: Path, **limits) -> dict:
     """create_app keyword arguments: dev-mode auth, an audit file in ``audit_dir``, and no rate
     limits unless ``limits`` set some."""
-    from service.audit import AuditSettings
+    from service.audit_log import AuditSettings
     from service.auth import AuthSettings
     from service.limits import LimitSettings
 

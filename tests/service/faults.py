@@ -179,7 +179,7 @@ def register_corrupt(uri: str, name: str, good_version: str, workdir: Path) -> s
 def run_scenario(registry_db: Path, model_name: str, bodies: list[dict], key_dir: Path,
                  workdir: Path, *, phase_s: float, concurrency: int) -> dict[str, Any]:  # fmt: skip
     """All four phases; returns per-phase summaries and the checks' raw facts."""
-    from service.audit import records
+    from service.audit_log import records
     from service.auth import mint_dev_token
 
     db = workdir / "registry.db"

@@ -315,7 +315,7 @@ def test_batch_envelope_errors_are_422(registry: Registry) -> None:
 
 
 def _audit(registry: Registry) -> list:
-    from service.audit import records
+    from service.audit_log import records
 
     path = registry.root / "audit" / "audit.jsonl"
     return list(records(path)) if path.exists() else []

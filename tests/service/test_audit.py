@@ -25,18 +25,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.audit import (
-    AuditLog,
     AuditRecord,
     AuditRecordError,
-    AuditSettings,
     AuditWriteError,
     ClientRefs,
-    JsonLinesAuditLog,
     client_ref,
     load_or_create_key,
-    records,
     utc_timestamp,
 )
+from service.audit_log import AuditLog, AuditSettings, JsonLinesAuditLog, records
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -47,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent(
     """
     import pathlib, sys, time
-    from service.audit import AuditRecord, JsonLinesAuditLog, client_ref
+    from service.audit import AuditRecord, client_ref
+    from service.audit_log import JsonLinesAuditLog
 
     path, name, n, policy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     log = JsonLinesAuditLog(path, fsync=policy, fsync_interval_s=0.05)
@@ -326,7 +324,7 @@ def test_log_appends_one_line_per_record_and_reads_back(tmp_path, policy):
 
 def test_interval_policy_syncs_in_the_background(tmp_path, monkeypatch):
     synced = threading.Event()
-    import service.audit as audit
+    import service.audit_log as audit
 
     real = audit._fdatasync
     monkeypatch.setattr(audit, "_fdatasync", lambda fd: (real(fd), synced.set()))
@@ -363,7 +361,7 @@ def test_closed_log_refuses_writes(tmp_path):
 
 
 def test_write_errors_are_audit_write_errors(tmp_path, monkeypatch):
-    import service.audit as audit
+    import service.audit_log as audit
 
     log = JsonLinesAuditLog(tmp_path / "a.jsonl")
 
@@ -378,7 +376,7 @@ def test_write_errors_are_audit_write_errors(tmp_path, monkeypatch):
 
 
 def test_short_write_fragment_is_ended_before_the_next_record(tmp_path, monkeypatch):
-    import service.audit as audit
+    import service.audit_log as audit
 
     path = tmp_path / "a.jsonl"
     log = JsonLinesAuditLog(path)
@@ -405,7 +403,7 @@ def test_torn_last_line_from_a_crash_is_ended_on_reopen(tmp_path):
     lines = _lines(path)
     assert lines[0].decode() + "\n" == whole and lines[1].decode() == torn
     assert AuditRecord.from_json(lines[2]).request_id == "req-2"
-    with _captured("service.audit") as logged:
+    with _captured("service.audit_log") as logged:
         assert [r.request_id for r in records(path, skip_invalid=True)] == ["req-0", "req-2"]
     assert [r.__dict__.get("fields") for r in logged] == [
         {"line": 2, "reason": "not a complete JSON record"}
@@ -503,7 +501,7 @@ def test_sigkill_mid_writing_leaves_every_completed_line_whole(tmp_path):
 
 def _count_writes(monkeypatch) -> list[int]:
     """Sizes of the audit module's ``os.write`` calls from now on (until monkeypatch.undo)."""
-    import service.audit as audit
+    import service.audit_log as audit
 
     calls: list[int] = []
     real_write = os.write

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
-from service.audit import records
+from service.audit_log import records
 from service.auth import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, DEV_PRIVATE_KEY_FILE
 from service.auth.dev import ensure_dev_keys
 from service.settings import ServiceSettings

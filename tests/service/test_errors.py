@@ -90,7 +90,7 @@ def test_many_unknown_keys_give_a_small_body_and_a_count(api: TestClient,
                                           "application/jsonx", "multipart/form-data"])  # fmt: skip
 def test_a_body_that_is_not_declared_json_is_415(api: TestClient, body: dict[str, Any],
                                                  registry: Registry, content_type) -> None:  # fmt: skip
-    from service.audit import records
+    from service.audit_log import records
 
     headers = {} if content_type is None else {"Content-Type": content_type}
     for path, payload in (("/v1/risk", body), ("/v1/risk/batch", {"clients": [body]})):
@@ -183,7 +183,7 @@ def test_the_batch_budget_leaves_scored_items_whole(api: TestClient,
 
 
 def _last_audit(registry: Registry) -> Any:
-    from service.audit import records
+    from service.audit_log import records
 
     return list(records(registry.root / "audit" / "audit.jsonl"))[-1]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.audit import AuditRecord, AuditSettings, client_ref, records
+from service.audit import AuditRecord, client_ref
+from service.audit_log import AuditSettings, records
 from service.logs import JsonFormatter
 from service.security import AUDITED, UNROUTED
 from tests.service.conftest import MODEL_NAME, Registry

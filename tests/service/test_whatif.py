@@ -29,7 +29,7 @@ def _clients(registry: Registry, n: int) -> list[str]:
 
 
 def _audit(registry: Registry) -> list:
-    from service.audit import records
+    from service.audit_log import records
 
     path = registry.root / "audit" / "audit.jsonl"
     return list(records(path)) if path.exists() else []

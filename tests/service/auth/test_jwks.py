@@ -109,7 +109,7 @@ def test_a_slow_jwks_fetch_does_not_stall_other_requests(server, keys, tmp_path)
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.audit import AuditSettings
+    from service.audit_log import AuditSettings
     from service.deps import NO_MODEL
     from service.limits import LimitSettings
     from service.settings import ServiceSettings
