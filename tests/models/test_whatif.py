@@ -246,19 +246,7 @@ def test_an_element_unrated_at_the_latest_rated_session_is_named_in_the_notes(
     first, second, *_ = scorer.profile.elements
     ratings = good.ratings.copy()
     ratings[1, 4] = np.nan  # session 5, the latest rated one
-    episodes = Episodes.from_columns(
-        scorer.profile,
-        client_id=["x"],
-        clinic_id=[None],
-        therapist_id=[None],
-        intake_day=good.intake_day,
-        age=good.age,
-        episode=good.episode,
-        session_number=good.session_number,
-        day=good.day,
-        attendance=good.attendance,
-        ratings=ratings,
-    )
+    episodes = replace(good, ratings=ratings)
     (r,) = what_if(scorer, episodes)
     assert NOT_RATED_LATEST.format(elements=second.label.lower()) in r.notes
     assert second.name not in {s.element for s in r.scenarios}
@@ -272,19 +260,7 @@ def test_refused_and_empty_episodes_come_back_as_the_scorer_reports_them(
     good = _synthetic_episode(scorer.profile)
     bad_ratings = good.ratings.copy()
     bad_ratings[0, 0] = scorer.profile.scale_max + 5
-    bad = Episodes.from_columns(
-        scorer.profile,
-        client_id=["x"],
-        clinic_id=[None],
-        therapist_id=[None],
-        intake_day=good.intake_day,
-        age=good.age,
-        episode=good.episode,
-        session_number=good.session_number,
-        day=good.day,
-        attendance=good.attendance,
-        ratings=bad_ratings,
-    )
+    bad = replace(good, ratings=bad_ratings)
     (out,) = what_if(scorer, bad)
     assert isinstance(out, tuple) and out[0].column == "alliance_empathy"
 
@@ -292,19 +268,7 @@ def test_refused_and_empty_episodes_come_back_as_the_scorer_reports_them(
 def test_no_appointment_is_appended_past_the_largest_session_number(scorer) -> None:  # noqa: F811
     good = _synthetic_episode(scorer.profile)
     last = good.session_number + (SESSION_NUMBER_MAX - good.session_number[-1])
-    episodes = Episodes.from_columns(
-        scorer.profile,
-        client_id=["x"],
-        clinic_id=[None],
-        therapist_id=[None],
-        intake_day=good.intake_day,
-        age=good.age,
-        episode=good.episode,
-        session_number=last,
-        day=good.day,
-        attendance=good.attendance,
-        ratings=good.ratings,
-    )
+    episodes = replace(good, session_number=last)
     (r,) = what_if(scorer, episodes)
     assert isinstance(r, WhatIf) and r.landmark == SESSION_NUMBER_MAX
     assert "next_attended" not in {s.kind for s in r.scenarios}
@@ -312,19 +276,7 @@ def test_no_appointment_is_appended_past_the_largest_session_number(scorer) -> N
 
 
 def _at_clinic(episodes: Episodes, clinic: str) -> Episodes:
-    return Episodes.from_columns(
-        episodes.profile,
-        client_id=episodes.client_id,
-        clinic_id=[clinic],
-        therapist_id=episodes.therapist_id,
-        intake_day=episodes.intake_day,
-        age=episodes.age,
-        episode=episodes.episode,
-        session_number=episodes.session_number,
-        day=episodes.day,
-        attendance=episodes.attendance,
-        ratings=episodes.ratings,
-    )
+    return replace(episodes, clinic_id=np.array([clinic], dtype=object))
 
 
 def test_recovery_goes_to_the_lower_of_own_best_and_the_clinics_typical_level(
@@ -356,19 +308,7 @@ def test_recovery_goes_to_the_lower_of_own_best_and_the_clinics_typical_level(
     # The scenario is the scorer on the history with the first element rated 7 at session 5.
     ratings = episodes.ratings.copy()
     ratings[0, 4] = 7.0
-    modified = Episodes.from_columns(
-        episodes.profile,
-        client_id=episodes.client_id,
-        clinic_id=episodes.clinic_id,
-        therapist_id=episodes.therapist_id,
-        intake_day=episodes.intake_day,
-        age=episodes.age,
-        episode=episodes.episode,
-        session_number=episodes.session_number,
-        day=episodes.day,
-        attendance=episodes.attendance,
-        ratings=ratings,
-    )
+    modified = replace(episodes, ratings=ratings)
     (alt,) = scorer.score(modified).results
     assert recovers[first].probability == pytest.approx(alt.probability, abs=1e-12)
     # Without a reference profile the same client recovers to their own best, as before.

@@ -51,6 +51,14 @@ COMMANDS = {
 }
 
 
+def _command(command: str, sessions: Path, clients: Path, tmp_path: Path) -> list[str | Path]:
+    """``command``'s arguments with these input files; ``score`` writes into ``tmp_path``."""
+    args: list[str | Path] = [*COMMANDS[command], "--sessions", sessions, "--clients", clients]
+    if command == "score":
+        args[args.index("scores.csv")] = tmp_path / "scores.csv"
+    return args
+
+
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_corrupt_gzip_input_exits_2_with_the_file_and_reason(
@@ -60,10 +68,7 @@ def test_corrupt_gzip_input_exits_2_with_the_file_and_reason(
     _, clients = write(tmp_path)
     sessions = tmp_path / "sessions.csv.gz"
     sessions.write_bytes(make(SESSIONS_CSV))
-    args = [*COMMANDS[command], "--sessions", sessions, "--clients", clients]
-    if command == "score":
-        args[args.index("scores.csv")] = tmp_path / "scores.csv"
-    code, out = invoke(args, tmp_path)
+    code, out = invoke(_command(command, sessions, clients, tmp_path), tmp_path)
     assert code == 2, out
     assert f"Cannot read input: sessions.csv.gz: {reason}" in out
     assert "Aborted" not in out
@@ -79,10 +84,7 @@ def test_a_folder_as_input_is_a_one_line_read_error(
     given = {"sessions": sessions, "clients": clients}
     given[table].unlink()
     folder.mkdir()
-    args = [*COMMANDS[command], "--sessions", given["sessions"], "--clients", given["clients"]]
-    if command == "score":
-        args[args.index("scores.csv")] = tmp_path / "scores.csv"
-    code, out = invoke(args, tmp_path)
+    code, out = invoke(_command(command, given["sessions"], given["clients"], tmp_path), tmp_path)
     assert code == 2, out
     assert f"Cannot read input: {table}.csv: is a folder" in out
     assert "Usage:" not in out
