@@ -41,9 +41,15 @@ from features.episodes import Episodes
 if TYPE_CHECKING:
     from models.scoreset import ScoreSet
 
-REFERENCE_FORMAT_VERSION = 1
-#: Feature and score quantiles kept in the profile.
+#: 2 adds each feature's drift bins (``edges`` and ``shares``); version 1 profiles still load
+#: (:mod:`models.drift` then falls back to their five quantiles).
+REFERENCE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+#: Feature and score quantiles kept in the profile (for reading).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Quantile levels whose values are each feature's drift bin edges (deciles: ten bins, the
+#: usual PSI binning; :mod:`models.drift`).
+DRIFT_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 #: Fixed edges of the score histogram: 20 bins of 5 percentage points (the last includes 1.0).
 SCORE_BINS = tuple(round(0.05 * i, 2) for i in range(21))
 #: Fewest clients rating an element at an appointment number for a clinic's median to be kept
@@ -62,6 +68,28 @@ def _quantiles(values: np.ndarray) -> list[float] | None:
     return [float(q) for q in np.quantile(finite, QUANTILES)]
 
 
+def drift_bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` in the bins ``(-inf, e_0], (e_0, e_1], ..., (e_last, inf)`` and, last,
+    the non-finite (missing) values: shape ``(len(edges) + 2,)``.
+
+    Bins are closed on the right so that a value tied with an edge (a quantile of discrete data
+    is one of the data values) always falls in the same bin, in the reference and in new data.
+    """
+    finite = np.isfinite(values)
+    idx = np.searchsorted(edges, values[finite], side="left")
+    counts = np.bincount(idx, minlength=edges.shape[0] + 1).astype(np.float64)
+    return np.append(counts, float(values.shape[0] - int(finite.sum())))
+
+
+def _drift_profile(values: np.ndarray) -> dict[str, Any]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"edges": [], "shares": [0.0]}
+    edges = np.unique(np.quantile(finite, DRIFT_LEVELS))
+    counts = drift_bins(edges, values)
+    return {"edges": edges.tolist(), "shares": (counts[:-1] / values.shape[0]).tolist()}
+
+
 def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
     """Feature quantiles by group, score distribution and band shares of scored rows.
 
@@ -76,7 +104,10 @@ def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
         JSON-able: ``n_rows``, ``n_clients``; ``features``: group -> feature ->
         ``{"quantiles": [...] or None, "missing_share": float}`` (quantiles at
         :data:`QUANTILES` of the finite values, as :func:`numpy.quantile` computes them; NaN is
-        "undefined by design" and counted in ``missing_share``); ``score``: ``bins``
+        "undefined by design" and counted in ``missing_share``), plus the drift bins: ``edges``
+        (the distinct values of the :data:`DRIFT_LEVELS` quantiles) and ``shares`` (fraction of
+        all rows in each bin of :func:`drift_bins`, missing excluded: shares and
+        ``missing_share`` sum to 1); ``score``: ``bins``
         (:data:`SCORE_BINS`), ``shares`` (fraction of rows per bin) and ``quantiles`` of the
         calibrated probability; ``bands``: ``low``/``moderate``/``high`` -> fraction of rows.
 
@@ -95,6 +126,7 @@ def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
         features.setdefault(f.group, {})[f.name] = {
             "quantiles": _quantiles(column),
             "missing_share": float(np.mean(~np.isfinite(column))),
+            **_drift_profile(column),
         }
     p = np.asarray(scored.probability, dtype=np.float64)
     counts, _ = np.histogram(p, bins=np.asarray(SCORE_BINS))
@@ -236,15 +268,17 @@ def _levels(groups: Any, k_max: int, min_clients: int) -> tuple[float | None, ..
 @dataclass(frozen=True)
 class ReferenceProfile:
     """A model version's reference: :func:`distribution_profile` output, the typical levels,
-    and a sentence saying which rows each came from."""
+    and a sentence saying which rows each came from. ``format_version`` is the one it was
+    written in (a profile read from an older model keeps its own)."""
 
     distribution: Mapping[str, Any]
     typical: TypicalLevels
     rows: str
+    format_version: int = REFERENCE_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format_version": REFERENCE_FORMAT_VERSION,
+            "format_version": self.format_version,
             "rows": self.rows,
             "distribution": dict(self.distribution),
             "typical_levels": self.typical.to_dict(),
@@ -253,9 +287,11 @@ class ReferenceProfile:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReferenceProfile:
         """Read :meth:`to_dict` output; raises KeyError, TypeError or ValueError when invalid."""
-        if data.get("format_version") != REFERENCE_FORMAT_VERSION:
+        version = data.get("format_version")
+        if version not in READABLE_FORMAT_VERSIONS:
             raise ValueError("unsupported reference profile format")
         return cls(
+            format_version=int(version),
             distribution=dict(data["distribution"]),
             typical=TypicalLevels.from_dict(data["typical_levels"]),
             rows=str(data["rows"]),

@@ -13,11 +13,13 @@ import pytest
 from features.episodes import Episodes
 from features.validation import normalise_clients, normalise_sessions
 from models.reference import (
+    DRIFT_LEVELS,
     QUANTILES,
     SCORE_BINS,
     ReferenceProfile,
     TypicalLevels,
     distribution_profile,
+    drift_bins,
     typical_levels,
 )
 from models.scorer import REFERENCE_FILE, IncompatibleModelError, Scorer
@@ -162,3 +164,16 @@ def test_the_saved_profile_is_json_without_client_ids(scorer, scored, cohort) ->
     text = json.dumps(reference.to_dict(), allow_nan=False)
     ids = pd.unique(cohort.clients["client_id"].astype(str))
     assert not any(f'"{c}"' in text for c in ids)
+
+
+def test_drift_bins_are_the_deciles_and_the_shares_of_the_scored_rows(scored) -> None:
+    profile = distribution_profile(scored)
+    for i, f in enumerate(scored.scorer.registry.features):
+        got = profile["features"][f.group][f.name]
+        column = scored.features[:, i]
+        finite = column[np.isfinite(column)]
+        if finite.size:
+            assert got["edges"] == np.unique(np.quantile(finite, DRIFT_LEVELS)).tolist()
+        counts = drift_bins(np.asarray(got["edges"]), column)
+        np.testing.assert_allclose(got["shares"], counts[:-1] / column.shape[0])
+        assert sum(got["shares"]) + got["missing_share"] == pytest.approx(1.0)
