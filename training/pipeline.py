@@ -402,6 +402,59 @@ def train_model(
     )
     timings["fit_s"] = time.perf_counter() - t
 
+    summary = _data_summary(sessions, clients, profile)
+    return finish_training(
+        fit,
+        registry,
+        profile,
+        config,
+        splits=splits,
+        train=train,
+        calibration=cal,
+        landmark_rows={
+            "train": int(train.X.shape[0]),
+            "valid": int(valid.X.shape[0]),
+            "calibration": int(cal.X.shape[0]),
+            "test": int(test.X.shape[0]),
+        },
+        sessions=sessions,
+        clients=clients,
+        summary=summary,
+        timings=timings,
+        started=t0,
+        progress=say,
+    )
+
+
+def finish_training(
+    fit: FitResult,
+    registry: FeatureRegistry,
+    profile: InstrumentProfile,
+    config: TrainConfig,
+    *,
+    splits: Splits,
+    train: LandmarkSet,
+    calibration: LandmarkSet,
+    landmark_rows: dict[str, int],
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
+    summary: dict[str, Any],
+    timings: dict[str, float],
+    started: float,
+    progress: Progress | None = None,
+    reference_rows: str | None = None,
+) -> TrainResult:
+    """Everything after the booster fit, shared by the pandas and Dask engines.
+
+    Calibrates ``fit.booster`` on ``calibration``, sets the risk bands there, fits the
+    baselines on ``train`` (only their columns are read), builds the :class:`Scorer`, its
+    reference profile (:func:`reference_of` on ``sessions``/``clients``) and evaluates it on
+    the test split's clients of ``sessions``/``clients``. The tables need only hold the
+    calibration and test clients (plus, for the typical levels, whichever development clients
+    are given; ``reference_rows`` then says which).
+    """
+    say = progress or (lambda _stage: None)
+    cal = calibration
     say("calibrate")
     t = time.perf_counter()
     calibrator = MarginCalibrator(method=config.calibration, random_state=config.seed)
@@ -422,14 +475,7 @@ def train_model(
         "alert_rule": fit_alert_rule(registry, train.X, train.y),
     }
 
-    summary = _data_summary(sessions, clients, profile)
-    summary["splits"] = splits.sizes()
-    summary["landmark_rows"] = {
-        "train": int(train.X.shape[0]),
-        "valid": int(valid.X.shape[0]),
-        "calibration": int(cal.X.shape[0]),
-        "test": int(test.X.shape[0]),
-    }
+    summary = {**summary, "splits": splits.sizes(), "landmark_rows": dict(landmark_rows)}
     scorer = Scorer(
         booster=fit.booster,
         calibrator=params,
@@ -448,7 +494,7 @@ def train_model(
     )
 
     t = time.perf_counter()
-    scorer.reference = reference_of(scorer, sessions, clients, splits)
+    scorer.reference = reference_of(scorer, sessions, clients, splits, rows=reference_rows)
     timings["reference_s"] = time.perf_counter() - t
 
     say("evaluate")
@@ -463,7 +509,7 @@ def train_model(
         seed=config.seed,
     )
     timings["evaluate_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
     return TrainResult(
         scorer=scorer,
         config=config,
@@ -477,7 +523,12 @@ def train_model(
 
 
 def reference_of(
-    scorer: Scorer, sessions: pd.DataFrame, clients: pd.DataFrame, splits: Splits
+    scorer: Scorer,
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
+    splits: Splits,
+    *,
+    rows: str | None = None,
 ) -> ReferenceProfile:
     """The reference profile of a freshly trained ``scorer`` (see :mod:`models.reference`).
 
@@ -502,7 +553,8 @@ def reference_of(
     return ReferenceProfile(
         distribution=distribution_profile(scorer.score(cal, landmarks="training")),
         typical=typical_levels(dev, k_max=scorer.k_max),
-        rows=(
+        rows=rows
+        or (
             "distribution: the calibration split's ended episodes at their training landmarks; "
             "typical levels: attended, rated appointments of the train, validation and "
             "calibration clients"
