@@ -89,6 +89,47 @@ def _gzip_reason(err: Exception) -> str:
     return f"corrupt gzip data{detail}; the file is damaged, export or copy it again"
 
 
+def parquet_parts(path: Path) -> list[Path]:
+    """The Parquet files of a dataset folder (as dask or pyarrow write it, hive folders
+    included), sorted; empty if the folder holds none. Hidden and ``_``-prefixed files
+    (``_metadata``, ``_SUCCESS``) are not data parts."""
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.name.lower().endswith(PARQUET_SUFFIXES)
+        and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+    )
+
+
+def check_parquet_source(path: str | Path) -> Path:
+    """``path`` if it is a Parquet file or a Parquet dataset folder; else a clear error.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If ``path`` is a folder without Parquet files, or a file that is not ``.parquet``/``.pq``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not parquet_parts(path):
+            raise ValueError(
+                f"{path.name}: is a folder with no Parquet files (*.parquet, *.pq); give the "
+                "table's file or a Parquet dataset folder"
+            )
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if _kind(path) != "parquet":
+        raise ValueError(
+            f"{path.name}: the Dask engine reads Parquet only (a .parquet file or a dataset "
+            "folder of them); convert CSV first, e.g. with pandas' to_parquet"
+        )
+    return path
+
+
 def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
     """(line, byte column), both 1-based, of the first byte that is not UTF-8, or None.
 
@@ -108,7 +149,9 @@ def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read one table from CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``).
+    """Read one table from CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``, ``.pq``), or a
+    Parquet dataset folder (the ``*.parquet``/``*.pq`` files under it, as dask or pyarrow
+    write them, read as one table).
 
     CSV cells are read as text ("str" dtype) exactly as written: only an empty cell is missing
     (``NA``, ``null`` and the like are kept as text), so ids such as ``007`` survive and the
@@ -120,20 +163,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If ``path`` is a folder, the extension is not one of the above, or the file cannot be parsed: the message
-        names the file and the reason (a corrupt or truncated gzip stream; the line and byte of
+        If ``path`` is a folder with no Parquet file, the extension is not one of the above,
+        or the file cannot be parsed: the message names the file and the reason (a corrupt or truncated gzip stream; the line and byte of
         the first byte that is not UTF-8), never a cell's content.
     """
     path = Path(path)
+    kind = "parquet" if path.is_dir() else _kind(path)
     if path.is_dir():
-        raise ValueError(f"{path.name}: is a folder; give the table's file")
-    kind = _kind(path)
-    if kind is None:
+        check_parquet_source(path)
+    elif kind is None:
         raise ValueError(
             f"{path.name}: unsupported file type; use one of "
             f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
         )
-    if not path.is_file():
+    elif not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
         frame = _read_csv(path) if kind == "csv" else pd.read_parquet(path)
