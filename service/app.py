@@ -32,6 +32,7 @@ from service.model_store import ModelStore
 from service.routers import docs, health, model, risk, whatif
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
+from service.shadow import ComparisonLog, ScoreObserver, ShadowScorer, challenger_uri
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,12 @@ def create_app(
         # Route work shares a pool of settings.route_threads threads (see its description).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.route_threads
         result = await store.refresh_in_thread()
+        shadow = _shadow(settings, metrics, loader, client_factory)
+        stores = [store] if shadow is None else [store, shadow.store]
+        if shadow is not None:
+            await shadow.store.refresh_in_thread()
+            shadow.start()
+            observers.append(shadow)
         # What is alive now (libraries, the model) lives as long as the process: moved out of the
         # cyclic collector's reach (CPython's gc.freeze), a full collection, which a batch of a
         # thousand clients triggers about once, walks the batch's objects instead of ~250,000
@@ -141,7 +148,7 @@ def create_app(
             extra={"fields": {"model_uri": settings.model_uri, "load": result}},
         )
         poller = (
-            asyncio.create_task(_poll(store, settings.poll_interval_s))
+            asyncio.create_task(_poll(stores, settings.poll_interval_s))
             if settings.poll_interval_s > 0
             else None
         )
@@ -149,11 +156,14 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # an embedding process (or a test) gets its collector back
-            metrics.close()
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            observers.clear()
+            if shadow is not None:
+                await run_in_threadpool(shadow.close)
+            metrics.close()
 
     app = FastAPI(
         title="alliance-risk",
@@ -173,6 +183,9 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.security = security
+    # What scored a request tells, after its response is built (the shadow challenger).
+    observers: list[ScoreObserver] = []
+    app.state.observers = observers
     install_error_handlers(app)
     app.include_router(risk.router)
     app.include_router(whatif.router)
@@ -188,11 +201,34 @@ def create_app(
     return app
 
 
-async def _poll(store: ModelStore, interval: float) -> None:
-    """Check the alias every ``interval`` seconds, off the event loop."""
+def _shadow(
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    loader: Callable[[str], Scorer] | None,
+    client_factory: Callable[[], Any] | None,
+) -> ShadowScorer | None:
+    """The shadow challenger's scorer, when the service watches a champion alias."""
+    uri = challenger_uri(settings.model_uri, settings.shadow_alias)
+    if not settings.shadow_enabled or uri is None:
+        return None
+    store = ModelStore(uri, metrics, loader=loader, client_factory=client_factory,
+                       challenger=True)  # fmt: skip
+    return ShadowScorer(
+        store,
+        metrics,
+        ComparisonLog(settings.shadow_log_path, settings.shadow_log_max_bytes),
+        queue_size=settings.shadow_queue_size,
+        batch_wait_s=settings.shadow_batch_wait_s,
+    )
+
+
+async def _poll(stores: list[ModelStore], interval: float) -> None:
+    """Check the aliases every ``interval`` seconds, off the event loop."""
     while True:
         await asyncio.sleep(interval)
-        try:
-            await store.refresh_in_thread()
-        except Exception as exc:  # a poll must never kill the poller
-            logger.error("reload check failed", extra={"fields": {"error": type(exc).__name__}})
+        for store in stores:
+            try:
+                await store.refresh_in_thread()
+            except Exception as exc:  # a poll must never kill the poller
+                logger.error("reload check failed",
+                             extra={"fields": {"error": type(exc).__name__}})  # fmt: skip

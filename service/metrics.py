@@ -49,18 +49,28 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_DIR_ENV) or None
 
 
+#: Buckets of |p_champion - p_challenger| in probability units (shadow comparisons).
+DIFFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
 class ModelInfo:
-    """``alliance_risk_model_info{name,version,alias} 1``: the model being served.
+    """``alliance_risk_model_info{name,version,alias} 1``: the model being served (or, named
+    ``alliance_risk_challenger_info``, the shadow challenger).
 
     A gauge rather than prometheus_client's ``Info``, which multiprocess mode does not support.
     The previous model's series is set to 0 before it is dropped (across workers its last value
     stays in the shared files, so it reads 0 there, not 1).
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str = "alliance_risk_model_info",
+        documentation: str = "The model being served (name, version, alias): 1.",
+    ) -> None:
         self._gauge = Gauge(
-            "alliance_risk_model_info",
-            "The model being served (name, version, alias): 1.",
+            name,
+            documentation,
             ("name", "version", "alias"),
             registry=registry,
             multiprocess_mode="livemax",
@@ -75,6 +85,24 @@ class ModelInfo:
             self._gauge.remove(*self._current)
         self._gauge.labels(*new).set(1)
         self._current = new
+
+    def clear(self) -> None:
+        """No model any more (a challenger alias that was removed)."""
+        if self._current is not None:
+            self._gauge.labels(*self._current).set(0)
+            self._gauge.remove(*self._current)
+            self._current = None
+
+
+@dataclass(frozen=True)
+class StoreSeries:
+    """The series one :class:`~service.model_store.ModelStore` records: reload results, whether a
+    model is loaded and which. ``registry_up`` only for the served model's store."""
+
+    reloads: Counter
+    loaded: Gauge
+    info: ModelInfo
+    registry_up: Gauge | None
 
 
 @dataclass
@@ -115,6 +143,29 @@ class ServiceMetrics:
         histogram = self._child(self.probabilities, model_version)
         for p in probabilities:
             histogram.observe(p)
+
+    def store_series(self, *, challenger: bool = False) -> StoreSeries:
+        """What the served model's store records, or the shadow challenger's."""
+        if challenger:
+            return StoreSeries(
+                self.challenger_reloads, self.challenger_loaded, self.challenger_info, None
+            )
+        return StoreSeries(self.reloads, self.model_loaded, self.model_info, self.registry_up)
+
+    def observe_shadow(
+        self,
+        champion_version: str,
+        challenger_version: str,
+        differences: Iterable[float],
+        disagreements: int,
+    ) -> None:
+        """Shadow comparisons: ``|p_champion - p_challenger|`` per client, and how many of them
+        fell in different bands."""
+        labels = (champion_version, challenger_version)
+        histogram = self._child(self.shadow_difference, *labels)
+        for d in differences:
+            histogram.observe(d)
+        self._child(self.shadow_disagreements, *labels).inc(disagreements)
 
     def exposition(self) -> tuple[bytes, str]:
         """The ``/metrics`` body and its content type: this process's registry, or the sum of
@@ -181,5 +232,54 @@ class ServiceMetrics:
             "Dropout probability of every client served, single or in a batch, by model version.",
             ("model_version",),
             buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+        self._shadow_series(r)
+
+    def _shadow_series(self, r: CollectorRegistry) -> None:
+        self.challenger_reloads = Counter(
+            "alliance_risk_challenger_reloads",
+            "Shadow challenger reload attempts by result: loaded, unchanged, refused, "
+            "registry_unreachable, no_alias.",
+            ("result",),
+            registry=r,
+        )
+        self.challenger_info = ModelInfo(
+            r,
+            "alliance_risk_challenger_info",
+            "The shadow challenger (name, version, alias): 1; absent when there is none.",
+        )
+        self.challenger_loaded = Gauge(
+            "alliance_risk_challenger_loaded",
+            "1 when a shadow challenger is loaded (across workers: the least of them).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.shadow_difference = Histogram(
+            "alliance_risk_shadow_abs_difference",
+            "|p_champion - p_challenger| of every client the challenger scored in the shadow, "
+            "by the two model versions.",
+            ("champion_version", "challenger_version"),
+            buckets=DIFFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "alliance_risk_shadow_band_disagreements",
+            "Shadow comparisons whose risk bands differ, by the two model versions (the "
+            "comparisons are alliance_risk_shadow_abs_difference_count).",
+            ("champion_version", "challenger_version"),
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "alliance_risk_shadow_dropped",
+            "Scored clients not compared in the shadow because its queue was full.",
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "alliance_risk_shadow_failures",
+            "Shadow scorings that failed, in clients, by reason: error (the challenger raised), "
+            "refused (its checks refused a client the champion scored), log (the comparison "
+            "file could not be written).",
+            ("reason",),
             registry=r,
         )

@@ -4,6 +4,10 @@ A request takes :attr:`ModelStore.current` once and scores on that :class:`Loade
 end, so a swap never changes the model under an in-flight request. A new version is loaded,
 warmed up and self-checked before it replaces the current one; if the registry cannot be reached
 or the new version fails its checks, the current model keeps serving and the status says why.
+
+The same store, with ``challenger=True``, holds the shadow challenger (:mod:`service.shadow`):
+same load and checks, its own series on /metrics, and when its alias is removed it is dropped
+(a champion is kept instead: something must serve).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
-ReloadResult = Literal["loaded", "unchanged", "refused", "registry_unreachable", "no_champion"]
+ReloadResult = Literal[
+    "loaded", "unchanged", "refused", "registry_unreachable", "no_champion", "no_alias"
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,10 @@ class ModelStore:
         ``uri -> Scorer``; default :func:`models.pyfunc.load_scorer`.
     client_factory
         ``() -> MlflowClient``; default a client on the configured tracking URI.
+    challenger
+        This store holds the shadow challenger: it records the challenger's series, leaves the
+        registry's health to the served model's store, and drops its model when the alias
+        names no version any more.
     """
 
     def __init__(
@@ -72,16 +82,20 @@ class ModelStore:
         *,
         loader: Callable[[str], Scorer] | None = None,
         client_factory: Callable[[], Any] | None = None,
+        challenger: bool = False,
     ) -> None:
         self.model_uri = model_uri
         self.metrics = metrics
+        self.challenger = challenger
+        self._series = metrics.store_series(challenger=challenger)
+        self._role = "challenger" if challenger else "model"
         self._loader = loader or _default_loader
         self._client_factory = client_factory
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
         self._reload_thread: anyio.CapacityLimiter | None = None
         self.status = StoreStatus()
-        metrics.model_loaded.set(0)
+        self._series.loaded.set(0)
 
     @property
     def current(self) -> LoadedModel | None:
@@ -101,7 +115,7 @@ class ModelStore:
             result = self._refresh()
         self.status.last_result = result
         self.status.last_checked = time.time()
-        self.metrics.reloads.labels(result=result).inc()
+        self._series.reloads.labels(result=result).inc()
         return result
 
     def _refresh(self) -> ReloadResult:
@@ -110,13 +124,16 @@ class ModelStore:
         except LookupError as exc:
             self._registry(True)
             self.status.detail = str(exc)
+            if self.challenger:
+                return self._drop()
             logger.warning("no model to serve", extra={"fields": {"detail": str(exc)}})
             return "no_champion"
         except Exception as exc:
             self._registry(False)
             self.status.detail = f"model registry unreachable ({type(exc).__name__})"
             logger.warning(
-                "model registry unreachable; the current model keeps serving",
+                "model registry unreachable; the current "
+                + ("challenger stays" if self.challenger else "model keeps serving"),
                 extra={"fields": {"error": type(exc).__name__}},
             )
             return "registry_unreachable"
@@ -136,7 +153,7 @@ class ModelStore:
                 "" if current is None else f"; version {current.version} keeps serving"
             )
             logger.error(
-                "new model version refused",
+                f"new {self._role} version refused",
                 extra={"fields": {"model_version": target.version, "error": type(exc).__name__}},
             )
             return "refused"
@@ -150,12 +167,12 @@ class ModelStore:
         self._current = loaded  # one reference assignment: the swap is atomic
         self.status.refused_version = None
         self.status.detail = None
-        self.metrics.model_loaded.set(1)
-        self.metrics.model_info.info(
+        self._series.loaded.set(1)
+        self._series.info.info(
             {"name": loaded.name, "version": loaded.version, "alias": loaded.alias or ""}
         )
         logger.info(
-            "model loaded",
+            f"{self._role} loaded",
             extra={
                 "fields": {
                     "model_name": loaded.name,
@@ -166,9 +183,21 @@ class ModelStore:
         )
         return "loaded"
 
+    def _drop(self) -> ReloadResult:
+        """The challenger's alias is gone: stop shadow scoring with it."""
+        previous, self._current = self._current, None
+        self.status.refused_version = None
+        self._series.loaded.set(0)
+        self._series.info.clear()
+        if previous is not None:
+            logger.info("challenger alias removed; shadow scoring stopped",
+                        extra={"fields": {"previous_version": previous.version}})  # fmt: skip
+        return "no_alias"
+
     def _registry(self, up: bool) -> None:
         self.status.registry = "ok" if up else "unreachable"
-        self.metrics.registry_up.set(1 if up else 0)
+        if self._series.registry_up is not None:
+            self._series.registry_up.set(1 if up else 0)
 
 
 def _default_loader(uri: str) -> Scorer:

@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_URI = "models:/alliance-risk@champion"
+#: The service's data folder under the project root (the audit file's default folder too).
+DATA_DIRNAME = ".alliance-risk"
+
+
+def _data_dir() -> Path:
+    from models.store import project_root
+
+    return project_root() / DATA_DIRNAME
 
 
 class ServiceSettings(BaseSettings):
@@ -90,6 +99,40 @@ class ServiceSettings(BaseSettings):
         "even when none is configured (~20 us per request under cProfile).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shadow_enabled: bool = Field(
+        True,
+        description="When model_uri is models:/<name>@champion and <name> has a version with "
+        "the shadow_alias, load it too and score every scored request with it off the response "
+        "path; the comparisons go to shadow_log_path and /metrics, never to the response.",
+    )
+    shadow_alias: str = Field("challenger", min_length=1, description="The challenger's alias.")
+    shadow_queue_size: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Scored requests waiting for the challenger, per worker; when full, a "
+        "request's clients are dropped from the shadow and counted "
+        "(alliance_risk_shadow_dropped), never waited for.",
+    )
+    shadow_batch_wait_s: float = Field(
+        0.25,
+        ge=0,
+        le=10,
+        description="The challenger scores what queued up in this many seconds in one pass: "
+        "fewer, larger passes contend less with the requests being served.",
+    )
+    shadow_log_path: Path = Field(
+        default_factory=lambda: _data_dir() / "shadow.jsonl",
+        description="JSON-lines file of shadow comparisons (two probabilities, two bands, two "
+        "versions per client; nothing that identifies the client). Default <project root>/"
+        ".alliance-risk/shadow.jsonl.",
+    )
+    shadow_log_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=4096,
+        description="Above this size the comparison file is renamed to <file>.1 (replacing an "
+        "older one) and a new one is started: at most about twice this on disk.",
+    )
 
     @field_validator("model_uri")
     @classmethod

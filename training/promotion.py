@@ -4,16 +4,27 @@ The candidate's training run stored its test split (pseudonymised) under ``evalu
 Both the candidate and the current champion are scored on exactly those rows, each through its
 own scorer (so a champion with other features or covariates is still compared fairly), and
 the gates of :func:`training.registry.evaluate_gates` decide.
+
+Shadow comparisons the service wrote while the candidate held the ``challenger`` alias
+(:func:`summarise_shadow`) can be shown and recorded next to the gates. They inform and never
+gate: they measure how far the candidate's scores are from the champion's on live requests, not
+which is right (no outcomes are known yet, and a retrained model is meant to differ). Whether a
+shift of the high band is acceptable (more or fewer clients prompted for outreach) is the
+analyst's call; the gates judge accuracy and calibration on labelled rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -22,6 +33,7 @@ from models.pyfunc import load_scorer
 from models.scorer import IncompatibleModelError, Scorer
 from training.pipeline import ModelEvaluation, evaluate_scorer
 from training.registry import (
+    TAG_SHADOW,
     GateResult,
     PromotionResult,
     champion,
@@ -32,6 +44,105 @@ from training.registry import (
 from training.runlog import EVALUATION_DIR, TEST_CLIENTS, TEST_SESSIONS
 
 logger = logging.getLogger(__name__)
+
+
+#: The band whose moves the shadow summary counts.
+HIGH_BAND = "high"
+
+
+@dataclass(frozen=True)
+class ShadowEvidence:
+    """Shadow comparisons of the candidate (as challenger) with the champion.
+
+    ``n`` comparisons of these two versions; ``mean_abs_difference`` and ``p95_abs_difference``
+    of ``|p_champion - p_challenger|`` (probability units); ``band_agreement`` the share in the
+    same band; ``into_high`` / ``out_of_high`` the shares the candidate would move into / out
+    of the high band. The rates are NaN when ``n`` is 0. ``other_lines`` counts lines of other
+    versions (or unreadable ones), which are not summarised.
+    """
+
+    champion_version: str | None
+    challenger_version: str
+    n: int
+    mean_abs_difference: float
+    p95_abs_difference: float
+    band_agreement: float
+    into_high: float
+    out_of_high: float
+    other_lines: int
+    files: tuple[str, ...]
+
+    def to_json(self) -> str:
+        """What ``promotion.shadow`` holds (NaN as null, file names without folders)."""
+        out = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+               for k, v in asdict(self).items()}  # fmt: skip
+        out["files"] = [Path(f).name for f in self.files]
+        return json.dumps(out, sort_keys=True)
+
+
+def summarise_shadow(
+    paths: Sequence[str | Path], *, challenger_version: str, champion_version: str | None
+) -> ShadowEvidence:
+    """Summarise the service's shadow comparison files for one pair of versions.
+
+    Parameters
+    ----------
+    paths
+        JSON-lines files written by the service (``ALLIANCE_RISK_SHADOW_LOG_PATH`` and its
+        rotated ``.1``), one comparison per line with ``champion_version``,
+        ``challenger_version``, ``p_champion``, ``p_challenger``, ``band_champion`` and
+        ``band_challenger``.
+    challenger_version
+        The candidate: only lines where it was the challenger are summarised.
+    champion_version
+        Only lines against this champion (None: against any).
+
+    Raises
+    ------
+    OSError
+        A file cannot be read.
+    """
+    p0: list[float] = []
+    p1: list[float] = []
+    b0: list[str] = []
+    b1: list[str] = []
+    other = 0
+    for path in paths:
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                    if str(row["challenger_version"]) != challenger_version or (
+                        champion_version is not None
+                        and str(row["champion_version"]) != champion_version
+                    ):
+                        other += 1
+                        continue
+                    pair = float(row["p_champion"]), float(row["p_challenger"])
+                    bands = str(row["band_champion"]), str(row["band_challenger"])
+                except (ValueError, KeyError, TypeError):
+                    other += 1  # a torn last line, or not a comparison
+                    continue
+                p0.append(pair[0])
+                p1.append(pair[1])
+                b0.append(bands[0])
+                b1.append(bands[1])
+    n = len(p0)
+    diff = np.abs(np.asarray(p0) - np.asarray(p1))
+    was, now = np.asarray(b0, dtype=object), np.asarray(b1, dtype=object)
+    nan = math.nan
+    return ShadowEvidence(
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        n=n,
+        mean_abs_difference=float(diff.mean()) if n else nan,
+        p95_abs_difference=float(np.quantile(diff, 0.95)) if n else nan,
+        band_agreement=float((was == now).mean()) if n else nan,
+        into_high=float(((was != HIGH_BAND) & (now == HIGH_BAND)).mean()) if n else nan,
+        out_of_high=float(((was == HIGH_BAND) & (now != HIGH_BAND)).mean()) if n else nan,
+        other_lines=other,
+        files=tuple(str(p) for p in paths),
+    )
 
 
 @dataclass(frozen=True)
@@ -46,6 +157,7 @@ class PromotionOutcome:
     candidate_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
     already_champion: bool = False
+    shadow: ShadowEvidence | None = None
 
 
 def evaluate_on(scorer: Scorer, sessions: pd.DataFrame, clients: pd.DataFrame, *, n_boot: int = 0,
@@ -82,8 +194,13 @@ def promote_version(
     reason: str | None = None,
     actor: str | None = None,
     client: MlflowClient | None = None,
+    shadow_logs: Sequence[str | Path] = (),
 ) -> PromotionOutcome:
     """Gate ``name``/``version`` (default: latest) against the champion and move the alias.
+
+    ``shadow_logs``: the service's shadow comparison files; their summary for this candidate
+    against the current champion (:func:`summarise_shadow`) is shown with the gates and recorded
+    in ``promotion.shadow``, whatever the decision. It does not change the decision.
 
     Raises
     ------
@@ -118,7 +235,15 @@ def promote_version(
             # says so in the record.
             logger.warning("champion v%s cannot be compared: %s", current.version, exc)
     gate = evaluate_gates(cand_metrics, champ_metrics, gate_subgroups(cand_eval))
-    result = promote(client, name, mv.version, gate=gate, force=force, reason=reason, actor=actor)
+    shadow = None
+    if shadow_logs:
+        shadow = summarise_shadow(
+            shadow_logs,
+            challenger_version=str(mv.version),
+            champion_version=None if current is None else str(current.version),
+        )
+    result = promote(client, name, mv.version, gate=gate, force=force, reason=reason, actor=actor,
+                     evidence={TAG_SHADOW: shadow.to_json()} if shadow else None)  # fmt: skip
     return PromotionOutcome(
         name=name,
         version=str(mv.version),
@@ -127,4 +252,5 @@ def promote_version(
         result=result,
         candidate_metrics=cand_metrics,
         champion_metrics=champ_metrics,
+        shadow=shadow,
     )

@@ -14,6 +14,9 @@ reason. Every decision is written to the version's tags, so the registry is the 
     The version that held the alias before, ``""`` if none: what a rollback moves it back to.
 ``promotion.refused_at`` / ``promotion.refused_by`` / ``promotion.failed_checks``
     Written instead when a promotion is refused; the alias does not move.
+``promotion.shadow``
+    When the analyst gave shadow comparisons (``promote --shadow-log``): their JSON summary,
+    written with either decision. It informs; it does not gate.
 
 Registry stages are deprecated in MLflow 3, so only aliases are used.
 """
@@ -49,6 +52,7 @@ TAG_PREVIOUS = "promotion.previous_champion"
 TAG_REFUSED_AT = "promotion.refused_at"
 TAG_REFUSED_BY = "promotion.refused_by"
 TAG_FAILED_CHECKS = "promotion.failed_checks"
+TAG_SHADOW = "promotion.shadow"
 
 #: Metrics of one model on the test rows, e.g. ``{"auroc": 0.81, "ece": 0.02}``.
 Metrics = Mapping[str, float]
@@ -270,7 +274,10 @@ def _refuse(
     previous: str | None,
     message: str,
     failed: tuple[GateCheck, ...],
+    evidence: Mapping[str, str],
 ) -> PromotionResult:
+    for key, value in evidence.items():
+        client.set_model_version_tag(name, version, key, value)
     client.set_model_version_tag(name, version, TAG_REFUSED_AT, at)
     client.set_model_version_tag(name, version, TAG_REFUSED_BY, actor)
     client.set_model_version_tag(
@@ -289,6 +296,7 @@ def promote(
     force: bool = False,
     reason: str | None = None,
     actor: str | None = None,
+    evidence: Mapping[str, str] | None = None,
 ) -> PromotionResult:
     """Move the ``champion`` alias of ``name`` to ``version`` if the gates allow it.
 
@@ -312,6 +320,8 @@ def promote(
         Why; required with ``force``, recorded whenever given.
     actor : str, optional
         Who; defaults to the OS user.
+    evidence : mapping of str to str, optional
+        Further tags recorded with the decision, promoted or refused (``promotion.shadow``).
 
     Raises
     ------
@@ -350,6 +360,7 @@ def promote(
             previous=previous,
             message=message,
             failed=failed,
+            evidence=evidence or {},
         )
 
     forced = not gates_passed
@@ -362,6 +373,7 @@ def promote(
     }
     if reason is not None:
         tags[TAG_REASON] = reason
+    tags.update(evidence or {})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version)

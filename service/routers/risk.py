@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from models.results import RiskScore
+from models.scoreset import ScoreSet
 from service.auth import Principal
 from service.deps import ModelDep, SettingsDep
 from service.episodes import RequestEpisodes, edge_problems, to_episodes
@@ -62,6 +63,12 @@ def _count(request: Request, model: LoadedModel, scores: list[RiskScore]) -> Non
     metrics.observe_probabilities((score.probability for score in scores), model.version)
 
 
+def _observed(request: Request, model: LoadedModel, scored: ScoreSet) -> None:
+    """Hand the scored rows to the observers (the shadow challenger): they only queue them."""
+    for observer in request.app.state.observers:
+        observer.observe(model, scored)
+
+
 def one_client(
     body: RiskRequest,
     request: Request,
@@ -106,7 +113,9 @@ def risk(
         raise InvalidRequest(edge.request_problems(0, outcome))
     assert outcome is not None, "an episode with appointments has a latest one"
     _count(request, model, [outcome])
-    return RiskResponse.of(outcome, model_ref(model), request_id_of(request))
+    response = RiskResponse.of(outcome, model_ref(model), request_id_of(request))
+    _observed(request, model, scored)
+    return response
 
 
 @router.post(
@@ -167,13 +176,15 @@ def risk_batch(
     _count(request, model, results)
     items.extend(_failed(*failure) for failure in batch_capped(failures))
     items.sort(key=lambda it: it.index)
-    return BatchResponse(
+    response = BatchResponse(
         model=ref,
         request_id=request_id,
         scored=len(results),
         failed=len(items) - len(results),
         items=items,
     )
+    _observed(request, model, scored)
+    return response
 
 
 def _failed(index: int, shown: list[dict[str, Any]], more: int) -> BatchItem:

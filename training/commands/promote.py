@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,7 +22,41 @@ from training.commands.common import (
 from training.tracking import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
-    from training.promotion import PromotionOutcome
+    from training.promotion import PromotionOutcome, ShadowEvidence
+
+
+def render_shadow(console: Console, shadow: ShadowEvidence) -> None:
+    """The shadow comparison, as a table beside the gates; it informs, it does not gate."""
+    against = f"champion v{shadow.champion_version}" if shadow.champion_version else "no champion"
+    table = Table(
+        title=f"Shadow comparison: v{shadow.challenger_version} as challenger vs {against} "
+        "(informs, does not gate)"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+
+    def share(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{x:.1%}"
+
+    def prob(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{x:.4f}"
+
+    for measure, value in (
+        ("clients compared", f"{shadow.n:,}"),
+        ("mean |p_champion - p_challenger|", prob(shadow.mean_abs_difference)),
+        ("95th percentile |p_champion - p_challenger|", prob(shadow.p95_abs_difference)),
+        ("same risk band", share(shadow.band_agreement)),
+        ("moved into high", share(shadow.into_high)),
+        ("moved out of high", share(shadow.out_of_high)),
+        ("lines of other versions (not summarised)", f"{shadow.other_lines:,}"),
+    ):
+        table.add_row(measure, value)
+    console.print(table)
+    if shadow.n == 0:
+        console.print(
+            f"[yellow]No shadow comparisons of v{shadow.challenger_version} against {against} "
+            "in the files given[/]: was it the challenger while the service ran?"
+        )
 
 
 def render_promotion(console: Console, outcome: PromotionOutcome) -> bool:
@@ -44,6 +80,8 @@ def render_promotion(console: Console, outcome: PromotionOutcome) -> bool:
                 check.detail,
             )
         console.print(table)
+    if outcome.shadow is not None:
+        render_shadow(console, outcome.shadow)
     result = outcome.result
     if result is not None and result.promoted:
         forced = " (FORCED: gates did not pass)" if result.forced else ""
@@ -75,6 +113,19 @@ def promote(
         str | None,
         typer.Option("--reason", help="Why (required with --force; recorded as a version tag)."),
     ] = None,
+    shadow_log: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--shadow-log",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="A shadow comparison file of the service (ALLIANCE_RISK_SHADOW_LOG_PATH; repeat "
+            "for its rotated .1). Its summary for this version against the champion is shown "
+            "with the gates and recorded in the promotion.shadow tag; it informs, it does not "
+            "gate.",
+        ),
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Gate a registered version against the champion on its test rows, then move the alias.
@@ -82,6 +133,10 @@ def promote(
     Gates: AUROC not worse than the champion's by more than 0.01; ECE at most 0.05; no
     subgroup (clinic, therapist, age band, gender, referral source) with at least 200 test rows
     has ECE above 0.10. Every decision, refused or forced, is recorded in the version's tags.
+
+    With --shadow-log, the live comparison of this version (run as the service's challenger)
+    with the champion is shown and recorded beside the gates, without deciding anything: it
+    measures disagreement, not accuracy.
     """
     console = Console()
     if force and not (reason or "").strip():
@@ -95,8 +150,10 @@ def promote(
     from training.promotion import promote_version
 
     try:
-        outcome = promote_version(name, version, force=force, reason=reason)
-    except (MlflowException, ValueError) as err:
+        outcome = promote_version(
+            name, version, force=force, reason=reason, shadow_logs=shadow_log or ()
+        )
+    except (MlflowException, ValueError, OSError) as err:
         raise fail(f"[bold red]Cannot promote[/]: {escape(str(err))}", EXIT_UNREADABLE) from None
     if not render_promotion(console, outcome):
         raise typer.Exit(EXIT_ERRORS)
