@@ -317,14 +317,15 @@ class TrainResult:
 
 
 def _data_summary(
-    sessions: pd.DataFrame, clients: pd.DataFrame, profile: InstrumentProfile
+    n_sessions: int, clients: pd.DataFrame, profile: InstrumentProfile
 ) -> dict[str, Any]:
+    """Cohort counts for the model card; ``clients`` needs ``outcome`` and ``intake_date``."""
     counts = clients[OUTCOME].value_counts()
     ended = int(counts.get(COMPLETED, 0) + counts.get(DROPOUT, 0))
     intake = pd.to_datetime(clients["intake_date"])
     return {
         "clients": int(len(clients)),
-        "sessions": int(len(sessions)),
+        "sessions": int(n_sessions),
         "completed": int(counts.get(COMPLETED, 0)),
         "dropout": int(counts.get(DROPOUT, 0)),
         "ongoing": int(counts.get("ongoing", 0)),
@@ -402,7 +403,7 @@ def train_model(
     )
     timings["fit_s"] = time.perf_counter() - t
 
-    summary = _data_summary(sessions, clients, profile)
+    summary = _data_summary(len(sessions), clients, profile)
     return finish_training(
         fit,
         registry,

@@ -18,6 +18,7 @@ from features.episodes import Episodes
 from features.profiles import InstrumentProfile
 from models.pyfunc import load_scorer, resolve_model
 from models.results import RiskScore
+from models.scorer import Scorer
 
 #: Drivers (and groups) per row of the output table.
 TOP = 3
@@ -101,7 +102,31 @@ def score_cohort(
         Score every client; by default only open episodes (outcome ``ongoing``): the caseload.
     """
     ref = resolve_model(model_uri)
-    scorer = load_scorer(ref.uri)
+    return score_tables(
+        load_scorer(ref.uri),
+        sessions,
+        clients,
+        profile,
+        model_name=ref.name,
+        model_version=ref.version,
+        landmark=landmark,
+        include_ended=include_ended,
+    )
+
+
+def score_tables(
+    scorer: Scorer,
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
+    profile: InstrumentProfile,
+    *,
+    model_name: str,
+    model_version: str,
+    landmark: int | None = None,
+    include_ended: bool = False,
+) -> CohortScores:
+    """:func:`score_cohort` with a loaded ``scorer``: the one scoring path of both engines (the
+    Dask engine calls it on each client partition). Rows are sorted by ``client_id``."""
     open_ = clients[OUTCOME] == ONGOING
     chosen = clients if include_ended else clients[open_]
     seen = chosen[CLIENT_ID].isin(sessions[CLIENT_ID])
@@ -110,12 +135,12 @@ def score_cohort(
     )
     scored = scorer.score(episodes, landmarks="latest" if landmark is None else landmark)
     frame = pd.DataFrame([score_row(s) for s in scored.results], columns=list(COLUMNS))
-    frame["model_name"] = ref.name
-    frame["model_version"] = ref.version
+    frame["model_name"] = model_name
+    frame["model_version"] = model_version
     return CohortScores(
         frame=frame.sort_values(CLIENT_ID, kind="stable", ignore_index=True),
-        model_name=ref.name,
-        model_version=ref.version,
+        model_name=model_name,
+        model_version=model_version,
         no_appointments=int((~seen).sum()),
         not_at_landmark=episodes.n_episodes - len(scored.problems) - np.unique(scored.episode).size,
         refused=len(scored.problems),

@@ -91,6 +91,9 @@ def split_clients(
     if calibration_fraction + valid_fraction >= 1.0:
         raise ValueError("calibration_fraction + valid_fraction must leave clients to train on")
     labelled = clients.loc[clients[OUTCOME].isin([COMPLETED, DROPOUT]), [CLIENT_ID, INTAKE_DATE]]
+    # In client id order, so the splits do not depend on row order (the Dask engine gathers
+    # the clients partition by partition and must draw the same splits).
+    labelled = labelled.sort_values(CLIENT_ID, kind="stable")
     ids = labelled[CLIENT_ID].to_numpy(dtype=object)
     rng = np.random.default_rng(seed)
     test_from: pd.Timestamp | None = None

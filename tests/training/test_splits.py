@@ -73,3 +73,14 @@ def test_bad_arguments_are_rejected(kwargs, message) -> None:
 def test_too_few_clients_names_the_empty_split() -> None:
     with pytest.raises(ValueError, match="too few labelled clients"):
         split_clients(_clients(3))
+
+
+@pytest.mark.parametrize("strategy", ["temporal", "random"])
+def test_row_order_does_not_change_the_splits(strategy) -> None:
+    # The Dask engine gathers clients partition by partition: same clients, another order.
+    clients = _clients()
+    shuffled = clients.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    a = split_clients(clients, strategy=strategy, seed=2)
+    b = split_clients(shuffled, strategy=strategy, seed=2)
+    for name in ("train", "valid", "calibration", "test"):
+        assert sorted(getattr(a, name)) == sorted(getattr(b, name)), name
