@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features import contract as c
-from training.commands.common import ProfileName, check_output_or_exit, error_console
+from training.commands.common import (
+    EXIT_UNREADABLE,
+    ProfileName,
+    check_output_or_exit,
+    error_console,
+    fail,
+)
 from training.simulate import Cohort, SimulationConfig, simulate_cohort, write_cohort
 
 #: Offered as choices by typer; a test keeps it in step with features.profiles.PROFILES.
@@ -83,10 +91,72 @@ def simulate(
             help="Also write latent.* and ruptures.* (the true generative quantities).",
         ),
     ] = False,
+    drift_clinic: Annotated[
+        str | None,
+        typer.Option(
+            "--drift-clinic",
+            help="Drift scenarios apply at this clinic only (K01, K02, ...). Default: every "
+            "clinic.",
+            rich_help_panel="Drift scenarios (for testing alliance-risk monitor)",
+        ),
+    ] = None,
+    drift_from: Annotated[
+        datetime | None,
+        typer.Option(
+            "--drift-from",
+            formats=["%Y-%m-%d"],
+            help="Drift starts at this date (YYYY-MM-DD): sessions on or after it (ratings, "
+            "instrument), clients with intake on or after it (no-shows). Default: from the "
+            "start.",
+            rich_help_panel="Drift scenarios (for testing alliance-risk monitor)",
+        ),
+    ] = None,
+    rating_shift: Annotated[
+        float,
+        typer.Option(
+            "--rating-shift",
+            help="Points added to every recorded rating (e.g. -1: the clinic's ratings fall "
+            "by one point; clipped to the scale). A measurement change: dropout does not "
+            "follow it.",
+            rich_help_panel="Drift scenarios (for testing alliance-risk monitor)",
+        ),
+    ] = 0.0,
+    instrument_change: Annotated[
+        ProfileName | None,
+        typer.Option(
+            "--instrument-change",
+            help="The clinic records this instrument instead (e.g. srs at an alliance6 "
+            "cohort): items are mapped by construct, the elements it lacks are left empty.",
+            rich_help_panel="Drift scenarios (for testing alliance-risk monitor)",
+        ),
+    ] = None,
+    noshow_log_odds: Annotated[
+        float,
+        typer.Option(
+            "--noshow-log-odds",
+            help="Log-odds added to the no-show propensity (1.0 about doubles the no-show "
+            "share); dropout follows through the no-shows.",
+            rich_help_panel="Drift scenarios (for testing alliance-risk monitor)",
+        ),
+    ] = 0.0,
 ) -> None:
-    """Simulate a literature-grounded cohort and write its sessions and clients tables."""
+    """Simulate a literature-grounded cohort and write its sessions and clients tables.
+
+    The drift options make a cohort that no longer looks like the default one (a clinic whose
+    ratings shift, an instrument change, a rise in no-shows), to test `alliance-risk monitor`.
+    """
     check_output_or_exit("--out", out, folder=True)
-    config = SimulationConfig(dropout_rate=dropout_rate)
+    try:
+        config = SimulationConfig(
+            dropout_rate=dropout_rate,
+            drift_clinic=drift_clinic,
+            drift_from=drift_from.date() if drift_from else None,
+            rating_shift=rating_shift,
+            instrument_change=instrument_change,
+            noshow_log_odds=noshow_log_odds,
+        )
+    except ValueError as err:
+        raise fail(f"[bold red]Invalid option[/]: {escape(str(err))}", EXIT_UNREADABLE) from None
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

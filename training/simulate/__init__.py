@@ -32,7 +32,9 @@ The package, one job per module:
 * ``paths``: stepping through appointment slots for all clients at once, and the outcome
   observed at extraction;
 * ``intercept``: solving the hazard intercept for the target dropout rate (cached);
-* ``tables``: assembling the contract tables, writing them and the simulation marker.
+* ``tables``: assembling the contract tables, writing them and the simulation marker;
+* ``drift``: the drift scenarios that change recorded ratings (a rating shift, an instrument
+  change), for testing ``alliance-risk monitor``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import logging
 
 from features.profiles import InstrumentProfile, get_profile
 from training.simulate.config import Cohort, ProgressFn, SimulationConfig
+from training.simulate.drift import apply_rating_drift
 from training.simulate.intercept import _solve_intercept as _solve_intercept
 from training.simulate.intercept import dropout_intercept
 from training.simulate.paths import _simulate_paths
@@ -105,7 +108,7 @@ def simulate_cohort(
     elements = prof.element_names
     if progress is not None:
         progress("calibrating", 0, 1)
-    intercept = dropout_intercept(cfg, prof)
+    intercept = dropout_intercept(cfg.without_drift(), prof)
     if progress is not None:
         progress("calibrating", 1, 1)
     paths = _simulate_paths(
@@ -113,7 +116,7 @@ def simulate_cohort(
     )
     if progress is not None:
         progress("assembling", 0, 1)
-    cohort = _assemble(paths, prof, cfg, intercept)
+    cohort = apply_rating_drift(_assemble(paths, prof, cfg, intercept), cfg)
     if progress is not None:
         progress("assembling", 1, 1)
     logger.info(

@@ -7,7 +7,7 @@ target (``docs/simulator.md`` is the prose version); ``Cohort`` the four frames 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 import pandas as pd
@@ -260,6 +260,30 @@ class SimulationConfig:
     gap_after_miss_max_days: int = 7
     reschedule_gap_max_days: int = 5
 
+    # --- Drift scenarios (off by default) --------------------------------------------------
+    # For testing and demonstrating `alliance-risk monitor`: data that no longer looks like the
+    # data a model was trained on. None of them is a claim about real clinics. They apply at
+    # ``drift_clinic`` (a clinic id such as "K02"; None = every clinic) from ``drift_from``
+    # (None = from the start): to sessions dated on or after it (ratings, instrument) or to
+    # clients whose intake is on or after it (no-shows). The dropout intercept is always solved
+    # without them, so a drifted cohort keeps the undrifted cohort's baseline.
+    drift_clinic: str | None = None
+    drift_from: date | None = None
+    # Points added to every recorded rating (on the instrument's scale, clipped to it), after
+    # the outcome is decided: a measurement change (a new way of handing out the form), not a
+    # change in the alliance, so dropout does not follow it.
+    rating_shift: float = 0.0
+    # The clinic records this instrument profile instead (e.g. "srs"): each element of the
+    # cohort's profile keeps its value where the new instrument has an item with the same
+    # alliance-building focus (SRS relationship -> alliance6 empathy, goals -> goals, approach
+    # -> collaboration, overall -> communication) and is left empty where it has none (alliance6
+    # acceptance and trust), as an export that maps items by construct would do.
+    instrument_change: str | None = None
+    # Log-odds added to every affected client's no-show propensity (attendance only; the
+    # dropout hazard then follows through the no-shows themselves). 1.0 roughly doubles the
+    # no-show share.
+    noshow_log_odds: float = 0.0
+
     def __post_init__(self) -> None:
         if not 0.02 <= self.dropout_rate <= 0.8:
             raise ValueError("dropout_rate must be between 0.02 and 0.8")
@@ -279,6 +303,37 @@ class SimulationConfig:
             raise ValueError("decline_onset_min must be >= 1 and <= decline_onset_max")
         if not 0.0 <= self.decline_rate_min <= self.decline_rate_max or self.decline_max < 0:
             raise ValueError("decline rates must satisfy 0 <= min <= max and decline_max >= 0")
+
+        if self.drift_clinic is not None and self.drift_clinic not in self.clinic_ids:
+            raise ValueError(
+                f"drift_clinic must be one of the clinic ids {', '.join(self.clinic_ids)}"
+            )
+
+    @property
+    def clinic_ids(self) -> tuple[str, ...]:
+        """The clinic ids written to the tables: K01, K02, ..."""
+        width = max(2, len(str(self.n_clinics)))
+        return tuple(f"K{i:0{width}d}" for i in range(1, self.n_clinics + 1))
+
+    @property
+    def has_drift(self) -> bool:
+        return bool(self.rating_shift or self.instrument_change or self.noshow_log_odds)
+
+    def without_drift(self) -> SimulationConfig:
+        """The same configuration with every drift scenario off (what the intercept is solved
+        for)."""
+        return replace(
+            self,
+            drift_clinic=None,
+            drift_from=None,
+            rating_shift=0.0,
+            instrument_change=None,
+            noshow_log_odds=0.0,
+        )
+
+    def drift_day(self) -> int:
+        """``drift_from`` as a day number of the simulation calendar (0 = ``start_date``)."""
+        return 0 if self.drift_from is None else (self.drift_from - self.start_date).days
 
     @property
     def extraction_date(self) -> date:

@@ -115,6 +115,11 @@ def _draw_static(
     base = np.log(np.asarray(cfg.attendance_probs, dtype=np.float64))
     logits = np.broadcast_to(base, (n, 5)).copy()
     logits[:, _NS] += noshow
+    if cfg.noshow_log_odds:  # drift scenario: no attendance change, no extra random draw
+        affected = intake_day >= cfg.drift_day()
+        if cfg.drift_clinic is not None:
+            affected &= clinic == cfg.clinic_ids.index(cfg.drift_clinic)
+        logits[affected, _NS] += cfg.noshow_log_odds
     logits[:, _LC] += cfg.late_cancel_propensity_share * noshow
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)

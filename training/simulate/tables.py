@@ -59,7 +59,7 @@ def _assemble(
     client_ids = _ids("C", n, 6)
     n_ther = st.therapist_alliance.size
     ther_ids = _ids("T", n_ther, 3)
-    clinic_ids = _ids("K", config.n_clinics, 2)
+    clinic_ids = np.array(config.clinic_ids, dtype=object)
 
     keep = np.flatnonzero(paths.row_day <= extraction)
     sel = keep[np.lexsort((paths.row_slot[keep], paths.row_client[keep]))]
