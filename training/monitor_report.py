@@ -175,7 +175,7 @@ def _plot_performance(result: MonitorResult, path: Path) -> None:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#212121;
-max-width:1100px}
+max-width:1300px}
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
@@ -183,6 +183,7 @@ th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:.6rem;color:#fff;font-size:.8rem}
 .ok{background:#2e7d32}.watch{background:#f9a825}.alert{background:#c62828}
 .too_few{background:#9e9e9e}.muted{color:#616161;font-size:.85rem}img{max-width:100%}
+.wide{overflow-x:auto}
 """
 
 
@@ -204,8 +205,8 @@ def _drift_table(result: MonitorResult) -> str:
             f"{cells}</tr>"
         )
     return (
-        "<table><tr><th>clinic</th><th>rows</th><th>clients</th><th>score PSI</th>"
-        f"<th>score KS</th>{head}</tr>{''.join(rows)}</table>"
+        '<div class="wide"><table><tr><th>clinic</th><th>rows</th><th>clients</th>'
+        f"<th>score PSI</th><th>score KS</th>{head}</tr>{''.join(rows)}</table></div>"
     )
 
 

@@ -68,7 +68,8 @@ def monitor(
             min=1,
             help="Compare only the appointment numbered k. Default: the landmarks the model's "
             "reference was taken at (every appointment up to the model's last landmark, except "
-            "an ended episode's last).",
+            "an ended episode's last). The reference mixes every landmark, so with k, features "
+            "that grow with the appointment number (counts) drift by construction.",
         ),
     ] = None,
     min_rows: Annotated[
