@@ -159,13 +159,16 @@ def log_training_run(
     register_as: str | None = DEFAULT_MODEL_NAME,
     simulated: bool = False,
     source: str = "",
+    fingerprint: str | None = None,
 ) -> tuple[LoggedRun, Scorer]:
     """Log ``result`` as one MLflow run, log its model, and register it under ``register_as``.
 
     Returns the run and the scorer as logged (with headline metrics and the model card in it).
+    ``fingerprint`` is the whole dataset's when ``sessions``/``clients`` hold only part of it
+    (the Dask engine's gathered calibration and test clients); by default theirs.
     """
     experiment_id = ensure_experiment(experiment)
-    fingerprint = dataset_fingerprint(sessions, clients)
+    fingerprint = fingerprint or dataset_fingerprint(sessions, clients)
     commit = git_commit()
     evaluation = result.evaluation
     with mlflow.start_run(experiment_id=experiment_id) as run, tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -35,7 +35,9 @@ def score(
         Path,
         typer.Option(
             "--out",
-            help="Output file (.csv or .parquet), one row per client.",
+            help="Output file (.csv or .parquet), one row per client. With --engine dask: a "
+            "folder, written as a Parquet dataset (part.<i>.parquet, one file per client "
+            "partition).",
             metavar="<file>",  # checked by check_output_or_exit, as every output
         ),
     ],
@@ -61,6 +63,30 @@ def score(
     on_error: OnErrorOpt = "fail",
     quarantine_dir: QuarantineDirOpt = None,
     tracking_uri: TrackingOpt = None,
+    engine: Annotated[
+        Literal["pandas", "dask"],
+        typer.Option(
+            "--engine",
+            help="pandas: one process. dask: Parquet files or dataset folders in, a Parquet "
+            "dataset folder out, each client partition scored on a Dask worker by the same "
+            "scorer; only counts come back to the driver.",
+        ),
+    ] = "pandas",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Dask scheduler address (tcp://HOST:PORT). Default: a local cluster on "
+            "127.0.0.1, closed at the end.",
+            metavar="<address>",
+        ),
+    ] = None,
+    dask_workers: Annotated[
+        int,
+        typer.Option(
+            "--dask-workers", min=1, help="Workers (1 thread each) of the local Dask cluster."
+        ),
+    ] = 2,
 ) -> None:
     """Score the caseload: probability, risk band and the top 3 drivers of each open episode.
 
@@ -70,6 +96,13 @@ def score(
     alliance-building focus; empty for attendance and engagement); model_name, model_version.
     """
     console = Console()
+    if engine == "dask":
+        _score_with_dask(
+            console, sessions, clients, out, model=model, landmark=landmark,
+            include_ended=include_ended, profile=profile, on_error=on_error,
+            tracking_uri=tracking_uri, scheduler=scheduler, workers=dask_workers,
+        )  # fmt: skip
+        return
     check_output_or_exit("--out", out)
     cohort = load_or_exit(
         sessions, clients, profile=profile, on_error=on_error,
@@ -104,7 +137,15 @@ def score(
             f"{escape(err.strerror or type(err).__name__)}",
             EXIT_UNREADABLE,
         ) from None
-    bands = result.frame["risk_band"].value_counts()
+    _print_scored(console, result, result.frame["risk_band"].value_counts().to_dict(),
+                  len(result.frame), landmark, out)  # fmt: skip
+
+
+def _print_scored(
+    console: Console, result: Any, bands: dict[str, int], rows: int, landmark: int | None,
+    out: Path,
+) -> None:  # fmt: skip
+    """The one-line summary: scored clients per band, and who was not scored and why."""
     left_out = [
         f"{result.skipped_ended} ended episodes (--all scores them)" if result.skipped_ended else "",
         f"{result.no_appointments} clients with no appointment yet"
@@ -114,11 +155,67 @@ def score(
         f"{result.refused} clients broke the data contract" if result.refused else "",
     ]  # fmt: skip
     console.print(
-        f"Scored {len(result.frame)} clients with {result.model_name} v{result.model_version}: "
+        f"Scored {rows} clients with {result.model_name} v{result.model_version}: "
         + ", ".join(f"{bands.get(b, 0)} {b}" for b in ("high", "moderate", "low"))
         + "".join(f"; not scored: {text}" for text in left_out if text)
         + f". Written to {escape(str(out))}."
     )
+
+
+def _score_with_dask(
+    console: Console,
+    sessions: Path,
+    clients: Path,
+    out: Path,
+    *,
+    model: str,
+    landmark: int | None,
+    include_ended: bool,
+    profile: str | None,
+    on_error: str,
+    tracking_uri: str | None,
+    scheduler: str | None,
+    workers: int,
+) -> None:
+    """``score --engine dask``: load the model once, score each client partition on the
+    workers, write a Parquet dataset folder."""
+    from training.commands.train import check_dask_inputs_or_exit
+
+    check_output_or_exit("--out", out, folder=True)
+    check_dask_inputs_or_exit(sessions, clients, on_error)
+    configure_tracking(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    from models.pyfunc import load_scorer, resolve_model
+    from models.scorer import IncompatibleModelError
+    from training.dask_engine import dask_client, score_dask
+
+    try:
+        ref = resolve_model(model)
+        scorer = load_scorer(ref.uri)
+    except (MlflowException, OSError, LookupError) as err:
+        message = f"[bold red]Cannot load model[/] {escape(model)}: {escape(str(err))}"
+        raise fail(message, EXIT_UNREADABLE) from None
+    try:
+        with (
+            error_console().status("Scoring client partitions on Dask"),
+            dask_client(scheduler, workers=workers) as client,
+        ):
+            result = score_dask(
+                client, scorer, sessions, clients, out, model_name=ref.name,
+                model_version=ref.version, profile=profile, landmark=landmark,
+                include_ended=include_ended,
+            )  # fmt: skip
+    except IncompatibleModelError as err:
+        raise fail(f"[bold red]Incompatible model[/]: {escape(str(err))}", EXIT_ERRORS) from None
+    except ValueError as err:
+        raise fail(f"[bold red]Cannot score[/]: {escape(str(err))}", EXIT_ERRORS) from None
+    except OSError as err:
+        raise fail(
+            f"[bold red]Cannot score[/]: {escape(err.strerror or type(err).__name__)}",
+            EXIT_UNREADABLE,
+        ) from None
+    _print_scored(console, result, result.bands, result.rows, landmark, out)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.table import Table
 from features.contract import CLIENT_ID
 from training.commands.common import (
     EXIT_ERRORS,
+    EXIT_UNREADABLE,
     ClientsOpt,
     ExperimentOpt,
     OnErrorOpt,
@@ -31,6 +33,7 @@ from training.simulate import is_simulated
 from training.tracking import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
+    from training.dask_engine import DaskTrained
     from training.pipeline import TrainResult
 
 
@@ -134,6 +137,31 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of splits and search.")] = 0,
     tracking_uri: TrackingOpt = None,
+    engine: Annotated[
+        Literal["pandas", "dask"],
+        typer.Option(
+            "--engine",
+            help="pandas: one process. dask: Parquet files or dataset folders, features and "
+            "the XGBoost fit on Dask workers; the driver gathers only the clients' ids, intake "
+            "dates and outcomes, one hash per row, the baselines' columns of the train rows "
+            "and the calibration and test clients' rows (at most 3,000,000 session rows).",
+        ),
+    ] = "pandas",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Dask scheduler address (tcp://HOST:PORT). Default: a local cluster on "
+            "127.0.0.1, closed at the end.",
+            metavar="<address>",
+        ),
+    ] = None,
+    dask_workers: Annotated[
+        int,
+        typer.Option(
+            "--dask-workers", min=1, help="Workers (1 thread each) of the local Dask cluster."
+        ),
+    ] = 2,
 ) -> None:
     """Train a calibrated dropout model on a cohort and register it in MLflow.
 
@@ -146,10 +174,14 @@ def train(
     from training.runlog import log_training_run
 
     console = Console()
-    cohort = load_or_exit(
-        sessions, clients, profile=profile, on_error=on_error,
-        quarantine_dir=quarantine_dir,
-    )  # fmt: skip
+    if engine == "dask":
+        check_dask_inputs_or_exit(sessions, clients, on_error)
+        cohort = None
+    else:
+        cohort = load_or_exit(
+            sessions, clients, profile=profile, on_error=on_error,
+            quarantine_dir=quarantine_dir,
+        )  # fmt: skip
     uri = configure_tracking(tracking_uri)
     config = TrainConfig(
         k_max=k_max,
@@ -180,22 +212,38 @@ def train(
         def on_trial(done: int, total: int) -> None:
             progress.update(trials_task, completed=done, total=total)
 
+        fingerprint = None
         try:
-            result = train_model(
-                cohort.sessions, cohort.clients, cohort.profile, config,
-                progress=on_stage, trial_progress=on_trial,
-            )  # fmt: skip
+            if cohort is not None:
+                result = train_model(
+                    cohort.sessions, cohort.clients, cohort.profile, config,
+                    progress=on_stage, trial_progress=on_trial,
+                )  # fmt: skip
+                tables = cohort.sessions, cohort.clients
+            else:
+                trained = train_with_dask(
+                    sessions, clients, profile=profile, config=config, scheduler=scheduler,
+                    workers=dask_workers, progress=on_stage, trial_progress=on_trial,
+                )  # fmt: skip
+                result, fingerprint = trained.result, trained.fingerprint
+                tables = trained.sessions, trained.clients
+                error_console().print(
+                    "Gathered to the driver: "
+                    + ", ".join(f"{n:,} {what}" for what, n in trained.gathered.items())
+                )
         except ValueError as err:
             progress.stop()
             raise fail(f"[bold red]Cannot train[/]: {escape(str(err))}", EXIT_ERRORS) from None
         on_stage("log")
         test_ids = result.splits.test
+        all_sessions, all_clients = tables
         logged, _ = log_training_run(
             result,
-            sessions=cohort.sessions,
-            clients=cohort.clients,
-            test_sessions=cohort.sessions[cohort.sessions[CLIENT_ID].isin(test_ids)],
-            test_clients=cohort.clients[cohort.clients[CLIENT_ID].isin(test_ids)],
+            sessions=all_sessions,
+            clients=all_clients,
+            test_sessions=all_sessions[all_sessions[CLIENT_ID].isin(test_ids)],
+            test_clients=all_clients[all_clients[CLIENT_ID].isin(test_ids)],
+            fingerprint=fingerprint,
             experiment=experiment,
             register_as=register_name,
             simulated=is_sim,
@@ -215,6 +263,52 @@ def train(
         outcome = promote_version(register_name, logged.model_version)
         if not render_promotion(console, outcome):
             raise typer.Exit(EXIT_ERRORS)
+
+
+def check_dask_inputs_or_exit(sessions: Path, clients: Path, on_error: str) -> None:
+    """Exit 2 unless both inputs are Parquet files or dataset folders and no quarantine is
+    asked for (the Dask engine validates partition by partition and has no quarantine mode)."""
+    from training.io import check_parquet_source
+
+    if on_error != "fail":
+        raise fail(
+            "[bold red]Not available[/]: --on-error quarantine with --engine dask (it validates "
+            "partition by partition); quarantine with the pandas engine first",
+            EXIT_UNREADABLE,
+        )
+    for path in (sessions, clients):
+        try:
+            check_parquet_source(path)
+        except (OSError, ValueError) as err:
+            raise fail(
+                f"[bold red]Cannot read input[/]: {escape(str(err))}", EXIT_UNREADABLE
+            ) from None
+
+
+def train_with_dask(
+    sessions: Path,
+    clients: Path,
+    *,
+    scheduler: str | None,
+    workers: int,
+    **options: Any,
+) -> DaskTrained:
+    """:func:`training.dask_engine.train_dask` on ``scheduler`` or a local cluster; exit 2 when
+    the scheduler cannot be reached."""
+    from training.dask_engine import dask_client, train_dask
+
+    with ExitStack() as stack:
+        try:
+            client = stack.enter_context(dask_client(scheduler, workers=workers))
+        except (OSError, TimeoutError) as err:
+            where = scheduler or "the local cluster"
+            raise fail(
+                f"[bold red]Cannot reach the Dask cluster[/] {escape(where)}: "
+                f"{escape(type(err).__name__)}",
+                EXIT_UNREADABLE,
+            ) from None
+        return train_dask(client, sessions, clients, **options)
+    raise AssertionError("unreachable")  # ExitStack does not swallow exceptions here
 
 
 def register(app: typer.Typer) -> None:
