@@ -96,8 +96,17 @@ def _slices(result: MonitorResult) -> list[SliceMonitor]:
     return [result.overall, *result.clinics]
 
 
+def _figure(width: float, height: float) -> Any:
+    """A figure on the Agg canvas, independent of pyplot's global state (as training.report)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _plot_drift(result: MonitorResult, path: Path) -> None:
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
     slices = _slices(result)
@@ -108,7 +117,8 @@ def _plot_drift(result: MonitorResult, path: Path) -> None:
     psis = [[s.drift.score.psi, *(d.psi for d in s.drift.groups.values())] for s in slices]
     order = ["ok", "watch", "alert", "too_few"]
     codes = np.array([[order.index(x) for x in row] for row in statuses])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.85 * len(columns), 1.2 + 0.45 * len(slices)))
+    fig = _figure(1.0 + 0.85 * len(columns), 1.2 + 0.45 * len(slices))
+    ax = fig.add_subplot()
     ax.imshow(codes, cmap=ListedColormap([_COLOURS[s] for s in order]), vmin=-0.5, vmax=3.5)
     for i, row in enumerate(psis):
         for j, v in enumerate(row):
@@ -116,16 +126,13 @@ def _plot_drift(result: MonitorResult, path: Path) -> None:
     ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(slices)), [s.name for s in slices], fontsize=8)
     ax.set_title("PSI by clinic and feature group (colour = status)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, format="png")
 
 
 def _plot_scores(result: MonitorResult, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     bins = np.asarray(SCORE_BINS)
-    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    fig = _figure(7.0, 3.6)
+    ax = fig.add_subplot()
     ax.bar(
         bins[:-1], result.reference_shares, width=np.diff(bins), align="edge",
         color="#cfd8dc", edgecolor="#90a4ae", label="reference (training)",
@@ -145,20 +152,17 @@ def _plot_scores(result: MonitorResult, path: Path) -> None:
     ax.set_ylabel("share of rows")
     ax.set_title("Score distribution against the reference", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, format="png")
 
 
 def _plot_performance(result: MonitorResult, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     slices = _slices(result)
     x = np.arange(len(slices))
     pending = [s.pending.auroc for s in slices]
     realized = [s.realized.auroc if s.realized else math.nan for s in slices]
     expected_known = [s.realized.expected.auroc if s.realized else math.nan for s in slices]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(slices) + 2), 3.4))
+    fig = _figure(max(5.0, 1.1 * len(slices) + 2), 3.4)
+    ax = fig.add_subplot()
     w = 0.27
     ax.bar(x - w, pending, w, label="expected, outcome pending", color="#90caf9")
     ax.bar(x, expected_known, w, label="expected, outcome known", color="#1e88e5")
@@ -168,9 +172,7 @@ def _plot_performance(result: MonitorResult, path: Path) -> None:
     ax.set_ylabel("AUROC")
     ax.set_title("Expected (CBPE) and realized AUROC", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, format="png")
 
 
 _CSS = """
@@ -287,9 +289,6 @@ def write_report(
     result: MonitorResult, out: Path, *, generated: datetime | None = None
 ) -> dict[str, Path]:
     """Write the PNG plots, ``monitor.html`` and ``monitor.json`` into ``out`` (created)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
     plots = {name: out / name for name in PLOTS}
     _plot_drift(result, plots["drift_psi.png"])

@@ -147,7 +147,14 @@ def monitor(
             f"{escape(err.strerror or type(err).__name__)}",
             EXIT_NO_REPORT,
         ) from None
-    run_id = log_monitor_run(result, files, model_uri=ref.uri, experiment=experiment)
+    try:
+        run_id = log_monitor_run(result, files, model_uri=ref.uri, experiment=experiment)
+    except (MlflowException, OSError) as err:
+        raise fail(
+            f"[bold red]Cannot log the MLflow run[/] (the report is in {escape(str(out))}): "
+            f"{escape(str(err))}",
+            EXIT_NO_REPORT,
+        ) from None
     _print_summary(result, files["html"], run_id)
     raise typer.Exit(EXIT_ALERT if result.alerts else EXIT_NO_ALERT)
 
