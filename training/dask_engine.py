@@ -89,7 +89,8 @@ def dask_client(
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        # Gives up after dask's distributed.comm.timeouts.connect (30 s by default).
+        with Client(scheduler) as client:
             yield client
         return
     with (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from cli.main import app
 from features.build import pack_frames
 from features.contract import CLIENT_ID
 from features.registry import feature_registry
+from tests.conftest import HOST, free_port
 from training import dask_engine as de
 from training.io import load_cohort
 from training.pipeline import TrainConfig, landmark_set, train_model
@@ -178,3 +180,17 @@ def test_cli_refuses_quarantine_and_csv_before_starting_a_cluster(
                                   str(data["clients"]), "--engine", "dask"])  # fmt: skip
     assert refused.exit_code == 2
     assert "sessions.csv: the Dask engine reads Parquet only" in " ".join(refused.output.split())
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
+    cohort = simulate_cohort(50, seed=1)
+    cohort.sessions.to_parquet(tmp_path / "sessions.parquet", index=False)
+    cohort.clients.to_parquet(tmp_path / "clients.parquet", index=False)
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        done = CliRunner().invoke(app, [
+            "train", "--sessions", str(tmp_path / "sessions.parquet"), "--clients",
+            str(tmp_path / "clients.parquet"), "--engine", "dask", "--scheduler",
+            f"tcp://{HOST}:{free_port()}",
+        ], env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})  # fmt: skip
+    assert done.exit_code == 2, done.output
+    assert "Cannot reach the Dask cluster" in " ".join(done.output.split())
