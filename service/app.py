@@ -23,6 +23,7 @@ from models.store import tracking_uri
 from service.audit import ClientRefs
 from service.audit_log import AuditSettings
 from service.auth import Authenticator, AuthSettings, describe
+from service.drift_window import DriftConfig, DriftWindows
 from service.errors import install_error_handlers
 from service.limits import LimitSettings, RateLimiter, install_limits
 from service.logs import configure_logging
@@ -136,6 +137,10 @@ def create_app(
             await shadow.store.refresh_in_thread()
             shadow.start()
             observers.append(shadow)
+        drift = _drift(settings, metrics)
+        if drift is not None:
+            drift.start()
+            observers.append(drift)
         # What is alive now (libraries, the model) lives as long as the process: moved out of the
         # cyclic collector's reach (CPython's gc.freeze), a full collection, which a batch of a
         # thousand clients triggers about once, walks the batch's objects instead of ~250,000
@@ -163,6 +168,8 @@ def create_app(
             observers.clear()
             if shadow is not None:
                 await run_in_threadpool(shadow.close)
+            if drift is not None:
+                await run_in_threadpool(drift.close)
             metrics.close()
 
     app = FastAPI(
@@ -220,6 +227,20 @@ def _shadow(
         queue_size=settings.shadow_queue_size,
         batch_wait_s=settings.shadow_batch_wait_s,
     )
+
+
+def _drift(settings: ServiceSettings, metrics: ServiceMetrics) -> DriftWindows | None:
+    """The per-clinic drift windows behind the alliance_risk_drift_* gauges."""
+    if not settings.drift_enabled:
+        return None
+    config = DriftConfig(
+        window_rows=settings.drift_window_rows,
+        max_age_s=settings.drift_window_max_age_s,
+        min_rows=settings.drift_min_rows,
+        interval_s=settings.drift_interval_s,
+        max_clinics=settings.drift_max_clinics,
+    )
+    return DriftWindows(metrics, config)
 
 
 async def _poll(stores: list[ModelStore], interval: float) -> None:

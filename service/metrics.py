@@ -235,6 +235,49 @@ class ServiceMetrics:
             registry=r,
         )
         self._shadow_series(r)
+        self._drift_series(r)
+
+    def _drift_series(self, r: CollectorRegistry) -> None:
+        # Each worker keeps its own window of the requests it served (service/drift_window.py):
+        # across workers the largest PSI, KS and status are shown (a worker whose window is
+        # still too small reports 0, so it never hides another's drift) and the rows add up.
+        labels = ("clinic", "group")
+        self.drift_psi = Gauge(
+            "alliance_risk_drift_psi",
+            "PSI of the clinic's rolling window of scored rows against the model's reference, "
+            "by explanation group (its worst feature) and group=score; 0 until the window holds "
+            "drift_min_rows rows (across workers: the largest).",
+            labels,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_ks = Gauge(
+            "alliance_risk_drift_ks",
+            "Kolmogorov-Smirnov distance, as alliance_risk_drift_psi.",
+            labels,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_status = Gauge(
+            "alliance_risk_drift_status",
+            "Drift status as models.drift judges it (PSI and significant KS): 0 ok or too few "
+            "rows, 1 watch, 2 alert (across workers: the worst).",
+            labels,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_rows = Gauge(
+            "alliance_risk_drift_window_rows",
+            "Scored rows in the clinic's rolling drift window (across workers: their sum).",
+            ("clinic",),
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.drift_untracked = Counter(
+            "alliance_risk_drift_untracked_rows",
+            "Scored rows of clinics beyond drift_max_clinics, not in any drift window.",
+            registry=r,
+        )
 
     def _shadow_series(self, r: CollectorRegistry) -> None:
         self.challenger_reloads = Counter(

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.drift import MIN_ROWS
+
 DEFAULT_MODEL_URI = "models:/alliance-risk@champion"
 #: The service's data folder under the project root (the audit file's default folder too).
 DATA_DIRNAME = ".alliance-risk"
@@ -99,6 +101,36 @@ class ServiceSettings(BaseSettings):
         "even when none is configured (~20 us per request under cProfile).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    drift_enabled: bool = Field(
+        True,
+        description="Keep a rolling window of scored rows per clinic and export its drift "
+        "against the model's reference profile on /metrics (alliance_risk_drift_*).",
+    )
+    drift_window_rows: int = Field(
+        500, ge=10, le=100_000, description="Latest scored rows kept per clinic, per worker."
+    )
+    drift_window_max_age_s: float = Field(
+        30 * 24 * 3600.0,
+        ge=0,
+        description="Rows older than this leave the window even when it is not full; 0 keeps "
+        "them until newer rows push them out.",
+    )
+    drift_min_rows: int = Field(
+        MIN_ROWS,
+        ge=1,
+        description="Rows a clinic's window needs before its drift is judged (default "
+        "models.drift.MIN_ROWS: at 200 rows chance alone stays far below the alert threshold).",
+    )
+    drift_interval_s: float = Field(
+        60.0, gt=0, description="Seconds between recomputations of the drift gauges."
+    )
+    drift_max_clinics: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Clinics tracked per worker (each adds series to /metrics); rows of "
+        "further clinics are counted in alliance_risk_drift_untracked_rows.",
+    )
     shadow_enabled: bool = Field(
         True,
         description="When model_uri is models:/<name>@champion and <name> has a version with "

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from models.pyfunc import load_scorer
 from models.scorer import Scorer
-from service.shadow import FIELDS, ComparisonLog, challenger_uri
+from service.shadow import FIELDS, ComparisonLog, ShadowScorer, challenger_uri
 from tests.service.conftest import MODEL_NAME, TEST_CLINIC, Registry, bearer, security_settings
 from tests.service.helpers import request_for
 from tests.service.test_metrics import _total
@@ -61,7 +61,8 @@ def _bodies(registry: Registry, n: int) -> list[dict[str, Any]]:
 
 
 def _shadow(api: TestClient):
-    return api.app.state.observers[0]  # type: ignore[attr-defined]
+    (shadow,) = [o for o in api.app.state.observers if isinstance(o, ShadowScorer)]  # type: ignore[attr-defined]
+    return shadow
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -234,7 +235,8 @@ def test_the_challenger_follows_its_alias(
 def test_shadow_can_be_switched_off(registry: Registry, tmp_path: Path, dev_key_dir: Path) -> None:
     _set_challenger(registry, "2")
     with _app(registry, tmp_path, dev_key_dir, shadow_enabled=False) as api:
-        assert api.app.state.observers == []  # type: ignore[attr-defined]
+        observers = api.app.state.observers  # type: ignore[attr-defined]
+        assert not any(isinstance(o, ShadowScorer) for o in observers)
         assert api.post("/v1/risk", json=_bodies(registry, 1)[0]).status_code == 200
     assert not (tmp_path / "data" / "shadow.jsonl").exists()
 

@@ -1,0 +1,169 @@
+"""Live drift gauges per clinic on /metrics: rolling windows judged against the reference."""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from models.drift import PSI_ALERT
+from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
+from tests.service.helpers import request_for
+from tests.service.serving import serving
+from tests.service.test_metrics import _samples, _total
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def _app(registry: Registry, tmp_path: Path, key_dir: Path, **extra: Any) -> Iterator[TestClient]:
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion",
+        tracking_uri=registry.uri,
+        poll_interval_s=0,
+        drift_interval_s=3600,  # the test recomputes when it wants to
+        **extra,
+    )
+    app = create_app(settings, configure_logs=False,
+                     **security_settings(key_dir, tmp_path / "audit"))  # fmt: skip
+    with TestClient(app) as client:
+        yield client
+
+
+def _drift(api: TestClient):
+    (windows,) = [o for o in api.app.state.observers if hasattr(o, "recompute")]  # type: ignore[attr-defined]
+    return windows
+
+
+def _traffic(registry: Registry, clinic: str, n: int, *, shift: float = 0.0, seed: int = 0):
+    """``n`` clients as live traffic: each history cut at a random appointment (open episodes,
+    as a clinic sends them), every rating moved by ``shift`` points within the scale."""
+    rng = np.random.default_rng(seed)
+    profile = registry.cohort.profile
+    bodies = []
+    for cid in registry.cohort.clients["client_id"].iloc[:n]:
+        body = copy.deepcopy(request_for(registry.cohort, str(cid), clinic=clinic))
+        body["sessions"] = body["sessions"][: int(rng.integers(1, len(body["sessions"]) + 1))]
+        for s in body["sessions"]:
+            s["ratings"] = {
+                e: float(np.clip(v + shift, profile.scale_min, profile.scale_max))
+                for e, v in s["ratings"].items()
+            }
+        bodies.append(body)
+    return bodies
+
+
+def _send(api: TestClient, key_dir: Path, clinic: str, bodies: list[dict[str, Any]]) -> None:
+    for start in range(0, len(bodies), 100):
+        r = api.post("/v1/risk/batch", json={"clients": bodies[start : start + 100]},
+                     headers=bearer(key_dir, clinic=clinic))  # fmt: skip
+        assert r.status_code == 200 and r.json()["failed"] == 0
+
+
+def test_a_shifted_clinic_alerts_and_a_steady_one_does_not(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    with _app(registry, tmp_path, dev_key_dir, drift_window_rows=300) as api:
+        _send(api, dev_key_dir, "steady", _traffic(registry, "steady", 300, seed=1))
+        _send(api, dev_key_dir, "shifted", _traffic(registry, "shifted", 300, shift=-1.0, seed=2))
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    psi = {
+        (dict(labels)["clinic"], dict(labels)["group"]): value
+        for (name, labels), value in _samples(text).items()
+        if name == "alliance_risk_drift_psi"
+    }
+    steady = {g: v for (c, g), v in psi.items() if c == "steady"}
+    shifted = {g: v for (c, g), v in psi.items() if c == "shifted"}
+    assert "score" in steady and set(steady) == set(shifted)
+    assert max(steady.values()) < PSI_ALERT, steady
+    assert max(shifted.values()) > PSI_ALERT, shifted
+    assert _total(text, "alliance_risk_drift_status", clinic="shifted") > 0
+    assert _total(text, "alliance_risk_drift_window_rows", clinic="steady") == 300
+
+
+def test_the_window_and_the_clinics_are_bounded(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    settings = {"drift_window_rows": 50, "drift_max_clinics": 2, "drift_min_rows": 40}
+    with _app(registry, tmp_path, dev_key_dir, **settings) as api:
+        for clinic in ("a", "b", "c"):
+            _send(api, dev_key_dir, clinic, _traffic(registry, clinic, 120))
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    assert _total(text, "alliance_risk_drift_window_rows", clinic="a") == 50
+    assert _total(text, "alliance_risk_drift_window_rows", clinic="b") == 50
+    assert not any(dict(labels).get("clinic") == "c" for (_, labels) in _samples(text))
+    assert _total(text, "alliance_risk_drift_untracked_rows_total") == 120
+
+
+def test_a_small_window_is_not_judged(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    with _app(registry, tmp_path, dev_key_dir) as api:
+        _send(api, dev_key_dir, "small", _traffic(registry, "small", 30, shift=-2.0))
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    assert _total(text, "alliance_risk_drift_window_rows", clinic="small") == 30
+    assert _total(text, "alliance_risk_drift_psi", clinic="small") == 0
+    assert _total(text, "alliance_risk_drift_status", clinic="small") == 0
+
+
+def test_the_alert_rules_file_is_valid_and_names_exported_metrics(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    rules = yaml.safe_load((ROOT / "docs" / "prometheus-alerts.yml").read_text())
+    with _app(registry, tmp_path, dev_key_dir, drift_min_rows=10) as api:
+        _send(api, dev_key_dir, "x", _traffic(registry, "x", 20))
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    # Every series /metrics declares (HELP and TYPE), observed yet or not, with its suffixes.
+    suffixes = {"counter": ("_total",), "histogram": ("_count", "_sum", "_bucket"), "gauge": ("",)}
+    names = {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    exprs = []
+    for group in rules["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"]
+            exprs.append(rule["expr"])
+    used = {word for expr in exprs for word in re.findall(r"alliance_risk_[a-z_]+", expr)}
+    assert used and used <= names, used - names
+
+
+@pytest.mark.integration
+def test_gauges_add_up_across_workers(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    """Two workers, each its own window: rows add up, PSI is there (the largest of them)."""
+    env = {"ALLIANCE_RISK_DRIFT_INTERVAL_S": "0.2", "ALLIANCE_RISK_DRIFT_MIN_ROWS": "5"}
+    bodies = _traffic(registry, "clinic-mp", 24)
+    with serving(registry, tmp_path / "serve", dev_key_dir, workers=2, env=env) as url:
+        for body in bodies:  # a new connection each: both workers take some
+            r = httpx.post(f"{url}/v1/risk", json=body,
+                           headers=bearer(dev_key_dir, clinic="clinic-mp"), timeout=10)  # fmt: skip
+            assert r.status_code == 200
+        time.sleep(1.0)  # a few recomputations
+        for _ in range(4):  # whichever worker answers the scrape
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+            assert _total(text, "alliance_risk_drift_window_rows", clinic="clinic-mp") == 24
+            assert ("alliance_risk_drift_psi", (("clinic", "clinic-mp"), ("group", "score"))) in (
+                _samples(text)
+            )
