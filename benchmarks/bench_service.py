@@ -26,11 +26,16 @@ temporary directory; the peer is ``mlflow models serve`` of the same model versi
    worker each, then again on two workers each.
 5. Memory: resident memory of every worker of ours (now and at its peak) after its runs, and of
    mlflow's for reference.
+6. Shadow challenger (issue #23): the same version also given the ``challenger`` alias, two
+   servers of ours on one worker each, one with shadow scoring switched off
+   (``ALLIANCE_RISK_SHADOW_ENABLED=false``) and one with it on, both up at once; ``wrk -t1
+   -c1`` runs alternate between them (6 of 5 s each; 2 of 2 s). The ratio of their p50s, per
+   alternating pair (min and median) and of the medians; the comparisons written and dropped.
 
 Targets (issue #7), reported and never asserted: median c=1 latency <= 5 ms from wrk and from
 http.client; >= 10x mlflow's requests/s at equal workers; >= 5,000 clients/s in batch; < 400 MB
-per worker. Each is in ``targets`` with its figure (min and median over runs) and whether it is
-met.
+per worker; shadow scoring raises the c=1 p50 by at most 20% (issue #23). Each is in
+``targets`` with its figure (min and median over runs) and whether it is met.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ TARGET_MEDIAN_MS = 5.0
 TARGET_THROUGHPUT_RATIO = 10.0
 TARGET_BATCH_CLIENTS_PER_S = 5000.0
 TARGET_RSS_MB = 400.0
+TARGET_SHADOW_RATIO = 1.20
 
 BIN = Path(sys.executable).parent
 
@@ -320,6 +326,69 @@ def _head_to_head(
     }
 
 
+def _metric_total(port: int, name: str) -> float:
+    """The sum of a metric's samples on ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+def _shadow(
+    uri: str, env: dict[str, str], tmp: Path, bodies: Bodies, sizes: Sizes
+) -> dict[str, Any]:
+    """c=1 p50 with and without a shadow challenger, alternating in the same run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    # The champion's own version as challenger: the shadow's cost does not depend on which.
+    client.set_registered_model_alias(MODEL_NAME, "challenger", "1")
+    log = tmp / "shadow.jsonl"
+    off_env = {**env, "ALLIANCE_RISK_SHADOW_ENABLED": "false"}
+    on_env = {**env, "ALLIANCE_RISK_SHADOW_LOG_PATH": str(log)}
+    runs: dict[str, list[WrkRun]] = {"off": [], "on": []}
+    try:
+        with _ours(off_env, tmp, 1) as off, _ours(on_env, tmp, 1) as on:
+            for srv in (off, on):
+                check_risk_body(first_ok(srv.port, "/v1/risk", bodies.single, bodies.headers))
+            for _ in range(sizes.c1_runs):
+                for key, srv in (("off", off), ("on", on)):
+                    runs[key].append(wrk(srv.port, "/v1/risk", bodies.ours_lua, sizes.c1_s,
+                                         threads=1, connections=1))  # fmt: skip
+            time.sleep(1.0)  # the last shadow pass
+            compared = _metric_total(on.port, "alliance_risk_shadow_abs_difference_count")
+            dropped = _metric_total(on.port, "alliance_risk_shadow_dropped_total")
+            memory = memory_mb(on.proc.pid)
+    finally:
+        client.delete_registered_model_alias(MODEL_NAME, "challenger")
+    p50 = {k: [r.p50_ms for r in v] for k, v in runs.items()}
+    pairs = [b / a for a, b in zip(p50["off"], p50["on"], strict=True)]
+    ratio = statistics.median(p50["on"]) / statistics.median(p50["off"])
+    return {
+        "client": f"wrk -t1 -c1 -d{sizes.c1_s}s --latency, {sizes.c1_runs} runs each, alternating",
+        "p50_ms_off": {"min": round(min(p50["off"]), 4), "median": round(statistics.median(p50["off"]), 4)},
+        "p50_ms_on": {"min": round(min(p50["on"]), 4), "median": round(statistics.median(p50["on"]), 4)},
+        "ratio_of_medians": round(ratio, 3),
+        "ratio_per_pair": {"min": round(min(pairs), 3), "median": round(statistics.median(pairs), 3)},
+        "requests_on": sum(r.requests for r in runs["on"]),
+        "non_2xx": sum(r.non_2xx for v in runs.values() for r in v),
+        "compared": int(compared),
+        "dropped": int(dropped),
+        "log_lines": sum(1 for _ in log.open()) if log.exists() else 0,
+        "memory_on": memory,
+    }  # fmt: skip
+
+
 def _ours(
     env: dict[str, str], tmp: Path, workers: int
 ) -> contextlib.AbstractContextManager[Server]:
@@ -332,9 +401,19 @@ def _ours(
 
 
 def _targets(
-    latency: dict[str, Any], batch: dict[str, Any], throughput: list[dict[str, Any]]
+    latency: dict[str, Any],
+    batch: dict[str, Any],
+    throughput: list[dict[str, Any]],
+    shadow: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, Target] = {}
+    out["shadow_latency_ratio"] = Target(
+        goal=f"c=1 p50 of POST /v1/risk with a shadow challenger <= {TARGET_SHADOW_RATIO:g}x "
+        "without", unit="ratio", min=shadow["ratio_per_pair"]["min"],
+        median=shadow["ratio_of_medians"], judged_on="median (with over without, of the "
+        "runs' p50 medians); min: the best alternating pair",
+        met=shadow["ratio_of_medians"] <= TARGET_SHADOW_RATIO,
+    )  # fmt: skip
     for name, fig in (
         ("latency_c1_wrk_ms", latency["wrk_c1"]["p50_ms"]),
         ("latency_c1_http_client_ms", latency["http_client"]["ms"]),
@@ -422,11 +501,12 @@ def run(quick: bool) -> dict[str, Any]:
             throughput.append(_head_to_head(env, tmp, bodies, sizes, 1, ours=ours))
         with _ours(env, tmp, 2) as ours:
             throughput.append(_head_to_head(env, tmp, bodies, sizes, 2, ours=ours))
+        shadow = _shadow(uri, env, tmp, bodies, sizes)
 
     in_path = in_single["total_ms"]["median"]
     c1 = latency["wrk_c1"]["p50_ms"]["median"]
     meta = dict(scorer.metadata)
-    targets = _targets(latency, batch, throughput)
+    targets = _targets(latency, batch, throughput, shadow)
     one, two = throughput
     result = {
         "provenance": started,
@@ -453,6 +533,7 @@ def run(quick: bool) -> dict[str, Any]:
         "in_process": {"single": in_single, "batch": in_batch},
         "batch": batch,
         "throughput": {f"{t['workers']}_worker": t for t in throughput},
+        "shadow": shadow,
         "load_average_1m_end": round(os.getloadavg()[0], 2),
     }
     result["summary"] = (
@@ -465,6 +546,7 @@ def run(quick: bool) -> dict[str, Any]:
         f"{two['ours']['requests_per_s']['median']:.0f} vs "
         f"{two['mlflow']['requests_per_s']['median']:.1f} ({two['ratio_of_medians']:.1f}x); "
         f"batch {batch['clients_per_s']['median']:,} clients/s; peak RSS per worker "
-        f"{targets['rss_per_worker_mb']['median']:.0f} MB (median of workers)"
+        f"{targets['rss_per_worker_mb']['median']:.0f} MB (median of workers); with a shadow "
+        f"challenger the c=1 p50 is {shadow['ratio_of_medians']:.2f}x"
     )
     return result
