@@ -13,7 +13,7 @@ from tests.training.test_io import write
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
-COMMANDS = ["simulate", "validate", "train", "evaluate", "score", "promote", "serve", "token",
+COMMANDS = ["simulate", "validate", "train", "evaluate", "score", "promote", "monitor", "serve", "token",
             "apikey", "apikey create", "apikey list"]  # fmt: skip
 
 
