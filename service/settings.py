@@ -139,11 +139,11 @@ class ServiceSettings(BaseSettings):
     )
     shadow_alias: str = Field("challenger", min_length=1, description="The challenger's alias.")
     shadow_queue_size: int = Field(
-        256,
+        2000,
         ge=1,
         le=100_000,
-        description="Scored requests waiting for the challenger, per worker; when full, a "
-        "request's clients are dropped from the shadow and counted "
+        description="Scored clients waiting for the challenger, per worker; the clients of a "
+        "request that does not fit are left out of the shadow and counted "
         "(alliance_risk_shadow_dropped), never waited for.",
     )
     shadow_batch_wait_s: float = Field(

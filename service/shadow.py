@@ -170,7 +170,8 @@ class ShadowScorer:
     log
         Where comparison lines go.
     queue_size
-        Requests that may wait; more are dropped and counted.
+        Clients that may wait (a request's clients queue together or not at all); the clients
+        of a request that does not fit are dropped and counted.
     batch_wait_s
         How long the thread collects requests before one scoring pass.
     """
@@ -188,7 +189,11 @@ class ShadowScorer:
         self.metrics = metrics
         self.log = log
         self.batch_wait_s = batch_wait_s
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        # Bounded in clients, not requests: a waiting batch holds all its clients' episodes.
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="shadow-challenger", daemon=True)
         self._stopping = False
 
@@ -207,10 +212,14 @@ class ShadowScorer:
             model=model.name,
             version=model.version,
         )
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        with self._waiting_lock:
+            fits = self._waiting + job.n <= self.queue_size
+            if fits:
+                self._waiting += job.n
+        if not fits:
             self.metrics.shadow_dropped.inc(job.n)
+            return
+        self._queue.put_nowait(job)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Until every queued job was compared (tests and shutdown); False on timeout."""
@@ -226,8 +235,7 @@ class ShadowScorer:
         self._stopping = True
         if self._thread.is_alive():
             self.wait_idle(timeout)
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(_STOP)
+            self._queue.put_nowait(_STOP)
             self._thread.join(timeout)
         self.log.close()
 
@@ -238,6 +246,7 @@ class ShadowScorer:
                 self._queue.task_done()
                 return
             assert isinstance(first, ShadowJob)
+            self._taken(first)
             jobs, stop = self._collect(first)
             try:
                 self._compare(jobs)
@@ -261,9 +270,14 @@ class ShadowScorer:
             if job is _STOP:
                 return jobs, True
             assert isinstance(job, ShadowJob)
+            self._taken(job)
             jobs.append(job)
             n += job.n
         return jobs, False
+
+    def _taken(self, job: ShadowJob) -> None:
+        with self._waiting_lock:
+            self._waiting -= job.n
 
     def _compare(self, jobs: list[ShadowJob]) -> None:
         challenger = self.store.current

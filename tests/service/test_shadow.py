@@ -172,10 +172,12 @@ def test_a_full_queue_drops_and_counts_without_waiting(
         assert loader.entered.wait(10)  # the challenger holds the first request
         for _ in range(3):  # one waits in the queue, two are dropped; none of them waits
             assert api.post("/v1/risk", json=body).status_code == 200
+        batch = {"clients": _bodies(registry, 2)}  # its two clients are dropped together
+        assert api.post("/v1/risk/batch", json=batch).status_code == 200
         text = api.get("/metrics").text
         loader.release.set()
         assert _shadow(api).wait_idle()
-    assert _total(text, "alliance_risk_shadow_dropped_total") == 2
+    assert _total(text, "alliance_risk_shadow_dropped_total") == 4
     assert len(_lines(tmp_path / "data" / "shadow.jsonl")) == 2
 
 
