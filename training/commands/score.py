@@ -137,8 +137,8 @@ def score(
             f"{escape(err.strerror or type(err).__name__)}",
             EXIT_UNREADABLE,
         ) from None
-    _print_scored(console, result, result.frame["risk_band"].value_counts().to_dict(),
-                  len(result.frame), landmark, out)  # fmt: skip
+    bands = {str(b): int(n) for b, n in result.frame["risk_band"].value_counts().items()}
+    _print_scored(console, result, bands, len(result.frame), landmark, out)
 
 
 def _print_scored(

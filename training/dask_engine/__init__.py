@@ -1,0 +1,52 @@
+"""The Dask engine: train and score from Parquet on a Dask cluster, with the pandas engine's code.
+
+The data are split into client partitions (every row of a client, in both tables, lands in the
+same partition: the partition is a hash of ``client_id``). Each partition is validated with
+:func:`features.validation.validate_and_normalise`, turned into landmark rows with
+:func:`training.pipeline.landmark_set` (the same feature functions as the pandas engine), or
+scored with :func:`training.scoring.score_tables` (the one scorer). The booster is fitted with
+``xgboost.dask`` on the workers, one thread each, with the search of
+:func:`models.booster.fit_booster` (same trials, same choice rule).
+
+What the driver gathers (and nothing else):
+
+* ``client_id``, ``intake_date`` and ``outcome`` of every client (to draw the splits with
+  :func:`training.splits.split_clients`, exactly as the pandas engine does);
+* one 64-bit hash per row of both tables (the dataset fingerprint, equal to the pandas
+  engine's);
+* the baselines' input columns of the train split's landmark rows (a few columns);
+* the validated rows of the calibration and test clients, at most
+  :data:`GATHER_LIMIT_SESSIONS` session rows: calibration, risk bands, the reference profile
+  and the test evaluation then run through :func:`training.pipeline.finish_training`, the
+  pandas engine's code. The typical levels of the reference profile come from the calibration
+  clients only (the pandas engine also uses train and validation clients).
+"""
+
+from training.dask_engine.partitions import (
+    DEFAULT_WORKERS,
+    CheckedPart,
+    check_partitions,
+    client_partitions,
+    dask_client,
+)
+from training.dask_engine.score import DaskScores, score_dask
+from training.dask_engine.train import (
+    GATHER_LIMIT_SESSIONS,
+    GATHERED,
+    LABEL,
+    SPLIT,
+    DaskFit,
+    DaskTrained,
+    fit_booster_dask,
+    fit_dask,
+    landmark_frame,
+    partition_landmarks,
+    train_dask,
+)
+
+__all__ = [
+    "DEFAULT_WORKERS", "GATHERED", "GATHER_LIMIT_SESSIONS", "LABEL", "SPLIT", "CheckedPart",
+    "DaskFit", "DaskScores", "DaskTrained", "check_partitions", "client_partitions",
+    "dask_client", "fit_booster_dask", "fit_dask", "landmark_frame", "partition_landmarks",
+    "score_dask", "train_dask",
+]  # fmt: skip
