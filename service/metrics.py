@@ -1,7 +1,7 @@
 """Prometheus metrics of one app instance (its own registry, so tests can build many apps).
 
-Labels are routes, methods, status codes, bands, model versions and reload results: never a
-client identifier.
+Labels are routes, methods, status codes, bands, model versions, reload results, clinic ids and
+feature-group names (the drift gauges): never a client identifier.
 
 One process: the registry also holds prometheus_client's process (CPU, memory, open files) and
 garbage-collector collectors, which a custom ``CollectorRegistry`` does not have by default.

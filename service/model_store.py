@@ -142,8 +142,12 @@ class ModelStore:
         if current is not None and (current.name, current.version) == (target.name, target.version):
             self.status.detail = None
             return "unchanged"
-        if target.version == self.status.refused_version and current is not None:
-            return "refused"  # already refused; not retried on every poll
+        if target.version == self.status.refused_version and (
+            current is not None or self.challenger
+        ):
+            # Already refused; not retried on every poll. (A store with no model to serve
+            # keeps trying; a challenger is optional.)
+            return "refused"
         try:
             scorer = self._loader(target.uri)
             scorer.self_check()

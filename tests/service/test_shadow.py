@@ -201,17 +201,22 @@ def test_a_broken_challenger_is_refused_and_the_champion_serves(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
     _set_challenger(registry, "2")
+    tried: list[str] = []
 
     def loader(uri: str) -> Scorer:
         if uri.endswith("/2"):
+            tried.append(uri)
             raise ValueError("corrupt artifact")
         return load_scorer(uri)
 
     with _app(registry, tmp_path, dev_key_dir, loader=loader) as api:
         assert api.post("/v1/risk", json=_bodies(registry, 1)[0]).status_code == 200
         assert api.get("/readyz").status_code == 200
+        # A refused challenger is not loaded again at every poll, only when its alias moves.
+        assert _shadow(api).store.refresh() == "refused"
+        assert len(tried) == 1
         text = api.get("/metrics").text
-    assert _total(text, "alliance_risk_challenger_reloads_total", result="refused") == 1
+    assert _total(text, "alliance_risk_challenger_reloads_total", result="refused") == 2
     assert _total(text, "alliance_risk_challenger_loaded") == 0
     assert _total(text, "alliance_risk_model_loaded") == 1
 
