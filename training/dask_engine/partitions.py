@@ -74,14 +74,26 @@ def _take_part(frame: pd.DataFrame, part: int) -> pd.DataFrame:
     return frame.loc[frame[PART] == part].drop(columns=PART)
 
 
-def read_partitioned(path: str | Path, n: int) -> dd.DataFrame:
-    """Read a Parquet file or dataset folder, with the partition column added (see
-    :func:`client_partitions`)."""
+def read_parquet(path: str | Path) -> dd.DataFrame:
+    """A Parquet file or dataset folder as a dask frame (checked first: see
+    :func:`training.io.check_parquet_source`)."""
     import dask.dataframe as dd
 
-    frame = dd.read_parquet(str(check_parquet_source(path)))
+    return dd.read_parquet(str(check_parquet_source(path)))
+
+
+def with_partition_column(frame: dd.DataFrame, n: int) -> dd.DataFrame:
+    """``frame`` with the client partition number (0..n-1) of each row (see
+    :func:`client_partitions`)."""
     meta = frame._meta.assign(**{PART: pd.Series(dtype=np.int64)})
     return frame.map_partitions(_with_part, n, meta=meta)
+
+
+def default_partitions(client: Client, sessions: dd.DataFrame) -> int:
+    """4 client partitions per worker, and at least 2 per input partition of the sessions, so
+    that one partition's landmark rows stay a small share of a worker's memory."""
+    workers = max(1, len(client.scheduler_info()["workers"]))
+    return max(4 * workers, 2 * sessions.npartitions)
 
 
 def client_partitions(frame: dd.DataFrame, n: int) -> list[Any]:
@@ -173,7 +185,7 @@ def check_partitions(
     clients_path: str | Path,
     *,
     profile: str | None,
-    npartitions: int,
+    npartitions: int | None = None,
 ) -> tuple[list[Any], InstrumentProfile, list[dict[str, Any]]]:
     """Read both tables, validate every client partition on the workers (kept there) and
     gather :func:`_gatherable` of each.
@@ -186,8 +198,10 @@ def check_partitions(
     """
     from dask import delayed
 
-    sessions = read_partitioned(sessions_path, npartitions)
-    clients = read_partitioned(clients_path, npartitions)
+    raw_sessions = read_parquet(sessions_path)
+    n = npartitions or default_partitions(client, raw_sessions)
+    sessions = with_partition_column(raw_sessions, n)
+    clients = with_partition_column(read_parquet(clients_path), n)
     # Table-level checks (columns, profile) on the empty frames dask already knows.
     head = validate_and_normalise(
         sessions._meta.drop(columns=PART),
@@ -202,8 +216,8 @@ def check_partitions(
     parts = [
         delayed(_check_part)(s, c, head.profile.name)
         for s, c in zip(
-            client_partitions(sessions, npartitions),
-            client_partitions(clients, npartitions),
+            client_partitions(sessions, n),
+            client_partitions(clients, n),
             strict=True,
         )
     ]

@@ -79,9 +79,8 @@ def score_dask(
     """
     from dask import delayed
 
-    n = npartitions or 4 * max(1, len(client.scheduler_info()["workers"]))
     parts, prof, _ = check_partitions(
-        client, sessions_path, clients_path, profile=profile, npartitions=n
+        client, sessions_path, clients_path, profile=profile, npartitions=npartitions
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

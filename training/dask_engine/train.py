@@ -272,11 +272,10 @@ def fit_dask(
     say = progress or (lambda _stage: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    n = npartitions or 4 * max(1, len(client.scheduler_info()["workers"]))
 
     say("features")
     parts, prof, info = check_partitions(
-        client, sessions_path, clients_path, profile=profile, npartitions=n
+        client, sessions_path, clients_path, profile=profile, npartitions=npartitions
     )
     all_clients = pd.concat([i["clients"] for i in info], ignore_index=True)
     splits = split_clients(
@@ -331,8 +330,9 @@ def train_dask(
     Parameters
     ----------
     npartitions
-        Client partitions; default 4 per worker (a partition's landmark rows must fit in a
-        worker's memory).
+        Client partitions; default
+        :func:`~training.dask_engine.partitions.default_partitions` (a partition's landmark
+        rows must fit in a worker's memory with room to spare).
     gather_limit
         Most session rows of calibration and test clients gathered to the driver.
 
