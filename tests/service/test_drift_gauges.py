@@ -111,6 +111,23 @@ def test_the_window_and_the_clinics_are_bounded(
     assert _total(text, "alliance_risk_drift_untracked_rows_total") == 120
 
 
+def test_rows_older_than_the_time_span_leave_the_window(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    settings = {"drift_window_max_age_s": 0.5, "drift_min_rows": 10}
+    with _app(registry, tmp_path, dev_key_dir, **settings) as api:
+        _send(api, dev_key_dir, "old", _traffic(registry, "old", 20, shift=-2.0))
+        _drift(api).recompute()
+        before = api.get("/metrics").text
+        time.sleep(0.6)
+        _drift(api).recompute()
+        after = api.get("/metrics").text
+    assert _total(before, "alliance_risk_drift_window_rows", clinic="old") == 20
+    assert _total(before, "alliance_risk_drift_psi", clinic="old", group="score") > 0
+    assert _total(after, "alliance_risk_drift_window_rows", clinic="old") == 0
+    assert _total(after, "alliance_risk_drift_psi", clinic="old") == 0
+
+
 def test_a_small_window_is_not_judged(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
