@@ -23,6 +23,7 @@ from models.store import tracking_uri
 from service.audit import ClientRefs
 from service.audit_log import AuditSettings
 from service.auth import Authenticator, AuthSettings, describe
+from service.cds.cors import CdsCorsMiddleware
 from service.drift_window import DriftConfig, DriftWindows
 from service.errors import install_error_handlers
 from service.limits import LimitSettings, RateLimiter, install_limits
@@ -30,7 +31,7 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
-from service.routers import docs, health, model, risk, whatif
+from service.routers import cds, docs, health, model, risk, whatif
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 from service.shadow import ComparisonLog, ScoreObserver, ShadowScorer, challenger_uri
@@ -198,12 +199,15 @@ def create_app(
     app.include_router(whatif.router)
     app.include_router(model.router)
     app.include_router(health.router)
+    app.include_router(cds.router)
     if settings.docs_enabled:
         app.include_router(docs.router)
     # Middleware added last runs first: request id -> audit -> CORS -> timeout -> body size ->
     # FastAPI.
     install_limits(app, limit_settings)
     app.add_middleware(AuditMiddleware)
+    if settings.cds_cors_origins:  # outside the audit: a preflight carries no data
+        app.add_middleware(CdsCorsMiddleware, origins=settings.cds_cors_origins)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, refs=security.refs)
     return app
 

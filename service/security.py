@@ -47,7 +47,12 @@ AUDITED = {
     "/v1/risk/what-if": "risk.what_if",
     "/v1/model": "model.read",
     "/v1/admin/reload": "model.reload",
+    "/cds-services": "cds.discovery",
+    "/cds-services/{service_id}": "cds.hook",
+    "/cds-services/{service_id}/feedback": "cds.feedback",
 }
+#: Paths (and everything under them) whose every request is audited.
+AUDITED_PREFIXES = ("/v1", "/cds-services")
 #: Audit action of a ``/v1`` request that matched no route (a 404, a trailing-slash redirect).
 UNROUTED = "request.unrouted"
 #: Status recorded for a request whose body never arrived in full (Request Timeout).
@@ -217,9 +222,8 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not (
-            scope["path"].startswith("/v1/") or scope["path"] == "/v1"
-        ):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not any(path == p or path.startswith(p + "/") for p in AUDITED_PREFIXES):
             await self.app(scope, receive, send)
             return
         recorded = False

@@ -166,6 +166,61 @@ class ServiceSettings(BaseSettings):
         "older one) and a new one is started: at most about twice this on disk.",
     )
 
+    cds_public_url: str | None = Field(
+        None,
+        description="Public base URL of this service as EHRs call it (https://risk.example.org). "
+        "CDS Hooks tokens must name <this>/cds-services/<id> as aud, and card links point "
+        "under it. Unset: CDS Hooks service calls answer 503 (discovery still works).",
+    )
+    cds_low_risk_card: Literal["none", "info"] = Field(
+        "none",
+        description="What a CDS Hooks call answers for a low-risk patient: no card, or an info "
+        "card.",
+    )
+    cds_whatif_scenarios: int = Field(
+        2,
+        ge=0,
+        le=6,
+        description="What-if scenarios (the largest falls in risk) in a card's detail; 0 "
+        "leaves them out and saves their scoring.",
+    )
+    cds_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) allowed to call /cds-services "
+        "(a browser-hosted EHR or the CDS Hooks sandbox). Empty: no CORS headers there.",
+    )
+    cds_fetch_connect_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Connect timeout of a missing-prefetch FHIR fetch."
+    )
+    cds_fetch_read_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="Read timeout of a missing-prefetch FHIR fetch."
+    )
+    cds_feedback_path: Path = Field(
+        default_factory=lambda: _data_dir() / "cds-feedback.jsonl",
+        description="JSON-lines file of CDS Hooks card feedback (card uuid, outcome, override "
+        "reason code; never the clinician's free-text comment). Default <project root>/"
+        ".alliance-risk/cds-feedback.jsonl.",
+    )
+
+    @field_validator("cds_cors_origins")
+    @classmethod
+    def _exact_cds_origins(cls, origins: list[str]) -> list[str]:
+        from service.limits import _normalise_origin  # the API's own CORS rule
+
+        return [_normalise_origin(origin) for origin in origins]
+
+    @field_validator("cds_public_url")
+    @classmethod
+    def _public_url_is_a_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError("cds_public_url must be an http(s) base URL without a query")
+        return value.rstrip("/")
+
     @field_validator("model_uri")
     @classmethod
     def _model_uri_not_empty(cls, value: str) -> str:

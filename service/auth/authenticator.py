@@ -41,6 +41,8 @@ logger = logging.getLogger("service.auth")
 MAX_TOKEN_CHARS = 8192
 #: Claims every JWT must carry (the clinic claim is checked separately, by its configured name).
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat")
+#: Claims of a CDS Hooks client's JWT (CDS Hooks 2.0, "Trusting CDS Clients"): no sub, no nbf.
+CDS_HOOKS_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 
 
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -161,7 +163,8 @@ class Authenticator:
         description = detail if error else None
         return AuthError(401, detail, challenge(self.mode, error, description))
 
-    def authenticate(self, headers: Mapping[str, str], *, single_use: bool = False) -> Principal:
+    def authenticate(self, headers: Mapping[str, str], *, single_use: bool = False,
+                     audience: str | None = None) -> Principal:  # fmt: skip
         """The caller's ``Principal``, or ``AuthError`` (401; 503 if keys are unreachable).
 
         Parameters
@@ -171,7 +174,14 @@ class Authenticator:
             jwt and dev, ``X-API-Key`` in mode api_key.
         single_use
             Require a ``jti`` and refuse a token presented before (CDS Hooks); JWT modes only.
+        audience
+            A CDS Hooks call: the endpoint URL the token's ``aud`` must name (instead of the
+            issuer's configured audience), the CDS Hooks claim set (``iss``, ``aud``, ``exp``,
+            ``iat``, ``jti``; ``sub`` and ``nbf`` optional) and single use. Never served from
+            the verified-token cache. Refused in mode api_key (the spec requires a JWT).
         """
+        if self.mode == "api_key" and audience is not None:
+            raise self._refuse("method", "CDS Hooks calls need a signed JWT")
         if self.mode == "api_key":
             return self._authenticate_key(_header(headers, API_KEY_HEADER))
         value = _header(headers, "Authorization")
@@ -182,7 +192,8 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token or " " in token:
             raise self._refuse("malformed", "authorization header is not a bearer token",
                                error="invalid_request")  # fmt: skip
-        return self._verify_jwt(token, single_use=single_use)
+        return self._verify_jwt(token, single_use=single_use or audience is not None,
+                                audience=audience)  # fmt: skip
 
     def _authenticate_key(self, presented: str | None) -> Principal:
         if not presented:
@@ -202,10 +213,13 @@ class Authenticator:
             method="api_key",
         )
 
-    def _verify_jwt(self, token: str, *, single_use: bool) -> Principal:
+    def _verify_jwt(self, token: str, *, single_use: bool, audience: str | None) -> Principal:
         if len(token) > MAX_TOKEN_CHARS:
             raise self._refuse("too_long", "token is too long")
         digest = hashlib.sha256(token.encode()).digest()
+        if audience is not None:  # checked against this endpoint, never a cached verdict
+            checked = self._verify_signature_and_claims(token, audience=audience)
+            return self._principal(digest, checked, single_use=True)
         claims, expired = self.verified.get(digest)
         if expired:
             raise self._refuse("expired", "token has expired")
@@ -214,7 +228,8 @@ class Authenticator:
             self.verified.put(digest, claims)
         return self._principal(digest, claims, single_use=single_use)
 
-    def _verify_signature_and_claims(self, token: str) -> dict[str, Any]:
+    def _verify_signature_and_claims(self, token: str, *, audience: str | None = None
+                                     ) -> dict[str, Any]:  # fmt: skip
         try:
             header, payload = _peek(token)
         # binascii.Error and JSONDecodeError are ValueErrors; deep nesting is a RecursionError.
@@ -242,10 +257,13 @@ class Authenticator:
                 key.key,
                 # From the key's own type, never from the token's header (RFC 8725 2.1).
                 algorithms=list(key.algorithms),
-                audience=source.config.audience,
+                audience=audience or source.config.audience,
                 issuer=source.config.issuer,
                 leeway=self.settings.leeway_s,
-                options={"require": list(REQUIRED_CLAIMS), "strict_aud": False},
+                options={
+                    "require": list(CDS_HOOKS_CLAIMS if audience else REQUIRED_CLAIMS),
+                    "strict_aud": False,
+                },
             )
         except jwt.MissingRequiredClaimError as exc:
             raise self._refuse(
@@ -257,13 +275,21 @@ class Authenticator:
                     raise self._refuse(reason, detail) from None
             raise self._refuse("invalid", "token is invalid") from None
         # RFC 7519 2: NumericDate is a JSON number; PyJWT would also take "1700000000".
-        if any(type(claims[name]) not in (int, float) for name in ("exp", "nbf", "iat")):
+        times = [claims[name] for name in ("exp", "nbf", "iat") if name in claims]
+        if any(type(value) not in (int, float) for value in times):
             raise self._refuse("invalid", "token time claims must be numbers")
         return claims
 
     def _principal(self, digest: bytes, claims: dict[str, Any], *, single_use: bool) -> Principal:
         claim = self.settings.clinic_claim
         clinic, sub, jti = claims.get(claim), claims.get("sub"), claims.get("jti")
+        bound = self._sources[claims["iss"]].config.clinic
+        if bound is not None:  # the issuer's configuration names its clinic (an EHR)
+            if clinic is not None and clinic != bound:
+                raise self._refuse("claim_shape", f"token '{claim}' claim is not accepted")
+            clinic = bound
+        if sub is None and single_use:  # CDS Hooks tokens need no sub: the issuer acts
+            sub = claims["iss"]
         if not isinstance(clinic, str) or not clinic.strip():
             raise self._refuse("missing_claim", f"token lacks the required '{claim}' claim")
         if not isinstance(sub, str) or not sub.strip():
@@ -291,4 +317,5 @@ class Authenticator:
             scopes=_scopes_of(claims),
             token_id=token_id,
             method="dev" if self.mode == "dev" else "jwt",
+            issuer=claims["iss"],
         )

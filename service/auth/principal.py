@@ -9,7 +9,7 @@ are accepted as ``risk:read``; any other scope is ignored. Nothing here does I/O
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 RISK_READ = "risk:read"  # score one client
@@ -69,6 +69,9 @@ class Principal:
         stable id for rate limits, not reversible); the key id for API keys.
     method
         ``"jwt"``, ``"api_key"`` or ``"dev"``.
+    issuer
+        The token's ``iss`` (None for API keys): which registered issuer's configuration
+        applies (the CDS Hooks edge reads its allowed FHIR servers).
     """
 
     subject: str
@@ -76,6 +79,7 @@ class Principal:
     scopes: frozenset[str]
     token_id: str
     method: Method
+    issuer: str | None = field(default=None, compare=False)
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes

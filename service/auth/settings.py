@@ -61,6 +61,32 @@ class IssuerConfig(BaseModel):
         description="JWKS URL; https, or http only to a loopback address. Fetched with a short "
         "timeout, no redirects, cached for jwks_cache_s.",
     )
+    clinic: str | None = Field(
+        None,
+        description="The clinic this issuer acts for (an EHR calling the CDS Hooks services: "
+        "its tokens carry no clinic claim). When set, a token's clinic claim, if any, must "
+        "name the same clinic.",
+    )
+    fhir_servers: list[str] = Field(
+        default_factory=list,
+        description="FHIR base URLs this issuer's CDS Hooks calls may name as fhirServer; the "
+        "service fetches missing prefetch only from these (https, or http to loopback).",
+    )
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _fhir_servers_are_safe(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            secure = parts.scheme == "https" or (
+                parts.scheme == "http" and is_loopback(parts.hostname)
+            )
+            if not secure or parts.query or parts.fragment or parts.username:
+                raise ValueError(
+                    "fhir_servers must be https base URLs (http only to a loopback address), "
+                    "without query, fragment or user info"
+                )
+        return [url.rstrip("/") for url in value]
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerConfig:

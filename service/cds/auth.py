@@ -1,0 +1,72 @@
+"""Who calls a CDS service: the EHR, by a signed JWT per CDS Hooks 2.0 ("Trusting CDS Clients").
+
+The token is checked by the service's one :class:`~service.auth.Authenticator` with the
+endpoint's URL as the audience (``aud`` must name ``<cds_public_url>/cds-services/<id>``, or
+``.../feedback``), the CDS Hooks claim set (``iss``, ``aud``, ``exp``, ``iat``, ``jti``),
+asymmetric algorithms only, the ``iss`` allowlist with each issuer's JWKS, and single use: a
+``jti`` seen before is refused (the replay cache). The clinic is the one the issuer is
+registered for (``IssuerConfig.clinic``). No scope is needed: the issuer's registration is the
+grant. Then the same rate limits and audit check as every ``/v1`` route.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import anyio
+import anyio.to_thread
+from fastapi import HTTPException, Request
+
+from service.audit import AuditRecordError
+from service.auth import AuthError, Principal
+from service.auth.principal import challenge
+from service.cds.services import SERVICES
+from service.limits import rate_limited
+from service.security import AUTH_THREADS, Security, audit_template
+
+NOT_CONFIGURED = (
+    "CDS Hooks is not configured: set ALLIANCE_RISK_CDS_PUBLIC_URL to this service's public URL"
+)
+UNKNOWN_SERVICE = "no such CDS service"
+
+
+async def authenticate(request: Request, service_id: str, *, feedback: bool) -> Principal:
+    """The calling EHR's principal for ``service_id`` (404 unknown service, 503 not configured,
+    401 refused token, 429 rate limited)."""
+    if service_id not in SERVICES:
+        raise HTTPException(404, UNKNOWN_SERVICE)
+    public = request.app.state.settings.cds_public_url
+    if public is None:
+        raise HTTPException(503, NOT_CONFIGURED)
+    audience = f"{public}/cds-services/{service_id}" + ("/feedback" if feedback else "")
+    security: Security = request.app.state.security
+    state = request.app.state
+    if getattr(state, "auth_threads", None) is None:
+        state.auth_threads = anyio.CapacityLimiter(AUTH_THREADS)
+    check = functools.partial(
+        security.authenticator.authenticate, request.headers, audience=audience
+    )
+    try:
+        principal = await anyio.to_thread.run_sync(check, limiter=state.auth_threads)
+    except AuthError as err:
+        raise HTTPException(err.status, err.detail, headers=err.headers) from None
+    request.state.principal = principal
+    try:
+        audit_template(request.scope, 200)
+    except AuditRecordError:
+        del request.state.principal
+        detail = "credentials cannot be recorded in the audit trail"
+        header = challenge(principal.method, "invalid_token", detail)
+        raise HTTPException(401, detail, headers={"WWW-Authenticate": header}) from None
+    wait = security.limiter.check({"clinic": principal.clinic, "token": principal.token_id})
+    if wait is not None:
+        raise rate_limited(wait)
+    return principal
+
+
+async def hook_client(request: Request, service_id: str) -> Principal:
+    return await authenticate(request, service_id, feedback=False)
+
+
+async def feedback_client(request: Request, service_id: str) -> Principal:
+    return await authenticate(request, service_id, feedback=True)

@@ -1,0 +1,233 @@
+"""CDS Hooks 2.0: discovery, service calls with prefetch, cards, errors, feedback and CORS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.cds.cards import INDICATOR, OVERRIDE_SYSTEM
+from service.cds.services import PREFETCH
+from service.episodes import to_episodes
+from service.schemas import RiskRequest
+from tests.service.conftest import TEST_CLINIC, Registry
+from tests.service.helpers import request_for
+from tests.service.test_cds_support import (
+    APPOINTMENT_BOOK,
+    PATIENT_VIEW,
+    auth_header,
+    cds_client,
+    cds_token,
+    client_resources,
+    ehr_key,
+    hook_body,
+)
+
+
+@pytest.fixture(scope="module")
+def key():
+    """The EHR's ES384 signing key (its public half is the issuer's JWKS)."""
+    return ehr_key()
+
+
+@pytest.fixture
+def cds(registry: Registry, tmp_path: Path, key) -> Iterator[TestClient]:
+    yield from cds_client(registry, tmp_path / "cds", key, cds_low_risk_card="none")
+
+
+def _band(client: TestClient, registry: Registry, client_id: str) -> tuple[str, float]:
+    scorer = client.app.state.store.current.scorer
+    body = RiskRequest.model_validate(request_for(registry.cohort, client_id))
+    ((_, score),) = scorer.score(to_episodes([body], scorer.profile).episodes).by_episode()
+    return score.risk_band, score.probability
+
+
+def _client_in(client: TestClient, registry: Registry, bands: set[str]) -> str:
+    for cid in registry.cohort.clients["client_id"].head(300):
+        if _band(client, registry, str(cid))[0] in bands:
+            return str(cid)
+    raise AssertionError(f"no simulated client in {bands}")
+
+
+def _call(client: TestClient, key, body: dict[str, Any], service: str = PATIENT_VIEW, **kw: Any):
+    return client.post(f"/cds-services/{service}", json=body,
+                       headers=auth_header(cds_token(key, service, **kw)))  # fmt: skip
+
+
+def test_discovery_lists_both_hooks_with_prefetch_templates(cds: TestClient) -> None:
+    response = cds.get("/cds-services")
+    assert response.status_code == 200
+    services = {s["hook"]: s for s in response.json()["services"]}
+    assert set(services) == {"patient-view", "appointment-book"}
+    for s in services.values():
+        assert s["id"] in (PATIENT_VIEW, APPOINTMENT_BOOK)
+        assert s["title"] and s["description"]
+        assert s["prefetch"] == PREFETCH
+        assert all("{{context.patientId}}" in t for t in s["prefetch"].values())
+
+
+def test_patient_view_with_prefetch_gives_the_card(cds: TestClient, registry, key) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = _client_in(cds, registry, {"moderate", "high"})
+    band, probability = _band(cds, registry, cid)
+    response = _call(cds, key, hook_body(client_resources(registry, cid, profile)))
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert card["indicator"] == INDICATOR[band]
+    assert len(card["summary"]) <= 140
+    assert f"{probability:.0%}" in card["summary"]
+    assert "What drives it" in card["detail"]
+    assert "not a cause" in card["detail"] or "lower risk" not in card["detail"]
+    assert card["source"]["url"] == "http://testserver/model-card"
+    assert card["overrideReasons"] and all(
+        r["system"] == OVERRIDE_SYSTEM and r["code"] and r["display"]
+        for r in card["overrideReasons"]
+    )
+    assert cid not in response.text  # the card never names the client
+    # The source link works and is the model card.
+    card_page = cds.get("/model-card")
+    assert card_page.status_code == 200
+    assert card_page.headers["content-type"].startswith("text/markdown")
+
+
+def test_low_risk_gives_no_card_or_an_info_card(registry, tmp_path, key) -> None:
+    for setting, expected in (("none", 0), ("info", 1)):
+        for client in cds_client(registry, tmp_path / setting, key, cds_low_risk_card=setting):
+            profile = client.app.state.store.current.scorer.profile
+            cid = _client_in(client, registry, {"low"})
+            response = _call(client, key, hook_body(client_resources(registry, cid, profile)))
+            assert response.status_code == 200, response.text
+            cards = response.json()["cards"]
+            assert len(cards) == expected
+            assert all(c["indicator"] == "info" for c in cards)
+
+
+def test_appointment_book_hook_answers_too(cds: TestClient, registry, key) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = _client_in(cds, registry, {"moderate", "high"})
+    body = hook_body(client_resources(registry, cid, profile), hook="appointment-book")
+    response = _call(cds, key, body, APPOINTMENT_BOOK)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["cards"]) == 1
+    # The wrong hook for a service is refused.
+    wrong = _call(cds, key, hook_body(client_resources(registry, cid, profile)), APPOINTMENT_BOOK)
+    assert wrong.status_code == 400
+    assert wrong.json()["resourceType"] == "OperationOutcome"
+
+
+def test_missing_prefetch_without_a_fhir_server_is_412(cds: TestClient, registry, key) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = str(registry.cohort.clients["client_id"].iloc[0])
+    body = hook_body(client_resources(registry, cid, profile))
+    del body["prefetch"]["appointments"]
+    response = _call(cds, key, body)
+    assert response.status_code == 412
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    assert response.json()["resourceType"] == "OperationOutcome"
+    # A prefetch key holding an OperationOutcome (the EHR could not fetch it) counts as missing.
+    body = hook_body(client_resources(registry, cid, profile))
+    body["prefetch"]["patient"] = {"resourceType": "OperationOutcome", "issue": []}
+    assert _call(cds, key, body).status_code == 412
+
+
+def test_a_fhir_server_the_issuer_did_not_register_is_never_contacted(
+    cds: TestClient, registry, key
+) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = str(registry.cohort.clients["client_id"].iloc[0])
+    body = hook_body(client_resources(registry, cid, profile),
+                     fhirServer="http://127.0.0.1:9/fhir",
+                     fhirAuthorization={"access_token": "t", "token_type": "Bearer",
+                                        "expires_in": 60, "scope": "", "subject": "s"})  # fmt: skip
+    body["prefetch"] = None
+    assert _call(cds, key, body).status_code == 412
+
+
+def test_another_clinics_patient_looks_missing(cds: TestClient, registry, key) -> None:
+    from service.fhir.examples import bundle_for
+
+    profile = cds.app.state.store.current.scorer.profile
+    cid = str(registry.cohort.clients["client_id"].iloc[1])
+    other = RiskRequest.model_validate(request_for(registry.cohort, cid, clinic="clinic-other"))
+    resources = [e["resource"] for e in bundle_for(other, profile)["entry"]]
+    response = _call(cds, key, hook_body(resources))
+    assert response.status_code == 404
+    assert response.json()["detail"] == "client not found"
+
+
+def test_contract_problems_are_an_operation_outcome_without_values(
+    cds: TestClient, registry, key
+) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = str(registry.cohort.clients["client_id"].iloc[2])
+    resources = client_resources(registry, cid, profile)
+    for r in resources:
+        if r["resourceType"] == "Appointment":
+            r["status"] = "bogus-status-7"
+    response = _call(cds, key, hook_body(resources))
+    assert response.status_code == 422
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert "bogus-status-7" not in response.text and cid not in response.text
+
+
+def test_one_audit_line_per_call_with_the_patient(cds: TestClient, registry, key, tmp_path) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = _client_in(cds, registry, {"moderate", "high"})
+    _call(cds, key, hook_body(client_resources(registry, cid, profile)))
+    lines = [json.loads(x) for x in (tmp_path / "cds" / "audit.jsonl").read_text().splitlines()]
+    hooks = [x for x in lines if x["action"] == "cds.hook"]
+    assert len(hooks) == 1
+    (line,) = hooks
+    assert line["clinic"] == TEST_CLINIC and line["status"] == 200 and line["client_ref"]
+    assert cid not in json.dumps(lines)
+
+
+def test_feedback_is_stored_and_audited_without_the_comment(cds: TestClient, tmp_path, key):
+    body = {"feedback": [
+        {"card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "overridden",
+         "overrideReason": {"reason": {"system": OVERRIDE_SYSTEM, "code": "recent-check-in"},
+                            "userComment": "spoke with Jane Roe on Tuesday"},
+         "outcomeTimestamp": "2026-12-01T10:05:31Z"},
+        {"card": "4e0a3a1e-3283-4575-ab82-028d55fe2719", "outcome": "accepted",
+         "acceptedSuggestions": [{"id": "e56e1945"}], "outcomeTimestamp": "2026-12-01T10:06:00Z"},
+    ]}  # fmt: skip
+    url = f"/cds-services/{PATIENT_VIEW}/feedback"
+    token = cds_token(key, feedback=True)
+    response = cds.post(url, json=body, headers=auth_header(token))
+    assert response.status_code == 200, response.text
+    stored = (tmp_path / "cds" / "cds-feedback.jsonl").read_text()
+    rows = [json.loads(x) for x in stored.splitlines()]
+    assert [r["outcome"] for r in rows] == ["overridden", "accepted"]
+    assert rows[0]["override_code"] == "recent-check-in" and rows[0]["commented"] is True
+    assert rows[1]["accepted_suggestions"] == 1 and rows[0]["clinic"] == TEST_CLINIC
+    assert "Jane Roe" not in stored
+    audit = [json.loads(x) for x in (tmp_path / "cds" / "audit.jsonl").read_text().splitlines()]
+    assert [a["action"] for a in audit] == ["cds.feedback"]
+    assert audit[0]["status"] == 200 and audit[0]["clinic"] == TEST_CLINIC
+    # The service call's token is not a feedback token (aud names the endpoint invoked).
+    again = cds.post(url, json=body, headers=auth_header(cds_token(key)))
+    assert again.status_code == 401
+
+
+def test_cors_preflight_on_cds_paths_only(registry, tmp_path, key) -> None:
+    origin = "https://sandbox.example.org"
+    for client in cds_client(registry, tmp_path / "cors", key, cds_cors_origins=[origin]):
+        headers = {"Origin": origin, "Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+        ok = client.options(f"/cds-services/{PATIENT_VIEW}", headers=headers)
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == origin
+        assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-credentials" not in ok.headers
+        discovery = client.get("/cds-services", headers={"Origin": origin})
+        assert discovery.headers["access-control-allow-origin"] == origin
+        stranger = client.options(f"/cds-services/{PATIENT_VIEW}",
+                                  headers={**headers, "Origin": "https://evil.example"})  # fmt: skip
+        assert "access-control-allow-origin" not in stranger.headers
+        # The scoring API keeps its own allowlist (none here).
+        v1 = client.options("/v1/risk", headers=headers)
+        assert "access-control-allow-origin" not in v1.headers
