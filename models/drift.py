@@ -13,19 +13,39 @@ compared with two statistics:
   Thresholds follow the credit-scoring convention (Siddiqi 2006, *Credit Risk Scorecards*,
   ch. 8): below :data:`PSI_WATCH` no real change, :data:`PSI_WATCH` to :data:`PSI_ALERT` a
   change worth watching, above :data:`PSI_ALERT` a shift that needs action. By chance alone PSI
-  is about ``(bins - 1) / n`` (``n * PSI`` is close to a chi-squared with ``bins - 1`` degrees of
-  freedom), hence :data:`MIN_ROWS`.
+  is about ``(bins - 1) * (1/n + 1/m)`` for ``n`` new and ``m`` reference rows
+  (``PSI / (1/n + 1/m)`` is close to a chi-squared with ``bins - 1`` degrees of freedom), so a
+  PSI counts (watch or alert) only when it is also beyond that chance level at
+  :data:`PSI_LEVEL` (:func:`psi_critical`), as KS below; hence also :data:`MIN_ROWS`.
 - **KS**, the Kolmogorov-Smirnov distance between the reference's and the new rows' cumulative
   distributions of the finite values, evaluated at the bin edges (so it is a lower bound of the
   exact statistic). It alerts when it is at least :data:`KS_ALERT` (an effect size: a shift of
   about half a standard deviation of a normal variable) *and* beyond the two-sample critical
   value at level :data:`KS_LEVEL`, ``c * sqrt(1/n + 1/m)`` with ``c = sqrt(-ln(level/2)/2)``
-  (Kolmogorov's asymptotic distribution; ``m`` the reference rows). The first condition keeps a
-  large clinic from alerting on trivial shifts, the second a small one from alerting on noise.
+  (Kolmogorov's asymptotic distribution; ``n`` and ``m`` the new and reference rows, or
+  clients: see below). The first condition keeps a large clinic from alerting on trivial
+  shifts, the second a small one from alerting on noise.
 
-Status of one feature or of the score: ``too_few`` below ``min_rows`` rows (the statistics are
-still reported), else ``alert`` when PSI >= :data:`PSI_ALERT` or KS alerts, ``watch`` when
-PSI >= :data:`PSI_WATCH`, else ``ok``. A **group's** drift is its worst feature: the largest PSI,
+**Which reference.** With ``clinic=...`` a clinic is compared with its own reference where the
+profile has one (format 3, a clinic with at least
+:data:`models.reference.CLINIC_MIN_CLIENTS` reference clients; ``DriftReport.baseline`` is
+``"clinic"``), else with all clinics together (``"pooled"``). Clinics differ through their
+therapists and clients; compared with the pooled reference, that difference alone looks like
+drift.
+
+**Counting clients.** A client contributes one row per landmark, and several features (the
+early alliance means) repeat one value per client on all its rows, so rows are not independent:
+``n`` rows of ``k`` clients carry about as much information as ``k`` values. Given
+``n_clients=``, the KS and PSI critical values use the new and the reference *client* counts,
+and ``too_few`` is judged on clients (below ``min_clients``). Without it (a caller that only
+knows rows) rows are counted, against ``min_rows``. A clinic's own reference is small (about a
+hundred clients), so its chance PSI is large: without the critical value a per-clinic baseline
+raised more watches than the pooled one, not fewer.
+
+Status of one feature or of the score: ``too_few`` below ``min_rows`` rows or ``min_clients``
+clients (the statistics are still reported), else ``alert`` when PSI >= :data:`PSI_ALERT` and
+beyond chance, or KS alerts; ``watch`` when PSI >= :data:`PSI_WATCH` and beyond chance; else
+``ok``. A **group's** drift is its worst feature: the largest PSI,
 the largest KS and the worst status of the features in the group (a group is as drifted as its
 most drifted input; the model reads every feature).
 
@@ -38,6 +58,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -53,14 +74,26 @@ PSI_ALERT = 0.25
 KS_ALERT = 0.20
 #: Significance level of the KS critical value.
 KS_LEVEL = 0.001
+#: Significance level of the PSI critical value (:func:`psi_critical`).
+PSI_LEVEL = 0.001
 #: Fewest rows for a status other than ``too_few``: at 200 rows, chance alone gives a decile PSI
 #: of about 0.05 and reaches :data:`PSI_ALERT` with a probability below one in a million.
 MIN_ROWS = 200
+#: Fewest clients for a status other than ``too_few`` when the caller counts clients
+#: (``n_clients=``): the same chance argument as :data:`MIN_ROWS`, on independent units.
+MIN_CLIENTS = 200
+#: Where a slice's reference came from: its clinic's own, or all clinics together.
+BASELINES = ("clinic", "pooled")
 #: Floor of a bin share in the PSI (the usual 0.0001 of PSI implementations).
 SHARE_FLOOR = 1e-4
 #: Adjacent score bins are merged until each holds at least this share of the reference rows
 #: (the 20 fixed bins have near-empty tails, where one row would weigh like a shift).
 SCORE_MIN_SHARE = 0.05
+#: The same for a feature's finite bins (deciles hold 10% each; a value tied across deciles
+#: makes one wide bin, and a rare value a near-empty one: in a clinic's reference of a hundred
+#: clients a 2% bin is often empty by chance, and its floored share turns noise into a PSI
+#: above the alert level).
+FEATURE_MIN_SHARE = 0.05
 #: Status values, best first.
 STATUSES = ("ok", "watch", "alert", "too_few")
 
@@ -83,11 +116,17 @@ class Drift:
 
 @dataclass(frozen=True)
 class DriftReport:
-    """Drift of the score, of each explanation group (registry order) and of each feature."""
+    """Drift of the score, of each explanation group (registry order) and of each feature.
+
+    ``baseline`` says which reference the rows were compared with (one of :data:`BASELINES`);
+    ``n_clients`` the clients the statistics counted (None when they counted rows).
+    """
 
     score: Drift
     groups: Mapping[str, Drift]
     features: Mapping[str, Drift]
+    baseline: str = "pooled"
+    n_clients: int | None = None
 
     @property
     def status(self) -> str:
@@ -127,27 +166,56 @@ def _ks(actual_finite: np.ndarray, expected_finite: np.ndarray) -> float:
     return float(np.max(np.abs(fa - fe)))
 
 
-def _judge(psi_value: float, ks_value: float, n: int, n_ref: int, min_rows: int) -> Drift:
-    if n < min_rows:
+@dataclass(frozen=True)
+class _Counts:
+    """Sample sizes of one comparison: ``n`` new rows; ``n_eff`` and ``m_eff`` the new and
+    reference counts the KS critical value uses (clients or rows); ``minimum`` for ``n_eff``."""
+
+    n: int
+    n_eff: int
+    m_eff: int
+    minimum: int
+
+
+def psi_critical(n: int, m: int, bins: int, level: float = PSI_LEVEL) -> float:
+    """PSI that chance alone exceeds with probability ``level`` when samples of ``n`` and ``m``
+    come from one distribution over ``bins`` bins.
+
+    ``PSI / (1/n + 1/m)`` is close to a chi-squared with ``bins - 1`` degrees of freedom (PSI is
+    to second order the chi-squared distance); its quantile by Wilson and Hilferty (1931),
+    within 4% at ``level = 0.001`` for 1 degree of freedom and 2% from 3 on.
+    """
+    if n <= 0 or m <= 0:
+        return math.inf
+    df = max(bins - 1, 1)
+    z = NormalDist().inv_cdf(1.0 - level)
+    h = 2.0 / (9.0 * df)
+    return df * (1.0 - h + z * math.sqrt(h)) ** 3 * (1.0 / n + 1.0 / m)
+
+
+def _judge(psi_value: float, ks_value: float, bins: int, k: _Counts) -> Drift:
+    psi_beyond_chance = psi_value >= psi_critical(k.n_eff, k.m_eff, bins)
+    if k.n_eff < k.minimum:
         status = "too_few"
-    elif psi_value >= PSI_ALERT or (ks_value >= KS_ALERT and ks_value >= ks_critical(n, n_ref)):
+    elif (psi_value >= PSI_ALERT and psi_beyond_chance) or (
+        ks_value >= KS_ALERT and ks_value >= ks_critical(k.n_eff, k.m_eff)
+    ):
         status = "alert"
-    elif psi_value >= PSI_WATCH:
+    elif psi_value >= PSI_WATCH and psi_beyond_chance:
         status = "watch"
     else:
         status = "ok"
-    return Drift(psi=psi_value, ks=ks_value, n=n, status=status)
+    return Drift(psi=psi_value, ks=ks_value, n=k.n, status=status)
 
 
-def _compare(
-    counts: np.ndarray, expected: np.ndarray, n: int, n_ref: int, min_rows: int, *, missing: bool
-) -> Drift:
+def _compare(counts: np.ndarray, expected: np.ndarray, k: _Counts, *, missing: bool) -> Drift:
     """Drift of bin counts (the last bin the missing one when ``missing``) against shares."""
-    if n == 0:
+    if k.n == 0:
         return Drift(psi=math.nan, ks=math.nan, n=0, status="too_few")
     finite = slice(None, -1) if missing else slice(None)
     ks_value = _ks(counts[finite], expected[finite])
-    return _judge(psi(counts / n, expected), ks_value, n, n_ref, min_rows)
+    bins = int(np.count_nonzero((counts > 0) | (expected > 0)))
+    return _judge(psi(counts / k.n, expected), ks_value, bins, k)
 
 
 def _feature_bins(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,10 +255,38 @@ def _merge_sparse(shares: np.ndarray, min_share: float) -> np.ndarray:
     return group
 
 
+def _merge_finite(values: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``values`` (finite bins, then missing) with the finite bins merged as the reference's
+    ``expected`` finite shares are by :func:`_merge_sparse` (to :data:`FEATURE_MIN_SHARE` of
+    the finite rows); the missing bin stays its own."""
+    finite = expected[:-1]
+    total = float(finite.sum())
+    if finite.shape[0] < 2 or total <= 0:
+        return values
+    group = _merge_sparse(finite / total, FEATURE_MIN_SHARE)
+    merged = np.bincount(group, weights=values[:-1], minlength=int(group[-1]) + 1)
+    return np.append(merged, values[-1])
+
+
 def _distribution(reference: ReferenceProfile | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(reference, ReferenceProfile):
         return reference.distribution
     return reference.get("distribution", reference)
+
+
+def _baseline(dist: Mapping[str, Any], clinic: str | None) -> Mapping[str, Any] | None:
+    """The clinic's own part of the reference, or None (no clinic given, none kept for it)."""
+    if clinic is None:
+        return None
+    own = dist.get("clinics", {}).get(clinic)
+    return own if isinstance(own, Mapping) else None
+
+
+def _reference_count(part: Mapping[str, Any], clients: bool) -> int:
+    """Reference clients (``clients``; rows when the part does not say) or rows."""
+    if clients and "n_clients" in part:
+        return int(part["n_clients"])
+    return int(part["n_rows"])
 
 
 def drift_report(
@@ -200,6 +296,9 @@ def drift_report(
     probability: np.ndarray,
     *,
     min_rows: int = MIN_ROWS,
+    clinic: str | None = None,
+    n_clients: int | None = None,
+    min_clients: int = MIN_CLIENTS,
 ) -> DriftReport:
     """PSI, KS and status of every feature, explanation group and the score of new rows.
 
@@ -216,7 +315,15 @@ def drift_report(
     probability : ndarray of shape (n_rows,)
         Their calibrated probabilities.
     min_rows : int, default :data:`MIN_ROWS`
-        Fewest rows for a status other than ``too_few``.
+        Fewest rows for a status other than ``too_few`` (when ``n_clients`` is not given).
+    clinic : str, optional
+        The clinic the rows come from: compared with its own reference where the profile keeps
+        one, else with all clinics (``DriftReport.baseline`` says which).
+    n_clients : int, optional
+        Distinct clients among the rows. Given, the KS critical value counts clients on both
+        sides (new and reference) and ``too_few`` is below ``min_clients`` clients.
+    min_clients : int, default :data:`MIN_CLIENTS`
+        Fewest clients for a status other than ``too_few`` (when ``n_clients`` is given).
 
     Returns
     -------
@@ -232,36 +339,52 @@ def drift_report(
     p = np.asarray(probability, dtype=np.float64).reshape(-1)
     if X.ndim != 2 or X.shape[1] != len(registry.features) or X.shape[0] != p.shape[0]:
         raise ValueError("features must be (n_rows, n_features) in registry order, one per score")
+    if n_clients is not None and not 0 <= n_clients <= X.shape[0]:
+        raise ValueError("n_clients must be between 0 and the number of rows")
     dist = _distribution(reference)
-    n_ref = int(dist["n_rows"])
-    n = int(X.shape[0])
+    own = _baseline(dist, clinic)
+    part = own if own is not None else dist
+    by_clients = n_clients is not None
+    k = _Counts(
+        n=int(X.shape[0]),
+        n_eff=int(n_clients) if n_clients is not None else int(X.shape[0]),
+        m_eff=_reference_count(part, by_clients),
+        minimum=min_clients if by_clients else min_rows,
+    )
     ref_features = {name: e for group in dist["features"].values() for name, e in group.items()}
     per_feature: dict[str, Drift] = {}
     for i, f in enumerate(registry.features):
         if f.name not in ref_features:
             raise ValueError(f"the reference profile has no feature {f.name!r}")
         edges, expected = _feature_bins(ref_features[f.name])
-        counts = drift_bins(edges, X[:, i])
-        per_feature[f.name] = _compare(counts, expected, n, n_ref, min_rows, missing=True)
+        if own is not None:  # the clinic's shares in the same (all-clinics) bins
+            entry = own["features"][f.name]
+            expected = np.append(
+                np.asarray(entry["shares"], dtype=np.float64), entry["missing_share"]
+            )
+        counts = _merge_finite(drift_bins(edges, X[:, i]), expected)
+        per_feature[f.name] = _compare(counts, _merge_finite(expected, expected), k, missing=True)
     groups = {}
     for g in registry.groups:
         members = [per_feature[registry.features[j].name] for j in registry.index_of_group[g]]
         groups[g] = Drift(
             psi=max(d.psi for d in members),
             ks=max(d.ks for d in members),
-            n=n,
-            status="too_few" if n < min_rows else worst_status(members),
+            n=k.n,
+            status="too_few" if k.n_eff < k.minimum else worst_status(members),
         )
     score = dist["score"]
     bins = np.asarray(score.get("bins", SCORE_BINS), dtype=np.float64)
-    ref_shares = np.asarray(score["shares"], dtype=np.float64)
+    ref_shares = np.asarray(part["score"]["shares"], dtype=np.float64)
     merged = _merge_sparse(ref_shares, SCORE_MIN_SHARE)
     size = int(merged[-1]) + 1
     expected = np.bincount(merged, weights=ref_shares, minlength=size)
     counts, _ = np.histogram(np.clip(p, bins[0], bins[-1]), bins=bins)
     actual = np.bincount(merged, weights=counts.astype(np.float64), minlength=size)
     return DriftReport(
-        score=_compare(actual, expected, n, n_ref, min_rows, missing=False),
+        score=_compare(actual, expected, k, missing=False),
         groups=groups,
         features=per_feature,
+        baseline="clinic" if own is not None else "pooled",
+        n_clients=n_clients,
     )

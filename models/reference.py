@@ -14,7 +14,11 @@ Two parts, from two sets of rows (both chosen in :func:`training.pipeline.train_
   the calibration split's labelled landmarks (``landmarks="training"``): rows the booster was not
   fitted on (so the scores are not the in-sample, overconfident ones), and the very rows the risk
   bands were set on (so the band shares are the ones the thresholds mean). Monitoring can call
-  the same function on a ScoreSet of new data and compare like with like.
+  the same function on a ScoreSet of new data and compare like with like. Since format 3 it
+  also keeps, for each clinic with at least :data:`CLINIC_MIN_CLIENTS` clients among those rows,
+  the clinic's own shares in the same feature bins and score bins (``clinics``), so a clinic is
+  compared with itself rather than with the mix of all clinics (clinics differ through their
+  therapists, which is not drift).
 - :func:`typical_levels`: per appointment number 1..``k_max`` and per clinic, the median rating
   of each alliance element, from :class:`~features.episodes.Episodes`. Training passes every
   client outside the test split (train, validation and calibration: the test split stays
@@ -23,7 +27,8 @@ Two parts, from two sets of rows (both chosen in :func:`training.pipeline.train_
 Nothing here identifies a client: every number is an aggregate, and a clinic's median is kept
 only where at least ``min_clients`` clients rated the element at that appointment (the median of
 a handful of clients is close to one client's rating); elsewhere the all-clinics median stands
-in, and where fewer than ``min_clients`` clients rated it at all, no level is kept.
+in, and where fewer than ``min_clients`` clients rated it at all, no level is kept. A clinic's
+drift shares are kept only over at least :data:`CLINIC_MIN_CLIENTS` clients.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ from features.episodes import Episodes
 if TYPE_CHECKING:
     from models.scoreset import ScoreSet
 
-#: 2 adds each feature's drift bins (``edges`` and ``shares``); version 1 profiles still load
-#: (:mod:`models.drift` then falls back to their five quantiles).
-REFERENCE_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+#: 2 adds each feature's drift bins (``edges`` and ``shares``); 3 adds each clinic's own shares
+#: in those bins (``distribution["clinics"]``). Older profiles still load: :mod:`models.drift`
+#: then compares every clinic with all clinics (and version 1 with its five quantiles).
+REFERENCE_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 #: Feature and score quantiles kept in the profile (for reading).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Quantile levels whose values are each feature's drift bin edges (deciles: ten bins, the
@@ -55,6 +61,14 @@ SCORE_BINS = tuple(round(0.05 * i, 2) for i in range(21))
 #: Fewest clients rating an element at an appointment number for a clinic's median to be kept
 #: (below it the all-clinics median is used; below it overall, no level at all).
 MIN_CLIENTS = 20
+#: Fewest reference clients for a clinic's own drift reference (below it the clinic is compared
+#: with all clinics). Early alliance features are one value per client repeated at each
+#: landmark, so a clinic's reference is as precise as its client count: with 100 clients chance
+#: alone moves a decile share by about 3 points.
+CLINIC_MIN_CLIENTS = 100
+#: Decimals kept of a clinic's shares (a 10-clinic profile stays small; 1e-5 is far below the
+#: sampling error of 100 clients and below :data:`models.drift.SHARE_FLOOR`).
+CLINIC_SHARE_DECIMALS = 5
 
 _ATTENDED = contract.ATTENDANCE_CODES.index(contract.ATTENDED)
 #: The scorer's band labels (``models.scorer.BAND_LABELS``, which imports this module).
@@ -90,13 +104,55 @@ def _drift_profile(values: np.ndarray) -> dict[str, Any]:
     return {"edges": edges.tolist(), "shares": (counts[:-1] / values.shape[0]).tolist()}
 
 
-def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
-    """Feature quantiles by group, score distribution and band shares of scored rows.
+def _clinic_profiles(
+    scored: ScoreSet, edges: list[np.ndarray], min_clients: int
+) -> dict[str, dict[str, Any]]:
+    """Each clinic's shares in the pooled feature bins (``edges``) and score bins, for clinics
+    with at least ``min_clients`` distinct episodes among the scored rows."""
+    clinic = np.asarray(scored.episodes.clinic_id, dtype=object)[scored.episode]
+    known = np.array([c is not None and c == c for c in clinic], dtype=bool)  # None, NaN: none
+    names = [f.name for f in scored.scorer.registry.features]
+    p = np.asarray(scored.probability, dtype=np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for c in sorted({str(c) for c in clinic[known]}):
+        rows = known & (clinic.astype(str) == c)
+        n_clients = int(np.unique(scored.episode[rows]).shape[0])
+        if n_clients < min_clients:
+            continue
+        n = int(rows.sum())
+
+        def shares(counts: np.ndarray, n: int = n) -> list[float]:
+            return np.round(counts / n, CLINIC_SHARE_DECIMALS).tolist()
+
+        features = {}
+        for i, name in enumerate(names):
+            counts = drift_bins(edges[i], scored.features[rows, i])
+            features[name] = {
+                "shares": shares(counts[:-1]),
+                "missing_share": shares(counts[-1:])[0],
+            }
+        score_counts, _ = np.histogram(p[rows], bins=np.asarray(SCORE_BINS))
+        out[c] = {
+            "n_rows": n,
+            "n_clients": n_clients,
+            "features": features,
+            "score": {"shares": shares(score_counts)},
+        }
+    return out
+
+
+def distribution_profile(
+    scored: ScoreSet, *, clinic_min_clients: int = CLINIC_MIN_CLIENTS
+) -> dict[str, Any]:
+    """Feature quantiles by group, score distribution and band shares of scored rows, overall
+    and for each clinic with enough clients.
 
     Parameters
     ----------
     scored : ScoreSet
         The output of :meth:`~models.scorer.Scorer.score`; every scored row counts once.
+    clinic_min_clients : int, default :data:`CLINIC_MIN_CLIENTS`
+        Fewest distinct clients (episodes) of a clinic among the rows for its own part.
 
     Returns
     -------
@@ -109,7 +165,12 @@ def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
         all rows in each bin of :func:`drift_bins`, missing excluded: shares and
         ``missing_share`` sum to 1); ``score``: ``bins``
         (:data:`SCORE_BINS`), ``shares`` (fraction of rows per bin) and ``quantiles`` of the
-        calibrated probability; ``bands``: ``low``/``moderate``/``high`` -> fraction of rows.
+        calibrated probability; ``bands``: ``low``/``moderate``/``high`` -> fraction of rows;
+        ``clinics``: clinic id -> ``n_rows``, ``n_clients``, ``features``: feature ->
+        ``{"shares", "missing_share"}`` in the all-clinics ``edges`` above, and ``score``:
+        ``{"shares"}`` in :data:`SCORE_BINS` (fractions of the clinic's rows, rounded to
+        :data:`CLINIC_SHARE_DECIMALS` decimals); only clinics with at least
+        ``clinic_min_clients`` clients, and none when the rows carry no clinic.
 
     Raises
     ------
@@ -121,13 +182,16 @@ def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
         raise ValueError("a reference profile needs at least one scored row")
     registry = scored.scorer.registry
     features: dict[str, dict[str, Any]] = {}
+    edges: list[np.ndarray] = []
     for i, f in enumerate(registry.features):
         column = scored.features[:, i]
-        features.setdefault(f.group, {})[f.name] = {
+        entry = {
             "quantiles": _quantiles(column),
             "missing_share": float(np.mean(~np.isfinite(column))),
             **_drift_profile(column),
         }
+        features.setdefault(f.group, {})[f.name] = entry
+        edges.append(np.asarray(entry["edges"], dtype=np.float64))
     p = np.asarray(scored.probability, dtype=np.float64)
     counts, _ = np.histogram(p, bins=np.asarray(SCORE_BINS))
     bands = np.asarray(scored.risk_band, dtype=object)
@@ -142,6 +206,7 @@ def distribution_profile(scored: ScoreSet) -> dict[str, Any]:
             "quantiles": _quantiles(p),
         },
         "bands": {b: float(np.mean(bands == b)) for b in BAND_ORDER},
+        "clinics": _clinic_profiles(scored, edges, clinic_min_clients),
     }
 
 

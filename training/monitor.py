@@ -3,7 +3,10 @@ performance, and realized performance where outcomes have arrived, overall and p
 
 The rows are scored by the model's own scorer at the same landmarks as its reference profile
 (``landmarks="training"``: every appointment up to ``k_max``, except an ended episode's last;
-:mod:`models.reference`), so that like is compared with like. Drift is :func:`models.drift.drift_report`.
+:mod:`models.reference`), so that like is compared with like. Drift is
+:func:`models.drift.drift_report`: each clinic against its own reference where the model keeps
+one (else all clinics'), all clinics together against the pooled reference, counting clients
+(not rows) for the KS critical value and for ``too_few``.
 
 **Expected performance** (the idea behind CBPE, Confidence-Based Performance Estimation, of
 NannyML): if the model is still calibrated, a row with probability ``p`` drops out with
@@ -29,7 +32,7 @@ import pandas as pd
 
 from features import contract as c
 from features.episodes import Episodes
-from models.drift import MIN_ROWS, DriftReport, drift_report, worst_status
+from models.drift import MIN_CLIENTS, DriftReport, drift_report, worst_status
 from models.scorer import Scorer
 from training.metrics import auroc, brier, ece
 
@@ -129,7 +132,7 @@ class MonitorResult:
     model_name: str
     model_version: str
     landmarks: str
-    min_rows: int
+    min_clients: int
     overall: SliceMonitor
     clinics: tuple[SliceMonitor, ...]
     probability: np.ndarray
@@ -183,10 +186,16 @@ def _slice(
     p: np.ndarray,
     y: np.ndarray,
     episode: np.ndarray,
-    min_rows: int,
+    min_clients: int,
+    *,
+    clinic: str | None,
 ) -> SliceMonitor:
     assert scorer.reference is not None
-    drift = drift_report(scorer.reference, scorer.registry, X, p, min_rows=min_rows)
+    n_clients = int(np.unique(episode).size)
+    drift = drift_report(
+        scorer.reference, scorer.registry, X, p,
+        clinic=clinic, n_clients=n_clients, min_clients=min_clients,
+    )  # fmt: skip
     known = np.isfinite(y)
     realized = None
     if known.any():
@@ -203,7 +212,7 @@ def _slice(
     return SliceMonitor(
         name=name,
         n_rows=int(p.size),
-        n_clients=int(np.unique(episode).size),
+        n_clients=n_clients,
         drift=drift,
         pending=Expected.of(p[~known]),
         realized=realized,
@@ -218,7 +227,7 @@ def monitor(
     model_name: str = "",
     model_version: str = "",
     landmark: int | None = None,
-    min_rows: int = MIN_ROWS,
+    min_clients: int = MIN_CLIENTS,
 ) -> MonitorResult:
     """Score ``episodes`` and compare them with the model's reference, overall and per clinic.
 
@@ -232,8 +241,8 @@ def monitor(
         Per episode 1.0 dropout, 0.0 completed, NaN pending (:func:`labels_of`).
     landmark : int, optional
         Score every episode at appointment ``k`` only; default the reference's landmarks.
-    min_rows : int, default :data:`models.drift.MIN_ROWS`
-        Fewest rows for a drift status other than ``too_few``, per slice.
+    min_clients : int, default :data:`models.drift.MIN_CLIENTS`
+        Fewest clients for a drift status other than ``too_few``, per slice.
 
     Raises
     ------
@@ -250,9 +259,9 @@ def monitor(
     y = np.asarray(labels, dtype=np.float64)[ep]
     clinic = pd.Series(episodes.clinic_id[ep], dtype="object").fillna("(no clinic)").astype(str)
     clinic_arr = clinic.to_numpy(dtype=object)
-    overall = _slice(OVERALL, scorer, X, p, y, ep, min_rows)
+    overall = _slice(OVERALL, scorer, X, p, y, ep, min_clients, clinic=None)
     clinics = tuple(
-        _slice(str(k), scorer, X[rows], p[rows], y[rows], ep[rows], min_rows)
+        _slice(str(k), scorer, X[rows], p[rows], y[rows], ep[rows], min_clients, clinic=str(k))
         for k, rows in sorted(
             ((k, np.flatnonzero(clinic_arr == k)) for k in pd.unique(clinic_arr)),
             key=lambda kv: str(kv[0]),
@@ -265,7 +274,7 @@ def monitor(
         landmarks="training landmarks (as the reference)"
         if landmark is None
         else f"appointment {landmark}",
-        min_rows=min_rows,
+        min_clients=min_clients,
         overall=overall,
         clinics=clinics,
         probability=p,

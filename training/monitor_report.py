@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.drift import KS_ALERT, KS_LEVEL, PSI_ALERT, PSI_WATCH, SCORE_MIN_SHARE, Drift
-from models.reference import SCORE_BINS
+from models.reference import CLINIC_MIN_CLIENTS, SCORE_BINS
 from training.monitor import MonitorResult, SliceMonitor
 
 #: MLflow experiment of monitoring runs.
@@ -54,6 +54,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "n_rows": s.n_rows,
             "n_clients": s.n_clients,
             "status": s.status,
+            "baseline": s.drift.baseline,
             "score": _drift_dict(s.drift.score),
             "groups": {g: _drift_dict(d) for g, d in s.drift.groups.items()},
             "expected_pending": {
@@ -86,7 +87,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "psi_alert": PSI_ALERT,
             "ks_alert": KS_ALERT,
             "ks_level": KS_LEVEL,
-            "min_rows": result.min_rows,
+            "min_clients": result.min_clients,
         },
         "slices": [one(s) for s in (result.overall, *result.clinics)],
     }
@@ -135,7 +136,7 @@ def _plot_scores(result: MonitorResult, path: Path) -> None:
     ax = fig.add_subplot()
     ax.bar(
         bins[:-1], result.reference_shares, width=np.diff(bins), align="edge",
-        color="#cfd8dc", edgecolor="#90a4ae", label="reference (training)",
+        color="#cfd8dc", edgecolor="#90a4ae", label="reference (training, all clinics)",
     )  # fmt: skip
     for s in _slices(result):
         rows = (
@@ -189,6 +190,9 @@ th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
 """
 
 
+_BASELINE = {"clinic": "its own", "pooled": "all clinics"}
+
+
 def _badge(status: str, text: str | None = None) -> str:
     label = text if text is not None else status.replace("_", " ")
     return f'<span class="badge {status}">{html.escape(label)}</span>'
@@ -203,12 +207,14 @@ def _drift_table(result: MonitorResult) -> str:
         cells = "".join(f"<td>{_badge(x.status, _num(x.psi, 2))}</td>" for x in d.groups.values())
         rows.append(
             f"<tr><td>{html.escape(s.name)}</td><td>{s.n_rows:,}</td><td>{s.n_clients:,}</td>"
+            f"<td>{_BASELINE[d.baseline]}</td>"
             f"<td>{_badge(d.score.status, _num(d.score.psi, 2))}</td><td>{_num(d.score.ks, 2)}</td>"
             f"{cells}</tr>"
         )
     return (
         '<div class="wide"><table><tr><th>clinic</th><th>rows</th><th>clients</th>'
-        f"<th>score PSI</th><th>score KS</th>{head}</tr>{''.join(rows)}</table></div>"
+        f"<th>compared with</th><th>score PSI</th><th>score KS</th>{head}</tr>{''.join(rows)}"
+        "</table></div>"
     )
 
 
@@ -259,12 +265,17 @@ generated {generated:%Y-%m-%d %H:%M} UTC · reference: {html.escape(result.refer
 
 <h2>1. Drift of the inputs and of the score</h2>
 <p>Each cell is the PSI (population stability index) of new rows against the model's training
-reference; a feature group shows its most drifted feature. <b>PSI</b> below {PSI_WATCH} is
+reference; a feature group shows its most drifted feature. A clinic is compared with its own
+training reference where the model kept one (“its own”: at least {CLINIC_MIN_CLIENTS} reference
+clients), else with all clinics together (“all clinics”): clinics differ through their
+therapists, and that difference is not drift. <b>PSI</b> below {PSI_WATCH} is
 no real change, {PSI_WATCH}–{PSI_ALERT} is worth watching, above {PSI_ALERT} a shift that needs
 action (Siddiqi 2006). <b>KS</b> (largest gap between the cumulative distributions) alerts at
-{KS_ALERT} or more when also significant at the {KS_LEVEL} level. Missing values count as their
-own bin. A clinic with fewer than {result.min_rows} rows is shown as “too few” and not judged.
-Score bins are merged until each holds {SCORE_MIN_SHARE:.0%} of the reference.</p>
+{KS_ALERT} or more when also significant at the {KS_LEVEL} level for the numbers of clients
+(a client's rows are not independent: several features repeat one value per client). Missing
+values count as their own bin. A clinic with fewer than {result.min_clients} clients is shown as
+“too few” and not judged. Score bins are merged until each holds {SCORE_MIN_SHARE:.0%} of the
+reference.</p>
 {_drift_table(result)}
 {_img(plots["drift_psi.png"], "PSI by clinic and feature group")}
 {_img(plots["score_distribution.png"], "Score distribution against the reference")}

@@ -13,13 +13,16 @@ from features.profiles import ALLIANCE6
 from features.registry import feature_registry
 from models.drift import (
     KS_ALERT,
+    MIN_CLIENTS,
     MIN_ROWS,
     PSI_ALERT,
+    PSI_LEVEL,
     PSI_WATCH,
     Drift,
     drift_report,
     ks_critical,
     psi,
+    psi_critical,
     worst_status,
 )
 from models.reference import ReferenceProfile, TypicalLevels, distribution_profile
@@ -41,17 +44,24 @@ def _draw(n: int, seed: int, *, shift: dict[str, float] | None = None, missing: 
     return X, p
 
 
-def _profile(X: np.ndarray, p: np.ndarray) -> dict:
+def _profile(X: np.ndarray, p: np.ndarray, clinic=None, episode=None, **kwargs) -> dict:
+    """distribution_profile of rows (one client each unless ``episode`` says otherwise)."""
     bands = np.where(p > 0.5, "high", np.where(p > 0.2, "moderate", "low"))
+    episode = np.arange(X.shape[0]) if episode is None else episode
+    n_episodes = int(episode.max()) + 1
+    clinic_id = np.full(n_episodes, None, dtype=object)
+    if clinic is not None:
+        clinic_id[episode] = clinic
     scored = SimpleNamespace(
         n_rows=X.shape[0],
         scorer=SimpleNamespace(registry=REGISTRY),
         features=X,
         probability=p,
         risk_band=bands,
-        episode=np.arange(X.shape[0]),
+        episode=episode,
+        episodes=SimpleNamespace(clinic_id=clinic_id),
     )
-    return distribution_profile(scored)  # type: ignore[arg-type]
+    return distribution_profile(scored, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +181,106 @@ def test_shapes_and_features_must_match_the_registry(reference) -> None:
     other = feature_registry(ALLIANCE6, include_covariates=True)
     with pytest.raises(ValueError, match="no feature"):
         drift_report(reference, other, np.zeros((10, len(other.features))), p)
+
+
+def _clinics_reference(seed: int = 20) -> dict:
+    """Clinic A rates its first element group 0.8 higher than clinic B (their therapists), 1500
+    clients each; clinic C has 50 clients, below the minimum for a reference of its own."""
+    group = ALLIANCE6.element_names[0]
+    Xa, pa = _draw(1500, seed, shift={group: 0.8})
+    Xb, pb = _draw(1500, seed + 1)
+    Xc, pc = _draw(50, seed + 2)
+    clinic = np.array(["A"] * 1500 + ["B"] * 1500 + ["C"] * 50, dtype=object)
+    return _profile(np.vstack([Xa, Xb, Xc]), np.r_[pa, pb, pc], clinic=clinic)
+
+
+def test_a_clinic_is_compared_with_its_own_reference_where_it_has_one() -> None:
+    dist = _clinics_reference()
+    assert set(dist["clinics"]) == {"A", "B"}  # C: 50 clients < CLINIC_MIN_CLIENTS
+    group = ALLIANCE6.element_names[0]
+    X, p = _draw(1000, 21, shift={group: 0.8})  # clinic A as it always was
+    own = drift_report(dist, REGISTRY, X, p, clinic="A", n_clients=1000)
+    assert own.baseline == "clinic" and own.status == "ok", own.groups[group]
+    pooled = drift_report(dist, REGISTRY, X, p, n_clients=1000)
+    assert pooled.baseline == "pooled" and pooled.groups[group].status in ("watch", "alert")
+    # Clinic A drifting for real is still seen against its own reference.
+    moved = drift_report(dist, REGISTRY, *_draw(1000, 22), clinic="A", n_clients=1000)
+    assert moved.groups[group].status == "alert"
+    # No reference of its own (too few clients, unknown clinic): the pooled one, and it says so.
+    for clinic in ("C", "nowhere"):
+        assert drift_report(dist, REGISTRY, X, p, clinic=clinic).baseline == "pooled"
+
+
+def test_an_older_profile_without_clinics_compares_every_clinic_with_all(reference) -> None:
+    old = json.loads(json.dumps(reference.to_dict()))
+    old["format_version"] = 2
+    old["distribution"].pop("clinics")
+    loaded = ReferenceProfile.from_dict(old)
+    X, p = _draw(500, 23)
+    report = drift_report(loaded, REGISTRY, X, p, clinic="K01")
+    assert report.baseline == "pooled" and report == drift_report(reference, REGISTRY, X, p)
+
+
+def _repeated(n_clients: int, rows_each: int, seed: int):
+    """``n_clients`` independent rows, each repeated ``rows_each`` times (a client's features at
+    successive landmarks, the early alliance means being the same value every time)."""
+    X, p = _draw(n_clients, seed)
+    return np.repeat(X, rows_each, axis=0), np.repeat(p, rows_each)
+
+
+def test_clients_not_rows_set_the_critical_values_and_too_few(reference) -> None:
+    # 150 clients x 20 landmarks from the reference's own distribution: no drift.
+    flagged_by_rows = flagged_by_clients = 0
+    for seed in range(30, 40):
+        X, p = _repeated(150, 20, seed)
+        by_rows = drift_report(reference, REGISTRY, X, p)
+        by_clients = drift_report(reference, REGISTRY, X, p, n_clients=150, min_clients=100)
+        assert by_clients.n_clients == 150 and by_clients.score.n == 3000  # n stays rows
+        flagged_by_rows += sum(d.status != "ok" for d in by_rows.features.values())
+        flagged_by_clients += sum(d.status != "ok" for d in by_clients.features.values())
+    # Counted as 3,000 independent rows, chance differences of 150 clients look like drift
+    # (about one feature in ten); counted as clients, chance stays at its level.
+    n_judged = 10 * N_FEATURES
+    assert flagged_by_rows > 0.05 * n_judged, flagged_by_rows
+    assert flagged_by_clients <= 0.005 * n_judged, flagged_by_clients
+    # too_few counts clients: 3,000 rows of 150 clients are too few for the default minimum.
+    X, p = _repeated(150, 20, 40)
+    assert X.shape[0] >= MIN_ROWS and MIN_CLIENTS > 150
+    assert drift_report(reference, REGISTRY, X, p, n_clients=150).status == "too_few"
+    with pytest.raises(ValueError, match="n_clients"):
+        drift_report(reference, REGISTRY, X, p, n_clients=X.shape[0] + 1)
+
+
+def test_the_psi_critical_value_is_the_chi_squared_quantile() -> None:
+    from scipy.stats import chi2  # tests only: models.drift stays numpy and the stdlib
+
+    for bins in (2, 4, 11):
+        exact = chi2.ppf(1 - PSI_LEVEL, bins - 1) * (1 / 300 + 1 / 100)
+        assert psi_critical(300, 100, bins) == pytest.approx(exact, rel=0.04 if bins == 2 else 0.02)
+    assert psi_critical(0, 100, 5) == math.inf
+    # Chance alone rarely reaches it: two samples of 200 and 100 from one 10-bin distribution.
+    rng = np.random.default_rng(0)
+    e = np.full(10, 0.1)
+    beyond = [
+        psi(rng.multinomial(200, e) / 200, rng.multinomial(100, e) / 100)
+        >= psi_critical(200, 100, 10)
+        for _ in range(2000)
+    ]
+    assert np.mean(beyond) < 0.01
+
+
+def test_a_rare_value_empty_in_a_small_clinic_reference_is_not_drift() -> None:
+    # A discrete feature where value 2 is rare (2%): a clinic of 120 clients may have none.
+    rng = np.random.default_rng(50)
+    X, p = _draw(3000, 50)
+    j = 0  # a discrete column (every third one is)
+    X[:, j] = rng.choice([0, 1, 2], size=3000, p=[0.8, 0.18, 0.02])
+    clinic = np.array(["A"] * 120 + ["B"] * 2880, dtype=object)
+    X[:120, j] = np.where(X[:120, j] == 2, 1, X[:120, j])  # none at clinic A, by chance
+    dist = _profile(X, p, clinic=clinic)
+    assert dist["clinics"]["A"]["features"][REGISTRY.names[j]]["shares"][-1] == 0.0
+    new, q = _draw(300, 51)
+    new[:, j] = rng.choice([0, 1, 2], size=300, p=[0.8, 0.18, 0.02])
+    report = drift_report(dist, REGISTRY, new, q, clinic="A", n_clients=300, min_clients=100)
+    assert report.baseline == "clinic"
+    assert report.features[REGISTRY.names[j]].status == "ok", report.features[REGISTRY.names[j]]

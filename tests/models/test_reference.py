@@ -15,6 +15,7 @@ from features.validation import normalise_clients, normalise_sessions
 from models.reference import (
     DRIFT_LEVELS,
     QUANTILES,
+    REFERENCE_FORMAT_VERSION,
     SCORE_BINS,
     ReferenceProfile,
     TypicalLevels,
@@ -177,3 +178,36 @@ def test_drift_bins_are_the_deciles_and_the_shares_of_the_scored_rows(scored) ->
         counts = drift_bins(np.asarray(got["edges"]), column)
         np.testing.assert_allclose(got["shares"], counts[:-1] / column.shape[0])
         assert sum(got["shares"]) + got["missing_share"] == pytest.approx(1.0)
+
+
+def test_each_clinic_with_enough_clients_keeps_its_own_shares_in_the_pooled_bins(scored) -> None:
+    clinic = np.asarray(scored.episodes.clinic_id, dtype=object)[scored.episode]
+    clients = {c: np.unique(scored.episode[clinic == c]).size for c in set(clinic)}
+    minimum = sorted(clients.values())[len(clients) // 2]  # about half the clinics qualify
+    profile = distribution_profile(scored, clinic_min_clients=minimum)
+    kept = profile["clinics"]
+    assert set(kept) == {c for c, n in clients.items() if n >= minimum} and 0 < len(kept) < 4
+    registry = scored.scorer.registry
+    for c, own in kept.items():
+        rows = clinic == c
+        assert own["n_rows"] == rows.sum() and own["n_clients"] == clients[c]
+        for i, f in enumerate(registry.features):
+            edges = np.asarray(profile["features"][f.group][f.name]["edges"])
+            counts = drift_bins(edges, scored.features[rows, i]) / rows.sum()
+            got = own["features"][f.name]
+            np.testing.assert_allclose(got["shares"], counts[:-1], atol=1e-5)
+            assert got["missing_share"] == pytest.approx(counts[-1], abs=1e-5)
+        hist, _ = np.histogram(scored.probability[rows], bins=np.asarray(SCORE_BINS))
+        np.testing.assert_allclose(own["score"]["shares"], hist / rows.sum(), atol=1e-5)
+        # Size: about ten rounded shares and the name per feature (about 19 kB a clinic here).
+        assert len(json.dumps(own)) < 160 * len(registry.features)
+    assert distribution_profile(scored, clinic_min_clients=10**6)["clinics"] == {}
+
+
+def test_format_3_is_written_and_older_formats_still_load(scored) -> None:
+    typical = TypicalLevels(k_max=1, min_clients=1, overall={}, clinics={})
+    new = ReferenceProfile(distribution=distribution_profile(scored), typical=typical, rows="r")
+    assert new.to_dict()["format_version"] == REFERENCE_FORMAT_VERSION == 3
+    for version in (1, 2):
+        old = {**new.to_dict(), "format_version": version}
+        assert ReferenceProfile.from_dict(old).format_version == version

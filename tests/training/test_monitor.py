@@ -72,15 +72,39 @@ def test_each_simulated_drift_is_flagged_at_its_clinic_and_group(scorer, scenari
     assert result.status == "alert"
 
 
-def test_no_drift_rarely_alerts_over_seeds(scorer) -> None:
-    statuses = [
-        _monitor(scorer, SimulationConfig(), seed, n=1000).status for seed in FALSE_ALARM_SEEDS
-    ]
-    alert_rate = statuses.count("alert") / len(statuses)
-    print(
-        f"no-drift alert rate {alert_rate:.2f}, watch rate {statuses.count('watch') / len(statuses):.2f}"
-    )
-    assert alert_rate <= 0.05, statuses
+def test_no_drift_rarely_alerts_or_watches_over_seeds(scorer) -> None:
+    flagged = []  # per run: (alerts, watches) over every slice's score and groups
+    for seed in FALSE_ALARM_SEEDS:
+        result = _monitor(scorer, SimulationConfig(), seed, n=1000)
+        drifts = [d for s in (result.overall, *result.clinics) for d in _judged(s)]
+        flagged.append(tuple(sum(d.status == s for d in drifts) for s in ("alert", "watch")))
+    runs_alert = sum(a > 0 for a, _ in flagged) / len(flagged)
+    runs_watch = sum(w > 0 for _, w in flagged) / len(flagged)
+    print(f"no-drift runs with an alert {runs_alert:.2f}, with a watch {runs_watch:.2f}: {flagged}")
+    # Against the pooled reference and counting rows, every run had a watch (clinics differ
+    # through their therapists; a client's rows repeat its early ratings).
+    assert runs_alert <= 0.05 and runs_watch <= 0.10, flagged
+
+
+def _judged(s):
+    return (s.drift.score, *s.drift.groups.values())
+
+
+def test_each_clinic_is_judged_on_its_clients_against_its_own_reference(scorer) -> None:
+    own = set(scorer.reference.distribution["clinics"])
+    assert own, "the training cohort should give some clinic a reference of its own"
+    result = _monitor(scorer, SimulationConfig(), seed=7, n=1000)
+    for s in result.clinics:
+        assert s.drift.baseline == ("clinic" if s.name in own else "pooled")
+        assert s.drift.n_clients == s.n_clients < s.n_rows
+    assert result.overall.drift.baseline == "pooled"
+    # too_few counts clients: a minimum above each clinic's clients but below its rows.
+    new = simulate_cohort(1000, seed=7)
+    episodes = Episodes.from_frames(new.sessions, new.clients, new.profile)
+    most = max(s.n_clients for s in result.clinics)
+    assert most + 1 <= min(s.n_rows for s in result.clinics)
+    few = monitor(scorer, episodes, labels_of(episodes), min_clients=most + 1)
+    assert all(s.status == "too_few" for s in few.clinics) and few.overall.status != "too_few"
 
 
 def test_expected_auroc_is_the_pairwise_expectation() -> None:
@@ -179,7 +203,7 @@ def test_cli_writes_html_png_and_an_mlflow_run_and_exits_1_on_alert(store, tmp_p
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "report"
     args = ["monitor", "--model", "models:/alliance-risk/1", *files(new_data), "--out", str(out)]
-    done = runner.invoke(app, [*args, "--min-rows", "100"], env=env)
+    done = runner.invoke(app, [*args, "--min-clients", "100"], env=env)
     assert done.exit_code == 1, done.output
     assert "alert" in done.output and CLINIC in done.output
     assert (out / HTML_FILE).exists() and all((out / p).exists() for p in PLOTS)

@@ -72,12 +72,15 @@ def monitor(
             "that grow with the appointment number (counts) drift by construction.",
         ),
     ] = None,
-    min_rows: Annotated[
+    min_clients: Annotated[
         int,
         typer.Option(
+            "--min-clients",
             "--min-rows",
             min=1,
-            help="Fewest rows for a clinic's drift to be judged; below it: 'too few'.",
+            help="Fewest clients for a clinic's drift to be judged; below it: 'too few'. "
+            "Clients, not rows: a client's rows at successive appointments are not independent. "
+            "(--min-rows is the older name.)",
         ),
     ] = 200,
     experiment: Annotated[
@@ -131,7 +134,7 @@ def monitor(
         with error_console().status(f"Scoring and comparing {episodes.n_episodes} clients"):
             result = run_monitor(
                 scorer, episodes, labels_of(episodes, later), model_name=ref.name,
-                model_version=ref.version, landmark=landmark, min_rows=min_rows,
+                model_version=ref.version, landmark=landmark, min_clients=min_clients,
             )  # fmt: skip
     except (MlflowException, OSError, LookupError) as err:
         message = f"[bold red]Cannot load model[/] {escape(model)}: {escape(str(err))}"
