@@ -26,12 +26,14 @@ from service.auth import Authenticator, AuthSettings, describe
 from service.cds.cors import CdsCorsMiddleware
 from service.drift_window import DriftConfig, DriftWindows
 from service.errors import install_error_handlers
+from service.fhir.errors import FhirErrorMiddleware
 from service.limits import LimitSettings, RateLimiter, install_limits
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
 from service.routers import cds, docs, health, model, risk, whatif
+from service.routers.fhir import router as fhir_router
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 from service.shadow import ComparisonLog, ScoreObserver, ShadowScorer, challenger_uri
@@ -199,6 +201,7 @@ def create_app(
     app.include_router(whatif.router)
     app.include_router(model.router)
     app.include_router(health.router)
+    app.include_router(fhir_router)
     app.include_router(cds.router)
     if settings.docs_enabled:
         app.include_router(docs.router)
@@ -209,6 +212,7 @@ def create_app(
     if settings.cds_cors_origins:  # outside the audit: a preflight carries no data
         app.add_middleware(CdsCorsMiddleware, origins=settings.cds_cors_origins)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, refs=security.refs)
+    app.add_middleware(FhirErrorMiddleware)  # outermost: every /fhir error as OperationOutcome
     return app
 
 

@@ -47,12 +47,14 @@ AUDITED = {
     "/v1/risk/what-if": "risk.what_if",
     "/v1/model": "model.read",
     "/v1/admin/reload": "model.reload",
+    "/fhir/Patient/$dropout-risk": "risk.fhir",
+    "/fhir/CodeSystem/alliance-risk": "fhir.code_system",
     "/cds-services": "cds.discovery",
     "/cds-services/{service_id}": "cds.hook",
     "/cds-services/{service_id}/feedback": "cds.feedback",
 }
 #: Paths (and everything under them) whose every request is audited.
-AUDITED_PREFIXES = ("/v1", "/cds-services")
+AUDITED_PREFIXES = ("/v1", "/cds-services", "/fhir")
 #: Audit action of a ``/v1`` request that matched no route (a 404, a trailing-slash redirect).
 UNROUTED = "request.unrouted"
 #: Status recorded for a request whose body never arrived in full (Request Timeout).

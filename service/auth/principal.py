@@ -2,12 +2,14 @@
 ``WWW-Authenticate`` challenge every refusal carries.
 
 Scopes: ``risk:read`` (score one client), ``risk:batch``, ``model:read``, ``model:admin``. The
-SMART Backend Services scopes ``system/RiskAssessment.read`` and ``system/RiskAssessment.rs``
-are accepted as ``risk:read``; any other scope is ignored. Nothing here does I/O.
+SMART Backend Services scopes (v1 and v2 syntax) on RiskAssessment (``system/RiskAssessment.rs``,
+``.read``) are accepted as ``risk:read``; ``system/Patient.rs`` and ``system/Observation.rs`` are
+recognised and grant nothing alone (:func:`smart_scope`); any other scope is ignored. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,11 +22,26 @@ MODEL_ADMIN = "model:admin"  # reload the model
 SCOPES = frozenset({RISK_READ, RISK_BATCH, MODEL_READ, MODEL_ADMIN})
 #: SMART on FHIR v1 (``.read``) and v2 (``.rs`` = read + search) system scopes on the resource
 #: this service produces, accepted as ``risk:read`` (SMART App Launch 2.x, "Scopes and Launch
-#: Context").
+#: Context"). :func:`smart_scope` reads the whole grammar; these are the documented forms.
 SMART_ALIASES = {
     "system/RiskAssessment.read": RISK_READ,
     "system/RiskAssessment.rs": RISK_READ,
+    "system/RiskAssessment.r": RISK_READ,
 }
+#: SMART system scopes by resource type: RiskAssessment (what the service produces) grants
+#: ``risk:read`` when it allows reading; Patient and Observation (what the FHIR operation reads)
+#: are recognised, so an EHR's usual backend-services token is valid, and grant nothing alone.
+SMART_RESOURCES: dict[str, str | None] = {
+    "RiskAssessment": RISK_READ,
+    "Patient": None,
+    "Observation": None,
+}
+#: ``system/<type or *>.<permissions>``: v1 ``read``/``write``/``*``, or v2 ``cruds`` letters
+#: in that order. Granular v2 scopes (``?category=...``) narrow what a client may read in ways
+#: this service cannot enforce, so they are not recognised.
+_SMART_SCOPE = re.compile(
+    r"system/(?P<kind>[A-Z][A-Za-z]*|\*)\.(?P<perms>read|write|\*|c?r?u?d?s?)"
+)
 API_KEY_HEADER = "X-API-Key"
 REALM = "alliance-risk"
 
@@ -91,15 +108,32 @@ def normalise_scopes(raw: Iterable[str]) -> frozenset[str]:
     for scope in raw:
         if scope in SCOPES:
             out.add(scope)
-        elif scope in SMART_ALIASES:
-            out.add(SMART_ALIASES[scope])
+        elif (grant := smart_scope(scope)[1]) is not None:
+            out.add(grant)
     return frozenset(out)
+
+
+def smart_scope(scope: str) -> tuple[bool, str | None]:
+    """``(recognised, scope granted)`` of a SMART system scope: ``system/RiskAssessment.rs``,
+    ``.r``, ``.read``, ``.cruds``, ``.*`` and ``system/*.rs`` grant ``risk:read``;
+    ``system/Patient.rs`` and ``system/Observation.rs`` (any permissions) are recognised and
+    grant nothing; anything else is not a scope of this service."""
+    match = _SMART_SCOPE.fullmatch(scope)
+    if match is None or not match["perms"]:
+        return False, None
+    kind, perms = match["kind"], match["perms"]
+    reads = perms in ("read", "*") or (perms != "write" and "r" in perms)
+    if kind == "*":
+        return True, RISK_READ if reads else None
+    if kind not in SMART_RESOURCES:
+        return False, None
+    return True, SMART_RESOURCES[kind] if reads else None
 
 
 def check_scope_names(scopes: Iterable[str]) -> frozenset[str]:
     """The scopes, each checked to be known (configuration and minting refuse typos)."""
     names = list(scopes)
-    unknown = sorted(s for s in names if s not in SCOPES and s not in SMART_ALIASES)
+    unknown = sorted(s for s in names if s not in SCOPES and not smart_scope(s)[0])
     if unknown:
         known = sorted(SCOPES | set(SMART_ALIASES))
         raise ValueError(f"unknown scope(s) {unknown}; known: {known}")
