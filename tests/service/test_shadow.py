@@ -287,3 +287,27 @@ def test_promote_shows_and_records_the_shadow_evidence(
     assert recorded["files"] == ["shadow.jsonl"]
     # Promoted or refused, the gates alone decided (exit 0 or the refusal code).
     assert result.exit_code in (0, 1), result.output
+
+
+@pytest.mark.integration
+def test_two_workers_share_one_comparison_file(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    """Each worker loads the challenger and appends whole lines to the same file."""
+    import httpx
+
+    from tests.service.serving import serving
+
+    _set_challenger(registry, "2")
+    log = tmp_path / "shadow.jsonl"
+    env = {"ALLIANCE_RISK_SHADOW_LOG_PATH": str(log), "ALLIANCE_RISK_SHADOW_BATCH_WAIT_S": "0"}
+    body = _bodies(registry, 1)[0]
+    with serving(registry, tmp_path / "serve", dev_key_dir, workers=2, env=env) as url:
+        for _ in range(20):  # a new connection each: both workers take some
+            r = httpx.post(f"{url}/v1/risk", json=body, headers=bearer(dev_key_dir), timeout=10)
+            assert r.status_code == 200
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        assert _total(text, "alliance_risk_challenger_reloads_total", result="loaded") == 2
+    lines = _lines(log)  # the workers stopped: every queued comparison was written
+    assert len(lines) == 20
+    assert {line["challenger_version"] for line in lines} == {"2"}
