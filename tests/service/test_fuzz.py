@@ -66,13 +66,13 @@ def test_operations_conform_and_need_a_token(fuzz_schema, dev_key_dir: Path) -> 
                 excluded_checks=[oa_checks.positive_data_acceptance],
             )
             statuses.setdefault(f"{case.method} {case.path}", []).append(response.status_code)
-            if case.path.startswith("/v1/"):
+            if case.path.startswith(("/v1/", "/fhir/Patient/")):
                 response = case.call(headers={"Authorization": ""})
                 assert response.status_code == 401, (case.method, case.path)
 
         check()
     assert {"POST /v1/risk", "POST /v1/risk/batch", "GET /v1/model", "POST /v1/admin/reload",
-            "GET /livez", "GET /readyz"} <= set(seen)  # fmt: skip
+            "GET /livez", "GET /readyz", "POST /fhir/Patient/$dropout-risk"} <= set(seen)  # fmt: skip
     # The endpoints with inputs were exercised many times and saw more than one outcome.
     assert len(statuses["POST /v1/risk"]) >= 20 and len(statuses["POST /v1/risk/batch"]) >= 20
     assert len(set(statuses["POST /v1/risk"])) > 1, statuses["POST /v1/risk"]
