@@ -36,7 +36,6 @@ from features.registry import feature_registry
 from training.dask_engine import dask_client, fit_dask
 from training.pipeline import TrainConfig, landmark_set
 from training.simulate import simulate_cohort
-from training.splits import split_clients
 
 TARGET_RATIO = 1.5
 TARGET_WORKER_MB = 4096.0
@@ -74,7 +73,7 @@ def single_process(paths: dict[str, Path], config: TrainConfig) -> int:
     registry = feature_registry(cohort.profile, include_covariates=config.include_covariates)
     data = landmark_set(pack_frames(cohort.sessions, cohort.clients, cohort.profile),
                         cohort.clients, registry, k_max=config.k_max)  # fmt: skip
-    splits = split_clients(cohort.clients, strategy=config.split, seed=config.seed)
+    splits = config.splits_of(cohort.clients)
     train, valid = data.subset(splits.train), data.subset(splits.valid)
     fit_booster(train.X, train.y, valid.X, valid.y, feature_names=registry.names,
                 search=config.search, n_trials=config.n_trials, seed=config.seed)  # fmt: skip

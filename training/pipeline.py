@@ -76,6 +76,17 @@ class TrainConfig:
     seed: int = 0
     search: SearchSpace = field(default_factory=SearchSpace)
 
+    def splits_of(self, clients: pd.DataFrame) -> Splits:
+        """:func:`training.splits.split_clients` of ``clients`` with these fractions and seed."""
+        return split_clients(
+            clients,
+            strategy=self.split,
+            test_fraction=self.test_fraction,
+            calibration_fraction=self.calibration_fraction,
+            valid_fraction=self.valid_fraction,
+            seed=self.seed,
+        )
+
     def params(self) -> dict[str, Any]:
         """Flat, loggable parameters."""
         out = {k: v for k, v in self.__dict__.items() if k != "search"}
@@ -369,14 +380,7 @@ def train_model(
     registry = feature_registry(profile, include_covariates=config.include_covariates)
     arrays = pack_frames(sessions, clients, profile)
     data = landmark_set(arrays, clients, registry, k_max=config.k_max)
-    splits = split_clients(
-        clients,
-        strategy=config.split,
-        test_fraction=config.test_fraction,
-        calibration_fraction=config.calibration_fraction,
-        valid_fraction=config.valid_fraction,
-        seed=config.seed,
-    )
+    splits = config.splits_of(clients)
     train, valid = data.subset(splits.train), data.subset(splits.valid)
     cal, test = data.subset(splits.calibration), data.subset(splits.test)
     timings["features_s"] = time.perf_counter() - t0

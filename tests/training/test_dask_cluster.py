@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from features.contract import CLIENT_ID
-from tests.conftest import HOST, _tail, free_port
+from tests.conftest import HOST, _stop, _tail, free_port
 from training.io import load_cohort
 from training.scoring import score_cohort
 from training.simulate import simulate_cohort
@@ -35,17 +33,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group (a worker's nanny and its worker), then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait_s)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from training.commands.common import (
     fail,
     load_or_exit,
 )
+from training.commands.train import DaskWorkersOpt, SchedulerOpt, check_dask_inputs_or_exit
 
 
 def score(
@@ -72,21 +73,8 @@ def score(
             "scorer; only counts come back to the driver.",
         ),
     ] = "pandas",
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            "--scheduler",
-            help="Dask scheduler address (tcp://HOST:PORT). Default: a local cluster on "
-            "127.0.0.1, closed at the end.",
-            metavar="<address>",
-        ),
-    ] = None,
-    dask_workers: Annotated[
-        int,
-        typer.Option(
-            "--dask-workers", min=1, help="Workers (1 thread each) of the local Dask cluster."
-        ),
-    ] = 2,
+    scheduler: SchedulerOpt = None,
+    dask_workers: DaskWorkersOpt = 2,
 ) -> None:
     """Score the caseload: probability, risk band and the top 3 drivers of each open episode.
 
@@ -179,8 +167,6 @@ def _score_with_dask(
 ) -> None:
     """``score --engine dask``: load the model once, score each client partition on the
     workers, write a Parquet dataset folder."""
-    from training.commands.train import check_dask_inputs_or_exit
-
     check_output_or_exit("--out", out, folder=True)
     check_dask_inputs_or_exit(sessions, clients, on_error)
     configure_tracking(tracking_uri)
@@ -215,7 +201,7 @@ def _score_with_dask(
             f"[bold red]Cannot score[/]: {escape(err.strerror or type(err).__name__)}",
             EXIT_UNREADABLE,
         ) from None
-    _print_scored(console, result, result.bands, result.rows, landmark, out)
+    _print_scored(console, result.totals, result.bands, result.rows, landmark, out)
 
 
 def register(app: typer.Typer) -> None:

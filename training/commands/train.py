@@ -37,6 +37,22 @@ if TYPE_CHECKING:
     from training.pipeline import TrainResult
 
 
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask scheduler address (tcp://HOST:PORT). Default: a local cluster on 127.0.0.1, "
+        "closed at the end.",
+        metavar="<address>",
+    ),
+]
+DaskWorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--dask-workers", min=1, help="Workers (1 thread each) of the local Dask cluster."
+    ),
+]
+
 _STAGES = {
     "features": "Building landmark features",
     "fit": "Fitting XGBoost (hyperparameter search)",
@@ -147,21 +163,8 @@ def train(
             "and the calibration and test clients' rows (at most 3,000,000 session rows).",
         ),
     ] = "pandas",
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            "--scheduler",
-            help="Dask scheduler address (tcp://HOST:PORT). Default: a local cluster on "
-            "127.0.0.1, closed at the end.",
-            metavar="<address>",
-        ),
-    ] = None,
-    dask_workers: Annotated[
-        int,
-        typer.Option(
-            "--dask-workers", min=1, help="Workers (1 thread each) of the local Dask cluster."
-        ),
-    ] = 2,
+    scheduler: SchedulerOpt = None,
+    dask_workers: DaskWorkersOpt = 2,
 ) -> None:
     """Train a calibrated dropout model on a cohort and register it in MLflow.
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import pandas as pd
+
 from features.profiles import get_profile
 from models.scorer import Scorer
 from training.dask_engine.partitions import CheckedPart, check_partitions
-from training.scoring import CohortScores, score_tables
+from training.scoring import COLUMNS, CohortScores, score_tables
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -23,18 +25,13 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DaskScores:
     """What :func:`score_dask` wrote: ``rows`` scored clients in ``files`` (one Parquet file per
-    client partition), ``bands`` counts per risk band, and the clients left out, counted as
-    :class:`training.scoring.CohortScores` counts them."""
+    client partition), ``bands`` counts per risk band, and ``totals``: the clients left out,
+    summed over the partitions (its ``frame`` is empty: the rows are in ``files``)."""
 
     files: tuple[Path, ...]
     rows: int
     bands: dict[str, int]
-    model_name: str
-    model_version: str
-    no_appointments: int
-    not_at_landmark: int
-    refused: int
-    skipped_ended: int
+    totals: CohortScores
 
 
 _COUNTS: Final = ("no_appointments", "not_at_landmark", "refused", "skipped_ended")
@@ -98,11 +95,11 @@ def score_dask(
     for r in results:
         for band, k in r["bands"].items():
             bands[str(band)] = bands.get(str(band), 0) + int(k)
-    return DaskScores(
-        files=files,
-        rows=sum(r["rows"] for r in results),
-        bands=bands,
+    totals = CohortScores(
+        frame=pd.DataFrame(columns=list(COLUMNS)),
         model_name=model_name,
         model_version=model_version,
         **{k: sum(r[k] for r in results) for k in _COUNTS},
     )
+    return DaskScores(files=files, rows=sum(r["rows"] for r in results), bands=bands,
+                      totals=totals)  # fmt: skip

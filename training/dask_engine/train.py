@@ -33,7 +33,7 @@ from training.pipeline import (
     finish_training,
     landmark_set,
 )
-from training.splits import Splits, split_clients
+from training.splits import Splits
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -278,14 +278,7 @@ def fit_dask(
         client, sessions_path, clients_path, profile=profile, npartitions=npartitions
     )
     all_clients = pd.concat([i["clients"] for i in info], ignore_index=True)
-    splits = split_clients(
-        all_clients,
-        strategy=config.split,
-        test_fraction=config.test_fraction,
-        calibration_fraction=config.calibration_fraction,
-        valid_fraction=config.valid_fraction,
-        seed=config.seed,
-    )
+    splits = config.splits_of(all_clients)
     held = pd.Index(np.concatenate([splits.calibration, splits.test]))
     n_held = sum(client.gather(client.compute([delayed(_count_sessions)(p, held) for p in parts])))
     if n_held > gather_limit:
