@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from models.drift import KS_ALERT, KS_LEVEL, PSI_ALERT, PSI_WATCH, SCORE_MIN_SHARE, Drift
+from models.drift import (
+    KS_ALERT,
+    KS_LEVEL,
+    PSI_ALERT,
+    PSI_LEVEL,
+    PSI_WATCH,
+    SCORE_MIN_SHARE,
+    Drift,
+)
 from models.reference import CLINIC_MIN_CLIENTS, SCORE_BINS
 from training.monitor import MonitorResult, SliceMonitor
 
@@ -87,6 +95,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "psi_alert": PSI_ALERT,
             "ks_alert": KS_ALERT,
             "ks_level": KS_LEVEL,
+            "psi_level": PSI_LEVEL,
             "min_clients": result.min_clients,
         },
         "slices": [one(s) for s in (result.overall, *result.clinics)],
@@ -270,9 +279,11 @@ training reference where the model kept one (“its own”: at least {CLINIC_MIN
 clients), else with all clinics together (“all clinics”): clinics differ through their
 therapists, and that difference is not drift. <b>PSI</b> below {PSI_WATCH} is
 no real change, {PSI_WATCH}–{PSI_ALERT} is worth watching, above {PSI_ALERT} a shift that needs
-action (Siddiqi 2006). <b>KS</b> (largest gap between the cumulative distributions) alerts at
-{KS_ALERT} or more when also significant at the {KS_LEVEL} level for the numbers of clients
-(a client's rows are not independent: several features repeat one value per client). Missing
+action (Siddiqi 2006), each only when the PSI is also beyond what chance alone gives at the
+{PSI_LEVEL} level (a green cell above {PSI_WATCH} is within chance for these clients).
+<b>KS</b> (largest gap between the cumulative distributions) alerts at {KS_ALERT} or more when
+also significant at the {KS_LEVEL} level. Both count clients, not rows (a client's rows are not
+independent: several features repeat one value per client). Missing
 values count as their own bin. A clinic with fewer than {result.min_clients} clients is shown as
 “too few” and not judged. Score bins are merged until each holds {SCORE_MIN_SHARE:.0%} of the
 reference.</p>
