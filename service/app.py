@@ -244,7 +244,7 @@ def _drift(settings: ServiceSettings, metrics: ServiceMetrics) -> DriftWindows |
     config = DriftConfig(
         window_rows=settings.drift_window_rows,
         max_age_s=settings.drift_window_max_age_s,
-        min_rows=settings.drift_min_rows,
+        min_clients=settings.drift_min_clients,
         interval_s=settings.drift_interval_s,
         max_clinics=settings.drift_max_clinics,
     )

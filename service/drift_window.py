@@ -10,9 +10,12 @@ the same rule as ``alliance-risk monitor``, and sets per clinic:
 - ``alliance_risk_drift_psi{clinic,group}`` and ``alliance_risk_drift_ks{clinic,group}``, for
   each explanation group (its most drifted feature) and ``group="score"``;
 - ``alliance_risk_drift_status{clinic,group}``: 0 ok, 1 watch, 2 alert;
-- ``alliance_risk_drift_window_rows{clinic}``.
+- ``alliance_risk_drift_window_rows{clinic}``: the clients in the window.
 
-PSI, KS and status read 0 until a window holds ``drift_min_rows`` rows. Labels are clinic ids and
+A client scored more than once counts once, with their latest row (a dashboard that refreshes a
+caseload must not weigh those clients more). Each clinic is compared with its own reference
+where the model's profile keeps one, else with all clinics (:func:`models.drift.drift_report`).
+PSI, KS and status read 0 until a window holds ``drift_min_clients`` clients. Labels are clinic ids and
 group names only. At most ``drift_max_clinics`` clinics are tracked; rows of others are counted.
 When the served model changes, the windows restart (the rows were another model's inputs, and
 the reference is the new model's). A model without a reference profile exports no drift.
@@ -44,35 +47,43 @@ _STATUS_VALUE = {"ok": 0, "watch": 1, "alert": 2, "too_few": 0}
 
 
 class _Window:
-    """Ring buffer of the latest ``size`` rows of one clinic: features, probability, time."""
+    """Ring buffer of the latest ``size`` rows of one clinic: features, probability, time, and
+    an in-memory hash of the client id (this process's salted ``hash``; never exported) so
+    that a client scored again counts once."""
 
     def __init__(self, size: int, n_features: int) -> None:
         self.X = np.empty((size, n_features))
         self.p = np.empty(size)
         self.t = np.empty(size)
+        self.client = np.empty(size, dtype=np.int64)
         self.n = 0
         self._next = 0
 
-    def add(self, X: np.ndarray, p: np.ndarray, now: float) -> None:
+    def add(self, X: np.ndarray, p: np.ndarray, client: np.ndarray, now: float) -> None:
         size = self.p.shape[0]
-        X, p = X[-size:], p[-size:]
+        X, p, client = X[-size:], p[-size:], client[-size:]
         k = p.shape[0]
         at = (self._next + np.arange(k)) % size
-        self.X[at], self.p[at], self.t[at] = X, p, now
+        self.X[at], self.p[at], self.client[at], self.t[at] = X, p, client, now
         self._next = (self._next + k) % size
         self.n = min(self.n + k, size)
 
     def rows(self, since: float) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the rows scored at or after ``since``."""
-        keep = self.t[: self.n] >= since
-        return self.X[: self.n][keep], self.p[: self.n][keep]
+        """Copies of the latest row of each client scored at or after ``since``."""
+        size = self.p.shape[0]
+        order = np.arange(self.n) if self.n < size else (self._next + np.arange(size)) % size
+        order = order[self.t[order] >= since]
+        # The last occurrence of each client: first in the reversed order.
+        _, last = np.unique(self.client[order][::-1], return_index=True)
+        keep = np.sort(order[::-1][last])
+        return self.X[keep], self.p[keep]
 
 
 @dataclass(frozen=True)
 class DriftConfig:
     window_rows: int
     max_age_s: float
-    min_rows: int
+    min_clients: int
     interval_s: float
     max_clinics: int
 
@@ -108,6 +119,8 @@ class DriftWindows:
             if self._model is not model:
                 self._windows.clear()  # another model: other inputs, another reference
                 self._model = model
+            ids = scored.episodes.client_id[scored.episode]
+            client = np.fromiter((hash(c) for c in ids.tolist()), np.int64, ids.shape[0])
             for clinic in dict.fromkeys(clinics.tolist()):
                 label = NO_CLINIC if clinic is None else str(clinic)
                 rows = clinics == clinic
@@ -118,7 +131,9 @@ class DriftWindows:
                         continue
                     n_features = scored.features.shape[1]
                     window = self._windows[label] = _Window(self.config.window_rows, n_features)
-                window.add(scored.features[rows], scored.explanation.probability[rows], now)
+                window.add(
+                    scored.features[rows], scored.explanation.probability[rows], client[rows], now
+                )
 
     def recompute(self) -> None:
         """Judge every window against the model's reference and set the gauges."""
@@ -134,13 +149,21 @@ class DriftWindows:
         for label, (X, p) in taken.items():
             self.metrics.drift_rows.labels(label).set(p.shape[0])
             self._exported.add(label)
-            if p.shape[0] < self.config.min_rows:
+            if p.shape[0] < self.config.min_clients:
                 for group in ("score", *scorer.registry.groups):
                     for gauge in (self.metrics.drift_psi, self.metrics.drift_ks,
                                   self.metrics.drift_status):  # fmt: skip
                         gauge.labels(label, group).set(0.0)
                 continue
-            report = drift_report(reference, scorer.registry, X, p, min_rows=self.config.min_rows)
+            report = drift_report(
+                reference,
+                scorer.registry,
+                X,
+                p,
+                clinic=None if label == NO_CLINIC else label,
+                n_clients=p.shape[0],  # one row per client (the latest)
+                min_clients=self.config.min_clients,
+            )
             for group, drift in (("score", report.score), *report.groups.items()):
                 self.metrics.drift_psi.labels(label, group).set(drift.psi)
                 self.metrics.drift_ks.labels(label, group).set(drift.ks)

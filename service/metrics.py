@@ -246,7 +246,7 @@ class ServiceMetrics:
             "alliance_risk_drift_psi",
             "PSI of the clinic's rolling window of scored rows against the model's reference, "
             "by explanation group (its worst feature) and group=score; 0 until the window holds "
-            "drift_min_rows rows (across workers: the largest).",
+            "drift_min_clients clients (across workers: the largest).",
             labels,
             registry=r,
             multiprocess_mode="livemax",

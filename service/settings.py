@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.drift import MIN_ROWS
+from models.drift import MIN_CLIENTS
 
 DEFAULT_MODEL_URI = "models:/alliance-risk@champion"
 #: The service's data folder under the project root (the audit file's default folder too).
@@ -107,7 +107,11 @@ class ServiceSettings(BaseSettings):
         "against the model's reference profile on /metrics (alliance_risk_drift_*).",
     )
     drift_window_rows: int = Field(
-        500, ge=10, le=100_000, description="Latest scored rows kept per clinic, per worker."
+        500,
+        ge=10,
+        le=100_000,
+        description="Latest scored rows kept per clinic, per worker (a client scored again "
+        "counts once, with their latest row).",
     )
     drift_window_max_age_s: float = Field(
         30 * 24 * 3600.0,
@@ -115,11 +119,11 @@ class ServiceSettings(BaseSettings):
         description="Rows older than this leave the window even when it is not full; 0 keeps "
         "them until newer rows push them out.",
     )
-    drift_min_rows: int = Field(
-        MIN_ROWS,
+    drift_min_clients: int = Field(
+        MIN_CLIENTS,
         ge=1,
-        description="Rows a clinic's window needs before its drift is judged (default "
-        "models.drift.MIN_ROWS: at 200 rows chance alone stays far below the alert threshold).",
+        description="Distinct clients a clinic's window needs before its drift is judged "
+        "(default models.drift.MIN_CLIENTS).",
     )
     drift_interval_s: float = Field(
         60.0, gt=0, description="Seconds between recomputations of the drift gauges."

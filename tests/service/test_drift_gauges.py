@@ -99,7 +99,7 @@ def test_a_shifted_clinic_alerts_and_a_steady_one_does_not(
 def test_the_window_and_the_clinics_are_bounded(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
-    settings = {"drift_window_rows": 50, "drift_max_clinics": 2, "drift_min_rows": 40}
+    settings = {"drift_window_rows": 50, "drift_max_clinics": 2, "drift_min_clients": 40}
     with _app(registry, tmp_path, dev_key_dir, **settings) as api:
         for clinic in ("a", "b", "c"):
             _send(api, dev_key_dir, clinic, _traffic(registry, clinic, 120))
@@ -111,10 +111,22 @@ def test_the_window_and_the_clinics_are_bounded(
     assert _total(text, "alliance_risk_drift_untracked_rows_total") == 120
 
 
+def test_a_client_scored_again_counts_once(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    with _app(registry, tmp_path, dev_key_dir) as api:
+        bodies = _traffic(registry, "again", 30)
+        for _ in range(3):  # a dashboard refreshing the same caseload
+            _send(api, dev_key_dir, "again", bodies)
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    assert _total(text, "alliance_risk_drift_window_rows", clinic="again") == 30
+
+
 def test_rows_older_than_the_time_span_leave_the_window(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
-    settings = {"drift_window_max_age_s": 0.5, "drift_min_rows": 10}
+    settings = {"drift_window_max_age_s": 0.5, "drift_min_clients": 10}
     with _app(registry, tmp_path, dev_key_dir, **settings) as api:
         _send(api, dev_key_dir, "old", _traffic(registry, "old", 20, shift=-2.0))
         _drift(api).recompute()
@@ -144,7 +156,7 @@ def test_the_alert_rules_file_is_valid_and_names_exported_metrics(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
     rules = yaml.safe_load((ROOT / "docs" / "prometheus-alerts.yml").read_text())
-    with _app(registry, tmp_path, dev_key_dir, drift_min_rows=10) as api:
+    with _app(registry, tmp_path, dev_key_dir, drift_min_clients=10) as api:
         _send(api, dev_key_dir, "x", _traffic(registry, "x", 20))
         _drift(api).recompute()
         text = api.get("/metrics").text
@@ -170,7 +182,7 @@ def test_gauges_add_up_across_workers(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
     """Two workers, each its own window: rows add up, PSI is there (the largest of them)."""
-    env = {"ALLIANCE_RISK_DRIFT_INTERVAL_S": "0.2", "ALLIANCE_RISK_DRIFT_MIN_ROWS": "5"}
+    env = {"ALLIANCE_RISK_DRIFT_INTERVAL_S": "0.2", "ALLIANCE_RISK_DRIFT_MIN_CLIENTS": "5"}
     bodies = _traffic(registry, "clinic-mp", 24)
     with serving(registry, tmp_path / "serve", dev_key_dir, workers=2, env=env) as url:
         for body in bodies:  # a new connection each: both workers take some
