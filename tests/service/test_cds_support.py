@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.schemas import RiskRequest
@@ -45,8 +46,14 @@ def auth_header(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def cds_client(registry: Registry, root: Path, key: Any, *, fhir_servers: list[str] = (),
-               **settings: Any) -> Iterator[TestClient]:  # fmt: skip
+def cds_client(registry: Registry, root: Path, key: Any, **settings: Any) -> Iterator[TestClient]:
+    """:func:`cds_app` in a TestClient (lifespan run)."""
+    with TestClient(cds_app(registry, root, key, **settings)) as client:
+        yield client
+
+
+def cds_app(registry: Registry, root: Path, key: Any, *, fhir_servers: Sequence[str] = (),
+            **settings: Any) -> FastAPI:  # fmt: skip
     """The app on the registry's champion, jwt mode with the EHR issuer as the only issuer."""
     from service.app import create_app
     from service.audit_log import AuditSettings
@@ -59,7 +66,7 @@ def cds_client(registry: Registry, root: Path, key: Any, *, fhir_servers: list[s
     jwks.write_text(json.dumps(jwks_doc({KID: key})))
     issuer = IssuerConfig(issuer=EHR, audience="alliance-risk", jwks_file=jwks,
                           clinic=TEST_CLINIC, fhir_servers=list(fhir_servers))  # fmt: skip
-    app = create_app(
+    return create_app(
         ServiceSettings(
             model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri,
             poll_interval_s=0,
@@ -71,8 +78,6 @@ def cds_client(registry: Registry, root: Path, key: Any, *, fhir_servers: list[s
         limits=LimitSettings(rate_per_clinic_per_s=0, rate_per_token_per_s=0),
         audit=AuditSettings(path=root / "audit.jsonl", key_file=root / "audit.key"),
     )  # fmt: skip
-    with TestClient(app) as client:
-        yield client
 
 
 def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
