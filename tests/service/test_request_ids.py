@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from service.audit import AuditRecord, client_ref
 from service.audit_log import AuditSettings, records
 from service.logs import JsonFormatter
-from service.security import AUDITED, UNROUTED
+from service.security import AUDITED, AUDITED_PREFIXES, UNROUTED
 from tests.service.conftest import MODEL_NAME, Registry
 from tests.service.helpers import request_for
 
@@ -152,8 +152,10 @@ def test_unrouted_v1_requests_leave_one_audit_line(
 
 
 def test_every_v1_route_has_its_own_audit_action(api: TestClient) -> None:
-    # A new /v1 route missing from AUDITED would be recorded as unrouted.
-    paths = {p for p in api.get("/openapi.json").json()["paths"] if p.startswith("/v1")}
+    # A new audited route (/v1, /fhir, /cds-services) missing from AUDITED would be recorded as
+    # unrouted.
+    paths = {p for p in api.get("/openapi.json").json()["paths"]
+             if any(p == x or p.startswith(x + "/") for x in AUDITED_PREFIXES)}  # fmt: skip
     assert paths == set(AUDITED)
 
 
@@ -185,14 +187,16 @@ def test_openapi_declares_bearer_and_api_key_on_every_v1_operation(api: TestClie
     operations = {
         (path, method): op for path, ops in schema["paths"].items() for method, op in ops.items()
     }
-    v1 = {k: op for k, op in operations.items() if k[0].startswith("/v1/")}
-    assert len(v1) == 5
+    # /v1 and the FHIR operation take the service's credentials.
+    secured = ("/v1/", "/fhir/Patient/")
+    v1 = {k: op for k, op in operations.items() if k[0].startswith(secured)}
+    assert len(v1) == 6
     for op in v1.values():
         assert op["security"] == [{"bearer": []}, {"apiKey": []}]
         # The declarations add no parameters of their own (the headers are not documented twice).
         names = {p["name"].lower() for p in op.get("parameters", [])}
         assert not names & {"authorization", "x-api-key"}
-    others = {k: op for k, op in operations.items() if not k[0].startswith("/v1/")}
+    others = {k: op for k, op in operations.items() if not k[0].startswith(secured)}
     assert others and all("security" not in op for op in others.values())
 
 
