@@ -29,6 +29,11 @@ OPERATION_IDS = {
     ("post", "/v1/admin/reload"): "reloadModel",
     ("get", "/livez"): "getLiveness",
     ("get", "/readyz"): "getReadiness",
+    ("post", "/fhir/Patient/$dropout-risk"): "fhirDropoutRisk",
+    ("get", "/fhir/CodeSystem/alliance-risk"): "fhirCodeSystem",
+    ("get", "/cds-services"): "cdsDiscovery",
+    ("post", "/cds-services/{service_id}"): "cdsService",
+    ("post", "/cds-services/{service_id}/feedback"): "cdsFeedback",
 }
 
 
