@@ -231,3 +231,13 @@ def test_cors_preflight_on_cds_paths_only(registry, tmp_path, key) -> None:
         # The scoring API keeps its own allowlist (none here).
         v1 = client.options("/v1/risk", headers=headers)
         assert "access-control-allow-origin" not in v1.headers
+
+
+def test_a_prefetch_of_another_patient_than_the_context_is_refused(cds, registry, key) -> None:
+    profile = cds.app.state.store.current.scorer.profile
+    cid = str(registry.cohort.clients["client_id"].iloc[4])
+    body = hook_body(client_resources(registry, cid, profile))
+    body["context"]["patientId"] = "someone-else"
+    response = _call(cds, key, body)
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["context.patientId"]
