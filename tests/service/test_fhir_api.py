@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.parameters import Parameters
@@ -349,6 +350,7 @@ def test_documented_example(fhir_api: TestClient, keys: Path) -> None:
         answer = _post(fhir_api, bundle, Authorization=auth).json()
         EXAMPLE_ASSESSMENT.write_text(json.dumps(answer, indent=2) + "\n")
     assert json.loads(EXAMPLE_BUNDLE.read_text()) == bundle
+    Bundle.model_validate(bundle)  # the example input is valid R4 too
     response = _post(fhir_api, json.loads(EXAMPLE_BUNDLE.read_text()), Authorization=auth)
     assert response.status_code == 200, response.text
     expected = json.loads(EXAMPLE_ASSESSMENT.read_text())
