@@ -24,6 +24,7 @@ from service.audit import ClientRefs
 from service.audit_log import AuditSettings
 from service.auth import Authenticator, AuthSettings, describe
 from service.cds.cors import CdsCorsMiddleware
+from service.cds.prefetch import redact_httpx_logs
 from service.drift_window import DriftConfig, DriftWindows
 from service.errors import install_error_handlers
 from service.fhir.errors import FhirErrorMiddleware
@@ -111,6 +112,7 @@ def create_app(
         Install the JSON log handler (off when an embedding process owns logging).
     """
     settings = settings or ServiceSettings()
+    redact_httpx_logs()  # CDS Hooks fetch URLs name patients
     metrics = ServiceMetrics()
     security, limit_settings, auth_settings = build_security(auth, limits, audit)
 

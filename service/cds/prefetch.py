@@ -11,7 +11,8 @@ Only servers in the calling issuer's ``fhir_servers`` are ever contacted (never 
 request alone: that would let any caller make this service fetch arbitrary addresses, SSRF),
 redirects are not followed, ``next`` pages are followed only under the same base, and a fetch
 has connect and read timeouts, a page limit and a size limit. The access token is used for
-these requests only: never logged, never kept.
+these requests only: never logged, never kept, and the URLs (they name the patient) are
+withheld from httpx's own log records (:func:`redact_httpx_logs`, installed by ``create_app``).
 """
 
 from __future__ import annotations
@@ -172,6 +173,27 @@ class FhirFetcher:
                     return url
                 raise PrefetchUnavailable("fhir_next_elsewhere")
         return None
+
+
+class HttpxUrlFilter(logging.Filter):
+    """httpx logs every request's URL at INFO, and a prefetch URL names the patient
+    (``Patient/<id>``, ``?patient=<id>``): its records keep their method and status, never
+    the URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg == 'HTTP Request: %s %s "%s %d %s"' and len(args) == 5:
+            record.args = (args[0], "<url withheld>", *args[2:])
+        else:
+            record.msg, record.args = "httpx record withheld (it may name a patient)", ()
+        return True
+
+
+def redact_httpx_logs() -> None:
+    """Put :class:`HttpxUrlFilter` on the ``httpx`` logger, once per process."""
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, HttpxUrlFilter) for f in httpx_logger.filters):
+        httpx_logger.addFilter(HttpxUrlFilter())
 
 
 def allowed_server(requested: str | None, allowed: Sequence[str]) -> str | None:

@@ -11,6 +11,7 @@ the server is known to speak FHIR as a client expects.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -204,3 +205,25 @@ def test_a_refused_or_slow_fhir_server_is_412(setup) -> None:
     assert slow.status_code == 412
     assert time.monotonic() - started < 1.4
     server.delay_s = 0.0
+
+
+def test_fetch_urls_never_reach_the_logs(setup, caplog: pytest.LogCaptureFixture) -> None:
+    """httpx logs each request's URL at INFO, and the URL names the patient: an embedding
+    process that turns those loggers up must still not see it."""
+    client, server, key = setup
+    body = _lend(hook_body(server.resources), server)
+    del body["prefetch"]
+    patient = body["context"]["patientId"]
+    with caplog.at_level(logging.DEBUG):
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        try:
+            response = client.post(f"/cds-services/{PATIENT_VIEW}", json=body,
+                                   headers=auth_header(cds_token(key)))  # fmt: skip
+        finally:
+            for name in ("httpx", "httpcore"):
+                logging.getLogger(name).setLevel(logging.NOTSET)
+    assert response.status_code == 200
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert "httpx" in logged  # the library did log its requests
+    assert patient not in logged and ACCESS_TOKEN not in logged
