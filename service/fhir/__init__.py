@@ -8,6 +8,8 @@
 ``inbound``
     Patient, Appointments/Encounters, EpisodeOfCare and alliance Observations or
     QuestionnaireResponses -> :class:`~service.fhir.inbound.FhirEpisode` (a ``RiskRequest``).
+``reader``, ``ratings``
+    What the mapping shares (issues, references, dates), and the alliance ratings it reads.
 ``outbound``
     A :class:`~models.results.RiskScore` -> ``RiskAssessment``; problems -> ``OperationOutcome``.
 ``errors``
