@@ -166,11 +166,13 @@ def _early(f: RatingFacts, g: Group, up: bool) -> Sentence:
     text = f"{g.subject} averaged {rating_text(e)} in appointments 1-3"
     ev: Evidence = {"fact": "early", "early_mean": rating(e)}
     if g.has_cutoff:
+        # A good start quoted as a reason for risk (or a poor one as protective) reads as the
+        # opposite of what a clinician knows; the model's push then comes from what followed,
+        # so decline and let the next fact of the group say it.
+        if up != (e < g.cutoff):
+            return None
         ev["cutoff"] = g.cutoff_r2
-        if up and e < g.cutoff:
-            text += f", below the cut-off {g.cutoff_text}"
-        elif not up and e >= g.cutoff:
-            text += " (a good early alliance)"
+        text += f", below the cut-off {g.cutoff_text}" if up else " (a good early alliance)"
     return text, ev
 
 

@@ -154,3 +154,26 @@ def test_srs_overall_is_quoted_as_the_total() -> None:
     # Latest items 7, 8, 8, 8: total 31 of 40, under the SRS cut-off 36.
     assert d.text == "Overall alliance total was 31.0 at session 2, below the cut-off 36"
     assert d.focus == SRS.element("relationship").focus
+
+
+def test_a_good_early_alliance_is_not_quoted_as_a_reason_for_risk() -> None:
+    # The model may push risk up on a high early mean (a later fall from a high start); the
+    # sentence must then quote what supports "raises risk", not the good start on its own.
+    arrays = client(ratings={"trust": [9.6, 9.6, 9.6, 8.0, 7.0]})
+    raises = describe(arrays, {"trust_early_mean": 0.3})[0][0]
+    assert raises.direction == RAISES
+    assert "averaged 9.6 in appointments 1-3" not in raises.text
+    assert raises.evidence["fact"] != "early"
+    lowers = describe(arrays, {"trust_early_mean": -0.3})[0][0]
+    assert (
+        lowers.text == "Trust and rapport averaged 9.6 in appointments 1-3 (a good early alliance)"
+    )
+
+
+def test_a_poor_early_alliance_is_not_quoted_as_protective() -> None:
+    arrays = client(ratings={"trust": [5.0, 5.5, 6.0, 9.0, 9.5]})
+    lowers = describe(arrays, {"trust_early_mean": -0.3})[0][0]
+    assert lowers.direction == LOWERS
+    assert lowers.evidence["fact"] != "early"
+    raises = describe(arrays, {"trust_early_mean": 0.3})[0][0]
+    assert raises.text == "Trust and rapport averaged 5.5 in appointments 1-3, below the cut-off 8"
