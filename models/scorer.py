@@ -254,6 +254,7 @@ class Scorer:
         *,
         landmarks: Landmarks = "latest",
         scored_at: datetime | None = None,
+        explain: bool = True,
     ) -> ScoreSet:
         """Check, score and explain episodes: the one inference entry.
 
@@ -267,6 +268,12 @@ class Scorer:
             (evaluation), or the appointment numbered ``k``.
         scored_at : datetime, optional
             Time stamp of the results; default now (UTC).
+        explain : bool, default True
+            False skips the explanation (TreeSHAP) and the drivers: the set carries the
+            probabilities and bands only (the shadow challenger and the live drift windows,
+            which never answer a caller). The probability is then the calibrated xgboost margin
+            (:meth:`predict_proba`'s formula without tables), equal to the explained one to
+            float32 rounding of the margin; ``results`` and ``drivers`` refuse such a set.
 
         Returns
         -------
@@ -292,7 +299,7 @@ class Scorer:
         arrays = episodes.pack(ok)
         rows = landmark_rows(arrays, landmarks, self.k_max)
         X = compute_feature_matrix(arrays, self.registry, rows)
-        e = self.explain_matrix(X)
+        e = self.explain_matrix(X) if explain else self._unexplained(X)
         return ScoreSet(
             scorer=self,
             episodes=episodes,
@@ -305,6 +312,24 @@ class Scorer:
             arrays=arrays,
             rows=rows,
             scored_at=scored_at or datetime.now(UTC),
+            explained=explain,
+        )
+
+    def _unexplained(self, X: np.ndarray) -> Explanation:
+        """Probability from the booster's margin, with no contributions (``explain=False``)."""
+        m = margin(self.booster, X)
+        probability = calibrate_probability(m, self.calibrator)
+        empty = np.empty((X.shape[0], 0))
+        return Explanation(
+            space="none (scored without explanation)",
+            base_logit=np.full(X.shape[0], np.nan),
+            base_probability=np.full(X.shape[0], np.nan),
+            feature_contributions=empty,
+            group_contributions=empty.copy(),
+            feature_names=(),
+            group_names=(),
+            logit=np.asarray(m, dtype=np.float64),
+            probability=np.asarray(probability, dtype=np.float64),
         )
 
     def self_check(self) -> ScoreSet:

@@ -62,6 +62,9 @@ class ScoreSet:
         The packed histories and each row's landmark position in them (what the drivers read).
     scored_at : datetime
         When the rows were scored (UTC).
+    explained : bool
+        False when scored with ``explain=False``: ``explanation`` then holds the probabilities
+        only (no contributions), and :attr:`drivers` and :attr:`results` raise ValueError.
     """
 
     scorer: Scorer
@@ -75,6 +78,7 @@ class ScoreSet:
     arrays: SessionArrays
     rows: np.ndarray
     scored_at: datetime
+    explained: bool = True
 
     @property
     def n_rows(self) -> int:
@@ -88,6 +92,7 @@ class ScoreSet:
     @cached_property
     def drivers(self) -> list[list[Driver]]:
         """Per row, up to :data:`TOP_DRIVERS` drivers, largest |contribution| first."""
+        self._require_explanation()
         return self.scorer.drivers.describe(
             self.arrays, self.rows, self.features, self.explanation, top=TOP_DRIVERS
         )
@@ -95,6 +100,7 @@ class ScoreSet:
     @cached_property
     def results(self) -> tuple[RiskScore, ...]:
         """One :class:`RiskScore` per row, in row order (episode order, then landmark)."""
+        self._require_explanation()
         e, names = self.explanation, self.scorer.names
         n = self.n_rows
         k = min(TOP_FEATURES, e.feature_contributions.shape[1])
@@ -154,6 +160,10 @@ class ScoreSet:
                 )
             )
         return tuple(out)
+
+    def _require_explanation(self) -> None:
+        if not self.explained:
+            raise ValueError("scored with explain=False: probabilities and bands only")
 
     def by_episode(self) -> Iterator[tuple[int, RiskScore | tuple[ContractProblem, ...] | None]]:
         """Per input episode, in order: its score (the last scored row of the episode), the

@@ -6,7 +6,8 @@ response is built. That only puts a small job (the validated episodes, the champ
 probabilities and bands) on a bounded queue, or counts the clients as dropped when the queue is
 full: it never waits. One background thread per worker takes what queued up within
 ``shadow_batch_wait_s``, scores it with the challenger in one vectorised pass (the same
-:meth:`~models.scorer.Scorer.score` the routes call), and writes one line per client to a
+:meth:`~models.scorer.Scorer.score` the routes call, with ``explain=False``: probabilities and
+bands only, no TreeSHAP and no drivers), and writes one line per client to a
 JSON-lines file and the series of :meth:`~service.metrics.ServiceMetrics.observe_shadow`. A
 challenger that raises, refuses a client or cannot write its file is logged and counted; the
 response was sent before it ran.
@@ -292,7 +293,7 @@ class ShadowScorer:
             return
         episodes = concat_episodes([j.episodes for j in same])
         try:
-            scored = challenger.scorer.score(episodes)
+            scored = challenger.scorer.score(episodes, explain=False)  # no TreeSHAP, no drivers
         except Exception as exc:
             self.metrics.shadow_failures.labels(reason="error").inc(sum(j.n for j in same))
             logger.error(

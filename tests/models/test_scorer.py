@@ -277,3 +277,24 @@ def test_risk_bands_refuse_a_two_column_probability_array() -> None:
     p = np.linspace(0.01, 0.6, 50)
     with pytest.raises(ValueError, match="1-D array"):
         RiskBands.from_probabilities(np.column_stack([1 - p, p]))
+
+
+def test_explain_false_gives_the_same_probabilities_and_bands_without_treeshap(
+    scorer, episodes, monkeypatch
+) -> None:
+    explained = scorer.score(episodes, landmarks="all")
+
+    def no_treeshap(*_args, **_kwargs):
+        raise AssertionError("TreeSHAP ran for explain=False")
+
+    monkeypatch.setattr(scorer, "explain_matrix", no_treeshap)
+    plain = scorer.score(episodes, landmarks="all", explain=False)
+    assert plain.n_rows == explained.n_rows > 100
+    np.testing.assert_array_equal(plain.episode, explained.episode)
+    np.testing.assert_array_equal(plain.landmark, explained.landmark)
+    np.testing.assert_array_equal(plain.features, explained.features)
+    # The margin is xgboost's (float32) instead of the sum of the contributions (float64).
+    np.testing.assert_allclose(plain.probability, explained.probability, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(plain.risk_band, explained.risk_band)
+    with pytest.raises(ValueError, match="explain=False"):
+        _ = plain.results

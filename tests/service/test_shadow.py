@@ -76,6 +76,7 @@ class _Controlled:
         self.mode: str | None = None
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.calls: list[dict[str, Any]] = []  # the keywords of each challenger score call
 
     def __call__(self, uri: str) -> Scorer:
         scorer = load_scorer(uri)
@@ -83,6 +84,7 @@ class _Controlled:
             real = scorer.score
 
             def score(episodes, **kwargs):  # type: ignore[no-untyped-def]
+                self.calls.append(kwargs)
                 if self.mode == "raise":
                     raise RuntimeError("challenger broke")
                 if self.mode == "block":
@@ -158,6 +160,21 @@ def test_comparisons_are_logged_without_client_identifiers(
     disagree = sum(line["band_champion"] != line["band_challenger"] for line in lines)
     assert _total(text, "alliance_risk_shadow_band_disagreements_total") == disagree
     assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_challenger_scores_without_explanation(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    """The shadow needs probabilities and bands only: no TreeSHAP, no drivers."""
+    _set_challenger(registry, "2")
+    loader = _Controlled()
+    bodies = _bodies(registry, 3)
+    with _app(registry, tmp_path, dev_key_dir, loader=loader) as api:
+        loader.calls.clear()  # the load-time self-check explains, as it must
+        assert api.post("/v1/risk/batch", json={"clients": bodies}).status_code == 200
+        assert _shadow(api).wait_idle()
+    assert loader.calls and all(kw.get("explain") is False for kw in loader.calls)
+    assert len(_lines(tmp_path / "data" / "shadow.jsonl")) == 3
 
 
 def test_a_full_queue_drops_and_counts_without_waiting(
