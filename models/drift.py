@@ -7,8 +7,10 @@ the share of rows in each 5-point probability bin. New rows are counted in the s
 compared with two statistics:
 
 - **PSI**, the population stability index ``sum((a - e) * ln(a / e))`` over the bins, ``a`` the
-  new share and ``e`` the reference share (both floored at :data:`SHARE_FLOOR` so an empty bin
-  does not give infinity). Missing values (NaN is "undefined by design", e.g. no rating yet) are
+  new share and ``e`` the reference share, each smoothed by :data:`PSI_PSEUDOCOUNT` counts
+  per bin given its sample size (new and reference clients, or rows), so an empty bin neither
+  gives infinity nor, floored, a PSI that chance reaches far more often than the critical value
+  below says; bins empty on both sides are left out. Missing values (NaN is "undefined by design", e.g. no rating yet) are
   a bin of their own, so a change in how often a feature is undefined counts as drift.
   Thresholds follow the credit-scoring convention (Siddiqi 2006, *Credit Risk Scorecards*,
   ch. 8): below :data:`PSI_WATCH` no real change, :data:`PSI_WATCH` to :data:`PSI_ALERT` a
@@ -84,8 +86,13 @@ MIN_ROWS = 200
 MIN_CLIENTS = 200
 #: Where a slice's reference came from: its clinic's own, or all clinics together.
 BASELINES = ("clinic", "pooled")
-#: Floor of a bin share in the PSI (the usual 0.0001 of PSI implementations).
+#: Floor of a bin share in :func:`psi` when the sample sizes are not given (the usual 0.0001
+#: of PSI implementations).
 SHARE_FLOOR = 1e-4
+#: Counts added to every bin on both sides before the PSI (additive smoothing; Jeffreys's half
+#: count). With 5% bins and a reference of 100 clients, the floor above made chance alone
+#: exceed the critical value 1.1% of the time instead of 0.1%, mostly through one empty bin.
+PSI_PSEUDOCOUNT = 0.5
 #: Adjacent score bins are merged until each holds at least this share of the reference rows
 #: (the 20 fixed bins have near-empty tails, where one row would weigh like a shift).
 SCORE_MIN_SHARE = 0.05
@@ -142,10 +149,27 @@ def worst_status(drifts: Any) -> str:
     return max(judged, key=_SEVERITY.__getitem__) if judged else "too_few"
 
 
-def psi(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Population stability index of two share vectors over the same bins."""
-    a = np.maximum(np.asarray(actual, dtype=np.float64), SHARE_FLOOR)
-    e = np.maximum(np.asarray(expected, dtype=np.float64), SHARE_FLOOR)
+def psi(
+    actual: np.ndarray, expected: np.ndarray, *, n: int | None = None, m: int | None = None
+) -> float:
+    """Population stability index of two share vectors over the same bins.
+
+    With ``n`` and ``m``, the sample sizes behind ``actual`` and ``expected`` (clients or rows),
+    each side's shares are smoothed by :data:`PSI_PSEUDOCOUNT` counts per bin,
+    ``(share * n + c) / (n + c * bins)``: an empty bin then weighs as half an observation would,
+    and chance alone stays near the level :func:`psi_critical` is set at. Without them the
+    shares are floored at :data:`SHARE_FLOOR` (the usual implementation; far too heavy for an
+    empty bin of a small sample).
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if n is not None and m is not None and n > 0 and m > 0:
+        c, bins = PSI_PSEUDOCOUNT, a.shape[0]
+        a = (a * n + c) / (n + c * bins)
+        e = (e * m + c) / (m + c * bins)
+    else:
+        a = np.maximum(a, SHARE_FLOOR)
+        e = np.maximum(e, SHARE_FLOOR)
     return float(np.sum((a - e) * np.log(a / e)))
 
 
@@ -214,8 +238,10 @@ def _compare(counts: np.ndarray, expected: np.ndarray, k: _Counts, *, missing: b
         return Drift(psi=math.nan, ks=math.nan, n=0, status="too_few")
     finite = slice(None, -1) if missing else slice(None)
     ks_value = _ks(counts[finite], expected[finite])
-    bins = int(np.count_nonzero((counts > 0) | (expected > 0)))
-    return _judge(psi(counts / k.n, expected), ks_value, bins, k)
+    used = (counts > 0) | (expected > 0)  # a bin empty on both sides says nothing
+    bins = int(np.count_nonzero(used))
+    share = psi(counts[used] / k.n, expected[used], n=k.n_eff, m=k.m_eff)
+    return _judge(share, ks_value, bins, k)
 
 
 def _feature_bins(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

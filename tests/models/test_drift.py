@@ -284,3 +284,26 @@ def test_a_rare_value_empty_in_a_small_clinic_reference_is_not_drift() -> None:
     report = drift_report(dist, REGISTRY, new, q, clinic="A", n_clients=300, min_clients=100)
     assert report.baseline == "clinic"
     assert report.features[REGISTRY.names[j]].status == "ok", report.features[REGISTRY.names[j]]
+
+
+def test_psi_smoothing_keeps_the_null_exceedance_near_its_level() -> None:
+    # The reviewer's case: 5% bins, 200 new and 100 reference clients from one distribution.
+    # Flooring an empty bin's share at 1e-4 made P(PSI >= critical) 1.1% instead of 0.1%;
+    # half a count added to every bin on both sides keeps it near the nominal level.
+    rng = np.random.default_rng(1)
+    q = np.array([0.05, 0.05, 0.1, 0.3, 0.5])
+    n, m = 200, 100
+    crit = psi_critical(n, m, q.size)
+    draws = 20000
+    hits = sum(
+        psi(rng.multinomial(n, q) / n, rng.multinomial(m, q) / m, n=n, m=m) >= crit
+        for _ in range(draws)
+    )
+    assert hits / draws <= 0.003, hits / draws
+    # Two new clients of 200 in a bin empty among 100 reference ones: chance, not drift.
+    a, e = np.array([0.01, 0.99]), np.array([0.0, 1.0])
+    assert 0.0 < psi(a, e, n=200, m=100) < 0.02 < 0.04 < psi(a, e)
+    # Without the counts, the shares alone are compared as before (floored).
+    assert psi(np.array([0.75, 0.25]), np.array([0.5, 0.5])) == pytest.approx(
+        0.25 * math.log(1.5) + 0.25 * math.log(2), rel=1e-12
+    )
