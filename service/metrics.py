@@ -234,6 +234,13 @@ class ServiceMetrics:
             buckets=PROBABILITY_BUCKETS,
             registry=r,
         )
+        self.observer_failures = Counter(
+            "alliance_risk_observer_failures",
+            "Exceptions of a score observer (the shadow challenger, the drift windows) after a "
+            "response was built; the response is still sent. By observer class name.",
+            ("observer",),
+            registry=r,
+        )
         self._shadow_series(r)
         self._drift_series(r)
 
@@ -268,10 +275,20 @@ class ServiceMetrics:
         )
         self.drift_rows = Gauge(
             "alliance_risk_drift_window_rows",
-            "Scored rows in the clinic's rolling drift window (across workers: their sum).",
+            "Clients in the clinic's rolling drift window, each with their latest history "
+            "(across workers: their sum).",
             ("clinic",),
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.drift_judged = Gauge(
+            "alliance_risk_drift_judged",
+            "1 when the clinic's window held drift_min_clients clients at the last "
+            "recomputation and its drift was judged; 0 when too few (its PSI, KS and status "
+            "then read 0 and say nothing). Across workers: the largest.",
+            ("clinic",),
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.drift_untracked = Counter(
             "alliance_risk_drift_untracked_rows",

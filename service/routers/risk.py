@@ -6,6 +6,7 @@ work) never holds up the event loop.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -44,6 +45,8 @@ from service.security import (
 )
 from service.settings import ServiceSettings
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1", tags=["risk"], route_class=OrjsonRoute)
 
 #: The errors any /v1 operation can answer (authentication, rate limit, model, audit, time).
@@ -64,9 +67,19 @@ def _count(request: Request, model: LoadedModel, scores: list[RiskScore]) -> Non
 
 
 def _observed(request: Request, model: LoadedModel, scored: ScoreSet) -> None:
-    """Hand the scored rows to the observers (the shadow challenger): they only queue them."""
+    """Hand the scored rows to the observers (the shadow challenger, the drift windows): they
+    only queue or copy them. The response is built: an observer that raises is logged (its
+    class and the exception's type, no client data) and counted, never turned into a 500."""
     for observer in request.app.state.observers:
-        observer.observe(model, scored)
+        try:
+            observer.observe(model, scored)
+        except Exception as exc:
+            name = type(observer).__name__
+            request.app.state.metrics.observer_failures.labels(name).inc()
+            logger.error(
+                "score observer failed; the response is unaffected",
+                extra={"fields": {"observer": name, "error": type(exc).__name__}},
+            )
 
 
 def one_client(

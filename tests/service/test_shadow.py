@@ -328,3 +328,25 @@ def test_two_workers_share_one_comparison_file(
     lines = _lines(log)  # the workers stopped: every queued comparison was written
     assert len(lines) == 20
     assert {line["challenger_version"] for line in lines} == {"2"}
+
+
+class _Broken:
+    def observe(self, model, scored) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"observer broke on {scored.episodes.client_id[0]}")
+
+
+def test_a_failing_observer_never_fails_a_built_response(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bodies = _bodies(registry, 2)
+    with _app(registry, tmp_path, dev_key_dir, shadow_enabled=False) as api:
+        api.app.state.observers.insert(0, _Broken())  # type: ignore[attr-defined]
+        with caplog.at_level("ERROR"):
+            assert api.post("/v1/risk", json=bodies[0]).status_code == 200
+            batch = api.post("/v1/risk/batch", json={"clients": bodies})
+        assert batch.status_code == 200 and batch.json()["scored"] == 2
+        text = api.get("/metrics").text
+    assert _total(text, "alliance_risk_observer_failures_total", observer="_Broken") == 2
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    assert "_Broken" in logged and "RuntimeError" in logged
+    assert not any(body["client_id"] in logged for body in bodies)
