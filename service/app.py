@@ -76,8 +76,13 @@ def build_security(
     auth = auth or AuthSettings()  # mode comes from the environment
     limits = limits or LimitSettings()
     audit = audit or AuditSettings()
+    replay = None  # one process: the authenticator's own in-memory cache
+    if limits.shared_dir is not None:  # serve --workers N: one set of used jti for all
+        from service.shared_limits import SharedJtiReplayCache
+
+        replay = SharedJtiReplayCache(limits.shared_dir, auth.replay_cache_size)
     security = Security(
-        authenticator=Authenticator(auth),
+        authenticator=Authenticator(auth, replay_cache=replay),
         limiter=RateLimiter.from_settings(limits),
         audit=audit.open_log(),
         refs=ClientRefs(audit.load_key()),
@@ -244,6 +249,7 @@ def _drift(settings: ServiceSettings, metrics: ServiceMetrics) -> DriftWindows |
     if not settings.drift_enabled:
         return None
     config = DriftConfig(
+        window_clients=settings.drift_window_clients,
         window_rows=settings.drift_window_rows,
         max_age_s=settings.drift_window_max_age_s,
         min_clients=settings.drift_min_clients,

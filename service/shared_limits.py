@@ -1,4 +1,5 @@
-"""One rate limit for all the workers of ``alliance-risk serve --workers N``.
+"""One rate limit, and one set of used CDS Hooks token ids, for all the workers of
+``alliance-risk serve --workers N``.
 
 :class:`service.limits.RateLimiter` keeps its buckets in the process, so N workers would grant a
 clinic N times its rate. :class:`SharedRateLimiter` keeps them in a SQLite file in the folder the
@@ -10,16 +11,25 @@ The file holds bucket levels by clinic id and token id (never a client's data), 
 folder only the service's user can read, removed when ``serve`` exits. ``time.monotonic`` is one
 clock for every process of the machine (Linux ``CLOCK_MONOTONIC``), so the workers' timestamps
 compare.
+
+:class:`SharedJtiReplayCache` does the same for the CDS Hooks replay cache: a ``jti`` accepted by
+one worker is refused by every other (one row per issuer and token id, as a SHA-256, kept until
+the token expires).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from service.limits import BucketSpec, RateLimiter, _Bucket
+
+logger = logging.getLogger(__name__)
 
 #: File name of the buckets inside the shared folder.
 DB_NAME = "rate-limits.sqlite"
@@ -100,6 +110,88 @@ class SharedRateLimiter(RateLimiter):
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM buckets").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+#: File name of the single-use token ids inside the shared folder.
+JTI_DB_NAME = "jti-replay.sqlite"
+
+
+class SharedJtiReplayCache:
+    """:class:`~service.auth.caches.JtiReplayCache` across every process sharing ``folder``: a
+    CDS Hooks ``jti`` presented to one worker is a replay at every other.
+
+    One row per ``iss``+``jti`` (stored as its SHA-256, never as text) with its expiry, in
+    ``folder/jti-replay.sqlite``; ``INSERT ... ON CONFLICT DO NOTHING`` inside one write
+    transaction decides who saw it first, and expired rows are purged on the way. Fail closed:
+    a full table (``max_entries`` live ids) or a database error is a replay, never an accept.
+    Expiries are wall-clock seconds (``time.time``), as the token's ``exp``.
+    """
+
+    def __init__(self, folder: Path, max_entries: int = 100_000, *,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.path = Path(folder) / JTI_DB_NAME
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, timeout=10, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # A lost row after a power cut could let a token be replayed within its few minutes;
+        # NORMAL keeps WAL commits durable against a process crash, which is what workers do.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS jti (digest BLOB PRIMARY KEY, exp REAL NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS jti_exp ON jti (exp)")
+
+    def seen(self, jti: str, exp: float) -> bool:
+        """True if ``jti`` is a replay (or the table is full, or unreadable); otherwise
+        remember it until ``exp`` (seconds since the epoch)."""
+        now = self._clock()
+        digest = hashlib.sha256(jti.encode()).digest()
+        with self._lock:
+            try:
+                return self._seen(digest, exp, now)
+            except sqlite3.Error as exc:
+                logger.error("shared jti replay cache unavailable; refusing single-use token",
+                             extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
+                return True
+
+    def _seen(self, digest: bytes, exp: float, now: float) -> bool:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM jti WHERE exp <= ?", (now,))
+            known = self._db.execute("SELECT 1 FROM jti WHERE digest = ?", (digest,)).fetchone()
+            if known is not None:
+                replay = True
+            elif exp <= now:
+                replay = False  # already expired: the token check refuses it
+            elif self._db.execute("SELECT count(*) FROM jti").fetchone()[0] >= self.max_entries:
+                logger.warning("jti replay cache full; refusing single-use token")
+                replay = True
+            else:
+                inserted = self._db.execute(
+                    "INSERT INTO jti (digest, exp) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING",
+                    (digest, exp),
+                )
+                replay = inserted.rowcount != 1
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return replay
+
+    def __len__(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM jti WHERE exp > ?", (self._clock(),))
+            return int(row.fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ import jwt
 
 from service.audit import MAX_TEXT, is_audit_text
 from service.auth.api_keys import ApiKeyRecord, load_api_keys, verify_api_key
-from service.auth.caches import JtiReplayCache, VerifiedTokenCache
+from service.auth.caches import JtiReplayCache, ReplayCache, VerifiedTokenCache
 from service.auth.dev import DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_FILE, ensure_dev_keys
 from service.auth.jwks import JwksSource, JwksUnavailable
 from service.auth.principal import (
@@ -113,12 +113,15 @@ class Authenticator:
     their own lock, and nothing else changes after construction.
     """
 
-    def __init__(self, settings: AuthSettings, *, replay_cache: JtiReplayCache | None = None,
+    def __init__(self, settings: AuthSettings, *, replay_cache: ReplayCache | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.settings = settings
         self.mode: AuthMode = settings.mode
-        self.replay_cache = replay_cache or JtiReplayCache(settings.replay_cache_size)
+        # Not ``or``: an empty cache has length 0 and would be replaced by a private one.
+        self.replay_cache: ReplayCache = (
+            JtiReplayCache(settings.replay_cache_size) if replay_cache is None else replay_cache
+        )
         self.verified = VerifiedTokenCache(
             settings.verified_cache_size, settings.jwks_cache_s, settings.leeway_s,
             clock=wall_clock,

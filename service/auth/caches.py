@@ -15,10 +15,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 # The package's one logger name, as before the split: log filters and alerts key on it.
 logger = logging.getLogger("service.auth")
+
+
+class ReplayCache(Protocol):
+    """What the authenticator asks of a replay cache (:class:`JtiReplayCache` in one process,
+    :class:`service.shared_limits.SharedJtiReplayCache` across the workers of one ``serve``)."""
+
+    def seen(self, jti: str, exp: float) -> bool: ...
 
 
 class JtiReplayCache:
