@@ -31,7 +31,10 @@ compared with two statistics:
 **Which reference.** With ``clinic=...`` a clinic is compared with its own reference where the
 profile has one (format 3, a clinic with at least
 :data:`models.reference.CLINIC_MIN_CLIENTS` reference clients; ``DriftReport.baseline`` is
-``"clinic"``), else with all clinics together (``"pooled"``). Clinics differ through their
+``"clinic"``), else with all clinics together (``"pooled"``). The features of a reference come
+from every development client, the score from the calibration split's (out-of-sample scores),
+so each has its own reference count; a clinic with too few calibration clients for its own
+score shares has its score compared with all clinics'. Clinics differ through their
 therapists and clients; compared with the pooled reference, that difference alone looks like
 drift.
 
@@ -59,7 +62,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -401,14 +404,22 @@ def drift_report(
         )
     score = dist["score"]
     bins = np.asarray(score.get("bins", SCORE_BINS), dtype=np.float64)
-    ref_shares = np.asarray(part["score"]["shares"], dtype=np.float64)
+    # A clinic without its own score shares (few calibration clients) is scored against all.
+    score_of = part if "score" in part else dist
+    own_score = score_of["score"]
+    # Since format 4 the score has its own sample (the calibration split's), the features a
+    # larger one; older profiles count one sample for both.
+    k_score = replace(
+        k, m_eff=_reference_count(own_score if "n_rows" in own_score else score_of, by_clients)
+    )
+    ref_shares = np.asarray(own_score["shares"], dtype=np.float64)
     merged = _merge_sparse(ref_shares, SCORE_MIN_SHARE)
     size = int(merged[-1]) + 1
     expected = np.bincount(merged, weights=ref_shares, minlength=size)
     counts, _ = np.histogram(np.clip(p, bins[0], bins[-1]), bins=bins)
     actual = np.bincount(merged, weights=counts.astype(np.float64), minlength=size)
     return DriftReport(
-        score=_compare(actual, expected, k, missing=False),
+        score=_compare(actual, expected, k_score, missing=False),
         groups=groups,
         features=per_feature,
         baseline="clinic" if own is not None else "pooled",

@@ -7,14 +7,18 @@ saved inside the scorer directory (``reference.json``), so a loaded
 :class:`~models.scorer.Scorer` has it as ``scorer.reference``; training also logs it as a run
 artifact for analysts.
 
-Two parts, from two sets of rows (both chosen in :func:`training.pipeline.train_model`):
+Two parts, from two sets of rows (both chosen in :func:`training.pipeline.reference_of`):
 
 - :func:`distribution_profile`: per-feature quantiles (by explanation group), the score
-  histogram and the risk-band shares, from a :class:`~models.scoreset.ScoreSet`. Training passes
-  the calibration split's labelled landmarks (``landmarks="training"``): rows the booster was not
-  fitted on (so the scores are not the in-sample, overconfident ones), and the very rows the risk
-  bands were set on (so the band shares are the ones the thresholds mean). Monitoring can call
-  the same function on a ScoreSet of new data and compare like with like. Since format 3 it
+  histogram and the risk-band shares, from :class:`~models.scoreset.ScoreSet` objects. Since
+  format 4 training passes two: for the features, the labelled landmarks
+  (``landmarks="training"``) of every client outside the test split (a feature's distribution
+  needs no out-of-sample rows, and the calibration split alone left a clinic about a hundred
+  clients, so that no feature shift smaller than a PSI of about 0.3 could count); for the score
+  and the bands, the calibration split's: rows the booster was not fitted on (so the scores are
+  not the in-sample, overconfident ones), and the very rows the risk bands were set on (so the
+  band shares are the ones the thresholds mean). Monitoring can call the same function on a
+  ScoreSet of new data and compare like with like. Since format 3 it
   also keeps, for each clinic with at least :data:`CLINIC_MIN_CLIENTS` clients among those rows,
   the clinic's own shares in the same feature bins and score bins (``clinics``), so a clinic is
   compared with itself rather than with the mix of all clinics (clinics differ through their
@@ -47,10 +51,12 @@ if TYPE_CHECKING:
     from models.scoreset import ScoreSet
 
 #: 2 adds each feature's drift bins (``edges`` and ``shares``); 3 adds each clinic's own shares
-#: in those bins (``distribution["clinics"]``). Older profiles still load: :mod:`models.drift`
-#: then compares every clinic with all clinics (and version 1 with its five quantiles).
-REFERENCE_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
+#: in those bins (``distribution["clinics"]``); 4 takes the features from more rows than the
+#: score and says so (``score["n_rows"]``, ``score["n_clients"]``, also per clinic). Older
+#: profiles still load: :mod:`models.drift` then compares every clinic with all clinics (and
+#: version 1 with its five quantiles), and version 3 counts one sample for both parts.
+REFERENCE_FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
 #: Feature and score quantiles kept in the profile (for reading).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Quantile levels whose values are each feature's drift bin edges (deciles: ten bins, the
@@ -66,6 +72,10 @@ MIN_CLIENTS = 20
 #: landmark, so a clinic's reference is as precise as its client count: with 100 clients chance
 #: alone moves a decile share by about 3 points.
 CLINIC_MIN_CLIENTS = 100
+#: Fewest clients of a clinic among the score rows (the calibration split) for its own score
+#: shares; below it the clinic's score is compared with all clinics' (a histogram of a few
+#: clients' scores is too close to the clients).
+CLINIC_SCORE_MIN_CLIENTS = 50
 #: Decimals kept of a clinic's shares (a 10-clinic profile stays small; 1e-5 is far below the
 #: sampling error of 100 clients and below :data:`models.drift.SHARE_FLOOR`).
 CLINIC_SHARE_DECIMALS = 5
@@ -104,45 +114,65 @@ def _drift_profile(values: np.ndarray) -> dict[str, Any]:
     return {"edges": edges.tolist(), "shares": (counts[:-1] / values.shape[0]).tolist()}
 
 
-def _clinic_profiles(
-    scored: ScoreSet, edges: list[np.ndarray], min_clients: int
-) -> dict[str, dict[str, Any]]:
-    """Each clinic's shares in the pooled feature bins (``edges``) and score bins, for clinics
-    with at least ``min_clients`` distinct episodes among the scored rows."""
+def _clinic_rows(scored: ScoreSet) -> tuple[np.ndarray, np.ndarray]:
+    """Each scored row's clinic as text, and whether it has one (None and NaN: none)."""
     clinic = np.asarray(scored.episodes.clinic_id, dtype=object)[scored.episode]
-    known = np.array([c is not None and c == c for c in clinic], dtype=bool)  # None, NaN: none
+    known = np.array([c is not None and c == c for c in clinic], dtype=bool)
+    return clinic.astype(str), known
+
+
+def _rounded(counts: np.ndarray, n: int) -> list[float]:
+    return np.round(counts / n, CLINIC_SHARE_DECIMALS).tolist()
+
+
+def _score_part(scores: ScoreSet, rows: np.ndarray) -> dict[str, Any]:
+    """Score shares (rounded) and counts of some rows of ``scores``."""
+    n = int(rows.sum())
+    counts, _ = np.histogram(
+        np.asarray(scores.probability, dtype=np.float64)[rows], bins=np.asarray(SCORE_BINS)
+    )
+    return {
+        "shares": _rounded(counts, n),
+        "n_rows": n,
+        "n_clients": int(np.unique(scores.episode[rows]).shape[0]),
+    }
+
+
+def _clinic_profiles(
+    scored: ScoreSet, scores: ScoreSet, edges: list[np.ndarray], min_clients: int
+) -> dict[str, dict[str, Any]]:
+    """Each clinic's shares in the pooled feature bins (``edges``, from ``scored``) and score
+    bins (from ``scores``), for clinics with at least ``min_clients`` distinct episodes among
+    ``scored``; the score part only where ``scores`` has :data:`CLINIC_SCORE_MIN_CLIENTS`."""
+    clinic, known = _clinic_rows(scored)
+    score_clinic, score_known = _clinic_rows(scores)
     names = [f.name for f in scored.scorer.registry.features]
-    p = np.asarray(scored.probability, dtype=np.float64)
     out: dict[str, dict[str, Any]] = {}
-    for c in sorted({str(c) for c in clinic[known]}):
-        rows = known & (clinic.astype(str) == c)
+    for c in sorted(set(clinic[known].tolist())):
+        rows = known & (clinic == c)
         n_clients = int(np.unique(scored.episode[rows]).shape[0])
         if n_clients < min_clients:
             continue
         n = int(rows.sum())
-
-        def shares(counts: np.ndarray, n: int = n) -> list[float]:
-            return np.round(counts / n, CLINIC_SHARE_DECIMALS).tolist()
-
         features = {}
         for i, name in enumerate(names):
             counts = drift_bins(edges[i], scored.features[rows, i])
             features[name] = {
-                "shares": shares(counts[:-1]),
-                "missing_share": shares(counts[-1:])[0],
+                "shares": _rounded(counts[:-1], n),
+                "missing_share": _rounded(counts[-1:], n)[0],
             }
-        score_counts, _ = np.histogram(p[rows], bins=np.asarray(SCORE_BINS))
-        out[c] = {
-            "n_rows": n,
-            "n_clients": n_clients,
-            "features": features,
-            "score": {"shares": shares(score_counts)},
-        }
+        out[c] = {"n_rows": n, "n_clients": n_clients, "features": features}
+        score_rows = score_known & (score_clinic == c)
+        if np.unique(scores.episode[score_rows]).shape[0] >= CLINIC_SCORE_MIN_CLIENTS:
+            out[c]["score"] = _score_part(scores, score_rows)
     return out
 
 
 def distribution_profile(
-    scored: ScoreSet, *, clinic_min_clients: int = CLINIC_MIN_CLIENTS
+    scored: ScoreSet,
+    *,
+    scores: ScoreSet | None = None,
+    clinic_min_clients: int = CLINIC_MIN_CLIENTS,
 ) -> dict[str, Any]:
     """Feature quantiles by group, score distribution and band shares of scored rows, overall
     and for each clinic with enough clients.
@@ -150,7 +180,12 @@ def distribution_profile(
     Parameters
     ----------
     scored : ScoreSet
-        The output of :meth:`~models.scorer.Scorer.score`; every scored row counts once.
+        The output of :meth:`~models.scorer.Scorer.score`; every scored row counts once. Its
+        features make the feature part (it may be scored without explanation).
+    scores : ScoreSet, optional
+        Other scored rows for the score histogram and the band shares (training: the
+        calibration split, whose scores are out of sample, while the features come from every
+        development client); default ``scored``.
     clinic_min_clients : int, default :data:`CLINIC_MIN_CLIENTS`
         Fewest distinct clients (episodes) of a clinic among the rows for its own part.
 
@@ -168,9 +203,12 @@ def distribution_profile(
         calibrated probability; ``bands``: ``low``/``moderate``/``high`` -> fraction of rows;
         ``clinics``: clinic id -> ``n_rows``, ``n_clients``, ``features``: feature ->
         ``{"shares", "missing_share"}`` in the all-clinics ``edges`` above, and ``score``:
-        ``{"shares"}`` in :data:`SCORE_BINS` (fractions of the clinic's rows, rounded to
-        :data:`CLINIC_SHARE_DECIMALS` decimals); only clinics with at least
-        ``clinic_min_clients`` clients, and none when the rows carry no clinic.
+        ``{"shares", "n_rows", "n_clients"}`` in :data:`SCORE_BINS` (fractions of the clinic's
+        rows, rounded to :data:`CLINIC_SHARE_DECIMALS` decimals; the score part from
+        ``scores``, left out below :data:`CLINIC_SCORE_MIN_CLIENTS` clients there); only
+        clinics with at least ``clinic_min_clients`` clients in ``scored``, and none when the
+        rows carry no clinic. ``n_rows`` and ``n_clients`` count ``scored``; ``score`` also
+        holds ``n_rows`` and ``n_clients`` of ``scores``.
 
     Raises
     ------
@@ -192,9 +230,12 @@ def distribution_profile(
         }
         features.setdefault(f.group, {})[f.name] = entry
         edges.append(np.asarray(entry["edges"], dtype=np.float64))
-    p = np.asarray(scored.probability, dtype=np.float64)
+    scores = scored if scores is None else scores
+    if scores.n_rows == 0:
+        raise ValueError("a reference profile needs at least one scored row")
+    p = np.asarray(scores.probability, dtype=np.float64)
     counts, _ = np.histogram(p, bins=np.asarray(SCORE_BINS))
-    bands = np.asarray(scored.risk_band, dtype=object)
+    bands = np.asarray(scores.risk_band, dtype=object)
     return {
         "n_rows": n,
         "n_clients": int(np.unique(scored.episode).shape[0]),
@@ -202,11 +243,13 @@ def distribution_profile(
         "features": features,
         "score": {
             "bins": list(SCORE_BINS),
-            "shares": (counts / n).tolist(),
+            "shares": (counts / scores.n_rows).tolist(),
             "quantiles": _quantiles(p),
+            "n_rows": scores.n_rows,
+            "n_clients": int(np.unique(scores.episode).shape[0]),
         },
         "bands": {b: float(np.mean(bands == b)) for b in BAND_ORDER},
-        "clinics": _clinic_profiles(scored, edges, clinic_min_clients),
+        "clinics": _clinic_profiles(scored, scores, edges, clinic_min_clients),
     }
 
 

@@ -537,32 +537,40 @@ def reference_of(
 ) -> ReferenceProfile:
     """The reference profile of a freshly trained ``scorer`` (see :mod:`models.reference`).
 
-    The distribution part comes from ``scorer.score`` on the calibration split's ended episodes
-    at their training landmarks (the rows the bands were set on, not fitted on); the clinics'
-    typical levels from the ratings of the train, validation and calibration clients (never the
-    test split's).
+    The features of the distribution part come from the ended episodes of every client outside
+    the test split (train, validation, calibration: whichever ``sessions`` holds) at their
+    training landmarks, the score histogram and band shares from ``scorer.score`` on the
+    calibration split's alone (the rows the bands were set on, not fitted on: in-sample scores
+    are overconfident); the clinics' typical levels from the ratings of the same development
+    clients (never the test split's).
     """
-    ended = clients[
-        clients[CLIENT_ID].isin(pd.Index(splits.calibration))
-        & clients[OUTCOME].isin((COMPLETED, DROPOUT))
-        & clients[CLIENT_ID].isin(sessions[CLIENT_ID])
-    ]
-    cal = Episodes.from_frames(
-        sessions[sessions[CLIENT_ID].isin(ended[CLIENT_ID])], ended, scorer.profile
-    )
     dev_ids = pd.Index(np.concatenate([splits.train, splits.valid, splits.calibration]))
+
+    def ended(ids: pd.Index) -> Episodes:
+        chosen = clients[
+            clients[CLIENT_ID].isin(ids)
+            & clients[OUTCOME].isin((COMPLETED, DROPOUT))
+            & clients[CLIENT_ID].isin(sessions[CLIENT_ID])
+        ]
+        return Episodes.from_frames(
+            sessions[sessions[CLIENT_ID].isin(chosen[CLIENT_ID])], chosen, scorer.profile
+        )
+
     dev_clients = clients[clients[CLIENT_ID].isin(dev_ids)]
     dev = Episodes.from_frames(
         sessions[sessions[CLIENT_ID].isin(dev_ids)], dev_clients, scorer.profile
     )
+    features = scorer.score(ended(dev_ids), landmarks="training", explain=False)
+    scores = scorer.score(ended(pd.Index(splits.calibration)), landmarks="training")
     return ReferenceProfile(
-        distribution=distribution_profile(scorer.score(cal, landmarks="training")),
+        distribution=distribution_profile(features, scores=scores),
         typical=typical_levels(dev, k_max=scorer.k_max),
         rows=rows
         or (
-            "distribution: the calibration split's ended episodes at their training landmarks; "
-            "typical levels: attended, rated appointments of the train, validation and "
-            "calibration clients"
+            "features: the train, validation and calibration clients' ended episodes at their "
+            "training landmarks; score and bands: the calibration split's alone; typical "
+            "levels: attended, rated appointments of the train, validation and calibration "
+            "clients"
         ),
     )
 

@@ -307,3 +307,47 @@ def test_psi_smoothing_keeps_the_null_exceedance_near_its_level() -> None:
     assert psi(np.array([0.75, 0.25]), np.array([0.5, 0.5])) == pytest.approx(
         0.25 * math.log(1.5) + 0.25 * math.log(2), rel=1e-12
     )
+
+
+def _scoreset(X: np.ndarray, p: np.ndarray, clinic: np.ndarray) -> SimpleNamespace:
+    """A ScoreSet stand-in of rows of one client each."""
+    return SimpleNamespace(
+        n_rows=X.shape[0],
+        scorer=SimpleNamespace(registry=REGISTRY),
+        features=X,
+        probability=p,
+        risk_band=np.where(p > 0.5, "high", np.where(p > 0.2, "moderate", "low")),
+        episode=np.arange(X.shape[0]),
+        episodes=SimpleNamespace(clinic_id=clinic),
+    )
+
+
+def test_features_from_every_development_client_give_a_clinic_the_power_to_see_a_shift() -> None:
+    # Development clients: 2,000, 400 of them at clinic A; the calibration split (whose
+    # out-of-sample scores make the score part) is a quarter of them: 100 at clinic A.
+    X, p = _draw(2000, 60)
+    clinic = np.array(["A"] * 400 + ["B"] * 1600, dtype=object)
+    cal = np.r_[np.arange(0, 400, 4), np.arange(400, 2000, 4)]
+    dev, calibration = _scoreset(X, p, clinic), _scoreset(X[cal], p[cal], clinic[cal])
+    dist = distribution_profile(dev, scores=calibration)  # type: ignore[arg-type]
+    assert dist["n_clients"] == 2000 and dist["score"]["n_clients"] == 500
+    assert dist["clinics"]["A"]["n_clients"] == 400
+    assert dist["clinics"]["A"]["score"]["n_clients"] == 100
+    counts, _ = np.histogram(p[cal], bins=np.asarray(dist["score"]["bins"]))
+    np.testing.assert_allclose(dist["score"]["shares"], counts / cal.size)
+    band = np.where(p[cal] > 0.5, "high", np.where(p[cal] > 0.2, "moderate", "low"))
+    assert dist["bands"]["high"] == pytest.approx(np.mean(band == "high"))
+    # Clinic A, 1,000 new clients, one feature shifted by 0.3 SD: watched against 400 reference
+    # clients, with a PSI below the critical value of the calibration split's 100 alone.
+    j = 2  # a continuous column
+    new, q = _draw(1000, 61)
+    new[:, j] += 0.3
+    seen = drift_report(dist, REGISTRY, new, q, clinic="A", n_clients=1000, min_clients=100)
+    assert seen.baseline == "clinic" and seen.features[REGISTRY.names[j]].status == "watch"
+    assert PSI_WATCH <= seen.features[REGISTRY.names[j]].psi < psi_critical(1000, 100, 10)
+    small = _profile(X[cal], p[cal], clinic=clinic[cal])
+    unseen = drift_report(small, REGISTRY, new, q, clinic="A", n_clients=1000, min_clients=100)
+    # The score is judged on its own, smaller sample: same statistics as a profile of the
+    # calibration rows alone.
+    assert seen.score.psi == pytest.approx(unseen.score.psi, abs=1e-4)
+    assert seen.score.status == unseen.score.status

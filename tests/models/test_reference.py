@@ -204,10 +204,10 @@ def test_each_clinic_with_enough_clients_keeps_its_own_shares_in_the_pooled_bins
     assert distribution_profile(scored, clinic_min_clients=10**6)["clinics"] == {}
 
 
-def test_format_3_is_written_and_older_formats_still_load(scored) -> None:
+def test_format_4_is_written_and_older_formats_still_load(scored) -> None:
     typical = TypicalLevels(k_max=1, min_clients=1, overall={}, clinics={})
     new = ReferenceProfile(distribution=distribution_profile(scored), typical=typical, rows="r")
-    assert new.to_dict()["format_version"] == REFERENCE_FORMAT_VERSION == 3
-    for version in (1, 2):
+    assert new.to_dict()["format_version"] == REFERENCE_FORMAT_VERSION == 4
+    for version in (1, 2, 3):
         old = {**new.to_dict(), "format_version": version}
         assert ReferenceProfile.from_dict(old).format_version == version

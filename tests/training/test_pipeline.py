@@ -78,7 +78,9 @@ def test_the_reference_profile_is_the_calibration_splits_scores(trained, cohort)
         ),
         landmarks="training",
     )
-    assert reference.distribution["n_rows"] == scored.n_rows
+    assert reference.distribution["score"]["n_rows"] == scored.n_rows
+    # The features come from every development client (train, validation, calibration).
+    assert reference.distribution["n_clients"] > 2 * reference.distribution["score"]["n_clients"]
     bands = trained.scorer.bands.assign(scored.probability)
     for band, share in reference.distribution["bands"].items():
         assert share == pytest.approx(np.mean(bands == band))
