@@ -352,9 +352,26 @@ def fit_booster(
         if progress is not None:
             progress(trial + 1, n_trials)
 
+    return choose_trial(trials, boosters, fixed, space, names)
+
+
+def choose_trial(
+    trials: list[dict[str, Any]],
+    boosters: Sequence[xgb.Booster],
+    fixed: dict[str, Any],
+    space: SearchSpace,
+    feature_names: Sequence[str],
+) -> FitResult:
+    """The search's result, for both engines: among ``trials`` whose ``valid_logloss`` is within
+    ``space.tie_tolerance`` of the best, the lowest ``shap_cost`` (then the lower log-loss).
+
+    ``trials`` are the rows of :attr:`FitResult.trials` (the chosen one gets ``chosen=True``),
+    ``boosters`` their untrimmed boosters (same order), ``fixed`` the parameters every trial
+    shared. The chosen booster is trimmed to ``best_iteration + 1`` trees.
+    """
     best_loss = min(t["valid_logloss"] for t in trials)
     near_best = [t for t in trials if t["valid_logloss"] <= best_loss + space.tie_tolerance]
-    chosen = min(near_best, key=lambda t: (t["shap_cost"], t["valid_logloss"]))["trial"]
+    chosen = int(min(near_best, key=lambda t: (t["shap_cost"], t["valid_logloss"]))["trial"])
     trials[chosen]["chosen"] = True
     best_iteration = int(trials[chosen]["best_iteration"])
     # Slicing drops best_iteration/best_score, so every predict uses all remaining trees.
@@ -365,9 +382,9 @@ def fit_booster(
         params=chosen_params,
         best_iteration=best_iteration,
         trials=tuple(trials),
-        chosen_trial=int(chosen),
+        chosen_trial=chosen,
         valid_logloss=float(trials[chosen]["valid_logloss"]),
-        feature_names=tuple(names),
+        feature_names=tuple(feature_names),
     )
 
 

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
-from models.booster import FitResult, SearchSpace, fit_booster, margin, shap_cost
+from models.booster import (
+    FitResult,
+    SearchSpace,
+    choose_trial,
+    fit_booster,
+    margin,
+    shap_cost,
+)
 
 FAST = SearchSpace(max_rounds=80, early_stopping_rounds=10)
 
@@ -211,3 +218,34 @@ def test_samples_stay_inside_bounds(seed: int, depth: list[int], eta: list[float
         assert eta[0] * (1 - 1e-12) <= params["eta"] <= eta[1] * (1 + 1e-12)
         assert 0.6 <= params["subsample"] <= 1.0
         assert 0.5 <= params["lambda"] <= 10.0
+
+
+class _Sliceable:
+    """A stand-in booster: remembers the slice it was trimmed to."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.trimmed = name, None
+
+    def __getitem__(self, key: slice) -> _Sliceable:
+        self.trimmed = key.stop
+        return self
+
+
+def test_choose_trial_is_the_one_rule_cheapest_within_the_tie_tolerance() -> None:
+    space = SearchSpace(tie_tolerance=0.01)
+    rows = [  # trial 1 is best; trial 2 is within the tolerance and cheaper; 3 is cheaper still
+        {"trial": 0, **space.default_trial(), "valid_logloss": 0.50, "shap_cost": 10,
+         "best_iteration": 9, "chosen": False},
+        {"trial": 1, **space.default_trial(), "valid_logloss": 0.40, "shap_cost": 500,
+         "best_iteration": 99, "chosen": False},
+        {"trial": 2, **space.default_trial(), "valid_logloss": 0.405, "shap_cost": 200,
+         "best_iteration": 49, "chosen": False},
+        {"trial": 3, **space.default_trial(), "valid_logloss": 0.42, "shap_cost": 5,
+         "best_iteration": 4, "chosen": False},
+    ]  # fmt: skip
+    boosters = [_Sliceable(str(i)) for i in range(4)]
+    result = choose_trial(rows, boosters, {"nthread": 1}, space, ["a", "b"])  # type: ignore[arg-type]
+    assert result.chosen_trial == 2 and [t["chosen"] for t in result.trials] == [0, 0, 1, 0]
+    assert result.booster is boosters[2] and boosters[2].trimmed == 50
+    assert result.best_iteration == 49 and result.valid_logloss == 0.405
+    assert result.params["nthread"] == 1 and result.feature_names == ("a", "b")
