@@ -222,7 +222,7 @@ class Authenticator:
         digest = hashlib.sha256(token.encode()).digest()
         if audience is not None:  # checked against this endpoint, never a cached verdict
             checked = self._verify_signature_and_claims(token, audience=audience)
-            return self._principal(digest, checked, single_use=True)
+            return self._principal(digest, checked, single_use=True, cds=True)
         claims, expired = self.verified.get(digest)
         if expired:
             raise self._refuse("expired", "token has expired")
@@ -241,6 +241,10 @@ class Authenticator:
         alg, kid, iss = header.get("alg"), header.get("kid"), payload.get("iss")
         if alg not in ALGORITHMS:
             raise self._refuse("algorithm", "token algorithm is not accepted")
+        typ = header.get("typ")
+        # CDS Hooks 2.0 "Trusting CDS Clients": the JWT header's typ is REQUIRED, fixed "JWT".
+        if audience is not None and not (isinstance(typ, str) and typ.upper() == "JWT"):
+            raise self._refuse("typ", "token header 'typ' must be JWT")
         if not isinstance(kid, str) or not kid:
             raise self._refuse("no_kid", "token has no key id")
         source = self._sources.get(iss) if isinstance(iss, str) else None
@@ -281,12 +285,22 @@ class Authenticator:
         times = [claims[name] for name in ("exp", "nbf", "iat") if name in claims]
         if any(type(value) not in (int, float) for value in times):
             raise self._refuse("invalid", "token time claims must be numbers")
+        # Each used jti is kept until exp (fail closed when full): a long-lived single-use
+        # token would hold its place long after the call it was minted for.
+        lifetime = self.settings.cds_max_token_lifetime_s
+        if audience is not None and claims["exp"] - claims["iat"] > lifetime:
+            raise self._refuse("lifetime", f"token lifetime (exp - iat) exceeds {lifetime:g} s")
         return claims
 
-    def _principal(self, digest: bytes, claims: dict[str, Any], *, single_use: bool) -> Principal:
+    def _principal(self, digest: bytes, claims: dict[str, Any], *, single_use: bool,
+                   cds: bool = False) -> Principal:  # fmt: skip
         claim = self.settings.clinic_claim
         clinic, sub, jti = claims.get(claim), claims.get("sub"), claims.get("jti")
         bound = self._sources[claims["iss"]].config.clinic
+        if cds and bound is None and self.mode != "dev":
+            # CDS Hooks: only an issuer registered as an EHR (with its clinic) may call; an
+            # identity provider's tokens name clinics themselves and are for /v1 only.
+            raise self._refuse("not_ehr", "token issuer is not registered for CDS Hooks calls")
         if bound is not None:  # the issuer's configuration names its clinic (an EHR)
             if clinic is not None and clinic != bound:
                 raise self._refuse("claim_shape", f"token '{claim}' claim is not accepted")

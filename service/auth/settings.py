@@ -65,7 +65,15 @@ class IssuerConfig(BaseModel):
         None,
         description="The clinic this issuer acts for (an EHR calling the CDS Hooks services: "
         "its tokens carry no clinic claim). When set, a token's clinic claim, if any, must "
-        "name the same clinic.",
+        "name the same clinic. Required for CDS Hooks calls (outside dev mode): an issuer "
+        "without it is refused there.",
+    )
+    organizations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Optional, CDS Hooks: the EHR's Organization ids (as in "
+        "Patient.managingOrganization, 'Organization/<id>') -> this service's clinic. When "
+        "set, a hook's patient whose organization is not listed for the issuer's clinic is "
+        "answered as a missing one (404); when empty, the issuer's clinic is the patient's.",
     )
     fhir_servers: list[str] = Field(
         default_factory=list,
@@ -154,6 +162,14 @@ class AuthSettings(BaseSettings):
     clinic_claim: str = Field("clinic", min_length=1, description="Claim holding the clinic.")
     replay_cache_size: int = Field(
         100_000, ge=1, description="Single-use jti values remembered at most (bounded memory)."
+    )
+    cds_max_token_lifetime_s: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="Longest lifetime (exp - iat) of a CDS Hooks client's JWT. Each used jti "
+        "is remembered until its token expires, so a longer-lived token would fill the "
+        "replay cache (full = every new token refused).",
     )
     verified_cache_size: int = Field(
         10_000,

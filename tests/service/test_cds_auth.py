@@ -5,6 +5,7 @@ from the issuer's configuration. Every refusal is a 401 that quotes nothing of t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +123,32 @@ def test_an_unknown_service_is_404_and_unconfigured_cds_is_503(registry, tmp_pat
                                headers=auth_header(cds_token(key)))  # fmt: skip
         assert response.status_code == 503
         assert client.get("/cds-services").status_code == 200
+
+
+def test_an_issuer_not_registered_as_an_ehr_cannot_call_cds(tmp_path, key) -> None:
+    """An identity provider (no ``clinic`` in its IssuerConfig) whose token names a clinic and
+    no scope was answered with a card before: CDS calls are for EHR issuers only."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(jwks_doc({KID: key})))
+    idp = IssuerConfig(issuer=EHR, audience="alliance-risk", jwks_file=jwks)
+    authn = Authenticator(AuthSettings(mode="jwt", issuers=[idp]))
+    _refused(authn, cds_token(key, clinic=TEST_CLINIC), "not registered for CDS")
+
+
+def test_a_cds_token_must_say_typ_jwt(authn, key) -> None:
+    """CDS Hooks 2.0: the JWT header's typ is REQUIRED ("JWT", case-insensitive)."""
+    _refused(authn, cds_token(key, typ=None), "typ")
+    _refused(authn, cds_token(key, typ="at+jwt"), "typ")
+    assert authn.authenticate(auth_header(cds_token(key, typ="jwt")), audience=AUD)
+
+
+def test_a_long_lived_cds_token_is_refused(authn, key, tmp_path) -> None:
+    """Each used jti is kept until exp: a day-long token would hold its place for a day."""
+    now = int(time.time())
+    _refused(authn, cds_token(key, iat=now, exp=now + 86_400), "lifetime")
+    assert authn.authenticate(auth_header(cds_token(key, iat=now, exp=now + 300)), audience=AUD)
+    jwks = tmp_path / "jwks2.json"
+    jwks.write_text(json.dumps(jwks_doc({KID: key})))
+    issuer = IssuerConfig(issuer=EHR, audience="a", jwks_file=jwks, clinic=TEST_CLINIC)
+    strict = Authenticator(AuthSettings(mode="jwt", issuers=[issuer], cds_max_token_lifetime_s=60))
+    _refused(strict, cds_token(key, iat=now, exp=now + 300), "lifetime")

@@ -33,13 +33,16 @@ def ehr_key() -> ec.EllipticCurvePrivateKey:
 
 
 def cds_token(key: Any, service: str = PATIENT_VIEW, *, kid: str = KID, alg: str = "ES384",
-              feedback: bool = False, **claims: Any) -> str:  # fmt: skip
-    """A CDS Hooks client JWT (iss, aud, exp, iat, jti; no sub, no clinic claim)."""
+              feedback: bool = False, typ: str | None = "JWT", **claims: Any) -> str:  # fmt: skip
+    """A CDS Hooks client JWT (iss, aud, exp, iat, jti; no sub, no clinic claim); a claim
+    given as None is left out."""
     now = int(time.time())
     aud = f"{PUBLIC_URL}/cds-services/{service}" + ("/feedback" if feedback else "")
     body = {"iss": EHR, "aud": aud, "iat": now, "exp": now + 300, "jti": uuid.uuid4().hex}
     body.update(claims)
-    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid, "typ": "JWT"})
+    body = {name: value for name, value in body.items() if value is not None}
+    header = {"kid": kid, "typ": typ}  # None: PyJWT leaves typ out
+    return jwt.encode(body, key, algorithm=alg, headers=header)
 
 
 def auth_header(token: str) -> dict[str, str]:
