@@ -1,28 +1,42 @@
-"""Live drift per clinic: a rolling window of the rows the service scored, compared with the
-served model's reference profile, exported as gauges on /metrics.
+"""Live drift per clinic: a rolling window of the clients the service scored, scored again at the
+served model's reference landmarks and compared with its reference profile, exported as gauges
+on /metrics.
 
 A route hands its :class:`~models.scoreset.ScoreSet` to :meth:`DriftWindows.observe` after the
-response is built; that copies the feature rows and probabilities into the clinic's ring buffer
-(the latest ``drift_window_rows`` rows, and none older than ``drift_window_max_age_s``). Every
-``drift_interval_s`` a background thread runs :func:`models.drift.drift_report` on each window,
-the same rule as ``alliance-risk monitor``, and sets per clinic:
+response is built. That copies each scored client's history into its clinic's window, keyed by
+an in-memory hash of the client id (this process's salted ``hash``; never exported): a client
+scored again replaces their earlier history and moves to the end, and the least recently scored
+client leaves first. A window is bounded in clients (``drift_window_clients``) and in
+appointments (``drift_window_rows``), and a client not scored for ``drift_window_max_age_s``
+leaves it. Only the compact history is kept (appointment number, date, attendance and ratings of
+the appointments up to the model's ``k_max``, intake day, age, outcome): no id, no feature row.
+
+Every ``drift_interval_s`` a background thread takes each window's histories (a list copy under
+the lock), rebuilds them as :class:`~features.episodes.Episodes`, and, outside the lock, scores
+them with the served model's own :meth:`~models.scorer.Scorer.score` at the landmarks its
+reference holds (``landmarks="training"``: every appointment up to ``k_max``, except an ended
+episode's last) with ``explain=False``, as ``alliance-risk monitor`` does. A request is scored at
+whatever appointment it asks about (beyond ``k_max`` too); judging those rows against a
+reference of every landmark would report service usage as drift. The rows are judged with
+:func:`models.drift.drift_report`, counting clients, and set per clinic:
 
 - ``alliance_risk_drift_psi{clinic,group}`` and ``alliance_risk_drift_ks{clinic,group}``, for
   each explanation group (its most drifted feature) and ``group="score"``;
 - ``alliance_risk_drift_status{clinic,group}``: 0 ok, 1 watch, 2 alert;
-- ``alliance_risk_drift_window_rows{clinic}``: the clients in the window.
+- ``alliance_risk_drift_window_rows{clinic}``: the clients in the window;
+- ``alliance_risk_drift_judged{clinic}``: 1 when the window held ``drift_min_clients`` clients
+  and was judged, else 0 (PSI, KS and status then read 0 and say nothing).
 
-A client scored more than once counts once, with their latest row (a dashboard that refreshes a
-caseload must not weigh those clients more). Each clinic is compared with its own reference
-where the model's profile keeps one, else with all clinics (:func:`models.drift.drift_report`).
-PSI, KS and status read 0 until a window holds ``drift_min_clients`` clients. Labels are clinic ids and
-group names only. At most ``drift_max_clinics`` clinics are tracked; rows of others are counted.
-When the served model changes, the windows restart (the rows were another model's inputs, and
-the reference is the new model's). A model without a reference profile exports no drift.
+Each clinic is compared with its own reference where the model's profile keeps one, else with all
+clinics. Every series the last recomputation did not set is set to 0: a clinic that went quiet, a
+group the new model does not have. Labels are clinic ids and group names only. At most
+``drift_max_clinics`` clinics are tracked; clients of others are counted. When the served model
+changes, the windows restart (the reference is the new model's). A model without a reference
+profile exports no drift.
 
 With several workers each keeps its own windows of the requests it served (a share of each
-clinic's traffic); /metrics shows the largest PSI, KS and status across live workers and the sum
-of their rows (``multiprocess_mode`` in :mod:`service.metrics`).
+clinic's traffic); /metrics shows the largest PSI, KS, status and judged across live workers and
+the sum of their clients (``multiprocess_mode`` in :mod:`service.metrics`).
 """
 
 from __future__ import annotations
@@ -30,10 +44,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from features import contract
+from features.episodes import Episodes
+from features.profiles import InstrumentProfile
 from models.drift import drift_report
 from models.scoreset import ScoreSet
 from service.metrics import ServiceMetrics
@@ -44,43 +62,114 @@ logger = logging.getLogger(__name__)
 #: Label value of episodes sent without a clinic id.
 NO_CLINIC = "none"
 _STATUS_VALUE = {"ok": 0, "watch": 1, "alert": 2, "too_few": 0}
+_ENDED = np.array([contract.OUTCOME_CODES.index(c) for c in (contract.COMPLETED, contract.DROPOUT)])
+#: Columns of a history before the ratings: appointment number, day, attendance code.
+_FIXED = 3
+
+
+@dataclass(frozen=True, eq=False)
+class _History:
+    """One client's latest history: ``appointments`` is ``(m, 3 + n_elements)`` float64 (number,
+    day, attendance code, ratings), ``m`` at most the model's ``k_max``; ``at`` when scored."""
+
+    appointments: np.ndarray
+    intake_day: float
+    age: float
+    outcome: int
+    at: float
+
+    @property
+    def n(self) -> int:
+        return int(self.appointments.shape[0])
 
 
 class _Window:
-    """Ring buffer of the latest ``size`` rows of one clinic: features, probability, time, and
-    an in-memory hash of the client id (this process's salted ``hash``; never exported) so
-    that a client scored again counts once."""
+    """A clinic's clients, least recently scored first, bounded in clients and appointments."""
 
-    def __init__(self, size: int, n_features: int) -> None:
-        self.X = np.empty((size, n_features))
-        self.p = np.empty(size)
-        self.t = np.empty(size)
-        self.client = np.empty(size, dtype=np.int64)
-        self.n = 0
-        self._next = 0
+    def __init__(self, max_clients: int, max_rows: int) -> None:
+        self.max_clients = max_clients
+        self.max_rows = max_rows
+        self.clients: OrderedDict[int, _History] = OrderedDict()
+        self.n_rows = 0
 
-    def add(self, X: np.ndarray, p: np.ndarray, client: np.ndarray, now: float) -> None:
-        size = self.p.shape[0]
-        X, p, client = X[-size:], p[-size:], client[-size:]
-        k = p.shape[0]
-        at = (self._next + np.arange(k)) % size
-        self.X[at], self.p[at], self.client[at], self.t[at] = X, p, client, now
-        self._next = (self._next + k) % size
-        self.n = min(self.n + k, size)
+    def put(self, key: int, history: _History) -> None:
+        old = self.clients.pop(key, None)
+        if old is not None:
+            self.n_rows -= old.n
+        self.clients[key] = history
+        self.n_rows += history.n
+        while len(self.clients) > self.max_clients or self.n_rows > self.max_rows:
+            self._pop_oldest()
 
-    def rows(self, since: float) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the latest row of each client scored at or after ``since``."""
-        size = self.p.shape[0]
-        order = np.arange(self.n) if self.n < size else (self._next + np.arange(size)) % size
-        order = order[self.t[order] >= since]
-        # The last occurrence of each client: first in the reversed order.
-        _, last = np.unique(self.client[order][::-1], return_index=True)
-        keep = np.sort(order[::-1][last])
-        return self.X[keep], self.p[keep]
+    def histories(self, since: float) -> list[_History]:
+        """The histories of clients scored at or after ``since`` (older ones leave)."""
+        while self.clients and next(iter(self.clients.values())).at < since:
+            self._pop_oldest()
+        return list(self.clients.values())
+
+    def _pop_oldest(self) -> None:
+        _, gone = self.clients.popitem(last=False)
+        self.n_rows -= gone.n
+
+
+def _histories(scored: ScoreSet, k_max: int, now: float) -> list[tuple[int, _History]]:
+    """Position in ``scored.episodes`` and compact history of each scored episode."""
+    episodes = scored.episodes
+    positions = np.unique(scored.episode)
+    if positions.size == 0:
+        return []
+    order = np.argsort(episodes.episode, kind="stable")
+    sorted_ep = episodes.episode[order]
+    lo = np.searchsorted(sorted_ep, positions, side="left")
+    hi = np.searchsorted(sorted_ep, positions, side="right")
+    table = np.column_stack(
+        (episodes.session_number, episodes.day, episodes.attendance, episodes.ratings.T)
+    ).astype(np.float64)
+    out = []
+    for ep, a, b in zip(positions.tolist(), lo.tolist(), hi.tolist(), strict=True):
+        rows = table[order[a:b]]
+        kept = rows[rows[:, 0] <= k_max]
+        outcome = int(episodes.outcome[ep])
+        if kept.shape[0] < rows.shape[0] and outcome in _ENDED:
+            # Its last appointment is beyond k_max: every kept one was an open-episode landmark.
+            outcome = -1
+        history = _History(
+            appointments=np.ascontiguousarray(kept),
+            intake_day=float(episodes.intake_day[ep]),
+            age=float(episodes.age[ep]),
+            outcome=outcome,
+            at=now,
+        )
+        out.append((ep, history))
+    return out
+
+
+def _episodes(
+    histories: list[_History], profile: InstrumentProfile, clinic: str | None
+) -> Episodes:
+    """The histories as episodes of one clinic (positional ids: nothing identifies a client)."""
+    n = len(histories)
+    lengths = [h.n for h in histories]
+    table = np.concatenate([h.appointments for h in histories])
+    return Episodes.from_columns(
+        profile,
+        client_id=[str(i) for i in range(n)],
+        clinic_id=[clinic] * n,
+        therapist_id=[None] * n,
+        intake_day=[h.intake_day for h in histories],
+        age=[h.age for h in histories],
+        outcome=[h.outcome for h in histories],
+        episode=np.repeat(np.arange(n), lengths),
+        session_number=table[:, 0],
+        day=table[:, 1],
+        attendance=table[:, 2],
+        ratings=table[:, _FIXED:].T,
+    )
 
 
 @dataclass(frozen=True)
 class DriftConfig:
+    window_clients: int
     window_rows: int
     max_age_s: float
     min_clients: int
@@ -89,7 +178,7 @@ class DriftConfig:
 
 
 class DriftWindows:
-    """Per-clinic windows of scored rows and the thread that turns them into gauges."""
+    """Per-clinic windows of scored clients and the thread that turns them into gauges."""
 
     def __init__(self, metrics: ServiceMetrics, config: DriftConfig) -> None:
         self.metrics = metrics
@@ -97,7 +186,8 @@ class DriftWindows:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._model: LoadedModel | None = None
-        self._exported: set[str] = set()
+        # Series set by earlier recomputations: clinic -> groups (recompute thread only).
+        self._exported: dict[str, set[str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drift-windows", daemon=True)
 
@@ -110,64 +200,87 @@ class DriftWindows:
             self._thread.join(5.0)
 
     def observe(self, model: LoadedModel, scored: ScoreSet) -> None:
-        """Add ``scored``'s rows to their clinics' windows (a copy; never blocks for long)."""
+        """Put ``scored``'s clients' histories in their clinics' windows (copies; the lock is
+        held for the dictionary updates only)."""
         if scored.n_rows == 0 or model.scorer.reference is None:
             return
-        clinics = scored.episodes.clinic_id[scored.episode]
         now = time.time()
+        histories = _histories(scored, model.scorer.k_max, now)
+        ids = scored.episodes.client_id
+        clinics = scored.episodes.clinic_id
+        keyed = [
+            (NO_CLINIC if clinics[ep] is None else str(clinics[ep]), hash(ids[ep]), history)
+            for ep, history in histories
+        ]
+        untracked = 0
         with self._lock:
             if self._model is not model:
-                self._windows.clear()  # another model: other inputs, another reference
+                self._windows.clear()  # another model: another reference, another k_max
                 self._model = model
-            ids = scored.episodes.client_id[scored.episode]
-            client = np.fromiter((hash(c) for c in ids.tolist()), np.int64, ids.shape[0])
-            for clinic in dict.fromkeys(clinics.tolist()):
-                label = NO_CLINIC if clinic is None else str(clinic)
-                rows = clinics == clinic
+            for label, key, history in keyed:
                 window = self._windows.get(label)
                 if window is None:
                     if len(self._windows) >= self.config.max_clinics:
-                        self.metrics.drift_untracked.inc(int(rows.sum()))
+                        untracked += 1
                         continue
-                    n_features = scored.features.shape[1]
-                    window = self._windows[label] = _Window(self.config.window_rows, n_features)
-                window.add(
-                    scored.features[rows], scored.explanation.probability[rows], client[rows], now
-                )
+                    window = self._windows[label] = _Window(
+                        self.config.window_clients, self.config.window_rows
+                    )
+                window.put(key, history)
+        if untracked:
+            self.metrics.drift_untracked.inc(untracked)
 
     def recompute(self) -> None:
-        """Judge every window against the model's reference and set the gauges."""
+        """Score every window at the reference's landmarks, judge it, and set the gauges."""
         since = time.time() - self.config.max_age_s if self.config.max_age_s > 0 else -np.inf
         with self._lock:
             model = self._model
-            taken = {label: w.rows(since) for label, w in self._windows.items()}
-        for label in self._exported - set(taken):  # windows restarted with a new model
-            self.metrics.drift_rows.labels(label).set(0)
-        if model is None or model.scorer.reference is None:
-            return
+            taken = {label: w.histories(since) for label, w in self._windows.items()}
+        exported: dict[str, set[str]] = {}
+        if model is not None and model.scorer.reference is not None:
+            for label, histories in taken.items():
+                self.metrics.drift_rows.labels(label).set(len(histories))
+                exported[label] = self._judge(model, label, histories)
+        m = self.metrics
+        for label, groups in self._exported.items():  # a quiet clinic, another model's groups
+            if label not in exported:
+                m.drift_rows.labels(label).set(0)
+                m.drift_judged.labels(label).set(0)
+            for group in groups - exported.get(label, set()):
+                for gauge in (m.drift_psi, m.drift_ks, m.drift_status):
+                    gauge.labels(label, group).set(0.0)
+        self._exported = exported
+
+    def _judge(self, model: LoadedModel, label: str, histories: list[_History]) -> set[str]:
+        """Set the clinic's gauges; the groups whose series were set (none when too few)."""
         scorer, reference = model.scorer, model.scorer.reference
-        for label, (X, p) in taken.items():
-            self.metrics.drift_rows.labels(label).set(p.shape[0])
-            self._exported.add(label)
-            if p.shape[0] < self.config.min_clients:
-                for group in ("score", *scorer.registry.groups):
-                    for gauge in (self.metrics.drift_psi, self.metrics.drift_ks,
-                                  self.metrics.drift_status):  # fmt: skip
-                        gauge.labels(label, group).set(0.0)
-                continue
-            report = drift_report(
-                reference,
-                scorer.registry,
-                X,
-                p,
-                clinic=None if label == NO_CLINIC else label,
-                n_clients=p.shape[0],  # one row per client (the latest)
-                min_clients=self.config.min_clients,
-            )
-            for group, drift in (("score", report.score), *report.groups.items()):
-                self.metrics.drift_psi.labels(label, group).set(drift.psi)
-                self.metrics.drift_ks.labels(label, group).set(drift.ks)
-                self.metrics.drift_status.labels(label, group).set(_STATUS_VALUE[drift.status])
+        assert reference is not None
+        if len(histories) < self.config.min_clients:
+            self.metrics.drift_judged.labels(label).set(0)
+            return set()
+        clinic = None if label == NO_CLINIC else label
+        scored = scorer.score(
+            _episodes(histories, scorer.profile, clinic), landmarks="training", explain=False
+        )
+        n_clients = int(np.unique(scored.episode).shape[0])
+        if n_clients < self.config.min_clients:  # e.g. ended after their first appointment
+            self.metrics.drift_judged.labels(label).set(0)
+            return set()
+        report = drift_report(
+            reference,
+            scorer.registry,
+            scored.features,
+            scored.probability,
+            clinic=clinic,
+            n_clients=n_clients,
+            min_clients=self.config.min_clients,
+        )
+        for group, drift in (("score", report.score), *report.groups.items()):
+            self.metrics.drift_psi.labels(label, group).set(drift.psi)
+            self.metrics.drift_ks.labels(label, group).set(drift.ks)
+            self.metrics.drift_status.labels(label, group).set(_STATUS_VALUE[drift.status])
+        self.metrics.drift_judged.labels(label).set(1)
+        return {"score", *report.groups}
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.interval_s):

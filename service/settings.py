@@ -106,18 +106,26 @@ class ServiceSettings(BaseSettings):
         description="Keep a rolling window of scored rows per clinic and export its drift "
         "against the model's reference profile on /metrics (alliance_risk_drift_*).",
     )
-    drift_window_rows: int = Field(
+    drift_window_clients: int = Field(
         500,
         ge=10,
         le=100_000,
-        description="Latest scored rows kept per clinic, per worker (a client scored again "
-        "counts once, with their latest row).",
+        description="Clients kept per clinic, per worker, each with their latest history (a "
+        "client scored again replaces it); the least recently scored client leaves first.",
+    )
+    drift_window_rows: int = Field(
+        6000,
+        ge=10,
+        le=2_000_000,
+        description="Appointments kept per clinic, per worker, over all its clients (each "
+        "client keeps those up to the model's k_max); above it the least recently scored "
+        "clients leave. With 6 ratings an appointment takes 72 bytes.",
     )
     drift_window_max_age_s: float = Field(
         30 * 24 * 3600.0,
         ge=0,
-        description="Rows older than this leave the window even when it is not full; 0 keeps "
-        "them until newer rows push them out.",
+        description="A client not scored for this long leaves the window even when it is not "
+        "full; 0 keeps them until newer clients push them out.",
     )
     drift_min_clients: int = Field(
         MIN_CLIENTS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.drift import PSI_ALERT
+from service.episodes import to_episodes
+from service.schemas import RiskRequest
 from tests.service.conftest import MODEL_NAME, Registry, bearer, security_settings
 from tests.service.helpers import request_for
 from tests.service.serving import serving
@@ -49,15 +52,26 @@ def _drift(api: TestClient):
     return windows
 
 
-def _traffic(registry: Registry, clinic: str, n: int, *, shift: float = 0.0, seed: int = 0):
-    """``n`` clients as live traffic: each history cut at a random appointment (open episodes,
-    as a clinic sends them), every rating moved by ``shift`` points within the scale."""
+def _traffic(
+    registry: Registry,
+    clinic: str,
+    n: int,
+    *,
+    shift: float = 0.0,
+    seed: int = 0,
+    full: bool = False,
+    first: int = 0,
+):
+    """``n`` clients (from the ``first``-th) as live traffic: each history cut at a random
+    appointment (open episodes, as a clinic sends them) unless ``full``, every rating moved by
+    ``shift`` points within the scale."""
     rng = np.random.default_rng(seed)
     profile = registry.cohort.profile
     bodies = []
-    for cid in registry.cohort.clients["client_id"].iloc[:n]:
+    for cid in registry.cohort.clients["client_id"].iloc[first : first + n]:
         body = copy.deepcopy(request_for(registry.cohort, str(cid), clinic=clinic))
-        body["sessions"] = body["sessions"][: int(rng.integers(1, len(body["sessions"]) + 1))]
+        if not full:
+            body["sessions"] = body["sessions"][: int(rng.integers(1, len(body["sessions"]) + 1))]
         for s in body["sessions"]:
             s["ratings"] = {
                 e: float(np.clip(v + shift, profile.scale_min, profile.scale_max))
@@ -77,7 +91,7 @@ def _send(api: TestClient, key_dir: Path, clinic: str, bodies: list[dict[str, An
 def test_a_shifted_clinic_alerts_and_a_steady_one_does_not(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
-    with _app(registry, tmp_path, dev_key_dir, drift_window_rows=300) as api:
+    with _app(registry, tmp_path, dev_key_dir, drift_window_clients=300) as api:
         _send(api, dev_key_dir, "steady", _traffic(registry, "steady", 300, seed=1))
         _send(api, dev_key_dir, "shifted", _traffic(registry, "shifted", 300, shift=-1.0, seed=2))
         _drift(api).recompute()
@@ -99,7 +113,7 @@ def test_a_shifted_clinic_alerts_and_a_steady_one_does_not(
 def test_the_window_and_the_clinics_are_bounded(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
-    settings = {"drift_window_rows": 50, "drift_max_clinics": 2, "drift_min_clients": 40}
+    settings = {"drift_window_clients": 50, "drift_max_clinics": 2, "drift_min_clients": 40}
     with _app(registry, tmp_path, dev_key_dir, **settings) as api:
         for clinic in ("a", "b", "c"):
             _send(api, dev_key_dir, clinic, _traffic(registry, clinic, 120))
@@ -150,6 +164,94 @@ def test_a_small_window_is_not_judged(
     assert _total(text, "alliance_risk_drift_window_rows", clinic="small") == 30
     assert _total(text, "alliance_risk_drift_psi", clinic="small") == 0
     assert _total(text, "alliance_risk_drift_status", clinic="small") == 0
+
+
+def _gauges(text: str, clinic: str) -> dict[tuple[str, str], float]:
+    return {
+        (name, dict(labels).get("group", "")): value
+        for (name, labels), value in _samples(text).items()
+        if name.startswith("alliance_risk_drift_") and dict(labels).get("clinic") == clinic
+    }
+
+
+def test_a_model_change_zeroes_the_gauges_of_a_clinic_gone_quiet(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    """The new model has no window for the quiet clinic yet: its old alert must not linger."""
+    with _app(registry, tmp_path, dev_key_dir, drift_min_clients=20) as api:
+        _send(api, dev_key_dir, "quiet", _traffic(registry, "quiet", 40, shift=-2.0))
+        windows = _drift(api)
+        windows.recompute()
+        before = _gauges(api.get("/metrics").text, "quiet")
+        served = api.app.state.store.current  # type: ignore[attr-defined]
+        new = dataclasses.replace(served, version="99")
+        episodes = to_episodes(
+            [RiskRequest.model_validate(b) for b in _traffic(registry, "busy", 30, first=100)],
+            new.scorer.profile,
+        ).episodes
+        windows.observe(new, new.scorer.score(episodes))
+        windows.recompute()
+        after = _gauges(api.get("/metrics").text, "quiet")
+    assert any(v > 0 for (name, _), v in before.items() if name == "alliance_risk_drift_status")
+    assert {k for k, v in after.items() if v != 0} == set(), after
+    assert set(before) <= set(after)  # zeroed, not left at their old values
+    assert before[("alliance_risk_drift_judged", "")] == 1
+
+
+def test_refreshing_a_few_clients_keeps_the_others_in_the_window(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    """A dashboard refreshing ten clients must not push the clinic's other clients out (which
+    put it under drift_min_clients: gauges at 0, a real alert erased)."""
+    settings = {"drift_window_clients": 100, "drift_min_clients": 20}
+    with _app(registry, tmp_path, dev_key_dir, **settings) as api:
+        bodies = _traffic(registry, "k", 40, shift=-2.0)
+        _send(api, dev_key_dir, "k", bodies)
+        for _ in range(10):
+            _send(api, dev_key_dir, "k", bodies[:10])
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    assert _total(text, "alliance_risk_drift_window_rows", clinic="k") == 40
+    assert _total(text, "alliance_risk_drift_judged", clinic="k") == 1
+    assert _total(text, "alliance_risk_drift_status", clinic="k") > 0
+
+
+def test_the_least_recently_scored_client_leaves_first(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    settings = {"drift_window_clients": 30, "drift_min_clients": 10}
+    with _app(registry, tmp_path, dev_key_dir, **settings) as api:
+        shifted = _traffic(registry, "lru", 20, shift=-2.0)
+        steady = _traffic(registry, "lru", 20, first=20, seed=3)
+        _send(api, dev_key_dir, "lru", shifted + steady)  # 40 clients: the first 10 leave
+        _send(api, dev_key_dir, "lru", shifted[10:])  # scored again: now the most recent
+        _send(api, dev_key_dir, "lru", _traffic(registry, "lru", 10, first=40, seed=4))
+        windows = _drift(api)
+        with windows._lock:
+            (window,) = windows._windows.values()
+            kept = list(window.clients)
+    # The 10 refreshed shifted clients stayed; the 10 oldest steady ones left.
+    keys = [hash(b["client_id"]) for b in shifted + steady]
+    assert kept[-20:-10] == keys[10:20]
+    assert not set(keys[:10] + keys[20:30]) & set(kept)
+    assert len(kept) == 30 and window.n_rows <= 30 * 20
+
+
+def test_full_histories_of_a_steady_clinic_do_not_alert(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path
+) -> None:
+    """Requests of complete histories (beyond k_max, ended episodes) are judged at the
+    reference's landmarks, as monitor does: no alert without drift, an alert with it."""
+    with _app(registry, tmp_path, dev_key_dir, drift_window_clients=300) as api:
+        _send(api, dev_key_dir, "full", _traffic(registry, "full", 300, full=True))
+        _send(api, dev_key_dir, "moved", _traffic(registry, "moved", 300, shift=-1.0, full=True))
+        _drift(api).recompute()
+        text = api.get("/metrics").text
+    full, moved = _gauges(text, "full"), _gauges(text, "moved")
+    status = {g: v for (name, g), v in full.items() if name == "alliance_risk_drift_status"}
+    assert status and max(status.values()) < 2, full
+    assert max(v for (name, _), v in moved.items() if name == "alliance_risk_drift_status") == 2
+    assert full[("alliance_risk_drift_judged", "")] == 1
 
 
 def test_the_alert_rules_file_is_valid_and_names_exported_metrics(
