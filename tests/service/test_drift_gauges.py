@@ -279,6 +279,21 @@ def test_the_alert_rules_file_is_valid_and_names_exported_metrics(
     assert used and used <= names, used - names
 
 
+def test_drift_rules_read_the_status_not_raw_psi() -> None:
+    """Raw PSI ignores the 'beyond chance' rule of models/drift.py (a small clinic's PSI is large
+    by chance); the status carries it. And a window that stays too small is reported."""
+    rules = yaml.safe_load((ROOT / "docs" / "prometheus-alerts.yml").read_text())
+    (drift,) = [g for g in rules["groups"] if g["name"] == "alliance-risk-drift"]
+    exprs = {rule["alert"]: rule["expr"] for rule in drift["rules"]}
+    assert not any("alliance_risk_drift_psi" in e or "alliance_risk_drift_ks" in e
+                   for e in exprs.values()), exprs  # fmt: skip
+    assert re.search(
+        r"alliance_risk_drift_status\{group=\"score\"\} >= 2", exprs["AllianceRiskScoreDrift"]
+    )
+    assert re.search(r"alliance_risk_drift_status\b.*== 1", exprs["AllianceRiskDriftWatch"])
+    assert any("alliance_risk_drift_judged" in e for e in exprs.values())
+
+
 @pytest.mark.integration
 def test_gauges_add_up_across_workers(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
