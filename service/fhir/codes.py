@@ -27,6 +27,14 @@ CANCELLATION_REASON: Final = "http://terminology.hl7.org/CodeSystem/appointment-
 CANCELLATION_DATE_EXT: Final = (
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appointment.cancellationDate"
 )
+#: The numeric value of a coded (Likert) answer, on its Coding: R4's core ``ordinalValue``, its
+#: R5 name ``itemWeight`` (HL7 extensions pack: "used to be called ordinalValue") and the
+#: pre-R4 ``questionnaire-ordinalValue``. Each carries a ``valueDecimal``.
+ORDINAL_VALUE_EXTS: Final = (
+    "http://hl7.org/fhir/StructureDefinition/ordinalValue",
+    "http://hl7.org/fhir/StructureDefinition/itemWeight",
+    "http://hl7.org/fhir/StructureDefinition/questionnaire-ordinalValue",
+)
 
 DROPOUT: Final = "dropout"
 DROPOUT_RISK: Final = "dropout-risk"

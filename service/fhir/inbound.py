@@ -39,15 +39,18 @@ from service.fhir import codes
 from service.fhir.ratings import visit_ratings
 from service.fhir.reader import (
     BAD_DATE,
+    MAX_RESOURCES,
     NOT_A_STRING,
+    TOO_MANY_RESOURCES,
+    FhirInputError,
     FhirIssue,
+    FullUrls,
     Loc,
     Reader,
     Visit,
     codings,
     parse_instant,
     partial_date,
-    ref_id,
 )
 from service.fhir.settings import FhirSettings
 from service.schemas import RiskRequest
@@ -82,20 +85,13 @@ _NOT_THE_CLIENTS_EXACT = frozenset({"pat-dec"})
 _PRACTITIONER = ("Practitioner", "PractitionerRole")
 
 NOT_A_RESOURCE = "must be a FHIR resource (a JSON object with a resourceType)"
+BAD_BIRTH_DATE = "must be a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)"
 ONE_PATIENT = "the resources must hold exactly one Patient"
 UNKNOWN_STATUS = "not a status of this resource in FHIR R4"
 NEEDS_START = "an appointment with an outcome needs its start date and time"
 NO_VISIT = "no Appointment or Encounter with an outcome (fulfilled, noshow, cancelled, ...)"
 NO_CLINIC = "no managing Organization: Patient.managingOrganization or EpisodeOfCare's"
 NO_THERAPIST = "no Practitioner participant in any Appointment or Encounter"
-
-
-class FhirInputError(Exception):
-    """The resources cannot be turned into a request: answered 422 with every issue."""
-
-    def __init__(self, issues: Sequence[FhirIssue]) -> None:
-        super().__init__("the FHIR resources do not meet the data contract")
-        self.issues = list(issues)
 
 
 @dataclass(frozen=True)
@@ -157,7 +153,8 @@ def cancelled_as(
         ):
             return "cancelled"
     if start is not None and settings.late_cancel_hours > 0:
-        for ext in resource.get("extension") or ():
+        extensions = resource.get("extension")
+        for ext in extensions if isinstance(extensions, list) else ():
             if isinstance(ext, Mapping) and ext.get("url") == codes.CANCELLATION_DATE_EXT:
                 when = parse_instant(ext.get("valueDateTime"))
                 if when is not None and start - when < timedelta(hours=settings.late_cancel_hours):
@@ -171,14 +168,21 @@ def episode_from_resources(
     settings: FhirSettings,
     profile: InstrumentProfile,
     root: str = "Bundle",
+    full_urls: FullUrls | None = None,
 ) -> FhirEpisode:
     """One client's FHIR R4 resources -> a :class:`FhirEpisode` for the served ``profile``.
 
     ``resources`` are the resources of a Bundle's entries (or a CDS Hooks prefetch), in order;
     ``root`` names them in issue expressions: ``Bundle`` gives ``Bundle.entry[i].resource``,
-    anything else ``<root>[i].resource``. Raises :class:`FhirInputError` with every issue found.
+    anything else ``<root>[i].resource``. ``full_urls`` (:func:`full_urls`) resolves references
+    such as ``urn:uuid:...`` to the entries of a Bundle. Raises :class:`FhirInputError` with the
+    issues found (the first :data:`~service.fhir.reader.MAX_ISSUES`, and how many more), or with
+    status 413 for more than :data:`~service.fhir.reader.MAX_RESOURCES` resources, before any is
+    read.
     """
-    r = Reader(root, settings, profile)
+    r = Reader(root, settings, profile, full_urls)
+    if len(resources) > MAX_RESOURCES:
+        raise FhirInputError([FhirIssue(r.entries, "too-long", TOO_MANY_RESOURCES)], status=413)
     by_type: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     for i, res in enumerate(resources):
         if not isinstance(res, Mapping) or not isinstance(res.get("resourceType"), str):
@@ -188,7 +192,7 @@ def episode_from_resources(
     patients = by_type.get("Patient", [])
     if len(patients) != 1:
         r.issue(r.entries, "required", ONE_PATIENT)
-        raise FhirInputError(r.issues)
+        raise r.error()
     p_index, patient = patients[0]
     p_at = r.at(p_index)
     patient_id = r.string(patient, "id", p_at, required=True)
@@ -207,8 +211,11 @@ def episode_from_resources(
     intake, intake_path = _intake(r, episodes, visits)
     if not visits:
         r.issue(r.entries, "required", NO_VISIT)
+    birth = partial_date(patient.get("birthDate"))
+    if birth is None and patient.get("birthDate") is not None:
+        r.issue(f"{p_at}.birthDate", "value", BAD_BIRTH_DATE)
     if r.issues:
-        raise FhirInputError(r.issues)
+        raise r.error()
     assert patient_id is not None and clinic is not None and therapist is not None
     r.paths[("clinic_id",)] = clinic_path
     r.paths[("therapist_id",)] = r.entries
@@ -244,7 +251,6 @@ def episode_from_resources(
         "intake_date": intake,
         "sessions": sessions,
     }
-    birth = partial_date(patient.get("birthDate"))
     if birth is not None and intake is not None:
         body["age"] = (
             intake.year - birth.year - ((intake.month, intake.day) < (birth.month, birth.day))
@@ -266,6 +272,21 @@ def episode_from_resources(
     )
 
 
+def full_urls(entries: Sequence[Any]) -> dict[str, tuple[str, str]]:
+    """A Bundle's ``entry.fullUrl`` -> ``(resourceType, id)`` of the entry's resource, for the
+    entries that have both (an EHR-built collection Bundle refers by ``urn:uuid:`` fullUrls)."""
+    out: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        url, res = entry.get("fullUrl"), entry.get("resource")
+        if isinstance(url, str) and url and isinstance(res, Mapping):
+            kind, ident = res.get("resourceType"), res.get("id")
+            if isinstance(kind, str) and isinstance(ident, str) and ident:
+                out[url] = (kind, ident)
+    return out
+
+
 def _visits(
     r: Reader, by_type: Mapping[str, list[tuple[int, Mapping[str, Any]]]], patient_id: str | None
 ) -> list[Visit]:
@@ -274,12 +295,13 @@ def _visits(
     appointment_visit: dict[str, Visit] = {}
     for i, res in by_type.get("Appointment", []):
         at = r.at(i)
-        for k, part in enumerate(res.get("participant") or ()):
+        participants = r.as_list(res.get("participant"), f"{at}.participant")
+        for k, part in enumerate(participants):
             if isinstance(part, Mapping):
                 r.same_patient(part.get("actor"), patient_id, f"{at}.participant[{k}].actor")
         visit = _visit(r, i, res, "Appointment", APPOINTMENT_STATUS, APPOINTMENT_NO_OUTCOME)
         if visit is not None:
-            visit.practitioner = _practitioner(res.get("participant"), "actor")
+            visit.practitioner = _practitioner(r, participants, "actor")
             visits.append(visit)
             appointment_visit[visit.id] = visit
     for i, res in by_type.get("Encounter", []):
@@ -288,8 +310,12 @@ def _visits(
         visit = _visit(r, i, res, "Encounter", ENCOUNTER_STATUS, ENCOUNTER_NO_OUTCOME)
         if visit is None:
             continue
-        visit.practitioner = _practitioner(res.get("participant"), "individual")
-        booked = [ref_id(a, ("Appointment",)) for a in res.get("appointment") or ()]
+        participants = r.as_list(res.get("participant"), f"{at}.participant")
+        visit.practitioner = _practitioner(r, participants, "individual")
+        booked = [
+            r.ref(a, ("Appointment",))
+            for a in r.as_list(res.get("appointment"), f"{at}.appointment")
+        ]
         same = next((appointment_visit[a] for a in booked if a in appointment_visit), None)
         if same is not None:
             # The same visit: the Appointment's outcome stands, the Encounter is cited with it.
@@ -324,7 +350,11 @@ def _visit(
         r.issue(f"{at}.status", "code-invalid", UNKNOWN_STATUS)
         return None
     start_path = f"{at}.start" if kind == "Appointment" else f"{at}.period.start"
-    raw = res.get("start") if kind == "Appointment" else (res.get("period") or {}).get("start")
+    raw = (
+        res.get("start")
+        if kind == "Appointment"
+        else r.as_mapping(res.get("period"), f"{at}.period").get("start")
+    )
     start = parse_instant(raw)
     if start is None:
         r.issue(
@@ -337,16 +367,17 @@ def _visit(
         return None
     attendance = statuses[status]
     if attendance == "cancelled":
+        r.as_list(res.get("extension"), f"{at}.extension")
         attendance = cancelled_as(res, start, r.settings)
     return Visit(
         i, kind, ident, start, attendance, None, [f"{kind}/{ident}"], f"{at}.status", start_path
     )
 
 
-def _practitioner(participants: Any, key: str) -> str | None:
-    for part in participants or ():
+def _practitioner(r: Reader, participants: list[Any], key: str) -> str | None:
+    for part in participants:
         if isinstance(part, Mapping):
-            found = ref_id(part.get(key), _PRACTITIONER)
+            found = r.ref(part.get(key), _PRACTITIONER)
             if found is not None:
                 return found
     return None
@@ -360,17 +391,17 @@ def _clinic(
     visits: list[Visit],
     by_type: Mapping[str, list[tuple[int, Mapping[str, Any]]]],
 ) -> tuple[str | None, str]:
-    found = ref_id(patient.get("managingOrganization"), ("Organization",))
+    found = r.ref(patient.get("managingOrganization"), ("Organization",))
     if found is not None:
         return found, f"{p_at}.managingOrganization"
     for i, res in reversed(episodes):
-        found = ref_id(res.get("managingOrganization"), ("Organization",))
+        found = r.ref(res.get("managingOrganization"), ("Organization",))
         if found is not None:
             return found, f"{r.at(i)}.managingOrganization"
     encounters = dict(by_type.get("Encounter", []))
     for visit in reversed(visits):
         if visit.kind == "Encounter":
-            found = ref_id(encounters[visit.index].get("serviceProvider"), ("Organization",))
+            found = r.ref(encounters[visit.index].get("serviceProvider"), ("Organization",))
             if found is not None:
                 return found, f"{r.at(visit.index)}.serviceProvider"
     r.issue(f"{p_at}.managingOrganization", "required", NO_CLINIC)
@@ -383,11 +414,7 @@ def _intake(
     """The start of the latest EpisodeOfCare, else the first visit's date."""
     best: tuple[date, str] | None = None
     for i, res in episodes:
-        raw = (
-            (res.get("period") or {}).get("start")
-            if isinstance(res.get("period"), Mapping)
-            else None
-        )
+        raw = r.as_mapping(res.get("period"), f"{r.at(i)}.period").get("start")
         start = parse_instant(raw)
         if raw is not None and start is None:
             r.issue(f"{r.at(i)}.period.start", "value", BAD_DATE)

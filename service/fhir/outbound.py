@@ -15,6 +15,7 @@ from typing import Any
 from models.results import RiskScore
 from service.fhir import codes
 from service.fhir.inbound import FhirEpisode, FhirIssue
+from service.fhir.reader import MAX_ISSUES, FhirInputError
 from service.fhir.settings import FhirSettings
 from service.model_store import LoadedModel
 
@@ -170,13 +171,16 @@ ISSUE_TYPE = {
 def operation_outcome(issues: Sequence[FhirIssue], *, status: int) -> dict[str, Any]:
     """An ``OperationOutcome`` with one ``error`` issue each (``fatal`` for 5xx), the reason as
     ``diagnostics`` and the FHIRPath as ``expression``; never a submitted value. With no
-    issues, one of the status's issue type."""
+    issues, one of the status's issue type. At most :data:`~service.fhir.reader.MAX_ISSUES`
+    are listed, then one ``information`` issue counting the rest."""
     severity = "fatal" if status >= 500 else "error"
-    listed = list(issues) or [FhirIssue("", ISSUE_TYPE.get(status, "processing"), "request failed")]
+    errors = sum(issue.code != "informational" for issue in issues)
+    listed = FhirInputError(issues).issues if errors > MAX_ISSUES else list(issues)
+    listed = listed or [FhirIssue("", ISSUE_TYPE.get(status, "processing"), "request failed")]
     out = []
     for issue in listed:
         entry: dict[str, Any] = {
-            "severity": severity,
+            "severity": severity if issue.severity == "error" else issue.severity,
             "code": issue.code,
             "diagnostics": issue.reason,
         }

@@ -17,7 +17,7 @@ from service.fhir.reader import (
     as_number,
     codings,
     parse_instant,
-    ref_id,
+    status_of,
 )
 
 _RATING_STATUS = frozenset({"registered", "preliminary", "final", "amended", "corrected"})
@@ -25,6 +25,10 @@ _QR_STATUS = frozenset({"completed", "amended"})
 OTHER_INSTRUMENT = "ratings of an instrument the served model does not use (see GET /v1/model)"
 UNKNOWN_ITEM = "not an element or item code of this instrument in the local CodeSystem"
 NEEDS_NUMBER = "needs a number value, or a dataAbsentReason when not rated"
+NEEDS_ORDINAL = (
+    "a coded answer needs its number: an ordinalValue (or itemWeight) extension with a "
+    "valueDecimal on the Coding"
+)
 TWICE = "the same element or item is rated twice"
 ITEMS_AND_SUBSCALE = "both a subscale and its items are given"
 ITEM_OFF_SCALE = "item rating outside the instrument's scale"
@@ -50,7 +54,7 @@ def visit_ratings(
             if kind == "Observation":
                 ours = [c for s, c in codings(res.get("code")) if s == codes.CODE_SYSTEM]
                 instrument = next((c for c in ours if c in instruments), None)
-                if instrument is None or res.get("status") not in _RATING_STATUS:
+                if instrument is None or status_of(res) not in _RATING_STATUS:
                     continue
                 where = f"{at}.code"
                 when = res.get("effectiveDateTime")
@@ -59,7 +63,7 @@ def visit_ratings(
                 if not isinstance(url, str) or not url.startswith(codes.QUESTIONNAIRE_BASE):
                     continue
                 instrument = url.removeprefix(codes.QUESTIONNAIRE_BASE).split("|")[0]
-                if res.get("status") not in _QR_STATUS:
+                if status_of(res) not in _QR_STATUS:
                     continue
                 where = f"{at}.questionnaire"
                 when = res.get("authored")
@@ -92,7 +96,11 @@ Values = dict[str, tuple[float | None, str]]
 def _value(
     r: Reader, holder: Mapping[str, Any], where: str, *, absent_ok: bool
 ) -> tuple[bool, float | None]:
-    """(found, number) of ``valueQuantity.value``, ``valueInteger`` or ``valueDecimal``."""
+    """(found, number) of ``valueQuantity.value``, ``valueInteger``, ``valueDecimal`` or the
+    ordinal value of ``valueCoding`` (:func:`_ordinal`)."""
+    if "valueCoding" in holder:
+        number = _ordinal(r, holder["valueCoding"], f"{where}.valueCoding")
+        return number is not None, number
     for key in ("valueInteger", "valueDecimal"):
         if key in holder:
             number = as_number(holder[key])
@@ -111,6 +119,20 @@ def _value(
         return True, None
     r.issue(where, "required", NEEDS_NUMBER)
     return False, None
+
+
+def _ordinal(r: Reader, coding: Any, where: str) -> float | None:
+    """The number of a coded answer: the ``valueDecimal`` of its ordinal-value extension."""
+    if not isinstance(coding, Mapping):
+        r.issue(where, "structure", NOT_JSON_OBJECT)
+        return None
+    for ext in r.as_list(coding.get("extension"), f"{where}.extension"):
+        if isinstance(ext, Mapping) and ext.get("url") in codes.ORDINAL_VALUE_EXTS:
+            number = as_number(ext.get("valueDecimal", ext.get("valueInteger")))
+            if number is not None:
+                return number
+    r.issue(where, "value", NEEDS_ORDINAL)
+    return None
 
 
 def _components(r: Reader, res: Mapping[str, Any], at: str) -> Values:
@@ -213,7 +235,7 @@ def _visit_of(
     r: Reader, res: Mapping[str, Any], when: Any, visits: list[Visit], at: str
 ) -> int | None:
     """Position of the visit a rating belongs to: its ``encounter``, else its day."""
-    encounter = ref_id(res.get("encounter"), ("Encounter",))
+    encounter = r.ref(res.get("encounter"), ("Encounter",))
     if encounter is not None:
         for n, visit in enumerate(visits):
             if f"Encounter/{encounter}" in visit.refs:

@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 from service.deps import ModelDep, SettingsDep
 from service.errors import InvalidRequest, request_id_of
 from service.fhir import codes
-from service.fhir.inbound import FhirInputError, FhirIssue, episode_from_resources
+from service.fhir.inbound import FhirInputError, FhirIssue, episode_from_resources, full_urls
 from service.fhir.outbound import FHIR_JSON, as_parameters, operation_outcome, risk_assessment
+from service.fhir.reader import MAX_RESOURCES, TOO_MANY_RESOURCES, FullUrls
 from service.fhir.settings import FhirSettings
 from service.routers.jsonbody import OrjsonRoute
 from service.routers.risk import _count, _observed, one_client
@@ -48,8 +49,9 @@ def fhir_settings(request: Request) -> FhirSettings:
     return settings
 
 
-def unwrap(body: Any) -> tuple[list[Any], str, bool]:
-    """``(resources, FHIRPath of their list, asked as Parameters)`` of the operation's body."""
+def unwrap(body: Any) -> tuple[list[Any], str, bool, FullUrls]:
+    """``(resources, FHIRPath of their list, asked as Parameters, fullUrl map)`` of the
+    operation's body; 413 for more than :data:`~service.fhir.reader.MAX_RESOURCES` entries."""
     wrapped = isinstance(body, dict) and body.get("resourceType") == "Parameters"
     bundle, where = body, "Bundle"
     if wrapped:
@@ -67,12 +69,15 @@ def unwrap(body: Any) -> tuple[list[Any], str, bool]:
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise FhirInputError([FhirIssue(f"{where}.entry", "required", NO_ENTRIES)])
+    if len(entries) > MAX_RESOURCES:
+        issue = FhirIssue(f"{where}.entry", "too-long", TOO_MANY_RESOURCES)
+        raise FhirInputError([issue], status=413)
     resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
-    return resources, f"{where}.entry", wrapped
+    return resources, f"{where}.entry", wrapped, full_urls(entries)
 
 
-def _refused(issues: list[FhirIssue]) -> FhirResponse:
-    return FhirResponse(operation_outcome(issues, status=422), status_code=422)
+def _refused(issues: list[FhirIssue], status: int = 422) -> FhirResponse:
+    return FhirResponse(operation_outcome(issues, status=status), status_code=status)
 
 
 @router.post(
@@ -82,7 +87,11 @@ def _refused(issues: list[FhirIssue]) -> FhirResponse:
     responses={
         200: {"description": "A RiskAssessment (or Parameters with it as 'return')."},
         422: {"description": "OperationOutcome: the resources do not meet the data contract."},
-        **{s: {"description": "OperationOutcome."} for s in (400, 401, 403, 404, 413, 415, 429)},
+        413: {
+            "description": "OperationOutcome: the body is too large, or has more than "
+            f"{MAX_RESOURCES} entries."
+        },  # fmt: skip
+        **{s: {"description": "OperationOutcome."} for s in (400, 401, 403, 404, 415, 429)},
     },
     summary="FHIR R4 operation: dropout risk of one client as a RiskAssessment",
 )
@@ -106,16 +115,16 @@ def dropout_risk(
     answers a ``RiskAssessment`` (``application/fhir+json``)."""
     fhir = fhir_settings(request)
     try:
-        resources, where, wrapped = unwrap(body)
+        resources, where, wrapped, urls = unwrap(body)
         episode = episode_from_resources(
-            resources, settings=fhir, profile=model.scorer.profile, root=where
+            resources, settings=fhir, profile=model.scorer.profile, root=where, full_urls=urls
         )
     except FhirInputError as exc:
-        return _refused(exc.issues)
+        return _refused(exc.issues, exc.status)
     try:
         edge = one_client(episode.request, request, principal, model, settings)
     except InvalidRequest as exc:
-        return _refused(episode.issues(exc.errors))
+        return _refused(FhirInputError(episode.issues(exc.errors)).issues)
     scored = model.scorer.score(edge.episodes)
     ((_, outcome),) = scored.by_episode()
     if isinstance(outcome, tuple):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,12 @@ def check_risk_assessment(ra: dict[str, Any]) -> RiskAssessment:
 def check_operation_outcome(body: dict[str, Any]) -> OperationOutcome:
     parsed = OperationOutcome.model_validate(body)
     _no_empty_elements(body)
-    assert body["issue"] and all(i["severity"] in ("error", "fatal") for i in body["issue"])
+    # Errors, then at most one closing count of the issues left out.
+    severities = [i["severity"] for i in body["issue"]]
+    assert severities and all(s in ("error", "fatal") for s in severities[:-1])
+    assert severities[-1] in ("error", "fatal") or (
+        len(severities) > 1 and body["issue"][-1]["code"] == "informational"
+    )
     return parsed
 
 
@@ -359,4 +365,66 @@ def test_documented_example(fhir_api: TestClient, keys: Path) -> None:
     assert _stable(got) == _stable(expected)
     assert got["prediction"][0]["probabilityDecimal"] == pytest.approx(
         expected["prediction"][0]["probabilityDecimal"], abs=1e-3
+    )
+
+
+# -- review of issue 20: bounded answers, urn:uuid references ----------------------------------
+
+
+def test_a_bundle_of_junk_gets_a_bounded_outcome(fhir_api: TestClient) -> None:
+    from service.fhir.reader import MAX_ISSUES
+
+    junk = {"resourceType": "Bundle", "type": "collection", "entry": [5] * 20_000}
+    response = _post(fhir_api, junk)
+    assert response.status_code == 422
+    issues = check_operation_outcome(response.json()).issue
+    assert len(issues) == MAX_ISSUES + 1 and len(response.content) < 10_000
+    assert (issues[-1].severity, issues[-1].code) == ("information", "informational")
+    assert issues[-1].diagnostics.startswith(f"{20_000 - MAX_ISSUES + 1} more issues")
+
+
+def test_too_many_entries_are_refused_before_mapping(fhir_api: TestClient) -> None:
+    from service.fhir.reader import MAX_RESOURCES
+
+    body = {"resourceType": "Bundle", "type": "collection", "entry": [5] * (MAX_RESOURCES + 1)}
+    response = _post(fhir_api, body)
+    assert response.status_code == 413
+    (issue,) = check_operation_outcome(response.json()).issue
+    assert (issue.code, issue.expression) == ("too-long", ["Bundle.entry"])
+    wrapped = {"resourceType": "Parameters", "parameter": [{"name": "bundle", "resource": body}]}
+    assert _post(fhir_api, wrapped).status_code == 413
+
+
+def _with_urn_uuids(bundle: dict[str, Any]) -> dict[str, Any]:
+    """``bundle`` as an EHR builds a collection: every entry a ``urn:uuid`` fullUrl (the
+    Practitioner and Organization added) and every reference to an entry by that fullUrl."""
+    bundle = json.loads(json.dumps(bundle))
+    text = json.dumps(bundle)
+    for kind in ("Practitioner", "Organization"):
+        for ident in sorted(set(re.findall(f'"{kind}/([^"]+)"', text))):
+            bundle["entry"].append({"resource": {"resourceType": kind, "id": ident}})
+    urls: dict[str, str] = {}
+    for n, entry in enumerate(bundle["entry"]):
+        res = entry["resource"]
+        entry["fullUrl"] = urls[f"{res['resourceType']}/{res['id']}"] = (
+            f"urn:uuid:{n:08x}-1111-4222-8333-444444444444"
+        )
+    out = json.dumps(bundle)
+    for relative, urn in urls.items():
+        out = out.replace(f'"reference": "{relative}"', f'"reference": "{urn}"')
+    assert '"reference": "Practitioner/' not in out
+    return json.loads(out)
+
+
+def test_urn_uuid_references_score_as_relative_ones(fhir_api: TestClient, keys: Path) -> None:
+    request = RiskRequest.model_validate(RISK_REQUEST_EXAMPLE)
+    SENT_CLIENT_IDS.add(request.client_id)
+    auth = bearer(keys, clinic=request.clinic_id)["Authorization"]
+    bundle = json.loads(EXAMPLE_BUNDLE.read_text())
+    relative = _post(fhir_api, bundle, Authorization=auth)
+    urn = _post(fhir_api, _with_urn_uuids(bundle), Authorization=auth)
+    assert relative.status_code == urn.status_code == 200, urn.text
+    assert (
+        urn.json()["prediction"][0]["probabilityDecimal"]
+        == relative.json()["prediction"][0]["probabilityDecimal"]
     )

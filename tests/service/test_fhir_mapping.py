@@ -348,3 +348,84 @@ def test_example_request_round_trips_through_a_bundle() -> None:
         if not s.get("ratings"):
             s.pop("ratings", None)
     assert mapped.model_dump() == expected
+
+
+# -- urn:uuid references, birthDate, coded answers ----------------------------------------------
+
+
+def test_urn_uuid_references_resolve_through_the_bundle_full_urls() -> None:
+    from service.fhir.inbound import full_urls
+
+    uuids = {k: f"urn:uuid:{n:08d}-0000-4000-8000-000000000000"
+             for n, k in enumerate(("p", "t", "a", "e", "o"))}  # fmt: skip
+    appointment = _appointment(1, "fulfilled", participant=[
+        {"actor": {"reference": uuids["p"]}}, {"actor": {"reference": uuids["t"]}}])  # fmt: skip
+    encounter = {"resourceType": "Encounter", "id": "e2", "status": "finished",
+                 "subject": {"reference": uuids["p"]},
+                 "period": {"start": "2026-09-02T10:00:00Z"}}  # fmt: skip
+    obs = _observation(9, ALLIANCE6, {codes.element_code(ALLIANCE6, "goals"): 6.0},
+                       encounter={"reference": uuids["e"]}, subject={"reference": uuids["p"]})  # fmt: skip
+    practitioner = {"resourceType": "Practitioner", "id": "t-9"}
+    entries = [
+        {"fullUrl": uuids["p"], "resource": _patient()},
+        {"fullUrl": uuids["t"], "resource": practitioner},
+        {"fullUrl": uuids["a"], "resource": appointment},
+        {"fullUrl": uuids["e"], "resource": encounter},
+        {"fullUrl": uuids["o"], "resource": obs},
+    ]
+    episode = episode_from_resources(
+        [e["resource"] for e in entries], settings=FhirSettings(), profile=ALLIANCE6,
+        full_urls=full_urls(entries),
+    )  # fmt: skip
+    assert episode.request.therapist_id == "t-9"
+    assert episode.request.sessions[1]["ratings"] == {"goals": 6.0}
+    assert "Observation/o9" in episode.basis
+    # A urn:uuid of another Patient of the Bundle is still another patient.
+    other = {"fullUrl": "urn:uuid:other", "resource": {"resourceType": "Patient", "id": "p2"}}
+    encounter["subject"] = {"reference": "urn:uuid:other"}
+    urls = full_urls([*entries, other])
+    with pytest.raises(FhirInputError) as caught:
+        episode_from_resources([e["resource"] for e in entries], settings=FhirSettings(),
+                               profile=ALLIANCE6, full_urls=urls)  # fmt: skip
+    assert "Bundle.entry[3].resource.subject" in [i.expression for i in caught.value.issues]
+
+
+@pytest.mark.parametrize("birth", [SECRET, "1990-13-40", "05/06/1990", 1990, ["1990"]])
+def test_an_invalid_birth_date_is_a_value_issue(birth: Any) -> None:
+    resources = [_patient(birthDate=birth), _appointment(1, "fulfilled")]
+    with pytest.raises(FhirInputError) as caught:
+        _map(resources)
+    found = [(i.expression, i.code) for i in caught.value.issues]
+    assert found == [("Bundle.entry[0].resource.birthDate", "value")]
+    assert SECRET not in json.dumps([i.reason for i in caught.value.issues])
+
+
+def _coded(value: float | None, url: str = "http://hl7.org/fhir/StructureDefinition/ordinalValue"):
+    coding: dict[str, Any] = {"system": "urn:ehr:likert", "code": "often"}
+    if value is not None:
+        coding["extension"] = [{"url": url, "valueDecimal": value}]
+    return {"valueCoding": coding}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hl7.org/fhir/StructureDefinition/ordinalValue",
+        "http://hl7.org/fhir/StructureDefinition/itemWeight",
+    ],
+)
+def test_coded_likert_answers_with_an_ordinal_value(url: str) -> None:
+    answers = {codes.item_code(WAI_SR, n): _coded(n % 5 + 1, url) for n in range(1, 13)}
+    resources = [_patient(), _appointment(1, "fulfilled"), _questionnaire(1, WAI_SR, answers)]
+    ratings = _map(resources, WAI_SR).request.sessions[0]["ratings"]
+    assert ratings["goal"] == pytest.approx(13 / 4)
+
+
+def test_a_coded_answer_without_an_ordinal_value_is_a_clear_issue() -> None:
+    answers = {codes.item_code(WAI_SR, n): _coded(3) for n in range(1, 13)}
+    answers[codes.item_code(WAI_SR, 2)] = _coded(None)
+    resources = [_patient(), _appointment(1, "fulfilled"), _questionnaire(1, WAI_SR, answers)]
+    issues = _issues(resources, WAI_SR)
+    assert issues == [("Bundle.entry[2].resource.item[0].item[1].answer[0].valueCoding",
+                       "a coded answer needs its number: an ordinalValue (or itemWeight) "
+                       "extension with a valueDecimal on the Coding")]  # fmt: skip
