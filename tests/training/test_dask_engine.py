@@ -112,7 +112,13 @@ def test_same_splits_summary_and_fingerprint_as_the_pandas_engine(
         assert sorted(getattr(trained.result.splits, name)) == sorted(
             getattr(trained_pandas.splits, name)
         )
-    assert trained.result.data_summary == trained_pandas.data_summary
+    summary = dict(trained.result.data_summary)
+    assert summary.pop("held_out_clients") == (
+        f"calibration: {len(trained_pandas.splits.calibration):,} of "
+        f"{len(trained_pandas.splits.calibration):,} clients, test: "
+        f"{len(trained_pandas.splits.test):,} of {len(trained_pandas.splits.test):,} clients"
+    )
+    assert summary == trained_pandas.data_summary
     assert trained.fingerprint == dataset_fingerprint(loaded.sessions, loaded.clients)
 
 
@@ -126,6 +132,50 @@ def test_model_quality_is_equivalent_on_the_same_test_rows(trained, trained_pand
     assert trained.result.fit.params["nthread"] == 1
     assert trained.result.scorer.reference is not None
     assert "calibration clients" in trained.result.scorer.reference.rows
+
+
+def test_sample_clients_is_whole_ids_independent_of_order() -> None:
+    ids = np.array([f"C{i:05d}" for i in range(3000)], dtype=object)
+    chosen = de.sample_clients(ids, 200)
+    shuffled = de.sample_clients(np.random.default_rng(1).permutation(ids), 200)
+    assert len(chosen) == 200 and set(chosen) == set(shuffled) <= set(ids)
+    assert list(chosen) == sorted(chosen)  # kept in the input's order
+    assert not set(chosen) <= set(ids[:1000])  # spread over the ids, not their first rows
+    assert list(de.sample_clients(ids[:150], 200)) == list(ids[:150])
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        de.sample_clients(ids, 0)
+
+
+def test_a_small_cap_gathers_a_deterministic_sample_of_held_out_clients(
+    client, data, trained_pandas
+) -> None:
+    cap = 150
+    runs = [
+        de.train_dask(client, data["sessions"], data["clients"], config=TINY, npartitions=n,
+                      held_out_cap=cap)
+        for n in (3, 4)
+    ]  # fmt: skip
+    splits = trained_pandas.splits  # the pandas engine's splits: the same clients are drawn
+    want = set(de.sample_clients(splits.calibration, cap)) | set(
+        de.sample_clients(splits.test, cap)
+    )
+    for run in runs:
+        assert set(run.clients[CLIENT_ID]) == want and len(want) == 2 * cap
+        assert set(run.sessions[CLIENT_ID]) <= want
+        assert run.result.evaluation.data.n_clients <= cap
+        assert set(run.result.evaluation.data.client_id) <= set(splits.test)
+        text = (
+            f"calibration: {cap} of {len(splits.calibration):,} clients, test: {cap} of "
+            f"{len(splits.test):,} clients (a deterministic sample of whole clients"
+        )
+        assert run.result.data_summary["held_out_clients"].startswith(text)
+        assert run.result.data_summary["splits"] == trained_pandas.data_summary["splits"]
+        assert text in run.result.scorer.reference.rows
+        assert run.gathered[f"of {len(splits.test):,} test clients"] == cap
+    assert runs[0].result.data_summary == runs[1].result.data_summary
+    # The pandas engine is unchanged: every held-out client, and no sample line.
+    assert "held_out_clients" not in trained_pandas.data_summary
+    assert trained_pandas.evaluation.data.n_clients > cap
 
 
 def test_scores_equal_the_pandas_engines_for_the_same_scorer(

@@ -15,11 +15,14 @@ What the driver gathers (and nothing else):
 * one 64-bit hash per row of both tables (the dataset fingerprint, equal to the pandas
   engine's);
 * the baselines' input columns of the train split's landmark rows (a few columns);
-* the validated rows of the calibration and test clients, at most
-  :data:`GATHER_LIMIT_SESSIONS` session rows: calibration, risk bands, the reference profile
-  and the test evaluation then run through :func:`training.pipeline.finish_training`, the
-  pandas engine's code. The typical levels of the reference profile come from the calibration
-  clients only (the pandas engine also uses train and validation clients).
+* the validated rows of the calibration and test clients: at most
+  :data:`HELD_OUT_CLIENT_CAP` clients of each split (above it, a deterministic sample of whole
+  clients, :func:`sample_clients`), and at most :data:`GATHER_LIMIT_SESSIONS` session rows.
+  Calibration, risk bands, the reference profile and the test evaluation then run on them
+  through :func:`training.pipeline.finish_training`, the pandas engine's code. The reference
+  profile (feature distributions and typical levels) thus comes from the gathered calibration
+  clients only (the pandas engine also uses train and validation clients); its ``rows`` text
+  says so.
 """
 
 from training.dask_engine.partitions import (
@@ -33,6 +36,7 @@ from training.dask_engine.score import DaskScores, score_dask
 from training.dask_engine.train import (
     GATHER_LIMIT_SESSIONS,
     GATHERED,
+    HELD_OUT_CLIENT_CAP,
     LABEL,
     SPLIT,
     DaskFit,
@@ -41,12 +45,13 @@ from training.dask_engine.train import (
     fit_dask,
     landmark_frame,
     partition_landmarks,
+    sample_clients,
     train_dask,
 )
 
 __all__ = [
-    "DEFAULT_WORKERS", "GATHERED", "GATHER_LIMIT_SESSIONS", "LABEL", "SPLIT", "CheckedPart",
-    "DaskFit", "DaskScores", "DaskTrained", "check_partitions", "client_partitions",
-    "dask_client", "fit_booster_dask", "fit_dask", "landmark_frame", "partition_landmarks",
-    "score_dask", "train_dask",
+    "DEFAULT_WORKERS", "GATHERED", "GATHER_LIMIT_SESSIONS", "HELD_OUT_CLIENT_CAP", "LABEL",
+    "SPLIT", "CheckedPart", "DaskFit", "DaskScores", "DaskTrained", "check_partitions",
+    "client_partitions", "dask_client", "fit_booster_dask", "fit_dask", "landmark_frame",
+    "partition_landmarks", "sample_clients", "score_dask", "train_dask",
 ]  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -17,7 +17,7 @@ from features.build import pack_frames
 from features.contract import CLIENT_ID
 from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry, feature_registry
-from models.booster import FitResult, SearchSpace, shap_cost
+from models.booster import FitResult, SearchSpace, choose_trial, shap_cost
 from training.baselines import logistic_columns, rule_columns
 from training.dask_engine.partitions import (
     CheckedPart,
@@ -43,20 +43,49 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-#: Most session rows of calibration and test clients the driver gathers (about 1 GB with
-#: their landmark features); above it training refuses rather than running out of memory.
+#: Most clients of the calibration split, and of the test split, whose rows the driver
+#: gathers: above it, a deterministic sample of whole clients (:func:`sample_clients`). The
+#: pandas engine's 100k-client run (~20k test, ~16k calibration clients) peaks at 2 GB in one
+#: process; 50k + 50k held-out clients (~1.2 M landmark rows) keep the driver near that, well
+#: under the 4 GB of a worker. A calibration on 50k clients pins the intercept far better than
+#: the ~600 of a small run.
+HELD_OUT_CLIENT_CAP: Final = 50_000
+#: Most session rows of the (sampled) calibration and test clients the driver gathers (about
+#: 1 GB with their landmark features): reached only when the sampled clients average over 30
+#: sessions each; training then refuses rather than running out of memory.
 GATHER_LIMIT_SESSIONS: Final = 3_000_000
-#: Workers (1 thread each) of the LocalCluster started when no scheduler is given.
+#: Key of the sampling hash (16 bytes), so that the sample is not the partition hash's.
+_SAMPLE_KEY: Final = "alliance-sample1"
 LABEL: Final = "_label"
 SPLIT: Final = "_split"
 PART: Final = "_part"
 GATHERED: Final = (
     "client_id, intake_date and outcome of every client; one hash per row (fingerprint); the "
     "baselines' input columns of the train landmark rows; the validated rows of the "
-    "calibration and test clients"
+    f"calibration and test clients (at most {HELD_OUT_CLIENT_CAP:,} of each split, a "
+    "deterministic sample of whole clients above that)"
 )
 
 Progress = Callable[[str], None]
+
+
+def sample_clients(ids: np.ndarray | pd.Index, cap: int) -> np.ndarray:
+    """At most ``cap`` of ``ids``: every one when there are no more, else the ``cap`` whose
+    keyed hash of ``client_id`` (as text) is smallest, in their order in ``ids``.
+
+    Whole clients, and the same clients whatever the row, file or partition order, the run,
+    the process or the engine: the hash (:func:`pandas.util.hash_array` with a fixed key)
+    depends on the id alone.
+    """
+    ids = np.asarray(ids, dtype=object)
+    if cap < 1:
+        raise ValueError("the held-out client cap must be >= 1")
+    if len(ids) <= cap:
+        return ids
+    text = ids.astype(str).astype(object)
+    keys = pd.util.hash_array(text, hash_key=_SAMPLE_KEY)
+    order = np.lexsort((text, keys))  # ties (a 64-bit collision) broken by the id itself
+    return ids[np.sort(order[:cap])]
 
 
 def _split_names(splits: Splits, info: list[dict[str, Any]]) -> list[pd.Series]:
@@ -145,7 +174,7 @@ def fit_booster_dask(
 ) -> FitResult:
     """:func:`models.booster.fit_booster`'s search through ``xgboost.dask``: trial 0 the
     default, then seeded draws, early stopping on the ``valid`` rows, and the same choice
-    (the lowest TreeSHAP cost within ``tie_tolerance`` of the best validation log-loss).
+    (:func:`models.booster.choose_trial`, which both engines call).
     ``frame`` holds the train and valid landmark rows (:func:`landmark_frame`); one thread
     per worker."""
     import xgboost.dask as dxgb
@@ -190,22 +219,9 @@ def fit_booster_dask(
         logger.info("trial %d/%d: validation log-loss %.5f", trial + 1, n_trials, loss)
         if progress is not None:
             progress(trial + 1, n_trials)
-    best_loss = min(t["valid_logloss"] for t in trials)
-    near = [t for t in trials if t["valid_logloss"] <= best_loss + search.tie_tolerance]
-    chosen = min(near, key=lambda t: (t["shap_cost"], t["valid_logloss"]))["trial"]
-    trials[chosen]["chosen"] = True
-    best_iteration = int(trials[chosen]["best_iteration"])
-    booster = boosters[chosen][: best_iteration + 1]
-    booster.set_param({"nthread": 1})
-    return FitResult(
-        booster=booster,
-        params={**fixed, **{k: trials[chosen][k] for k in search.default_trial()}},
-        best_iteration=best_iteration,
-        trials=tuple(trials),
-        chosen_trial=int(chosen),
-        valid_logloss=float(trials[chosen]["valid_logloss"]),
-        feature_names=tuple(names),
-    )
+    result = choose_trial(trials, boosters, fixed, search, names)
+    result.booster.set_param({"nthread": 1})
+    return result
 
 
 def _take_clients(part: CheckedPart, ids: pd.Index) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -247,6 +263,8 @@ class DaskFit:
     counts: pd.Series
     fit: FitResult
     timings: dict[str, float]
+    #: Per held-out split: (clients gathered, clients in the split).
+    held_out: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def fit_dask(
@@ -258,13 +276,15 @@ def fit_dask(
     config: TrainConfig,
     npartitions: int | None = None,
     gather_limit: int = GATHER_LIMIT_SESSIONS,
+    held_out_cap: int = HELD_OUT_CLIENT_CAP,
     progress: Progress | None = None,
     trial_progress: Callable[[int, int], None] | None = None,
 ) -> DaskFit:
     """Read, validate, split, build the train and valid landmark rows and fit the booster,
     all on the workers (the first half of :func:`train_dask`; the benchmark times it).
 
-    The calibration and test clients' session rows are counted first, so that a run that
+    ``held`` is at most ``held_out_cap`` clients of the calibration split and of the test
+    split (:func:`sample_clients`); their session rows are counted first, so that a run that
     would gather more than ``gather_limit`` stops before the fit.
     """
     from dask import delayed
@@ -279,13 +299,22 @@ def fit_dask(
     )
     all_clients = pd.concat([i["clients"] for i in info], ignore_index=True)
     splits = config.splits_of(all_clients)
-    held = pd.Index(np.concatenate([splits.calibration, splits.test]))
+    sampled = {
+        "calibration": sample_clients(splits.calibration, held_out_cap),
+        "test": sample_clients(splits.test, held_out_cap),
+    }
+    held_out = {k: (len(v), len(getattr(splits, k))) for k, v in sampled.items()}
+    for name, (used, total) in held_out.items():
+        logger.info("%s split: gathering %d of its %d clients", name, used, total)
+    held = pd.Index(np.concatenate([sampled["calibration"], sampled["test"]]))
     n_held = sum(client.gather(client.compute([delayed(_count_sessions)(p, held) for p in parts])))
     if n_held > gather_limit:
         raise ValueError(
-            f"the calibration and test clients have {n_held} session rows, more than the "
-            f"{gather_limit} the Dask engine gathers to the driver; lower --test-fraction or "
-            "the calibration share, or train on a sample of clients"
+            f"the {len(held)} calibration and test clients gathered to the driver (at most "
+            f"{held_out_cap} of each split) have {n_held} session rows, more than the "
+            f"{gather_limit} the Dask engine gathers; episodes this long (over "
+            f"{gather_limit // max(len(held), 1)} sessions per client on average) need a "
+            "lower cap on the held-out clients"
         )
     registry = feature_registry(prof, include_covariates=config.include_covariates)
     names = _split_names(splits, info)
@@ -301,7 +330,7 @@ def fit_dask(
     timings["fit_s"] = time.perf_counter() - t
     return DaskFit(parts=parts, profile=prof, info=info, all_clients=all_clients,
                    splits=splits, held=held, registry=registry, frame=frame, counts=counts,
-                   fit=fit, timings=timings)  # fmt: skip
+                   fit=fit, timings=timings, held_out=held_out)  # fmt: skip
 
 
 def train_dask(
@@ -313,6 +342,7 @@ def train_dask(
     config: TrainConfig | None = None,
     npartitions: int | None = None,
     gather_limit: int = GATHER_LIMIT_SESSIONS,
+    held_out_cap: int = HELD_OUT_CLIENT_CAP,
     progress: Progress | None = None,
     trial_progress: Callable[[int, int], None] | None = None,
 ) -> DaskTrained:
@@ -328,12 +358,18 @@ def train_dask(
         rows must fit in a worker's memory with room to spare).
     gather_limit
         Most session rows of calibration and test clients gathered to the driver.
+    held_out_cap
+        Most clients of the calibration split, and of the test split, gathered to the driver:
+        above it, a deterministic sample of whole clients (:func:`sample_clients`). The
+        calibrator, the risk bands, the test evaluation and the reference profile are built on
+        the gathered clients; the data summary (``held_out_clients``), the reference's
+        ``rows`` text and :attr:`DaskTrained.gathered` say how many of how many.
 
     Raises
     ------
     ValueError
         On a contract violation, splits that cannot be drawn, or more than ``gather_limit``
-        calibration and test session rows.
+        session rows of the gathered calibration and test clients.
     """
     from dask import delayed
 
@@ -342,12 +378,13 @@ def train_dask(
     t0 = time.perf_counter()
     fitted = fit_dask(
         client, sessions_path, clients_path, profile=profile, config=config,
-        npartitions=npartitions, gather_limit=gather_limit, progress=say,
-        trial_progress=trial_progress,
+        npartitions=npartitions, gather_limit=gather_limit, held_out_cap=held_out_cap,
+        progress=say, trial_progress=trial_progress,
     )  # fmt: skip
     parts, prof, info, splits = fitted.parts, fitted.profile, fitted.info, fitted.splits
     registry, frame, fit, timings = fitted.registry, fitted.frame, fitted.fit, fitted.timings
     counts, all_clients, held = fitted.counts, fitted.all_clients, fitted.held
+    held_out = fitted.held_out
 
     # Gathered: the baselines' columns of the train rows; the calibration and test clients.
     base_cols = np.union1d(logistic_columns(registry), rule_columns(registry))
@@ -366,7 +403,10 @@ def train_dask(
         pack_frames(sessions, clients_, prof), clients_, registry, k_max=config.k_max
     )
     cal, test = held_set.subset(splits.calibration), held_set.subset(splits.test)
-    summary = _data_summary(sum(i["n_sessions"] for i in info), all_clients, prof)
+    summary = {
+        **_data_summary(sum(i["n_sessions"] for i in info), all_clients, prof),
+        "held_out_clients": _held_out_text(held_out),
+    }
     fingerprint = whole_fingerprint(info[0]["dtypes"], [i["hashes"] for i in info])
     result = finish_training(
         fit, registry, prof, config, splits=splits, train=train_set, calibration=cal,
@@ -377,9 +417,10 @@ def train_dask(
         sessions=sessions, clients=clients_, summary=summary, timings=timings, started=t0,
         progress=say,
         reference_rows=(
-            "distribution: the calibration split's ended episodes at their training "
-            "landmarks; typical levels: attended, rated appointments of the calibration "
-            "clients (Dask engine: only calibration and test clients reach the driver)"
+            "features, score and bands: the gathered calibration clients' ended episodes at "
+            "their training landmarks; typical levels: attended, rated appointments of the "
+            "same clients (Dask engine: only calibration and test clients reach the driver, "
+            f"{_held_out_text(held_out)})"
         ),
     )  # fmt: skip
     return DaskTrained(
@@ -392,5 +433,14 @@ def train_dask(
             "train landmark rows (baseline columns)": len(base),
             "calibration and test session rows": len(sessions),
             "calibration and test client rows": len(clients_),
+            **{f"of {total:,} {name} clients": used for name, (used, total) in held_out.items()},
         },
     )
+
+
+def _held_out_text(held_out: dict[str, tuple[int, int]]) -> str:
+    """E.g. ``calibration: 50,000 of 160,000 clients, test: 50,000 of 200,000 clients (...)``."""
+    text = ", ".join(f"{k}: {u:,} of {t:,} clients" for k, (u, t) in held_out.items())
+    if any(u < t for u, t in held_out.values()):
+        text += " (a deterministic sample of whole clients, by a keyed hash of client_id)"
+    return text
