@@ -126,7 +126,9 @@ class MonitorResult:
     """What ``alliance-risk monitor`` reports.
 
     ``probability`` and ``clinic`` are per scored row (for the plots); ``reference_shares`` the
-    reference's share of rows per bin of :data:`models.reference.SCORE_BINS`.
+    reference's share of rows per bin of :data:`models.reference.SCORE_BINS`;
+    ``unmatched_outcomes`` how many later outcomes named a client absent from the new data
+    (ignored; counted, never named).
     """
 
     model_name: str
@@ -139,6 +141,7 @@ class MonitorResult:
     clinic: np.ndarray
     reference_shares: tuple[float, ...]
     reference_rows: str
+    unmatched_outcomes: int = 0
 
     @property
     def status(self) -> str:
@@ -164,6 +167,19 @@ class MonitorResult:
 
 class NoReferenceError(ValueError):
     """The model carries no reference profile (trained before monitoring existed)."""
+
+
+class NothingToJudgeError(ValueError):
+    """No row was scored (e.g. no episode reached the requested landmark)."""
+
+
+def unmatched_outcomes(episodes: Episodes, outcomes: Mapping[str, str] | None) -> int:
+    """How many of ``outcomes``' client ids are not among ``episodes`` (such outcomes are
+    ignored by :func:`labels_of`; a count, so that nobody's id is printed)."""
+    if not outcomes:
+        return 0
+    known = {str(i) for i in episodes.client_id}
+    return sum(1 for i in outcomes if str(i) not in known)
 
 
 def labels_of(episodes: Episodes, outcomes: Mapping[str, str] | None = None) -> np.ndarray:
@@ -228,6 +244,7 @@ def monitor(
     model_version: str = "",
     landmark: int | None = None,
     min_clients: int = MIN_CLIENTS,
+    unmatched_outcomes: int = 0,
 ) -> MonitorResult:
     """Score ``episodes`` and compare them with the model's reference, overall and per clinic.
 
@@ -243,11 +260,16 @@ def monitor(
         Score every episode at appointment ``k`` only; default the reference's landmarks.
     min_clients : int, default :data:`models.drift.MIN_CLIENTS`
         Fewest clients for a drift status other than ``too_few``, per slice.
+    unmatched_outcomes : int, default 0
+        Later outcomes whose client is not in ``episodes`` (:func:`unmatched_outcomes`), for
+        the report.
 
     Raises
     ------
     NoReferenceError
         The model has no reference profile.
+    NothingToJudgeError
+        No row was scored (no episode has an appointment at ``landmark``).
     """
     if scorer.reference is None:
         raise NoReferenceError(
@@ -255,6 +277,11 @@ def monitor(
             "retrain it to monitor it"
         )
     scored = scorer.score(episodes, landmarks="training" if landmark is None else landmark)
+    if scored.n_rows == 0:
+        where = "its training landmarks" if landmark is None else f"appointment {landmark}"
+        raise NothingToJudgeError(
+            f"no client has an appointment to score at {where}: nothing to compare"
+        )
     X, p, ep = scored.features, np.asarray(scored.probability, dtype=np.float64), scored.episode
     y = np.asarray(labels, dtype=np.float64)[ep]
     clinic = pd.Series(episodes.clinic_id[ep], dtype="object").fillna("(no clinic)").astype(str)
@@ -281,6 +308,7 @@ def monitor(
         clinic=clinic_arr,
         reference_shares=tuple(float(s) for s in dist["score"]["shares"]),
         reference_rows=scorer.reference.rows,
+        unmatched_outcomes=unmatched_outcomes,
     )
 
 

@@ -90,6 +90,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
         "model": {"name": result.model_name, "version": result.model_version},
         "landmarks": result.landmarks,
         "status": result.status,
+        "unmatched_outcomes": result.unmatched_outcomes,
         "thresholds": {
             "psi_watch": PSI_WATCH,
             "psi_alert": PSI_ALERT,
@@ -299,12 +300,22 @@ They cannot see a change in how the inputs relate to dropout; the <b>realized</b
 rows whose outcome is known can. A realized AUROC well below the expected one, or a realized
 dropout rate far from the expected rate, means the model has lost calibration or discrimination
 for that clinic. ECE is the expected calibration error on 10 equal-width bins.</p>
-{_performance_table(result)}
+{_unmatched(result)}{_performance_table(result)}
 {_img(plots["performance.png"], "Expected and realized AUROC")}
 <p class="muted">Rows are (client, appointment) pairs; one client contributes several.
 No client identifier appears in this report.</p>
 </body></html>
 """
+
+
+def _unmatched(result: MonitorResult) -> str:
+    if not result.unmatched_outcomes:
+        return ""
+    return (
+        f"<p><b>{result.unmatched_outcomes} later outcome(s) name a client that is not in the "
+        "new data</b> and were ignored: check that the outcomes and the clients come from the "
+        "same extract.</p>\n"
+    )
 
 
 def write_report(

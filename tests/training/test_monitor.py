@@ -18,11 +18,13 @@ from features.episodes import Episodes
 from training.metrics import auroc
 from training.monitor import (
     OVERALL,
+    NothingToJudgeError,
     expected_auroc,
     expected_brier,
     labels_of,
     monitor,
     outcomes_from_table,
+    unmatched_outcomes,
 )
 from training.monitor_report import HTML_FILE, MONITOR_EXPERIMENT, PLOTS, write_report
 from training.pipeline import TrainConfig, train_model
@@ -148,6 +150,26 @@ def test_outcomes_that_arrive_later_give_realized_metrics(scorer) -> None:
     assert result.overall.pending.n_rows + r.n_rows == result.overall.n_rows
 
 
+def test_outcomes_of_unknown_clients_are_counted_and_never_named(scorer, tmp_path: Path) -> None:
+    new = simulate_cohort(300, seed=12)
+    episodes = Episodes.from_frames(new.sessions, new.clients, new.profile)
+    late = {new.clients["client_id"].iloc[0]: "dropout", "NOT-A-CLIENT-7": "dropout"}
+    assert unmatched_outcomes(episodes, late) == 1 and unmatched_outcomes(episodes, None) == 0
+    result = monitor(scorer, episodes, labels_of(episodes, late), unmatched_outcomes=1)
+    assert result.unmatched_outcomes == 1
+    files = write_report(result, tmp_path / "r")
+    page, doc = files["html"].read_text(), json.loads(files["json"].read_text())
+    assert "1 later outcome(s) name a client that is not in the new data" in page
+    assert doc["unmatched_outcomes"] == 1 and "NOT-A-CLIENT-7" not in page + json.dumps(doc)
+
+
+def test_a_landmark_no_client_reached_is_nothing_to_judge(scorer) -> None:
+    new = simulate_cohort(300, seed=13)
+    episodes = Episodes.from_frames(new.sessions, new.clients, new.profile)
+    with pytest.raises(NothingToJudgeError, match="appointment 60"):
+        monitor(scorer, episodes, labels_of(episodes), landmark=60)
+
+
 def test_an_outcomes_table_is_checked_and_errors_name_lines_not_values() -> None:
     good = pd.DataFrame({"client_id": ["a", "b"], "outcome": ["dropout", " Completed "]})
     assert outcomes_from_table(good) == {"a": "dropout", "b": "completed"}
@@ -221,3 +243,21 @@ def test_cli_writes_html_png_and_an_mlflow_run_and_exits_1_on_alert(store, tmp_p
     )
     bad = runner.invoke(app, [*args, "--outcomes", str(outcomes)], env=env)
     assert bad.exit_code == 2 and "left-secretly" not in bad.output and "C000001" not in bad.output
+    # Every outcome known (no pending row: no expected AUROC) and one of a client the clients
+    # file lacks: counted, never named; "–", not "nan".
+    ids = pd.read_csv(new_data / "clients.csv")["client_id"].tolist()
+    pd.DataFrame(
+        {"client_id": [*ids, "NOT-A-CLIENT-7"], "outcome": ["completed"] * (len(ids) + 1)}
+    ).to_csv(outcomes, index=False)
+    known = runner.invoke(
+        app, [*args, "--outcomes", str(outcomes), "--min-clients", "100"], env=env
+    )
+    assert known.exit_code == 1, known.output
+    assert "1 outcome(s) in --outcomes name a client that is not in --clients" in known.output
+    assert "NOT-A-CLIENT-7" not in known.output and "nan" not in known.output
+    # Nothing judged: exit 2, said plainly, never "No alert".
+    few = runner.invoke(app, [*args, "--min-clients", "100000"], env=env)
+    assert few.exit_code == 2 and "too few clients" in few.output, few.output
+    assert "Nothing judged" in few.output and "No alert" not in few.output
+    none = runner.invoke(app, [*args, "--landmark", "60"], env=env)
+    assert none.exit_code == 2 and "Nothing to judge" in none.output, none.output

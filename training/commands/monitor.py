@@ -3,6 +3,7 @@ realized performance per clinic, as an HTML report with plots and an MLflow run.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -95,7 +96,9 @@ def monitor(
     clinic, expected performance while outcomes are pending, realized performance once known.
 
     Exit code: 0 no alert, 1 an alert at some clinic (or overall), 2 no report (unreadable or
-    invalid input, a model that cannot be loaded or has no reference profile).
+    invalid input, a model that cannot be loaded or has no reference profile, no row to score)
+    or nothing judged (every clinic below --min-clients: the report is written, but "no alert"
+    would mean nothing).
     """
     check_output_or_exit("--out", out, folder=True)
     try:
@@ -107,7 +110,7 @@ def monitor(
         raise typer.Exit(EXIT_NO_REPORT) from err
     from features.episodes import Episodes
     from training.io import read_table
-    from training.monitor import labels_of, outcomes_from_table
+    from training.monitor import labels_of, outcomes_from_table, unmatched_outcomes
 
     later = None
     if outcomes is not None:
@@ -122,11 +125,12 @@ def monitor(
 
     from models.pyfunc import load_scorer, resolve_model
     from models.scorer import IncompatibleModelError
-    from training.monitor import NoReferenceError
+    from training.monitor import NoReferenceError, NothingToJudgeError
     from training.monitor import monitor as run_monitor
     from training.monitor_report import log_monitor_run, write_report
 
     episodes = Episodes.from_frames(cohort.sessions, cohort.clients, cohort.profile)
+    unmatched = unmatched_outcomes(episodes, later)
     try:
         with error_console().status("Loading the model"):
             ref = resolve_model(model)
@@ -135,12 +139,15 @@ def monitor(
             result = run_monitor(
                 scorer, episodes, labels_of(episodes, later), model_name=ref.name,
                 model_version=ref.version, landmark=landmark, min_clients=min_clients,
+                unmatched_outcomes=unmatched,
             )  # fmt: skip
     except (MlflowException, OSError, LookupError) as err:
         message = f"[bold red]Cannot load model[/] {escape(model)}: {escape(str(err))}"
         raise fail(message, EXIT_NO_REPORT) from None
     except (IncompatibleModelError, NoReferenceError) as err:
         raise fail(f"[bold red]Cannot monitor[/]: {escape(str(err))}", EXIT_NO_REPORT) from None
+    except NothingToJudgeError as err:
+        raise fail(f"[bold red]Nothing to judge[/]: {escape(str(err))}", EXIT_NO_REPORT) from None
     try:
         with error_console().status("Writing the report"):
             files = write_report(result, out)
@@ -159,7 +166,11 @@ def monitor(
             EXIT_NO_REPORT,
         ) from None
     _print_summary(result, files["html"], run_id)
-    raise typer.Exit(EXIT_ALERT if result.alerts else EXIT_NO_ALERT)
+    if result.alerts:
+        raise typer.Exit(EXIT_ALERT)
+    if result.status == "too_few":
+        raise typer.Exit(EXIT_NO_REPORT)
+    raise typer.Exit(EXIT_NO_ALERT)
 
 
 def _print_summary(result: MonitorResult, html_file: Path, run_id: str) -> None:
@@ -175,17 +186,34 @@ def _print_summary(result: MonitorResult, html_file: Path, run_id: str) -> None:
             escape(s.name),
             f"{s.n_rows:,}",
             f"[{_STYLE[d.status]}]{d.psi:.2f} {d.status}[/]",
-            escape(", ".join(flagged)) or ("too few rows" if s.status == "too_few" else "none"),
-            f"{s.pending.auroc:.3f}",
-            f"{s.realized.auroc:.3f}" if s.realized else "–",
+            escape(", ".join(flagged)) or ("too few clients" if s.status == "too_few" else "none"),
+            _number(s.pending.auroc),
+            _number(s.realized.auroc) if s.realized else "–",
         )
     console = Console()
     console.print(table)
+    if result.unmatched_outcomes:
+        console.print(
+            f"[yellow]{result.unmatched_outcomes} outcome(s) in --outcomes name a client that "
+            "is not in --clients[/]: ignored (check that both files come from the same extract)."
+        )
     alerts = result.alerts
-    console.print(
-        (f"[bold red]{len(alerts)} alert(s)[/]" if alerts else "[green]No alert[/]")
-        + f". Report: {escape(str(html_file))} (MLflow run {run_id})."
-    )
+    if alerts:
+        headline = f"[bold red]{len(alerts)} alert(s)[/]"
+    elif result.status == "too_few":
+        headline = (
+            f"[bold red]Nothing judged[/]: every clinic has fewer than {result.min_clients} "
+            "clients (--min-clients), so 'no alert' would mean nothing; monitor a longer "
+            "period, or lower --min-clients knowing that small samples are noisy"
+        )
+    else:
+        headline = "[green]No alert[/]"
+    console.print(f"{headline}. Report: {escape(str(html_file))} (MLflow run {run_id}).")
+
+
+def _number(value: float) -> str:
+    """Three decimals, or "–" when undefined (no pending row, a single outcome class)."""
+    return f"{value:.3f}" if math.isfinite(value) else "–"
 
 
 def register(app: typer.Typer) -> None:
