@@ -70,8 +70,8 @@ class IssuerConfig(BaseModel):
     )
     organizations: dict[str, str] = Field(
         default_factory=dict,
-        description="Optional, CDS Hooks: the EHR's Organization ids (as in "
-        "Patient.managingOrganization, 'Organization/<id>') -> this service's clinic. When "
+        description="Optional, CDS Hooks: the EHR's Organization ids (the 8731 of "
+        "Patient.managingOrganization 'Organization/8731') -> this service's clinic. When "
         "set, a hook's patient whose organization is not listed for the issuer's clinic is "
         "answered as a missing one (404); when empty, the issuer's clinic is the patient's.",
     )

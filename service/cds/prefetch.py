@@ -1,11 +1,14 @@
 """The FHIR resources of a hook call: from its prefetch, else fetched from the EHR's FHIR server.
 
-CDS Hooks 2.0 ("Prefetch Template"): a prefetch key the EHR could not satisfy is left out, or
-holds an OperationOutcome; ``null`` means there is nothing to prefetch (an empty result). For
-each key that is missing or holds an OperationOutcome the service fetches the template itself
-from ``fhirServer`` with the ``fhirAuthorization`` bearer token, and when it cannot (no server
+CDS Hooks 2.0 ("Prefetch Template"): a prefetch key the EHR could not satisfy, or chose not
+to, is left out, or holds an OperationOutcome; ``null`` means there is nothing to prefetch (an
+empty result). The data a score needs (:func:`required_keys`: the ``patient``, and
+``appointments`` or ``encounters``) is fetched from ``fhirServer`` with the
+``fhirAuthorization`` bearer token when it was not prefetched, and when it cannot be (no server
 named, the server is not one the calling issuer registered, no token, an error or a timeout)
-the call is answered ``412 Precondition Failed``, as the specification says.
+the call is answered ``412 Precondition Failed``, as the specification says. The other keys
+(episodes of care, the other visit kind, alliance ratings) are best effort: fetched when the
+issuer's server can be used, else, or when that fetch fails, scored without.
 
 Only servers in the calling issuer's ``fhir_servers`` are ever contacted (never a URL from the
 request alone: that would let any caller make this service fetch arbitrary addresses, SSRF),
@@ -94,6 +97,20 @@ def split_prefetch(
     return found, missing
 
 
+#: Prefetch keys a score cannot do without (the visits: either kind will do).
+REQUIRED = "patient"
+VISITS = ("appointments", "encounters")
+
+
+def required_keys(prefetch: Mapping[str, Any] | None, missing: Sequence[str]) -> list[str]:
+    """Of the ``missing`` keys, those the call needs: the patient, and the visit searches when
+    neither was prefetched. The rest are optional (best effort)."""
+    needed = [REQUIRED] if REQUIRED in missing else []
+    if all(key in missing for key in VISITS):
+        needed += list(VISITS)
+    return needed
+
+
 @dataclass(frozen=True)
 class FhirFetcher:
     """Reads prefetch templates from one allowed FHIR server with the EHR's access token."""
@@ -103,9 +120,11 @@ class FhirFetcher:
     connect_timeout_s: float
     read_timeout_s: float
 
-    async def fetch(self, keys: Sequence[str], patient_id: str) -> list[dict[str, Any]]:
-        """The resources of each template in ``keys``, rendered for ``patient_id``, read
-        concurrently; PrefetchUnavailable if any read fails."""
+    async def fetch(self, keys: Sequence[str], patient_id: str, *,
+                    optional: Sequence[str] = ()) -> list[dict[str, Any]]:  # fmt: skip
+        """The resources of each template in ``keys`` and ``optional``, rendered for
+        ``patient_id``, read concurrently; PrefetchUnavailable if a read of ``keys`` fails (a
+        failed ``optional`` read is left out, its reason logged)."""
         timeout = httpx.Timeout(
             self.read_timeout_s, connect=self.connect_timeout_s, pool=self.connect_timeout_s
         )
@@ -114,9 +133,17 @@ class FhirFetcher:
             timeout=timeout, headers=headers, follow_redirects=False, trust_env=False
         ) as client:
             results = await asyncio.gather(
-                *(self._read(client, render(PREFETCH[k], patient_id)) for k in keys)
+                *(self._read(client, render(PREFETCH[k], patient_id)) for k in keys),
+                *(self._optional(client, render(PREFETCH[k], patient_id)) for k in optional),
             )
         return [r for result in results for r in result]
+
+    async def _optional(self, client: httpx.AsyncClient, relative: str) -> list[dict[str, Any]]:
+        try:
+            return await self._read(client, relative)
+        except PrefetchUnavailable as exc:
+            logger.info("optional cds prefetch skipped", extra={"fields": {"reason": exc.reason}})
+            return []
 
     async def _read(self, client: httpx.AsyncClient, relative: str) -> list[dict[str, Any]]:
         url: str | None = f"{self.base}/{relative}"

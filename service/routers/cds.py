@@ -24,11 +24,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from models.whatif import WhatIf, what_if
-from service.auth import Principal
+from service.auth import IssuerConfig, Principal
 from service.cds.auth import feedback_client, hook_client
 from service.cds.cards import card_for, top_falls
 from service.cds.feedback import FeedbackLog, FeedbackWriteError
-from service.cds.prefetch import FhirFetcher, PrefetchUnavailable, allowed_server, split_prefetch
+from service.cds.prefetch import (
+    FhirFetcher,
+    PrefetchUnavailable,
+    allowed_server,
+    required_keys,
+    split_prefetch,
+)
 from service.cds.schemas import CdsResponse, Discovery, FeedbackRequest, HookRequest
 from service.cds.services import SERVICES, discovery
 from service.deps import ModelDep, SettingsDep, current_model
@@ -39,6 +45,8 @@ from service.fhir.settings import FhirSettings
 from service.model_store import LoadedModel
 from service.routers.jsonbody import OrjsonRoute
 from service.routers.risk import _count, _observed, one_client
+from service.schemas import RiskRequest
+from service.security import NOT_FOUND, forget_clients, note_client
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -74,13 +82,31 @@ def _fhir_settings(request: Request) -> FhirSettings:
     return settings
 
 
-def _allowed_servers(request: Request, principal: Principal) -> list[str]:
-    """The FHIR servers the calling issuer registered (none for dev tokens)."""
+def _issuer(request: Request, principal: Principal) -> IssuerConfig | None:
+    """The calling issuer's registration (None for dev tokens)."""
     auth = request.app.state.security.authenticator.settings
     for issuer in auth.issuers:
         if issuer.issuer == principal.issuer:
-            return list(issuer.fhir_servers)
-    return []
+            return issuer
+    return None
+
+
+def _allowed_servers(request: Request, principal: Principal) -> list[str]:
+    """The FHIR servers the calling issuer registered (none for dev tokens)."""
+    issuer = _issuer(request, principal)
+    return [] if issuer is None else list(issuer.fhir_servers)
+
+
+def _with_issuer_clinic(body: RiskRequest, issuer: IssuerConfig | None) -> RiskRequest | None:
+    """The request as scored for the issuer's clinic (issue 20: the clinic comes from the
+    issuer's configuration; an EHR's Organization ids are not our clinic ids). With the
+    issuer's ``organizations`` map, the patient's organization must map to that clinic, else
+    None (another clinic's patient). Dev tokens keep the clinic the resources name."""
+    if issuer is None or issuer.clinic is None:
+        return body
+    if issuer.organizations and issuer.organizations.get(body.clinic_id) != issuer.clinic:
+        return None
+    return body.model_copy(update={"clinic_id": issuer.clinic})
 
 
 @router.get(
@@ -123,9 +149,12 @@ async def cds_service(
     with the risk, its drivers, the alliance focus and what the model associates with a lower
     risk."""
     service = SERVICES[service_id]
+    patient_id = body.context.patientId
+    # Audited with the patient's keyed ref from here on, whatever answer follows (400, 412,
+    # 422 and 404 included): the call may already have read the patient's data.
+    note_client(request, patient_id)
     if body.hook != service.hook:
         return _outcome(400, "invalid", WRONG_HOOK, "hook")
-    patient_id = body.context.patientId
     resources, missing = split_prefetch(body.prefetch)
     if missing:
         try:
@@ -144,10 +173,12 @@ async def cds_service(
         return JSONResponse(body_, status_code=422, media_type=FHIR_JSON)
     if episode.patient_ref != f"Patient/{patient_id}":
         return _outcome(400, "invalid", OTHER_PATIENT, "context.patientId")
+    scored = _with_issuer_clinic(episode.request, _issuer(request, principal))
+    if scored is None:  # another clinic's patient: the same answer as a missing one
+        raise HTTPException(404, NOT_FOUND)
+    forget_clients(request)  # one_client notes the client again, by its scored id
     try:
-        cards = await run_in_threadpool(
-            _cards, episode.request, request, principal, model, settings
-        )
+        cards = await run_in_threadpool(_cards, scored, request, principal, model, settings)
     except InvalidRequest as exc:
         body_ = operation_outcome(episode.issues(exc.errors), status=422)
         return JSONResponse(body_, status_code=422, media_type=FHIR_JSON)
@@ -161,18 +192,28 @@ async def _fetch(
     missing: list[str],
     settings: ServiceSettings,
 ) -> list[dict[str, Any]]:
+    """The ``missing`` keys' resources from the issuer's FHIR server: the required ones or 412
+    (PrefetchUnavailable), the optional ones when the server can be used, else none."""
+    needed = required_keys(body.prefetch, missing)
+    optional = [key for key in missing if key not in needed]
     base = allowed_server(body.fhirServer, _allowed_servers(request, principal))
+    unusable = None
     if base is None:
-        raise PrefetchUnavailable("no_allowed_fhir_server" if body.fhirServer else "no_fhir_server")
-    if body.fhirAuthorization is None:
-        raise PrefetchUnavailable("no_fhir_authorization")
+        unusable = "no_allowed_fhir_server" if body.fhirServer else "no_fhir_server"
+    elif body.fhirAuthorization is None:
+        unusable = "no_fhir_authorization"
+    if unusable is not None:
+        if needed:
+            raise PrefetchUnavailable(unusable)
+        return []  # the spec: a client MAY leave out keys it chooses not to satisfy
+    assert base is not None and body.fhirAuthorization is not None
     fetcher = FhirFetcher(
         base,
         body.fhirAuthorization.access_token,
         connect_timeout_s=settings.cds_fetch_connect_timeout_s,
         read_timeout_s=settings.cds_fetch_read_timeout_s,
     )
-    return await fetcher.fetch(missing, body.context.patientId)
+    return await fetcher.fetch(needed, body.context.patientId, optional=optional)
 
 
 def _cards(

@@ -124,6 +124,7 @@ def test_missing_prefetch_without_a_fhir_server_is_412(cds: TestClient, registry
     cid = str(registry.cohort.clients["client_id"].iloc[0])
     body = hook_body(client_resources(registry, cid, profile))
     del body["prefetch"]["appointments"]
+    del body["prefetch"]["encounters"]  # no visits of either kind: nothing to score
     response = _call(cds, key, body)
     assert response.status_code == 412
     assert response.headers["content-type"].startswith("application/fhir+json")
@@ -147,16 +148,70 @@ def test_a_fhir_server_the_issuer_did_not_register_is_never_contacted(
     assert _call(cds, key, body).status_code == 412
 
 
-def test_another_clinics_patient_looks_missing(cds: TestClient, registry, key) -> None:
+def _resources_of_organization(registry, profile, cid: str, org: str) -> list[dict[str, Any]]:
     from service.fhir.examples import bundle_for
 
+    body = RiskRequest.model_validate(request_for(registry.cohort, cid, clinic=org))
+    return [e["resource"] for e in bundle_for(body, profile)["entry"]]
+
+
+def test_the_clinic_of_a_hook_call_is_the_issuers(registry, tmp_path, key) -> None:
+    """An EHR's Organization ids (Organization/8731) are not our clinic ids: the clinic is the
+    one the issuer is registered for (it was compared with the organization: 404 before)."""
+    for client in cds_client(registry, tmp_path / "c", key, cds_low_risk_card="info"):
+        profile = client.app.state.store.current.scorer.profile
+        cid = str(registry.cohort.clients["client_id"].iloc[1])
+        resources = _resources_of_organization(registry, profile, cid, "8731")
+        response = _call(client, key, hook_body(resources))
+        assert response.status_code == 200, response.text
+        assert len(response.json()["cards"]) == 1
+
+
+def test_with_an_organization_map_another_clinics_patient_looks_missing(
+    registry, tmp_path, key
+) -> None:
+    for client in cds_client(registry, tmp_path / "c", key, cds_low_risk_card="info",
+                             organizations={"8731": TEST_CLINIC, "9": "clinic-other"}):  # fmt: skip
+        profile = client.app.state.store.current.scorer.profile
+        cid = str(registry.cohort.clients["client_id"].iloc[1])
+        ours = _resources_of_organization(registry, profile, cid, "8731")
+        assert _call(client, key, hook_body(ours)).status_code == 200
+        for org in ("9", "4242"):  # another clinic's, and one the map does not know
+            theirs = _resources_of_organization(registry, profile, cid, org)
+            response = _call(client, key, hook_body(theirs))
+            assert response.status_code == 404
+            assert response.json()["detail"] == "client not found"
+
+
+def test_optional_prefetch_keys_may_be_left_out(cds: TestClient, registry, key) -> None:
+    """CDS Hooks 2.0: a client MUST NOT send prefetch keys it chooses not to satisfy. The
+    patient and one kind of visit suffice (this was a 412 before)."""
     profile = cds.app.state.store.current.scorer.profile
-    cid = str(registry.cohort.clients["client_id"].iloc[1])
-    other = RiskRequest.model_validate(request_for(registry.cohort, cid, clinic="clinic-other"))
-    resources = [e["resource"] for e in bundle_for(other, profile)["entry"]]
-    response = _call(cds, key, hook_body(resources))
-    assert response.status_code == 404
-    assert response.json()["detail"] == "client not found"
+    cid = _client_in(cds, registry, {"moderate", "high"})
+    body = hook_body(client_resources(registry, cid, profile))
+    for optional in ("encounters", "episodesOfCare", "allianceQuestionnaires"):
+        del body["prefetch"][optional]
+    body["prefetch"]["allianceObservations"] = {"resourceType": "OperationOutcome", "issue": []}
+    response = _call(cds, key, body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["cards"]) == 1
+
+
+def test_a_call_failing_before_tenancy_is_audited_with_the_patient(
+    cds: TestClient, registry, key, tmp_path
+) -> None:
+    """412, 400 and 422 answers name the patient's keyed ref (client_ref was null before)."""
+    profile = cds.app.state.store.current.scorer.profile
+    cid = str(registry.cohort.clients["client_id"].iloc[0])
+    body = hook_body(client_resources(registry, cid, profile))
+    del body["prefetch"]["patient"]
+    assert _call(cds, key, body).status_code == 412
+    assert _call(cds, key, hook_body(client_resources(registry, cid, profile),
+                                     hook="order-select")).status_code == 400  # fmt: skip
+    lines = [json.loads(x) for x in (tmp_path / "cds" / "audit.jsonl").read_text().splitlines()]
+    hooks = [x for x in lines if x["action"] == "cds.hook"]
+    assert [(x["status"], bool(x["client_ref"])) for x in hooks] == [(412, True), (400, True)]
+    assert len({x["client_ref"] for x in hooks}) == 1
 
 
 def test_contract_problems_are_an_operation_outcome_without_values(

@@ -56,7 +56,7 @@ def cds_client(registry: Registry, root: Path, key: Any, **settings: Any) -> Ite
 
 
 def cds_app(registry: Registry, root: Path, key: Any, *, fhir_servers: Sequence[str] = (),
-            **settings: Any) -> FastAPI:  # fmt: skip
+            organizations: dict[str, str] | None = None, **settings: Any) -> FastAPI:  # fmt: skip
     """The app on the registry's champion, jwt mode with the EHR issuer as the only issuer."""
     from service.app import create_app
     from service.audit_log import AuditSettings
@@ -68,7 +68,8 @@ def cds_app(registry: Registry, root: Path, key: Any, *, fhir_servers: Sequence[
     jwks = root / "ehr-jwks.json"
     jwks.write_text(json.dumps(jwks_doc({KID: key})))
     issuer = IssuerConfig(issuer=EHR, audience="alliance-risk", jwks_file=jwks,
-                          clinic=TEST_CLINIC, fhir_servers=list(fhir_servers))  # fmt: skip
+                          clinic=TEST_CLINIC, fhir_servers=list(fhir_servers),
+                          organizations=organizations or {})  # fmt: skip
     return create_app(
         ServiceSettings(
             model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri,
