@@ -21,6 +21,7 @@ import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -52,18 +53,23 @@ HIGH_BAND = "high"
 
 @dataclass(frozen=True)
 class ShadowEvidence:
-    """Shadow comparisons of the candidate (as challenger) with the champion.
+    """Shadow comparisons of the candidate (as challenger) with the champion, for one model.
 
-    ``n`` comparisons of these two versions; ``mean_abs_difference`` and ``p95_abs_difference``
+    ``comparisons``: lines comparing these two versions of ``model`` (a client scored twice is
+    compared twice); ``first_at`` and ``last_at`` the time span of those comparisons (ISO 8601
+    UTC, the service's scoring passes; None when there are none); ``mean_abs_difference`` and ``p95_abs_difference``
     of ``|p_champion - p_challenger|`` (probability units); ``band_agreement`` the share in the
     same band; ``into_high`` / ``out_of_high`` the shares the candidate would move into / out
-    of the high band. The rates are NaN when ``n`` is 0. ``other_lines`` counts lines of other
-    versions (or unreadable ones), which are not summarised.
+    of the high band. The rates are NaN when there are no comparisons. ``other_lines`` counts
+    lines of other models or versions (or unreadable ones), which are not summarised.
     """
 
+    model: str
     champion_version: str | None
     challenger_version: str
-    n: int
+    comparisons: int
+    first_at: str | None
+    last_at: str | None
     mean_abs_difference: float
     p95_abs_difference: float
     band_agreement: float
@@ -81,17 +87,24 @@ class ShadowEvidence:
 
 
 def summarise_shadow(
-    paths: Sequence[str | Path], *, challenger_version: str, champion_version: str | None
+    paths: Sequence[str | Path],
+    *,
+    model: str,
+    challenger_version: str,
+    champion_version: str | None,
 ) -> ShadowEvidence:
-    """Summarise the service's shadow comparison files for one pair of versions.
+    """Summarise the service's shadow comparison files for one pair of versions of one model.
 
     Parameters
     ----------
     paths
         JSON-lines files written by the service (``ALLIANCE_RISK_SHADOW_LOG_PATH`` and its
-        rotated ``.1``), one comparison per line with ``champion_version``,
+        rotated ``.1``), one comparison per line with ``at``, ``model``, ``champion_version``,
         ``challenger_version``, ``p_champion``, ``p_challenger``, ``band_champion`` and
         ``band_challenger``.
+    model
+        The registered model: lines of another model (whose version numbers may be the same)
+        are not summarised.
     challenger_version
         The candidate: only lines where it was the challenger are summarised.
     champion_version
@@ -106,20 +119,26 @@ def summarise_shadow(
     p1: list[float] = []
     b0: list[str] = []
     b1: list[str] = []
+    at: list[datetime] = []
     other = 0
     for path in paths:
         with open(path, encoding="utf-8") as lines:
             for line in lines:
                 try:
                     row = json.loads(line)
-                    if str(row["challenger_version"]) != challenger_version or (
-                        champion_version is not None
-                        and str(row["champion_version"]) != champion_version
+                    if (
+                        str(row["model"]) != model
+                        or str(row["challenger_version"]) != challenger_version
+                        or (
+                            champion_version is not None
+                            and str(row["champion_version"]) != champion_version
+                        )
                     ):
                         other += 1
                         continue
                     pair = float(row["p_champion"]), float(row["p_challenger"])
                     bands = str(row["band_champion"]), str(row["band_challenger"])
+                    when = datetime.fromisoformat(str(row["at"]))
                 except (ValueError, KeyError, TypeError):
                     other += 1  # a torn last line, or not a comparison
                     continue
@@ -127,14 +146,18 @@ def summarise_shadow(
                 p1.append(pair[1])
                 b0.append(bands[0])
                 b1.append(bands[1])
+                at.append(when)
     n = len(p0)
     diff = np.abs(np.asarray(p0) - np.asarray(p1))
     was, now = np.asarray(b0, dtype=object), np.asarray(b1, dtype=object)
     nan = math.nan
     return ShadowEvidence(
+        model=model,
         champion_version=champion_version,
         challenger_version=challenger_version,
-        n=n,
+        comparisons=n,
+        first_at=min(at).isoformat() if at else None,
+        last_at=max(at).isoformat() if at else None,
         mean_abs_difference=float(diff.mean()) if n else nan,
         p95_abs_difference=float(np.quantile(diff, 0.95)) if n else nan,
         band_agreement=float((was == now).mean()) if n else nan,
@@ -239,6 +262,7 @@ def promote_version(
     if shadow_logs:
         shadow = summarise_shadow(
             shadow_logs,
+            model=name,
             challenger_version=str(mv.version),
             champion_version=None if current is None else str(current.version),
         )

@@ -297,10 +297,12 @@ def test_promote_shows_and_records_the_shadow_evidence(
     )
     assert "Shadow comparison: v2 as challenger vs champion v1" in result.output
     assert "informs, does not gate" in result.output
-    assert "clients compared" in result.output
+    assert "comparisons" in result.output and "clients compared" not in result.output
+    assert "first comparison" in result.output and "last comparison" in result.output
     tags = MlflowClient(registry.uri, registry.uri).get_model_version(MODEL_NAME, "2").tags
     recorded = json.loads(tags["promotion.shadow"])
-    assert recorded["n"] == 6 and recorded["champion_version"] == "1"
+    assert recorded["comparisons"] == 6 and recorded["champion_version"] == "1"
+    assert recorded["model"] == MODEL_NAME and recorded["first_at"] <= recorded["last_at"]
     assert recorded["files"] == ["shadow.jsonl"]
     # Promoted or refused, the gates alone decided (exit 0 or the refusal code).
     assert result.exit_code in (0, 1), result.output

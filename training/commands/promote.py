@@ -42,7 +42,9 @@ def render_shadow(console: Console, shadow: ShadowEvidence) -> None:
         return "n/a" if math.isnan(x) else f"{x:.4f}"
 
     for measure, value in (
-        ("clients compared", f"{shadow.n:,}"),
+        ("comparisons", f"{shadow.comparisons:,}"),
+        ("first comparison", shadow.first_at or "n/a"),
+        ("last comparison", shadow.last_at or "n/a"),
         ("mean |p_champion - p_challenger|", prob(shadow.mean_abs_difference)),
         ("95th percentile |p_champion - p_challenger|", prob(shadow.p95_abs_difference)),
         ("same risk band", share(shadow.band_agreement)),
@@ -52,7 +54,7 @@ def render_shadow(console: Console, shadow: ShadowEvidence) -> None:
     ):
         table.add_row(measure, value)
     console.print(table)
-    if shadow.n == 0:
+    if shadow.comparisons == 0:
         console.print(
             f"[yellow]No shadow comparisons of v{shadow.challenger_version} against {against} "
             "in the files given[/]: was it the challenger while the service ran?"
