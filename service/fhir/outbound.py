@@ -74,6 +74,7 @@ def risk_assessment(
 
     ``probabilityDecimal`` is a percentage (0-100), as R4 defines it ("Decimal values are
     expressed as percentages as well (max = 100)"): /v1's ``probability`` times 100.
+    ``whenPeriod`` starts at the landmark appointment and has no end (:func:`_horizon`).
     ``rationale`` joins the drivers' texts, ``mitigation`` their focus suggestions.
     ``meta.source`` carries the request id.
     """
@@ -101,6 +102,9 @@ def risk_assessment(
             ]
         },
     }
+    horizon = _horizon(score, episode)
+    if horizon is not None:
+        prediction["whenPeriod"] = {"start": horizon}
     drivers = score.explanation.drivers
     rationale = " ".join(f"{d.label}: {d.text}." for d in drivers)
     if rationale:
@@ -143,6 +147,20 @@ def risk_assessment(
     if focus:
         out["mitigation"] = " ".join(focus)
     return out
+
+
+def _horizon(score: RiskScore, episode: FhirEpisode) -> str | None:
+    """The start of the prediction's period: the date of the landmark appointment.
+
+    The model's label is the episode's outcome: ``dropout`` is an end of treatment the client
+    chose, before the planned end (docs/data-contract.md), of an episode still open at the
+    landmark. So the risk is of dropout from the landmark appointment on, until the episode
+    ends; no fixed duration. R4 says this as ``whenPeriod`` with a ``start`` and no ``end``.
+    """
+    for session in episode.request.sessions:
+        if session["session_number"] == score.landmark:
+            return str(session["session_date"])
+    return None
 
 
 def as_parameters(resource: dict[str, Any]) -> dict[str, Any]:

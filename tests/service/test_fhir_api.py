@@ -428,3 +428,16 @@ def test_urn_uuid_references_score_as_relative_ones(fhir_api: TestClient, keys: 
         urn.json()["prediction"][0]["probabilityDecimal"]
         == relative.json()["prediction"][0]["probabilityDecimal"]
     )
+
+
+def test_prediction_horizon_is_from_the_landmark_appointment_on(
+    fhir_api: TestClient, keys: Path
+) -> None:
+    request = RiskRequest.model_validate(RISK_REQUEST_EXAMPLE)
+    SENT_CLIENT_IDS.add(request.client_id)
+    auth = bearer(keys, clinic=request.clinic_id)["Authorization"]
+    answer = _post(fhir_api, bundle_for(request, ALLIANCE6), Authorization=auth).json()
+    check_risk_assessment(answer)
+    latest = max(request.sessions, key=lambda s: s["session_number"])
+    # Dropout is the episode's outcome: open-ended from the landmark (latest) appointment.
+    assert answer["prediction"][0]["whenPeriod"] == {"start": str(latest["session_date"])}
