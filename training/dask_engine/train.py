@@ -44,16 +44,18 @@ logger = logging.getLogger(__name__)
 
 
 #: Most clients of the calibration split, and of the test split, whose rows the driver
-#: gathers: above it, a deterministic sample of whole clients (:func:`sample_clients`). The
-#: pandas engine's 100k-client run (~20k test, ~16k calibration clients) peaks at 2 GB in one
-#: process; 50k + 50k held-out clients (~1.2 M landmark rows) keep the driver near that, well
-#: under the 4 GB of a worker. A calibration on 50k clients pins the intercept far better than
-#: the ~600 of a small run.
-HELD_OUT_CLIENT_CAP: Final = 50_000
-#: Most session rows of the (sampled) calibration and test clients the driver gathers (about
-#: 1 GB with their landmark features): reached only when the sampled clients average over 30
-#: sessions each; training then refuses rather than running out of memory.
-GATHER_LIMIT_SESSIONS: Final = 3_000_000
+#: gathers: above it, a deterministic sample of whole clients (:func:`sample_clients`).
+#: Measured at 20k clients (2 trials, loaded 2-core machine): the driver peaked at 515 MB
+#: with 2,000 gathered clients and 785 MB with 6,408, i.e. ~0.4 GB plus ~61 KB per gathered
+#: client (calibration, bands, reference and evaluation). 15k + 15k clients then extrapolate
+#: to ~2.2 GB, well under a worker's 4 GB; a calibration on 15k clients (~170k landmark rows)
+#: pins the intercept far better than the ~600 clients of a small run.
+HELD_OUT_CLIENT_CAP: Final = 15_000
+#: Most session rows of the gathered calibration and test clients: the 20k measurement above
+#: is ~5 KB of driver peak per gathered session row (12 sessions per client), so 600k rows is
+#: ~3.4 GB. Reached only when the gathered clients average over 20 sessions each (at the
+#: cap); training then refuses before the fit rather than running out of memory.
+GATHER_LIMIT_SESSIONS: Final = 600_000
 #: Key of the sampling hash (16 bytes), so that the sample is not the partition hash's.
 _SAMPLE_KEY: Final = "alliance-sample1"
 LABEL: Final = "_label"
