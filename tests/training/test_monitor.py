@@ -84,8 +84,11 @@ def test_no_drift_rarely_alerts_or_watches_over_seeds(scorer) -> None:
     runs_watch = sum(w > 0 for _, w in flagged) / len(flagged)
     print(f"no-drift runs with an alert {runs_alert:.2f}, with a watch {runs_watch:.2f}: {flagged}")
     # Against the pooled reference and counting rows, every run had a watch (clinics differ
-    # through their therapists; a client's rows repeat its early ratings).
-    assert runs_alert <= 0.05 and runs_watch <= 0.10, flagged
+    # through their therapists; a client's rows repeat its early ratings). Measured since the
+    # clinic references grew to every development client: 0/20 alerts, 2/20 runs with a watch
+    # (a watch is the weaker, chance-prone signal). The bound leaves one run of margin so that a
+    # retuned simulator does not trip it, and still fails the 20/20 of the old rule.
+    assert runs_alert <= 0.05 and runs_watch <= 0.15, flagged
 
 
 def _judged(s):
