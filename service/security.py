@@ -96,7 +96,7 @@ def outcome_of(status: int) -> str:
         return "not_found"
     if status in (400, 408, 413, 415, 422):
         return "invalid"
-    if status == 503:
+    if status in (412, 503):  # 412: the data a CDS hook needs could not be had (not our fault)
         return "unavailable"
     return "error"
 

@@ -213,6 +213,12 @@ class ServiceSettings(BaseSettings):
         "reason code; never the clinician's free-text comment). Default <project root>/"
         ".alliance-risk/cds-feedback.jsonl.",
     )
+    cds_feedback_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=4096,
+        description="Above this size the feedback file is renamed to <file>.1 (replacing an "
+        "older one) and a new one is started: at most about twice this on disk.",
+    )
 
     @field_validator("cds_cors_origins")
     @classmethod

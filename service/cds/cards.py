@@ -41,7 +41,8 @@ OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
     ("record-incomplete", "Appointments or ratings in the record are incomplete"),
     ("not-relevant-now", "Not relevant for this client now"),
 )
-SUMMARY_MAX = 140
+#: CDS Hooks 2.0: the summary is a "<140-character" string, so 139 at most.
+SUMMARY_MAX = 139
 
 
 def override_reasons() -> list[Coding]:

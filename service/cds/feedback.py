@@ -6,12 +6,12 @@ accepted, whether the clinician wrote a comment, and when the clinician acted. T
 ``userComment`` itself is not kept: a clinician may name the client in it, and this file is
 not client data. The application store of issue 21 does not exist yet; until it does, this
 file in the service's data folder is the store (one writer per process, appends under a lock,
-``O_APPEND`` so several workers' whole lines never interleave).
+``O_APPEND`` so several workers' whole lines never interleave), capped like the shadow
+comparisons by rotation to ``<file>.1`` (:class:`service.jsonl_log.RotatingLog`).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import orjson
 
 from service.audit import utc_timestamp
 from service.cds.schemas import FeedbackItem
+from service.jsonl_log import RotatingLog
 
 
 class FeedbackWriteError(Exception):
@@ -26,15 +27,16 @@ class FeedbackWriteError(Exception):
 
 
 class FeedbackLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.path = path
+        self._log = RotatingLog(path, max_bytes)
         self._lock = threading.Lock()
 
     def write(
         self, service_id: str, clinic: str, request_id: str, items: list[FeedbackItem]
     ) -> None:
         received = utc_timestamp()
-        lines = b"".join(
+        lines = [
             orjson.dumps(
                 {
                     "received": received,
@@ -53,17 +55,11 @@ class FeedbackLog:
                     "commented": bool(item.overrideReason and item.overrideReason.userComment),
                     "outcome_time": item.outcomeTimestamp.isoformat(),
                 }
-            )
-            + b"\n"
+            ).decode()
             for item in items
-        )
+        ]
         try:
             with self._lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, lines)
-                finally:
-                    os.close(fd)
+                self._log.write(lines)
         except OSError as exc:
             raise FeedbackWriteError(type(exc).__name__) from None

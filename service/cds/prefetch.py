@@ -196,10 +196,27 @@ class FhirFetcher:
         for link in bundle.get("link") or []:
             if isinstance(link, dict) and link.get("relation") == "next":
                 url = link.get("url")
-                if isinstance(url, str) and url.startswith(self.base + "/"):
-                    return url
-                raise PrefetchUnavailable("fhir_next_elsewhere")
+                under = self._under_base(url) if isinstance(url, str) else None
+                if under is None:
+                    raise PrefetchUnavailable("fhir_next_elsewhere")
+                return under
         return None
+
+    def _under_base(self, url: str) -> str | None:
+        """``url`` as httpx will send it, when its normalised path lies under the base on the
+        same origin (a prefix test on the text would let ``<base>/../admin`` out)."""
+        try:
+            target, base = httpx.URL(url), httpx.URL(self.base + "/")
+        except (httpx.InvalidURL, TypeError, ValueError):
+            return None
+        if any(part in (".", "..") for part in target.path.split("/")):
+            return None  # percent-encoded dot segments, which httpx does not resolve
+        same_origin = (target.scheme, target.host, target.port) == (
+            base.scheme, base.host, base.port
+        )  # fmt: skip
+        if not same_origin or target.userinfo or not target.path.startswith(base.path):
+            return None
+        return str(target)
 
 
 class HttpxUrlFilter(logging.Filter):

@@ -7,10 +7,9 @@ hook's own size limits allow. Nothing here echoes a submitted value in an error.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 Indicator = Literal["info", "warning", "critical"]
 
@@ -50,6 +49,14 @@ class HookContext(BaseModel):
     patientId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
     encounterId: str | None = Field(None, max_length=MAX_FIELD)
 
+    @field_validator("patientId")
+    @classmethod
+    def _not_only_dots(cls, value: str) -> str:
+        # A FHIR id of dots alone would make Patient/.. a path step, not a resource.
+        if value.strip(".") == "":
+            raise ValueError("a patient id cannot be dots alone")
+        return value
+
 
 class HookRequest(BaseModel):
     """A CDS Hooks service call (CDS Hooks 2.0, "Calling a CDS Service")."""
@@ -73,7 +80,7 @@ class Card(BaseModel):
     """One card: the risk, in one sentence, with the drivers in its Markdown detail."""
 
     uuid: str
-    summary: str = Field(max_length=140)
+    summary: str = Field(max_length=139)  # CDS Hooks 2.0: "<140-character summary"
     indicator: Indicator
     detail: str
     source: Source
@@ -119,7 +126,7 @@ class FeedbackItem(BaseModel):
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] = Field(default_factory=list, max_length=50)
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: datetime
+    outcomeTimestamp: AwareDatetime  # an instant: a time without its zone is refused
 
 
 class FeedbackRequest(BaseModel):

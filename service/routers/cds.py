@@ -9,19 +9,23 @@ the network without holding a thread; scoring runs in the thread pool like every
 
 Errors: a hook whose data is neither prefetched nor obtainable is ``412`` (the spec's status),
 and the resources failing the data contract are ``422``, both with an ``OperationOutcome``
-(``application/fhir+json``) as the spec suggests; authentication, limits and body validation
-answer as on ``/v1`` (problem details). Another clinic's patient is the same ``404`` as a
+(``application/fhir+json``) as the spec suggests, and so is a body that fails its schema
+(each issue's ``expression`` names the field, ``context.patientId``, never the value);
+authentication and limits answer as on ``/v1`` (problem details). Another clinic's patient is the same ``404`` as a
 missing one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
 from models.whatif import WhatIf, what_if
 from service.auth import IssuerConfig, Principal
@@ -35,10 +39,27 @@ from service.cds.prefetch import (
     required_keys,
     split_prefetch,
 )
-from service.cds.schemas import CdsResponse, Discovery, FeedbackRequest, HookRequest
+from service.cds.schemas import (
+    AcceptedSuggestion,
+    CdsResponse,
+    Coding,
+    Discovery,
+    FeedbackItem,
+    FeedbackRequest,
+    FhirAuthorization,
+    HookContext,
+    HookRequest,
+    OverrideReason,
+)
 from service.cds.services import SERVICES, discovery
 from service.deps import ModelDep, SettingsDep, current_model
-from service.errors import InvalidRequest, error_responses, request_id_of
+from service.errors import (
+    UNRECOGNISED_KEY,
+    InvalidRequest,
+    error_responses,
+    pydantic_problems,
+    request_id_of,
+)
 from service.fhir.inbound import FhirInputError, FhirIssue, episode_from_resources
 from service.fhir.outbound import FHIR_JSON, operation_outcome
 from service.fhir.settings import FhirSettings
@@ -51,12 +72,69 @@ from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["cds-hooks"], route_class=OrjsonRoute)
+
+def _quotable() -> frozenset[str]:
+    """The CDS request schemas' own field names: what a body-validation issue may name."""
+    models: list[type[BaseModel]] = [
+        HookRequest, HookContext, FhirAuthorization, FeedbackRequest, FeedbackItem,
+        OverrideReason, Coding, AcceptedSuggestion,
+    ]  # fmt: skip
+    return frozenset(name for model in models for name in model.model_fields)
+
+
+CDS_FIELDS = _quotable()
+
+
+def _expression(loc: Sequence[Any]) -> str:
+    """A body location as a FHIRPath-like expression (``context.patientId``,
+    ``feedback[0].outcomeTimestamp``); a key the caller chose is never quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part if part in CDS_FIELDS else UNRECOGNISED_KEY
+            out += f".{name}" if out else name
+    return out
+
+
+def invalid_body(errors: Sequence[Any]) -> JSONResponse:
+    """A CDS body that fails its schema: 422 with an OperationOutcome naming each field, as
+    the resources failing the data contract are answered (never a submitted value)."""
+    issues = []
+    for err, problem in zip(errors, pydantic_problems(errors), strict=True):
+        loc = list(err.get("loc", ()))
+        loc = loc[1:] if loc and loc[0] == "body" else loc
+        code = "required" if err.get("type") == "missing" else "invalid"
+        issues.append(FhirIssue(_expression(loc), code, problem["reason"]))
+    return JSONResponse(operation_outcome(issues, status=422), status_code=422,
+                        media_type=FHIR_JSON)  # fmt: skip
+
+
+class CdsRoute(OrjsonRoute):
+    """:class:`OrjsonRoute` whose body-validation 422 is an OperationOutcome (as every other
+    CDS data problem), once authentication has passed."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return invalid_body(exc.errors())
+
+        return route_handler
+
+
+router = APIRouter(tags=["cds-hooks"], route_class=CdsRoute)
 
 HookClient = Annotated[Principal, Depends(hook_client)]
 FeedbackClient = Annotated[Principal, Depends(feedback_client)]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    **error_responses(401, 404, 422, 429, 503),
+    **error_responses(401, 404, 429, 503),
+    422: {"description": "The body fails its schema, or the FHIR data fails the data contract "
+          "(an OperationOutcome naming each field, never a value)."},
     400: {"description": "A hook this service does not answer, or another patient's data "
           "(an OperationOutcome)."},
     412: {"description": "The FHIR data was not prefetched and could not be fetched from "
@@ -277,5 +355,7 @@ def _feedback_log(request: Request, settings: ServiceSettings) -> FeedbackLog:
     state = request.app.state
     log = getattr(state, "cds_feedback", None)
     if log is None:
-        log = state.cds_feedback = FeedbackLog(settings.cds_feedback_path)
+        log = state.cds_feedback = FeedbackLog(
+            settings.cds_feedback_path, settings.cds_feedback_max_bytes
+        )
     return log

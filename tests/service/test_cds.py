@@ -296,3 +296,83 @@ def test_a_prefetch_of_another_patient_than_the_context_is_refused(cds, registry
     response = _call(cds, key, body)
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["context.patientId"]
+
+
+def test_a_body_failing_its_schema_is_an_operation_outcome_naming_the_field(
+    cds: TestClient, key
+) -> None:
+    """It was problem details with loc ["(unrecognised key)"] for our own required fields."""
+    response = _call(cds, key, {"hook": "patient-view", "secret-key-7": 1})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    named = {x for issue in outcome["issue"] for x in issue.get("expression", [])}
+    assert named == {"hookInstance", "context"}
+    assert {issue["code"] for issue in outcome["issue"]} == {"required"}
+    for dots in ("..", "."):  # Patient/.. would be a path step, not a patient
+        body = {"hook": "patient-view", "hookInstance": "1", "context": {"patientId": dots}}
+        response = _call(cds, key, body)
+        assert response.status_code == 422
+        assert response.json()["issue"][0]["expression"] == ["context.patientId"]
+
+
+def test_feedback_times_need_a_zone(cds: TestClient, key) -> None:
+    item = {"card": "c-1", "outcome": "accepted", "outcomeTimestamp": "2026-01-05T10:00:00"}
+    url = f"/cds-services/{PATIENT_VIEW}/feedback"
+    headers = auth_header(cds_token(key, feedback=True))
+    response = cds.post(url, json={"feedback": [item]}, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["expression"] == ["feedback[0].outcomeTimestamp"]
+    item["outcomeTimestamp"] += "+01:00"
+    headers = auth_header(cds_token(key, feedback=True))
+    assert cds.post(url, json={"feedback": [item]}, headers=headers).status_code == 200
+
+
+def test_the_feedback_file_is_capped_by_rotation(tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from service.cds.feedback import FeedbackLog
+    from service.cds.schemas import FeedbackItem
+
+    log = FeedbackLog(tmp_path / "feedback.jsonl", max_bytes=4096)
+    item = FeedbackItem(card="c", outcome="accepted", outcomeTimestamp=datetime.now(UTC))
+    for _ in range(100):
+        log.write(PATIENT_VIEW, TEST_CLINIC, "r", [item] * 3)
+    assert (tmp_path / "feedback.jsonl.1").exists()
+    kept = sorted(tmp_path.glob("feedback.jsonl*"))
+    assert sum(p.stat().st_size for p in kept if p.suffix != ".lock") < 2 * (4096 + 2048)
+
+
+def test_card_summaries_are_under_140_characters() -> None:
+    """CDS Hooks 2.0: summary is a "<140-character" string (140 was allowed before)."""
+    from service.cds.cards import SUMMARY_MAX
+    from service.cds.schemas import Card
+
+    assert SUMMARY_MAX < 140
+    with pytest.raises(ValueError, match="139"):
+        Card(uuid="u", summary="x" * 140, indicator="info", detail="", source={"label": "l"},
+             overrideReasons=[])  # fmt: skip
+
+
+def test_a_412_is_audited_as_unavailable_not_error() -> None:
+    from service.security import outcome_of
+
+    assert outcome_of(412) == "unavailable"
+    assert outcome_of(500) == "error"
+
+
+def test_next_links_are_followed_only_under_the_base_after_normalising() -> None:
+    from service.cds.prefetch import FhirFetcher, PrefetchUnavailable
+
+    fetcher = FhirFetcher("http://127.0.0.1:9/fhir", "t", 1.0, 1.0)
+
+    def page(url: str) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "link": [{"relation": "next", "url": url}]}
+
+    ok = fetcher._next(page("http://127.0.0.1:9/fhir/./Appointment?page=2"))
+    assert ok == "http://127.0.0.1:9/fhir/Appointment?page=2"
+    for elsewhere in ("http://127.0.0.1:9/fhir/../admin", "http://127.0.0.1:9/fhir/%2e%2e/x",
+                      "http://127.0.0.1:9/fhirx/y", "http://u@127.0.0.1:9/fhir/y"):  # fmt: skip
+        with pytest.raises(PrefetchUnavailable):
+            fetcher._next(page(elsewhere))
