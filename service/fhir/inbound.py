@@ -33,15 +33,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from features.contract import SESSION_NUMBER_MAX
 from features.profiles import InstrumentProfile
 from service.errors import pydantic_problems
 from service.fhir import codes
 from service.fhir.ratings import visit_ratings
 from service.fhir.reader import (
     BAD_DATE,
-    MAX_RESOURCES,
     NOT_A_STRING,
-    TOO_MANY_RESOURCES,
     FhirInputError,
     FhirIssue,
     FullUrls,
@@ -49,8 +48,10 @@ from service.fhir.reader import (
     Reader,
     Visit,
     codings,
+    max_resources,
     parse_instant,
     partial_date,
+    too_many_resources,
 )
 from service.fhir.settings import FhirSettings
 from service.schemas import RiskRequest
@@ -169,6 +170,7 @@ def episode_from_resources(
     profile: InstrumentProfile,
     root: str = "Bundle",
     full_urls: FullUrls | None = None,
+    max_sessions: int = SESSION_NUMBER_MAX,
 ) -> FhirEpisode:
     """One client's FHIR R4 resources -> a :class:`FhirEpisode` for the served ``profile``.
 
@@ -177,12 +179,13 @@ def episode_from_resources(
     anything else ``<root>[i].resource``. ``full_urls`` (:func:`full_urls`) resolves references
     such as ``urn:uuid:...`` to the entries of a Bundle. Raises :class:`FhirInputError` with the
     issues found (the first :data:`~service.fhir.reader.MAX_ISSUES`, and how many more), or with
-    status 413 for more than :data:`~service.fhir.reader.MAX_RESOURCES` resources, before any is
-    read.
+    status 413 for more than :func:`~service.fhir.reader.max_resources` of ``max_sessions``
+    (/v1's appointment cap) resources, before any is read.
     """
     r = Reader(root, settings, profile, full_urls)
-    if len(resources) > MAX_RESOURCES:
-        raise FhirInputError([FhirIssue(r.entries, "too-long", TOO_MANY_RESOURCES)], status=413)
+    if len(resources) > max_resources(max_sessions):
+        issue = FhirIssue(r.entries, "too-long", too_many_resources(max_sessions))
+        raise FhirInputError([issue], status=413)
     by_type: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     for i, res in enumerate(resources):
         if not isinstance(res, Mapping) or not isinstance(res.get("resourceType"), str):

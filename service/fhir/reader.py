@@ -24,9 +24,24 @@ MAX_ISSUES = MAX_REPORTED_ERRORS
 RESOURCES_PER_VISIT = 4
 #: Room for the Patient, EpisodeOfCare, Organization, Practitioners and ignored resources.
 OTHER_RESOURCES = 100
-#: Bundle entries (or prefetched resources) mapped at most: /v1's appointment cap times
-#: :data:`RESOURCES_PER_VISIT`, plus :data:`OTHER_RESOURCES`. More is refused before mapping.
+#: The most resources mapped whatever the settings (:func:`max_resources` of the data
+#: contract's ceiling on appointments).
 MAX_RESOURCES = SESSION_NUMBER_MAX * RESOURCES_PER_VISIT + OTHER_RESOURCES
+
+
+def max_resources(max_sessions: int) -> int:
+    """Bundle entries (or prefetched resources) mapped at most: /v1's appointment cap
+    (``ALLIANCE_RISK_MAX_SESSIONS``, default 500) times :data:`RESOURCES_PER_VISIT`, plus
+    :data:`OTHER_RESOURCES`. More is refused (413) before any is read."""
+    return max_sessions * RESOURCES_PER_VISIT + OTHER_RESOURCES
+
+
+def too_many_resources(max_sessions: int) -> str:
+    return (
+        f"more than {max_resources(max_sessions)} resources ({max_sessions} appointments of "
+        f"{RESOURCES_PER_VISIT} resources each, and {OTHER_RESOURCES} others); send fewer"
+    )
+
 
 NEEDS_ID = "the resource needs an id (RiskAssessment.basis refers to it)"
 NOT_A_STRING = "must be a string"
@@ -34,10 +49,6 @@ BAD_DATE = "must be a FHIR date or dateTime with year, month and day"
 OTHER_PATIENT = "refers to a Patient other than the one of these resources"
 NOT_JSON_OBJECT = "must be a JSON object"
 NOT_A_LIST = "must be a JSON array"
-TOO_MANY_RESOURCES = (
-    f"more than {MAX_RESOURCES} resources ({SESSION_NUMBER_MAX} appointments of "
-    f"{RESOURCES_PER_VISIT} resources each, and {OTHER_RESOURCES} others); send fewer"
-)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from service.errors import InvalidRequest, request_id_of
 from service.fhir import codes
 from service.fhir.inbound import FhirInputError, FhirIssue, episode_from_resources, full_urls
 from service.fhir.outbound import FHIR_JSON, as_parameters, operation_outcome, risk_assessment
-from service.fhir.reader import MAX_RESOURCES, TOO_MANY_RESOURCES, FullUrls
+from service.fhir.reader import FullUrls, max_resources, too_many_resources
 from service.fhir.settings import FhirSettings
 from service.routers.jsonbody import OrjsonRoute
 from service.routers.risk import _count, _observed, one_client
@@ -49,9 +49,10 @@ def fhir_settings(request: Request) -> FhirSettings:
     return settings
 
 
-def unwrap(body: Any) -> tuple[list[Any], str, bool, FullUrls]:
+def unwrap(body: Any, max_sessions: int) -> tuple[list[Any], str, bool, FullUrls]:
     """``(resources, FHIRPath of their list, asked as Parameters, fullUrl map)`` of the
-    operation's body; 413 for more than :data:`~service.fhir.reader.MAX_RESOURCES` entries."""
+    operation's body; 413 for more entries than :func:`~service.fhir.reader.max_resources` of
+    /v1's appointment cap ``max_sessions``."""
     wrapped = isinstance(body, dict) and body.get("resourceType") == "Parameters"
     bundle, where = body, "Bundle"
     if wrapped:
@@ -69,8 +70,8 @@ def unwrap(body: Any) -> tuple[list[Any], str, bool, FullUrls]:
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise FhirInputError([FhirIssue(f"{where}.entry", "required", NO_ENTRIES)])
-    if len(entries) > MAX_RESOURCES:
-        issue = FhirIssue(f"{where}.entry", "too-long", TOO_MANY_RESOURCES)
+    if len(entries) > max_resources(max_sessions):
+        issue = FhirIssue(f"{where}.entry", "too-long", too_many_resources(max_sessions))
         raise FhirInputError([issue], status=413)
     resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
     return resources, f"{where}.entry", wrapped, full_urls(entries)
@@ -88,9 +89,9 @@ def _refused(issues: list[FhirIssue], status: int = 422) -> FhirResponse:
         200: {"description": "A RiskAssessment (or Parameters with it as 'return')."},
         422: {"description": "OperationOutcome: the resources do not meet the data contract."},
         413: {
-            "description": "OperationOutcome: the body is too large, or has more than "
-            f"{MAX_RESOURCES} entries."
-        },  # fmt: skip
+            "description": "OperationOutcome: the body is too large, or has more entries than "
+            "4 per appointment of the appointment cap (ALLIANCE_RISK_MAX_SESSIONS) plus 100."
+        },
         **{s: {"description": "OperationOutcome."} for s in (400, 401, 403, 404, 415, 429)},
     },
     summary="FHIR R4 operation: dropout risk of one client as a RiskAssessment",
@@ -115,9 +116,14 @@ def dropout_risk(
     answers a ``RiskAssessment`` (``application/fhir+json``)."""
     fhir = fhir_settings(request)
     try:
-        resources, where, wrapped, urls = unwrap(body)
+        resources, where, wrapped, urls = unwrap(body, settings.max_sessions)
         episode = episode_from_resources(
-            resources, settings=fhir, profile=model.scorer.profile, root=where, full_urls=urls
+            resources,
+            settings=fhir,
+            profile=model.scorer.profile,
+            root=where,
+            full_urls=urls,
+            max_sessions=settings.max_sessions,
         )
     except FhirInputError as exc:
         return _refused(exc.issues, exc.status)

@@ -18,7 +18,7 @@ from service.errors import MAX_REPORTED_ERRORS
 from service.fhir import codes
 from service.fhir.inbound import FhirInputError, episode_from_resources
 from service.fhir.outbound import operation_outcome
-from service.fhir.reader import MAX_ISSUES, MAX_RESOURCES, FhirIssue
+from service.fhir.reader import MAX_ISSUES, MAX_RESOURCES, FhirIssue, max_resources
 from service.fhir.settings import FhirSettings
 
 SECRET = "SECRETX-Jane-Doe"
@@ -98,6 +98,7 @@ def test_operation_outcome_caps_any_list_of_issues() -> None:
 
 @pytest.mark.parametrize("root", ["Bundle", "prefetch"])
 def test_too_many_resources_are_refused_before_mapping(root: str) -> None:
+    # Without a cap given (the CDS prefetch path), the data contract's ceiling applies.
     resources: list[Any] = [*_resources(), *([5] * MAX_RESOURCES)]
     started = time.perf_counter()
     with pytest.raises(FhirInputError) as caught:
@@ -108,6 +109,17 @@ def test_too_many_resources_are_refused_before_mapping(root: str) -> None:
     assert (issue.code, issue.expression) == ("too-long", "Bundle.entry" if root == "Bundle"
                                               else "prefetch")  # fmt: skip
     assert str(MAX_RESOURCES) in issue.reason
+
+
+def test_the_resource_cap_follows_the_appointment_cap() -> None:
+    assert max_resources(500) == 2_100
+    base = _resources()
+    fits = [*base, *([{"resourceType": "Basic"}] * (max_resources(3) - len(base)))]
+    kwargs: dict[str, Any] = {"settings": FhirSettings(), "profile": ALLIANCE6, "max_sessions": 3}
+    assert episode_from_resources(fits, **kwargs).request.sessions
+    with pytest.raises(FhirInputError) as caught:
+        episode_from_resources([*fits, {"resourceType": "Basic"}], **kwargs)
+    assert caught.value.status == 413
 
 
 # -- item 2: wrongly typed elements are structure issues, never a 500 ----------------------------
