@@ -113,6 +113,7 @@ def test_same_splits_summary_and_fingerprint_as_the_pandas_engine(
             getattr(trained_pandas.splits, name)
         )
     summary = dict(trained.result.data_summary)
+    assert summary.pop("reference_profile") == trained.result.scorer.reference.rows
     assert summary.pop("held_out_clients") == (
         f"calibration: {len(trained_pandas.splits.calibration):,} of "
         f"{len(trained_pandas.splits.calibration):,} clients, test: "
@@ -171,6 +172,7 @@ def test_a_small_cap_gathers_a_deterministic_sample_of_held_out_clients(
         assert run.result.data_summary["held_out_clients"].startswith(text)
         assert run.result.data_summary["splits"] == trained_pandas.data_summary["splits"]
         assert text in run.result.scorer.reference.rows
+        assert run.result.data_summary["reference_profile"] == run.result.scorer.reference.rows
         assert run.gathered[f"of {len(splits.test):,} test clients"] == cap
     assert runs[0].result.data_summary == runs[1].result.data_summary
     # The pandas engine is unchanged: every held-out client, and no sample line.

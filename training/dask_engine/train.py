@@ -405,9 +405,17 @@ def train_dask(
         pack_frames(sessions, clients_, prof), clients_, registry, k_max=config.k_max
     )
     cal, test = held_set.subset(splits.calibration), held_set.subset(splits.test)
+    reference_rows = (
+        "features, score and bands: the gathered calibration clients' ended episodes at "
+        "their training landmarks; typical levels: attended, rated appointments of the "
+        "same clients (Dask engine: only calibration and test clients reach the driver, "
+        f"{_held_out_text(held_out)})"
+    )
     summary = {
         **_data_summary(sum(i["n_sessions"] for i in info), all_clients, prof),
         "held_out_clients": _held_out_text(held_out),
+        # Listed in the model card, so that a reader sees where the drift reference comes from.
+        "reference_profile": reference_rows,
     }
     fingerprint = whole_fingerprint(info[0]["dtypes"], [i["hashes"] for i in info])
     result = finish_training(
@@ -418,12 +426,7 @@ def train_dask(
         },
         sessions=sessions, clients=clients_, summary=summary, timings=timings, started=t0,
         progress=say,
-        reference_rows=(
-            "features, score and bands: the gathered calibration clients' ended episodes at "
-            "their training landmarks; typical levels: attended, rated appointments of the "
-            "same clients (Dask engine: only calibration and test clients reach the driver, "
-            f"{_held_out_text(held_out)})"
-        ),
+        reference_rows=reference_rows,
     )  # fmt: skip
     return DaskTrained(
         result=result,
