@@ -18,6 +18,7 @@ import orjson
 from service.errors import PROBLEM_JSON
 from service.fhir.inbound import FhirIssue
 from service.fhir.outbound import FHIR_JSON, ISSUE_TYPE, operation_outcome
+from service.fhir.reader import FhirInputError
 
 FHIR_PREFIX = "/fhir"
 _NO_STORE = (b"cache-control", b"no-store")
@@ -29,15 +30,20 @@ def is_fhir_path(path: str) -> bool:
 
 def outcome_of_problem(problem: Any, status: int) -> dict[str, Any]:
     """A problem-details body as an OperationOutcome: ``detail`` and each listed error's
-    ``reason`` (their ``loc`` are /v1 request paths, which name nothing in a FHIR body)."""
+    ``reason`` (their ``loc`` are /v1 request paths, which name nothing in a FHIR body), then
+    ``more_errors`` as the closing count of the issues left out."""
     code = ISSUE_TYPE.get(status, "processing")
     issues = []
     if isinstance(problem, dict):
         if isinstance(problem.get("detail"), str):
             issues.append(FhirIssue("", code, problem["detail"]))
-        for error in problem.get("errors") or ():
+        errors = problem.get("errors")
+        for error in errors if isinstance(errors, list) else ():
             if isinstance(error, dict) and isinstance(error.get("reason"), str):
                 issues.append(FhirIssue("", code, error["reason"]))
+        more = problem.get("more_errors")
+        if issues and isinstance(more, int) and not isinstance(more, bool) and more > 0:
+            issues = FhirInputError(issues, more).issues
     return operation_outcome(issues, status=status)
 
 

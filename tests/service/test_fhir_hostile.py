@@ -202,3 +202,16 @@ def test_any_json_at_any_path_is_mapped_or_refused(where, data) -> None:
         assert exc.issues
         assert len(exc.issues) <= MAX_ISSUES + 1
         assert SECRET not in json.dumps([(i.expression, i.reason) for i in exc.issues])
+
+
+def test_a_problems_more_errors_is_the_outcomes_closing_count() -> None:
+    from service.fhir.errors import outcome_of_problem
+
+    problem = {"detail": "request does not meet the data contract",
+               "errors": [{"loc": ["sessions", i], "reason": "r"} for i in range(MAX_ISSUES)],
+               "more_errors": 7}  # fmt: skip
+    issues = outcome_of_problem(problem, 422)["issue"]
+    assert len(issues) == MAX_ISSUES + 1
+    assert (issues[-1]["severity"], issues[-1]["code"]) == ("information", "informational")
+    assert issues[-1]["diagnostics"].startswith("8 more issues")  # the detail took a slot
+    assert outcome_of_problem({**problem, "errors": "junk"}, 422)["issue"][0]["code"] == "invalid"
