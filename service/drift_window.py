@@ -113,35 +113,49 @@ class _Window:
 
 
 def _histories(scored: ScoreSet, k_max: int, now: float) -> list[tuple[int, _History]]:
-    """Position in ``scored.episodes`` and compact history of each scored episode."""
+    """Position in ``scored.episodes`` and compact history of each scored episode (vectorised:
+    it runs in the request thread, after the response is built)."""
     episodes = scored.episodes
     positions = np.unique(scored.episode)
     if positions.size == 0:
         return []
-    order = np.argsort(episodes.episode, kind="stable")
-    sorted_ep = episodes.episode[order]
-    lo = np.searchsorted(sorted_ep, positions, side="left")
-    hi = np.searchsorted(sorted_ep, positions, side="right")
+    if positions.size == 1:  # /v1/risk, FHIR, CDS: one client, no sort
+        order = np.flatnonzero(episodes.episode == positions[0])
+        kept = order[episodes.session_number[order] <= k_max]
+        n_all, n_kept = np.array([order.size]), np.array([kept.size])
+    else:
+        of = np.full(episodes.n_episodes + 1, -1, dtype=np.int64)  # episode -> its index
+        of[positions] = np.arange(positions.size)
+        which = of[episodes.episode]  # an appointment of no episode (-1) maps to of[-1] = -1
+        ours = which >= 0
+        order = np.flatnonzero(ours)[np.argsort(which[ours], kind="stable")]
+        kept = order[episodes.session_number[order] <= k_max]
+        n_all = np.bincount(which[order], minlength=positions.size)
+        n_kept = np.bincount(which[kept], minlength=positions.size)
     table = np.column_stack(
-        (episodes.session_number, episodes.day, episodes.attendance, episodes.ratings.T)
-    ).astype(np.float64)
-    out = []
-    for ep, a, b in zip(positions.tolist(), lo.tolist(), hi.tolist(), strict=True):
-        rows = table[order[a:b]]
-        kept = rows[rows[:, 0] <= k_max]
-        outcome = int(episodes.outcome[ep])
-        if kept.shape[0] < rows.shape[0] and outcome in _ENDED:
-            # Its last appointment is beyond k_max: every kept one was an open-episode landmark.
-            outcome = -1
-        history = _History(
-            appointments=np.ascontiguousarray(kept),
-            intake_day=float(episodes.intake_day[ep]),
-            age=float(episodes.age[ep]),
-            outcome=outcome,
-            at=now,
+        (
+            episodes.session_number[kept],
+            episodes.day[kept],
+            episodes.attendance[kept],
+            episodes.ratings[:, kept].T,
         )
-        out.append((ep, history))
-    return out
+    ).astype(np.float64)
+    outcome = episodes.outcome[positions].astype(np.int64)
+    # An ended episode whose last appointment is beyond k_max: every kept one was open.
+    outcome[(n_kept < n_all) & ((outcome == _ENDED[0]) | (outcome == _ENDED[1]))] = -1
+    ends = np.cumsum(n_kept).tolist()
+    return [
+        (ep, _History(table[start:end].copy(), intake, age, out, now))  # no view of the batch
+        for ep, start, end, intake, age, out in zip(
+            positions.tolist(),
+            [0, *ends[:-1]],
+            ends,
+            episodes.intake_day[positions].tolist(),
+            episodes.age[positions].tolist(),
+            outcome.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def _episodes(
