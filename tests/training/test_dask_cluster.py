@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import dask.dataframe as dd
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,6 +88,12 @@ def test_train_and_score_through_a_real_scheduler_and_workers(
     text = " ".join(trained.output.split())
     assert "registered alliance-risk version 1" in text
     assert "Gathered to the driver:" in text
+    assert re.search(r"\d[\d,]* of [\d,]+ calibration clients", text)
+    # The MLflow run's model card says how many held-out clients were used, and of how many.
+    run_id = mlflow.MlflowClient().get_model_version("alliance-risk", "1").run_id
+    card = mlflow.artifacts.load_text(f"runs:/{run_id}/report/model_card.md")
+    assert re.search(r"held_out_clients:\*\* calibration: [\d,]+ of [\d,]+ clients", card)
+    assert "reference_profile:** features, score and bands: the gathered calibration" in card
 
     out = tmp_path / "scores"
     scored = runner.invoke(app, ["score", *args, "--engine", "dask", "--scheduler", cluster,
