@@ -227,3 +227,21 @@ def test_fetch_urls_never_reach_the_logs(setup, caplog: pytest.LogCaptureFixture
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
     assert "httpx" in logged  # the library did log its requests
     assert patient not in logged and ACCESS_TOKEN not in logged
+
+
+def test_a_failing_optional_fetch_is_left_out(setup) -> None:
+    """Best effort for the optional keys: the episodes of care could not be read, the patient's
+    appointments could, so the card comes (this was a 412 before)."""
+    client, server, key = setup
+    answer = server.answer
+    failing = (500, {"resourceType": "OperationOutcome", "issue": []})
+    server.answer = lambda path: failing if path.startswith("/fhir/EpisodeOfCare") else answer(path)  # type: ignore[method-assign]
+    body = _lend(hook_body(server.resources), server)
+    del body["prefetch"]["episodesOfCare"]
+    del body["prefetch"]["appointments"]
+    server.requests.clear()
+    got = client.post(f"/cds-services/{PATIENT_VIEW}", json=body,
+                      headers=auth_header(cds_token(key)))  # fmt: skip
+    assert got.status_code == 200, got.text
+    fetched = {path.split("?")[0] for path in server.requests}
+    assert fetched == {"/fhir/EpisodeOfCare", "/fhir/Appointment"}
