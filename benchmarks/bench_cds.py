@@ -53,7 +53,9 @@ FULL = {"clients": 5_000, "rounds": 6, "per_round": 200}
 
 def _token(key: Any, claims: dict[str, Any]) -> str:
     now = int(time.time())
-    body = {"iss": ISSUER, "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex, **claims}
+    # CDS tokens live at most ALLIANCE_RISK_AUTH_CDS_MAX_TOKEN_LIFETIME_S (300 s); /v1's is reused.
+    life = 3600 if claims.get("aud") == "alliance-risk" else 300
+    body = {"iss": ISSUER, "iat": now, "exp": now + life, "jti": uuid.uuid4().hex, **claims}
     return jwt.encode(body, key, algorithm="ES384", headers={"kid": KID, "typ": "JWT"})
 
 
