@@ -3,9 +3,11 @@
 The token is checked by the service's one :class:`~service.auth.Authenticator` with the
 endpoint's URL as the audience (``aud`` must name ``<cds_public_url>/cds-services/<id>``, or
 ``.../feedback``), the CDS Hooks claim set (``iss``, ``aud``, ``exp``, ``iat``, ``jti``),
+header ``typ`` JWT, a lifetime ``exp - iat`` of at most ``cds_max_token_lifetime_s``,
 asymmetric algorithms only, the ``iss`` allowlist with each issuer's JWKS, and single use: a
-``jti`` seen before is refused (the replay cache). The clinic is the one the issuer is
-registered for (``IssuerConfig.clinic``). No scope is needed: the issuer's registration is the
+``jti`` seen before is refused (the replay cache, shared by the workers of ``serve --workers
+N``). Only an issuer registered as an EHR may call (``IssuerConfig.clinic`` set; dev mode
+aside), and the clinic is that one. No scope is needed: the issuer's registration is the
 grant. Then the same rate limits and audit check as every ``/v1`` route.
 """
 
