@@ -171,6 +171,7 @@ def episode_from_resources(
     root: str = "Bundle",
     full_urls: FullUrls | None = None,
     max_sessions: int = SESSION_NUMBER_MAX,
+    clinic: str | None = None,
 ) -> FhirEpisode:
     """One client's FHIR R4 resources -> a :class:`FhirEpisode` for the served ``profile``.
 
@@ -180,7 +181,9 @@ def episode_from_resources(
     such as ``urn:uuid:...`` to the entries of a Bundle. Raises :class:`FhirInputError` with the
     issues found (the first :data:`~service.fhir.reader.MAX_ISSUES`, and how many more), or with
     status 413 for more than :func:`~service.fhir.reader.max_resources` of ``max_sessions``
-    (/v1's appointment cap) resources, before any is read.
+    (/v1's appointment cap) resources, before any is read. ``clinic`` stands in for the
+    managing Organization when the resources name none (a CDS Hooks call, whose clinic comes
+    from the calling EHR's registration); without it such resources are refused.
     """
     r = Reader(root, settings, profile, full_urls)
     if len(resources) > max_resources(max_sessions):
@@ -207,7 +210,7 @@ def episode_from_resources(
                 if res.get("status") != "entered-in-error"]  # fmt: skip
     ratings = visit_ratings(r, by_type, patient_id, visits)
 
-    clinic, clinic_path = _clinic(r, patient, p_at, episodes, visits, by_type)
+    clinic, clinic_path = _clinic(r, patient, p_at, episodes, visits, by_type, clinic)
     therapist = next((v.practitioner for v in reversed(visits) if v.practitioner), None)
     if therapist is None:
         r.issue(r.entries, "required", NO_THERAPIST)
@@ -393,6 +396,7 @@ def _clinic(
     episodes: list[tuple[int, Mapping[str, Any]]],
     visits: list[Visit],
     by_type: Mapping[str, list[tuple[int, Mapping[str, Any]]]],
+    fallback: str | None = None,
 ) -> tuple[str | None, str]:
     found = r.ref(patient.get("managingOrganization"), ("Organization",))
     if found is not None:
@@ -407,6 +411,8 @@ def _clinic(
             found = r.ref(encounters[visit.index].get("serviceProvider"), ("Organization",))
             if found is not None:
                 return found, f"{r.at(visit.index)}.serviceProvider"
+    if fallback is not None:
+        return fallback, p_at
     r.issue(f"{p_at}.managingOrganization", "required", NO_CLINIC)
     return None, p_at
 

@@ -241,17 +241,21 @@ async def cds_service(
             logger.info("cds prefetch unavailable", extra={"fields": {"reason": exc.reason}})
             return _outcome(412, "processing", "the FHIR data this service needs was not "
                             "prefetched and could not be fetched from fhirServer")  # fmt: skip
+    issuer = _issuer(request, principal)
+    # The issuer's clinic stands in for a Patient without a managing Organization, unless an
+    # organization map asks for the patient's organization to be checked.
+    clinic = issuer.clinic if issuer is not None and not issuer.organizations else None
     try:
         episode = episode_from_resources(
             resources, settings=_fhir_settings(request), profile=model.scorer.profile,
-            root="prefetch",
+            root="prefetch", max_sessions=settings.max_sessions, clinic=clinic,
         )  # fmt: skip
     except FhirInputError as exc:
         body_ = operation_outcome(exc.issues, status=422)
         return JSONResponse(body_, status_code=422, media_type=FHIR_JSON)
     if episode.patient_ref != f"Patient/{patient_id}":
         return _outcome(400, "invalid", OTHER_PATIENT, "context.patientId")
-    scored = _with_issuer_clinic(episode.request, _issuer(request, principal))
+    scored = _with_issuer_clinic(episode.request, issuer)
     if scored is None:  # another clinic's patient: the same answer as a missing one
         raise HTTPException(404, NOT_FOUND)
     forget_clients(request)  # one_client notes the client again, by its scored id

@@ -167,6 +167,41 @@ def test_the_clinic_of_a_hook_call_is_the_issuers(registry, tmp_path, key) -> No
         assert len(response.json()["cards"]) == 1
 
 
+def _without_organization(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for res in resources:
+        res = {k: v for k, v in res.items() if k not in ("managingOrganization", "serviceProvider")}
+        if res["resourceType"] == "Appointment":  # participants that are Organizations
+            res["participant"] = [
+                p for p in res.get("participant", [])
+                if not str(p.get("actor", {}).get("reference", "")).startswith("Organization/")
+            ]  # fmt: skip
+        out.append(res)
+    return out
+
+
+def test_a_patient_without_a_managing_organization_is_scored_for_the_issuers_clinic(
+    registry, tmp_path, key
+) -> None:
+    """The clinic of a hook call is the issuer's, so a Patient naming no organization is scored
+    (it was a 422 'no managing Organization'); with an organization map it must name one."""
+    for client in cds_client(registry, tmp_path / "c", key, cds_low_risk_card="info"):
+        profile = client.app.state.store.current.scorer.profile
+        cid = str(registry.cohort.clients["client_id"].iloc[1])
+        resources = _without_organization(_resources_of_organization(registry, profile, cid, "8"))
+        response = _call(client, key, hook_body(resources))
+        assert response.status_code == 200, response.text
+        assert len(response.json()["cards"]) == 1
+    for client in cds_client(registry, tmp_path / "m", key, cds_low_risk_card="info",
+                             organizations={"8": TEST_CLINIC}):  # fmt: skip
+        profile = client.app.state.store.current.scorer.profile
+        cid = str(registry.cohort.clients["client_id"].iloc[1])
+        resources = _without_organization(_resources_of_organization(registry, profile, cid, "8"))
+        response = _call(client, key, hook_body(resources))
+        assert response.status_code == 422, response.text
+        assert "managingOrganization" in response.text
+
+
 def test_with_an_organization_map_another_clinics_patient_looks_missing(
     registry, tmp_path, key
 ) -> None:
