@@ -105,6 +105,55 @@ def test_features_are_exactly_the_pandas_engines(client, data, loaded) -> None:
     assert (got[CLIENT_ID].to_numpy(object) == want[CLIENT_ID].to_numpy(object)).all()
 
 
+def test_the_fit_matrices_are_the_landmark_rows_of_their_split(client, data, loaded) -> None:
+    from dask import delayed
+
+    registry = feature_registry(loaded.profile)
+    parts, _, info = de.check_partitions(
+        client, data["sessions"], data["clients"], profile=None, npartitions=3
+    )
+    names = []
+    for i in info:
+        ids = i["clients"][CLIENT_ID].to_numpy(object)
+        names.append(pd.Series(np.array(["train", "valid", "test"])[np.arange(len(ids)) % 3],
+                               index=ids))  # fmt: skip
+    pairs = list(zip(parts, names, strict=True))
+    frames, matrices = client.gather(client.compute([
+        [delayed(de.partition_landmarks)(p, s, registry, k_max=20) for p, s in pairs],
+        [delayed(de.partition_matrices)(p, s, registry, k_max=20) for p, s in pairs],
+    ]))  # fmt: skip
+    for frame, matrix in zip(frames, matrices, strict=True):
+        for split in de.FIT_SPLITS:
+            want = frame[frame[de.SPLIT] == split]
+            X, y = matrix[split]
+            assert len(X) == len(want) > 0 and list(X.columns) == list(registry.names)
+            assert (X.dtypes == np.float32).all()
+            np.testing.assert_array_equal(X.to_numpy(), want[list(registry.names)].to_numpy())
+            np.testing.assert_array_equal(y.to_numpy(), want[de.LABEL].to_numpy())
+
+
+def test_during_the_fit_workers_hold_one_copy_of_the_features_and_nothing_else(
+    client, data
+) -> None:
+    """What the cluster holds while xgboost trains: the train and valid features and labels
+    once (xgboost.dask reads them as they are), no validated partitions, no landmark frame."""
+    held: list[dict[str, int]] = []
+
+    def look(_done: int, _total: int) -> None:
+        keys = [key for keys in client.has_what().values() for key in keys]
+        held.append(client.nbytes(keys=keys, summary=True))
+
+    fitted = de.fit_dask(client, data["sessions"], data["clients"], config=TINY,
+                         npartitions=4, trial_progress=look)  # fmt: skip
+    (by_kind,) = held
+    # "fromdelayed": the persisted features and labels; "dict": xgboost.dask's {data, label}
+    # of each partition, which refers to those same frames (dask's sizeof counts them twice).
+    assert set(by_kind) <= {"fromdelayed", "dict"}, by_kind
+    n_features = len(fitted.registry.names)
+    features = int(fitted.counts.sum()) * (4 * n_features + 8)  # float32 features, f64 label
+    assert features <= by_kind["fromdelayed"] <= 1.1 * features, (by_kind, features)
+
+
 def test_same_splits_summary_and_fingerprint_as_the_pandas_engine(
     trained, trained_pandas, loaded
 ) -> None:

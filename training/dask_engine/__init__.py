@@ -34,6 +34,7 @@ from training.dask_engine.partitions import (
 )
 from training.dask_engine.score import DaskScores, score_dask
 from training.dask_engine.train import (
+    FIT_SPLITS,
     GATHER_LIMIT_SESSIONS,
     GATHERED,
     HELD_OUT_CLIENT_CAP,
@@ -43,15 +44,17 @@ from training.dask_engine.train import (
     DaskTrained,
     fit_booster_dask,
     fit_dask,
+    fit_frames,
     landmark_frame,
     partition_landmarks,
+    partition_matrices,
     sample_clients,
     train_dask,
 )
 
 __all__ = [
-    "DEFAULT_WORKERS", "GATHERED", "GATHER_LIMIT_SESSIONS", "HELD_OUT_CLIENT_CAP", "LABEL",
+    "DEFAULT_WORKERS", "FIT_SPLITS", "GATHERED", "GATHER_LIMIT_SESSIONS", "HELD_OUT_CLIENT_CAP", "LABEL",
     "SPLIT", "CheckedPart", "DaskFit", "DaskScores", "DaskTrained", "check_partitions",
-    "client_partitions", "dask_client", "fit_booster_dask", "fit_dask", "landmark_frame",
-    "partition_landmarks", "sample_clients", "score_dask", "train_dask",
+    "client_partitions", "dask_client", "fit_booster_dask", "fit_dask", "fit_frames", "landmark_frame",
+    "partition_landmarks", "partition_matrices", "sample_clients", "score_dask", "train_dask",
 ]  # fmt: skip

@@ -61,6 +61,8 @@ _SAMPLE_KEY: Final = "alliance-sample1"
 LABEL: Final = "_label"
 SPLIT: Final = "_split"
 PART: Final = "_part"
+#: The splits the booster is fitted on (early stopping on ``valid``).
+FIT_SPLITS: Final = ("train", "valid")
 GATHERED: Final = (
     "client_id, intake_date and outcome of every client; one hash per row (fingerprint); the "
     "baselines' input columns of the train landmark rows; the validated rows of the "
@@ -98,13 +100,34 @@ def _split_names(splits: Splits, info: list[dict[str, Any]]) -> list[pd.Series]:
     return [names.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def _split_landmarks(
+    part: CheckedPart,
+    split_of: pd.Series,
+    registry: FeatureRegistry,
+    *,
+    k_max: int,
+    keep: Sequence[str],
+) -> tuple[LandmarkSet, np.ndarray] | None:
+    """:func:`training.pipeline.landmark_set` of one partition's clients in a split of
+    ``keep``, and each row's split name; None when none of them has a session."""
+    chosen = split_of[split_of.isin(keep)]
+    clients = part.clients[part.clients[CLIENT_ID].isin(chosen.index)]
+    sessions = part.sessions[part.sessions[CLIENT_ID].isin(chosen.index)]
+    if sessions.empty:
+        return None
+    data = landmark_set(
+        pack_frames(sessions, clients, registry.profile), clients, registry, k_max=k_max
+    )
+    return data, chosen.reindex(data.client_id).to_numpy(dtype=object)
+
+
 def partition_landmarks(
     part: CheckedPart,
     split_of: pd.Series,
     registry: FeatureRegistry,
     *,
     k_max: int,
-    keep: Sequence[str] = ("train", "valid"),
+    keep: Sequence[str] = FIT_SPLITS,
     dtype: Any = np.float32,
 ) -> pd.DataFrame:
     """Landmark rows of one client partition whose client is in a split of ``keep``.
@@ -114,20 +137,82 @@ def partition_landmarks(
     :func:`training.pipeline.landmark_set`, the pandas engine's function.
     """
     columns = [*registry.names, LABEL, SPLIT, CLIENT_ID, "landmark"]
-    chosen = split_of[split_of.isin(keep)]
-    clients = part.clients[part.clients[CLIENT_ID].isin(chosen.index)]
-    sessions = part.sessions[part.sessions[CLIENT_ID].isin(chosen.index)]
-    if sessions.empty:
+    built = _split_landmarks(part, split_of, registry, k_max=k_max, keep=keep)
+    if built is None:
         return _empty_landmarks(registry, dtype)
-    data = landmark_set(
-        pack_frames(sessions, clients, registry.profile), clients, registry, k_max=k_max
-    )
+    data, split = built
     frame = pd.DataFrame(data.X.astype(dtype, copy=False), columns=list(registry.names))
     frame[LABEL] = data.y
-    frame[SPLIT] = chosen.reindex(data.client_id).to_numpy(dtype=object)
+    frame[SPLIT] = split
     frame[CLIENT_ID] = data.client_id
     frame["landmark"] = data.context["landmark"].to_numpy(np.int64)
     return _typed(frame[columns])
+
+
+def partition_matrices(
+    part: CheckedPart,
+    split_of: pd.Series,
+    registry: FeatureRegistry,
+    *,
+    k_max: int,
+    dtype: Any = np.float32,
+) -> dict[str, tuple[pd.DataFrame, pd.Series]]:
+    """What the fit reads of one client partition: per split of :data:`FIT_SPLITS`, the
+    features (``dtype``) and the label of its landmark rows, and nothing else.
+
+    The same rows as :func:`partition_landmarks` (the same ``landmark_set`` call), without
+    the id, split and landmark columns, so that a worker holds one copy of the features (the
+    one ``xgboost.dask`` reads) rather than a whole frame plus the fit's column selections.
+    The float64 matrix is dropped as soon as its ``dtype`` copy exists.
+    """
+    names = list(registry.names)
+    built = _split_landmarks(part, split_of, registry, k_max=k_max, keep=FIT_SPLITS)
+    if built is None:
+        return {s: _empty_matrix(registry, dtype) for s in FIT_SPLITS}
+    data, split = built
+    del built
+    X, y = data.X.astype(dtype, copy=False), data.y
+    del data
+    out = {}
+    for name in FIT_SPLITS:
+        mask = split == name
+        out[name] = (pd.DataFrame(X[mask], columns=names), pd.Series(y[mask], name=LABEL))
+    return out
+
+
+def _empty_matrix(registry: FeatureRegistry, dtype: Any) -> tuple[pd.DataFrame, pd.Series]:
+    X = pd.DataFrame({n: np.empty(0, dtype=dtype) for n in registry.names})
+    return X, pd.Series(np.empty(0), name=LABEL)
+
+
+def fit_frames(
+    client: Client,
+    parts: list[Any],
+    split_names: list[pd.Series],
+    registry: FeatureRegistry,
+    *,
+    k_max: int,
+    dtype: Any = np.float32,
+) -> dict[str, tuple[dd.DataFrame, dd.Series]]:
+    """Per split of :data:`FIT_SPLITS`, the persisted features and labels of every client
+    partition (:func:`partition_matrices`): one ``persist`` for all four collections, so each
+    partition's landmark rows are built once and the per-partition result is released as
+    soon as its four pieces exist."""
+    import dask.dataframe as dd
+    from dask import delayed
+
+    X_meta, y_meta = _empty_matrix(registry, dtype)
+    pieces = [
+        delayed(partition_matrices)(p, names, registry, k_max=k_max, dtype=dtype)
+        for p, names in zip(parts, split_names, strict=True)
+    ]
+    lazy = [
+        dd.from_delayed([p[name][i] for p in pieces], meta=meta, verify_meta=False)
+        for name in FIT_SPLITS
+        for i, meta in enumerate((X_meta, y_meta))
+    ]
+    done = client.persist(lazy)
+    return {name: (done[2 * i], done[2 * i + 1]) for i, name in enumerate(FIT_SPLITS)}
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +251,7 @@ def landmark_frame(
 
 def fit_booster_dask(
     client: Client,
-    frame: dd.DataFrame,
+    frames: dict[str, tuple[dd.DataFrame, dd.Series]],
     feature_names: Sequence[str],
     *,
     search: SearchSpace,
@@ -177,16 +262,18 @@ def fit_booster_dask(
     """:func:`models.booster.fit_booster`'s search through ``xgboost.dask``: trial 0 the
     default, then seeded draws, early stopping on the ``valid`` rows, and the same choice
     (:func:`models.booster.choose_trial`, which both engines call).
-    ``frame`` holds the train and valid landmark rows (:func:`landmark_frame`); one thread
-    per worker."""
+    ``frames`` holds the persisted features and labels of the train and valid landmark rows
+    (:func:`fit_frames`), passed to ``xgboost.dask`` as they are: a column selection here
+    would be persisted by ``xgboost.dask`` as a second copy of the features. One thread per
+    worker."""
     import xgboost.dask as dxgb
 
     names = list(feature_names)
-    train = frame[frame[SPLIT] == "train"]
-    valid = frame[frame[SPLIT] == "valid"]
-    dtrain = dxgb.DaskQuantileDMatrix(client, train[names], train[LABEL], missing=np.nan,
+    (X_train, y_train), (X_valid, y_valid) = frames["train"], frames["valid"]
+    dtrain = dxgb.DaskQuantileDMatrix(client, X_train, y_train, missing=np.nan,
                                       feature_names=names, max_bin=search.max_bin)  # fmt: skip
-    dvalid = dxgb.DaskQuantileDMatrix(client, valid[names], valid[LABEL], missing=np.nan,
+    # ref=dtrain: the validation rows are binned on the training cuts (no sketch of their own).
+    dvalid = dxgb.DaskQuantileDMatrix(client, X_valid, y_valid, missing=np.nan,
                                       feature_names=names, ref=dtrain)  # fmt: skip
     fixed: dict[str, Any] = {
         "objective": "binary:logistic",
@@ -251,17 +338,21 @@ class DaskTrained:
 
 @dataclass(frozen=True)
 class DaskFit:
-    """Validated client partitions (on the workers), the splits, the persisted train and
-    valid landmark rows and the booster fitted on them: :func:`fit_dask`'s result."""
+    """The splits, the gathered calibration and test clients, the persisted train landmark
+    rows (features and labels, on the workers) and the booster fitted on them:
+    :func:`fit_dask`'s result. The validated partitions are no longer held anywhere."""
 
-    parts: list[Any]
     profile: InstrumentProfile
     info: list[dict[str, Any]]
     all_clients: pd.DataFrame
     splits: Splits
     held: pd.Index
     registry: FeatureRegistry
-    frame: dd.DataFrame
+    #: The validated rows of the gathered calibration and test clients (driver side).
+    sessions: pd.DataFrame
+    clients: pd.DataFrame
+    #: The train split's persisted features and labels (for the baselines' columns).
+    train: tuple[dd.DataFrame, dd.Series]
     counts: pd.Series
     fit: FitResult
     timings: dict[str, float]
@@ -282,12 +373,15 @@ def fit_dask(
     progress: Progress | None = None,
     trial_progress: Callable[[int, int], None] | None = None,
 ) -> DaskFit:
-    """Read, validate, split, build the train and valid landmark rows and fit the booster,
-    all on the workers (the first half of :func:`train_dask`; the benchmark times it).
+    """Read, validate, split, build the train and valid landmark rows, gather the held-out
+    clients and fit the booster, all on the workers (the first half of :func:`train_dask`;
+    the benchmark times it).
 
     ``held`` is at most ``held_out_cap`` clients of the calibration split and of the test
     split (:func:`sample_clients`); their session rows are counted first, so that a run that
-    would gather more than ``gather_limit`` stops before the fit.
+    would gather more than ``gather_limit`` stops before the fit. They are gathered before
+    the fit, so that the validated partitions can be released before it: during the fit a
+    worker holds only the train and valid features and labels, and xgboost's own matrices.
     """
     from dask import delayed
 
@@ -319,20 +413,27 @@ def fit_dask(
             "lower cap on the held-out clients"
         )
     registry = feature_registry(prof, include_covariates=config.include_covariates)
-    names = _split_names(splits, info)
-    frame = landmark_frame(parts, names, registry, k_max=config.k_max).persist()
-    counts = frame[SPLIT].value_counts().compute()
+    frames = fit_frames(client, parts, _split_names(splits, info), registry, k_max=config.k_max)
+    taken = client.gather(client.compute([delayed(_take_clients)(p, held) for p in parts]))
+    # The validated partitions are released here (nothing else refers to them): the fit
+    # needs only the persisted features and labels.
+    del parts
+    sessions = clean_frame(pd.concat([s for s, _ in taken], ignore_index=True))
+    clients_ = clean_frame(pd.concat([c for _, c in taken], ignore_index=True))
+    del taken
+    counts = pd.Series({name: len(frames[name][1]) for name in FIT_SPLITS}, dtype=np.int64)
     timings["features_s"] = time.perf_counter() - t0
 
     say("fit")
     t = time.perf_counter()
-    fit = fit_booster_dask(client, frame, registry.names, search=config.search,
+    fit = fit_booster_dask(client, frames, registry.names, search=config.search,
                            n_trials=config.n_trials, seed=config.seed,
                            progress=trial_progress)  # fmt: skip
     timings["fit_s"] = time.perf_counter() - t
-    return DaskFit(parts=parts, profile=prof, info=info, all_clients=all_clients,
-                   splits=splits, held=held, registry=registry, frame=frame, counts=counts,
-                   fit=fit, timings=timings, held_out=held_out)  # fmt: skip
+    return DaskFit(profile=prof, info=info, all_clients=all_clients, splits=splits,
+                   held=held, registry=registry, sessions=sessions, clients=clients_,
+                   train=frames["train"], counts=counts, fit=fit, timings=timings,
+                   held_out=held_out)  # fmt: skip
 
 
 def train_dask(
@@ -373,8 +474,6 @@ def train_dask(
         On a contract violation, splits that cannot be drawn, or more than ``gather_limit``
         session rows of the gathered calibration and test clients.
     """
-    from dask import delayed
-
     config = config or TrainConfig()
     say = progress or (lambda _stage: None)
     t0 = time.perf_counter()
@@ -383,24 +482,23 @@ def train_dask(
         npartitions=npartitions, gather_limit=gather_limit, held_out_cap=held_out_cap,
         progress=say, trial_progress=trial_progress,
     )  # fmt: skip
-    parts, prof, info, splits = fitted.parts, fitted.profile, fitted.info, fitted.splits
-    registry, frame, fit, timings = fitted.registry, fitted.frame, fitted.fit, fitted.timings
-    counts, all_clients, held = fitted.counts, fitted.all_clients, fitted.held
-    held_out = fitted.held_out
+    prof, info, splits = fitted.profile, fitted.info, fitted.splits
+    registry, fit, timings = fitted.registry, fitted.fit, fitted.timings
+    counts, all_clients = fitted.counts, fitted.all_clients
+    held_out, sessions, clients_ = fitted.held_out, fitted.sessions, fitted.clients
 
-    # Gathered: the baselines' columns of the train rows; the calibration and test clients.
+    # Gathered: the baselines' columns of the train rows (the calibration and test clients
+    # were gathered before the fit).
     base_cols = np.union1d(logistic_columns(registry), rule_columns(registry))
-    train_rows = frame[frame[SPLIT] == "train"]
-    base = train_rows[[registry.names[i] for i in base_cols] + [LABEL]].compute()
+    X_train, y_train = fitted.train
+    base = X_train[[registry.names[i] for i in base_cols]].compute()
+    y_base = y_train.compute().to_numpy(np.float64)
     # Fortran order: untouched columns stay unallocated zeros, which the baselines never read.
     X_base = np.zeros((len(base), len(registry.names)), dtype=np.float32, order="F")
-    X_base[:, base_cols] = base[[registry.names[i] for i in base_cols]].to_numpy(np.float32)
-    train_set = LandmarkSet(X_base, base[LABEL].to_numpy(np.float64), pd.DataFrame())
+    X_base[:, base_cols] = base.to_numpy(np.float32)
+    train_set = LandmarkSet(X_base, y_base, pd.DataFrame())
     # The persisted rows are released once nothing refers to them.
-    del frame, train_rows, fitted
-    taken = client.gather(client.compute([delayed(_take_clients)(p, held) for p in parts]))
-    sessions = clean_frame(pd.concat([s for s, _ in taken], ignore_index=True))
-    clients_ = clean_frame(pd.concat([c for _, c in taken], ignore_index=True))
+    del X_train, y_train, fitted, base
     held_set = landmark_set(
         pack_frames(sessions, clients_, prof), clients_, registry, k_max=config.k_max
     )
@@ -435,7 +533,7 @@ def train_dask(
         fingerprint=fingerprint,
         gathered={
             "clients (id, intake date, outcome)": len(all_clients),
-            "train landmark rows (baseline columns)": len(base),
+            "train landmark rows (baseline columns)": len(y_base),
             "calibration and test session rows": len(sessions),
             "calibration and test client rows": len(clients_),
             **{f"of {total:,} {name} clients": used for name, (used, total) in held_out.items()},
