@@ -184,6 +184,18 @@ def test_model_quality_is_equivalent_on_the_same_test_rows(trained, trained_pand
     assert "calibration clients" in trained.result.scorer.reference.rows
 
 
+def test_default_partitions_bound_the_sessions_per_partition(data, loaded) -> None:
+    from training.dask_engine.partitions import PARTITION_SESSIONS, parquet_rows, partition_count
+
+    assert parquet_rows(data["sessions"]) == len(loaded.sessions)
+    assert parquet_rows(data["clients"]) == len(loaded.clients)
+    assert partition_count(2, 3, 1_000) == 8  # 4 per worker
+    assert partition_count(2, 10, 1_000) == 20  # 2 per input partition
+    # 12M sessions (1M clients): at most PARTITION_SESSIONS per partition on average.
+    n = partition_count(2, 10, 12_000_000)
+    assert n == 80 and 12_000_000 / n <= PARTITION_SESSIONS
+
+
 def test_sample_clients_is_whole_ids_independent_of_order() -> None:
     ids = np.array([f"C{i:05d}" for i in range(3000)], dtype=object)
     chosen = de.sample_clients(ids, 200)

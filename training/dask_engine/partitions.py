@@ -89,11 +89,31 @@ def with_partition_column(frame: dd.DataFrame, n: int) -> dd.DataFrame:
     return frame.map_partitions(_with_part, n, meta=meta)
 
 
-def default_partitions(client: Client, sessions: dd.DataFrame) -> int:
-    """4 client partitions per worker, and at least 2 per input partition of the sessions, so
-    that one partition's landmark rows stay a small share of a worker's memory."""
-    workers = max(1, len(client.scheduler_info()["workers"]))
-    return max(4 * workers, 2 * sessions.npartitions)
+#: Most session rows of a client partition by default: one partition's transient copies
+#: (validation, the float64 landmark matrix before its float32 copy) then stay near 0.2 GB
+#: whatever the dataset's size (150k sessions are about 12,500 clients and 150k landmark
+#: rows of 148 features).
+PARTITION_SESSIONS: Final = 150_000
+
+
+def partition_count(workers: int, input_partitions: int, session_rows: int) -> int:
+    """4 client partitions per worker, at least 2 per input partition of the sessions, and at
+    most :data:`PARTITION_SESSIONS` session rows per partition on average."""
+    by_rows = -(-session_rows // PARTITION_SESSIONS)
+    return max(4 * max(1, workers), 2 * input_partitions, by_rows)
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or dataset folder, from the files' footers (no data read)."""
+    import pyarrow.dataset as ds
+
+    return int(ds.dataset(str(check_parquet_source(path)), format="parquet").count_rows())
+
+
+def default_partitions(client: Client, sessions: dd.DataFrame, session_rows: int = 0) -> int:
+    """:func:`partition_count` for ``client``'s workers and the sessions table."""
+    workers = len(client.scheduler_info()["workers"])
+    return partition_count(workers, sessions.npartitions, session_rows)
 
 
 def client_partitions(frame: dd.DataFrame, n: int) -> list[Any]:
@@ -199,7 +219,7 @@ def check_partitions(
     from dask import delayed
 
     raw_sessions = read_parquet(sessions_path)
-    n = npartitions or default_partitions(client, raw_sessions)
+    n = npartitions or default_partitions(client, raw_sessions, parquet_rows(sessions_path))
     sessions = with_partition_column(raw_sessions, n)
     clients = with_partition_column(read_parquet(clients_path), n)
     # Table-level checks (columns, profile) on the empty frames dask already knows.
