@@ -18,7 +18,7 @@ import pandas as pd
 from features.contract import CLIENT_ID, INTAKE_DATE, OUTCOME, SESSION_NUMBER
 from features.profiles import InstrumentProfile, get_profile
 from features.validation import validate_and_normalise
-from training.io import check_parquet_source, format_problem
+from training.io import check_parquet_source, format_problem, parquet_parts
 from training.tracking import _FINGERPRINT_VERSION
 
 if TYPE_CHECKING:
@@ -105,9 +105,11 @@ def partition_count(workers: int, input_partitions: int, session_rows: int) -> i
 
 def parquet_rows(path: str | Path) -> int:
     """Rows of a Parquet file or dataset folder, from the files' footers (no data read)."""
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    return int(ds.dataset(str(check_parquet_source(path)), format="parquet").count_rows())
+    path = check_parquet_source(path)
+    files = parquet_parts(path) if path.is_dir() else [path]
+    return sum(int(pq.ParquetFile(f).metadata.num_rows) for f in files)
 
 
 def default_partitions(client: Client, sessions: dd.DataFrame, session_rows: int = 0) -> int:
