@@ -16,6 +16,7 @@ declarations check nothing: the :class:`~service.auth.Authenticator` is the one 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -107,14 +108,20 @@ def outcome_of(status: int) -> str:
 AUTH_THREADS = 4
 
 
-async def _principal(request: Request) -> Principal:
+async def authenticated(request: Request, *, audience: str | None = None) -> Principal:
+    """The request's principal from the one authenticator (on its own threads), recorded on
+    ``request.state`` once the audit record it will leave is known to be writable (else 401).
+    ``audience``: the endpoint a CDS Hooks JWT must name (:mod:`service.cds.auth`)."""
     security: Security = request.app.state.security
     state = request.app.state
     if getattr(state, "auth_threads", None) is None:
         state.auth_threads = anyio.CapacityLimiter(AUTH_THREADS)
+    check = security.authenticator.authenticate
+    if audience is not None:
+        check = functools.partial(check, audience=audience)
     try:
         principal = await anyio.to_thread.run_sync(
-            security.authenticator.authenticate, request.headers, limiter=state.auth_threads
+            check, request.headers, limiter=state.auth_threads
         )
     except AuthError as err:
         raise HTTPException(err.status, err.detail, headers=err.headers) from None
@@ -151,7 +158,7 @@ def scoped(scope: str, *, audit_first: bool = False) -> Callable[..., Awaitable[
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
         _key: Annotated[str | None, Depends(API_KEY)],
     ) -> Principal:
-        principal = await _principal(request)
+        principal = await authenticated(request)
         try:
             require_scope(principal, scope)
         except AuthError as err:

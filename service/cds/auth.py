@@ -13,18 +13,12 @@ grant. Then the same rate limits and audit check as every ``/v1`` route.
 
 from __future__ import annotations
 
-import functools
-
-import anyio
-import anyio.to_thread
 from fastapi import HTTPException, Request
 
-from service.audit import AuditRecordError
-from service.auth import AuthError, Principal
-from service.auth.principal import challenge
+from service.auth import Principal
 from service.cds.services import SERVICES
 from service.limits import rate_limited
-from service.security import AUTH_THREADS, Security, audit_template
+from service.security import Security, authenticated
 
 NOT_CONFIGURED = (
     "CDS Hooks is not configured: set ALLIANCE_RISK_CDS_PUBLIC_URL to this service's public URL"
@@ -41,25 +35,8 @@ async def authenticate(request: Request, service_id: str, *, feedback: bool) -> 
     if public is None:
         raise HTTPException(503, NOT_CONFIGURED)
     audience = f"{public}/cds-services/{service_id}" + ("/feedback" if feedback else "")
+    principal = await authenticated(request, audience=audience)
     security: Security = request.app.state.security
-    state = request.app.state
-    if getattr(state, "auth_threads", None) is None:
-        state.auth_threads = anyio.CapacityLimiter(AUTH_THREADS)
-    check = functools.partial(
-        security.authenticator.authenticate, request.headers, audience=audience
-    )
-    try:
-        principal = await anyio.to_thread.run_sync(check, limiter=state.auth_threads)
-    except AuthError as err:
-        raise HTTPException(err.status, err.detail, headers=err.headers) from None
-    request.state.principal = principal
-    try:
-        audit_template(request.scope, 200)
-    except AuditRecordError:
-        del request.state.principal
-        detail = "credentials cannot be recorded in the audit trail"
-        header = challenge(principal.method, "invalid_token", detail)
-        raise HTTPException(401, detail, headers={"WWW-Authenticate": header}) from None
     wait = security.limiter.check({"clinic": principal.clinic, "token": principal.token_id})
     if wait is not None:
         raise rate_limited(wait)

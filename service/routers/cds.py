@@ -65,7 +65,7 @@ from service.fhir.outbound import FHIR_JSON, operation_outcome
 from service.fhir.settings import FhirSettings
 from service.model_store import LoadedModel
 from service.routers.jsonbody import OrjsonRoute
-from service.routers.risk import _count, _observed, one_client
+from service.routers.risk import score_one
 from service.schemas import RiskRequest
 from service.security import NOT_FOUND, forget_clients, note_client
 from service.settings import ServiceSettings
@@ -306,14 +306,7 @@ def _cards(
     settings: ServiceSettings,
 ) -> list[Any]:
     """The /v1/risk path for one client (preamble, scorer), then the card."""
-    edge = one_client(body, request, principal, model, settings)
-    scored = model.scorer.score(edge.episodes)
-    ((_, outcome),) = scored.by_episode()
-    if isinstance(outcome, tuple):
-        raise InvalidRequest(edge.request_problems(0, outcome))
-    assert outcome is not None, "an episode with appointments has a latest one"
-    _count(request, model, [outcome])
-    _observed(request, model, scored)
+    edge, outcome = score_one(body, request, principal, model, settings)
     scenarios = []
     wants_card = outcome.risk_band != "low" or settings.cds_low_risk_card == "info"
     if settings.cds_whatif_scenarios and wants_card:

@@ -22,7 +22,7 @@ from service.fhir.outbound import FHIR_JSON, as_parameters, operation_outcome, r
 from service.fhir.reader import FullUrls, max_resources, too_many_resources
 from service.fhir.settings import FhirSettings
 from service.routers.jsonbody import OrjsonRoute
-from service.routers.risk import _count, _observed, one_client
+from service.routers.risk import score_one
 from service.security import RiskReader
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], route_class=OrjsonRoute)
@@ -128,19 +128,12 @@ def dropout_risk(
     except FhirInputError as exc:
         return _refused(exc.issues, exc.status)
     try:
-        edge = one_client(episode.request, request, principal, model, settings)
+        _, outcome = score_one(episode.request, request, principal, model, settings)
     except InvalidRequest as exc:
         return _refused(FhirInputError(episode.issues(exc.errors)).issues)
-    scored = model.scorer.score(edge.episodes)
-    ((_, outcome),) = scored.by_episode()
-    if isinstance(outcome, tuple):
-        return _refused(episode.issues(edge.request_problems(0, outcome)))
-    assert outcome is not None, "an episode with appointments has a latest one"
-    _count(request, model, [outcome])
     assessment = risk_assessment(
         outcome, episode, model=model, request_id=request_id_of(request), settings=fhir
     )
-    _observed(request, model, scored)
     return FhirResponse(as_parameters(assessment) if wrapped else assessment)
 
 

@@ -103,6 +103,28 @@ def one_client(
     return to_episodes([body], profile)
 
 
+def score_one(
+    body: RiskRequest,
+    request: Request,
+    principal: Principal,
+    model: LoadedModel,
+    settings: ServiceSettings,
+) -> tuple[RequestEpisodes, RiskScore]:
+    """The one-client scoring path every edge takes (/v1/risk, FHIR, CDS Hooks):
+    :func:`one_client`, then the one scorer; the client's result at its latest appointment,
+    counted in the metrics and handed to the observers. The history's contract problems are a
+    422 (:class:`InvalidRequest`, as the preamble's)."""
+    edge = one_client(body, request, principal, model, settings)
+    scored = model.scorer.score(edge.episodes)
+    ((_, outcome),) = scored.by_episode()
+    if isinstance(outcome, tuple):
+        raise InvalidRequest(edge.request_problems(0, outcome))
+    assert outcome is not None, "an episode with appointments has a latest one"
+    _count(request, model, [outcome])
+    _observed(request, model, scored)
+    return edge, outcome
+
+
 @router.post(
     "/risk",
     operation_id="scoreRisk",
@@ -119,16 +141,8 @@ def risk(
 ) -> RiskResponse:
     """Calibrated dropout probability at the client's latest appointment, its risk band and
     an explanation whose group contributions add up, with the base, to the output."""
-    edge = one_client(body, request, principal, model, settings)
-    scored = model.scorer.score(edge.episodes)
-    ((_, outcome),) = scored.by_episode()
-    if isinstance(outcome, tuple):
-        raise InvalidRequest(edge.request_problems(0, outcome))
-    assert outcome is not None, "an episode with appointments has a latest one"
-    _count(request, model, [outcome])
-    response = RiskResponse.of(outcome, model_ref(model), request_id_of(request))
-    _observed(request, model, scored)
-    return response
+    _, outcome = score_one(body, request, principal, model, settings)
+    return RiskResponse.of(outcome, model_ref(model), request_id_of(request))
 
 
 @router.post(
