@@ -20,10 +20,19 @@ from training.commands.common import (
     error_console,
     fail,
 )
-from training.simulate import Cohort, SimulationConfig, simulate_cohort, write_cohort
+from training.simulate import (
+    Cohort,
+    SimulationConfig,
+    simulate_cohort,
+    simulate_truth,
+    write_cohort,
+)
 
 #: Offered as choices by typer; a test keeps it in step with features.profiles.PROFILES.
 FileFormat = Literal["csv", "parquet"]
+
+#: Subfolder of ``--out`` that ``--with-truth`` writes the fully followed tables to.
+TRUTH_FOLDER = "truth"
 
 _STAGES = {
     "calibrating": "Solving the dropout intercept",
@@ -91,6 +100,27 @@ def simulate(
             help="Also write latent.* and ruptures.* (the true generative quantities).",
         ),
     ] = False,
+    enrolment_days: Annotated[
+        int,
+        typer.Option(
+            "--enrolment-days",
+            min=1,
+            help="Intakes are spread over this many days up to two weeks before the extraction "
+            "date. Shorter windows censor more, and by intake date: 900 leaves ~10% of episodes "
+            "ongoing, 360 ~27%, 240 ~40%.",
+            rich_help_panel="Censoring",
+        ),
+    ] = SimulationConfig.enrolment_days,
+    with_truth: Annotated[
+        bool,
+        typer.Option(
+            "--with-truth",
+            help="Also write truth/sessions.* and truth/clients.*: the same episodes followed "
+            "to their end (the eventual outcome of every ongoing client), for measuring what "
+            "censoring does to a model. Never train on them.",
+            rich_help_panel="Censoring",
+        ),
+    ] = False,
     drift_clinic: Annotated[
         str | None,
         typer.Option(
@@ -144,11 +174,14 @@ def simulate(
 
     The drift options make a cohort that no longer looks like the default one (a clinic whose
     ratings shift, an instrument change, a rise in no-shows), to test `alliance-risk monitor`.
+    The censoring options make many episodes still running at extraction (--enrolment-days)
+    and write their eventual outcomes apart (--with-truth), to test how training handles them.
     """
     check_output_or_exit("--out", out, folder=True)
     try:
         config = SimulationConfig(
             dropout_rate=dropout_rate,
+            enrolment_days=enrolment_days,
             drift_clinic=drift_clinic,
             drift_from=drift_from.date() if drift_from else None,
             rating_shift=rating_shift,
@@ -177,6 +210,10 @@ def simulate(
         )
         task = bar.add_task("Writing files", total=None)
         written = write_cohort(cohort, out, fmt=fmt, with_latent=with_latent)
+        if with_truth:
+            truth = simulate_truth(clients, seed=seed, profile=profile, config=config)
+            truth_files = write_cohort(truth, out / TRUTH_FOLDER, fmt=fmt)
+            written |= {f"truth {name}": truth_files[name] for name in ("sessions", "clients")}
         bar.update(task, total=1, completed=1)
     Console().print(_summary(cohort, written))
 

@@ -13,7 +13,9 @@ front-loaded in time and raised by low alliance (goal and task agreement more th
 far the alliance has fallen below the client's own early level, an unrepaired rupture, a no-show
 (most early), age under 25, a high no-show propensity and the therapist. A client who decides to
 stop usually misses one to three further booked appointments before the record ends. Episodes
-still running at the extraction date are truncated there and labelled ``ongoing``.
+still running at the extraction date are truncated there and labelled ``ongoing``; a short
+enrolment window (``SimulationConfig.enrolment_days``) makes that censoring heavy, and
+:func:`simulate_truth` gives the same episodes followed to their end, for measurement only.
 
 The intercept of the hazard is solved for so that the share of dropouts among episodes that have
 ended by extraction equals ``SimulationConfig.dropout_rate``: a pilot cohort is simulated with
@@ -59,6 +61,7 @@ __all__ = [
     "dropout_intercept",
     "is_simulated",
     "simulate_cohort",
+    "simulate_truth",
     "write_cohort",
 ]
 
@@ -126,3 +129,24 @@ def simulate_cohort(
         prof.name,
     )
     return cohort
+
+
+def simulate_truth(
+    n_clients: int,
+    *,
+    seed: int,
+    profile: InstrumentProfile | str = "alliance6",
+    config: SimulationConfig | None = None,
+) -> Cohort:
+    """The cohort :func:`simulate_cohort` gives for the same arguments, followed to the end.
+
+    Same clients, intakes, appointments and ratings up to the extraction date; after it the
+    appointments that the extract cut off, and every outcome as it eventually turned out
+    (nothing ``ongoing``). The hazard intercept is the censored cohort's, so the two differ only
+    in what has been observed. For measuring what censoring does to a model (the truth of the
+    censored clients); never train on it.
+    """
+    cfg = config or SimulationConfig()
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    intercept = dropout_intercept(cfg.without_drift(), prof)
+    return simulate_cohort(n_clients, seed=seed, profile=prof, config=cfg.fully_followed(intercept))
