@@ -220,6 +220,37 @@ class ServiceSettings(BaseSettings):
         "older one) and a new one is started: at most about twice this on disk.",
     )
 
+    store_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the client store (episodes, sessions, outcomes, risk "
+        "history): sqlite:///<path> or postgresql+psycopg2://user@host/db. Default: SQLite "
+        "file <project root>/.alliance-risk/store.db. See docs/store.md.",
+    )
+    store_connect_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="Seconds to wait for a database connection; past it the store's routes "
+        "answer 503 with Retry-After (POST /v1/risk does not use the store).",
+    )
+    store_statement_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Longest database statement (PostgreSQL statement_timeout) and longest "
+        "wait for SQLite's writer lock (busy_timeout).",
+    )
+    store_migrate_on_start: bool = Field(
+        True,
+        description="Upgrade the store's schema to the newest migration when the service first "
+        "reaches the database. Off: run `alliance-risk db upgrade`; until then the store's "
+        "routes answer 503.",
+    )
+
+    def resolved_store_url(self) -> str:
+        """``store_url``, or the default SQLite file under the data folder."""
+        return self.store_url or f"sqlite:///{_data_dir() / 'store.db'}"
+
     @field_validator("cds_cors_origins")
     @classmethod
     def _exact_cds_origins(cls, origins: list[str]) -> list[str]:

@@ -1,0 +1,153 @@
+"""The store's tables (SQLAlchemy Core): episodes, sessions, outcomes, risk scores, idempotency
+keys and the per-clinic change counter.
+
+The tables hold what ``POST /v1/risk`` would be sent, so the stored rows of an episode rebuild
+exactly the :class:`~service.schemas.RiskRequest` the scorer gets (:mod:`service.store.repository`):
+``episodes`` holds the contract's client fields, ``sessions`` one appointment each with its
+ratings as the API's JSON object (element name -> rating or null; NULL when the appointment
+carried no ratings). The store is treated like the EHR extract it copies.
+
+Risk scores carry no client data beyond the episode they belong to: the probability, band, model
+version, the top driver in clinician language and the explanation (which quotes ratings and
+counts, never dates or ids). The latest score is also kept on the episode row, so a clinic's
+caseload is one indexed query on ``episodes``.
+
+``clinic_state.version`` is bumped in the same transaction as every write that changes a
+caseload row (a session, an outcome, a score): a reader compares it for a cheap strong ETag.
+
+The schema is created and changed only by the Alembic migrations in ``migrations/versions``;
+``metadata`` here must match their head (a test compares them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+from service.schemas import ID_MAX_LENGTH, TEXT_MAX_LENGTH
+
+#: Constraint names that Alembic can address on every backend.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+#: Outcomes of an episode (``POST /v1/clients/{id}/outcome``).
+OUTCOMES = ("completed", "dropout")
+#: Why a score was stored: a write to the client, or a new model scoring stored episodes.
+SCORE_REASONS = ("ingest", "rescore")
+
+clinic_state = Table(
+    "clinic_state",
+    metadata,
+    Column("clinic_id", String(ID_MAX_LENGTH), primary_key=True),
+    Column("version", BigInteger, nullable=False, default=0),
+)
+
+episodes = Table(
+    "episodes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("clinic_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("client_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("therapist_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("intake_date", Date, nullable=False),
+    Column("age", Integer, nullable=True),
+    Column("gender", String(TEXT_MAX_LENGTH), nullable=True),
+    Column("referral_source", String(TEXT_MAX_LENGTH), nullable=True),
+    # NULL while the episode is open; 'completed' or 'dropout' once closed (outcomes table).
+    Column("outcome", String(16), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The latest stored score, denormalised for the caseload (risk_scores holds the history).
+    Column("latest_score_id", Integer, nullable=True),
+    Column("latest_probability", Float, nullable=True),
+    Column("latest_band", String(16), nullable=True),
+    Column("latest_model_version", String(64), nullable=True),
+    Column("latest_scored_at", DateTime(timezone=True), nullable=True),
+    Column("latest_top_driver", String(512), nullable=True),
+    UniqueConstraint("clinic_id", "client_id"),
+    Index(None, "clinic_id", "latest_probability"),
+    Index(None, "clinic_id", "updated_at"),
+    Index(None, "clinic_id", "therapist_id"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("episode_id", Integer, ForeignKey("episodes.id", ondelete="CASCADE"), nullable=False),
+    Column("session_number", Integer, nullable=False),
+    Column("session_date", Date, nullable=False),
+    Column("attendance", String(16), nullable=False),
+    # The API's ratings object as sent ({element: rating or null}); NULL when none was sent.
+    Column("ratings", JSON, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("episode_id", "session_number"),
+)
+
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column(
+        "episode_id",
+        Integer,
+        ForeignKey("episodes.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("outcome", String(16), nullable=False),
+    Column("outcome_date", Date, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+risk_scores = Table(
+    "risk_scores",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("episode_id", Integer, ForeignKey("episodes.id", ondelete="CASCADE"), nullable=False),
+    Column("model_name", String(256), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("scored_at", DateTime(timezone=True), nullable=False),
+    # Session number of the appointment the risk is computed at.
+    Column("landmark", Integer, nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("band", String(16), nullable=False),
+    Column("top_driver", String(512), nullable=True),
+    # models.results.RiskExplanation as JSON (ratings and counts, never dates or ids).
+    Column("explanation", JSON, nullable=False),
+    Column("reason", String(16), nullable=False),
+    Index(None, "episode_id", "scored_at"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("clinic_id", String(ID_MAX_LENGTH), nullable=False),
+    # SHA-256 of the caller's Idempotency-Key (a value the caller chose is never stored).
+    Column("key_hash", String(64), nullable=False),
+    # SHA-256 of the method, route and body: the same key with another request is refused.
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("clinic_id", "key_hash"),
+    Index(None, "created_at"),
+)
