@@ -1,0 +1,295 @@
+"""A clinic's caseload: its open episodes sorted by risk, one page at a time, and the page's
+strong ETag.
+
+One query serves ``GET /v1/clinics/{clinic_id}/caseload`` and the dashboard's caseload table
+(:func:`caseload_page`). The latest score of each episode is denormalised on the ``episodes``
+row (:mod:`service.store.tables`), so a page is one indexed query on ``episodes`` plus one on
+``risk_scores`` for the page's change since last week.
+
+Order: probability descending, then the episode's store id descending (a stable tie-break the
+clinic's ``(clinic_id, latest_probability)`` index already holds). Open episodes not scored
+yet (their history breaks the data contract, or no model was loaded when it arrived) come last,
+newest first, with no probability: a caseload never hides a client. Pages are keyset pages: the
+opaque cursor names the last row's sort key, so a row that moves while a clinician pages is
+neither skipped twice nor costs an offset scan.
+
+The ETag (:func:`caseload_etag`) is computed from ``clinic_state.version`` (bumped with every
+write that changes a caseload row), the week the change is measured against, the filters, the
+cursor and the limit, never by serialising the list: a poll that changed nothing costs one
+primary-key read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import Connection, Row, and_, func, or_, select
+
+from service.store.tables import clinic_state, episodes, risk_scores
+
+#: Rows per page unless the caller asks for fewer or more.
+DEFAULT_LIMIT = 100
+#: The most rows one page may hold (a 5,000-client clinic is five pages).
+MAX_LIMIT = 1000
+#: Bumped when the body's format changes, so an old ETag never matches a new body.
+FORMAT = "caseload/1"
+#: How far back "the change since last week" looks.
+WEEK = timedelta(days=7)
+
+Band = Literal["low", "moderate", "high"]
+
+
+class CursorError(ValueError):
+    """The cursor is not one this service issued."""
+
+
+@dataclass(frozen=True)
+class CaseloadFilters:
+    """Which open episodes to list: one therapist's, one band's, those changed since a time."""
+
+    therapist_id: str | None = None
+    band: Band | None = None
+    changed_since: datetime | None = None
+
+    def key(self) -> str:
+        since = "" if self.changed_since is None else _utc(self.changed_since).isoformat()
+        return f"{self.therapist_id or ''}\x1f{self.band or ''}\x1f{since}"
+
+
+@dataclass(frozen=True)
+class CaseloadRow:
+    """One open episode of the caseload.
+
+    ``probability``, ``band``, ``model_version`` and ``scored_at`` are those of its latest
+    score (None when it has none yet); ``change_since_last_week`` is ``probability`` minus the
+    latest score at or before :func:`week_cutoff` (None when there is none); ``top_driver`` is
+    the score's largest driver in clinician language.
+    """
+
+    client_id: str
+    therapist_id: str
+    band: str | None
+    probability: float | None
+    change_since_last_week: float | None
+    top_driver: str | None
+    model_version: str | None
+    scored_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CaseloadPage:
+    """One page of a caseload: rows in order, and the cursor of the next page (None at the
+    end)."""
+
+    clinic_id: str
+    rows: tuple[CaseloadRow, ...]
+    next_cursor: str | None
+    limit: int
+    week_cutoff: datetime
+
+
+def week_cutoff(now: datetime | None = None) -> datetime:
+    """The time "last week" is read at: the start (UTC) of the day seven days before ``now``.
+
+    A whole day rather than exactly 168 hours ago, so a caseload's body, and its ETag, change
+    at most once a day with the passing of time instead of on every poll.
+    """
+    today = _utc(now or datetime.now(UTC)).date()
+    return datetime.combine(today - WEEK, time(0), tzinfo=UTC)
+
+
+def clinic_version(conn: Connection, clinic_id: str) -> int:
+    """The clinic's change counter (0 for a clinic with nothing stored)."""
+    version = conn.execute(
+        select(clinic_state.c.version).where(clinic_state.c.clinic_id == clinic_id)
+    ).scalar_one_or_none()
+    return int(version or 0)
+
+
+def caseload_etag(
+    conn: Connection,
+    clinic_id: str,
+    filters: CaseloadFilters,
+    cursor: str | None,
+    limit: int,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """The strong ETag (quoted) of the page :func:`caseload_page` returns for the same
+    arguments: one primary-key read, no rows."""
+    version = clinic_version(conn, clinic_id)
+    return etag_of(clinic_id, version, week_cutoff(now).date(), filters, cursor, limit)
+
+
+def etag_of(
+    clinic_id: str,
+    version: int,
+    cutoff: date,
+    filters: CaseloadFilters,
+    cursor: str | None,
+    limit: int,
+) -> str:
+    """Everything a page's body depends on, hashed (SHA-256, 128 bits kept), quoted."""
+    raw = "\x1e".join(
+        (FORMAT, clinic_id, str(version), cutoff.isoformat(), filters.key(), cursor or "",
+         str(limit))
+    )  # fmt: skip
+    return '"' + hashlib.sha256(raw.encode()).hexdigest()[:32] + '"'
+
+
+def caseload_page(
+    conn: Connection,
+    clinic_id: str,
+    filters: CaseloadFilters,
+    cursor: str | None,
+    limit: int = DEFAULT_LIMIT,
+    *,
+    now: datetime | None = None,
+) -> CaseloadPage:
+    """One page of the clinic's open episodes, highest risk first.
+
+    Parameters
+    ----------
+    conn
+        A connection to the store (read only here).
+    clinic_id
+        The caller's clinic (from its credential, never from the request).
+    filters
+        Therapist, band and changed-since; None means no filter.
+    cursor
+        ``next_cursor`` of the previous page, or None for the first page.
+    limit
+        Rows per page, 1 to :data:`MAX_LIMIT`.
+    now
+        The time "last week" is measured from (default: now).
+
+    Raises
+    ------
+    CursorError
+        ``cursor`` is not one :func:`caseload_page` issued.
+    ValueError
+        ``limit`` is out of range.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
+    after = decode_cursor(cursor)
+    cutoff = week_cutoff(now)
+    e = episodes.c
+    where = [e.clinic_id == clinic_id, e.outcome.is_(None)]
+    if filters.therapist_id is not None:
+        where.append(e.therapist_id == filters.therapist_id)
+    if filters.band is not None:
+        where.append(e.latest_band == filters.band)
+    if filters.changed_since is not None:
+        since = _utc(filters.changed_since)
+        where.append(or_(e.updated_at >= since, e.latest_scored_at >= since))
+    columns = (
+        e.id, e.client_id, e.therapist_id, e.latest_band, e.latest_probability,
+        e.latest_top_driver, e.latest_model_version, e.latest_scored_at,
+    )  # fmt: skip
+    found: list[Any] = []
+    # Fetch one more than the page: whether a next page exists without a count.
+    if after is None or after.probability is not None:
+        scored = [*where, e.latest_probability.is_not(None)]
+        if after is not None:
+            p, i = after.probability, after.episode_id
+            scored.append(or_(e.latest_probability < p, and_(e.latest_probability == p, e.id < i)))
+        query = (
+            select(*columns)
+            .where(*scored)
+            .order_by(e.latest_probability.desc(), e.id.desc())
+            .limit(limit + 1)
+        )
+        found.extend(conn.execute(query).all())
+    if len(found) <= limit and filters.band is None:
+        unscored = [*where, e.latest_probability.is_(None)]
+        if after is not None and after.probability is None:
+            unscored.append(e.id < after.episode_id)
+        query = (
+            select(*columns).where(*unscored).order_by(e.id.desc()).limit(limit + 1 - len(found))
+        )
+        found.extend(conn.execute(query).all())
+    more = len(found) > limit
+    found = found[:limit]
+    before = _scores_at(conn, [r.id for r in found if r.latest_probability is not None], cutoff)
+    rows = tuple(_row(r, before.get(r.id)) for r in found)
+    next_cursor = None
+    if more:
+        next_cursor = encode_cursor(found[-1].id, found[-1].latest_probability)
+    return CaseloadPage(clinic_id, rows, next_cursor, limit, cutoff)
+
+
+def _row(r: Row[Any], week_ago: float | None) -> CaseloadRow:
+    p = r.latest_probability
+    return CaseloadRow(
+        client_id=r.client_id,
+        therapist_id=r.therapist_id,
+        band=r.latest_band,
+        probability=p,
+        change_since_last_week=None if p is None or week_ago is None else p - week_ago,
+        top_driver=r.latest_top_driver,
+        model_version=r.latest_model_version,
+        scored_at=None if r.latest_scored_at is None else _utc(r.latest_scored_at),
+    )
+
+
+def _scores_at(conn: Connection, episode_ids: list[int], cutoff: datetime) -> dict[int, float]:
+    """Episode id -> probability of its latest score at or before ``cutoff``."""
+    if not episode_ids:
+        return {}
+    r = risk_scores.c
+    ranked = (
+        select(
+            r.episode_id,
+            r.probability,
+            func.row_number()
+            .over(partition_by=r.episode_id, order_by=(r.scored_at.desc(), r.id.desc()))
+            .label("rank"),
+        )
+        .where(r.episode_id.in_(episode_ids), r.scored_at <= cutoff)
+        .subquery()
+    )
+    query = select(ranked.c.episode_id, ranked.c.probability).where(ranked.c.rank == 1)
+    return {int(i): float(p) for i, p in conn.execute(query).all()}
+
+
+def encode_cursor(episode_id: int, probability: float | None) -> str:
+    """The opaque cursor after a row: its sort key (the probability and the store's own row
+    id; no client identifier, since cursors travel in URLs and access logs)."""
+    key = ["u", episode_id] if probability is None else ["s", probability, episode_id]
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class CursorKey:
+    """The sort key of the last row of a page (``probability`` None: an unscored row)."""
+
+    probability: float | None
+    episode_id: int
+
+
+def decode_cursor(cursor: str | None) -> CursorKey | None:
+    """The sort key of :func:`encode_cursor`; CursorError for anything else."""
+    if cursor is None:
+        return None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise CursorError("not a cursor this service issued") from None
+    match key:
+        case ["s", float() | int() as p, int() as i] if 0.0 <= p <= 1.0 and i > 0:
+            return CursorKey(float(p), i)
+        case ["u", int() as i] if i > 0:
+            return CursorKey(None, i)
+    raise CursorError("not a cursor this service issued")
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC (SQLite hands stored times back naive; they were stored as UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
