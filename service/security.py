@@ -53,6 +53,9 @@ AUDITED = {
     "/cds-services": "cds.discovery",
     "/cds-services/{service_id}": "cds.hook",
     "/cds-services/{service_id}/feedback": "cds.feedback",
+    "/v1/clients/{client_id}/sessions": "clients.sessions_write",
+    "/v1/clients/{client_id}/outcome": "clients.outcome_write",
+    "/v1/clients/{client_id}/risk": "clients.risk_read",
 }
 #: Paths (and everything under them) whose every request is audited.
 AUDITED_PREFIXES = ("/v1", "/cds-services", "/fhir")

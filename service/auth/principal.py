@@ -1,7 +1,9 @@
 """Who the caller is and what they may do: ``Principal``, the scopes, ``AuthError`` and the
 ``WWW-Authenticate`` challenge every refusal carries.
 
-Scopes: ``risk:read`` (score one client), ``risk:batch``, ``model:read``, ``model:admin``. The
+Scopes: ``risk:read`` (score one client), ``risk:batch``, ``model:read``, ``model:admin``,
+``clients:read`` and ``clients:write`` (the client store's stored risk, and its sessions and
+outcomes). The
 SMART Backend Services scopes (v1 and v2 syntax) on RiskAssessment (``system/RiskAssessment.rs``,
 ``.read``) are accepted as ``risk:read``; ``system/Patient.rs`` and ``system/Observation.rs`` are
 recognised and grant nothing alone (:func:`smart_scope`); any other scope is ignored. Nothing here does I/O.
@@ -18,8 +20,10 @@ RISK_READ = "risk:read"  # score one client
 RISK_BATCH = "risk:batch"  # score many clients in one request
 MODEL_READ = "model:read"  # model card and version
 MODEL_ADMIN = "model:admin"  # reload the model
+CLIENTS_READ = "clients:read"  # read a stored client's risk and history (the store, issue 21)
+CLIENTS_WRITE = "clients:write"  # store a client's sessions and outcome (rescores the client)
 #: Every scope the service checks.
-SCOPES = frozenset({RISK_READ, RISK_BATCH, MODEL_READ, MODEL_ADMIN})
+SCOPES = frozenset({RISK_READ, RISK_BATCH, MODEL_READ, MODEL_ADMIN, CLIENTS_READ, CLIENTS_WRITE})
 #: SMART on FHIR v1 (``.read``) and v2 (``.rs`` = read + search) system scopes on the resource
 #: this service produces, accepted as ``risk:read`` (SMART App Launch 2.x, "Scopes and Launch
 #: Context"). :func:`smart_scope` reads the whole grammar; these are the documented forms.
