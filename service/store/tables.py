@@ -24,6 +24,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -150,4 +151,41 @@ idempotency_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("clinic_id", "key_hash"),
     Index(None, "created_at"),
+)
+
+#: CDS Hooks card feedback (service.cds.feedback): the card's uuid, the outcome and the
+#: override reason's coding; no client data, and never the clinician's free-text comment.
+cds_feedback = Table(
+    "cds_feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("clinic_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("request_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("card", String(ID_MAX_LENGTH), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("override_system", String(4096), nullable=True),
+    Column("override_code", String(256), nullable=True),
+    Column("accepted_suggestions", Integer, nullable=False),
+    Column("commented", Boolean, nullable=False),
+    Column("outcome_time", DateTime(timezone=True), nullable=False),
+    Index(None, "clinic_id", "received_at"),
+)
+
+#: Rescoring stored episodes with a new champion (service.store.rescore): which version the
+#: stored scores are being (or were) brought to, who holds the lease, and how far it got.
+rescore_state = Table(
+    "rescore_state",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("model_name", String(256), nullable=True),
+    Column("model_version", String(64), nullable=True),
+    Column("done", Boolean, nullable=False),
+    Column("holder", String(64), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("after_episode_id", Integer, nullable=False),
+    Column("rescored", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
 )
