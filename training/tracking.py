@@ -4,7 +4,9 @@ The embedded default is an SQLite-backed MLflow store under ``<project root>/.ml
 artifacts in ``<project root>/.mlflow/artifacts``; ``MLFLOW_TRACKING_URI`` overrides it (for
 example ``http://127.0.0.1:5000`` for a tracking server with a PostgreSQL backend store).
 Outside a checkout the project root is the per-user data folder
-(:func:`models.store.project_root`), never the current directory.
+(:func:`models.store.project_root`), never the current directory. Artifacts follow the store
+(:func:`store_artifact_location`): an SQLite store at ``<dir>/mlflow.db`` keeps them in
+``<dir>/artifacts``, wherever the command runs from.
 
 Nothing happens at import time: :func:`configure_mlflow` creates directories and sets the URI
 only when it is called.
@@ -19,6 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -40,6 +43,7 @@ from models.store import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ARTIFACTS_DIRNAME",
     "STORE_DIRNAME",
     "TRACKING_URI_ENV",
     "artifact_location",
@@ -58,15 +62,17 @@ TAG_DATASET_FINGERPRINT = "dataset.fingerprint"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 
 _FINGERPRINT_VERSION = "alliance-risk-fingerprint-v1"
+#: Artifact folder beside an SQLite store's database file.
+ARTIFACTS_DIRNAME = "artifacts"
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     """The tracking set-up in force after :func:`configure_mlflow`.
 
-    ``artifact_location`` is the file URI new experiments store artifacts under when the store
-    is local (embedded SQLite or a direct database URI); ``None`` when a tracking server
-    (``http``/``https``) decides where artifacts go.
+    ``artifact_location`` is the file URI new experiments store artifacts under
+    (:func:`store_artifact_location`: beside an SQLite database, or the project's for another
+    database); ``None`` when a tracking server (``http``/``https``) decides where they go.
     """
 
     tracking_uri: str
@@ -90,9 +96,33 @@ def configure_mlflow(project_root: Path | None = None, uri: str | None = None) -
         (root / STORE_DIRNAME / "artifacts").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
-    location = None if is_server_uri(resolved) else artifact_location(root)
+    location = store_artifact_location(resolved, root)
     logger.debug("MLflow tracking store configured (embedded=%s)", embedded)
     return TrackingConfig(tracking_uri=resolved, artifact_location=location, embedded=embedded)
+
+
+def store_artifact_location(uri: str, project_root: Path | None = None) -> str | None:
+    """File URI where new experiments of the store at ``uri`` keep their artifacts.
+
+    - An SQLite store (``sqlite:///<dir>/mlflow.db``, relative paths resolved as SQLite does,
+      from the current directory at call time): ``<dir>/artifacts``, beside the database, so
+      the store and its artifacts move and are deleted together. The embedded store is the
+      case ``<project root>/.mlflow``.
+    - A tracking server (``http(s)``) or a file store: ``None``, the store decides.
+    - Another database (``postgresql://...``) or in-memory SQLite: ``<project
+      root>/.mlflow/artifacts`` (:func:`models.store.artifact_location`), never the current
+      directory (MLflow's own default would be ``./mlruns`` relative to it).
+    """
+    scheme = urlparse(uri).scheme.lower()
+    if is_server_uri(uri) or scheme in {"", "file"}:
+        return None
+    if scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return (Path(database).resolve().parent / ARTIFACTS_DIRNAME).as_uri()
+    return artifact_location(project_root)
 
 
 def ensure_experiment(
@@ -103,8 +133,8 @@ def ensure_experiment(
 ) -> str:
     """Return the id of experiment ``name``, creating it (or restoring a deleted one) if needed.
 
-    With a local store (not an ``http(s)`` server) a new experiment stores its artifacts under
-    :func:`artifact_location`; otherwise MLflow's default applies, which for SQLite would be a
+    A new experiment stores its artifacts where :func:`store_artifact_location` says (beside an
+    SQLite store's database; a server decides its own); MLflow's default for SQLite would be a
     ``mlruns/`` directory relative to whatever the current directory happens to be.
 
     Parameters
@@ -114,7 +144,8 @@ def ensure_experiment(
     client : MlflowClient, optional
         Defaults to a client on the current tracking URI (see :func:`configure_mlflow`).
     project_root : Path, optional
-        Root whose ``.mlflow/artifacts`` is used; found from the cwd by default.
+        Root whose ``.mlflow/artifacts`` is used for a non-SQLite database store; found from
+        the cwd by default.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -128,7 +159,7 @@ def ensure_experiment(
             client.restore_experiment(existing.experiment_id)
             logger.info("restored deleted experiment %s", existing.experiment_id)
         return str(existing.experiment_id)
-    location = None if is_server_uri(client.tracking_uri) else artifact_location(project_root)
+    location = store_artifact_location(client.tracking_uri, project_root)
     try:
         return str(client.create_experiment(name, artifact_location=location))
     except MlflowException as exc:

@@ -314,3 +314,41 @@ def test_provenance_tags() -> None:
     assert provenance_tags("ab" * 32, None) == {"dataset.fingerprint": "ab" * 32}
     tags = provenance_tags("ab" * 32, "c" * 40)
     assert tags["mlflow.source.git.commit"] == "c" * 40
+
+
+# --------------------------------------------------------------------------- artifact location
+
+
+def test_experiment_artifacts_follow_an_sqlite_store_not_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_sqlite_uri: str
+) -> None:
+    # Run from inside the checkout, as the tests do: artifacts must still go beside the store.
+    monkeypatch.chdir(ROOT)
+    client = MlflowClient(tracking_uri=mlflow_sqlite_uri, registry_uri=mlflow_sqlite_uri)
+    experiment = client.get_experiment(ensure_experiment("beside-the-store", client=client))
+    store_dir = Path(mlflow_sqlite_uri.removeprefix("sqlite:///")).parent
+    assert experiment.artifact_location == (store_dir / "artifacts").as_uri()
+    assert not experiment.artifact_location.startswith(ROOT.as_uri())
+
+
+def test_store_artifact_location_by_kind_of_store(
+    tmp_path: Path, fake_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = tracking.store_artifact_location("sqlite:///stores/a/mlflow.db", fake_project)
+    assert relative == (tmp_path / "stores" / "a" / "artifacts").resolve().as_uri()
+    assert tracking.store_artifact_location("http://127.0.0.1:5999") is None
+    assert tracking.store_artifact_location(f"file://{tmp_path}/mlruns") is None
+    for uri in ("postgresql+psycopg2://u@127.0.0.1:5432/mlflow", "sqlite:///:memory:"):
+        assert tracking.store_artifact_location(uri, fake_project) == artifact_location(
+            fake_project
+        )
+
+
+def test_configure_reports_the_artifacts_beside_an_sqlite_override(
+    tmp_path: Path, fake_project: Path, restore_mlflow_uris: None
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    config = configure_mlflow(fake_project, uri=uri)
+    assert config.artifact_location == (tmp_path / "other" / "artifacts").as_uri()
+    assert not (fake_project / ".mlflow").exists()
