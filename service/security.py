@@ -56,9 +56,13 @@ AUDITED = {
     "/v1/clients/{client_id}/sessions": "clients.sessions_write",
     "/v1/clients/{client_id}/outcome": "clients.outcome_write",
     "/v1/clients/{client_id}/risk": "clients.risk_read",
+    "/dashboard/": "dashboard.caseload",
+    "/dashboard/clients/{client_id}": "dashboard.client",
+    "/dashboard/sign-in": "dashboard.sign_in",
+    "/dashboard/sign-out": "dashboard.sign_out",
 }
 #: Paths (and everything under them) whose every request is audited.
-AUDITED_PREFIXES = ("/v1", "/cds-services", "/fhir")
+AUDITED_PREFIXES = ("/v1", "/cds-services", "/fhir", "/dashboard")
 #: Audit action of a ``/v1`` request that matched no route (a 404, a trailing-slash redirect).
 UNROUTED = "request.unrouted"
 #: Status recorded for a request whose body never arrived in full (Request Timeout).

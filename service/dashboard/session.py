@@ -1,0 +1,102 @@
+"""The dashboard's signed session cookie and its CSRF checks.
+
+Signing in exchanges an API key or a bearer token, checked by the service's one
+:class:`~service.auth.Authenticator`, for a cookie that names the principal (subject, clinic,
+scopes, token id, method) and a random CSRF token, signed with itsdangerous and valid for
+:data:`SESSION_MAX_AGE_S`. The cookie never holds the key or the token: it cannot be replayed
+against ``/v1``. It is ``HttpOnly`` (no script reads it), ``Secure`` (sent over HTTPS only;
+browsers treat ``http://localhost`` and ``127.0.0.1`` as secure too) and ``SameSite=Strict``
+(no other site's page can make the browser send it).
+
+The signing key is derived from the audit key (an HMAC of a fixed label under it), so every
+worker of one ``serve`` and every restart agree on it, and no new secret needs configuring;
+rotating the audit key signs everyone out.
+
+Writes (sign-out) carry the session's CSRF token in a hidden field (the synchronizer token
+pattern) and must come with an ``Origin`` of this host; sign-in, which has no session yet,
+needs the ``Origin`` check alone (OWASP CSRF cheat sheet).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from fastapi import Request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from service.audit import ClientRefs
+from service.auth import Principal
+
+COOKIE = "alliance_risk_dashboard"
+#: Path the cookie is sent to: the dashboard only, never /v1.
+COOKIE_PATH = "/dashboard"
+#: A session lasts half an hour, then the clinician signs in again.
+SESSION_MAX_AGE_S = 30 * 60
+_SALT = "alliance-risk dashboard session v1"
+#: The label the signing key is derived under (see the module docstring).
+_KEY_LABEL = "\x00alliance-risk dashboard session signing key"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in clinician: who (as :class:`Principal`) and the session's CSRF token."""
+
+    principal: Principal
+    csrf: str
+
+
+def signer(refs: ClientRefs) -> URLSafeTimedSerializer:
+    """The cookie serializer, keyed by an HMAC of a fixed label under the audit key."""
+    return URLSafeTimedSerializer(refs(_KEY_LABEL), salt=_SALT)
+
+
+def dump(session: Session, serializer: URLSafeTimedSerializer) -> str:
+    """The cookie value of ``session`` (signed, time-stamped; not encrypted: nothing secret)."""
+    p = session.principal
+    return serializer.dumps({
+        "sub": p.subject, "clinic": p.clinic, "scopes": sorted(p.scopes), "tid": p.token_id,
+        "method": p.method, "iss": p.issuer, "csrf": session.csrf,
+    })  # fmt: skip
+
+
+def load(value: str | None, serializer: URLSafeTimedSerializer) -> Session | None:
+    """The session of a cookie value, or None when it is missing, forged, malformed or older
+    than :data:`SESSION_MAX_AGE_S`."""
+    if not value:
+        return None
+    try:
+        data = serializer.loads(value, max_age=SESSION_MAX_AGE_S)
+        principal = Principal(
+            subject=str(data["sub"]), clinic=str(data["clinic"]),
+            scopes=frozenset(str(s) for s in data["scopes"]), token_id=str(data["tid"]),
+            method=data["method"], issuer=data["iss"],
+        )  # fmt: skip
+        csrf = str(data["csrf"])
+    except (BadSignature, KeyError, TypeError, ValueError):
+        return None
+    return Session(principal, csrf)
+
+
+def new_session(principal: Principal) -> Session:
+    return Session(principal, secrets.token_urlsafe(24))
+
+
+def same_origin(request: Request) -> bool:
+    """Whether the request's ``Origin`` (or, without one, its ``Referer``) names this host.
+
+    A browser sends ``Origin`` with every form POST; a request with neither header is refused.
+    """
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    host = request.headers.get("host")
+    if not origin or not host or origin == "null":
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+
+
+def csrf_ok(session: Session, submitted: str | None) -> bool:
+    """The synchronizer token check, in constant time."""
+    return submitted is not None and hmac.compare_digest(session.csrf, submitted)
