@@ -1,0 +1,168 @@
+"""The caseload query (service.store.caseload) on SQLite and PostgreSQL: open episodes only,
+probability descending, keyset pages that list every row once, filters, the change since last
+week, and an ETag that moves with every write and with nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from service.store.caseload import (
+    CaseloadFilters,
+    CursorError,
+    caseload_etag,
+    caseload_page,
+    decode_cursor,
+    encode_cursor,
+    week_cutoff,
+)
+from service.store.db import Store
+from service.store.tables import clinic_state, episodes, risk_scores
+from tests.service.test_caseload_support import (
+    days_ago,
+    postgres_store,
+    score_row,
+    seed_episodes,
+    seed_rows,
+    sqlite_store,
+)
+
+CLINIC = "clinic-cl"
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = sqlite_store(tmp_path)
+    else:
+        s = postgres_store(request.getfixturevalue("postgres_server"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _episode(i: int, p: float | None, **kw) -> dict:
+    at = days_ago(1)
+    scored = {} if p is None else {
+        "latest_probability": p, "latest_band": "high" if p >= 0.5 else "low",
+        "latest_model_version": "1", "latest_scored_at": at, "latest_top_driver": f"driver {i}",
+    }  # fmt: skip
+    return {"id": i, "clinic_id": CLINIC, "client_id": f"cl-{i:04d}", **scored, **kw}
+
+
+def _all_pages(store: Store, filters: CaseloadFilters | None = None, limit: int = 3) -> list:
+    rows, cursor, pages = [], None, 0
+    while True:
+        with store.read() as conn:
+            page = caseload_page(conn, CLINIC, filters or CaseloadFilters(), cursor, limit)
+        rows.extend(page.rows)
+        pages += 1
+        assert len(page.rows) <= limit
+        cursor = page.next_cursor
+        if cursor is None:
+            return rows
+        assert pages < 100
+
+
+def test_pages_list_open_episodes_by_risk_each_once(store: Store) -> None:
+    # Ties on probability across page boundaries, unscored episodes, a closed one, another
+    # clinic's.
+    ps = [0.9, 0.5, 0.5, 0.5, 0.5, 0.2, None, 0.1, None]
+    seed_episodes(store, [_episode(i + 1, p) for i, p in enumerate(ps)] + [
+        _episode(20, 0.99, outcome="dropout"),
+        {**_episode(21, 0.95), "clinic_id": "other", "client_id": "other-1"},
+    ])  # fmt: skip
+    rows = _all_pages(store, limit=3)
+    assert [r.client_id for r in rows] == [
+        "cl-0001", "cl-0005", "cl-0004", "cl-0003", "cl-0002", "cl-0006", "cl-0008",
+        "cl-0009", "cl-0007",
+    ]  # fmt: skip
+    assert [r.probability for r in rows] == [0.9, 0.5, 0.5, 0.5, 0.5, 0.2, 0.1, None, None]
+    assert rows[0].model_version == "1" and rows[0].top_driver == "driver 1"
+    assert rows[0].scored_at is not None and rows[0].scored_at.tzinfo is not None
+    for limit in (1, 2, 4, 9, 10):  # every page size lists the same rows in the same order
+        assert [r.client_id for r in _all_pages(store, limit=limit)] == [r.client_id for r in rows]
+
+
+def test_filters(store: Store) -> None:
+    old = days_ago(30)
+    seed_episodes(store, [
+        _episode(1, 0.8, therapist_id="t-a", updated_at=old),
+        _episode(2, 0.1, therapist_id="t-b", updated_at=old),
+        _episode(3, 0.7, therapist_id="t-b", updated_at=old, latest_scored_at=old),
+        _episode(4, None, therapist_id="t-b"),
+    ])  # fmt: skip
+    ids = lambda f: [r.client_id for r in _all_pages(store, f)]  # noqa: E731
+    assert ids(CaseloadFilters(therapist_id="t-b")) == ["cl-0003", "cl-0002", "cl-0004"]
+    assert ids(CaseloadFilters(band="high")) == ["cl-0001", "cl-0003"]
+    assert ids(CaseloadFilters(band="low", therapist_id="t-b")) == ["cl-0002"]
+    # Changed in the last week: a new score (1, 2) or new data (4); 3 changed a month ago.
+    assert ids(CaseloadFilters(changed_since=days_ago(7))) == ["cl-0001", "cl-0002", "cl-0004"]
+
+
+def test_change_since_last_week(store: Store) -> None:
+    cutoff = week_cutoff()
+    seed_episodes(store, [_episode(1, 0.6), _episode(2, 0.3), _episode(3, 0.4)])
+    seed_rows(store, risk_scores, [
+        score_row(1, 0.25, cutoff - timedelta(days=3)),
+        score_row(1, 0.2, cutoff - timedelta(hours=1)),  # the latest at or before the cutoff
+        score_row(1, 0.5, cutoff + timedelta(days=2)),
+        score_row(1, 0.6, days_ago(1)),
+        score_row(2, 0.3, cutoff + timedelta(hours=1)),  # nothing that old
+        score_row(3, 0.45, cutoff),  # exactly at the cutoff counts
+    ])  # fmt: skip
+    rows = {r.client_id: r for r in _all_pages(store)}
+    assert rows["cl-0001"].change_since_last_week == pytest.approx(0.4)
+    assert rows["cl-0002"].change_since_last_week is None
+    assert rows["cl-0003"].change_since_last_week == pytest.approx(-0.05)
+
+
+def test_week_cutoff_is_the_start_of_the_day_seven_days_ago() -> None:
+    now = datetime(2026, 12, 7, 15, 30, tzinfo=UTC)
+    assert week_cutoff(now) == datetime(2026, 11, 30, tzinfo=UTC)
+
+
+def test_etag_moves_with_writes_filters_cursor_and_limit_only(store: Store) -> None:
+    seed_episodes(store, [_episode(i, 0.1 * i) for i in range(1, 6)])
+    f = CaseloadFilters()
+    with store.read() as conn:
+        tag = caseload_etag(conn, CLINIC, f, None, 10)
+        assert tag.startswith('"') and tag.endswith('"') and not tag.startswith("W/")
+        assert caseload_etag(conn, CLINIC, f, None, 10) == tag
+        others = {
+            caseload_etag(conn, CLINIC, CaseloadFilters(band="low"), None, 10),
+            caseload_etag(conn, CLINIC, CaseloadFilters(therapist_id="t-1"), None, 10),
+            caseload_etag(conn, CLINIC, CaseloadFilters(changed_since=days_ago(3)), None, 10),
+            caseload_etag(conn, CLINIC, f, encode_cursor(3, 0.3), 10),
+            caseload_etag(conn, CLINIC, f, None, 11),
+            caseload_etag(conn, "other", f, None, 10),
+            caseload_etag(conn, CLINIC, f, None, 10, now=datetime.now(UTC) + timedelta(days=1)),
+        }
+        assert tag not in others and len(others) == 7
+    with store.write() as conn:
+        conn.execute(update(episodes).where(episodes.c.id == 2).values(latest_probability=0.9))
+        c = clinic_state.c
+        conn.execute(
+            update(clinic_state).where(c.clinic_id == CLINIC).values(version=c.version + 1)
+        )
+    with store.read() as conn:
+        assert caseload_etag(conn, CLINIC, f, None, 10) != tag
+
+
+def test_cursors_are_opaque_and_checked() -> None:
+    cursor = encode_cursor(42, 0.375)
+    assert "42" not in cursor and decode_cursor(cursor) is not None
+    assert decode_cursor(encode_cursor(7, None)) is not None
+    for bad in ("", "xyz", "eyJhIjoxfQ", encode_cursor(0, 0.5), "WyJzIiwyLDFd"):
+        with pytest.raises(CursorError, match="not a cursor"):
+            decode_cursor(bad)
+
+
+def test_limit_is_bounded(store: Store) -> None:
+    with store.read() as conn, pytest.raises(ValueError, match="limit must be 1 to 1000"):
+        caseload_page(conn, CLINIC, CaseloadFilters(), None, 1001)
