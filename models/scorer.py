@@ -69,37 +69,109 @@ class SelfCheckError(RuntimeError):
     """A loaded scorer produced invalid output on its own input example."""
 
 
+#: How the high band's threshold is chosen (:class:`HighBandRule`).
+ALERT_RATE, NET_BENEFIT = "alert_rate", "net_benefit"
+
+
+@dataclass(frozen=True)
+class HighBandRule:
+    """How the high band's threshold is set on the calibration split.
+
+    - ``alert_rate``: ``value`` is the share of landmark rows that are ``high`` (e.g. 0.10:
+      the top 10%), whatever their risk;
+    - ``net_benefit``: ``value`` is the threshold probability pt at which acting maximises net
+      benefit (Vickers & Elkin 2006): a calibrated model should alert at ``p >= pt``. pt states
+      the harm ratio: an unneeded check-in costs pt / (1 - pt) of a missed dropout, so at 0.25
+      one missed dropout weighs as much as three unneeded check-ins.
+
+    Written ``alert-rate:0.10`` or ``net-benefit:0.25`` (:meth:`parse`, ``str``).
+    """
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in (ALERT_RATE, NET_BENEFIT):
+            raise ValueError("the high-band rule is alert-rate or net-benefit")
+        if not 0.0 < self.value < 1.0:
+            raise ValueError("the high-band rule's value must lie strictly between 0 and 1")
+
+    @classmethod
+    def parse(cls, text: str) -> HighBandRule:
+        """``alert-rate:0.10`` or ``net-benefit:0.25`` (underscores accepted too)."""
+        kind, sep, value = text.strip().partition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or number != number:
+            raise ValueError(
+                "write the high-band rule as alert-rate:SHARE or net-benefit:THRESHOLD, "
+                "e.g. alert-rate:0.10"
+            )
+        return cls(kind.strip().lower().replace("-", "_"), number)
+
+    def __str__(self) -> str:
+        return f"{self.kind.replace('_', '-')}:{self.value:g}"
+
+
 @dataclass(frozen=True)
 class RiskBands:
     """Probability thresholds of the ``low`` / ``moderate`` / ``high`` risk bands.
 
     ``low`` is below ``moderate_from``; ``high`` is at or above ``high_from``.
-    :meth:`from_probabilities` sets ``moderate_from`` to the mean calibrated risk (the base rate:
-    a client in ``low`` is at below-average risk) and ``high_from`` so that ``high_share`` of
-    landmarks are ``high`` (the top-10% operating point whose sensitivity and PPV the model card
-    reports).
+    ``moderate_from`` is the mean calibrated risk (the base rate: a client in ``low`` is at
+    below-average risk). ``high_from`` follows ``rule`` (:class:`HighBandRule`): by default so
+    that ``high_share`` of landmarks are ``high`` (the top-10% operating point whose sensitivity
+    and PPV the model card reports), or at ``threshold_probability`` (net benefit).
+    ``high_share`` is always the share of calibration rows in ``high``. Saved models from before
+    the rule was stored load as ``alert_rate``.
     """
 
     moderate_from: float
     high_from: float
     high_share: float = 0.10
+    rule: str = ALERT_RATE
+    threshold_probability: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.moderate_from <= self.high_from <= 1.0:
             raise ValueError("risk bands need 0 <= moderate_from <= high_from <= 1")
+        if self.rule not in (ALERT_RATE, NET_BENEFIT):
+            raise ValueError("unknown high-band rule")
+        if self.rule == NET_BENEFIT and self.threshold_probability is None:
+            raise ValueError("a net-benefit high band needs its threshold_probability")
 
     @classmethod
-    def from_probabilities(cls, probability: np.ndarray, *, high_share: float = 0.10) -> RiskBands:
-        """Bands from calibrated probabilities on held-out rows (the calibration split)."""
+    def from_probabilities(
+        cls,
+        probability: np.ndarray,
+        *,
+        high_share: float = 0.10,
+        rule: HighBandRule | None = None,
+    ) -> RiskBands:
+        """Bands from calibrated probabilities on held-out rows (the calibration split).
+
+        ``rule`` (default: ``alert_rate`` at ``high_share``) sets the high band's threshold.
+        """
         p = np.asarray(probability, dtype=np.float64)
         if p.ndim != 1:
             # A (n, 2) predict_proba array would silently give bands at 0.5 and ~0.9.
             raise ValueError("risk bands need a 1-D array: the probability of dropout per row")
         if p.size == 0 or not np.isfinite(p).all():
             raise ValueError("risk bands need a non-empty array of finite probabilities")
-        high = float(np.quantile(p, 1.0 - high_share))
-        moderate = min(float(p.mean()), high)
-        return cls(moderate_from=moderate, high_from=high, high_share=high_share)
+        rule = rule or HighBandRule(ALERT_RATE, high_share)
+        if rule.kind == NET_BENEFIT:
+            high = rule.value
+            return cls(
+                moderate_from=min(float(p.mean()), high),
+                high_from=high,
+                high_share=float(np.mean(p >= high)),
+                rule=NET_BENEFIT,
+                threshold_probability=high,
+            )
+        high = float(np.quantile(p, 1.0 - rule.value))
+        return cls(moderate_from=min(float(p.mean()), high), high_from=high, high_share=rule.value)
 
     def assign(self, probability: np.ndarray) -> np.ndarray:
         """Band label per probability, an object array of ``low``/``moderate``/``high``."""
@@ -107,8 +179,9 @@ class RiskBands:
         idx = (p >= self.moderate_from).astype(np.int8) + (p >= self.high_from).astype(np.int8)
         return np.asarray(BAND_LABELS, dtype=object)[idx]
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | str]:
+        """JSON form (``scorer.json``'s ``bands``); ``threshold_probability`` only when set."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True, eq=False)

@@ -245,7 +245,7 @@ class ModelInfo(BaseModel):
     elements: list[str]
     scale: tuple[float, float]
     metrics: dict[str, float]
-    risk_bands: dict[str, float]
+    risk_bands: dict[str, float | str]
     feature_groups: dict[str, list[str]]
     explanation_space: str
     simulated: bool

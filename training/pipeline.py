@@ -42,7 +42,7 @@ from models.booster import FitResult, SearchSpace, fit_booster, margin
 from models.calibration import MarginCalibrator
 from models.explain import global_importance
 from models.reference import ReferenceProfile, distribution_profile, typical_levels
-from models.scorer import RiskBands, Scorer
+from models.scorer import HighBandRule, RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
 from training.metrics import EvaluationReport, evaluate
 from training.splits import Splits, SplitStrategy, split_clients
@@ -71,7 +71,7 @@ class TrainConfig:
     valid_fraction: float = 0.15
     n_trials: int = 8
     calibration: Literal["auto", "sigmoid", "isotonic"] = "auto"
-    high_share: float = 0.10
+    high_band: str = "alert-rate:0.10"
     n_boot: int = 200
     seed: int = 0
     search: SearchSpace = field(default_factory=SearchSpace)
@@ -285,7 +285,10 @@ def evaluate_scorer(
     data = LandmarkSet(
         X=scored.features,
         y=(episodes.outcome[scored.episode] == _outcome_code(DROPOUT)).astype(np.float64),
-        context=_context(ids, scored.landmark, clients),
+        # The appointment date of each row: the decision report's alerts per clinician-week.
+        context=_context(ids, scored.landmark, clients).assign(
+            session_day=scored.arrays.day[scored.rows]
+        ),
     )
     p = scored.probability
     cluster = data.client_id
@@ -468,7 +471,7 @@ def finish_training(
     params = calibrator.to_dict()
     # Bands come from the calibrated risk of the calibration split, never from test rows.
     bands = RiskBands.from_probabilities(
-        calibrator.predict_proba(cal_margin)[:, 1], high_share=config.high_share
+        calibrator.predict_proba(cal_margin)[:, 1], rule=HighBandRule.parse(config.high_band)
     )
     timings["calibrate_s"] = time.perf_counter() - t
 

@@ -1,25 +1,22 @@
-"""Report artefacts of a training or evaluation run: PNG plots and a Markdown model card.
+"""The Markdown model card of a training run, and Markdown tables.
 
-Everything here takes plain data (arrays, dicts, DataFrames) and writes or returns text or
-files; nothing talks to MLflow. The plots use matplotlib's Agg canvas directly, chosen inside
-each function, so importing this module neither imports matplotlib nor touches pyplot's global
-backend.
+Everything here takes plain data (dicts, DataFrames) and returns text; nothing talks to MLflow.
+The plots live in :mod:`training.report_plots` (re-exported here: ``plot_calibration``,
+``plot_roc``, ``plot_pr``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from training.metrics import reliability_table
+from training.report_plots import plot_calibration, plot_pr, plot_roc
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+__all__ = ["dataframe_to_markdown", "model_card", "plot_calibration", "plot_pr", "plot_roc"]
 
 #: What the score is for, and what it must never be used for (issue 4, model card).
 INTENDED_USE = (
@@ -37,181 +34,20 @@ DEFAULT_DROPOUT_DEFINITION = (
 )
 PLACEHOLDER = "_(to be filled in)_"
 SMALL_SUBGROUP_NOTE = "too small to judge"
+#: The promotion gate's defaults (``training.registry.evaluate_gates``; a test keeps them equal):
+#: a subgroup with at least ``subgroup_min_n`` test rows and an ECE above this fails it.
+SUBGROUP_GATE_MAX_ECE = 0.10
+#: Plots the decision-support section points to (written by ``training.report_plots``).
+DECISION_PLOTS = (
+    ("decision_curve.png", "net benefit against threshold: model, alert rule, treat all/none"),
+    ("alert_workload.png", "alerts per clinician-week and share of dropouts caught"),
+    ("calibration_ci.png", "calibration on quantile bins with 95% Wilson intervals"),
+    ("calibration_by_<subgroup>.png", "the same per clinic, age band, gender, referral"),
+    ("landmarks.png", "AUROC, ECE and mean predicted vs observed per landmark"),
+)
 
-Curves = Mapping[str, tuple[Any, Any]]
 #: Everything ``str.splitlines`` treats as a line boundary.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def _binary_and_probs(y: Any, p: Any, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one (outcome, probability) pair: same length, y in {0, 1}, p in [0, 1]."""
-    y_arr = np.asarray(y, dtype=float).ravel()
-    p_arr = np.asarray(p, dtype=float).ravel()
-    if y_arr.shape != p_arr.shape:
-        raise ValueError(f"{label}: {y_arr.size} outcomes but {p_arr.size} probabilities")
-    if y_arr.size == 0:
-        raise ValueError(f"{label}: no rows")
-    if not np.isin(y_arr, (0.0, 1.0)).all():
-        raise ValueError(f"{label}: outcomes must be 0 or 1")
-    if not (np.isfinite(p_arr).all() and (p_arr >= 0).all() and (p_arr <= 1).all()):
-        raise ValueError(f"{label}: probabilities must be finite and within [0, 1]")
-    return y_arr.astype(int), p_arr
-
-
-def _both_classes(y: np.ndarray, label: str) -> None:
-    if np.unique(y).size < 2:
-        raise ValueError(f"{label}: ROC and PR curves need both outcomes present")
-
-
-def _new_figure(nrows: int = 1, height_ratios: Sequence[int] | None = None) -> Figure:
-    """A figure on the Agg canvas, independent of pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 6.0 if nrows > 1 else 5.0), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    if nrows > 1:
-        fig.subplots(nrows, 1, sharex=True, gridspec_kw={"height_ratios": height_ratios})
-    else:
-        fig.subplots()
-    return fig
-
-
-def _save(fig: Figure, out_dir: Path | str, filename: str) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    fig.savefig(path, format="png")
-    return path
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_calibration(
-    y: Any,
-    p: Any,
-    out_dir: Path | str,
-    *,
-    n_bins: int = 10,
-    filename: str = "calibration.png",
-    title: str = "Calibration on the test set",
-) -> Path:
-    """Reliability curve (``n_bins`` equal-width bins) above a histogram of rows per bin.
-
-    Parameters
-    ----------
-    y : array-like of {0, 1}
-        Observed dropout.
-    p : array-like of float in [0, 1]
-        Calibrated predicted probability of dropout.
-    out_dir : path
-        Directory to write into (created if missing).
-
-    Returns
-    -------
-    Path
-        The PNG written, ``out_dir / filename``.
-    """
-    y_arr, p_arr = _binary_and_probs(y, p, "calibration")
-    # The same bins as the ECE the report quotes (training.metrics), so plot and number agree.
-    table = reliability_table(y_arr, p_arr, n_bins)
-    fig = _new_figure(2, height_ratios=(3, 1))
-    top, bottom = fig.axes
-    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    seen = table["n"] > 0
-    top.plot(
-        table.loc[seen, "mean_predicted"],
-        table.loc[seen, "observed_rate"],
-        marker="o",
-        label="model",
-    )
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("observed dropout rate")
-    top.set_title(title)
-    top.legend(loc="upper left")
-    centres = (table["bin_low"] + table["bin_high"]) / 2
-    bottom.bar(centres, table["n"], width=1.0 / n_bins * 0.9, color="tab:blue")
-    bottom.set_xlabel("predicted probability of dropout")
-    bottom.set_ylabel("rows")
-    return _save(fig, out_dir, filename)
-
-
-def plot_roc(
-    curves: Curves,
-    out_dir: Path | str,
-    *,
-    filename: str = "roc.png",
-    title: str = "ROC on the test set",
-) -> Path:
-    """ROC curves of the model and its baselines on one plot, AUROC in the legend.
-
-    Parameters
-    ----------
-    curves : Mapping[str, (y, p)]
-        Name (e.g. ``"model"``, ``"logistic baseline"``, ``"alert rule"``) to observed dropout
-        (0/1) and score in [0, 1]; a 0/1 rule gives a single operating point.
-    """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    if not curves:
-        raise ValueError("plot_roc needs at least one curve")
-    fig = _new_figure()
-    ax = fig.axes[0]
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    for name, (y, p) in curves.items():
-        y_arr, p_arr = _binary_and_probs(y, p, name)
-        _both_classes(y_arr, name)
-        fpr, tpr, _ = roc_curve(y_arr, p_arr)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y_arr, p_arr):.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    return _save(fig, out_dir, filename)
-
-
-def plot_pr(
-    curves: Curves,
-    out_dir: Path | str,
-    *,
-    filename: str = "pr.png",
-    title: str = "Precision-recall on the test set",
-) -> Path:
-    """Precision-recall curves of the model and its baselines, AUPRC in the legend.
-
-    The horizontal line is the dropout rate of the first curve's rows: what flagging at random
-    achieves.
-    """
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
-    if not curves:
-        raise ValueError("plot_pr needs at least one curve")
-    fig = _new_figure()
-    ax = fig.axes[0]
-    prevalences = []
-    for name, (y, p) in curves.items():
-        y_arr, p_arr = _binary_and_probs(y, p, name)
-        _both_classes(y_arr, name)
-        prevalences.append(float(y_arr.mean()))
-        precision, recall, _ = precision_recall_curve(y_arr, p_arr)
-        auprc = average_precision_score(y_arr, p_arr)
-        ax.step(recall, precision, where="post", label=f"{name} (AUPRC {auprc:.3f})")
-    prevalence = prevalences[0]
-    ax.axhline(prevalence, linestyle="--", color="grey", label=f"dropout rate {prevalence:.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision (PPV)")
-    ax.set_title(title)
-    ax.legend(loc="upper right")
-    return _save(fig, out_dir, filename)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -281,41 +117,128 @@ def _metrics_with_ci(metrics: pd.DataFrame, float_format: str) -> pd.DataFrame:
     return pd.DataFrame({"metric": metrics["metric"], "value": metrics["value"], "95% CI": ci})
 
 
-def _subgroups_flagged(subgroups: pd.DataFrame, min_n: int) -> pd.DataFrame:
+def _subgroups_flagged(
+    subgroups: pd.DataFrame, min_n: int, max_ece: float = SUBGROUP_GATE_MAX_ECE
+) -> pd.DataFrame:
+    """The subgroup table with a ``note`` per row: too small to judge, or the promotion gate
+    it fails and why; ``value`` headed ``group``."""
     if "n" not in subgroups.columns:
         raise ValueError("subgroup table lacks column: n")
     n = pd.to_numeric(subgroups["n"], errors="coerce")
-    note = np.where(n >= min_n, "", f"{SMALL_SUBGROUP_NOTE} (n < {min_n})")
-    return subgroups.assign(note=note)
+    ece = pd.to_numeric(subgroups.get("ece", pd.Series(np.nan, index=subgroups.index)))
+    judged = (n >= min_n).to_numpy()
+    notes = []
+    for ok, err in zip(judged, ece.to_numpy(dtype=float), strict=True):
+        if not ok:
+            notes.append(f"{SMALL_SUBGROUP_NOTE} (n < {min_n})")
+        elif not err <= max_ece:
+            shown = "not measurable" if np.isnan(err) else f"{err:.3f}"
+            notes.append(f"**fails the subgroup ECE gate**: ECE {shown} > {max_ece:.2f}")
+        else:
+            notes.append("")
+    return subgroups.rename(columns={"value": "group"}).assign(note=notes)
+
+
+def _landmarks_named(landmarks: pd.DataFrame) -> pd.DataFrame:
+    """The per-landmark table with its key column headed ``landmark`` (it is ``value`` as the
+    evaluation computes it per subgroup column)."""
+    if "value" in landmarks.columns and "landmark" not in landmarks.columns:
+        return landmarks.rename(columns={"value": "landmark"})
+    return landmarks
+
+
+def _bands_section(bands: Mapping[str, Any] | None) -> list[str]:
+    """How the risk bands were set (the stored rule and its parameter) and their thresholds."""
+    if not bands:
+        return ["_No risk bands recorded for this model._"]
+    moderate, high = float(bands["moderate_from"]), float(bands["high_from"])
+    share = float(bands.get("high_share", np.nan))
+    if bands.get("rule", "alert_rate") == "net_benefit":
+        pt = float(bands["threshold_probability"])
+        rule = (
+            f"net benefit at threshold probability {pt:.2f} (`--high-band net-benefit:{pt:g}`): "
+            f"a client is *high* when the predicted risk is at least {pt:.2f}, the threshold at "
+            "which acting maximises net benefit when one missed dropout weighs as much as "
+            f"{(1 - pt) / pt:.1f} unneeded check-ins; {share:.1%} of the calibration split's "
+            "landmark rows are *high*"
+        )
+    else:
+        rule = (
+            f"target alert rate {share:.1%} (`--high-band alert-rate:{share:g}`): the "
+            f"highest-risk {share:.1%} of the calibration split's landmark rows are *high*"
+        )
+    table = pd.DataFrame(
+        {
+            "band": ["low", "moderate", "high"],
+            "from probability": [0.0, moderate, high],
+            "below probability": [moderate, high, 1.0],
+        }
+    )
+    return [
+        f"- **High-band rule:** {rule}.",
+        "- **Moderate band:** from the mean predicted risk of the calibration split (the base "
+        "rate of landmark rows).",
+        "",
+        dataframe_to_markdown(table),
+    ]
+
+
+def _decision_section(decision: pd.DataFrame | None, float_format: str) -> list[str]:
+    intro = (
+        "On the test split. Net benefit counts landmark rows (each scored session is a decision "
+        "to act or not) in dropouts per row, net of false alerts weighted by the threshold's "
+        "harm ratio (Vickers & Elkin 2006); *treat all* alerts at every session, *treat none* "
+        "scores 0. Workload counts the test clients' sessions only: a clinician's full caseload "
+        "adds the clients of the other splits, so multiply *alerts per 100 sessions* by your "
+        "own weekly session volume. *Dropouts caught* counts clients (episodes) alerted at any "
+        "session before they left."
+    )
+    plots = [f"- `report/{name}`: {what}" for name, what in DECISION_PLOTS]
+    if decision is None or decision.empty:
+        return [intro, "", "_No decision-support results for this run._", "", *plots]
+    return [intro, "", dataframe_to_markdown(decision, float_format=float_format), "", *plots]
 
 
 def _data_section(data: Mapping[str, Any]) -> list[str]:
     labels = {
         "clients": "Clients",
         "sessions": "Sessions",
-        "dropout_rate": "Dropout rate",
+        "completed": "Completed episodes",
+        "dropout": "Dropout episodes",
+        "ongoing": "Ongoing episodes (censored)",
+        "dropout_rate": "Dropout rate (per episode: dropouts / ended episodes)",
         "intake_from": "First intake date",
         "intake_to": "Last intake date",
         "profile": "Instrument profile",
         "fingerprint": "Dataset fingerprint (SHA-256)",
         "source": "Source",
         "splits": "Split sizes (clients)",
+        "landmark_rows": "Landmark rows (scored sessions) per split",
     }
     lines = []
     for key, label in labels.items():
         if key not in data:
             continue
         value = data[key]
-        if isinstance(value, Mapping):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items())
-        elif key == "fingerprint":
-            value = f"`{value}`"
-        elif isinstance(value, float):
-            value = f"{value:.3f}"
-        lines.append(f"- **{label}:** {value}")
+        text = f"`{value}`" if key == "fingerprint" else _plain(value)
+        lines.append(f"- **{label}:** {text}")
     extra = [k for k in data if k not in labels and k != "simulated"]
-    lines.extend(f"- **{k}:** {data[k]}" for k in extra)
+    lines.extend(f"- **{str(k).replace('_', ' ').capitalize()}:** {_plain(data[k])}" for k in extra)
     return lines or [f"- {PLACEHOLDER}"]
+
+
+def _plain(value: Any) -> str:
+    """A value as card text: mappings as ``key: value`` lists, floats to 3 places, never a
+    Python ``repr`` of a dict or list."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value) or "none"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):,.3f}"
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    return str(value)
 
 
 def _table_or_none(df: pd.DataFrame | None, what: str, float_format: str) -> str:
@@ -334,6 +257,8 @@ def model_card(
     subgroups: pd.DataFrame | None = None,
     baselines: pd.DataFrame | None = None,
     importance: pd.DataFrame | None = None,
+    bands: Mapping[str, Any] | None = None,
+    decision: pd.DataFrame | None = None,
     simulated: bool = False,
     model_version: str | None = None,
     run_id: str | None = None,
@@ -342,6 +267,7 @@ def model_card(
     contact: str | None = None,
     dropout_definition: str = DEFAULT_DROPOUT_DEFINITION,
     subgroup_min_n: int = 200,
+    subgroup_max_ece: float = SUBGROUP_GATE_MAX_ECE,
     float_format: str = "{:.3f}",
 ) -> str:
     """The model card as Markdown, in the order a clinician or reviewer reads it.
@@ -363,12 +289,18 @@ def model_card(
     landmarks : pandas.DataFrame, optional
         Per-landmark table as computed, e.g. ``landmark, n, auroc, brier, ece``.
     subgroups : pandas.DataFrame, optional
-        Per-subgroup table with at least ``n``; rows below ``subgroup_min_n`` are flagged as
-        too small to judge.
+        Per-subgroup table with at least ``n`` (and ``ece``); rows below ``subgroup_min_n``
+        are flagged as too small to judge, judged rows with an ECE above ``subgroup_max_ece``
+        as failing the promotion gate.
     baselines : pandas.DataFrame, optional
         One row per model (the model and each baseline), metric columns side by side.
     importance : pandas.DataFrame, optional
         Global importance by explanation group.
+    bands : Mapping, optional
+        :meth:`models.scorer.RiskBands.to_dict`: thresholds and the high-band rule.
+    decision : pandas.DataFrame, optional
+        :meth:`training.decision.DecisionSupport.card_table`: net benefit and workload at a
+        few thresholds.
     simulated : bool
         Trained on simulated data: the card then says, first and in bold, that its figures
         describe the simulator, not any clinic.
@@ -394,7 +326,9 @@ def model_card(
     )
     subgroup_text = (
         _table_or_none(
-            _subgroups_flagged(subgroups, subgroup_min_n), "subgroup results", float_format
+            _subgroups_flagged(subgroups, subgroup_min_n, subgroup_max_ece),
+            "subgroup results",
+            float_format,
         )
         if subgroups is not None and not subgroups.empty
         else _table_or_none(None, "subgroup results", float_format)
@@ -435,18 +369,35 @@ def model_card(
         "",
         "## By landmark",
         "",
-        _table_or_none(landmarks, "per-landmark results", float_format),
+        "One row per landmark (the appointment number a client was scored at); rates and "
+        "counts are per landmark row.",
+        "",
+        _table_or_none(
+            None if landmarks is None else _landmarks_named(landmarks),
+            "per-landmark results",
+            float_format,
+        ),
         "",
         "## By subgroup",
         "",
         f"Subgroups with fewer than {subgroup_min_n} test rows are marked "
-        f"*{SMALL_SUBGROUP_NOTE}*: their metrics are too noisy to support any conclusion.",
+        f"*{SMALL_SUBGROUP_NOTE}*: their metrics are too noisy to support any conclusion. "
+        f"A judged subgroup whose ECE is above {subgroup_max_ece:.2f} fails the promotion "
+        "gate (`alliance-risk promote` refuses it without `--force`); its note says so.",
         "",
         subgroup_text,
         "",
         "## Baselines, on the same test rows",
         "",
         _table_or_none(baselines, "baseline results", float_format),
+        "",
+        "## Risk bands",
+        "",
+        *_bands_section(bands),
+        "",
+        "## Decision support: net benefit and alert workload",
+        "",
+        *_decision_section(decision, float_format),
         "",
     ]
     if importance is not None and not importance.empty:

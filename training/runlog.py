@@ -32,7 +32,7 @@ import models
 from features.contract import CLIENT_ID
 from models.pyfunc import SCORER_ARTIFACT, predict_frame
 from models.scorer import Scorer
-from training import report
+from training import decision, report, report_plots
 from training.pipeline import ModelEvaluation, TrainResult, headline_metrics
 from training.tracking import (
     DEFAULT_EXPERIMENT,
@@ -115,6 +115,9 @@ def _write_reports(evaluation: ModelEvaluation, out: Path) -> dict[str, pd.DataF
     }
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
+    # Decision curve, alert workload, calibration with intervals, per-landmark plot.
+    support = decision.decision_support(evaluation)
+    tables.update(report_plots.write_decision_support(support, tables["landmarks"], out))
     (out / "therapist_summary.json").write_text(json.dumps(evaluation.therapist_summary, indent=2))
     return tables
 
@@ -223,6 +226,10 @@ def log_training_run(
             subgroups=tables["subgroups"],
             baselines=tables["comparison"],
             importance=tables["importance"],
+            bands=result.scorer.bands.to_dict(),
+            decision=decision.card_table(
+                tables["decision_curve"], tables["alert_workload"], result.scorer.bands.high_from
+            ),
             simulated=simulated,
             run_id=run_id,
             git_commit=commit,

@@ -27,6 +27,7 @@ from models.results import ContractProblem, RiskScore
 from models.scorer import (
     BOOSTER_FILE,
     SCORER_FILE,
+    HighBandRule,
     IncompatibleModelError,
     RiskBands,
     Scorer,
@@ -265,6 +266,70 @@ def test_risk_bands_from_probabilities_and_assignment() -> None:
     assert labels[0] == "low" and labels[-1] == "high"
     with pytest.raises(ValueError, match="moderate_from <= high_from"):
         RiskBands(0.6, 0.5)
+
+
+def test_risk_bands_by_net_benefit_alert_at_the_threshold_probability() -> None:
+    p = np.linspace(0.0, 0.5, 101)
+    bands = RiskBands.from_probabilities(p, rule=HighBandRule.parse("net-benefit:0.30"))
+    assert bands.high_from == 0.30 and bands.threshold_probability == 0.30
+    assert bands.rule == "net_benefit"
+    assert bands.high_share == pytest.approx(np.mean(p >= 0.30))
+    assert bands.moderate_from == pytest.approx(0.25)
+    # A threshold below the mean risk: moderate is empty, never above high.
+    low = RiskBands.from_probabilities(p, rule=HighBandRule("net_benefit", 0.1))
+    assert low.moderate_from == low.high_from == 0.1
+    by_rate = RiskBands.from_probabilities(p, rule=HighBandRule.parse("alert-rate:0.2"))
+    assert by_rate.rule == "alert_rate" and by_rate.high_share == 0.2
+    assert by_rate.high_from == pytest.approx(0.40)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("net-benefit", "alert-rate:SHARE or net-benefit:THRESHOLD"),
+        ("alert-rate:ten", "alert-rate:SHARE or net-benefit:THRESHOLD"),
+        ("top:0.1", "alert-rate or net-benefit"),
+        ("net-benefit:1.5", "strictly between 0 and 1"),
+        ("alert-rate:0", "strictly between 0 and 1"),
+    ],
+)
+def test_high_band_rule_parse_refuses_bad_text(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        HighBandRule.parse(text)
+
+
+def test_high_band_rule_round_trips_as_text() -> None:
+    for text in ("alert-rate:0.1", "net-benefit:0.25"):
+        assert str(HighBandRule.parse(text)) == text
+    assert HighBandRule.parse(" Net_Benefit:0.25 ") == HighBandRule("net_benefit", 0.25)
+
+
+def test_band_rule_round_trips_through_the_saved_model(scorer, tmp_path) -> None:
+    bands = RiskBands.from_probabilities(
+        np.linspace(0.01, 0.6, 200), rule=HighBandRule("net_benefit", 0.25)
+    )
+    with_rule = Scorer(
+        booster=scorer.booster,
+        calibrator=scorer.calibrator,
+        registry=scorer.registry,
+        bands=bands,
+    )
+    with_rule.save(tmp_path)
+    saved = json.loads((tmp_path / SCORER_FILE).read_text())["bands"]
+    assert saved["rule"] == "net_benefit" and saved["threshold_probability"] == 0.25
+    assert Scorer.load(tmp_path).bands == bands
+
+
+def test_a_model_saved_before_band_rules_loads_as_alert_rate(scorer, tmp_path) -> None:
+    scorer.save(tmp_path)
+    doc = json.loads((tmp_path / SCORER_FILE).read_text())
+    doc["bands"] = {"moderate_from": 0.2, "high_from": 0.5, "high_share": 0.1}
+    (tmp_path / SCORER_FILE).write_text(json.dumps(doc))
+    bands = Scorer.load(tmp_path).bands
+    assert bands.rule == "alert_rate" and bands.threshold_probability is None
+    assert bands.to_dict() == {
+        "moderate_from": 0.2, "high_from": 0.5, "high_share": 0.1, "rule": "alert_rate"
+    }  # fmt: skip
 
 
 def test_serving_booster_is_single_threaded(scorer) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -15,12 +17,11 @@ from training.metrics import reliability_table
 from training.report import (
     INTENDED_USE,
     PLACEHOLDER,
+    SUBGROUP_GATE_MAX_ECE,
     dataframe_to_markdown,
     model_card,
-    plot_calibration,
-    plot_pr,
-    plot_roc,
 )
+from training.report_plots import plot_calibration, plot_pr, plot_roc
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -190,6 +191,8 @@ def test_model_card_sections_in_reading_order() -> None:
         "## By landmark",
         "## By subgroup",
         "## Baselines, on the same test rows",
+        "## Risk bands",
+        "## Decision support: net benefit and alert workload",
         "## Limitations",
     ]
     assert INTENDED_USE in card
@@ -252,9 +255,13 @@ def test_model_card_data_and_optional_tables() -> None:
         landmarks=pd.DataFrame({"landmark": [1, 2], "n": [2000, 1800], "auroc": [0.7, 0.75]}),
         importance=pd.DataFrame({"group": ["attendance"], "mean_abs_contribution": [0.4]}),
     )
-    assert "- **Split sizes (clients):** train: 1200, test: 400" in card
+    assert "- **Split sizes (clients):** train: 1,200, test: 400" in card
     assert f"`{'f' * 64}`" in card
     assert "|        2 | 1800 | 0.750 |" in card
+    # The evaluation's per-landmark table keys its rows "value": the card names the column.
+    named = _card(landmarks=pd.DataFrame({"value": [1, 2], "n": [2000, 1800]}))
+    section = named.split("## By landmark")[1].split("## By subgroup")[0]
+    assert "| landmark |    n |" in section and "value" not in section
     assert "## Global importance by explanation group" in card
     assert "_No per-landmark results available for this run._" in _card()
 
@@ -262,3 +269,104 @@ def test_model_card_data_and_optional_tables() -> None:
 def test_model_card_rejects_a_metrics_table_without_values() -> None:
     with pytest.raises(ValueError, match="metrics table lacks column\\(s\\): value"):
         _card(metrics=pd.DataFrame({"metric": ["auroc"]}))
+
+
+def test_model_card_prints_no_raw_python_dict_or_list() -> None:
+    card = _card(
+        data={
+            "clients": 2000,
+            "dropout_rate": 0.273,
+            "splits": {"train": 1200, "test": 400},
+            "landmark_rows": {"train": 9000, "test": 3000},
+            "censoring": {"method": "ipcw", "weights": [0.5, 2.0]},
+        },
+        model={"estimator": "XGBoost", "params": {"max_depth": 4}},
+        bands={"moderate_from": 0.2, "high_from": 0.4, "high_share": 0.1, "rule": "alert_rate"},
+    )
+    assert not re.search(r"\{'|\['|'\}|\]\s*$", card, flags=re.MULTILINE)
+    assert "- **Landmark rows (scored sessions) per split:** train: 9,000, test: 3,000" in card
+    assert "- **Censoring:** method: ipcw, weights: 0.500, 2.000" in card
+    # Both dropout rates say their unit (the PR plot's is per landmark row).
+    assert "Dropout rate (per episode: dropouts / ended episodes):** 0.273" in card
+
+
+def test_pr_plot_says_its_dropout_rate_is_per_landmark_row(tmp_path: Path) -> None:
+    from matplotlib.image import imread  # noqa: F401  (the plot must render)
+
+    y, p = _scores()
+    captured: list[str] = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *args, **kwargs):  # type: ignore[no-untyped-def]
+        captured.append(str(kwargs.get("label", "")))
+        return original(self, y, *args, **kwargs)
+
+    matplotlib.axes.Axes.axhline = spy  # type: ignore[method-assign]
+    try:
+        plot_pr({"model": (y, p)}, tmp_path)
+    finally:
+        matplotlib.axes.Axes.axhline = original  # type: ignore[method-assign]
+    assert any(label.startswith("dropout rate per landmark row") for label in captured)
+
+
+def test_model_card_notes_the_subgroup_that_fails_the_gate() -> None:
+    subgroups = pd.DataFrame(
+        {
+            "subgroup": ["clinic_id", "clinic_id", "gender"],
+            "value": ["north", "south", "male"],
+            "n": [900, 700, 150],
+            "ece": [0.04, 0.14, 0.30],
+        }
+    )
+    lines = _card(subgroups=subgroups).splitlines()
+    south = next(line for line in lines if "| south " in line)
+    north = next(line for line in lines if "| north " in line)
+    male = next(line for line in lines if "| male " in line)
+    assert "fails the subgroup ECE gate**: ECE 0.140 > 0.10" in south
+    assert "fails" not in north
+    assert "too small to judge" in male and "fails" not in male
+    assert "| subgroup  | group" in "\n".join(lines)
+
+
+def test_card_gate_defaults_match_the_promotion_gate() -> None:
+    from training.registry import evaluate_gates
+
+    defaults = inspect.signature(evaluate_gates).parameters
+    assert defaults["max_subgroup_ece"].default == SUBGROUP_GATE_MAX_ECE
+    assert (
+        defaults["subgroup_min_n"].default
+        == inspect.signature(model_card).parameters["subgroup_min_n"].default
+    )
+
+
+def test_model_card_shows_the_band_rule_and_decision_table() -> None:
+    decision = pd.DataFrame(
+        {
+            "threshold": [0.2, 0.25],
+            "net benefit, model": [0.05, 0.04],
+            "alerts per clinician-week": [1.5, 1.1],
+            "dropouts caught": [0.7, 0.6],
+            "note": ["", "high band (from 0.250)"],
+        }
+    )
+    card = _card(
+        bands={
+            "moderate_from": 0.18,
+            "high_from": 0.25,
+            "high_share": 0.14,
+            "rule": "net_benefit",
+            "threshold_probability": 0.25,
+        },
+        decision=decision,
+    )
+    bands = card.split("## Risk bands")[1].split("## Decision support")[0]
+    assert "net benefit at threshold probability 0.25 (`--high-band net-benefit:0.25`)" in bands
+    assert "3.0 unneeded check-ins" in bands
+    assert "| high     |            0.250 |             1.000 |" in bands
+    section = card.split("## Decision support: net benefit and alert workload")[1]
+    assert "|     0.250 |" in section and "high band (from 0.250)" in section
+    assert "report/decision_curve.png" in section and "report/alert_workload.png" in section
+    old = _card(bands={"moderate_from": 0.2, "high_from": 0.4, "high_share": 0.1})
+    assert "target alert rate 10.0% (`--high-band alert-rate:0.1`)" in old

@@ -94,6 +94,15 @@ def results_table(result: TrainResult) -> Table:
     return table
 
 
+def _check_high_band(value: str) -> str:
+    from models.scorer import HighBandRule
+
+    try:
+        return str(HighBandRule.parse(value))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def train(
     sessions: SessionsOpt,
     clients: ClientsOpt,
@@ -151,6 +160,17 @@ def train(
             show_default=False,
         ),
     ] = None,
+    high_band: Annotated[
+        str,
+        typer.Option(
+            "--high-band",
+            help="How the high risk band's threshold is set on the calibration split, stored "
+            "in the model: alert-rate:SHARE (the highest-risk SHARE of sessions are high) or "
+            "net-benefit:PT (high when risk >= PT, the threshold probability: at 0.25 one "
+            "missed dropout weighs as much as 3 unneeded check-ins).",
+            callback=_check_high_band,
+        ),
+    ] = "alert-rate:0.10",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of splits and search.")] = 0,
     tracking_uri: TrackingOpt = None,
     engine: Annotated[
@@ -192,6 +212,7 @@ def train(
         split=split,
         n_trials=trials,
         calibration=calibration,
+        high_band=high_band,
         seed=seed,
     )
     is_sim = is_simulated(sessions) if simulated is None else simulated

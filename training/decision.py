@@ -1,0 +1,420 @@
+"""Decision support on the test split: net benefit, alert workload, calibration with intervals.
+
+What an analyst needs to choose (and defend) a threshold for the high band:
+
+- :func:`decision_curve`: net benefit against threshold probability (Vickers & Elkin 2006) for
+  the model, the alert rule clinics use today, treating everyone and treating no one;
+- :func:`alert_workload`: at each threshold, alerts per clinician per week and the share of
+  dropouts who were alerted at some session before they left;
+- :func:`calibration_ci` and :func:`subgroup_calibration`: calibration curves on quantile bins
+  with Wilson 95% intervals, overall and per subgroup.
+
+Units. The decision curve and the calibration curves count **landmark rows**: each scored
+session is one decision (act now or not), which is how the score is used. The workload's
+"dropouts caught" counts **clients** (episodes): a dropout is caught if any of their sessions
+alerted. Net benefit is computed with a few lines of numpy rather than ``dcurves`` (not a
+dependency of this project): the formula is one line, and our rows need the landmark unit
+and the alert rule as a fixed 0/1 strategy, which a package would add nothing to.
+
+Nothing here writes files or talks to MLflow; :mod:`training.report_plots` draws and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from features.contract import CLIENT_ID, CLINIC_ID, GENDER, REFERRAL_SOURCE, THERAPIST_ID
+
+if TYPE_CHECKING:
+    from training.pipeline import ModelEvaluation
+
+#: Threshold probabilities of the decision curve and the workload table.
+THRESHOLDS = np.round(np.arange(0.01, 0.61, 0.01), 2)
+#: Thresholds the model card tabulates (the high band's own threshold is added).
+CARD_THRESHOLDS = (0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.50)
+#: Context column with each landmark row's appointment date, days since 1970-01-01.
+SESSION_DAY = "session_day"
+#: Subgroups drawn as calibration panels (``landmark`` has its own plot).
+CALIBRATION_SUBGROUPS = (CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
+MODEL, TREAT_ALL, TREAT_NONE, ALERT_RULE = "model", "treat all", "treat none", "alert rule"
+ALERT_RULE_BASELINE = "alert_rule"
+
+
+def _checked(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes (0/1) and scores in [0, 1] of equal length; messages name no value."""
+    yy = np.asarray(y, dtype=np.float64).reshape(-1)
+    pp = np.asarray(p, dtype=np.float64).reshape(-1)
+    if yy.shape != pp.shape:
+        raise ValueError("outcomes and probabilities differ in length")
+    if not np.isin(yy, (0.0, 1.0)).all():
+        raise ValueError("outcomes must be 0 or 1")
+    if not ((pp >= 0.0) & (pp <= 1.0)).all():
+        raise ValueError("probabilities must be within [0, 1]")
+    return yy, pp
+
+
+def _odds(thresholds: Any) -> np.ndarray:
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if not ((t > 0.0) & (t < 1.0)).all():
+        raise ValueError("threshold probabilities must lie strictly between 0 and 1")
+    return t / (1.0 - t)
+
+
+def net_benefit(y: Any, p: Any, thresholds: Any = THRESHOLDS) -> np.ndarray:
+    """Net benefit of acting on every row with ``p >= pt``, at each threshold ``pt``.
+
+    NB(pt) = TP/n - FP/n * pt / (1 - pt) (Vickers & Elkin 2006): true alerts per row, less
+    false alerts weighted by the harm ratio the threshold implies (at pt = 0.25, one missed
+    dropout weighs as much as three unneeded check-ins). In dropouts per row; the best
+    possible value is the dropout rate.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        1 = dropout, 0 = completed.
+    p : array-like of shape (n,)
+        Probability (or a 0/1 flag: a fixed strategy) per row.
+    thresholds : array-like of float in (0, 1)
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_thresholds,)
+    """
+    yy, pp = _checked(y, p)
+    odds = _odds(thresholds)
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    n = yy.size
+    if n == 0:
+        return np.full(t.size, np.nan)
+    # Sorted once: rows at or above each threshold are a suffix of the sorted scores.
+    order = np.argsort(pp, kind="stable")
+    ps, ys = pp[order], yy[order]
+    events_above = np.r_[np.cumsum(ys[::-1])[::-1], 0.0]
+    first = np.searchsorted(ps, t, side="left")
+    tp = events_above[first]
+    fp = (n - first) - tp
+    return tp / n - fp / n * odds
+
+
+def treat_all(y: Any, thresholds: Any = THRESHOLDS) -> np.ndarray:
+    """Net benefit of alerting on every row: prevalence - (1 - prevalence) * pt / (1 - pt)."""
+    yy = np.asarray(y, dtype=np.float64).reshape(-1)
+    prevalence = float(yy.mean()) if yy.size else np.nan
+    return prevalence - (1.0 - prevalence) * _odds(thresholds)
+
+
+def decision_curve(
+    y: Any,
+    scores: Mapping[str, Any],
+    flags: Mapping[str, Any] | None = None,
+    thresholds: Any = THRESHOLDS,
+) -> pd.DataFrame:
+    """Net benefit of each strategy at each threshold, one column per strategy.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        Outcome per landmark row.
+    scores : Mapping[str, array-like of shape (n,)]
+        Probabilities acted on at ``p >= threshold`` (e.g. ``{"model": p}``).
+    flags : Mapping[str, array-like of 0/1], optional
+        Fixed strategies, acted on where the flag is 1 whatever the threshold (the alert
+        rule); their net benefit still falls with the threshold, as false alerts cost more.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``threshold`` then one column per strategy: the ``scores`` and ``flags`` names,
+        ``treat all`` and ``treat none`` (0).
+    """
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    out: dict[str, Any] = {"threshold": t}
+    for name, p in scores.items():
+        out[name] = net_benefit(y, p, t)
+    for name, flag in (flags or {}).items():
+        f = np.asarray(flag, dtype=np.float64).reshape(-1)
+        if not np.isin(f, (0.0, 1.0)).all():
+            raise ValueError(f"{name}: flags must be 0 or 1")
+        yy = np.asarray(y, dtype=np.float64).reshape(-1)
+        if f.shape != yy.shape:
+            raise ValueError(f"{name}: flags and outcomes differ in length")
+        tp = float(((f == 1) & (yy == 1)).sum()) / yy.size
+        fp = float(((f == 1) & (yy == 0)).sum()) / yy.size
+        out[name] = tp - fp * _odds(t)
+    out[TREAT_ALL] = treat_all(y, t)
+    out[TREAT_NONE] = np.zeros(t.size)
+    return pd.DataFrame(out)
+
+
+def _weeks(day: np.ndarray) -> np.ndarray:
+    """Monday-based week number of a day count since 1970-01-01 (a Thursday)."""
+    return np.floor_divide(day.astype(np.int64) + 3, 7)
+
+
+def alert_workload(
+    frame: pd.DataFrame,
+    scores: Mapping[str, Any],
+    flags: Mapping[str, Any] | None = None,
+    thresholds: Any = THRESHOLDS,
+) -> pd.DataFrame:
+    """Alerts per clinician per week and dropouts caught, at each threshold.
+
+    Every landmark row is one scored session; it alerts when its score is at or above the
+    threshold. Clinician-weeks are the (therapist, Monday-based week) pairs with at least one
+    scored session; rows without a therapist count for the totals but not per clinician.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per landmark row: ``client_id``, ``therapist_id`` (may be missing),
+        ``session_day`` (appointment date, days since 1970-01-01) and ``y`` (1 = the client
+        dropped out).
+    scores : Mapping[str, array-like of shape (n,)]
+        Probabilities per row, alerting at ``p >= threshold``.
+    flags : Mapping[str, array-like of 0/1], optional
+        Fixed strategies (the alert rule): one table row each, with an empty threshold.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (strategy, threshold): ``strategy``, ``threshold``, ``alerts`` (rows),
+        ``alerts_per_100_sessions``, ``alerts_per_clinician_week`` (mean over clinician-weeks),
+        ``alerts_per_clinician_week_p90`` (90th percentile over clinician-weeks),
+        ``dropouts_caught`` (share of dropout clients alerted at any session),
+        ``completers_alerted`` (share of completing clients alerted at any session).
+    """
+    missing = {CLIENT_ID, THERAPIST_ID, SESSION_DAY, "y"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"workload frame lacks column(s): {', '.join(sorted(missing))}")
+    y = frame["y"].to_numpy(dtype=np.float64)
+    n = y.size
+    client, _ = pd.factorize(frame[CLIENT_ID], use_na_sentinel=False)
+    n_clients = int(client.max()) + 1 if n else 0
+    dropout_client = np.zeros(n_clients, dtype=bool)
+    dropout_client[client[y == 1]] = True
+    therapist = frame[THERAPIST_ID]
+    known = therapist.notna().to_numpy()
+    week = _weeks(frame[SESSION_DAY].to_numpy())
+    cw = np.full(n, -1, dtype=np.int64)
+    cw[known], cw_values = pd.factorize(
+        pd.MultiIndex.from_arrays([therapist[known].astype(str).to_numpy(), week[known]])
+    )
+    n_cw = len(cw_values)
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+
+    def row(strategy: str, threshold: float, alert: np.ndarray) -> dict[str, Any]:
+        alerted = np.zeros(n_clients, dtype=bool)
+        alerted[client[alert]] = True
+        per_cw = np.bincount(cw[known & alert] if n_cw else [], minlength=n_cw)
+        n_drop = int(dropout_client.sum())
+        n_comp = n_clients - n_drop
+        return {
+            "strategy": strategy,
+            "threshold": threshold,
+            "alerts": int(alert.sum()),
+            "alerts_per_100_sessions": 100.0 * alert.sum() / n if n else np.nan,
+            "alerts_per_clinician_week": per_cw.mean() if n_cw else np.nan,
+            "alerts_per_clinician_week_p90": float(np.quantile(per_cw, 0.9)) if n_cw else np.nan,
+            "dropouts_caught": (alerted & dropout_client).sum() / n_drop if n_drop else np.nan,
+            "completers_alerted": (alerted & ~dropout_client).sum() / n_comp if n_comp else np.nan,
+        }
+
+    rows = []
+    for name, p in scores.items():
+        pp = np.asarray(p, dtype=np.float64).reshape(-1)
+        rows += [row(name, float(th), pp >= th) for th in t]
+    for name, flag in (flags or {}).items():
+        rows.append(row(name, np.nan, np.asarray(flag).reshape(-1) == 1))
+    return pd.DataFrame(rows)
+
+
+def calibration_ci(y: Any, p: Any, n_bins: int = 10, level: float = 0.95) -> pd.DataFrame:
+    """Calibration curve on quantile bins of ``p`` with Wilson intervals of the observed rate.
+
+    Quantile bins hold about the same number of rows each, so no point rests on a handful of
+    high-risk rows (equal-width bins, as the ECE uses, do). The interval treats rows as
+    independent; a client's landmark rows are correlated, so read it as somewhat narrow.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per non-empty bin: ``bin``, ``n``, ``events``, ``mean_predicted``,
+        ``observed_rate``, ``ci_low``, ``ci_high`` (probability units).
+    """
+    yy, pp = _checked(y, p)
+    columns = ["bin", "n", "events", "mean_predicted", "observed_rate", "ci_low", "ci_high"]
+    if yy.size == 0:
+        return pd.DataFrame(columns=columns)
+    codes = pd.qcut(pp, q=min(n_bins, yy.size), labels=False, duplicates="drop")
+    codes = np.asarray(codes, dtype=np.int64)
+    rows = []
+    for b in np.unique(codes):
+        mask = codes == b
+        k, n = int(yy[mask].sum()), int(mask.sum())
+        ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+        rows.append([int(b) + 1, n, k, pp[mask].mean(), k / n, ci.low, ci.high])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def subgroup_calibration(
+    y: Any,
+    p: Any,
+    frame: pd.DataFrame,
+    by: Sequence[str] = CALIBRATION_SUBGROUPS,
+    *,
+    n_bins: int = 5,
+    min_n: int = 100,
+) -> pd.DataFrame:
+    """:func:`calibration_ci` per value of each ``by`` column with at least ``min_n`` rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subgroup``, ``group`` (the value), ``group_n``, then the :func:`calibration_ci`
+        columns. Smaller groups are left out (their intervals span most of [0, 1]).
+    """
+    yy, pp = _checked(y, p)
+    parts = []
+    for column in by:
+        if column not in frame.columns:
+            continue
+        values = frame[column].astype(object).fillna("unknown").to_numpy()
+        for value in pd.unique(values):
+            mask = values == value
+            if mask.sum() < min_n:
+                continue
+            table = calibration_ci(yy[mask], pp[mask], n_bins)
+            parts.append(table.assign(subgroup=column, group=str(value), group_n=int(mask.sum())))
+    if not parts:
+        return pd.DataFrame(
+            columns=[
+                "subgroup",
+                "group",
+                "group_n",
+                "bin",
+                "n",
+                "events",
+                "mean_predicted",
+                "observed_rate",
+                "ci_low",
+                "ci_high",
+            ]  # fmt: skip
+        )
+    out = pd.concat(parts, ignore_index=True)
+    lead = ["subgroup", "group", "group_n"]
+    return out[lead + [c for c in out.columns if c not in lead]]
+
+
+def rule_flags(probability: np.ndarray) -> np.ndarray:
+    """0/1 alerts of the alert-rule baseline from its scored probabilities.
+
+    The baseline gives each arm its observed training dropout rate
+    (:class:`training.baselines.AlertRule`); the alerting arm is the one with the higher rate.
+    """
+    p = np.asarray(probability, dtype=np.float64).reshape(-1)
+    if p.size == 0 or np.unique(p).size < 2:
+        # One arm only: every row alerted, or none; the rate alone cannot say which.
+        return np.zeros(p.size, dtype=np.int8)
+    return (p == p.max()).astype(np.int8)
+
+
+@dataclass(frozen=True)
+class DecisionSupport:
+    """The decision-support tables of one evaluation (all on the test split's landmark rows).
+
+    ``decision_curve``: :func:`decision_curve` of the model and alert rule; ``workload``:
+    :func:`alert_workload` (empty without appointment dates); ``calibration``:
+    :func:`calibration_ci` of the model; ``subgroup_calibration``: :func:`subgroup_calibration`.
+    """
+
+    decision_curve: pd.DataFrame
+    workload: pd.DataFrame
+    calibration: pd.DataFrame
+    subgroup_calibration: pd.DataFrame
+
+    def card_table(self, high_from: float | None = None) -> pd.DataFrame:
+        """:func:`card_table` of this support's decision curve and workload."""
+        return card_table(self.decision_curve, self.workload, high_from)
+
+
+def card_table(
+    curve: pd.DataFrame, workload: pd.DataFrame, high_from: float | None = None
+) -> pd.DataFrame:
+    """Net benefit and workload side by side at :data:`CARD_THRESHOLDS` and the high band's.
+
+    Values are read at the nearest threshold of the curve's grid (0.01 apart), which the
+    ``threshold`` column shows; the row nearest ``high_from`` is marked ``high band``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``threshold``, ``net benefit, model``, ``net benefit, alert rule``, ``net benefit,
+        treat all``, and when the workload is known ``alerts per 100 sessions``, ``alerts per
+        clinician-week``, ``dropouts caught``, ``completers alerted``; then ``note``.
+    """
+    grid = curve["threshold"].to_numpy(dtype=float)
+    if grid.size == 0:
+        return pd.DataFrame()
+
+    def nearest(t: float) -> int:
+        return int(np.argmin(np.abs(grid - t)))
+
+    picks = {nearest(t) for t in CARD_THRESHOLDS}
+    band = None if high_from is None else nearest(high_from)
+    if band is not None:
+        picks.add(band)
+    model = workload[workload["strategy"] == MODEL] if not workload.empty else workload
+    rows = []
+    for i in sorted(picks):
+        c = curve.iloc[i]
+        row: dict[str, Any] = {
+            "threshold": grid[i],
+            "net benefit, model": c.get(MODEL, np.nan),
+            "net benefit, alert rule": c.get(ALERT_RULE, np.nan),
+            "net benefit, treat all": c.get(TREAT_ALL, np.nan),
+        }
+        if not model.empty:
+            w = model.iloc[int(np.argmin(np.abs(model["threshold"].to_numpy() - grid[i])))]
+            row.update(
+                {
+                    "alerts per 100 sessions": w["alerts_per_100_sessions"],
+                    "alerts per clinician-week": w["alerts_per_clinician_week"],
+                    "dropouts caught": w["dropouts_caught"],
+                    "completers alerted": w["completers_alerted"],
+                }
+            )
+        row["note"] = f"high band (from {high_from:.3f})" if i == band else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
+    """Every decision-support table of ``evaluation`` (its test landmark rows).
+
+    The workload needs each row's appointment date (``session_day`` in the evaluation's
+    context, set by :func:`training.pipeline.evaluate_scorer`); without it the workload table
+    is empty.
+    """
+    data = evaluation.data
+    y, p = data.y, evaluation.probability
+    flags = {}
+    if ALERT_RULE_BASELINE in evaluation.baseline_probability:
+        flags[ALERT_RULE] = rule_flags(evaluation.baseline_probability[ALERT_RULE_BASELINE])
+    curve = decision_curve(y, {MODEL: p}, flags)
+    context = data.context
+    if SESSION_DAY in context.columns:
+        workload = alert_workload(context.assign(y=y), {MODEL: p}, flags)
+    else:
+        workload = pd.DataFrame()
+    return DecisionSupport(
+        decision_curve=curve,
+        workload=workload,
+        calibration=calibration_ci(y, p),
+        subgroup_calibration=subgroup_calibration(y, p, context),
+    )
