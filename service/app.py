@@ -25,6 +25,7 @@ from service.audit_log import AuditSettings
 from service.auth import Authenticator, AuthSettings, describe
 from service.cds.cors import CdsCorsMiddleware
 from service.cds.prefetch import redact_httpx_logs
+from service.dashboard import install_dashboard
 from service.drift_window import DriftConfig, DriftWindows
 from service.errors import install_error_handlers
 from service.fhir.errors import FhirErrorMiddleware
@@ -210,6 +211,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(fhir_router)
     app.include_router(cds.router)
+    install_dashboard(app)  # /dashboard/ pages and their stylesheet
     if settings.docs_enabled:
         app.include_router(docs.router)
     # Middleware added last runs first: request id -> audit -> CORS -> timeout -> body size ->
