@@ -34,11 +34,12 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
-from service.routers import cds, docs, health, model, risk, whatif
+from service.routers import cds, clients, docs, health, model, risk, whatif
 from service.routers.fhir import router as fhir_router
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 from service.shadow import ComparisonLog, ScoreObserver, ShadowScorer, challenger_uri
+from service.store.db import Store, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ def create_app(
         # Route work shares a pool of settings.route_threads threads (see its description).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.route_threads
         result = await store.refresh_in_thread()
+        client_store = app.state.client_store = Store.from_settings(settings)
+        await _open_client_store(client_store)
         shadow = _shadow(settings, metrics, loader, client_factory)
         stores = [store] if shadow is None else [store, shadow.store]
         if shadow is not None:
@@ -182,6 +185,7 @@ def create_app(
             if drift is not None:
                 await run_in_threadpool(drift.close)
             metrics.close()
+            await run_in_threadpool(client_store.close)
 
     app = FastAPI(
         title="alliance-risk",
@@ -211,6 +215,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(fhir_router)
     app.include_router(cds.router)
+    app.include_router(clients.router)
     install_dashboard(app)  # /dashboard/ pages and their stylesheet
     if settings.docs_enabled:
         app.include_router(docs.router)
@@ -259,6 +264,16 @@ def _drift(settings: ServiceSettings, metrics: ServiceMetrics) -> DriftWindows |
         max_clinics=settings.drift_max_clinics,
     )
     return DriftWindows(metrics, config)
+
+
+async def _open_client_store(client_store: Store) -> None:
+    """Migrate the client store (unless turned off); with the database down the service still
+    starts: POST /v1/risk does not need it, and the store's routes answer 503 until it is back."""
+    try:
+        await run_in_threadpool(client_store.ensure_ready)
+    except StoreUnavailable as exc:
+        logger.warning("client store unavailable at start; its routes answer 503 until it is back",
+                       extra={"fields": {"reason": exc.reason}})  # fmt: skip
 
 
 async def _poll(stores: list[ModelStore], interval: float) -> None:

@@ -33,6 +33,8 @@ from features.validation import (
     UNKNOWN_ATTENDANCE,
 )
 from service.schemas import BatchRequest, ErrorResponse, RiskRequest, SessionIn
+from service.store.db import StoreUnavailable
+from service.store_schemas import OutcomeRequest, SessionsRequest
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ _FIELD_REASONS = {
     "session_number": SESSION_NUMBER_INVALID,
     "session_date": DATE_NOT_ISO,
     "intake_date": DATE_NOT_ISO,
+    "outcome_date": DATE_NOT_ISO,
 }
 
 
@@ -137,6 +140,8 @@ _QUOTABLE = frozenset(
         *RiskRequest.model_fields,
         *SessionIn.__annotations__,
         *BatchRequest.model_fields,
+        *SessionsRequest.model_fields,
+        *OutcomeRequest.model_fields,
         *(name for profile in PROFILES.values() for name in profile.element_names),
         "[key]",
     }
@@ -189,12 +194,14 @@ _ERROR_DESCRIPTIONS = {
     401: "No valid credentials.",
     403: "The credentials lack the scope.",
     404: "No such client for this clinic.",
+    409: "A request with the same Idempotency-Key is still being processed; see Retry-After.",
     413: "The body is larger than the limit.",
     415: "The body is not sent as application/json.",
     422: "The request does not meet the data contract.",
     429: "Rate limit; see Retry-After.",
     500: "Internal error; quote the request_id to the operator.",
-    503: "No model is loaded yet, or the audit trail is unavailable; see Retry-After.",
+    503: "No model is loaded yet, the audit trail or the client store is unavailable; see "
+    "Retry-After.",
     504: "The request did not complete in time.",
 }
 
@@ -237,6 +244,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequest)
     async def _refused(request: Request, exc: InvalidRequest) -> ProblemResponse:
         return problem(422, INVALID, request_id_of(request), exc.errors)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> ProblemResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return problem(503, str(exc), request_id_of(request), headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:

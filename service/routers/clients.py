@@ -1,0 +1,260 @@
+"""The client store's routes: ``POST /v1/clients/{client_id}/sessions`` (store appointments and
+rescore), ``POST .../outcome`` (close the episode) and ``GET .../risk`` (latest stored score,
+``?history=true`` for every one).
+
+Tenancy: the clinic is the credential's; a client of another clinic is the same 404 as a missing
+one. Scoring takes the one path (:func:`service.routers.risk.score_one`) on the stored episode
+rebuilt as the ``POST /v1/risk`` request, inside the write transaction: the score always matches
+the history it is stored with, and a 2xx is answered only after the commit. Plain ``def`` routes:
+database and scoring work run in the thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from features.validation import DUPLICATE_SESSION_NUMBER
+from service.auth import Principal
+from service.auth.principal import CLIENTS_READ, CLIENTS_WRITE
+from service.deps import ModelDep, SettingsDep
+from service.errors import InvalidRequest, error_responses, request_id_of
+from service.routers.jsonbody import OrjsonRoute
+from service.routers.risk import BODY_ERRORS, ERRORS, score_one
+from service.schemas import _ID_CHARS, ID_MAX_LENGTH, ModelRef
+from service.security import NOT_FOUND, forget_clients, note_client, scoped
+from service.store import repository as repo
+from service.store.deps import ClientStoreDep
+from service.store.repository import StoredEpisode
+from service.store_schemas import (
+    ClientRisk,
+    OutcomeRequest,
+    OutcomeResponse,
+    ScoreEntry,
+    SessionsRequest,
+)
+
+router = APIRouter(prefix="/v1/clients", tags=["clients"], route_class=OrjsonRoute)
+
+ClientsReader = Annotated[Principal, Depends(scoped(CLIENTS_READ))]
+ClientsWriter = Annotated[Principal, Depends(scoped(CLIENTS_WRITE))]
+ClientId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=ID_MAX_LENGTH,
+        pattern=f"^{_ID_CHARS}$",
+        description="The client's id in the clinic's records (the client_id of POST /v1/risk).",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Any unique string per logical request: a retry with the same key and body "
+        "gets the stored response (Idempotent-Replayed: true); the same key with another body "
+        "is a 422.",
+    ),
+]
+
+CLIENT_FIELDS_NEEDED = "required on the first post of a client that is not stored yet"
+KEY_REUSED = "this Idempotency-Key was used with a different request"
+KEY_IN_FLIGHT = "a request with this Idempotency-Key is being processed; retry later"
+STORE_ERRORS = error_responses(404, 409)
+
+
+@router.post(
+    "/{client_id}/sessions",
+    operation_id="storeClientSessions",
+    response_model=ClientRisk,
+    responses={**ERRORS, **BODY_ERRORS, **STORE_ERRORS},
+    summary="Store (append or correct) a client's appointments and ratings, and rescore",
+)
+def post_sessions(
+    client_id: ClientId,
+    body: SessionsRequest,
+    request: Request,
+    principal: ClientsWriter,
+    model: ModelDep,
+    settings: SettingsDep,
+    store: ClientStoreDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Appointments with a stored ``session_number`` replace it; new ones are added. The whole
+    stored episode is then scored by the served model and the score stored with it, in one
+    transaction committed before the answer. The first post of a client must carry
+    ``client`` (therapist, intake date, ...)."""
+    note_client(request, client_id)
+    request.state.model_version = model.version
+    _refuse_repeated_numbers(body)
+    keys = None
+    if idempotency_key is not None:
+        keys = (
+            repo.key_hash(principal.clinic, idempotency_key),
+            repo.request_hash("sessions", client_id, body.model_dump(mode="json")),
+        )
+    at = repo.now()
+    try:
+        with store.write() as conn:
+            if keys is not None and (
+                prior := repo.find_idempotent(conn, principal.clinic, keys[0])
+            ):
+                if prior.request_hash != keys[1]:
+                    raise HTTPException(422, KEY_REUSED)
+                return JSONResponse(
+                    prior.response,
+                    status_code=prior.status_code,
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            episode = repo.upsert_episode(conn, principal.clinic, client_id, body.client, at)
+            if episode is None:
+                raise InvalidRequest([{"loc": ["client"], "reason": CLIENT_FIELDS_NEEDED}])
+            repo.put_sessions(conn, episode.id, body.sessions, at)
+            posted = [s["session_number"] for s in body.sessions]
+            episode_request = repo.episode_request(conn, episode, first=posted)
+            forget_clients(request)  # score_one notes the client again
+            try:
+                _, score = score_one(episode_request, request, principal, model, settings)
+            except InvalidRequest as err:
+                raise InvalidRequest(_as_posted(err.errors, len(posted))) from None
+            repo.add_score(conn, episode, score, model_name=model.name,
+                           model_version=model.version, reason="ingest", at=at)  # fmt: skip
+            response = _client_risk(conn, episode, request_id_of(request), history=False)
+            if keys is not None:
+                payload = response.model_dump(mode="json")
+                repo.save_idempotent(conn, principal.clinic, *keys, 200, payload, at)
+    except IntegrityError:
+        # Only the idempotency key's unique index can collide here: the same key, in flight.
+        raise HTTPException(409, KEY_IN_FLIGHT, headers={"Retry-After": "1"}) from None
+    return response
+
+
+@router.post(
+    "/{client_id}/outcome",
+    operation_id="storeClientOutcome",
+    response_model=OutcomeResponse,
+    responses={**ERRORS, **BODY_ERRORS, **error_responses(404)},
+    summary="Record how a client's episode ended (completed or dropout)",
+)
+def post_outcome(
+    client_id: ClientId,
+    body: OutcomeRequest,
+    request: Request,
+    principal: ClientsWriter,
+    store: ClientStoreDep,
+) -> OutcomeResponse:
+    """Closes the episode: it leaves the open caseload, and monitoring reads the outcome. A
+    second call corrects the first."""
+    note_client(request, client_id)
+    with store.write() as conn:
+        episode = repo.find_episode(conn, principal.clinic, client_id, for_update=True)
+        if episode is None:
+            raise HTTPException(404, NOT_FOUND)
+        repo.record_outcome(conn, episode, body.outcome, body.outcome_date, repo.now())
+    return OutcomeResponse(
+        client_id=client_id,
+        outcome=body.outcome,
+        outcome_date=body.outcome_date,
+        request_id=request_id_of(request),
+    )
+
+
+@router.get(
+    "/{client_id}/risk",
+    operation_id="getClientRisk",
+    response_model=ClientRisk,
+    responses={**ERRORS, **error_responses(404)},
+    summary="A stored client's latest risk with its explanation, and optionally its history",
+)
+def get_risk(
+    client_id: ClientId,
+    request: Request,
+    principal: ClientsReader,
+    store: ClientStoreDep,
+    history: Annotated[
+        bool, Query(description="Add every stored score, oldest first, with its model version.")
+    ] = False,
+) -> ClientRisk:
+    note_client(request, client_id)
+    with store.read() as conn:
+        episode = repo.find_episode(conn, principal.clinic, client_id)
+        if episode is None:
+            raise HTTPException(404, NOT_FOUND)
+        response = _client_risk(conn, episode, request_id_of(request), history=history)
+    request.state.model_version = response.model.version
+    return response
+
+
+def _client_risk(
+    conn: Connection, episode: StoredEpisode, request_id: str, *, history: bool
+) -> ClientRisk:
+    row = repo.latest_score(conn, episode.id)
+    if row is None:  # an episode is stored with its first score; kept for safety
+        raise HTTPException(404, NOT_FOUND)
+    entries = None
+    if history:
+        entries = [
+            ScoreEntry(
+                model=ModelRef(name=h.model_name, version=h.model_version),
+                scored_at=h.scored_at,
+                landmark=h.landmark,
+                probability=h.probability,
+                risk_band=h.band,
+                top_driver=h.top_driver,
+                reason=h.reason,
+            )
+            for h in repo.score_history(conn, episode.id)
+        ]
+    return ClientRisk.model_validate(
+        {
+            "client_id": episode.client_id,
+            "model": {"name": row.model_name, "version": row.model_version},
+            "landmark": row.landmark,
+            "probability": row.probability,
+            "risk_band": row.band,
+            "scored_at": row.scored_at,
+            "reason": row.reason,
+            "explanation": row.explanation,
+            "outcome": episode.outcome,
+            "sessions_stored": repo.session_count(conn, episode.id),
+            "request_id": request_id,
+            "history": entries,
+        }
+    )
+
+
+def _refuse_repeated_numbers(body: SessionsRequest) -> None:
+    seen: set[int] = set()
+    problems = []
+    for i, s in enumerate(body.sessions):
+        if s["session_number"] in seen:
+            problems.append(
+                {"loc": ["sessions", i, "session_number"], "reason": DUPLICATE_SESSION_NUMBER}
+            )
+        seen.add(s["session_number"])
+    if problems:
+        raise InvalidRequest(problems)
+
+
+_CLIENT_FIELDS = ("therapist_id", "intake_date", "age", "gender", "referral_source")
+
+
+def _as_posted(problems: list[dict[str, Any]], n_posted: int) -> list[dict[str, Any]]:
+    """The scorer's problems on the rebuilt episode as paths into the posted body: its
+    appointments come first in the rebuilt request (``sessions[i]`` is the body's), a stored
+    one that conflicts is reported on ``sessions``, a client field under ``client``."""
+    out = []
+    for p in problems:
+        loc = list(p["loc"])
+        if loc and loc[0] == "sessions" and len(loc) > 1 and loc[1] >= n_posted:
+            loc = ["sessions"]
+        elif loc and loc[0] in _CLIENT_FIELDS:
+            loc = ["client", *loc]
+        out.append({"loc": loc, "reason": p["reason"]})
+    return out

@@ -1,0 +1,321 @@
+"""Reads and writes of the client store, on a connection inside a transaction
+(:meth:`service.store.db.Store.read` / ``write``). No scoring here: the routes rebuild a
+:class:`~service.schemas.RiskRequest` with :func:`episode_request`, score it with the one scorer
+path, and store the result with :func:`add_score`.
+
+Every write that changes a caseload row bumps ``clinic_state.version`` in the same transaction
+(:func:`bump_clinic`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from models.results import RiskScore
+from service.schemas import RiskRequest, SessionIn
+from service.store.tables import (
+    clinic_state,
+    episodes,
+    idempotency_keys,
+    outcomes,
+    risk_scores,
+    sessions,
+)
+from service.store_schemas import ClientFields
+
+#: Longest top-driver text kept on a score (the column's width).
+TOP_DRIVER_MAX = 512
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredEpisode:
+    id: int
+    clinic_id: str
+    client_id: str
+    outcome: str | None
+
+
+def find_episode(
+    conn: Connection, clinic_id: str, client_id: str, *, for_update: bool = False
+) -> StoredEpisode | None:
+    """The episode of ``client_id`` in ``clinic_id``; ``for_update`` locks its row until the
+    transaction ends (PostgreSQL; SQLite's writer already holds the database lock)."""
+    query = select(episodes.c.id, episodes.c.outcome).where(
+        episodes.c.clinic_id == clinic_id, episodes.c.client_id == client_id
+    )
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    return None if row is None else StoredEpisode(row.id, clinic_id, client_id, row.outcome)
+
+
+def upsert_episode(
+    conn: Connection,
+    clinic_id: str,
+    client_id: str,
+    client: ClientFields | None,
+    at: datetime,
+) -> StoredEpisode | None:
+    """The locked episode, created from ``client`` when missing (None when missing and no
+    client fields were sent), its client fields replaced when ``client`` is given."""
+    found = find_episode(conn, clinic_id, client_id, for_update=True)
+    if found is None and client is None:
+        return None
+    fields = {} if client is None else client.model_dump()
+    if found is None:
+        values = {"clinic_id": clinic_id, "client_id": client_id, "created_at": at}
+        stmt = _insert(conn, episodes).values(**values, **fields, updated_at=at)
+        # Two first posts of one new client at once (PostgreSQL): the second waits on the
+        # unique key, then finds the row and locks it.
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["clinic_id", "client_id"]))
+        found = find_episode(conn, clinic_id, client_id, for_update=True)
+        assert found is not None
+        return found
+    if fields:
+        conn.execute(update(episodes).where(episodes.c.id == found.id).values(**fields))
+    return found
+
+
+def put_sessions(
+    conn: Connection, episode_id: int, posted: Sequence[SessionIn], at: datetime
+) -> None:
+    """Add the appointments, replacing those with a stored ``session_number`` (the last of a
+    number posted twice in one body wins)."""
+    by_number = {s["session_number"]: s for s in posted}
+    stored = set(
+        conn.execute(
+            select(sessions.c.session_number).where(
+                sessions.c.episode_id == episode_id,
+                sessions.c.session_number.in_(list(by_number)),
+            )
+        ).scalars()
+    )
+    for number, s in by_number.items():
+        values = {
+            "session_date": s["session_date"],
+            "attendance": s["attendance"],
+            "ratings": s.get("ratings"),
+            "updated_at": at,
+        }
+        if number in stored:
+            conn.execute(
+                update(sessions)
+                .where(sessions.c.episode_id == episode_id, sessions.c.session_number == number)
+                .values(**values)
+            )
+        else:
+            conn.execute(
+                insert(sessions).values(episode_id=episode_id, session_number=number, **values)
+            )
+
+
+def episode_request(
+    conn: Connection, episode: StoredEpisode, first: Sequence[int] = ()
+) -> RiskRequest:
+    """The stored episode as the request ``POST /v1/risk`` would be sent: its client fields and
+    every stored appointment, those numbered in ``first`` first (in that order), the others by
+    session number. Built from stored, once-validated values without validating them again."""
+    row = conn.execute(select(episodes).where(episodes.c.id == episode.id)).one()
+    stored = conn.execute(
+        select(
+            sessions.c.session_number,
+            sessions.c.session_date,
+            sessions.c.attendance,
+            sessions.c.ratings,
+        )
+        .where(sessions.c.episode_id == episode.id)
+        .order_by(sessions.c.session_number)
+    ).all()
+    appointments: dict[int, SessionIn] = {}
+    for number, day, attendance, ratings in stored:
+        item: dict[str, Any] = {
+            "session_number": number,
+            "session_date": day,
+            "attendance": attendance,
+        }
+        if ratings is not None:
+            item["ratings"] = ratings
+        appointments[number] = item  # type: ignore[assignment]
+    order = [n for n in first if n in appointments]
+    order += [n for n in appointments if n not in set(first)]
+    return RiskRequest.model_construct(
+        client_id=row.client_id,
+        clinic_id=row.clinic_id,
+        therapist_id=row.therapist_id,
+        intake_date=row.intake_date,
+        age=row.age,
+        gender=row.gender,
+        referral_source=row.referral_source,
+        sessions=[appointments[n] for n in order],
+    )
+
+
+def session_count(conn: Connection, episode_id: int) -> int:
+    query = select(func.count()).where(sessions.c.episode_id == episode_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def add_score(
+    conn: Connection,
+    episode: StoredEpisode,
+    score: RiskScore,
+    *,
+    model_name: str,
+    model_version: str,
+    reason: str,
+    at: datetime,
+) -> int:
+    """Store ``score`` in the history, make it the episode's latest and bump the clinic."""
+    explanation = score.to_dict()["explanation"]
+    drivers = score.explanation.drivers
+    top = drivers[0].text[:TOP_DRIVER_MAX] if drivers else None
+    score_id = conn.execute(
+        insert(risk_scores)
+        .values(
+            episode_id=episode.id,
+            model_name=model_name,
+            model_version=model_version,
+            scored_at=score.scored_at,
+            landmark=score.landmark,
+            probability=score.probability,
+            band=score.risk_band,
+            top_driver=top,
+            explanation=explanation,
+            reason=reason,
+        )
+        .returning(risk_scores.c.id)
+    ).scalar_one()
+    conn.execute(
+        update(episodes)
+        .where(episodes.c.id == episode.id)
+        .values(
+            latest_score_id=score_id,
+            latest_probability=score.probability,
+            latest_band=score.risk_band,
+            latest_model_version=model_version,
+            latest_scored_at=score.scored_at,
+            latest_top_driver=top,
+            updated_at=at,
+        )
+    )
+    bump_clinic(conn, episode.clinic_id)
+    return int(score_id)
+
+
+def record_outcome(
+    conn: Connection, episode: StoredEpisode, outcome: str, day: date, at: datetime
+) -> None:
+    """Close the episode (a second call corrects the first) and bump the clinic."""
+    values = {"outcome": outcome, "outcome_date": day, "recorded_at": at}
+    stmt = _insert(conn, outcomes).values(episode_id=episode.id, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["episode_id"], set_=values))
+    conn.execute(
+        update(episodes).where(episodes.c.id == episode.id).values(outcome=outcome, updated_at=at)
+    )
+    bump_clinic(conn, episode.clinic_id)
+
+
+def bump_clinic(conn: Connection, clinic_id: str) -> None:
+    """``clinic_state.version += 1`` (created at 1), in the caller's transaction."""
+    stmt = _insert(conn, clinic_state).values(clinic_id=clinic_id, version=1)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["clinic_id"], set_={"version": clinic_state.c.version + 1}
+        )
+    )
+
+
+def clinic_version(conn: Connection, clinic_id: str) -> int:
+    query = select(clinic_state.c.version).where(clinic_state.c.clinic_id == clinic_id)
+    return int(conn.execute(query).scalar() or 0)
+
+
+def latest_score(conn: Connection, episode_id: int) -> Any:
+    """The episode's latest stored score row (None before the first)."""
+    query = (
+        select(risk_scores)
+        .join(episodes, episodes.c.latest_score_id == risk_scores.c.id)
+        .where(episodes.c.id == episode_id)
+    )
+    return conn.execute(query).first()
+
+
+def score_history(conn: Connection, episode_id: int) -> list[Any]:
+    """Every stored score of the episode, oldest first (without explanations)."""
+    query = (
+        select(
+            risk_scores.c.model_name,
+            risk_scores.c.model_version,
+            risk_scores.c.scored_at,
+            risk_scores.c.landmark,
+            risk_scores.c.probability,
+            risk_scores.c.band,
+            risk_scores.c.top_driver,
+            risk_scores.c.reason,
+        )
+        .where(risk_scores.c.episode_id == episode_id)
+        .order_by(risk_scores.c.scored_at, risk_scores.c.id)
+    )
+    return list(conn.execute(query).all())
+
+
+# -- idempotency ----------------------------------------------------------------------------
+
+
+def key_hash(clinic_id: str, key: str) -> str:
+    return hashlib.sha256(f"{clinic_id}\x00{key}".encode()).hexdigest()
+
+
+def request_hash(route: str, client_id: str, body: dict[str, Any]) -> str:
+    """The request's fingerprint: route, client and the body as validated (key order and
+    whitespace do not matter)."""
+    payload = orjson.dumps([route, client_id, body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def find_idempotent(conn: Connection, clinic_id: str, hashed_key: str) -> Any:
+    query = select(
+        idempotency_keys.c.request_hash,
+        idempotency_keys.c.status_code,
+        idempotency_keys.c.response,
+    ).where(idempotency_keys.c.clinic_id == clinic_id, idempotency_keys.c.key_hash == hashed_key)
+    return conn.execute(query).first()
+
+
+def save_idempotent(
+    conn: Connection,
+    clinic_id: str,
+    hashed_key: str,
+    hashed_request: str,
+    status: int,
+    response: dict[str, Any],
+    at: datetime,
+) -> None:
+    conn.execute(
+        insert(idempotency_keys).values(
+            clinic_id=clinic_id,
+            key_hash=hashed_key,
+            request_hash=hashed_request,
+            status_code=status,
+            response=response,
+            created_at=at,
+        )
+    )
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_*`` on SQLite and PostgreSQL."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

@@ -1,0 +1,113 @@
+"""Request and response schemas of the client store's routes (``/v1/clients/{client_id}/...``).
+
+Appointments and client fields are the ones of ``POST /v1/risk`` (:mod:`service.schemas`):
+the same :class:`~service.schemas.SessionIn`, the same field rules, the same 422 problem details
+naming the field. A stored client's appointments and fields rebuild exactly the
+:class:`~service.schemas.RiskRequest` the one scorer path takes.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.contract import SESSION_NUMBER_MAX
+from models.results import RiskBand, RiskExplanation
+from service.schemas import RISK_REQUEST_EXAMPLE, ModelRef, RiskRequest, SessionIn
+
+_FIELDS = RiskRequest.model_fields
+
+_CLIENT_EXAMPLE = {k: RISK_REQUEST_EXAMPLE[k] for k in ("therapist_id", "intake_date", "age")}
+
+
+class ClientFields(BaseModel):
+    """The contract's client fields of an episode: required on a client's first post, and
+    corrected by any later post that carries them."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CLIENT_EXAMPLE]})
+
+    # The very fields of RiskRequest (constraints, descriptions, defaults).
+    therapist_id: Annotated[str, _FIELDS["therapist_id"]]
+    intake_date: Annotated[date, _FIELDS["intake_date"]]
+    age: Annotated[int | None, _FIELDS["age"]]
+    gender: Annotated[str | None, _FIELDS["gender"]]
+    referral_source: Annotated[str | None, _FIELDS["referral_source"]]
+
+
+SESSIONS_EXAMPLE: dict[str, Any] = {
+    "client": _CLIENT_EXAMPLE,
+    "sessions": RISK_REQUEST_EXAMPLE["sessions"][:2],
+}
+
+
+class SessionsRequest(BaseModel):
+    """Appointments to add to a stored client, or to correct (same ``session_number``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SESSIONS_EXAMPLE]})
+
+    client: ClientFields | None = Field(
+        None,
+        description="The client's fields. Required when the client is not stored yet (the "
+        "first post); on later posts, replaces the stored fields.",
+    )
+    sessions: list[SessionIn] = Field(
+        min_length=1,
+        max_length=SESSION_NUMBER_MAX,
+        description="Appointments, any order, each with its session_number: a stored number "
+        "is replaced, a new one added. Same shape as POST /v1/risk.",
+    )
+
+
+class OutcomeRequest(BaseModel):
+    """How the episode ended; it leaves the open caseload."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"outcome": "dropout", "outcome_date": "2026-11-02"}]},
+    )
+
+    outcome: Literal["completed", "dropout"]
+    outcome_date: date = Field(description="ISO date the episode ended.")
+
+
+class OutcomeResponse(BaseModel):
+    client_id: str
+    outcome: Literal["completed", "dropout"]
+    outcome_date: date
+    request_id: str
+
+
+class ScoreEntry(BaseModel):
+    """One stored score of the client's history."""
+
+    model: ModelRef
+    scored_at: datetime
+    landmark: int = Field(description="Session number the risk is computed at.")
+    probability: float
+    risk_band: RiskBand
+    top_driver: str | None = Field(description="The largest driver, in clinician language.")
+    reason: Literal["ingest", "rescore"] = Field(
+        description="ingest: scored when sessions were stored; rescore: by a newly promoted model."
+    )
+
+
+class ClientRisk(BaseModel):
+    """A stored client's latest risk with its explanation and the model version that scored
+    it; ``history`` (with ``?history=true``) lists every stored score, oldest first."""
+
+    client_id: str
+    model: ModelRef
+    landmark: int
+    probability: float
+    risk_band: RiskBand
+    scored_at: datetime
+    reason: Literal["ingest", "rescore"]
+    explanation: RiskExplanation
+    outcome: Literal["completed", "dropout"] | None = Field(
+        description="null while the episode is open."
+    )
+    sessions_stored: int
+    request_id: str
+    history: list[ScoreEntry] | None = None
