@@ -43,6 +43,13 @@ CALIBRATION_CI_PNG = "calibration_ci.png"
 LANDMARKS_PNG = "landmarks.png"
 #: Per-subgroup calibration panels, one PNG per subgroup column.
 SUBGROUP_CALIBRATION_PNG = "calibration_by_{subgroup}.png"
+#: Readable names of the subgroup columns, for titles.
+SUBGROUP_NAMES = {
+    "clinic_id": "clinic",
+    "age_band": "age band",
+    "gender": "gender",
+    "referral_source": "referral source",
+}
 #: Largest number of panels in a subgroup figure (the largest groups are drawn).
 MAX_PANELS = 9
 #: The issue's per-landmark calibration target (ECE <= 0.03), drawn as a reference line.
@@ -264,7 +271,8 @@ def plot_decision_curve(curve: pd.DataFrame, out_dir: Path | str) -> Path:
         "threshold probability pt: act when predicted risk >= pt\n"
         "(pt = 0.25: one missed dropout weighs as much as 3 unneeded check-ins)"
     )
-    ax.set_ylabel("net benefit (true alerts per landmark row, net of weighted false alerts)")
+    ax.set_ylabel("net benefit (dropouts alerted per session, net of false alerts)")
+    ax.grid(alpha=0.3)
     ax.set_title("Decision curve, test split (unit: landmark row = one scored session)")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(loc="upper right")
@@ -316,7 +324,7 @@ def plot_workload(workload: pd.DataFrame, out_dir: Path | str) -> Path:
     bottom.set_ylabel("share of clients alerted at any session")
     bottom.set_ylim(0, 1.02)
     bottom.set_xlabel("threshold probability (alert when predicted risk is at or above it)")
-    bottom.legend(loc="upper right", fontsize="small")
+    bottom.legend(loc="lower left", fontsize="small")
     for ax in (top, bottom):
         ax.set_xlim(0, float(t.max()) if t.size else 1.0)
         ax.grid(alpha=0.3)
@@ -366,21 +374,24 @@ def plot_subgroup_calibration(table: pd.DataFrame, subgroup: str, out_dir: Path 
     """One calibration panel per group of ``subgroup`` (largest :data:`MAX_PANELS` groups)."""
     rows = table[table["subgroup"] == subgroup]
     sizes = rows.groupby("group")["group_n"].first().sort_values(ascending=False)
-    groups = list(sizes.index[:MAX_PANELS])
-    ncols = min(3, max(1, len(groups)))
+    # The largest groups, in reading order ("<25" before "25-39").
+    groups = sorted(sizes.index[:MAX_PANELS], key=lambda g: (not str(g).startswith("<"), str(g)))
+    ncols = 2 if len(groups) <= 4 else 3
     nrows = max(1, math.ceil(len(groups) / ncols))
     fig = _figure(nrows, ncols, width=3.3 * ncols + 0.6, height=3.3 * nrows + 0.8)
     limit = _limit(rows)
     for ax, group in zip(fig.axes, groups, strict=False):
         part = rows[rows["group"] == group]
         _calibration_axes(ax, part, limit=limit, label=str(group))
-        ax.set_title(f"{group} (n={int(sizes[group]):,})", fontsize="medium")
+        ax.set_title(f"{group} ({int(sizes[group]):,} rows)", fontsize="medium")
     for ax in fig.axes[len(groups) :]:
         ax.set_visible(False)
     left_out = len(sizes) - len(groups)
     note = f"; {left_out} smaller group(s) not drawn" if left_out else ""
+    name = SUBGROUP_NAMES.get(subgroup, subgroup)
     fig.suptitle(
-        f"Calibration by {subgroup}, test split (quantile bins, 95% Wilson intervals){note}"
+        f"Calibration by {name}, test split\n"
+        f"landmark rows in 5 quantile bins, 95% Wilson intervals{note}"
     )
     fig.supxlabel("mean predicted probability of dropout")
     fig.supylabel("observed dropout rate")
@@ -393,13 +404,19 @@ def landmark_column(table: pd.DataFrame) -> str:
 
 
 def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
-    """AUROC, ECE and mean predicted against observed dropout rate, per landmark.
+    """AUROC, ECE, mean predicted against observed dropout rate, and rows, per landmark.
 
     ``table`` is the evaluation's per-landmark table: a landmark column (``landmark`` or
-    ``value``), ``n``, ``auroc``, ``ece``, ``mean_probability`` and ``prevalence``.
+    ``value``), ``n``, ``auroc``, ``ece``, ``mean_probability`` and ``prevalence``. Late
+    landmarks hold few rows; the bottom panel shows how few, so an extreme AUROC or ECE there
+    is read as noise.
     """
-    fig = _figure(3, 1, height=8.0)
-    a, b, c = fig.axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 9.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    a, b, c, d = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": (3, 3, 3, 2)})
     k = table[landmark_column(table)].to_numpy(dtype=float)
     a.plot(k, table["auroc"], marker="o", color="tab:blue")
     a.set_ylabel("AUROC")
@@ -412,11 +429,13 @@ def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
     c.plot(k, table["mean_probability"], marker="o", label="mean predicted probability")
     c.plot(k, table["prevalence"], marker="s", label="observed dropout rate")
     c.set_ylabel("probability of dropout")
-    c.set_xlabel("landmark (appointment number at which the client was scored)")
     c.legend(loc="upper right", fontsize="small")
-    for ax in (a, b, c):
+    d.bar(k, table["n"], color="tab:grey", width=0.7)
+    d.set_ylabel("landmark rows")
+    d.set_xlabel("landmark (appointment number at which the client was scored)")
+    for ax in (a, b, c, d):
         ax.grid(alpha=0.3)
-        ax.set_xticks(k)
+    d.set_xticks(k)
     return _save(fig, out_dir, LANDMARKS_PNG)
 
 
