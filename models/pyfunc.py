@@ -1,11 +1,13 @@
 """MLflow pyfunc glue: one self-contained model holding a saved :class:`~models.scorer.Scorer`.
 
 The logged model's artifact ``scorer/`` is the scorer directory (booster, calibrator, feature
-registry with the instrument profile, risk bands, metadata). ``predict`` takes precomputed feature
-rows (the signature lists every registry column, in order) and returns probability, band and
-calibrated log-odds; ``mlflow models serve`` can therefore serve it as it is. The API loads the
-same model and calls :attr:`AllianceRiskModel.scorer` directly on raw session histories, so the
-service needs nothing but ``models:/<name>@champion`` to score.
+registry with the instrument profile, risk bands, metadata). ``predict`` takes raw episodes, the
+episode frame of :mod:`models.episode_frame` (one row per appointment with the client's fields
+repeated, the same contract as ``alliance-risk score`` and ``POST /v1/risk``), and returns one row
+per client: probability, risk band and the top drivers. ``mlflow models serve`` of the artifact is
+therefore useful on its own. The API loads the same model and calls
+:attr:`AllianceRiskModel.scorer` directly, so the service needs nothing but
+``models:/<name>@champion`` to score.
 
 Logging happens in ``training`` (the only MLflow writer); this module only defines the model.
 """
@@ -18,13 +20,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from models.episode_frame import (
+    RESULT_COLUMNS,
+    EpisodeFrameError,
+    episodes_from_frame,
+    example_frame,
+    input_schema,
+    score_row,
+)
 from models.scorer import Scorer
 
 SCORER_ARTIFACT = "scorer"
+#: The ``predict`` parameter: score at appointment ``k`` instead of each client's latest (0).
+LANDMARK_PARAM = "landmark"
 
 
 class AllianceRiskModel(PythonModel):
@@ -44,32 +55,82 @@ class AllianceRiskModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Score feature rows; see :func:`predict_frame`."""
-        return predict_frame(self.scorer, model_input)
+        """Score raw episodes; see :func:`predict_episodes`. A frame that breaks the data
+        contract raises ``MlflowException`` (HTTP 400 from ``mlflow models serve``) naming the
+        rows and columns, never a value."""
+        from mlflow.exceptions import MlflowException
+
+        landmark = int((params or {}).get(LANDMARK_PARAM) or 0)
+        try:
+            return predict_episodes(self.scorer, model_input, landmark=landmark)
+        except EpisodeFrameError as err:
+            raise MlflowException.invalid_parameter_value(str(err)) from None
 
 
-def predict_frame(scorer: Scorer, model_input: pd.DataFrame) -> pd.DataFrame:
-    """Score feature rows: columns must include every registry feature (NaN = missing).
+def predict_episodes(scorer: Scorer, frame: pd.DataFrame, *, landmark: int = 0) -> pd.DataFrame:
+    """Score the episodes of an episode frame (:mod:`models.episode_frame`) with ``scorer``.
 
-    Returns a frame with ``probability``, ``risk_band`` and ``logit`` (the log-odds of the
-    returned probability) per input row, on the input's index. No explanation is computed:
-    this is the plain prediction path (explanations come from :meth:`Scorer.score`).
+    Parameters
+    ----------
+    scorer : Scorer
+        The model.
+    frame : pandas.DataFrame
+        One row per appointment, the client's fields repeated on its rows
+        (:func:`models.episode_frame.frame_columns`).
+    landmark : int, default 0
+        0 scores each client at its latest appointment; ``k > 0`` at the appointment numbered
+        ``k`` (clients without one get no row).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scored client, in order of first appearance, columns
+        :data:`models.episode_frame.RESULT_COLUMNS`: probability, risk band, base probability
+        and the top three drivers (group, signed contribution, sentence, focus).
+
+    Raises
+    ------
+    EpisodeFrameError
+        The frame breaks the data contract (rows and columns named), or ``landmark < 0``.
     """
-    names = list(scorer.feature_names)
-    missing = [c for c in names if c not in model_input.columns]
-    if missing:
-        raise ValueError(f"model input lacks {len(missing)} feature column(s), e.g. {missing[0]}")
-    X = model_input[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    p = scorer.predict_proba(X)
-    finite = np.clip(p, 1e-12, 1.0 - 1e-12)  # keeps the log-odds finite at saturation
-    return pd.DataFrame(
-        {
-            "probability": p,
-            "risk_band": scorer.bands.assign(p).astype(str),
-            "logit": np.log(finite) - np.log1p(-finite),
-        },
-        index=model_input.index,
+    if landmark < 0:
+        raise EpisodeFrameError(f"{LANDMARK_PARAM} must be 0 (latest) or an appointment number")
+    episodes = episodes_from_frame(frame, scorer.profile)
+    scored = scorer.score(episodes, landmarks=landmark or "latest")
+    return pd.DataFrame([score_row(s) for s in scored.results], columns=list(RESULT_COLUMNS))
+
+
+def model_signature(scorer: Scorer) -> Any:
+    """The logged model's ``ModelSignature``: the episode frame on the scorer's profile in, one
+    row per client out, and the ``landmark`` parameter (default 0, the latest)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    number = {"landmark": DataType.long, "probability": DataType.double}
+    number |= {"base_probability": DataType.double}
+    number |= {f"contribution_{i}": DataType.double for i in range(1, 4)}
+    unknowable = ("clinic_id", "therapist_id")
+    per_driver = ("group_", "contribution_", "driver_", "focus_")
+    outputs = Schema(
+        [
+            ColSpec(
+                number.get(name, DataType.string),
+                name,
+                required=not name.startswith(per_driver) and name not in unknowable,
+            )
+            for name in RESULT_COLUMNS
+        ]
     )
+    return ModelSignature(
+        inputs=input_schema(scorer.profile),
+        outputs=outputs,
+        params=ParamSchema([ParamSpec(LANDMARK_PARAM, DataType.long, 0)]),
+    )
+
+
+def input_example(scorer: Scorer) -> pd.DataFrame:
+    """A made-up episode on the scorer's profile, stored with the model as its input example."""
+    return example_frame(scorer.profile)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,16 @@ candidate and the champion on the very same rows) and ``reference/reference_prof
 model's reference profile, :mod:`models.reference`, for analysts). The logged model is one
 self-contained pyfunc (:class:`models.pyfunc.AllianceRiskModel`) whose ``scorer`` artifact
 carries everything needed to score, the same reference profile included
-(``scorer.reference``).
+(``scorer.reference``); it takes raw episodes (:mod:`models.episode_frame`), so
+``mlflow models serve`` of it scores what ``alliance-risk score`` reads.
+
+What an analyst sees in MLflow: the model version's description is the model card's summary
+and the card (run artifact and the scorer's copy) names the real version, because the version
+is registered before the model's files are written; the registered model has a description;
+the datasets (whole cohort, calibration and test splits, evaluation data) are run inputs with
+the dataset fingerprint, schema and row counts only (never rows); and the test metrics, and
+those of every later ``alliance-risk evaluate`` run, are logged against the logged model
+(``model_id``), so external validation shows on the model's page.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import json
 import logging
 import secrets
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,18 +35,18 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 
 import features
 import models
 from features.contract import CLIENT_ID
-from models.pyfunc import SCORER_ARTIFACT, predict_frame
+from models.pyfunc import SCORER_ARTIFACT, input_example, model_signature, resolve_model
 from models.scorer import Scorer
 from training import decision, report, report_plots
 from training.pipeline import ModelEvaluation, TrainResult, headline_metrics
 from training.tracking import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
+    TAG_DATASET_FINGERPRINT,
     dataset_fingerprint,
     ensure_experiment,
     git_commit,
@@ -52,6 +62,22 @@ TEST_CLIENTS = "test_clients.parquet"
 REFERENCE_ARTIFACT = "reference/reference_profile.json"
 TAG_SIMULATED = "data.simulated"
 TAG_PROFILE = "instrument.profile"
+
+#: MLflow keeps at most 36 characters of a dataset digest; the whole fingerprint is a tag.
+_DIGEST_CHARS = 36
+#: The registered model's description (set when it has none; an operator's edit is kept).
+REGISTERED_MODEL_DESCRIPTION = (
+    "Predicts the probability that a client in outpatient psychotherapy drops out (ends "
+    "therapy unilaterally before the planned end), from the client's appointments so far: "
+    "attendance and the session-by-session therapeutic alliance ratings. For clinicians and "
+    "clinic analysts, to prompt a conversation with the client and an alliance-building "
+    "focus; never to decide eligibility, funding or a therapist's performance.\n\n"
+    "Each version's description summarises its model card (run artifact "
+    "`report/model_card.md`). Serve the champion with `alliance-risk serve` "
+    "(`models:/<name>@champion`), or a version on its own with `mlflow models serve`: it takes "
+    "raw episodes, one row per appointment. See the README's Analyst guide: *MLflow for "
+    "analysts*, *4. Promote*, *5. Evaluate on new data* and *6. Score a caseload*."
+)
 
 #: Exact requirements written into the logged model: the versions its artefacts depend on.
 _PINNED = ("numpy", "pandas", "scikit-learn", "scipy", "xgboost-cpu", "mlflow", "pyarrow")
@@ -151,6 +177,105 @@ def _mlflow_metrics(evaluation: ModelEvaluation, prefix: str = "test_") -> dict[
     return out
 
 
+def _source(text: str) -> Any:
+    """A dataset source naming the input files (their names only, as the card does)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():
+        # A bare file name matches MLflow's local artifact source twice; it says so.
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        return resolve_dataset_source(text or "unspecified")
+
+
+def _dataset(
+    name: str, sessions: pd.DataFrame, clients: pd.DataFrame, source: str, fingerprint: str
+) -> tuple[Any, dict[str, str]]:
+    """``(dataset, input tags)`` for ``mlflow.log_input``: the sessions table's schema and
+    row count (MLflow's profile: counts only, never rows), the fingerprint as digest (its first
+    36 characters, MLflow's limit) and, whole, as a tag, with the client count."""
+    dataset = mlflow.data.from_pandas(
+        sessions, source=_source(source), name=name, digest=fingerprint[:_DIGEST_CHARS]
+    )
+    return dataset, {TAG_DATASET_FINGERPRINT: fingerprint, "clients": str(len(clients))}
+
+
+def _cohort_dataset(
+    sessions: pd.DataFrame, clients: pd.DataFrame, source: str, fingerprint: str, partial: bool
+) -> tuple[Any, dict[str, str]]:
+    """The whole training cohort; when only part of it is at hand (the Dask engine gathers
+    calibration and test clients), its schema and the whole cohort's fingerprint without
+    counts."""
+    if not partial:
+        return _dataset("cohort", sessions, clients, source, fingerprint)
+    from mlflow.data.meta_dataset import MetaDataset
+
+    schema = mlflow.data.from_pandas(sessions.head(0), source=_source(source)).schema
+    dataset = MetaDataset(
+        _source(source), name="cohort", digest=fingerprint[:_DIGEST_CHARS], schema=schema
+    )
+    return dataset, {TAG_DATASET_FINGERPRINT: fingerprint}
+
+
+def _split(sessions: pd.DataFrame, clients: pd.DataFrame, ids: Any) -> tuple[pd.DataFrame, ...]:
+    return sessions[sessions[CLIENT_ID].isin(ids)], clients[clients[CLIENT_ID].isin(ids)]
+
+
+def card_summary(
+    card_data: dict[str, Any],
+    metrics: dict[str, float],
+    *,
+    model_name: str,
+    version: str | None,
+    run_id: str,
+    simulated: bool,
+) -> str:
+    """The model version's description: the model card in a few lines (Markdown).
+
+    ``card_data`` is the card's ``data`` mapping (clients, dropout rate, profile, intake
+    range); ``metrics`` the test split's :func:`training.pipeline.headline_metrics`.
+    """
+
+    def value(key: str, fmt: str = "{:.3f}") -> str:
+        return fmt.format(metrics[key]) if key in metrics else "n/a"
+
+    lines = [f"**{model_name} version {version or '(unregistered)'}**: dropout risk at each "
+             "appointment, from attendance and alliance ratings (model card: run artifact "
+             f"`report/model_card.md`, run {run_id})."]  # fmt: skip
+    if simulated:
+        lines.append("**Trained and evaluated on simulated data**: validate on your own clients "
+                     "(`alliance-risk evaluate`) before any use.")  # fmt: skip
+    population = [
+        f"{key.replace('_', ' ')} {card_data[key]}"
+        for key in ("clients", "dropout_rate", "profile", "intake_from", "intake_to")
+        if key in card_data
+    ]
+    if population:
+        lines.append("Training data: " + ", ".join(population) + ".")
+    lines.append(
+        f"Test split ({value('n', '{:.0f}')} landmark rows, prevalence {value('prevalence')}): "
+        f"AUROC {value('auroc')} (95% CI {value('auroc_ci_low')} to {value('auroc_ci_high')}), "
+        f"Brier {value('brier')}, ECE {value('ece')}, calibration intercept "
+        f"{value('calibration_intercept', '{:+.3f}')} and slope {value('calibration_slope')}; "
+        f"high-risk flag sensitivity {value('flag_sensitivity')}, PPV {value('flag_ppv')}."
+    )
+    lines.append(
+        "External validations (`alliance-risk evaluate`) are logged against this model: see "
+        "the metrics on its logged model page, by dataset."
+    )
+    return "\n\n".join(lines)
+
+
+def _describe_registry(
+    client: Any, name: str, version: str, summary: str, tags: dict[str, str]
+) -> None:
+    """Version description and tags; the registered model's description when it has none."""
+    client.update_model_version(name, version, description=summary)
+    for key, val in tags.items():
+        client.set_model_version_tag(name, version, key, val)
+    if not (client.get_registered_model(name).description or "").strip():
+        client.update_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+
+
 def log_training_run(
     result: TrainResult,
     *,
@@ -171,6 +296,7 @@ def log_training_run(
     (the Dask engine's gathered calibration and test clients); by default theirs.
     """
     experiment_id = ensure_experiment(experiment)
+    partial = fingerprint is not None
     fingerprint = fingerprint or dataset_fingerprint(sessions, clients)
     commit = git_commit()
     evaluation = result.evaluation
@@ -197,18 +323,38 @@ def log_training_run(
         )
         mlflow.log_metrics(
             {
-                **_mlflow_metrics(evaluation),
                 "valid_logloss": float(result.fit.valid_logloss),
                 **{f"time_{k}": float(v) for k, v in result.timings.items()},
             }
         )
+        test_data = _dataset(
+            "test", test_sessions, test_clients, source,
+            dataset_fingerprint(test_sessions, test_clients),
+        )  # fmt: skip
+        calibration = _split(sessions, clients, result.splits.calibration)
+        for (dataset, tags), context in (
+            (_cohort_dataset(sessions, clients, source, fingerprint, partial), "training"),
+            (_dataset("calibration", *calibration, source, dataset_fingerprint(*calibration)),
+             "calibration"),
+            (test_data, "test"),
+        ):  # fmt: skip
+            mlflow.log_input(dataset, context=context, tags=tags)
+        # The version is registered before the model's files are written, so the model card
+        # (in the run and in the model) can name it; a failure below deletes the version.
+        model_id = mlflow.initialize_logged_model(
+            name=MODEL_ARTIFACT, source_run_id=run_id
+        ).model_id
+        version = None
+        if register_as:
+            version = str(mlflow.register_model(f"models:/{model_id}", register_as).version)
         out = Path(tmp) / "report"
         out.mkdir()
         tables = _write_reports(evaluation, out)
         pd.DataFrame(list(result.fit.trials)).to_csv(out / "search_trials.csv", index=False)
+        card_data = {**result.data_summary, "fingerprint": fingerprint, "source": source}
         card = report.model_card(
             model_name=register_as or DEFAULT_MODEL_NAME,
-            data={**result.data_summary, "fingerprint": fingerprint, "source": source},
+            data=card_data,
             model={
                 "estimator": (
                     f"XGBoost, {result.fit.best_iteration + 1} trees of depth "
@@ -231,6 +377,7 @@ def log_training_run(
                 tables["decision_curve"], tables["alert_workload"], result.scorer.bands.high_from
             ),
             simulated=simulated,
+            model_version=version,
             run_id=run_id,
             git_commit=commit,
             created_at=str(result.scorer.metadata.get("trained_at", "")),
@@ -260,30 +407,45 @@ def log_training_run(
             model_card=card,
         )
         scorer_dir = scorer.save(Path(tmp) / "scorer")
-        example = pd.DataFrame(evaluation.data.X[:3], columns=list(scorer.feature_names)).astype(
-            "float64"
-        )
-        signature = infer_signature(example, predict_frame(scorer, example))
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(Path(models.__file__).parent / "mlflow_entry.py"),
-            artifacts={SCORER_ARTIFACT: str(scorer_dir)},
-            code_paths=[
-                str(_python_sources(Path(pkg.__file__).parent, Path(tmp) / "code"))
-                for pkg in (features, models)
-            ],
-            signature=signature,
-            input_example=example,
-            pip_requirements=_requirements(),
-            registered_model_name=register_as,
-        )
-    version = None if info.registered_model_version is None else str(info.registered_model_version)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                model_id=model_id,
+                python_model=str(Path(models.__file__).parent / "mlflow_entry.py"),
+                artifacts={SCORER_ARTIFACT: str(scorer_dir)},
+                code_paths=[
+                    str(_python_sources(Path(pkg.__file__).parent, Path(tmp) / "code"))
+                    for pkg in (features, models)
+                ],
+                signature=model_signature(scorer),
+                input_example=input_example(scorer),
+                pip_requirements=_requirements(),
+            )
+        except BaseException:
+            if register_as and version:
+                mlflow.MlflowClient().delete_model_version(register_as, version)
+            raise
+        # Logged against the model and the test split: the model's page shows them by dataset.
+        mlflow.log_metrics(_mlflow_metrics(evaluation), model_id=model_id, dataset=test_data[0])
     if register_as and version:
-        client = mlflow.MlflowClient()
-        client.set_model_version_tag(register_as, version, "run_id", run_id)
-        client.set_model_version_tag(register_as, version, "dataset.fingerprint", fingerprint)
-        client.set_model_version_tag(
-            register_as, version, "metrics", json.dumps(headline_metrics(evaluation))
+        summary = card_summary(
+            card_data,
+            headline_metrics(evaluation),
+            model_name=register_as,
+            version=version,
+            run_id=run_id,
+            simulated=simulated,
+        )
+        _describe_registry(
+            mlflow.MlflowClient(),
+            register_as,
+            version,
+            summary,
+            {
+                "run_id": run_id,
+                TAG_DATASET_FINGERPRINT: fingerprint,
+                "metrics": json.dumps(headline_metrics(evaluation)),
+            },
         )
     logger.info("logged training run %s (model version %s)", run_id, version)
     return (
@@ -304,6 +466,26 @@ def _python_sources(package: Path, into: Path) -> Path:
     return target
 
 
+def evaluated_model_id(model_uri: str) -> str | None:
+    """The MLflow 3 logged model (``m-...``) behind ``model_uri``, or ``None`` (a run URI, a
+    path, or a version registered from a run before logged models existed).
+
+    ``models:/m-<id>`` is itself; ``models:/<name>/<version>`` and ``models:/<name>@<alias>``
+    are resolved through the registry (the version's ``model_id``, else its
+    ``models:/m-<id>`` source).
+    """
+    if model_uri.startswith("models:/m-"):
+        return model_uri.removeprefix("models:/")
+    ref = resolve_model(model_uri)
+    if ref.version == "local":
+        return None
+    found = mlflow.MlflowClient().get_model_version(ref.name, ref.version)
+    if getattr(found, "model_id", None):
+        return str(found.model_id)
+    source = str(found.source or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def log_evaluation_run(
     evaluation: ModelEvaluation,
     *,
@@ -312,11 +494,20 @@ def log_evaluation_run(
     clients: pd.DataFrame,
     experiment: str = DEFAULT_EXPERIMENT,
     simulated: bool = False,
+    source: str = "",
     extra_tags: dict[str, Any] | None = None,
 ) -> LoggedRun:
-    """Log an external/temporal validation of ``model_uri`` as its own MLflow run."""
+    """Log an external/temporal validation of ``model_uri`` as its own MLflow run.
+
+    The evaluation data are the run's input (context ``evaluation``: schema, counts and
+    fingerprint, never rows), and the metrics are logged against the evaluated logged model
+    (``model_id``) and that dataset, so they show on the model's page beside the training
+    run's test metrics. ``model_uri`` is pinned to its version first (an alias may move).
+    """
     experiment_id = ensure_experiment(experiment)
     fingerprint = dataset_fingerprint(sessions, clients)
+    ref = resolve_model(model_uri)
+    model_id = evaluated_model_id(ref.uri)
     with mlflow.start_run(experiment_id=experiment_id) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tags(
             {
@@ -324,10 +515,14 @@ def log_evaluation_run(
                 TAG_SIMULATED: str(simulated).lower(),
                 "alliance_risk.kind": "evaluate",
                 "evaluated_model_uri": model_uri,
+                "evaluated_model_version": ref.version,
+                **({"evaluated_model_id": model_id} if model_id else {}),
                 **{k: str(v) for k, v in (extra_tags or {}).items()},
             }
         )
-        mlflow.log_metrics(_mlflow_metrics(evaluation))
+        dataset, tags = _dataset("evaluation", sessions, clients, source, fingerprint)
+        mlflow.log_input(dataset, context="evaluation", tags=tags)
+        mlflow.log_metrics(_mlflow_metrics(evaluation), model_id=model_id, dataset=dataset)
         out = Path(tmp) / "report"
         out.mkdir()
         _write_reports(evaluation, out)

@@ -8,7 +8,6 @@ a table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,12 +15,9 @@ import pandas as pd
 from features.contract import CLIENT_ID, ONGOING, OUTCOME
 from features.episodes import Episodes
 from features.profiles import InstrumentProfile
+from models.episode_frame import TOP, score_row
 from models.pyfunc import load_scorer, resolve_model
-from models.results import RiskScore
 from models.scorer import Scorer
-
-#: Drivers (and groups) per row of the output table.
-TOP = 3
 
 
 @dataclass(frozen=True)
@@ -41,29 +37,6 @@ class CohortScores:
     not_at_landmark: int
     refused: int
     skipped_ended: int
-
-
-def score_row(score: RiskScore) -> dict[str, Any]:
-    """One flat table row of a result: the client, the risk, and its top drivers.
-
-    Columns: ``client_id``, ``clinic_id``, ``therapist_id``, ``landmark``, ``probability``,
-    ``risk_band``, ``base_probability``, ``space``, ``scored_at``, then for ``i = 1..3``
-    ``group_i``, ``contribution_i`` (signed, in ``space``), ``driver_i`` (the sentence) and
-    ``focus_i`` (the alliance-building focus, empty for attendance and engagement).
-    """
-    doc = score.to_dict()
-    explanation = doc.pop("explanation")
-    row = {**doc}
-    row["base_probability"] = explanation["base_probability"]
-    row["space"] = explanation["space"]
-    drivers = explanation["drivers"]
-    for i in range(TOP):
-        d = drivers[i] if i < len(drivers) else {}
-        row[f"group_{i + 1}"] = d.get("group")
-        row[f"contribution_{i + 1}"] = d.get("contribution")
-        row[f"driver_{i + 1}"] = d.get("text")
-        row[f"focus_{i + 1}"] = d.get("focus")
-    return row
 
 
 COLUMNS = (

@@ -104,7 +104,9 @@ def test_calibration_keeps_or_improves_brier(trained, cohort) -> None:
 
     arrays = pack_frames(cohort.sessions, cohort.clients, cohort.profile)
     data = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20)
-    cal = data.subset(trained.splits.calibration)
+    # On held-out clients: the served booster is refitted on every development client
+    # (training.crossfit), so its raw margins on the calibration split are in-sample.
+    cal = data.subset(trained.splits.test)
     raw = 1 / (1 + np.exp(-margin(trained.scorer.booster, cal.X)))
     calibrated = trained.scorer.explain_matrix(cal.X).probability
     brier = lambda p: float(np.mean((p - cal.y) ** 2))  # noqa: E731
@@ -175,10 +177,20 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     scorer = load_scorer("models:/alliance-risk@champion")
     load_scorer("models:/alliance-risk@champion")  # a reload leaves no code folder behind
     assert sys.path == path_before
-    X = scorer.score(_episodes(cohort)).features[:5]
-    out = pyfunc.predict(pd.DataFrame(X, columns=list(scorer.feature_names)))
-    # pyfunc predicts the margin directly, the scorer sums TreeSHAP: equal to float32 rounding.
-    np.testing.assert_allclose(out["probability"], scorer.explain_matrix(X).probability, atol=1e-6)
+    # Plain MLflow scores raw episodes (one row per appointment, client fields repeated).
+    five = set(cohort.clients[CLIENT_ID].iloc[:5])
+    raw = cohort.sessions[cohort.sessions[CLIENT_ID].isin(five)].merge(
+        cohort.clients[[CLIENT_ID, "intake_date", "age"]], on=CLIENT_ID
+    )
+    out = pyfunc.predict(
+        raw.assign(
+            session_date=raw["session_date"].dt.strftime("%Y-%m-%d"),
+            intake_date=raw["intake_date"].dt.strftime("%Y-%m-%d"),
+        )
+    )
+    expected = {r.client_id: r.probability for r in scorer.score(_episodes(cohort)).results}
+    assert set(out[CLIENT_ID]) == five
+    np.testing.assert_allclose(out["probability"], [expected[c] for c in out[CLIENT_ID]])
     assert scorer.metadata["simulated"] is True
     assert "simulated data" in scorer.model_card
     # The reference profile travels inside the model, and sits beside it for analysts.

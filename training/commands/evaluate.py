@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -49,7 +50,8 @@ def evaluate(
     """Validate a registered model on new data: every labelled landmark is a test row.
 
     Produces the same report as training (overall, per landmark, per subgroup, calibration,
-    ROC and PR plots) and logs it as an MLflow evaluation run.
+    ROC and PR plots) and logs it as an MLflow evaluation run, its metrics logged against the
+    evaluated model version's logged model, so they show on that model's page.
     """
     console = Console()
     cohort = load_or_exit(
@@ -87,6 +89,7 @@ def evaluate(
         clients=cohort.clients,
         experiment=experiment,
         simulated=is_simulated(sessions),
+        source=f"{Path(sessions).name}, {Path(clients).name}",
     )
     table = Table(title=f"Evaluation of {model}", title_justify="left")
     table.add_column("metric")
