@@ -21,9 +21,10 @@ temporary directory; the peer is ``mlflow models serve`` of the same model versi
 3. Batch, one worker: ``POST /v1/risk/batch`` with 1,000 distinct clients (those with
    appointment counts closest to 12), sequential, 5 repeats (3) after a warm-up.
 4. Throughput at equal workers: ``wrk -t2 -c16`` (30 s; 5 s) posting that client to
-   ``/v1/risk`` (with explanation) and its feature row as ``dataframe_split`` to ``mlflow
-   models serve`` (probability only), alternating between the two, twice each (once), on one
-   worker each, then again on two workers each.
+   ``/v1/risk`` (with explanation) and the same raw episode to ``mlflow models serve`` as
+   ``dataframe_split`` (one row per appointment, the client's fields repeated: the logged
+   model's input, so the peer builds the features and explains too), alternating between the
+   two, twice each (once), on one worker each, then again on two workers each.
 5. Memory: resident memory of every worker of ours (now and at its peak) after its runs, and of
    mlflow's for reference.
 6. Shadow challenger (issue #23): the same version also given the ``challenger`` alias, two
@@ -56,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 
 from benchmarks import _breakdown
 from benchmarks._harness import Target, Timing, provenance
@@ -76,10 +76,9 @@ from benchmarks._servers import (
     wrk_script,
     wrk_summary,
 )
+from models.episode_frame import CLIENT_FIELDS, frame_columns
 from models.pyfunc import load_scorer
 from models.scorer import Scorer
-from service.episodes import to_episodes
-from service.schemas import RiskRequest
 from tests.service.helpers import check_risk_body, request_for
 from training.simulate import Cohort, simulate_cohort, write_cohort
 
@@ -189,11 +188,16 @@ def _pick_clients(cohort: Cohort, n: int) -> list[str]:
     return [str(cid) for cid, _ in order[:n]]
 
 
-def _mlflow_body(scorer: Scorer, x: np.ndarray) -> bytes:
-    row = [None if not math.isfinite(v) else float(v) for v in x]  # NaN goes as null
-    return json.dumps(
-        {"dataframe_split": {"columns": list(scorer.feature_names), "data": [row]}}
-    ).encode()
+def _mlflow_body(scorer: Scorer, request: dict[str, Any]) -> bytes:
+    """The request's client as the logged model's raw-episode input (models.episode_frame)."""
+    client = [request.get(name) for name in CLIENT_FIELDS]
+    rows = [
+        [*client, s["session_number"], s["session_date"], s["attendance"],
+         *((s.get("ratings") or {}).get(e) for e in scorer.profile.element_names)]
+        for s in request["sessions"]
+    ]  # fmt: skip
+    columns = list(frame_columns(scorer.profile))
+    return json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
 
 
 def _ms(t: Timing) -> dict[str, float]:
@@ -205,7 +209,8 @@ def _ms(t: Timing) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Bodies:
-    """What the clients send: ours (one client, a batch) and mlflow's (the same client's row)."""
+    """What the clients send: ours (one client, a batch) and mlflow's (the same client's raw
+    episode, one row per appointment)."""
 
     single: bytes
     batch: bytes
@@ -483,9 +488,7 @@ def run(quick: bool) -> dict[str, Any]:
         scorer = load_scorer(f"models:/{MODEL_NAME}/1")
         in_single = _breakdown.single(scorer, single, sizes.calls)
         in_batch = _breakdown.batch(scorer, batch_bytes, sizes.batch_repeats)
-        request = RiskRequest.model_validate_json(single)
-        x = scorer.score(to_episodes([request], scorer.profile).episodes).features[0]
-        mlflow_bytes = _mlflow_body(scorer, x)
+        mlflow_bytes = _mlflow_body(scorer, single_body)
         (tmp / "ours.json").write_bytes(single)
         (tmp / "mlflow.json").write_bytes(mlflow_bytes)
         bodies = Bodies(
