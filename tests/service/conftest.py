@@ -163,3 +163,23 @@ def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
                      **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
     with TestClient(app, headers=bearer(dev_key_dir)) as client:
         yield client
+
+
+@pytest.fixture
+def pg_store_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database for the client store on the session's PostgreSQL, dropped after."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    server = postgres_server.rsplit("/", 1)[0]
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()

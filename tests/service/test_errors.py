@@ -34,6 +34,9 @@ OPERATION_IDS = {
     ("get", "/cds-services"): "cdsDiscovery",
     ("post", "/cds-services/{service_id}"): "cdsService",
     ("post", "/cds-services/{service_id}/feedback"): "cdsFeedback",
+    ("post", "/v1/clients/{client_id}/sessions"): "storeClientSessions",
+    ("post", "/v1/clients/{client_id}/outcome"): "storeClientOutcome",
+    ("get", "/v1/clients/{client_id}/risk"): "getClientRisk",
 }
 
 

@@ -3,36 +3,18 @@ PostgreSQL, and the head schema equal to ``service.store.tables``."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 
 from service.store.db import Store
 from service.store.tables import metadata
 
 TABLES = {"clinic_state", "episodes", "sessions", "outcomes", "risk_scores", "idempotency_keys"}
-
-
-@pytest.fixture
-def pg_store_url(postgres_server: str) -> Iterator[str]:
-    """A fresh database on the session's PostgreSQL, dropped after the test."""
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server.rsplit("/", 1)[0] + "/postgres",
-                          isolation_level="AUTOCOMMIT")  # fmt: skip
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
 
 
 def _up_and_down(url: str) -> None:
