@@ -19,6 +19,7 @@ from typer.models import DefaultPlaceholder
 
 from service import apikey_cli, token_cli
 from service import cli as service_cli
+from service.store import cli as store_cli
 from training import cli as training_cli
 
 PACKAGE = "alliance-risk"
@@ -92,6 +93,7 @@ training_cli.register(app)
 service_cli.register(app)
 token_cli.register(app)
 apikey_cli.register(app)
+store_cli.register(app)
 
 
 def _use_our_classes(typer_app: typer.Typer) -> None:

@@ -68,3 +68,25 @@ def test_ensure_ready_migrates_once_and_can_be_turned_off(tmp_path: Path) -> Non
     assert manual.ready
     manual.close()
     auto.close()
+
+
+def test_db_cli_upgrades_and_reports(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    runner = CliRunner()
+    before = runner.invoke(app, ["db", "current", "--url", url])
+    assert before.exit_code == 0, before.output
+    assert "revision none" in before.output
+    up = runner.invoke(app, ["db", "upgrade", "--url", url])
+    assert up.exit_code == 0, up.output
+    assert Store(url).current() == Store(url).head()
+    assert "at head" in runner.invoke(app, ["db", "current", "--url", url]).output
+    down = runner.invoke(app, ["db", "downgrade", "base", "--url", url])
+    assert down.exit_code == 0 and Store(url).current() is None
+    closed = "postgresql+psycopg2://u:secret@127.0.0.1:9/x"
+    refused = runner.invoke(app, ["db", "current", "--url", closed])
+    assert refused.exit_code == 1
+    assert "cannot be reached" in refused.output and "secret" not in refused.output
