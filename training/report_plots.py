@@ -417,7 +417,10 @@ def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
     fig = Figure(figsize=(7.0, 9.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     a, b, c, d = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": (3, 3, 3, 2)})
-    k = table[landmark_column(table)].to_numpy(dtype=float)
+    # One point per single landmark; rows for bands of landmarks (if any) are left out.
+    landmark = pd.to_numeric(table[landmark_column(table)], errors="coerce")
+    table = table.loc[landmark.notna()].assign(_k=landmark[landmark.notna()])
+    k = table["_k"].to_numpy(dtype=float)
     a.plot(k, table["auroc"], marker="o", color="tab:blue")
     a.set_ylabel("AUROC")
     a.set_title("Discrimination and calibration by landmark, test split")

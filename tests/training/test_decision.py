@@ -171,3 +171,42 @@ def test_write_decision_support_writes_plots_and_tables(tmp_path: Path) -> None:
     card = support.card_table(high_from=0.3312)
     assert card.loc[card["threshold"] == 0.33, "note"].item() == "high band (from 0.331)"
     assert {"net benefit, model", "alerts per clinician-week", "dropouts caught"} <= set(card)
+
+
+def test_train_high_band_option_is_documented_and_checked(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    wide = {"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(app, ["train", "--help"], env=wide).output.split())
+    assert "--high-band" in help_text and "net-benefit:PT" in help_text
+    for name in ("sessions.csv", "clients.csv"):
+        (tmp_path / name).write_text("client_id\n")
+    bad = runner.invoke(
+        app,
+        ["train", "--sessions", str(tmp_path / "sessions.csv"), "--clients",
+         str(tmp_path / "clients.csv"), "--high-band", "net-benefit:2"],
+        env=wide,
+    )  # fmt: skip
+    assert bad.exit_code == 2
+    assert "strictly between 0 and 1" in " ".join(bad.output.split())
+
+
+def test_landmark_plot_reads_the_evaluation_table_as_computed(tmp_path: Path) -> None:
+    from training.report_plots import plot_landmarks
+
+    # Keyed "value" as the evaluation computes it; a band row, if any, is left out.
+    table = pd.DataFrame(
+        {
+            "value": [1, 2, "1-2"],
+            "n": [300, 250, 550],
+            "auroc": [0.7, np.nan, 0.71],
+            "ece": [0.02, 0.05, 0.03],
+            "mean_probability": [0.2, 0.21, 0.2],
+            "prevalence": [0.22, 0.2, 0.21],
+        }
+    )
+    path = plot_landmarks(table, tmp_path)
+    assert path.name == "landmarks.png" and path.stat().st_size > 5_000

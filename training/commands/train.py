@@ -84,12 +84,20 @@ def results_table(result: TrainResult) -> Table:
         name = str(row["model"])
         table.add_row(names.get(name, name), *(f"{row[c]:.3f}" for c in cols))
     o = result.evaluation.model.overall
+    bands = result.scorer.bands
+    high_rule = (
+        f"net-benefit:{bands.threshold_probability:g}"
+        if bands.threshold_probability is not None
+        else f"alert-rate:{bands.high_share:g}"
+    )
     table.caption = (
         f"AUROC 95% CI {o['auroc_ci_low']:.3f}-{o['auroc_ci_high']:.3f}; "
         f"Brier 95% CI {o['brier_ci_low']:.4f}-{o['brier_ci_high']:.4f} "
         f"(cluster bootstrap by client); {int(o['n'])} landmark rows, "
         f"{result.splits.sizes()['test']} clients. logistic: early alliance + attendance; "
-        "alert rule: below cutoff, 1-point drop or a no-show; sens/PPV@10%: top 10% flagged"
+        "alert rule: below cutoff, 1-point drop or a no-show; sens/PPV@10%: top 10% flagged. "
+        f"High band from risk {bands.high_from:.3f} ({high_rule}; {bands.high_share:.1%} of "
+        "calibration rows); decision curve and workload in the run's report/"
     )
     return table
 
@@ -171,6 +179,18 @@ def train(
             callback=_check_high_band,
         ),
     ] = "alert-rate:0.10",
+    censoring: Annotated[
+        Literal["ipcw", "exclude"] | None,
+        typer.Option(
+            "--censoring",
+            help="Ongoing episodes have no outcome yet. ipcw: weight each ended episode by "
+            "1 / the share of clients followed at least as long (recent intakes end early "
+            "mostly by dropping out, so leaving the ongoing out skews the labels). exclude: "
+            "leave them out unweighted. Default: ipcw (pandas engine), exclude (dask engine, "
+            "which has no weights).",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of splits and search.")] = 0,
     tracking_uri: TrackingOpt = None,
     engine: Annotated[
@@ -214,6 +234,7 @@ def train(
         calibration=calibration,
         high_band=high_band,
         seed=seed,
+        censoring=censoring or ("exclude" if engine == "dask" else "ipcw"),
     )
     is_sim = is_simulated(sessions) if simulated is None else simulated
     with Progress(
