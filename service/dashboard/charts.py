@@ -151,10 +151,10 @@ def trajectory(
             body.append(f'<circle class="traj-dot" cx="{X(s):.1f}" cy="{Y(v):.1f}" r="2.5"/>')
         for s, v in one.points:
             if s in one.ruptures:
-                cx, cy = X(s), Y(v) + 9
+                cx, cy = X(s), Y(v) + 5
                 body.append(
-                    f'<path class="rupture" d="M{cx - 6:.1f},{cy:.1f} h12 l-6,10 z"/>'
-                    f'<text class="rupture-label" x="{cx:.1f}" y="{cy + 8:.1f}" '
+                    f'<path class="rupture" d="M{cx - 7:.1f},{cy:.1f} h14 l-7,13 z"/>'
+                    f'<text class="rupture-label" x="{cx:.1f}" y="{cy + 8.5:.1f}" '
                     f'text-anchor="middle">R</text>'
                 )
         body.append("</g>")
@@ -176,18 +176,18 @@ def attendance_strip(appointments: Sequence[tuple[int, str]]) -> Markup:
 
     ``appointments`` holds ``(session_number, attendance code)``. Unknown codes show "?".
     """
-    cell, gap, pad = 22, 3, 2
+    cell, gap, pad = 26, 4, 2
     per_row = 24
     n = len(appointments)
     rows = max(math.ceil(n / per_row), 1)
     width = pad * 2 + min(max(n, 1), per_row) * (cell + gap)
-    height = pad * 2 + rows * (cell + gap + 10)
+    height = pad * 2 + rows * (cell + gap + 11)
     body: list[str] = []
     for i, (session, code) in enumerate(appointments):
         x = pad + (i % per_row) * (cell + gap)
-        y = pad + (i // per_row) * (cell + gap + 10)
+        y = pad + (i // per_row) * (cell + gap + 11)
         body.append(_cell(code, x, y, cell))
-        body.append(f'<text class="att-n" x="{x + cell / 2}" y="{y + cell + 9}" '
+        body.append(f'<text class="att-n" x="{x + cell / 2}" y="{y + cell + 10}" '
                     f'text-anchor="middle">{session}</text>')  # fmt: skip
     counts: dict[str, int] = {}
     for _, code in appointments:
@@ -218,7 +218,7 @@ def _cell(code: str, x: float, y: float, cell: int) -> str:
         shape = (
             f'<path d="M{cx},{y + 1} L{x + cell - 1},{cy} L{cx},{y + cell - 1} L{x + 1},{cy} z"/>'
         )
-    return (f'<g class="att {css}">{shape}<text x="{cx}" y="{cy + 4}" '
+    return (f'<g class="att {css}">{shape}<text x="{cx}" y="{cy + 4.5}" '
             f'text-anchor="middle">{letter}</text></g>')  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 Server-rendered HTML (Jinja2) with charts as inline SVG, no script at all; the stylesheet is
 served from the package (``/dashboard-static/``), so the pages work on a clinic network without
 internet. Every response carries a strict Content-Security-Policy and ``Cache-Control:
-no-store`` (pages name clients), and ``Referrer-Policy: no-referrer`` (their URLs do too).
+no-store`` (pages name clients), and ``Referrer-Policy: same-origin`` (their URLs name clients too: no other site sees them; ``no-referrer`` would make the browser send ``Origin: null`` with the forms, which the CSRF check refuses).
 
 Who may look: a clinician signs in with an API key or a bearer token, checked by the service's
 one authenticator, and gets a signed session cookie (:mod:`service.dashboard.session`); the
@@ -53,7 +53,7 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
 }

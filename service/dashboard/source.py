@@ -103,7 +103,7 @@ def _details(
         .where(mine)
         .group_by(e.client_id)
     )
-    last = dict(conn.execute(last_query).tuples().all())
+    last = {client_id: day for client_id, day in conn.execute(last_query).all()}
     return history, last
 
 

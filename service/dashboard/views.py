@@ -17,6 +17,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from features.profiles import InstrumentProfile
+from models.results import RAISES
 from service.dashboard import charts
 from service.dashboard.ruptures import rupture_sessions
 
@@ -74,8 +75,12 @@ class Appointment:
 class DriverRecord:
     label: str
     text: str
-    direction: str  # "raises" or "lowers"
+    direction: str  # models.results.Direction: "raises risk" or "lowers risk"
     focus: str | None = None
+
+    @property
+    def raises(self) -> bool:
+        return self.direction == RAISES
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ def change_text(change: float | None) -> str:
     points = round(100 * change)
     if points == 0:
         return "no change"
-    return f"up {points} points" if points > 0 else f"down {-points} points"
+    unit = "point" if abs(points) == 1 else "points"
+    return f"up {points} {unit}" if points > 0 else f"down {-points} {unit}"
 
 
 def band_label(band: str | None) -> str:

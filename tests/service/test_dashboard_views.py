@@ -120,6 +120,7 @@ def test_sort_rows_by_column_and_direction() -> None:
 def test_change_and_band_wording() -> None:
     assert views.change_text(0.123) == "up 12 points"
     assert views.change_text(-0.05) == "down 5 points"
+    assert views.change_text(0.01) == "up 1 point"
     assert views.change_text(0.001) == "no change"
     assert views.change_text(None) == "no score a week ago"
     assert views.band_label("high") == "High" and "<path" in str(views.band_icon("high"))

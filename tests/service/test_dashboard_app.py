@@ -1,0 +1,158 @@
+"""The dashboard's routes through the app (no browser): sign-in with the service's
+authenticator, the session cookie, CSRF, headers, tenancy, audit and what the pages print."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import MODEL_NAME, TEST_CLINIC, Registry, bearer, security_settings
+from tests.service.helpers import SENT_CLIENT_IDS, request_for
+
+HTTPS = "https://testserver"  # the cookie is Secure: the test client only sends it over https
+ORIGIN = {"Origin": HTTPS}
+
+
+@pytest.fixture
+def dash(registry: Registry, dev_key_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
+    """The app with a SQLite client store holding three clients of TEST_CLINIC and one of
+    another clinic; the client sends no credential of its own."""
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+    )  # fmt: skip
+    app = create_app(settings, configure_logs=False,
+                     **security_settings(dev_key_dir, tmp_path / "audit"))  # fmt: skip
+    with TestClient(app, base_url=HTTPS) as client:
+        ids = list(registry.cohort.clients["client_id"].iloc[:4])
+        for i, cid in enumerate(ids):
+            clinic = TEST_CLINIC if i < 3 else "clinic-other"
+            body = request_for(registry.cohort, cid, clinic=clinic)
+            SENT_CLIENT_IDS.add(cid)
+            client_fields = {"therapist_id": f"t-{i % 2}", "intake_date": body["intake_date"]}
+            answer = client.post(
+                f"/v1/clients/{cid}/sessions",
+                json={"client": client_fields, "sessions": body["sessions"]},
+                headers=bearer(dev_key_dir, clinic, ("clients:write",)),
+            )
+            assert answer.status_code in (200, 201), answer.text
+        client.ids = ids  # type: ignore[attr-defined]
+        client.audit = tmp_path / "audit" / "audit.jsonl"  # type: ignore[attr-defined]
+        yield client
+
+
+def _token(key_dir: Path, scopes=("clients:read",), clinic: str = TEST_CLINIC) -> str:
+    return bearer(key_dir, clinic, scopes)["Authorization"].split()[1]
+
+
+def _sign_in(client: TestClient, token: str, headers=ORIGIN):
+    return client.post("/dashboard/sign-in", data={"credential": token}, headers=headers,
+                       follow_redirects=False)  # fmt: skip
+
+
+def test_pages_need_a_session(dash: TestClient) -> None:
+    answer = dash.get("/dashboard/", follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/sign-in"
+    page = dash.get("/dashboard/sign-in")
+    assert page.status_code == 200 and "access token" in page.text
+    assert "script-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    # A bearer token sent as a header is not a session: the pages take the cookie only.
+    assert dash.get("/dashboard/", headers=bearer(Path("/nonexistent")), follow_redirects=False
+                    ).status_code == 303  # fmt: skip
+
+
+def test_sign_in_sets_a_signed_cookie_without_the_token(
+    dash: TestClient, dev_key_dir: Path
+) -> None:
+    token = _token(dev_key_dir)
+    answer = _sign_in(dash, token)
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/"
+    cookie = answer.headers["set-cookie"]
+    for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/dashboard", "Max-Age=1800"):
+        assert flag.lower() in cookie.lower()
+    assert token not in cookie and token.split(".")[1] not in cookie
+    page = dash.get("/dashboard/")
+    assert page.status_code == 200
+    assert page.text.count("<tr>") == 1 + 3  # heading row and this clinic's three clients
+    assert dash.ids[3] not in page.text  # type: ignore[attr-defined]
+    assert "no-store" in page.headers["cache-control"]
+
+
+def test_failed_sign_in_says_little_and_is_audited(dash: TestClient, dev_key_dir: Path) -> None:
+    answer = _sign_in(dash, _token(dev_key_dir)[:-6] + "AAAAAA")
+    assert answer.status_code == 401
+    assert "Sign-in failed: the key or token was not accepted" in answer.text
+    assert "signature" not in answer.text and "set-cookie" not in answer.headers
+    no_scope = _sign_in(dash, _token(dev_key_dir, scopes=("risk:read",)))
+    assert no_scope.status_code == 403 and "clients:read" in no_scope.text
+    records = [json.loads(line) for line in dash.audit.read_text().splitlines()]  # type: ignore[attr-defined]
+    signs = [r for r in records if r["action"] == "dashboard.sign_in"]
+    assert [r["outcome"] for r in signs] == ["denied", "denied"]
+    assert signs[1]["clinic"] == TEST_CLINIC
+
+
+def test_sign_in_from_another_site_is_refused(dash: TestClient, dev_key_dir: Path) -> None:
+    answer = _sign_in(dash, _token(dev_key_dir), headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 403 and "set-cookie" not in answer.headers
+    assert _sign_in(dash, _token(dev_key_dir), headers={}).status_code == 403
+
+
+def test_sign_out_needs_the_csrf_token_and_this_origin(dash: TestClient, dev_key_dir: Path) -> None:
+    _sign_in(dash, _token(dev_key_dir))
+    page = dash.get("/dashboard/").text
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    for data, headers in (({}, ORIGIN), ({"csrf": "wrong"}, ORIGIN),
+                          ({"csrf": csrf}, {"Origin": "https://evil.example"})):  # fmt: skip
+        refused = dash.post("/dashboard/sign-out", data=data, headers=headers,
+                            follow_redirects=False)  # fmt: skip
+        assert refused.status_code == 403
+    assert dash.get("/dashboard/").status_code == 200  # still signed in
+    out = dash.post("/dashboard/sign-out", data={"csrf": csrf}, headers=ORIGIN,
+                    follow_redirects=False)  # fmt: skip
+    assert out.status_code == 303 and 'alliance_risk_dashboard=""' in out.headers["set-cookie"]
+    assert dash.get("/dashboard/", follow_redirects=False).status_code == 303
+
+
+def test_client_page_and_tenancy(dash: TestClient, dev_key_dir: Path) -> None:
+    _sign_in(dash, _token(dev_key_dir))
+    mine, theirs = dash.ids[0], dash.ids[3]  # type: ignore[attr-defined]
+    page = dash.get(f"/dashboard/clients/{mine}")
+    assert page.status_code == 200
+    assert f"Client {mine}" in page.text and 'class="trajectory"' in page.text
+    assert "Model version" in page.text and '<ol class="drivers">' in page.text
+    # Each driver's direction as the API gives it (the page once said "lowers" for all).
+    for cid in dash.ids[:3]:  # type: ignore[attr-defined]
+        risk = dash.get(f"/v1/clients/{cid}/risk", headers=bearer(dev_key_dir, TEST_CLINIC,
+                                                                  ("clients:read",))).json()  # fmt: skip
+        words = [d["direction"].split()[0] for d in risk["explanation"]["drivers"]]
+        shown = re.findall(
+            r"\((raises|lowers) the risk\)", dash.get(f"/dashboard/clients/{cid}").text
+        )
+        assert shown == words
+    other = dash.get(f"/dashboard/clients/{theirs}")
+    missing = dash.get("/dashboard/clients/no-such-client")
+    assert other.status_code == missing.status_code == 404
+    assert other.text.replace(theirs, "X") == missing.text.replace("no-such-client", "X")
+    audit = dash.audit.read_text()  # type: ignore[attr-defined]
+    assert mine not in audit and theirs not in audit
+    reads = [json.loads(line) for line in audit.splitlines() if "dashboard.client" in line]
+    assert [r["outcome"] for r in reads] == ["ok"] * 4 + ["not_found"] * 2
+    assert all(r.get("client_ref") for r in reads)
+
+
+def test_caseload_filters_and_bad_cursor(dash: TestClient, dev_key_dir: Path) -> None:
+    _sign_in(dash, _token(dev_key_dir))
+    only = dash.get("/dashboard/", params={"therapist": "t-1"}).text
+    assert only.count("<tr>") == 1 + 1
+    assert dash.get("/dashboard/", params={"cursor": "garbage"}).status_code == 400
+    sorted_page = dash.get("/dashboard/", params={"sort": "client", "order": "asc"}).text
+    assert 'aria-sort="ascending"' in sorted_page
