@@ -1,0 +1,459 @@
+"""Rescoring the stored open episodes when a new champion is served.
+
+When the model store swaps in a new version (:class:`service.model_store.ModelStore` calls its
+listeners), :class:`RescoreWatcher` wakes its own thread, which rescores every open stored
+episode with that model, in batches, through the one scorer (explanations included: the
+caseload shows a top driver), and stores each score with ``reason = 'rescore'`` and its model
+version. Serving never waits for it: scoring runs outside any transaction, each batch's write
+is one short transaction, and requests keep scoring with the served model meanwhile.
+
+One worker rescores. The ``rescore_state`` row is a lease: a worker claims it for a model
+version (in a write transaction: SQLite's writer lock, PostgreSQL's row lock), renews it with
+every batch's commit, and records how far it got (the last episode id), so another worker
+takes over from there if the holder dies, and a version already done is not redone. A batch
+skips an episode written since it was read (a new session scored by the served model, an
+outcome): the newer score stands.
+
+Progress is logged (counts and versions, never a client id) and counted on /metrics
+(``alliance_risk_rescored_episodes_total``, ``alliance_risk_rescore_runs_total``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from typing import Any, Literal
+
+from prometheus_client import Counter
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from models.results import RiskScore
+from service.episodes import edge_problems, to_episodes
+from service.metrics import ServiceMetrics
+from service.model_store import LoadedModel
+from service.schemas import RiskRequest
+from service.store.db import Store, StoreUnavailable
+from service.store.tables import clinic_state, episodes, rescore_state, risk_scores, sessions
+
+logger = logging.getLogger(__name__)
+
+#: The lease row's name (one champion per service).
+LEASE = "champion"
+RunResult = Literal["done", "already_done", "held", "superseded", "lost_lease", "stopped"]
+
+
+@dataclass(frozen=True)
+class RescoreResult:
+    """What one :meth:`Rescorer.run` did."""
+
+    result: RunResult
+    model_version: str
+    rescored: int
+    skipped: int
+    seconds: float
+
+
+class RescoreMetrics:
+    """The rescoring series on the app's registry."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.rescored = Counter(
+            "alliance_risk_rescored_episodes_total",
+            "Stored open episodes rescored after a new champion, by model version.",
+            ("model_version",),
+            registry=metrics.registry,
+        )
+        self.runs = Counter(
+            "alliance_risk_rescore_runs_total",
+            "Rescoring runs by result (done, already_done, held, superseded, lost_lease, "
+            "stopped, failed).",
+            ("result",),
+            registry=metrics.registry,
+        )
+
+
+class Rescorer:
+    """Brings every open stored episode's latest score to one model version.
+
+    Parameters
+    ----------
+    store
+        The client store.
+    batch_size
+        Episodes per batch (one read, one scoring pass, one write transaction).
+    lease_s
+        How long a claim holds without a batch renewing it; past it another worker takes over.
+    max_sessions
+        The appointment cap of ``POST /v1/risk`` (an episode over it is left as it is).
+    holder
+        This worker's name in the lease (default: host pid and a random suffix).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = 1000,
+        lease_s: float = 60.0,
+        max_sessions: int = 200,
+        holder: str | None = None,
+        metrics: RescoreMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.lease_s = lease_s
+        self.max_sessions = max_sessions
+        self.holder = holder or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.metrics = metrics
+
+    def run(
+        self,
+        model: LoadedModel,
+        *,
+        current: Callable[[], LoadedModel | None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> RescoreResult:
+        """Rescore with ``model`` until every open episode is done, another worker holds the
+        lease, ``current()`` serves another version (superseded) or ``stop`` is set."""
+        t0 = time.perf_counter()
+        rescored = skipped = 0
+        claim = self._claim(model)
+        result: RunResult
+        if isinstance(claim, str):
+            result = claim
+        else:
+            after = claim
+            logger.info(
+                "rescoring stored episodes",
+                extra={"fields": {"model_version": model.version, "resume_after": after > 0}},
+            )
+            result = "done"
+            while True:
+                if stop is not None and stop.is_set():
+                    result = "stopped"
+                    break
+                served = current() if current is not None else model
+                if served is None or served.version != model.version:
+                    result = "superseded"
+                    break
+                batch = self._batch(model, after)
+                if batch is None:
+                    self._finish(model)
+                    break
+                after, n_done, n_skipped = batch
+                if n_done < 0:
+                    result = "lost_lease"
+                    break
+                rescored += n_done
+                skipped += n_skipped
+                if self.metrics is not None:
+                    self.metrics.rescored.labels(model.version).inc(n_done)
+                logger.info(
+                    "rescoring progress",
+                    extra={"fields": {"model_version": model.version, "rescored": rescored,
+                                      "skipped": skipped}},
+                )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.runs.labels(result).inc()
+        if result not in ("already_done", "held"):
+            logger.info(
+                "rescoring ended",
+                extra={"fields": {"model_version": model.version, "result": result,
+                                  "rescored": rescored, "skipped": skipped,
+                                  "seconds": round(seconds, 2)}},
+            )  # fmt: skip
+        return RescoreResult(result, model.version, rescored, skipped, seconds)
+
+    # -- the lease ----------------------------------------------------------------------------
+
+    def _claim(self, model: LoadedModel) -> int | Literal["already_done", "held"]:
+        """Take the lease for ``model``'s version: the episode id to resume after, or why not."""
+        now = datetime.now(UTC)
+        s = rescore_state.c
+        with self.store.write() as conn:
+            row = self._lease_row(conn)
+            if row is None:
+                conn.execute(
+                    insert(rescore_state).values(
+                        name=LEASE, done=False, after_episode_id=0, rescored=0
+                    )
+                )
+                row = self._lease_row(conn)
+                assert row is not None
+            same = (row.model_name, row.model_version) == (model.name, model.version)
+            if same and row.done:
+                return "already_done"
+            lease_until = _aware(row.lease_until)
+            if row.holder not in (None, self.holder) and lease_until and lease_until > now:
+                return "held"
+            values: dict[str, Any] = {"holder": self.holder, "lease_until": self._until()}
+            if not same:
+                values |= {
+                    "model_name": model.name, "model_version": model.version, "done": False,
+                    "after_episode_id": 0, "rescored": 0, "started_at": now, "finished_at": None,
+                }  # fmt: skip
+            conn.execute(update(rescore_state).where(s.name == LEASE).values(**values))
+            return 0 if not same else int(row.after_episode_id)
+
+    def _lease_row(self, conn: Connection) -> Any:
+        query = select(rescore_state).where(rescore_state.c.name == LEASE)
+        if self.store.backend == "postgresql":
+            query = query.with_for_update()
+        return conn.execute(query).one_or_none()
+
+    def _until(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.lease_s)
+
+    def _finish(self, model: LoadedModel) -> None:
+        s = rescore_state.c
+        with self.store.write() as conn:
+            conn.execute(
+                update(rescore_state)
+                .where(s.name == LEASE, s.holder == self.holder, s.model_version == model.version)
+                .values(done=True, holder=None, lease_until=None, finished_at=datetime.now(UTC))
+            )
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def _batch(self, model: LoadedModel, after: int) -> tuple[int, int, int] | None:
+        """Read, score and write the next batch after episode id ``after``: (last id, rescored,
+        skipped), rescored -1 when the lease was lost; None when no open episode is left."""
+        with self.store.read() as conn:
+            requests, seen = self._read(conn, after)
+        if not seen:
+            return None
+        last = max(seen)
+        scores = self._score(model, requests)
+        try:
+            with self.store.write() as conn:
+                written = self._write(conn, model, scores, seen)
+                s = rescore_state.c
+                renewed = conn.execute(
+                    update(rescore_state)
+                    .where(
+                        s.name == LEASE, s.holder == self.holder, s.model_version == model.version
+                    )
+                    .values(
+                        after_episode_id=last,
+                        rescored=s.rescored + written,
+                        lease_until=self._until(),
+                    )
+                ).rowcount
+                if renewed != 1:
+                    raise _LostLease  # rolls the batch back
+        except _LostLease:
+            return last, -1, 0
+        return last, written, len(seen) - written
+
+    def _read(
+        self, conn: Connection, after: int
+    ) -> tuple[list[tuple[int, RiskRequest]], dict[int, tuple[Any, Any]]]:
+        """The next open episodes as the requests the scorer path takes, and what each
+        episode row was when read (its latest score id and update time)."""
+        e, s = episodes.c, sessions.c
+        rows = conn.execute(
+            select(
+                e.id, e.client_id, e.clinic_id, e.therapist_id, e.intake_date, e.age, e.gender,
+                e.referral_source, e.latest_score_id, e.updated_at,
+            )
+            .where(e.id > after, e.outcome.is_(None))
+            .order_by(e.id)
+            .limit(self.batch_size)
+        ).all()  # fmt: skip
+        if not rows:
+            return [], {}
+        # The batch's appointments in one range scan of (episode_id, session_number).
+        appointments = conn.execute(
+            select(s.episode_id, s.session_number, s.session_date, s.attendance, s.ratings)
+            .where(s.episode_id > after, s.episode_id <= rows[-1].id)
+            .order_by(s.episode_id, s.session_number)
+        ).all()
+        by_episode: dict[int, list[Any]] = {
+            episode_id: [
+                {"session_number": n, "session_date": d, "attendance": a}
+                | ({} if ratings is None else {"ratings": ratings})
+                for _, n, d, a, ratings in group
+            ]
+            for episode_id, group in groupby(appointments, key=lambda r: r[0])
+        }
+        requests = []
+        for r in rows:
+            found = by_episode.get(r.id)
+            if not found:
+                continue
+            # Validated when stored: built without a second validation.
+            requests.append((r.id, RiskRequest.model_construct(
+                client_id=r.client_id, clinic_id=r.clinic_id, therapist_id=r.therapist_id,
+                intake_date=r.intake_date, age=r.age, gender=r.gender,
+                referral_source=r.referral_source, sessions=found,
+            )))  # fmt: skip
+        seen = {r.id: (r.latest_score_id, r.updated_at) for r in rows}
+        return requests, seen
+
+    def _score(
+        self, model: LoadedModel, requests: list[tuple[int, RiskRequest]]
+    ) -> list[tuple[int, str, RiskScore]]:
+        """(episode id, clinic, score) of each episode the model can score (the same edge
+        checks and scorer as ``POST /v1/risk``)."""
+        profile = model.scorer.profile
+        ok = [
+            (i, r)
+            for i, r in requests
+            if not edge_problems(r, profile, max_sessions=self.max_sessions)
+        ]
+        if not ok:
+            return []
+        scored = model.scorer.score(to_episodes([r for _, r in ok], profile).episodes)
+        return [
+            (ok[j][0], ok[j][1].clinic_id, outcome)
+            for j, outcome in scored.by_episode()
+            if isinstance(outcome, RiskScore)
+        ]
+
+    def _write(
+        self,
+        conn: Connection,
+        model: LoadedModel,
+        scores: list[tuple[int, str, RiskScore]],
+        seen: dict[int, tuple[Any, Any]],
+    ) -> int:
+        """Store the scores of episodes unchanged since they were read; bump their clinics'
+        change counters. Returns how many were stored."""
+        if not scores:
+            return 0
+        e = episodes.c
+        ids = [i for i, _, _ in scores]
+        query = select(e.id, e.latest_score_id, e.updated_at, e.outcome).where(e.id.in_(ids))
+        if self.store.backend == "postgresql":
+            query = query.with_for_update()
+        now_rows = {r.id: r for r in conn.execute(query)}
+        keep = [
+            (i, clinic, score)
+            for i, clinic, score in scores
+            if (r := now_rows.get(i)) is not None
+            and r.outcome is None
+            and (r.latest_score_id, r.updated_at) == seen[i]
+        ]
+        if not keep:
+            return 0
+        scored_at = datetime.now(UTC)
+        values = [
+            {
+                "episode_id": i,
+                "model_name": model.name,
+                "model_version": model.version,
+                "scored_at": scored_at,
+                "landmark": score.landmark,
+                "probability": score.probability,
+                "band": score.risk_band,
+                "top_driver": top_driver(score),
+                "explanation": score.to_dict()["explanation"],
+                "reason": "rescore",
+            }
+            for i, _, score in keep
+        ]
+        new_ids = conn.execute(
+            insert(risk_scores).returning(risk_scores.c.id, sort_by_parameter_order=True),
+            values,
+        ).scalars().all()  # fmt: skip
+        conn.execute(
+            update(episodes)
+            .where(e.id == bindparam("b_id"))
+            .values(
+                latest_score_id=bindparam("b_score"),
+                latest_probability=bindparam("b_p"),
+                latest_band=bindparam("b_band"),
+                latest_model_version=bindparam("b_version"),
+                latest_scored_at=bindparam("b_at"),
+                latest_top_driver=bindparam("b_driver"),
+            ),
+            [
+                {"b_id": v["episode_id"], "b_score": sid, "b_p": v["probability"],
+                 "b_band": v["band"], "b_version": model.version, "b_at": scored_at,
+                 "b_driver": v["top_driver"]}
+                for v, sid in zip(values, new_ids, strict=True)
+            ],
+        )  # fmt: skip
+        c = clinic_state.c
+        for clinic in sorted({clinic for _, clinic, _ in keep}):
+            conn.execute(
+                update(clinic_state).where(c.clinic_id == clinic).values(version=c.version + 1)
+            )
+        return len(keep)
+
+
+class _LostLease(Exception):
+    """Another worker took the lease over (this one stalled past it)."""
+
+
+def top_driver(score: RiskScore) -> str | None:
+    """The score's largest driver in clinician language (what the caseload shows)."""
+    drivers = score.explanation.drivers
+    return drivers[0].text[:512] if drivers else None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)  # SQLite hands stored UTC times back naive
+
+
+class RescoreWatcher:
+    """The thread that rescores when the served version changes.
+
+    :meth:`notify` (a :class:`~service.model_store.ModelStore` listener) only wakes the thread.
+    The thread also looks every ``check_interval_s``: at start-up (stored scores may be from an
+    older champion), and to take over the lease of a worker that died mid-way.
+    """
+
+    def __init__(
+        self,
+        rescorer: Rescorer,
+        current: Callable[[], LoadedModel | None],
+        *,
+        check_interval_s: float = 30.0,
+    ) -> None:
+        self.rescorer = rescorer
+        self.current = current
+        self.check_interval_s = check_interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: RescoreResult | None = None
+
+    def notify(self, _model: LoadedModel | None = None) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="rescore", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            model = self.current()
+            if model is not None:
+                try:
+                    self.last = self.rescorer.run(model, current=self.current, stop=self._stop)
+                except StoreUnavailable:
+                    pass  # logged by the store; tried again at the next wake or interval
+                except Exception as exc:  # the thread must outlive one failed run
+                    if self.rescorer.metrics is not None:
+                        self.rescorer.metrics.runs.labels("failed").inc()
+                    logger.error("rescoring failed",
+                                 extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
+            self._wake.wait(self.check_interval_s)
+            self._wake.clear()
