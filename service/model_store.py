@@ -96,6 +96,9 @@ class ModelStore:
         self._reload_thread: anyio.CapacityLimiter | None = None
         self.status = StoreStatus()
         self._series.loaded.set(0)
+        #: Called with the new model after each swap (the rescoring watcher only wakes its
+        #: thread: a listener must return at once, and one that raises is logged and ignored).
+        self.listeners: list[Callable[[LoadedModel], None]] = []
 
     @property
     def current(self) -> LoadedModel | None:
@@ -185,6 +188,12 @@ class ModelStore:
                 }
             },
         )
+        for listener in self.listeners:
+            try:
+                listener(loaded)
+            except Exception as exc:
+                logger.error("model change listener failed",
+                             extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
         return "loaded"
 
     def _drop(self) -> ReloadResult:
