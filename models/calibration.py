@@ -12,6 +12,15 @@ Why sigmoid is preferred: calibrated log-odds = slope * margin + intercept is af
 booster's exact TreeSHAP contributions rescale by ``slope`` and still add up, with the base,
 to the log-odds of the returned probability. Isotonic regression is monotone but not affine;
 its explanation stays in the uncalibrated margin and is labelled so.
+
+Landmark intercepts (format version 2): the booster's margin is biased by landmark even where
+it is calibrated pooled (issue 19: +0.1 to +0.2 log-odds at landmarks 1-3, -0.1 to -0.2 beyond
+10, on 20k held-out clients, with a pooled Platt map fitted on those very clients), and a
+pooled map cannot remove that. Given the landmark of each row, the sigmoid becomes
+``slope * margin + intercept + offset(landmark)``, ``offset`` piecewise linear between
+:data:`LANDMARK_KNOTS` (constant beyond the last knot). It is still affine in the margin for a
+given row, so the offset joins that row's explanation base and the explanation stays exact.
+The landmark is read from the feature column named by ``landmark_feature``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 logger = logging.getLogger(__name__)
@@ -44,7 +54,16 @@ ISOTONIC_MIN_BRIER_GAIN = 0.0005
 EPS = 1e-6
 
 _FORMAT = "alliance-risk/margin-calibrator"
-_FORMAT_VERSION = 1
+#: Version 2 adds the landmark intercepts; version 1 artefacts (no landmark terms) still load.
+_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+#: Knots of the piecewise-linear landmark intercept: one per landmark where the dropout hazard
+#: changes fastest (1-8), sparser after, where fewer clients remain.
+LANDMARK_KNOTS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20)
+#: Inverse L2 strength of the landmark-intercept fit: near-unpenalised, but a knot with few
+#: rows stays finite.
+_LANDMARK_C = 1e4
 
 
 class _MarginAsDecision(ClassifierMixin, BaseEstimator):
@@ -86,7 +105,74 @@ def _fit_sklearn(
     }
 
 
-def calibrate_probability(margin: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+def landmark_offset(params: Mapping[str, Any], landmark: np.ndarray | None) -> np.ndarray | float:
+    """Per-row landmark intercept on the log-odds scale (0.0 for calibrators without one).
+
+    Raises ``ValueError`` when the calibrator has landmark intercepts and ``landmark`` is None.
+    """
+    knots = params.get("landmark_knots")
+    if not knots:
+        return 0.0
+    if landmark is None:
+        raise ValueError("this calibrator has landmark intercepts: pass each row's landmark")
+    k = np.asarray(landmark, dtype=np.float64).reshape(-1)
+    # np.interp is constant beyond the end knots; a missing landmark gets the first knot's.
+    return np.interp(np.nan_to_num(k, nan=knots[0]), knots, params["landmark_intercepts"])
+
+
+def landmark_column(params: Mapping[str, Any], feature_names: tuple[str, ...]) -> int | None:
+    """Position of the calibrator's landmark feature in ``feature_names`` (None if unused)."""
+    name = params.get("landmark_feature")
+    if not params.get("landmark_knots") or name is None:
+        return None
+    if name not in feature_names:
+        raise ValueError(f"the calibrator reads feature {name!r}, which the model does not have")
+    return feature_names.index(name)
+
+
+def _landmark_basis(landmark: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Hat functions of the piecewise-linear interpolation between ``knots``, (n_rows, n_knots)."""
+    k = np.clip(np.nan_to_num(landmark, nan=knots[0]), knots[0], knots[-1])
+    j = np.clip(np.searchsorted(knots, k, side="right") - 1, 0, max(knots.size - 2, 0))
+    basis = np.zeros((k.size, knots.size))
+    if knots.size == 1:
+        basis[:, 0] = 1.0
+        return basis
+    t = (k - knots[j]) / (knots[j + 1] - knots[j])
+    rows = np.arange(k.size)
+    basis[rows, j] = 1.0 - t
+    basis[rows, j + 1] += t
+    return basis
+
+
+def _fit_landmark_sigmoid(
+    m: np.ndarray, y: np.ndarray, landmark: np.ndarray, w: np.ndarray | None
+) -> dict[str, Any]:
+    """Slope and landmark intercepts by one logistic regression on [margin, hat basis].
+
+    The hat functions sum to 1 on every row, so they carry the intercept; knots past the
+    largest landmark seen are dropped (nothing to fit them on).
+    """
+    top = float(np.nanmax(landmark)) if np.isfinite(landmark).any() else 1.0
+    knots = np.array([k for k in LANDMARK_KNOTS if k <= max(top, LANDMARK_KNOTS[0])], float)
+    design = np.column_stack([m, _landmark_basis(landmark, knots)])
+    fitted = LogisticRegression(C=_LANDMARK_C, fit_intercept=False, max_iter=1000)
+    fitted.fit(design, y, sample_weight=w)
+    slope, intercepts = float(fitted.coef_[0, 0]), fitted.coef_[0, 1:]
+    return {
+        "method": "sigmoid",
+        "a": -slope,
+        "b": 0.0,
+        "slope": slope,
+        "intercept": 0.0,
+        "landmark_knots": [float(v) for v in knots],
+        "landmark_intercepts": [float(v) for v in intercepts],
+    }
+
+
+def calibrate_probability(
+    margin: np.ndarray, params: Mapping[str, Any], landmark: np.ndarray | None = None
+) -> np.ndarray:
     """Calibrated probability of dropout from margins, numpy only (the scorer's fast path).
 
     Parameters
@@ -95,6 +181,8 @@ def calibrate_probability(margin: np.ndarray, params: Mapping[str, Any]) -> np.n
         Booster margins (uncalibrated log-odds).
     params : mapping
         :meth:`MarginCalibrator.to_dict` output.
+    landmark : ndarray of shape (n_rows,), optional
+        Each row's landmark; required when the calibrator has landmark intercepts.
 
     Returns
     -------
@@ -104,7 +192,7 @@ def calibrate_probability(margin: np.ndarray, params: Mapping[str, Any]) -> np.n
     m = np.asarray(margin, dtype=np.float64)
     method = params["method"]
     if method == "sigmoid":
-        return expit(params["slope"] * m + params["intercept"])
+        return expit(params["slope"] * m + params["intercept"] + landmark_offset(params, landmark))
     if method == "isotonic":
         # np.interp clips outside the thresholds, as IsotonicRegression(out_of_bounds="clip").
         p = np.interp(m, params["x_thresholds"], params["y_thresholds"])
@@ -112,11 +200,13 @@ def calibrate_probability(margin: np.ndarray, params: Mapping[str, Any]) -> np.n
     raise ValueError("calibrator params: unknown method (expected 'sigmoid' or 'isotonic')")
 
 
-def calibrate_logit(margin: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+def calibrate_logit(
+    margin: np.ndarray, params: Mapping[str, Any], landmark: np.ndarray | None = None
+) -> np.ndarray:
     """Calibrated log-odds of dropout from margins, numpy only (the scorer's fast path).
 
-    For sigmoid this is ``slope * margin + intercept`` exactly; for isotonic it is the logit
-    of the clipped isotonic probability.
+    For sigmoid this is ``slope * margin + intercept (+ landmark offset)`` exactly; for
+    isotonic it is the logit of the clipped isotonic probability.
 
     Parameters
     ----------
@@ -132,7 +222,8 @@ def calibrate_logit(margin: np.ndarray, params: Mapping[str, Any]) -> np.ndarray
     """
     if params["method"] == "sigmoid":
         m = np.asarray(margin, dtype=np.float64)
-        return np.asarray(params["slope"] * m + params["intercept"], dtype=np.float64)
+        offset = landmark_offset(params, landmark)
+        return np.asarray(params["slope"] * m + params["intercept"] + offset, dtype=np.float64)
     p = calibrate_probability(margin, params)
     return np.log(p) - np.log1p(-p)
 
@@ -163,6 +254,11 @@ class MarginCalibrator(BaseEstimator):
         skips the comparison (then ``"auto"`` means sigmoid).
     random_state : int or None, default None
         Seeds the fold shuffling.
+    landmark_feature : str or None, default None
+        Name of the feature column holding the landmark, recorded for the scorer. When
+        :meth:`fit` is given each row's landmark, the map is a sigmoid with landmark intercepts
+        (see the module docstring); ``"auto"`` then means sigmoid, since isotonic has no such
+        terms and the per-landmark bias matters more than isotonic's small Brier gain.
 
     Attributes
     ----------
@@ -171,7 +267,10 @@ class MarginCalibrator(BaseEstimator):
     a_, b_ : float
         Sigmoid only: scikit-learn's parameters, p = 1 / (1 + exp(a_ * margin + b_)).
     slope_, intercept_ : float
-        Sigmoid only: calibrated log-odds = slope_ * margin + intercept_ (slope_ = -a_).
+        Sigmoid only: calibrated log-odds = slope_ * margin + intercept_ (slope_ = -a_), plus
+        the landmark intercept when there is one.
+    landmark_knots_, landmark_intercepts_ : tuple of float
+        Sigmoid with landmarks only: the piecewise-linear landmark intercept; empty otherwise.
     x_thresholds_, y_thresholds_ : ndarray
         Isotonic only: the piecewise-linear map from margin to probability.
     cv_scores_ : dict
@@ -189,10 +288,12 @@ class MarginCalibrator(BaseEstimator):
         method: Literal["auto", "sigmoid", "isotonic"] = "auto",
         cv: int = 5,
         random_state: int | None = None,
+        landmark_feature: str | None = None,
     ) -> None:
         self.method = method
         self.cv = cv
         self.random_state = random_state
+        self.landmark_feature = landmark_feature
 
     def fit(
         self,
@@ -201,8 +302,9 @@ class MarginCalibrator(BaseEstimator):
         *,
         groups: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        landmark: np.ndarray | None = None,
     ) -> MarginCalibrator:
-        """Fit the calibration map on a held-out calibration split.
+        """Fit the calibration map on held-out margins (out-of-fold or a calibration split).
 
         Parameters
         ----------
@@ -215,6 +317,8 @@ class MarginCalibrator(BaseEstimator):
             of the cross-validated comparison.
         sample_weight : ndarray of shape (n_rows,), optional
             Row weights.
+        landmark : ndarray of shape (n_rows,), optional
+            Each row's landmark: fit a sigmoid with landmark intercepts.
 
         Returns
         -------
@@ -228,6 +332,15 @@ class MarginCalibrator(BaseEstimator):
             raise ValueError("sample_weight must have one weight per row")
         if groups is not None and np.shape(groups) != m.shape:
             raise ValueError("groups must have one cluster id per row")
+        if landmark is not None:
+            if np.shape(landmark) != m.shape:
+                raise ValueError("landmark must have one value per row")
+            if self.method == "isotonic":
+                raise ValueError("landmark intercepts need method 'sigmoid' or 'auto'")
+            self.cv_scores_ = {}
+            self._set_params(_fit_landmark_sigmoid(m, yy, np.asarray(landmark, float), w))
+            self.n_samples_ = int(m.shape[0])
+            return self
 
         self.cv_scores_ = self._cross_validate(m, yy, groups, w)
         method = self.method
@@ -313,6 +426,12 @@ class MarginCalibrator(BaseEstimator):
             self.b_ = float(params["b"])
             self.slope_ = -self.a_
             self.intercept_ = -self.b_
+            self.landmark_knots_ = tuple(float(v) for v in params.get("landmark_knots") or ())
+            self.landmark_intercepts_ = tuple(
+                float(v) for v in params.get("landmark_intercepts") or ()
+            )
+            if len(self.landmark_knots_) != len(self.landmark_intercepts_):
+                raise ValueError("landmark knots and intercepts must have equal lengths")
             self.explanation_space_ = SPACE_CALIBRATED
         elif self.method_ == "isotonic":
             x = np.asarray(params["x_thresholds"], dtype=np.float64)
@@ -332,27 +451,32 @@ class MarginCalibrator(BaseEstimator):
         if not hasattr(self, "method_"):
             raise ValueError("MarginCalibrator is not fitted yet; call fit() or from_dict()")
         if self.method_ == "sigmoid":
-            return {
+            out: dict[str, Any] = {
                 "method": "sigmoid",
                 "a": self.a_,
                 "b": self.b_,
                 "slope": self.slope_,
                 "intercept": self.intercept_,
             }
+            if self.landmark_knots_:
+                out["landmark_feature"] = self.landmark_feature
+                out["landmark_knots"] = list(self.landmark_knots_)
+                out["landmark_intercepts"] = list(self.landmark_intercepts_)
+            return out
         return {
             "method": "isotonic",
             "x_thresholds": [float(v) for v in self.x_thresholds_],
             "y_thresholds": [float(v) for v in self.y_thresholds_],
         }
 
-    def predict_proba(self, margin: np.ndarray) -> np.ndarray:
+    def predict_proba(self, margin: np.ndarray, landmark: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities, shape (n_rows, 2): column 1 is the probability of dropout."""
-        p = calibrate_probability(np.asarray(margin).reshape(-1), self._fitted_params())
+        p = calibrate_probability(np.asarray(margin).reshape(-1), self._fitted_params(), landmark)
         return np.column_stack([1.0 - p, p])
 
-    def predict_logit(self, margin: np.ndarray) -> np.ndarray:
+    def predict_logit(self, margin: np.ndarray, landmark: np.ndarray | None = None) -> np.ndarray:
         """Calibrated log-odds of dropout, shape (n_rows,)."""
-        return calibrate_logit(np.asarray(margin).reshape(-1), self._fitted_params())
+        return calibrate_logit(np.asarray(margin).reshape(-1), self._fitted_params(), landmark)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able parameters (plain floats and lists): the model artefact's calibrator.
@@ -369,6 +493,7 @@ class MarginCalibrator(BaseEstimator):
                 "method": self.method,
                 "cv": self.cv,
                 "random_state": self.random_state,
+                "landmark_feature": self.landmark_feature,
             },
             "cv_scores": getattr(self, "cv_scores_", {}),
             "n_samples": getattr(self, "n_samples_", None),
@@ -377,7 +502,7 @@ class MarginCalibrator(BaseEstimator):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MarginCalibrator:
         """Rebuild a fitted calibrator from :meth:`to_dict` output."""
-        if data.get("format") != _FORMAT or data.get("format_version") != _FORMAT_VERSION:
+        if data.get("format") != _FORMAT or data.get("format_version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"calibrator params: expected format {_FORMAT!r} version {_FORMAT_VERSION}"
             )

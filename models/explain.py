@@ -28,6 +28,8 @@ from models.calibration import (
     SPACE_UNCALIBRATED,
     MarginCalibrator,
     calibrate_probability,
+    landmark_column,
+    landmark_offset,
 )
 from models.treeshap import PathTables
 
@@ -277,7 +279,10 @@ def explain(
     if method == "sigmoid":
         slope, intercept = float(params["slope"]), float(params["intercept"])
         contributions = slope * phi
-        base_logit = slope * bias + intercept
+        # The landmark intercept (if any) is part of each row's base, so the sum stays exact.
+        col = landmark_column(params, names)
+        offset = 0.0 if col is None else landmark_offset(params, X[:, col])
+        base_logit = slope * bias + intercept + offset
         space = SPACE_CALIBRATED
     elif method == "isotonic":
         contributions = phi

@@ -40,7 +40,7 @@ from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry
 from features.validation import NO_SESSIONS, contract_violations, empty_episodes
 from models.booster import margin
-from models.calibration import calibrate_probability
+from models.calibration import calibrate_probability, landmark_column
 from models.drivers import DriverWriter, group_label
 from models.explain import Explanation, Grouping, explain
 from models.reference import ReferenceProfile
@@ -277,6 +277,8 @@ class Scorer:
         # booster's names again (both cost more than the TreeSHAP of a small model).
         self._grouping = Grouping.build(self.registry.index_of_group, self.registry.names)
         self._tables = _path_tables(self.booster)
+        # The calibrator's landmark intercepts read this feature column (None: no such terms).
+        self._landmark_column = landmark_column(self.calibrator, self.registry.names)
         self.names = ModelStrings.build(self.registry, self._grouping.group_names)
         self.drivers = DriverWriter.build(self.registry, self._grouping.group_names)
 
@@ -307,7 +309,11 @@ class Scorer:
         else:
             phi, bias = self._tables.contributions(X)
             m = bias + phi.sum(axis=1)
-        return calibrate_probability(m, self.calibrator)
+        return calibrate_probability(m, self.calibrator, self._landmark(X))
+
+    def _landmark(self, X: np.ndarray) -> np.ndarray | None:
+        """Each row's landmark for the calibrator's landmark intercepts (None if it has none)."""
+        return None if self._landmark_column is None else X[:, self._landmark_column]
 
     def explain_matrix(self, X: np.ndarray) -> Explanation:
         """Calibrated probability and grouped explanation for feature rows in registry order."""
@@ -391,7 +397,7 @@ class Scorer:
     def _unexplained(self, X: np.ndarray) -> Explanation:
         """Probability from the booster's margin, with no contributions (``explain=False``)."""
         m = margin(self.booster, X)
-        probability = calibrate_probability(m, self.calibrator)
+        probability = calibrate_probability(m, self.calibrator, self._landmark(X))
         empty = np.empty((X.shape[0], 0))
         return Explanation(
             space="none (scored without explanation)",

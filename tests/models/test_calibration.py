@@ -181,7 +181,12 @@ def test_follows_sklearn_estimator_conventions() -> None:
     cal = MarginCalibrator(method="sigmoid", cv=3, random_state=7)
     assert cal.fit(m, y) is cal
     copy = clone(cal)
-    assert copy.get_params() == {"method": "sigmoid", "cv": 3, "random_state": 7}
+    assert copy.get_params() == {
+        "method": "sigmoid",
+        "cv": 3,
+        "random_state": 7,
+        "landmark_feature": None,
+    }
     assert not hasattr(copy, "method_")
 
 
@@ -206,3 +211,126 @@ def test_probabilities_stay_in_unit_interval_for_any_margin(margins: list[float]
         assert np.all(np.isfinite(logit))
         if params["method"] == "isotonic":
             assert np.all((p >= EPS) & (p <= 1 - EPS))
+
+
+def _landmark_biased(n_clients: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Clients with 1-15 landmark rows whose margin is off by a landmark-dependent amount.
+
+    The true log-odds are ``margin + bias(k)`` with bias +0.4 at landmark 1 falling to -0.4 at
+    15 (the shape issue 19 measured, doubled), and clients who stay longer contribute more
+    rows, so a pooled map fitted on rows matches the row mix and no single landmark.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 16, n_clients)
+    k = np.concatenate([np.arange(1, n + 1) for n in lengths]).astype(float)
+    m = rng.normal(-1.5, 1.0, k.size)
+    truth = m + 0.4 - 0.8 * (k - 1) / 14
+    y = (rng.random(k.size) < 1.0 / (1.0 + np.exp(-truth))).astype(int)
+    return m, y, k
+
+
+def _citl_by_landmark(y: np.ndarray, p: np.ndarray, k: np.ndarray) -> dict[int, float]:
+    """Calibration-in-the-large per landmark (the single implementation in training.metrics)."""
+    from training.metrics import calibration_slope_intercept
+
+    return {int(v): calibration_slope_intercept(y[k == v], p[k == v])[1] for v in np.unique(k)}
+
+
+def test_landmark_intercepts_remove_a_bias_the_pooled_map_leaves() -> None:
+    m, y, k = _landmark_biased(20_000)
+    pooled = MarginCalibrator(method="sigmoid").fit(m, y)
+    by_landmark = MarginCalibrator(method="sigmoid", landmark_feature="engagement_landmark").fit(
+        m, y, landmark=k
+    )
+    before = _citl_by_landmark(y, pooled.predict_proba(m)[:, 1], k)
+    after = _citl_by_landmark(y, by_landmark.predict_proba(m, k)[:, 1], k)
+    assert max(abs(before[1]), abs(before[15])) > 0.2  # the pooled map's bias at the ends
+    assert max(abs(v) for v in after.values()) < 0.1
+    assert by_landmark.slope_ == pytest.approx(1.0, abs=0.05)
+
+
+def test_landmark_calibrator_round_trips_and_needs_the_landmark() -> None:
+    m, y, k = _landmark_biased(2_000, seed=1)
+    cal = MarginCalibrator(landmark_feature="engagement_landmark").fit(m, y, landmark=k)
+    params = json.loads(json.dumps(cal.to_dict()))
+    assert params["format_version"] == 2
+    assert params["landmark_feature"] == "engagement_landmark"
+    again = MarginCalibrator.from_dict(params)
+    np.testing.assert_array_equal(again.predict_logit(m, k), cal.predict_logit(m, k))
+    p = calibrate_probability(m, params, k)
+    np.testing.assert_allclose(calibrate_logit(m, params, k), np.log(p) - np.log1p(-p), atol=1e-9)
+    with pytest.raises(ValueError, match="landmark intercepts"):
+        calibrate_probability(m, params)
+    with pytest.raises(ValueError, match="sigmoid"):
+        MarginCalibrator(method="isotonic").fit(m, y, landmark=k)
+
+
+def test_version_1_params_still_load_and_score_identically() -> None:
+    m, y = _logistic(3_000, 1.2, -0.5)
+    cal = MarginCalibrator(method="sigmoid").fit(m, y)
+    old = {**cal.to_dict(), "format_version": 1}
+    old["estimator_params"].pop("landmark_feature")
+    again = MarginCalibrator.from_dict(old)
+    expected = 1.0 / (1.0 + np.exp(-(old["slope"] * m + old["intercept"])))
+    np.testing.assert_allclose(again.predict_proba(m)[:, 1], expected, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(
+        calibrate_probability(m, old, np.arange(m.size)), again.predict_proba(m)[:, 1]
+    )
+
+
+def test_scorer_explanation_adds_up_with_landmark_intercepts(tmp_path) -> None:
+    """A scorer whose calibrator has landmark intercepts: base + contributions = log-odds
+    exactly, predict_proba and explain=False agree, and it saves and loads; a version-1
+    calibrator (no landmark terms) scores as before."""
+    from features.build import build_features
+    from features.episodes import Episodes
+    from features.profiles import get_profile
+    from features.registry import feature_registry
+    from models.scorer import RiskBands, Scorer
+    from training.simulate import simulate_cohort
+
+    cohort = simulate_cohort(300, seed=5)
+    profile = get_profile("alliance6")
+    registry = feature_registry(profile)
+    frame = build_features(cohort.sessions, cohort.clients, profile=profile, landmarks="training")
+    outcome = cohort.clients.set_index("client_id")["outcome"].reindex(
+        frame.index.get_level_values(0)
+    )
+    keep = (outcome != "ongoing").to_numpy()
+    X, y = frame.to_numpy()[keep], (outcome == "dropout").to_numpy(float)[keep]
+    half = X.shape[0] // 2
+    fit = fit_booster(
+        X[:half], y[:half], X[half:], y[half:], feature_names=registry.names, n_trials=1
+    )
+    k = X[half:, registry.names.index("engagement_landmark")]
+    m = margin(fit.booster, X[half:])
+    cal = MarginCalibrator(landmark_feature="engagement_landmark").fit(m, y[half:], landmark=k)
+    assert len(set(cal.landmark_intercepts_)) > 1
+    scorer = Scorer(fit.booster, cal.to_dict(), registry, RiskBands(0.2, 0.5))
+    ended = cohort.clients[cohort.clients["outcome"] != "ongoing"]
+    episodes = Episodes.from_frames(
+        cohort.sessions[cohort.sessions["client_id"].isin(ended["client_id"])], ended, profile
+    )
+    scored = scorer.score(episodes, landmarks="training")
+    e = scored.explanation
+    np.testing.assert_allclose(e.base_logit + e.group_contributions.sum(1), e.logit, atol=1e-9)
+    np.testing.assert_allclose(1.0 / (1.0 + np.exp(-e.logit)), e.probability, atol=1e-12)
+    expected = cal.predict_proba(margin(fit.booster, scored.features), scored.landmark)[:, 1]
+    np.testing.assert_allclose(e.probability, expected, atol=1e-5)
+    np.testing.assert_allclose(scorer.predict_proba(scored.features), e.probability, atol=1e-9)
+    quick = scorer.score(episodes, landmarks="training", explain=False)
+    np.testing.assert_allclose(quick.probability, e.probability, atol=1e-5)
+    scorer.save(tmp_path / "m")
+    loaded = Scorer.load(tmp_path / "m")
+    np.testing.assert_array_equal(
+        loaded.score(episodes, landmarks="training").probability, e.probability
+    )
+    scorer.self_check()
+
+    v1 = MarginCalibrator(method="sigmoid").fit(m, y[half:]).to_dict()
+    v1 = {**v1, "format_version": 1}
+    old = Scorer(fit.booster, v1, registry, RiskBands(0.2, 0.5))
+    e1 = old.score(episodes, landmarks="training").explanation
+    np.testing.assert_allclose(
+        e1.logit, v1["slope"] * margin(fit.booster, scored.features) + v1["intercept"], atol=1e-5
+    )
