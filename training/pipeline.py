@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -37,13 +37,14 @@ from features.contract import (
 from features.episodes import Episodes
 from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
-from features.registry import FeatureRegistry, feature_registry
+from features.registry import ENGAGEMENT_GROUP, FeatureRegistry, feature_registry
 from models.booster import FitResult, SearchSpace, fit_booster, margin
 from models.calibration import MarginCalibrator
 from models.explain import global_importance
 from models.reference import ReferenceProfile, distribution_profile, typical_levels
 from models.scorer import HighBandRule, RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
+from training.crossfit import cross_fit
 from training.metrics import EvaluationReport, evaluate
 from training.splits import Splits, SplitStrategy, split_clients
 
@@ -55,6 +56,8 @@ SUBGROUPS = ("landmark", CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
 AGE_BANDS = (0, 25, 40, 60, 200)
 AGE_BAND_LABELS = ("<25", "25-39", "40-59", "60+")
 UNKNOWN = "unknown"
+#: The feature column holding each row's landmark (the calibrator's landmark intercepts).
+LANDMARK_FEATURE = f"{ENGAGEMENT_GROUP}_landmark"
 
 Progress = Callable[[str], None]
 
@@ -71,6 +74,9 @@ class TrainConfig:
     valid_fraction: float = 0.15
     n_trials: int = 8
     calibration: Literal["auto", "sigmoid", "isotonic"] = "auto"
+    # Folds of the cross-fitted calibration (training.crossfit); 0 calibrates the train-split
+    # booster on the calibration split alone (the Dask engine always does).
+    calibration_folds: int = 5
     high_band: str = "alert-rate:0.10"
     n_boot: int = 200
     seed: int = 0
@@ -411,6 +417,23 @@ def train_model(
     timings["fit_s"] = time.perf_counter() - t
 
     summary = _data_summary(len(sessions), clients, profile)
+    cal_set, cal_margin = cal, None
+    if config.calibration_folds:
+        say("cross-fit")
+        t = time.perf_counter()
+        cal_set = data.subset(np.concatenate([splits.train, splits.valid, splits.calibration]))
+        cal_margin, booster = cross_fit(
+            fit.params,
+            cal_set.X,
+            cal_set.y,
+            cal_set.client_id,
+            n_trees=fit.best_iteration + 1,
+            feature_names=registry.names,
+            n_folds=config.calibration_folds,
+            seed=config.seed,
+        )
+        fit = replace(fit, booster=booster)
+        timings["cross_fit_s"] = time.perf_counter() - t
     return finish_training(
         fit,
         registry,
@@ -418,7 +441,8 @@ def train_model(
         config,
         splits=splits,
         train=train,
-        calibration=cal,
+        calibration=cal_set,
+        calibration_margin=cal_margin,
         landmark_rows={
             "train": int(train.X.shape[0]),
             "valid": int(valid.X.shape[0]),
@@ -451,6 +475,7 @@ def finish_training(
     started: float,
     progress: Progress | None = None,
     reference_rows: str | None = None,
+    calibration_margin: np.ndarray | None = None,
 ) -> TrainResult:
     """Everything after the booster fit, shared by the pandas and Dask engines.
 
@@ -459,19 +484,33 @@ def finish_training(
     reference profile (:func:`reference_of` on ``sessions``/``clients``) and evaluates it on
     the test split's clients of ``sessions``/``clients``. The tables need only hold the
     calibration and test clients (plus, for the typical levels, whichever development clients
-    are given; ``reference_rows`` then says which).
+    are given; ``reference_rows`` then says which). ``calibration_margin``, when given, holds
+    out-of-fold margins of the ``calibration`` rows (:func:`training.crossfit.cross_fit`) and
+    replaces ``fit.booster``'s own.
     """
     say = progress or (lambda _stage: None)
     cal = calibration
     say("calibrate")
     t = time.perf_counter()
-    calibrator = MarginCalibrator(method=config.calibration, random_state=config.seed)
-    cal_margin = margin(fit.booster, cal.X)
-    calibrator.fit(cal_margin, cal.y, groups=cal.client_id)
+    # Landmark intercepts (models.calibration): a pooled map leaves the margin's bias by landmark.
+    landmark = LANDMARK_FEATURE if LANDMARK_FEATURE in registry.names else None
+    calibrator = MarginCalibrator(
+        method=config.calibration, random_state=config.seed, landmark_feature=landmark
+    )
+    # Out-of-fold margins when cross-fitted (train_model), else the booster's on ``calibration``.
+    cal_margin = margin(fit.booster, cal.X) if calibration_margin is None else calibration_margin
+    cal_landmark = None if landmark is None else cal.X[:, registry.names.index(landmark)]
+    calibrator.fit(
+        cal_margin,
+        cal.y,
+        groups=cal.client_id,
+        landmark=None if config.calibration == "isotonic" else cal_landmark,
+    )
     params = calibrator.to_dict()
     # Bands come from the calibrated risk of the calibration split, never from test rows.
     bands = RiskBands.from_probabilities(
-        calibrator.predict_proba(cal_margin)[:, 1], rule=HighBandRule.parse(config.high_band)
+        calibrator.predict_proba(cal_margin, cal_landmark)[:, 1],
+        rule=HighBandRule.parse(config.high_band),
     )
     timings["calibrate_s"] = time.perf_counter() - t
 
