@@ -44,6 +44,7 @@ from models.explain import global_importance
 from models.reference import ReferenceProfile, distribution_profile, typical_levels
 from models.scorer import HighBandRule, RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
+from training.censoring import CensoringMethod, censoring_weights, exclusion_summary
 from training.crossfit import cross_fit
 from training.metrics import EvaluationReport, evaluate
 from training.splits import Splits, SplitStrategy, split_clients
@@ -80,6 +81,10 @@ class TrainConfig:
     high_band: str = "alert-rate:0.10"
     n_boot: int = 200
     seed: int = 0
+    # Ongoing episodes: "ipcw" weights the labelled clients by 1 / P(ended by extraction),
+    # "exclude" drops them unweighted (training.censoring; README's analyst guide).
+    censoring: CensoringMethod = "ipcw"
+    censoring_closure_days: int = 28
     search: SearchSpace = field(default_factory=SearchSpace)
 
     def splits_of(self, clients: pd.DataFrame) -> Splits:
@@ -106,12 +111,14 @@ class LandmarkSet:
 
     ``X`` is ``(n_rows, n_features)`` in registry order; ``y`` is 1.0 dropout / 0.0 completed;
     ``context`` has one row per landmark row with ``client_id``, ``landmark``, ``clinic_id``,
-    ``therapist_id``, ``age_band``, ``gender``, ``referral_source``.
+    ``therapist_id``, ``age_band``, ``gender``, ``referral_source``; ``weight`` is ``None``
+    (unweighted) or one censoring weight per row (:mod:`training.censoring`).
     """
 
     X: np.ndarray
     y: np.ndarray
     context: pd.DataFrame
+    weight: np.ndarray | None = None
 
     @property
     def client_id(self) -> np.ndarray:
@@ -121,7 +128,10 @@ class LandmarkSet:
         # Hash-based membership: np.isin on object arrays sorts and costs minutes at 20k clients.
         mask = self.context[CLIENT_ID].isin(pd.Index(client_ids)).to_numpy()
         return LandmarkSet(
-            self.X[mask], self.y[mask], self.context.loc[mask].reset_index(drop=True)
+            self.X[mask],
+            self.y[mask],
+            self.context.loc[mask].reset_index(drop=True),
+            None if self.weight is None else self.weight[mask],
         )
 
     @property
@@ -389,6 +399,12 @@ def train_model(
     registry = feature_registry(profile, include_covariates=config.include_covariates)
     arrays = pack_frames(sessions, clients, profile)
     data = landmark_set(arrays, clients, registry, k_max=config.k_max)
+    if config.censoring == "ipcw":
+        weights = censoring_weights(sessions, clients, closure_days=config.censoring_closure_days)
+        data = replace(data, weight=weights.of(data.client_id))
+        censoring = weights.summary
+    else:
+        censoring = exclusion_summary(clients)
     splits = config.splits_of(clients)
     train, valid = data.subset(splits.train), data.subset(splits.valid)
     cal, test = data.subset(splits.calibration), data.subset(splits.test)
@@ -413,10 +429,12 @@ def train_model(
         n_trials=config.n_trials,
         seed=config.seed,
         progress=trial_progress,
+        sample_weight=train.weight,
+        valid_sample_weight=valid.weight,
     )
     timings["fit_s"] = time.perf_counter() - t
 
-    summary = _data_summary(len(sessions), clients, profile)
+    summary = {**_data_summary(len(sessions), clients, profile), "censoring": censoring}
     cal_set, cal_margin = cal, None
     if config.calibration_folds:
         say("cross-fit")
@@ -429,6 +447,7 @@ def train_model(
             cal_set.client_id,
             n_trees=fit.best_iteration + 1,
             feature_names=registry.names,
+            weight=cal_set.weight,
             n_folds=config.calibration_folds,
             seed=config.seed,
         )
@@ -504,6 +523,7 @@ def finish_training(
         cal_margin,
         cal.y,
         groups=cal.client_id,
+        sample_weight=cal.weight,
         landmark=None if config.calibration == "isotonic" else cal_landmark,
     )
     params = calibrator.to_dict()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training import censoring
 from training.report_plots import plot_calibration, plot_pr, plot_roc
 
 __all__ = ["dataframe_to_markdown", "model_card", "plot_calibration", "plot_pr", "plot_roc"]
@@ -222,7 +223,9 @@ def _data_section(data: Mapping[str, Any]) -> list[str]:
         value = data[key]
         text = f"`{value}`" if key == "fingerprint" else _plain(value)
         lines.append(f"- **{label}:** {text}")
-    extra = [k for k in data if k not in labels and k != "simulated"]
+    if isinstance(data.get("censoring"), Mapping):
+        lines.append(f"- **Censoring:** {censoring.describe(data['censoring'])}")
+    extra = [k for k in data if k not in labels and k not in ("simulated", "censoring")]
     lines.extend(f"- **{str(k).replace('_', ' ').capitalize()}:** {_plain(data[k])}" for k in extra)
     return lines or [f"- {PLACEHOLDER}"]
 

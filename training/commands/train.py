@@ -183,11 +183,11 @@ def train(
         Literal["ipcw", "exclude"] | None,
         typer.Option(
             "--censoring",
-            help="Ongoing episodes have no outcome yet. ipcw: weight each ended episode by "
-            "1 / the share of clients followed at least as long (recent intakes end early "
-            "mostly by dropping out, so leaving the ongoing out skews the labels). exclude: "
-            "leave them out unweighted. Default: ipcw (pandas engine), exclude (dask engine, "
-            "which has no weights).",
+            help="Ongoing episodes have no outcome yet, and those of recent intakes that have "
+            "ended are the short ones, so leaving the ongoing out skews the labels. ipcw: "
+            "weight each ended episode by 1 / the share of clients followed at least as long. "
+            "exclude: leave the ongoing out unweighted. Default: ipcw (pandas engine), exclude "
+            "(dask engine, which has no weights).",
             show_default=False,
         ),
     ] = None,

@@ -19,6 +19,7 @@ from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry, feature_registry
 from models.booster import FitResult, SearchSpace, choose_trial, shap_cost
 from training.baselines import logistic_columns, rule_columns
+from training.censoring import exclusion_summary
 from training.dask_engine.partitions import (
     CheckedPart,
     check_partitions,
@@ -474,10 +475,18 @@ def train_dask(
     Raises
     ------
     ValueError
-        On a contract violation, splits that cannot be drawn, or more than ``gather_limit``
-        session rows of the gathered calibration and test clients.
+        On a contract violation, splits that cannot be drawn, more than ``gather_limit``
+        session rows of the gathered calibration and test clients, or ``config.censoring``
+        other than ``"exclude"``.
     """
-    config = config or TrainConfig()
+    config = config or TrainConfig(censoring="exclude")
+    if config.censoring != "exclude":
+        # Censoring weights would have to reach every worker's landmark rows and the
+        # xgboost.dask matrices; until they do, say so rather than train unweighted silently.
+        raise ValueError(
+            "the Dask engine does not apply censoring weights (--censoring ipcw); train with "
+            "--censoring exclude (ongoing clients left out, unweighted) or with --engine pandas"
+        )
     say = progress or (lambda _stage: None)
     t0 = time.perf_counter()
     fitted = fit_dask(
@@ -517,6 +526,7 @@ def train_dask(
     summary = {
         **_data_summary(sum(i["n_sessions"] for i in info), all_clients, prof),
         "held_out_clients": _held_out_text(held_out),
+        "censoring": exclusion_summary(all_clients),
         # Listed in the model card, so that a reader sees where the drift reference comes from.
         "reference_profile": reference_rows,
     }

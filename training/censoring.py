@@ -1,0 +1,220 @@
+"""Inverse-probability-of-censoring weights (IPCW) for the labelled episodes of an extract.
+
+An extract sees an episode's outcome only if the episode has ended by the extraction date, so
+the labelled clients are a biased sample: among recent intakes, short episodes (mostly dropouts)
+have ended and long ones (mostly completers) are still ``ongoing``. Leaving the ongoing clients
+out therefore over-states dropout. IPCW re-weights each labelled client by the inverse of its
+chance of having been seen to the end.
+
+The clock is the episode's own: days since intake. A client's *censoring time* ``C`` is
+extraction date minus intake date (its follow-up), its *end time* ``T`` the days from intake to
+its last booked appointment. A client is labelled when ``T <= C``, so under the assumption that
+``C`` is independent of the outcome given nothing else (intake date tells nothing about how the
+episode goes) the chance of being labelled is ``G(T-) = P(C >= T)`` and the weight ``1 / G(T-)``.
+``G`` is the Kaplan-Meier survival of the censoring times; in an administrative extract every
+client's ``C`` is known (intake date and extraction date are), so it is the Kaplan-Meier curve
+with every censoring time observed, i.e. the empirical survival of ``C`` over all clients.
+
+No survival library is a dependency (lifelines and scikit-survival are not installed); the
+Kaplan-Meier estimator is a few lines of numpy, checked against a hand-computed case in
+``tests/training/test_censoring.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.contract import (
+    CLIENT_ID,
+    COMPLETED,
+    DROPOUT,
+    INTAKE_DATE,
+    ONGOING,
+    OUTCOME,
+    SESSION_DATE,
+)
+
+#: How training treats ongoing (censored) episodes: ``ipcw`` weights the labelled ones by the
+#: inverse chance of having ended by extraction; ``exclude`` leaves them out unweighted.
+CensoringMethod = Literal["ipcw", "exclude"]
+CENSORING_METHODS: tuple[str, ...] = ("ipcw", "exclude")
+
+#: Stated on the model card with every IPCW model.
+ASSUMPTION = (
+    "censoring is independent of the outcome given the intake date (the follow-up time depends "
+    "only on when the client started, not on how the episode goes)"
+)
+
+
+def kaplan_meier(durations: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier survival curve.
+
+    Parameters
+    ----------
+    durations : ndarray of shape (n,)
+        Time of each subject's event or censoring (any unit, >= 0).
+    observed : ndarray of shape (n,) of bool
+        True where the event was observed at ``durations``, False where censored there.
+
+    Returns
+    -------
+    times, survival : ndarray of shape (n_event_times,)
+        The distinct observed event times (ascending) and ``S(t)`` just after each of them.
+        Censorings at an event time count as still at risk at that time (the usual convention).
+    """
+    t = np.asarray(durations, dtype=np.float64)
+    d = np.asarray(observed, dtype=bool)
+    if t.shape != d.shape or t.ndim != 1:
+        raise ValueError("durations and observed must be 1-d arrays of the same length")
+    times, inverse = np.unique(t, return_inverse=True)
+    events = np.bincount(inverse, weights=d, minlength=times.size)
+    leaving = np.bincount(inverse, minlength=times.size)
+    at_risk = t.size - np.concatenate(([0], np.cumsum(leaving)[:-1]))
+    hit = events > 0
+    survival = np.cumprod(1.0 - events[hit] / at_risk[hit])
+    return times[hit], survival
+
+
+def survival_before(times: np.ndarray, survival: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``S(at-)``, the step curve from :func:`kaplan_meier` just before each of ``at``."""
+    steps = np.searchsorted(times, np.asarray(at, dtype=np.float64), side="left")
+    return np.concatenate(([1.0], survival))[steps]
+
+
+@dataclass(frozen=True)
+class CensoringWeights:
+    """Per-client IPCW weights of an extract and what the model card says about them.
+
+    ``weight`` is indexed by ``client_id`` and holds every labelled (completed or dropout)
+    client's weight, ``>= 1``; ``summary`` holds the counts and the weight range.
+    """
+
+    weight: pd.Series
+    summary: dict[str, Any]
+
+    def of(self, client_ids: np.ndarray) -> np.ndarray:
+        """Weights of ``client_ids`` (e.g. one per landmark row); 1.0 for an unknown client."""
+        return self.weight.reindex(pd.Index(client_ids)).fillna(1.0).to_numpy(dtype=np.float64)
+
+
+def censoring_weights(
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
+    *,
+    extraction_date: pd.Timestamp | None = None,
+    closure_days: int = 0,
+    max_weight: float = 20.0,
+) -> CensoringWeights:
+    """IPCW weights ``1 / G(T-)`` of the labelled clients of validated contract tables.
+
+    Parameters
+    ----------
+    sessions : DataFrame
+        Needs ``client_id`` and ``session_date``.
+    clients : DataFrame
+        Needs ``client_id``, ``intake_date`` and ``outcome`` (completed | dropout | ongoing).
+    extraction_date : Timestamp, optional
+        When the extract was taken; default the latest ``session_date`` (an extract holds no
+        later appointment).
+    closure_days : int, default 0
+        Days after a dropout's last appointment before the record is closed and the dropout
+        shows in the extract (a completion shows at the last appointment).
+    max_weight : float, default 20
+        Weights are capped here, so that a handful of long episodes of the most recent intakes
+        cannot dominate the fit; the summary says how many were capped.
+
+    Returns
+    -------
+    CensoringWeights
+        The weights and the summary: ``method``, ``clients``, ``censored`` (ongoing),
+        ``censored_share``, ``labelled``, ``weight_min``/``_median``/``_max``, ``capped``,
+        ``max_weight``, ``closure_days``, ``extraction_date``, ``assumption``.
+    """
+    if max_weight < 1:
+        raise ValueError("max_weight must be >= 1")
+    extraction = (
+        pd.Timestamp(extraction_date)
+        if extraction_date is not None
+        else pd.to_datetime(sessions[SESSION_DATE]).max()
+    )
+    intake = pd.to_datetime(clients[INTAKE_DATE]).to_numpy(dtype="datetime64[D]")
+    follow_up = (np.datetime64(extraction.date(), "D") - intake).astype(np.float64)
+    # Every client's censoring time is known in an administrative extract: KM with all observed.
+    times, g = kaplan_meier(follow_up, np.ones(follow_up.size, dtype=bool))
+
+    labelled = clients[clients[OUTCOME].isin((COMPLETED, DROPOUT))]
+    last = pd.to_datetime(sessions[SESSION_DATE]).groupby(sessions[CLIENT_ID].to_numpy()).max()
+    end = last.reindex(pd.Index(labelled[CLIENT_ID])).to_numpy(dtype="datetime64[D]")
+    start = pd.to_datetime(labelled[INTAKE_DATE]).to_numpy(dtype="datetime64[D]")
+    duration = (end - start).astype(np.float64)
+    duration += closure_days * (labelled[OUTCOME] == DROPOUT).to_numpy()
+    seen = survival_before(times, g, np.nan_to_num(duration, nan=0.0))
+    raw = 1.0 / np.maximum(seen, 1.0 / max_weight)
+    weight = pd.Series(raw, index=pd.Index(labelled[CLIENT_ID], name=CLIENT_ID), name="weight")
+    n_censored = int((clients[OUTCOME] == ONGOING).sum())
+    return CensoringWeights(
+        weight=weight,
+        summary={
+            "method": "ipcw",
+            "clients": int(len(clients)),
+            "censored": n_censored,
+            "censored_share": n_censored / len(clients) if len(clients) else float("nan"),
+            "labelled": int(len(labelled)),
+            "weight_min": float(raw.min()) if raw.size else float("nan"),
+            "weight_median": float(np.median(raw)) if raw.size else float("nan"),
+            "weight_max": float(raw.max()) if raw.size else float("nan"),
+            "capped": int((seen < 1.0 / max_weight).sum()),
+            "max_weight": float(max_weight),
+            "closure_days": int(closure_days),
+            "extraction_date": str(extraction.date()),
+            "assumption": ASSUMPTION,
+        },
+    )
+
+
+def exclusion_summary(clients: pd.DataFrame) -> dict[str, Any]:
+    """The model card's censoring numbers when ongoing clients are simply left out."""
+    n_censored = int((clients[OUTCOME] == ONGOING).sum())
+    return {
+        "method": "exclude",
+        "clients": int(len(clients)),
+        "censored": n_censored,
+        "censored_share": n_censored / len(clients) if len(clients) else float("nan"),
+        "labelled": int(clients[OUTCOME].isin((COMPLETED, DROPOUT)).sum()),
+        "assumption": "ongoing clients are like the labelled ones (no weighting)",
+    }
+
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """One paragraph for the model card from :attr:`CensoringWeights.summary` or
+    :func:`exclusion_summary`."""
+    head = (
+        f"{summary['censored']:,} of {summary['clients']:,} clients "
+        f"({summary['censored_share']:.1%}) were still in therapy at the extraction date and "
+        "have no outcome yet."
+    )
+    if summary.get("method") != "ipcw":
+        return (
+            f"{head} They are left out of training and evaluation, unweighted, which assumes "
+            "they are like the ended episodes. When censoring depends on the intake date (the "
+            "ended episodes of recent intakes are the short ones) that skews the label mix; "
+            "`--censoring ipcw` corrects it."
+        )
+    closure = summary.get("closure_days", 0)
+    ran = f"its last appointment + {closure} days for a dropout" if closure else "its end"
+    return (
+        f"{head} They are not labelled; the {summary['labelled']:,} ended episodes are weighted "
+        "by inverse probability of censoring (IPCW): each by 1 / the share of all clients "
+        "followed (extraction date - intake date, extraction "
+        f"{summary['extraction_date']}) at least as long as it ran (to {ran}), so the labels "
+        "stand for every client rather than the short episodes of recent intakes. Weights "
+        f"{summary['weight_min']:.2f} to {summary['weight_max']:.2f} (median "
+        f"{summary['weight_median']:.2f}; {summary['capped']:,} capped at "
+        f"{summary['max_weight']:g}); used in the booster fit and the calibration, not in the "
+        f"test metrics. Assumption: {summary['assumption']}."
+    )
