@@ -22,4 +22,5 @@ def install_dashboard(app: FastAPI) -> None:
     from service.dashboard.routes import STATIC, STATIC_DIR, router
 
     app.include_router(router)
-    app.mount(STATIC, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
+    # check_dir off: an install without the package data still serves the API (pages fail alone).
+    app.mount(STATIC, StaticFiles(directory=STATIC_DIR, check_dir=False), name="dashboard-static")
