@@ -265,9 +265,12 @@ def mlflow_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("mlflow-sqlite-template") / "mlflow.db"
     uri = f"sqlite:///{path}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.search_experiments()
-    client.search_registered_models()
+    # MLflow fixes the Default experiment's artifacts at ./mlruns of the folder the schema is
+    # created from: created here, a run logged without an experiment stays out of the checkout.
+    with contextlib.chdir(path.parent):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments()
+        client.search_registered_models()
     return path
 
 

@@ -352,3 +352,13 @@ def test_configure_reports_the_artifacts_beside_an_sqlite_override(
     config = configure_mlflow(fake_project, uri=uri)
     assert config.artifact_location == (tmp_path / "other" / "artifacts").as_uri()
     assert not (fake_project / ".mlflow").exists()
+
+
+def test_test_stores_keep_even_the_default_experiment_out_of_the_checkout(
+    mlflow_sqlite_uri: str,
+) -> None:
+    # A run logged without an experiment (tests/service/faults.py) goes to experiment 0, whose
+    # artifact folder MLflow fixes when the schema is created.
+    client = MlflowClient(tracking_uri=mlflow_sqlite_uri, registry_uri=mlflow_sqlite_uri)
+    location = client.get_experiment("0").artifact_location
+    assert not location.startswith((str(ROOT), ROOT.as_uri()))
