@@ -103,29 +103,31 @@ def test_outage_503_while_risk_serves_and_recovery(
 ) -> None:
     body = a_client(registry, 3)
     risk_url = f"/v1/clients/{body['client_id']}/risk"
-    with proxied(pg_store_url) as (proxy, url):
-        # Started with the database unreachable.
-        with store_app(registry, dev_key_dir, url, store_connect_timeout_s=2) as api:
-            assert api.post("/v1/risk", json=body).status_code == 200
-            started = time.monotonic()
-            down = post_sessions(api, body, body["sessions"], first=True)
-            assert down.status_code == 503 and down.headers["Retry-After"] == "5"
-            assert time.monotonic() - started < 5
+    # Started with the database unreachable.
+    with (
+        proxied(pg_store_url) as (proxy, url),
+        store_app(registry, dev_key_dir, url, store_connect_timeout_s=2) as api,
+    ):
+        assert api.post("/v1/risk", json=body).status_code == 200
+        started = time.monotonic()
+        down = post_sessions(api, body, body["sessions"], first=True)
+        assert down.status_code == 503 and down.headers["Retry-After"] == "5"
+        assert time.monotonic() - started < 5
 
-            proxy.up()  # back: migrated and served without a restart
-            _until(lambda: post_sessions(api, body, body["sessions"][:2],
-                                         first=True).status_code == 200)  # fmt: skip
-            assert api.get(risk_url).json()["sessions_stored"] == 2
+        proxy.up()  # back: migrated and served without a restart
+        _until(lambda: post_sessions(api, body, body["sessions"][:2],
+                                     first=True).status_code == 200)  # fmt: skip
+        assert api.get(risk_url).json()["sessions_stored"] == 2
 
-            proxy.down()  # gone while pooled connections are open
-            started = time.monotonic()
-            gone = api.get(risk_url)
-            assert gone.status_code == 503 and gone.headers["Retry-After"] == "5"
-            assert time.monotonic() - started < 5
-            assert post_sessions(api, body, body["sessions"], first=False).status_code == 503
-            assert api.post("/v1/risk", json=body).status_code == 200
+        proxy.down()  # gone while pooled connections are open
+        started = time.monotonic()
+        gone = api.get(risk_url)
+        assert gone.status_code == 503 and gone.headers["Retry-After"] == "5"
+        assert time.monotonic() - started < 5
+        assert post_sessions(api, body, body["sessions"], first=False).status_code == 503
+        assert api.post("/v1/risk", json=body).status_code == 200
 
-            proxy.up()
-            _until(lambda: api.get(risk_url).status_code == 200)
-            # Nothing of the refused posts was stored.
-            assert api.get(risk_url).json()["sessions_stored"] == 2
+        proxy.up()
+        _until(lambda: api.get(risk_url).status_code == 200)
+        # Nothing of the refused posts was stored.
+        assert api.get(risk_url).json()["sessions_stored"] == 2
