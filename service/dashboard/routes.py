@@ -219,7 +219,7 @@ def caseload_page(
                    "asc" if order == "asc" else "desc", cursor or None)  # fmt: skip
     filters = CaseloadFilters(therapist_id=query.therapist, band=query.band)  # type: ignore[arg-type]
     try:
-        page = source.read_caseload(store, p.clinic, filters, query.cursor)
+        page = source.read_caseload(store, p.clinic, filters, query.cursor, source.PAGE_ROWS)
     except CursorError:
         return _error(request, 400, "Page not found",
                       "That page link has expired. Start again from the first page.", session)  # fmt: skip

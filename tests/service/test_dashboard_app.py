@@ -156,3 +156,41 @@ def test_caseload_filters_and_bad_cursor(dash: TestClient, dev_key_dir: Path) ->
     assert dash.get("/dashboard/", params={"cursor": "garbage"}).status_code == 400
     sorted_page = dash.get("/dashboard/", params={"sort": "client", "order": "asc"}).text
     assert 'aria-sort="ascending"' in sorted_page
+
+
+def test_caseload_pages_follow_the_cursor(
+    dash: TestClient, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.dashboard import source
+
+    monkeypatch.setattr(source, "PAGE_ROWS", 2)
+    _sign_in(dash, _token(dev_key_dir))
+    first = dash.get("/dashboard/").text
+    assert first.count("<tr>") == 1 + 2
+    link = re.search(r'<a href="([^"]+)" rel="next">Next page</a>', first)
+    assert link is not None
+    second = dash.get(link.group(1).replace("&amp;", "&")).text
+    assert second.count("<tr>") == 1 + 1 and 'rel="next"' not in second
+    shown = re.findall(r'<a href="/dashboard/clients/([^"]+)">', first + second)
+    assert sorted(shown) == sorted(dash.ids[:3])  # type: ignore[attr-defined]
+
+
+def test_sign_in_attempts_are_rate_limited(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+    )  # fmt: skip
+    limits = {"rate_per_token_per_s": 0.01, "burst_per_token": 2}
+    app = create_app(settings, configure_logs=False,
+                     **security_settings(dev_key_dir, tmp_path / "audit", **limits))  # fmt: skip
+    with TestClient(app, base_url=HTTPS) as client:
+        wrong = _token(dev_key_dir)[:-6] + "AAAAAA"
+        assert [_sign_in(client, wrong).status_code for _ in range(2)] == [401, 401]
+        refused = _sign_in(client, _token(dev_key_dir))  # even a good token must wait now
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        assert "set-cookie" not in refused.headers
