@@ -2,7 +2,8 @@
 
 - calibration (reliability on the ECE's bins), ROC and precision-recall of the model and its
   baselines;
-- decision support: the decision curve, the alert workload, calibration curves with 95%
+- decision support (on held-out clients: the test split of a training run, the whole cohort
+  of an evaluation run): the decision curve, the alert workload, calibration curves with 95%
   intervals (overall and per subgroup), and discrimination and calibration per landmark
   (:func:`write_decision_support` writes these with their tables).
 
@@ -273,7 +274,7 @@ def plot_decision_curve(curve: pd.DataFrame, out_dir: Path | str) -> Path:
     )
     ax.set_ylabel("net benefit (dropouts alerted per session, net of false alerts)")
     ax.grid(alpha=0.3)
-    ax.set_title("Decision curve, test split (unit: landmark row = one scored session)")
+    ax.set_title("Decision curve, held-out clients (unit: landmark row = one scored session)")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(loc="upper right")
     return _save(fig, out_dir, DECISION_CURVE_PNG)
@@ -319,7 +320,7 @@ def plot_workload(workload: pd.DataFrame, out_dir: Path | str) -> Path:
             linestyle=":",
         )
     top.set_ylabel("alerts per clinician per week")
-    top.set_title("Alert workload, test split (test clients' sessions only)")
+    top.set_title("Alert workload, held-out clients (their sessions only)")
     top.legend(loc="upper right", fontsize="small")
     bottom.set_ylabel("share of clients alerted at any session")
     bottom.set_ylim(0, 1.02)
@@ -363,7 +364,7 @@ def plot_calibration_ci(table: pd.DataFrame, out_dir: Path | str) -> Path:
     _calibration_axes(ax, table, limit=_limit(table), label="model (95% Wilson interval)")
     ax.plot([], [], linestyle="--", color="grey", label="perfect calibration")
     n = int(table["n"].sum()) if not table.empty else 0
-    ax.set_title(f"Calibration, test split: {len(table)} quantile bins, {n:,} landmark rows")
+    ax.set_title(f"Calibration, held-out clients: {len(table)} quantile bins, {n:,} landmark rows")
     ax.set_xlabel("mean predicted probability of dropout in the bin")
     ax.set_ylabel("observed dropout rate in the bin")
     ax.legend(loc="upper left")
@@ -390,7 +391,7 @@ def plot_subgroup_calibration(table: pd.DataFrame, subgroup: str, out_dir: Path 
     note = f"; {left_out} smaller group(s) not drawn" if left_out else ""
     name = SUBGROUP_NAMES.get(subgroup, subgroup)
     fig.suptitle(
-        f"Calibration by {name}, test split\n"
+        f"Calibration by {name}, held-out clients\n"
         f"landmark rows in 5 quantile bins, 95% Wilson intervals{note}"
     )
     fig.supxlabel("mean predicted probability of dropout")
@@ -423,7 +424,7 @@ def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
     k = table["_k"].to_numpy(dtype=float)
     a.plot(k, table["auroc"], marker="o", color="tab:blue")
     a.set_ylabel("AUROC")
-    a.set_title("Discrimination and calibration by landmark, test split")
+    a.set_title("Discrimination and calibration by landmark, held-out clients")
     b.plot(k, table["ece"], marker="o", color="tab:red", label="ECE (10 equal-width bins)")
     b.axhline(LANDMARK_ECE_TARGET, color="grey", linestyle="--", label="target ECE 0.03")
     b.set_ylabel("ECE (probability)")
