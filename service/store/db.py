@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -43,6 +44,8 @@ ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 RETRY_AFTER_S = 5
 #: PostgreSQL advisory lock held while migrating: two workers starting at once migrate once.
 _MIGRATION_LOCK = 2_021_021
+#: ``-c search_path=<schema>`` (or ``-csearch_path=``) in a PostgreSQL URL's libpq options.
+_SEARCH_PATH = re.compile(r"-c\s*search_path=([A-Za-z_][A-Za-z0-9_]*)")
 UNAVAILABLE = "the client store is unavailable; try again later"
 
 
@@ -84,6 +87,7 @@ class Store:
         self.url = url
         self.migrate = migrate
         self.backend = url.split(":", 1)[0].split("+", 1)[0]
+        self.schema: str | None = None
         self._ready = False
         self._lock = threading.Lock()
         self._last_attempt = float("-inf")
@@ -91,8 +95,15 @@ class Store:
         if self.backend == "sqlite":
             self.engine = _sqlite_engine(url, statement_timeout_s)
         else:
+            # libpq options of the URL (?options=-csearch_path%3Dalliance_store keeps the store
+            # in a schema of its own, beside MLflow's tables) plus the statement timeout.
+            parsed = make_url(url)
+            options = str(parsed.query.get("options", ""))
+            if match := _SEARCH_PATH.search(options):
+                self.schema = match[1]
+            options = f"{options} -c statement_timeout={int(statement_timeout_s * 1000)}".strip()
             self.engine = create_engine(
-                url,
+                parsed.difference_update_query(["options"]),
                 pool_pre_ping=True,  # a connection the server dropped is replaced, not used
                 pool_size=pool_size,
                 max_overflow=pool_size,
@@ -100,7 +111,7 @@ class Store:
                 connect_args={
                     # libpq rounds values below 2 s up to 2 s.
                     "connect_timeout": max(2, round(connect_timeout_s)),
-                    "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}",
+                    "options": options,
                 },
             )
 
@@ -178,6 +189,8 @@ class Store:
             with conn.begin():
                 if self.backend == "postgresql":
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                    if self.schema is not None:
+                        conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 command.upgrade(self._alembic(conn), revision)
 
     def downgrade(self, revision: str = "base") -> None:

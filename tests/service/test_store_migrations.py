@@ -90,3 +90,16 @@ def test_db_cli_upgrades_and_reports(tmp_path: Path) -> None:
     refused = runner.invoke(app, ["db", "current", "--url", closed])
     assert refused.exit_code == 1
     assert "cannot be reached" in refused.output and "secret" not in refused.output
+
+
+def test_postgresql_schema_of_its_own(pg_store_url: str) -> None:
+    """With ``?options=-csearch_path%3D<schema>`` (compose: the store beside MLflow's tables in
+    one database) the store and its version table live in that schema, created if missing."""
+    _up_and_down(f"{pg_store_url}?options=-csearch_path%3Dalliance_store")
+    store = Store(pg_store_url)
+    try:
+        public = set(inspect(store.engine).get_table_names(schema="public"))
+        assert not (TABLES | {"alembic_version"}) & public
+        assert TABLES <= set(inspect(store.engine).get_table_names(schema="alliance_store"))
+    finally:
+        store.close()
