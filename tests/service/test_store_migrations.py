@@ -100,6 +100,6 @@ def test_postgresql_schema_of_its_own(pg_store_url: str) -> None:
     try:
         public = set(inspect(store.engine).get_table_names(schema="public"))
         assert not (TABLES | {"alembic_version"}) & public
-        assert TABLES <= set(inspect(store.engine).get_table_names(schema="alliance_store"))
+        assert set(inspect(store.engine).get_table_names(schema="alliance_store")) >= TABLES
     finally:
         store.close()
