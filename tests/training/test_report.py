@@ -278,14 +278,14 @@ def test_model_card_prints_no_raw_python_dict_or_list() -> None:
             "dropout_rate": 0.273,
             "splits": {"train": 1200, "test": 400},
             "landmark_rows": {"train": 9000, "test": 3000},
-            "censoring": {"method": "ipcw", "weights": [0.5, 2.0]},
+            "extract_notes": {"method": "nightly", "weights": [0.5, 2.0]},
         },
         model={"estimator": "XGBoost", "params": {"max_depth": 4}},
         bands={"moderate_from": 0.2, "high_from": 0.4, "high_share": 0.1, "rule": "alert_rate"},
     )
     assert not re.search(r"\{'|\['|'\}|\]\s*$", card, flags=re.MULTILINE)
     assert "- **Landmark rows (scored sessions) per split:** train: 9,000, test: 3,000" in card
-    assert "- **Censoring:** method: ipcw, weights: 0.500, 2.000" in card
+    assert "- **Extract notes:** method: nightly, weights: 0.500, 2.000" in card
     # Both dropout rates say their unit (the PR plot's is per landmark row).
     assert "Dropout rate (per episode: dropouts / ended episodes):** 0.273" in card
 
