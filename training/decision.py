@@ -7,7 +7,8 @@ What an analyst needs to choose (and defend) a threshold for the high band:
 - :func:`alert_workload`: at each threshold, alerts per clinician per week and the share of
   dropouts who were alerted at some session before they left;
 - :func:`calibration_ci` and :func:`subgroup_calibration`: calibration curves on quantile bins
-  with Wilson 95% intervals, overall and per subgroup.
+  with Wilson 95% intervals on the effective sample size (a client's rows share one outcome),
+  overall and per subgroup.
 
 Units. The decision curve and the calibration curves count **landmark rows**: each scored
 session is one decision (act now or not), which is how the score is used. The workload's
@@ -234,31 +235,53 @@ def alert_workload(
     return pd.DataFrame(rows)
 
 
-def calibration_ci(y: Any, p: Any, n_bins: int = 10, level: float = 0.95) -> pd.DataFrame:
+def _design_effect(y: np.ndarray, cluster: np.ndarray) -> float:
+    """Kish design effect of a proportion over clustered rows: the cluster-robust variance of
+    the mean over the binomial one (at least 1; 1 when either is 0)."""
+    rate = y.mean()
+    codes, _ = pd.factorize(cluster, use_na_sentinel=False)
+    per_cluster = np.bincount(codes, weights=y - rate)
+    robust = float(np.sum(per_cluster**2))
+    binomial = float(y.size * rate * (1.0 - rate))
+    return max(1.0, robust / binomial) if robust > 0 and binomial > 0 else 1.0
+
+
+def calibration_ci(
+    y: Any, p: Any, n_bins: int = 10, level: float = 0.95, *, cluster: Any | None = None
+) -> pd.DataFrame:
     """Calibration curve on quantile bins of ``p`` with Wilson intervals of the observed rate.
 
     Quantile bins hold about the same number of rows each, so no point rests on a handful of
-    high-risk rows (equal-width bins, as the ECE uses, do). The interval treats rows as
-    independent; a client's landmark rows are correlated, so read it as somewhat narrow.
+    high-risk rows (equal-width bins, as the ECE uses, do). A client's landmark rows share one
+    outcome, so rows are not independent: with ``cluster`` (the client id per row) the Wilson
+    interval (``scipy.stats.binomtest``) is taken on the bin's effective sample size, its rows
+    divided by the Kish design effect of the clustering (Kish 1965); without it, on the rows.
 
     Returns
     -------
     pandas.DataFrame
         One row per non-empty bin: ``bin``, ``n``, ``events``, ``mean_predicted``,
-        ``observed_rate``, ``ci_low``, ``ci_high`` (probability units).
+        ``observed_rate``, ``effective_n``, ``ci_low``, ``ci_high`` (probability units).
     """
     yy, pp = _checked(y, p)
-    columns = ["bin", "n", "events", "mean_predicted", "observed_rate", "ci_low", "ci_high"]
+    columns = ["bin", "n", "events", "mean_predicted", "observed_rate", "effective_n",
+               "ci_low", "ci_high"]  # fmt: skip
     if yy.size == 0:
         return pd.DataFrame(columns=columns)
+    clusters = None if cluster is None else np.asarray(cluster, dtype=object).reshape(-1)
+    if clusters is not None and clusters.shape != yy.shape:
+        raise ValueError("cluster must have one id per row")
     codes = pd.qcut(pp, q=min(n_bins, yy.size), labels=False, duplicates="drop")
     codes = np.asarray(codes, dtype=np.int64)
     rows = []
     for b in np.unique(codes):
         mask = codes == b
         k, n = int(yy[mask].sum()), int(mask.sum())
-        ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
-        rows.append([int(b) + 1, n, k, pp[mask].mean(), k / n, ci.low, ci.high])
+        deff = 1.0 if clusters is None else _design_effect(yy[mask], clusters[mask])
+        n_eff = max(1, round(n / deff))
+        k_eff = min(n_eff, round(n_eff * k / n))
+        ci = binomtest(k_eff, n_eff).proportion_ci(confidence_level=level, method="wilson")
+        rows.append([int(b) + 1, n, k, pp[mask].mean(), k / n, n_eff, ci.low, ci.high])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -271,7 +294,8 @@ def subgroup_calibration(
     n_bins: int = 5,
     min_n: int = 100,
 ) -> pd.DataFrame:
-    """:func:`calibration_ci` per value of each ``by`` column with at least ``min_n`` rows.
+    """:func:`calibration_ci` per value of each ``by`` column with at least ``min_n`` rows,
+    clustered by ``frame``'s ``client_id`` when it has one.
 
     Returns
     -------
@@ -280,6 +304,11 @@ def subgroup_calibration(
         columns. Smaller groups are left out (their intervals span most of [0, 1]).
     """
     yy, pp = _checked(y, p)
+    clients = (
+        frame[CLIENT_ID].to_numpy(dtype=object)
+        if CLIENT_ID in frame.columns
+        else np.arange(yy.size).astype(object)
+    )
     parts = []
     for column in by:
         if column not in frame.columns:
@@ -289,7 +318,7 @@ def subgroup_calibration(
             mask = values == value
             if mask.sum() < min_n:
                 continue
-            table = calibration_ci(yy[mask], pp[mask], n_bins)
+            table = calibration_ci(yy[mask], pp[mask], n_bins, cluster=clients[mask])
             parts.append(table.assign(subgroup=column, group=str(value), group_n=int(mask.sum())))
     if not parts:
         return pd.DataFrame(
@@ -415,6 +444,6 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
     return DecisionSupport(
         decision_curve=curve,
         workload=workload,
-        calibration=calibration_ci(y, p),
+        calibration=calibration_ci(y, p, cluster=data.client_id),
         subgroup_calibration=subgroup_calibration(y, p, context),
     )

@@ -42,7 +42,7 @@ SUBGROUP_GATE_MAX_ECE = 0.10
 DECISION_PLOTS = (
     ("decision_curve.png", "net benefit against threshold: model, alert rule, treat all/none"),
     ("alert_workload.png", "alerts per clinician-week and share of dropouts caught"),
-    ("calibration_ci.png", "calibration on quantile bins with 95% Wilson intervals"),
+    ("calibration_ci.png", "calibration on quantile bins, 95% Wilson intervals by client"),
     ("calibration_by_<subgroup>.png", "the same per clinic, age band, gender, referral"),
     ("landmarks.png", "AUROC, ECE and mean predicted vs observed per landmark"),
 )

@@ -361,7 +361,9 @@ def plot_calibration_ci(table: pd.DataFrame, out_dir: Path | str) -> Path:
     """The model's calibration on quantile bins with 95% Wilson intervals (overall)."""
     fig = _figure(width=6.0, height=6.0)
     ax = fig.axes[0]
-    _calibration_axes(ax, table, limit=_limit(table), label="model (95% Wilson interval)")
+    _calibration_axes(
+        ax, table, limit=_limit(table), label="model (95% Wilson interval, clients as clusters)"
+    )
     ax.plot([], [], linestyle="--", color="grey", label="perfect calibration")
     n = int(table["n"].sum()) if not table.empty else 0
     ax.set_title(f"Calibration, held-out clients: {len(table)} quantile bins, {n:,} landmark rows")
@@ -392,7 +394,7 @@ def plot_subgroup_calibration(table: pd.DataFrame, subgroup: str, out_dir: Path 
     name = SUBGROUP_NAMES.get(subgroup, subgroup)
     fig.suptitle(
         f"Calibration by {name}, held-out clients\n"
-        f"landmark rows in 5 quantile bins, 95% Wilson intervals{note}"
+        f"landmark rows in 5 quantile bins, 95% Wilson intervals (clients as clusters){note}"
     )
     fig.supxlabel("mean predicted probability of dropout")
     fig.supylabel("observed dropout rate")

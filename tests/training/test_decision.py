@@ -114,6 +114,25 @@ def test_calibration_ci_uses_quantile_bins_with_wilson_intervals() -> None:
     assert zero["ci_low"] == 0 and 0.2 < zero["ci_high"] < 0.35
 
 
+def test_calibration_ci_counts_a_client_once_when_their_rows_share_the_outcome() -> None:
+    # 100 clients x 4 rows with one outcome each: the rows carry the information of 100
+    # clients, so the clustered interval is Wilson's on 100, wider than on 400 rows.
+    rng = np.random.default_rng(4)
+    outcome = (rng.uniform(size=100) < 0.3).astype(int)
+    y, p = np.repeat(outcome, 4), np.full(400, 0.3)
+    clients = np.repeat(np.arange(100), 4)
+    clustered = calibration_ci(y, p, n_bins=1, cluster=clients).iloc[0]
+    naive = calibration_ci(y, p, n_bins=1).iloc[0]
+    by_client = calibration_ci(outcome, np.full(100, 0.3), n_bins=1).iloc[0]
+    assert clustered["effective_n"] == 100 and naive["effective_n"] == 400
+    assert clustered["ci_low"] == pytest.approx(by_client["ci_low"])
+    assert clustered["ci_high"] == pytest.approx(by_client["ci_high"])
+    assert clustered["ci_high"] - clustered["ci_low"] > 1.8 * (naive["ci_high"] - naive["ci_low"])
+    # Independent rows (one per client) keep the plain Wilson interval.
+    single = calibration_ci(outcome, np.full(100, 0.3), n_bins=1, cluster=np.arange(100))
+    assert single.iloc[0]["effective_n"] == 100
+
+
 def test_subgroup_calibration_leaves_small_groups_out() -> None:
     rng = np.random.default_rng(2)
     p = rng.uniform(0.05, 0.6, 600)
