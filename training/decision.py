@@ -292,7 +292,7 @@ def subgroup_calibration(
     by: Sequence[str] = CALIBRATION_SUBGROUPS,
     *,
     n_bins: int = 5,
-    min_n: int = 100,
+    min_n: int = 200,
 ) -> pd.DataFrame:
     """:func:`calibration_ci` per value of each ``by`` column with at least ``min_n`` rows,
     clustered by ``frame``'s ``client_id`` when it has one.
@@ -301,7 +301,8 @@ def subgroup_calibration(
     -------
     pandas.DataFrame
         ``subgroup``, ``group`` (the value), ``group_n``, then the :func:`calibration_ci`
-        columns. Smaller groups are left out (their intervals span most of [0, 1]).
+        columns. Smaller groups are left out: the model card calls subgroups under 200 test
+        rows too small to judge, and their intervals span most of [0, 1].
     """
     yy, pp = _checked(y, p)
     clients = (

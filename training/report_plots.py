@@ -366,7 +366,9 @@ def plot_calibration_ci(table: pd.DataFrame, out_dir: Path | str) -> Path:
     )
     ax.plot([], [], linestyle="--", color="grey", label="perfect calibration")
     n = int(table["n"].sum()) if not table.empty else 0
-    ax.set_title(f"Calibration, held-out clients: {len(table)} quantile bins, {n:,} landmark rows")
+    ax.set_title(
+        f"Calibration, held-out clients\n{len(table)} quantile bins of {n:,} landmark rows"
+    )
     ax.set_xlabel("mean predicted probability of dropout in the bin")
     ax.set_ylabel("observed dropout rate in the bin")
     ax.legend(loc="upper left")
