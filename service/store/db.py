@@ -162,12 +162,26 @@ class Store:
             if now - self._last_attempt < self.retry_interval_s:
                 raise StoreUnavailable()
             self._last_attempt = now
+            self._make_folder()
             with _translated():
                 if self.migrate:
                     self.upgrade()
                 elif self.current() != self.head():
                     raise StoreUnavailable("not migrated")
             self._ready = True
+
+    def _make_folder(self) -> None:
+        """The SQLite file's folder, made when first needed (never at import or build time);
+        one that cannot be made leaves the store unavailable, not the service down."""
+        database = self.engine.url.database if self.backend == "sqlite" else None
+        if not database or database == ":memory:":
+            return
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            logger.warning("client store folder cannot be created",
+                           extra={"fields": {"error": type(err).__name__}})  # fmt: skip
+            raise StoreUnavailable("not writable") from None
 
     # -- migrations -------------------------------------------------------------------------
 
@@ -238,9 +252,6 @@ def _translated() -> Iterator[None]:
 
 
 def _sqlite_engine(url: str, busy_timeout_s: float) -> Engine:
-    path = url.split("///", 1)[1] if "///" in url else ""
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": busy_timeout_s})
 
     @event.listens_for(engine, "connect")

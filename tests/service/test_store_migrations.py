@@ -103,3 +103,16 @@ def test_postgresql_schema_of_its_own(pg_store_url: str) -> None:
         assert set(inspect(store.engine).get_table_names(schema="alliance_store")) >= TABLES
     finally:
         store.close()
+
+
+def test_an_unwritable_folder_leaves_the_store_unavailable_not_the_service(
+    tmp_path: Path,
+) -> None:
+    from service.store.db import StoreUnavailable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    store = Store(f"sqlite:///{blocker / 'sub' / 'store.db'}")  # built without touching disk
+    with pytest.raises(StoreUnavailable):
+        store.ensure_ready()
+    store.close()
