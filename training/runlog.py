@@ -209,7 +209,14 @@ def _cohort_dataset(
         return _dataset("cohort", sessions, clients, source, fingerprint)
     from mlflow.data.meta_dataset import MetaDataset
 
-    schema = mlflow.data.from_pandas(sessions.head(0), source=_source(source)).schema
+    # Schema from the rows at hand (MLflow cannot infer Arrow string columns of an empty frame);
+    # the digest is given, so no row is hashed.
+    head = sessions.head(1000)
+    schema = (
+        mlflow.data.from_pandas(head, source=_source(source), digest=fingerprint[:8]).schema
+        if len(head)
+        else None
+    )
     dataset = MetaDataset(
         _source(source), name="cohort", digest=fingerprint[:_DIGEST_CHARS], schema=schema
     )

@@ -356,3 +356,27 @@ def test_mlflow_models_serve_scores_a_posted_raw_episode(logged: Logged, tmp_pat
         assert "row 1, attendance" in doc["message"] and "maybe" not in doc["message"]
     finally:
         _stop(proc)
+
+
+def test_a_partial_cohort_is_logged_with_the_whole_fingerprint_and_no_counts(
+    logged: Logged,
+) -> None:
+    from training.runlog import _cohort_dataset
+
+    # The Dask engine gathers only calibration and test clients; the fingerprint is the whole's.
+    part = logged.cohort.clients.iloc[:10]
+    sessions = logged.cohort.sessions[logged.cohort.sessions[CLIENT_ID].isin(part[CLIENT_ID])]
+    whole = "ab" * 32
+    dataset, tags = _cohort_dataset(
+        sessions, part, "sessions.parquet, clients.parquet", whole, True
+    )
+    assert dataset.digest == whole[:36] and tags == {TAG_DATASET_FINGERPRINT: whole}
+    assert "num_rows" not in json.dumps(dataset.to_dict())
+    assert "client_id" in dataset.schema.input_names()
+    with mlflow.start_run(
+        experiment_id=logged.client.get_run(logged.train.run_id).info.experiment_id
+    ) as run:
+        mlflow.log_input(dataset, context="training", tags=tags)
+    (stored,) = logged.client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert stored.dataset.digest == whole[:36]
+    assert not [cid for cid in part[CLIENT_ID] if cid in json.dumps(stored.dataset.schema)]
