@@ -207,19 +207,6 @@ class ServiceSettings(BaseSettings):
     cds_fetch_read_timeout_s: float = Field(
         3.0, gt=0, le=60, description="Read timeout of a missing-prefetch FHIR fetch."
     )
-    cds_feedback_path: Path = Field(
-        default_factory=lambda: _data_dir() / "cds-feedback.jsonl",
-        description="JSON-lines file of CDS Hooks card feedback (card uuid, outcome, override "
-        "reason code; never the clinician's free-text comment). Default <project root>/"
-        ".alliance-risk/cds-feedback.jsonl.",
-    )
-    cds_feedback_max_bytes: int = Field(
-        16 * 1024 * 1024,
-        ge=4096,
-        description="Above this size the feedback file is renamed to <file>.1 (replacing an "
-        "older one) and a new one is started: at most about twice this on disk.",
-    )
-
     store_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the client store (episodes, sessions, outcomes, risk "
@@ -245,6 +232,24 @@ class ServiceSettings(BaseSettings):
         description="Upgrade the store's schema to the newest migration when the service first "
         "reaches the database. Off: run `alliance-risk db upgrade`; until then the store's "
         "routes answer 503.",
+    )
+    rescore_enabled: bool = Field(
+        True,
+        description="When a new champion is served, rescore every open stored episode with it "
+        "in the background (one worker at a time, by a lease in the store).",
+    )
+    rescore_batch_size: int = Field(
+        1000,
+        ge=1,
+        le=20_000,
+        description="Episodes per rescoring batch (one read, one scoring pass, one short write "
+        "transaction).",
+    )
+    rescore_check_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the rescoring thread looks without being woken: to finish "
+        "what a worker that died left (its lease expires after twice this).",
     )
 
     def resolved_store_url(self) -> str:

@@ -1,65 +1,57 @@
-"""Card feedback (``POST /cds-services/{id}/feedback``), kept as JSON lines.
+"""Card feedback (``POST /cds-services/{id}/feedback``), kept in the client store.
 
-One line per feedback item: when it was received, the service, the clinic, the request id, the
-card's uuid, the outcome, the override reason's system and code, how many suggestions were
-accepted, whether the clinician wrote a comment, and when the clinician acted. The free-text
-``userComment`` itself is not kept: a clinician may name the client in it, and this file is
-not client data. The application store of issue 21 does not exist yet; until it does, this
-file in the service's data folder is the store (one writer per process, appends under a lock,
-``O_APPEND`` so several workers' whole lines never interleave), capped like the shadow
-comparisons by rotation to ``<file>.1`` (:class:`service.jsonl_log.RotatingLog`).
+One ``cds_feedback`` row per feedback item (:mod:`service.store.tables`): when it was received,
+the service, the clinic, the request id, the card's uuid, the outcome, the override reason's
+system and code, how many suggestions were accepted, whether the clinician wrote a comment, and
+when the clinician acted. The free-text ``userComment`` itself is not kept: a clinician may name
+the client in it, and feedback is not client data. All items of one call are stored in one
+transaction, committed before the call is answered; with the store unreachable the call is a
+503 (:class:`~service.store.db.StoreUnavailable`) and nothing is stored.
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-import orjson
+from sqlalchemy import insert
 
-from service.audit import utc_timestamp
 from service.cds.schemas import FeedbackItem
-from service.jsonl_log import RotatingLog
+from service.store.db import Store
+from service.store.tables import cds_feedback
 
 
-class FeedbackWriteError(Exception):
-    """The feedback could not be stored (the caller answers 503: nothing is lost silently)."""
+def feedback_rows(
+    service_id: str, clinic: str, request_id: str, items: Sequence[FeedbackItem]
+) -> list[dict[str, Any]]:
+    """The ``cds_feedback`` rows of one call's items (never the free-text comment)."""
+    received = datetime.now(UTC)
+    rows = []
+    for item in items:
+        reason = item.overrideReason.reason if item.overrideReason else None
+        rows.append(
+            {
+                "received_at": received,
+                "service_id": service_id,
+                "clinic_id": clinic,
+                "request_id": request_id,
+                "card": item.card,
+                "outcome": item.outcome,
+                "override_system": reason.system if reason else None,
+                "override_code": reason.code if reason else None,
+                "accepted_suggestions": len(item.acceptedSuggestions),
+                "commented": bool(item.overrideReason and item.overrideReason.userComment),
+                "outcome_time": item.outcomeTimestamp.astimezone(UTC),
+            }
+        )
+    return rows
 
 
-class FeedbackLog:
-    def __init__(self, path: Path, max_bytes: int = 16 * 1024 * 1024) -> None:
-        self.path = path
-        self._log = RotatingLog(path, max_bytes)
-        self._lock = threading.Lock()
-
-    def write(
-        self, service_id: str, clinic: str, request_id: str, items: list[FeedbackItem]
-    ) -> None:
-        received = utc_timestamp()
-        lines = [
-            orjson.dumps(
-                {
-                    "received": received,
-                    "service": service_id,
-                    "clinic": clinic,
-                    "request_id": request_id,
-                    "card": item.card,
-                    "outcome": item.outcome,
-                    "override_system": item.overrideReason.reason.system
-                    if item.overrideReason and item.overrideReason.reason
-                    else None,
-                    "override_code": item.overrideReason.reason.code
-                    if item.overrideReason and item.overrideReason.reason
-                    else None,
-                    "accepted_suggestions": len(item.acceptedSuggestions),
-                    "commented": bool(item.overrideReason and item.overrideReason.userComment),
-                    "outcome_time": item.outcomeTimestamp.isoformat(),
-                }
-            ).decode()
-            for item in items
-        ]
-        try:
-            with self._lock:
-                self._log.write(lines)
-        except OSError as exc:
-            raise FeedbackWriteError(type(exc).__name__) from None
+def store_feedback(
+    store: Store, service_id: str, clinic: str, request_id: str, items: Sequence[FeedbackItem]
+) -> None:
+    """Store one call's feedback items in one transaction (raises StoreUnavailable)."""
+    rows = feedback_rows(service_id, clinic, request_id, items)
+    with store.write() as conn:
+        conn.execute(insert(cds_feedback), rows)

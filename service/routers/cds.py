@@ -31,7 +31,7 @@ from models.whatif import WhatIf, what_if
 from service.auth import IssuerConfig, Principal
 from service.cds.auth import feedback_client, hook_client
 from service.cds.cards import card_for, top_falls
-from service.cds.feedback import FeedbackLog, FeedbackWriteError
+from service.cds.feedback import store_feedback
 from service.cds.prefetch import (
     FhirFetcher,
     PrefetchUnavailable,
@@ -69,6 +69,8 @@ from service.routers.risk import score_one
 from service.schemas import RiskRequest
 from service.security import NOT_FOUND, forget_clients, note_client
 from service.settings import ServiceSettings
+from service.store.db import StoreUnavailable
+from service.store.deps import ClientStoreDep
 
 logger = logging.getLogger(__name__)
 
@@ -334,25 +336,17 @@ async def cds_feedback(
     body: FeedbackRequest,
     request: Request,
     principal: FeedbackClient,
-    settings: SettingsDep,
+    store: ClientStoreDep,
 ) -> dict[str, Any]:
-    """Stored (one JSON line per item, without the free-text comment) and audited."""
-    log = _feedback_log(request, settings)
+    """Stored in the client store (one row per item, without the free-text comment) and
+    audited; 503 with Retry-After when the store is unreachable (nothing stored)."""
     try:
         await run_in_threadpool(
-            log.write, service_id, principal.clinic, request_id_of(request), body.feedback
-        )
-    except FeedbackWriteError as exc:
-        logger.error("cds feedback not stored", extra={"fields": {"error": str(exc)}})
-        raise HTTPException(503, FEEDBACK_UNAVAILABLE, headers={"Retry-After": "30"}) from None
+            store_feedback, store, service_id, principal.clinic, request_id_of(request),
+            body.feedback,
+        )  # fmt: skip
+    except StoreUnavailable as exc:
+        logger.error("cds feedback not stored", extra={"fields": {"error": exc.reason}})
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        raise HTTPException(503, FEEDBACK_UNAVAILABLE, headers=headers) from None
     return {}
-
-
-def _feedback_log(request: Request, settings: ServiceSettings) -> FeedbackLog:
-    state = request.app.state
-    log = getattr(state, "cds_feedback", None)
-    if log is None:
-        log = state.cds_feedback = FeedbackLog(
-            settings.cds_feedback_path, settings.cds_feedback_max_bytes
-        )
-    return log

@@ -289,12 +289,19 @@ def test_feedback_is_stored_and_audited_without_the_comment(cds: TestClient, tmp
     token = cds_token(key, feedback=True)
     response = cds.post(url, json=body, headers=auth_header(token))
     assert response.status_code == 200, response.text
-    stored = (tmp_path / "cds" / "cds-feedback.jsonl").read_text()
-    rows = [json.loads(x) for x in stored.splitlines()]
+    from sqlalchemy import select
+
+    from service.store.tables import cds_feedback
+
+    with cds.app.state.client_store.read() as conn:
+        rows = [r._asdict() for r in conn.execute(select(cds_feedback).order_by("id"))]
     assert [r["outcome"] for r in rows] == ["overridden", "accepted"]
     assert rows[0]["override_code"] == "recent-check-in" and rows[0]["commented"] is True
-    assert rows[1]["accepted_suggestions"] == 1 and rows[0]["clinic"] == TEST_CLINIC
-    assert "Jane Roe" not in stored
+    assert rows[0]["override_system"] == OVERRIDE_SYSTEM and rows[0]["service_id"] == PATIENT_VIEW
+    assert rows[1]["accepted_suggestions"] == 1 and rows[0]["clinic_id"] == TEST_CLINIC
+    assert rows[1]["card"] == "4e0a3a1e-3283-4575-ab82-028d55fe2719"
+    assert rows[0]["request_id"] == response.headers["X-Request-ID"]
+    assert "Jane Roe" not in repr(rows)
     audit = [json.loads(x) for x in (tmp_path / "cds" / "audit.jsonl").read_text().splitlines()]
     assert [a["action"] for a in audit] == ["cds.feedback"]
     assert audit[0]["status"] == 200 and audit[0]["clinic"] == TEST_CLINIC
@@ -364,19 +371,20 @@ def test_feedback_times_need_a_zone(cds: TestClient, key) -> None:
     assert cds.post(url, json={"feedback": [item]}, headers=headers).status_code == 200
 
 
-def test_the_feedback_file_is_capped_by_rotation(tmp_path) -> None:
-    from datetime import UTC, datetime
+def test_feedback_answers_503_when_the_store_is_down(registry, tmp_path, key) -> None:
+    """Nothing is lost silently: an unreachable store is a 503 with Retry-After."""
+    from tests.conftest import free_port
 
-    from service.cds.feedback import FeedbackLog
-    from service.cds.schemas import FeedbackItem
-
-    log = FeedbackLog(tmp_path / "feedback.jsonl", max_bytes=4096)
-    item = FeedbackItem(card="c", outcome="accepted", outcomeTimestamp=datetime.now(UTC))
-    for _ in range(100):
-        log.write(PATIENT_VIEW, TEST_CLINIC, "r", [item] * 3)
-    assert (tmp_path / "feedback.jsonl.1").exists()
-    kept = sorted(tmp_path.glob("feedback.jsonl*"))
-    assert sum(p.stat().st_size for p in kept if p.suffix != ".lock") < 2 * (4096 + 2048)
+    down = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"
+    item = {"card": "c-1", "outcome": "accepted", "outcomeTimestamp": "2026-12-01T10:06:00Z"}
+    url = f"/cds-services/{PATIENT_VIEW}/feedback"
+    for client in cds_client(registry, tmp_path / "down", key, store_url=down,
+                             store_connect_timeout_s=1):  # fmt: skip
+        headers = auth_header(cds_token(key, feedback=True))
+        response = client.post(url, json={"feedback": [item]}, headers=headers)
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) > 0
+        assert response.json()["detail"] == "feedback could not be stored; try again later"
 
 
 def test_card_summaries_are_under_140_characters() -> None:

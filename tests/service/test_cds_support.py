@@ -75,7 +75,7 @@ def cds_app(registry: Registry, root: Path, key: Any, *, fhir_servers: Sequence[
             model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri,
             poll_interval_s=0,
             **{"cds_public_url": PUBLIC_URL,
-               "cds_feedback_path": root / "cds-feedback.jsonl", **settings},
+               "store_url": f"sqlite:///{root / 'store.db'}", **settings},
         ),
         configure_logs=False,
         auth=AuthSettings(mode="jwt", issuers=[issuer]),

@@ -34,7 +34,7 @@ CDS_PUBLIC_URL = "http://testserver"
 def fuzz_schema(registry: Registry, dev_key_dir: Path) -> Iterator[object]:
     settings_ = ServiceSettings(
         model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
-        cds_public_url=CDS_PUBLIC_URL, cds_feedback_path=registry.root / "cds-feedback.jsonl",
+        cds_public_url=CDS_PUBLIC_URL, store_url=f"sqlite:///{registry.root / 'store.db'}",
     )  # fmt: skip
     app = create_app(settings_, configure_logs=False,
                      **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
