@@ -34,12 +34,13 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
 from service.model_store import ModelStore
-from service.routers import cds, clients, docs, health, model, risk, whatif
+from service.routers import caseload, cds, clients, docs, health, model, risk, whatif
 from service.routers.fhir import router as fhir_router
 from service.security import AuditMiddleware, Security
 from service.settings import ServiceSettings
 from service.shadow import ComparisonLog, ScoreObserver, ShadowScorer, challenger_uri
 from service.store.db import Store, StoreUnavailable
+from service.store.rescore import RescoreMetrics, Rescorer, RescoreWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def create_app(
     settings = settings or ServiceSettings()
     redact_httpx_logs()  # CDS Hooks fetch URLs name patients
     metrics = ServiceMetrics()
+    rescore_metrics = RescoreMetrics(metrics)
     security, limit_settings, auth_settings = build_security(auth, limits, audit)
 
     @contextlib.asynccontextmanager
@@ -155,6 +157,7 @@ def create_app(
         if drift is not None:
             drift.start()
             observers.append(drift)
+        rescore = _rescore(settings, store, client_store, rescore_metrics)
         # What is alive now (libraries, the model) lives as long as the process: moved out of the
         # cyclic collector's reach (CPython's gc.freeze), a full collection, which a batch of a
         # thousand clients triggers about once, walks the batch's objects instead of ~250,000
@@ -184,6 +187,8 @@ def create_app(
                 await run_in_threadpool(shadow.close)
             if drift is not None:
                 await run_in_threadpool(drift.close)
+            if rescore is not None:
+                await run_in_threadpool(rescore.close)
             metrics.close()
             await run_in_threadpool(client_store.close)
 
@@ -216,6 +221,7 @@ def create_app(
     app.include_router(fhir_router)
     app.include_router(cds.router)
     app.include_router(clients.router)
+    app.include_router(caseload.router)
     install_dashboard(app)  # /dashboard/ pages and their stylesheet
     if settings.docs_enabled:
         app.include_router(docs.router)
@@ -264,6 +270,28 @@ def _drift(settings: ServiceSettings, metrics: ServiceMetrics) -> DriftWindows |
         max_clinics=settings.drift_max_clinics,
     )
     return DriftWindows(metrics, config)
+
+
+def _rescore(
+    settings: ServiceSettings, store: ModelStore, client_store: Store, metrics: RescoreMetrics
+) -> RescoreWatcher | None:
+    """The thread that rescores stored open episodes when the served version changes (and
+    once at start-up, in case the stored scores are from an older champion)."""
+    if not settings.rescore_enabled:
+        return None
+    rescorer = Rescorer(
+        client_store,
+        batch_size=settings.rescore_batch_size,
+        lease_s=max(60.0, 2 * settings.rescore_check_interval_s),
+        max_sessions=settings.max_sessions,
+        metrics=metrics,
+    )
+    watcher = RescoreWatcher(
+        rescorer, lambda: store.current, check_interval_s=settings.rescore_check_interval_s
+    )
+    store.listeners.append(watcher.notify)
+    watcher.start()
+    return watcher
 
 
 async def _open_client_store(client_store: Store) -> None:

@@ -9,7 +9,8 @@ hold only its keyed pseudonym ``correlation_ref`` (:func:`service.audit.client_r
 audit key). The value is the caller's choice and could be anything, a client id included: an
 auditor holding the key finds the lines of a caller's id, the files alone name nothing.
 Responses under ``/v1`` carry client data or errors about it: ``Cache-Control: no-store`` keeps
-them out of browser and proxy caches.
+them out of browser and proxy caches, unless the route itself set ``private, no-cache`` (the
+caseload, polled with ``If-None-Match``: a shared cache still keeps nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ CORRELATION_ID_HEADER = b"x-correlation-id"
 #: 1 to 64 characters, enough for a UUID or a W3C trace id); anything else is dropped.
 _CORRELATION = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 _NO_STORE = (b"cache-control", b"no-store")
+#: The one other cache directive a /v1 route may set: a private cache only, revalidated each
+#: time (RFC 9111), for responses with a strong ETag.
+REVALIDATE = b"private, no-cache"
 
 
 def _request_id() -> str:
@@ -92,9 +96,15 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 headers = message.setdefault("headers", [])
-                if _NO_STORE in echoed:  # the one cache directive, whatever the route set
-                    headers[:] = [h for h in headers if h[0].lower() != b"cache-control"]
-                headers.extend(echoed)
+                extra = echoed
+                if _NO_STORE in echoed:  # the one cache directive, whatever the route set...
+                    if (b"cache-control", REVALIDATE) in headers:
+                        # ...but a route with a strong ETag polled by If-None-Match (the
+                        # caseload) may be kept by the caller's own cache and revalidated.
+                        extra = [h for h in echoed if h != _NO_STORE]
+                    else:
+                        headers[:] = [h for h in headers if h[0].lower() != b"cache-control"]
+                headers.extend(extra)
             await send(message)
 
         try:

@@ -56,6 +56,7 @@ AUDITED = {
     "/v1/clients/{client_id}/sessions": "clients.sessions_write",
     "/v1/clients/{client_id}/outcome": "clients.outcome_write",
     "/v1/clients/{client_id}/risk": "clients.risk_read",
+    "/v1/clinics/{clinic_id}/caseload": "clients.caseload_read",
     "/dashboard/": "dashboard.caseload",
     "/dashboard/clients/{client_id}": "dashboard.client",
     "/dashboard/sign-in": "dashboard.sign_in",

@@ -37,6 +37,7 @@ OPERATION_IDS = {
     ("post", "/v1/clients/{client_id}/sessions"): "storeClientSessions",
     ("post", "/v1/clients/{client_id}/outcome"): "storeClientOutcome",
     ("get", "/v1/clients/{client_id}/risk"): "getClientRisk",
+    ("get", "/v1/clinics/{clinic_id}/caseload"): "getCaseload",
 }
 
 
