@@ -110,11 +110,63 @@ def treat_all(y: Any, thresholds: Any = THRESHOLDS) -> np.ndarray:
     return prevalence - (1.0 - prevalence) * _odds(thresholds)
 
 
+def net_benefit_interval(
+    y: Any,
+    p: Any,
+    thresholds: Any = THRESHOLDS,
+    *,
+    cluster: Any,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of :func:`net_benefit`, resampling whole clients.
+
+    A client's landmark rows share one outcome, so clients (``cluster``, one id per row) are
+    drawn with replacement, as for the AUROC interval (:func:`training.metrics.bootstrap_ci`).
+    Each resample is the rows with integer weights, so the scores are sorted once.
+
+    Returns
+    -------
+    (low, high) : tuple of numpy.ndarray of shape (n_thresholds,)
+    """
+    yy, pp = _checked(y, p)
+    odds = _odds(thresholds)
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    codes, uniques = pd.factorize(np.asarray(cluster, dtype=object).reshape(-1))
+    if codes.shape != yy.shape:
+        raise ValueError("cluster must have one id per row")
+    if yy.size == 0:
+        return np.full(t.size, np.nan), np.full(t.size, np.nan)
+    order = np.argsort(pp, kind="stable")
+    first = np.searchsorted(pp[order], t, side="left")
+    ys, cs = yy[order], codes[order]
+    rng = np.random.default_rng(seed)
+    stats = np.empty((n_boot, t.size))
+    for b in range(n_boot):
+        w = np.bincount(rng.integers(0, len(uniques), len(uniques)), minlength=len(uniques))[cs]
+        w = w.astype(np.float64)
+        tp_above = np.r_[np.cumsum((w * ys)[::-1])[::-1], 0.0][first]
+        all_above = np.r_[np.cumsum(w[::-1])[::-1], 0.0][first]
+        stats[b] = (tp_above - (all_above - tp_above) * odds) / w.sum()
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha], axis=0)
+    return low, high
+
+
+#: Suffixes of the interval columns :func:`decision_curve` adds for each score.
+CI_LOW, CI_HIGH = " 95% CI low", " 95% CI high"
+
+
 def decision_curve(
     y: Any,
     scores: Mapping[str, Any],
     flags: Mapping[str, Any] | None = None,
     thresholds: Any = THRESHOLDS,
+    *,
+    cluster: Any | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Net benefit of each strategy at each threshold, one column per strategy.
 
@@ -127,12 +179,16 @@ def decision_curve(
     flags : Mapping[str, array-like of 0/1], optional
         Fixed strategies, acted on where the flag is 1 whatever the threshold (the alert
         rule); their net benefit still falls with the threshold, as false alerts cost more.
+    cluster : array-like of shape (n,), optional
+        Client id per row: each score then gets a 95% client-bootstrap interval
+        (:func:`net_benefit_interval`, ``n_boot`` resamples, ``seed``).
 
     Returns
     -------
     pandas.DataFrame
         ``threshold`` then one column per strategy: the ``scores`` and ``flags`` names,
-        ``treat all`` and ``treat none`` (0).
+        ``treat all`` and ``treat none`` (0); with ``cluster``, ``<score> 95% CI low`` and
+        ``<score> 95% CI high`` last.
     """
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     out: dict[str, Any] = {"threshold": t}
@@ -150,6 +206,10 @@ def decision_curve(
         out[name] = tp - fp * _odds(t)
     out[TREAT_ALL] = treat_all(y, t)
     out[TREAT_NONE] = np.zeros(t.size)
+    if cluster is not None and n_boot > 0:
+        for name, p in scores.items():
+            low, high = net_benefit_interval(y, p, t, cluster=cluster, n_boot=n_boot, seed=seed)
+            out[name + CI_LOW], out[name + CI_HIGH] = low, high
     return pd.DataFrame(out)
 
 
@@ -436,7 +496,7 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
     flags = {}
     if ALERT_RULE_BASELINE in evaluation.baseline_probability:
         flags[ALERT_RULE] = rule_flags(evaluation.baseline_probability[ALERT_RULE_BASELINE])
-    curve = decision_curve(y, {MODEL: p}, flags)
+    curve = decision_curve(y, {MODEL: p}, flags, cluster=data.client_id)
     context = data.context
     if SESSION_DAY in context.columns:
         workload = alert_workload(context.assign(y=y), {MODEL: p}, flags)

@@ -40,7 +40,11 @@ SMALL_SUBGROUP_NOTE = "too small to judge"
 SUBGROUP_GATE_MAX_ECE = 0.10
 #: Plots the decision-support section points to (written by ``training.report_plots``).
 DECISION_PLOTS = (
-    ("decision_curve.png", "net benefit against threshold: model, alert rule, treat all/none"),
+    (
+        "decision_curve.png",
+        "net benefit against threshold: model (95% band, clients "
+        "resampled), alert rule, treat all/none",
+    ),
     ("alert_workload.png", "alerts per clinician-week and share of dropouts caught"),
     ("calibration_ci.png", "calibration on quantile bins, 95% Wilson intervals by client"),
     ("calibration_by_<subgroup>.png", "the same per clinic, age band, gender, referral"),

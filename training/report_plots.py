@@ -25,6 +25,8 @@ import pandas as pd
 
 from training.decision import (
     ALERT_RULE,
+    CI_HIGH,
+    CI_LOW,
     MODEL,
     TREAT_ALL,
     TREAT_NONE,
@@ -262,9 +264,21 @@ def plot_decision_curve(curve: pd.DataFrame, out_dir: Path | str) -> Path:
     fig = _figure()
     ax = fig.axes[0]
     t = curve["threshold"].to_numpy()
-    strategies = [c for c in curve.columns if c != "threshold"]
+    strategies = [
+        c for c in curve.columns if c != "threshold" and not c.endswith((CI_LOW, CI_HIGH))
+    ]
     for name in strategies:
         ax.plot(t, curve[name], label=name, **_STYLE.get(name, {"linewidth": 1.5}))
+        if name + CI_LOW in curve.columns:
+            ax.fill_between(
+                t,
+                curve[name + CI_LOW],
+                curve[name + CI_HIGH],
+                color=_STYLE.get(name, {}).get("color", "tab:blue"),
+                alpha=0.2,
+                linewidth=0,
+                label=f"{name}: 95% interval (clients resampled)",
+            )
     top = float(np.nanmax(curve[strategies].to_numpy())) if strategies else 0.1
     ax.set_ylim(-0.25 * max(top, 0.01), 1.15 * max(top, 0.01))
     ax.set_xlim(0, float(t.max()))
@@ -274,7 +288,7 @@ def plot_decision_curve(curve: pd.DataFrame, out_dir: Path | str) -> Path:
     )
     ax.set_ylabel("net benefit (dropouts alerted per session, net of false alerts)")
     ax.grid(alpha=0.3)
-    ax.set_title("Decision curve, held-out clients (unit: landmark row = one scored session)")
+    ax.set_title("Decision curve, held-out clients (unit: one scored session)")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(loc="upper right")
     return _save(fig, out_dir, DECISION_CURVE_PNG)

@@ -10,6 +10,8 @@ import pytest
 
 from training.decision import (
     ALERT_RULE,
+    CI_HIGH,
+    CI_LOW,
     MODEL,
     SESSION_DAY,
     TREAT_ALL,
@@ -59,6 +61,22 @@ def test_decision_curve_has_every_strategy_and_treat_none_is_zero() -> None:
     assert (curve[TREAT_NONE] == 0).all()
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         net_benefit(Y, P, [0.0])
+
+
+def test_net_benefit_interval_resamples_clients_and_brackets_the_estimate() -> None:
+    rng = np.random.default_rng(5)
+    clients = np.repeat(np.arange(300), 3)
+    risk = np.repeat(rng.uniform(0.05, 0.6, 300), 3)
+    y = np.repeat((rng.uniform(size=300) < risk[::3]).astype(int), 3)
+    p = np.clip(risk + rng.normal(0, 0.05, 900), 0, 1)
+    t = np.array([0.1, 0.2, 0.3])
+    curve = decision_curve(y, {MODEL: p}, thresholds=t, cluster=clients, n_boot=300)
+    low, high = curve[MODEL + CI_LOW].to_numpy(), curve[MODEL + CI_HIGH].to_numpy()
+    assert (low < curve[MODEL].to_numpy()).all() and (curve[MODEL].to_numpy() < high).all()
+    # Rows of one client move together: wider than resampling the 900 rows one by one.
+    rows = decision_curve(y, {MODEL: p}, thresholds=t, cluster=np.arange(900), n_boot=300)
+    assert ((high - low) > 1.3 * (rows[MODEL + CI_HIGH] - rows[MODEL + CI_LOW])).all()
+    assert MODEL + CI_LOW not in decision_curve(y, {MODEL: p}, thresholds=t).columns
 
 
 def _workload_frame() -> pd.DataFrame:
