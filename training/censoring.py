@@ -8,9 +8,10 @@ chance of having been seen to the end.
 
 The clock is the episode's own: days since intake. A client's *censoring time* ``C`` is
 extraction date minus intake date (its follow-up), its *end time* ``T`` the days from intake to
-its last booked appointment. A client is labelled when ``T <= C``, so under the assumption that
-``C`` is independent of the outcome given nothing else (intake date tells nothing about how the
-episode goes) the chance of being labelled is ``G(T-) = P(C >= T)`` and the weight ``1 / G(T-)``.
+its last booked appointment (plus the days a dropout's record takes to close). A client is
+labelled when ``T <= C``. ``C`` is a function of the intake date, so under the assumption that
+``T`` and the outcome do not depend on the intake date (:data:`ASSUMPTION`) the chance of being
+labelled is ``G(T-) = P(C >= T)`` and the weight ``1 / G(T-)``.
 ``G`` is the Kaplan-Meier survival of the censoring times; in an administrative extract every
 client's ``C`` is known (intake date and extraction date are), so it is the Kaplan-Meier curve
 with every censoring time observed, i.e. the empirical survival of ``C`` over all clients.
@@ -46,8 +47,10 @@ CENSORING_METHODS: tuple[str, ...] = ("ipcw", "exclude")
 
 #: Stated on the model card with every IPCW model.
 ASSUMPTION = (
-    "censoring is independent of the outcome given the intake date (the follow-up time depends "
-    "only on when the client started, not on how the episode goes)"
+    "censoring depends on the intake date alone (the follow-up is extraction date - intake "
+    "date), and episodes run the same way whatever the intake date (no trend in dropout or "
+    "episode length over the intake window), so how long a client was followed says nothing "
+    "about how the episode goes"
 )
 
 
