@@ -55,18 +55,19 @@ def frame_columns(profile: InstrumentProfile) -> tuple[str, ...]:
 def input_schema(profile: InstrumentProfile) -> Any:
     """The MLflow input schema (``mlflow.types.Schema``) of the episode frame on ``profile``.
 
-    Ids, dates (ISO text, ``YYYY-MM-DD``, as in the contract's files and in JSON) and the
-    attendance code are text; ``session_number``, ``age`` and the ratings are numbers of any
-    type (MLflow's ``Any``): an integer rating scale arrives as integers, an empty rating as
-    null, and MLflow would otherwise refuse integers for a double column or, serving, cast 2.5
-    to session 2. Every column is optional *to MLflow*: MLflow's own schema errors quote the
-    whole input (client data) in the message, so presence and types are checked by
-    :func:`episodes_from_frame`, whose errors name rows and columns only.
+    Ids and the attendance code are text. Dates, ``session_number``, ``age`` and the ratings
+    are of MLflow's type ``Any``: dates as ISO text (``YYYY-MM-DD``, as in the contract's files
+    and in JSON) or, in process, datetime64 columns; numbers as integers or decimals, empty as
+    null. MLflow would otherwise refuse integer ratings for a double column, datetime64 for a
+    string column, or, serving, cast a session number of 2.5 to 2. Every column is optional
+    *to MLflow*: MLflow's own schema errors quote the whole input (client data) in their
+    message, so presence and types are checked by :func:`episodes_from_frame`, whose errors
+    name rows and columns only.
     """
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import AnyType
 
-    text = (c.CLIENT_ID, c.CLINIC_ID, c.THERAPIST_ID, c.INTAKE_DATE, c.SESSION_DATE, c.ATTENDANCE)
+    text = (c.CLIENT_ID, c.CLINIC_ID, c.THERAPIST_ID, c.ATTENDANCE)
     return Schema(
         [
             ColSpec(DataType.string if name in text else AnyType(), name, required=False)

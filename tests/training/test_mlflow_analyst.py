@@ -265,6 +265,12 @@ def test_logged_pyfunc_scores_raw_episodes_as_the_scorer_does(logged: Logged) ->
     )
     at_two = loaded.predict(frame, params={"landmark": 2})
     assert (at_two["landmark"] == 2).all()
+    # Typed dates (a frame read from Parquet) are accepted as well as ISO text.
+    typed = frame.assign(
+        session_date=pd.to_datetime(frame["session_date"]),
+        intake_date=pd.to_datetime(frame["intake_date"]),
+    )
+    np.testing.assert_allclose(loaded.predict(typed)["probability"], out["probability"])
 
 
 def test_bad_raw_input_names_the_row_and_field_but_no_value(logged: Logged) -> None:
