@@ -293,8 +293,8 @@ class Scorer:
     # -- scoring ---------------------------------------------------------------------------------
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities only, without explanations: the MLflow pyfunc's
-        ``predict`` on feature rows (:func:`models.pyfunc.predict_frame`).
+        """Calibrated probabilities only, without explanations, for feature rows in registry
+        order (the logged MLflow model scores raw episodes through :meth:`score` instead).
 
         Equal to ``explain_matrix(X).probability`` to float64 rounding: with TreeSHAP tables the
         margin is the same sum of contributions the explanation adds up (xgboost's own margin
