@@ -101,6 +101,8 @@ def test_dashboard_in_chromium(registry: Registry, dev_key_dir: Path, tmp_path: 
             try:
                 context = browser.new_context(viewport={"width": 1280, "height": 800})
                 page = context.new_page()
+                console: list[str] = []
+                page.on("console", lambda m: console.append(m.text))
 
                 # Not signed in: the caseload sends the browser to the sign-in page.
                 page.goto(f"{url}/dashboard/")
@@ -197,6 +199,9 @@ def test_dashboard_in_chromium(registry: Registry, dev_key_dir: Path, tmp_path: 
                 page.get_by_role("button", name="Sign out").click()
                 expect(page).to_have_url(f"{url}/dashboard/sign-in")
                 assert not context.cookies()
+                # Nothing the Content-Security-Policy blocked (a blocked style or image logs).
+                assert not [m for m in console if "Content Security Policy" in m]
+                assert page.evaluate("getComputedStyle(document.body).margin") == "0px"
             finally:
                 browser.close()
         serve_log = (workdir / "serve.log").read_text()
