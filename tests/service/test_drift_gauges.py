@@ -254,6 +254,50 @@ def test_full_histories_of_a_steady_clinic_do_not_alert(
     assert full[("alliance_risk_drift_judged", "")] == 1
 
 
+def test_a_window_is_scored_in_passes_of_bounded_size_with_the_same_gauges(
+    registry: Registry, tmp_path: Path, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recomputation scores a window a few clients at a time (its transient memory is a
+    pass's, not the window's: +23 MB at 500 clients in one pass put a worker over 400 MB) and
+    judges their rows together, as one pass over the whole window would."""
+    from models.drift import drift_report
+    from models.scorer import Scorer
+    from service import drift_window
+
+    n = 2 * drift_window.PASS_CLIENTS + 10  # two full passes and a partial one
+    settings = {"drift_window_clients": n, "drift_min_clients": 100}
+    with _app(registry, tmp_path, dev_key_dir, **settings) as api:
+        _send(api, dev_key_dir, "p", _traffic(registry, "p", n, shift=-1.0, seed=5))
+        windows = _drift(api)
+        passes: list[int] = []
+        score = Scorer.score
+
+        def counted(self: Scorer, episodes: Any, **kwargs: Any) -> Any:
+            if kwargs.get("landmarks") == "training":
+                passes.append(episodes.n_episodes)
+            return score(self, episodes, **kwargs)
+
+        monkeypatch.setattr(Scorer, "score", counted)
+        windows.recompute()
+        monkeypatch.setattr(Scorer, "score", score)
+        text = api.get("/metrics").text
+        model = windows._model
+        with windows._lock:
+            histories = windows._windows["p"].histories(-np.inf)
+    assert passes == [drift_window.PASS_CLIENTS, drift_window.PASS_CLIENTS, 10]
+    scorer = model.scorer
+    whole = scorer.score(drift_window._episodes(histories, scorer.profile, "p"),
+                         landmarks="training", explain=False)  # fmt: skip
+    expected = drift_report(scorer.reference, scorer.registry, whole.features,
+                            whole.probability, clinic="p", n_clients=n,
+                            min_clients=100)  # fmt: skip
+    gauges = _gauges(text, "p")
+    for group, drift in (("score", expected.score), *expected.groups.items()):
+        assert gauges[("alliance_risk_drift_psi", group)] == pytest.approx(drift.psi)
+        assert gauges[("alliance_risk_drift_ks", group)] == pytest.approx(drift.ks)
+    assert gauges[("alliance_risk_drift_judged", "")] == 1
+
+
 def test_the_alert_rules_file_is_valid_and_names_exported_metrics(
     registry: Registry, tmp_path: Path, dev_key_dir: Path
 ) -> None:
