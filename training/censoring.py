@@ -112,6 +112,7 @@ def censoring_weights(
     extraction_date: pd.Timestamp | None = None,
     closure_days: int = 0,
     max_weight: float = 20.0,
+    intake_before: pd.Timestamp | str | None = None,
 ) -> CensoringWeights:
     """IPCW weights ``1 / G(T-)`` of the labelled clients of validated contract tables.
 
@@ -130,6 +131,10 @@ def censoring_weights(
     max_weight : float, default 20
         Weights are capped here, so that a handful of long episodes of the most recent intakes
         cannot dominate the fit; the summary says how many were capped.
+    intake_before : Timestamp, optional
+        The labelled clients the weights serve were drawn from the intakes before this date
+        (a temporal split's development clients): ``G`` is then the follow-up of those intakes
+        alone, labelled or ongoing. Default: every client.
 
     Returns
     -------
@@ -145,7 +150,10 @@ def censoring_weights(
         if extraction_date is not None
         else pd.to_datetime(sessions[SESSION_DATE]).max()
     )
-    intake = pd.to_datetime(clients[INTAKE_DATE]).to_numpy(dtype="datetime64[D]")
+    intake = pd.to_datetime(clients[INTAKE_DATE])
+    if intake_before is not None:
+        intake = intake[intake < pd.Timestamp(intake_before)]
+    intake = intake.to_numpy(dtype="datetime64[D]")
     follow_up = (np.datetime64(extraction.date(), "D") - intake).astype(np.float64)
     # Every client's censoring time is known in an administrative extract: KM with all observed.
     times, g = kaplan_meier(follow_up, np.ones(follow_up.size, dtype=bool))
@@ -175,6 +183,9 @@ def censoring_weights(
             "max_weight": float(max_weight),
             "closure_days": int(closure_days),
             "extraction_date": str(extraction.date()),
+            "intake_before": ""
+            if intake_before is None
+            else str(pd.Timestamp(intake_before).date()),
             "assumption": ASSUMPTION,
         },
     )

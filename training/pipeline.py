@@ -399,13 +399,20 @@ def train_model(
     registry = feature_registry(profile, include_covariates=config.include_covariates)
     arrays = pack_frames(sessions, clients, profile)
     data = landmark_set(arrays, clients, registry, k_max=config.k_max)
+    splits = config.splits_of(clients)
     if config.censoring == "ipcw":
-        weights = censoring_weights(sessions, clients, closure_days=config.censoring_closure_days)
+        # The fitted clients come from the intakes before the test set's (temporal split), so
+        # G is their follow-up: over all intakes it mis-weights them by ~0.01 per landmark.
+        weights = censoring_weights(
+            sessions,
+            clients,
+            closure_days=config.censoring_closure_days,
+            intake_before=splits.test_from,
+        )
         data = replace(data, weight=weights.of(data.client_id))
         censoring = weights.summary
     else:
         censoring = exclusion_summary(clients)
-    splits = config.splits_of(clients)
     train, valid = data.subset(splits.train), data.subset(splits.valid)
     cal, test = data.subset(splits.calibration), data.subset(splits.test)
     timings["features_s"] = time.perf_counter() - t0

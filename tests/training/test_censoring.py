@@ -80,6 +80,11 @@ def test_weights_are_one_over_the_share_followed_at_least_as_long() -> None:
     capped = censoring_weights(sessions, clients, max_weight=1.5)
     assert capped.weight["A"] == pytest.approx(1.5) and capped.summary["capped"] == 1
     assert exclusion_summary(clients)["censored"] == 1
+    # A temporal split fits on the intakes before the test set's: G is their follow-up alone
+    # (A 30, B 20 days), which covers every labelled end, so nobody is up-weighted.
+    early = censoring_weights(sessions, clients, closure_days=5, intake_before="2024-01-21")
+    assert early.weight.to_dict() == pytest.approx({"A": 1.0, "B": 1.0, "C": 1.0})
+    assert early.summary["intake_before"] == "2024-01-21"
 
 
 def test_ipcw_shrinks_the_label_mix_bias_of_a_censored_cohort() -> None:
