@@ -28,6 +28,26 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 #: Logits of predictions are clipped to this probability range, so p = 0 or 1 stays finite.
 _P_CLIP = 1e-12
 
+#: Landmark bands that evaluation and the promotion gate judge calibration in (issue 19): the
+#: first sessions, where dropout is most frequent, apart from later ones. (first, last); None =
+#: open-ended.
+LANDMARK_BANDS: tuple[tuple[int, int | None], ...] = ((1, 3), (4, 6), (7, 10), (11, None))
+
+
+def band_label(first: int, last: int | None) -> str:
+    """``"1-3"`` or ``"11+"``."""
+    return f"{first}+" if last is None else f"{first}-{last}"
+
+
+def landmark_band(landmark: Any) -> np.ndarray:
+    """Label of each landmark's band in :data:`LANDMARK_BANDS` (object array; ``""`` if none)."""
+    k = np.asarray(landmark, dtype=np.float64).reshape(-1)
+    out = np.full(k.shape, "", dtype=object)
+    for first, last in LANDMARK_BANDS:
+        inside = (k >= first) & (k <= (np.inf if last is None else last))
+        out[inside] = band_label(first, last)
+    return out
+
 
 def _arrays(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate labels and probabilities; messages name rows, never values."""
@@ -382,7 +402,8 @@ class EvaluationReport:
         95% percentile bootstrap intervals, resampled by cluster when one was given.
     per_group : dict of str to pandas.DataFrame
         One table per ``by`` column, one row per value (missing values form their own row):
-        ``value``, ``n``, ``events``, ``prevalence``, ``mean_probability``, ``auroc``,
+        ``value``, ``n``, ``n_clients`` (distinct clusters, or rows without ``cluster``),
+        ``events``, ``prevalence``, ``mean_probability``, ``auroc``,
         ``auprc``, ``brier``, ``ece``, ``calibration_slope``, ``calibration_intercept``.
         Counts are always filled; metrics are NaN where undefined.
     """
@@ -448,6 +469,18 @@ def evaluate(
         flag_threshold=threshold,
     )
 
+    cluster_codes = None
+    if cluster is not None:
+        cluster_codes = pd.factorize(np.asarray(cluster).reshape(-1), use_na_sentinel=False)[0]
+        if cluster_codes.shape != yy.shape:
+            raise ValueError("cluster must have one id per row")
+
+    def clients_of(mask: np.ndarray) -> int:
+        """Distinct clusters (clients) among the rows; rows when no cluster was given."""
+        if cluster_codes is None:
+            return int(mask.sum())
+        return int(np.unique(cluster_codes[mask]).size)
+
     per_group: dict[str, pd.DataFrame] = {}
     if by and frame is None:
         raise ValueError("by needs a frame holding those columns")
@@ -465,6 +498,7 @@ def evaluate(
                 {
                     "value": value,
                     "n": metrics.pop("n"),
+                    "n_clients": clients_of(mask),
                     "events": metrics.pop("n_events"),
                     **metrics,
                 }
@@ -472,6 +506,7 @@ def evaluate(
         columns = [
             "value",
             "n",
+            "n_clients",
             "events",
             "prevalence",
             "mean_probability",

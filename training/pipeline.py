@@ -46,7 +46,7 @@ from models.scorer import HighBandRule, RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
 from training.censoring import CensoringMethod, censoring_weights, exclusion_summary
 from training.crossfit import cross_fit
-from training.metrics import EvaluationReport, evaluate
+from training.metrics import EvaluationReport, evaluate, landmark_band
 from training.splits import Splits, SplitStrategy, split_clients
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 #: Subgroup columns of the evaluation, in report order. ``therapist_id`` is evaluated per
 #: therapist but reported aggregated (see :func:`therapist_summary`).
 SUBGROUPS = ("landmark", CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
+#: Context column of each row's landmark band (:data:`training.metrics.LANDMARK_BANDS`).
+LANDMARK_BAND = "landmark_band"
 AGE_BANDS = (0, 25, 40, 60, 200)
 AGE_BAND_LABELS = ("<25", "25-39", "40-59", "60+")
 UNKNOWN = "unknown"
@@ -233,7 +235,7 @@ class ModelEvaluation:
         frames = [
             t.assign(subgroup=name)
             for name, t in self.model.per_group.items()
-            if name != "landmark"
+            if name not in ("landmark", LANDMARK_BAND)
         ]
         if not frames:
             return pd.DataFrame(columns=["subgroup", "value", "n", "ece"])
@@ -241,7 +243,43 @@ class ModelEvaluation:
         return table[["subgroup", *[c for c in table.columns if c != "subgroup"]]]
 
     def landmark_table(self) -> pd.DataFrame:
-        return self.model.per_group.get("landmark", pd.DataFrame())
+        """One row per landmark (1, 2, ...), then one per band of :data:`LANDMARK_BANDS`
+        (``"1-3"``, ..., ``"11+"``), under the column ``landmark``; then ``n`` (rows),
+        ``n_clients``, ``events``, ``prevalence`` (dropout rate per row), ``mean_probability``,
+        ``auroc``, ``auprc``, ``brier``, ``ece``, ``calibration_slope`` and
+        ``calibration_intercept`` (CITL, slope fixed at 1). Column names are stable: the card,
+        the landmark plot and the promotion gate read them."""
+        tables = [self.model.per_group.get(name) for name in ("landmark", LANDMARK_BAND)]
+        tables = [t for t in tables if t is not None]
+        if not tables:
+            return pd.DataFrame()
+        # Bands sort by their first landmark, not as text ("11+" after "7-10").
+        bands = tables[-1] if len(tables) == 2 else None
+        if bands is not None:
+            first = bands["value"].map(lambda v: int(str(v).split("-")[0].rstrip("+") or 0))
+            tables[-1] = bands.loc[first.sort_values(kind="stable").index]
+        return pd.concat(tables, ignore_index=True).rename(columns={"value": "landmark"})
+
+    def band_table(self) -> pd.DataFrame:
+        """The band rows of :meth:`landmark_table` alone (what the promotion gate judges)."""
+        table = self.landmark_table()
+        if table.empty:
+            return table
+        is_band = table["landmark"].map(lambda v: isinstance(v, str))
+        return table.loc[is_band].reset_index(drop=True)
+
+
+def band_metrics(bands: pd.DataFrame) -> dict[str, float]:
+    """ECE, CITL and slope per landmark band as flat metrics (``landmarks_1_3_ece``, ...), which
+    the run logs with the other test metrics (``test_landmarks_1_3_citl`` in MLflow)."""
+    out: dict[str, float] = {}
+    for row in bands.itertuples(index=False):
+        key = "landmarks_" + str(row.value).replace("-", "_").replace("+", "_up")
+        out[f"{key}_ece"] = float(row.ece)
+        out[f"{key}_citl"] = float(row.calibration_intercept)
+        out[f"{key}_slope"] = float(row.calibration_slope)
+        out[f"{key}_n_clients"] = float(row.n_clients)
+    return out
 
 
 def therapist_summary(table: pd.DataFrame, *, min_n: int = 200) -> dict[str, float]:
@@ -309,8 +347,15 @@ def evaluate_scorer(
     p = scored.probability
     cluster = data.client_id
     report = evaluate(
-        data.y, p, frame=data.context, by=SUBGROUPS, cluster=cluster, n_boot=n_boot, seed=seed
+        data.y,
+        p,
+        frame=data.context.assign(**{LANDMARK_BAND: landmark_band(data.context["landmark"])}),
+        by=(*SUBGROUPS, LANDMARK_BAND),
+        cluster=cluster,
+        n_boot=n_boot,
+        seed=seed,
     )
+    report.overall.update(band_metrics(report.per_group[LANDMARK_BAND]))
     per_therapist = evaluate(
         data.y, p, frame=data.context, by=(THERAPIST_ID,), n_boot=0, seed=seed
     ).per_group[THERAPIST_ID]

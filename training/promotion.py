@@ -257,7 +257,9 @@ def promote_version(
             # profile) cannot be compared; the gate then judges the candidate on its own and
             # says so in the record.
             logger.warning("champion v%s cannot be compared: %s", current.version, exc)
-    gate = evaluate_gates(cand_metrics, champ_metrics, gate_subgroups(cand_eval))
+    gate = evaluate_gates(
+        cand_metrics, champ_metrics, gate_subgroups(cand_eval), bands=cand_eval.band_table()
+    )
     shadow = None
     if shadow_logs:
         shadow = summarise_shadow(

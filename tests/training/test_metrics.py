@@ -22,6 +22,7 @@ from training.metrics import (
     ece,
     evaluate,
     flag_top,
+    landmark_band,
     reliability_table,
 )
 
@@ -234,6 +235,9 @@ def test_evaluate_overall_and_per_group() -> None:
     row = landmarks.set_index("value").loc[4]
     assert row["auroc"] == pytest.approx(roc_auc_score(y[subset], p[subset]))
     assert row["events"] == y[subset].sum()
+    # Each client has 3 rows spread over landmarks: n_clients counts clients, not rows.
+    assert row["n_clients"] == len(np.unique(clients[subset]))
+    assert (landmarks["n_clients"] <= landmarks["n"]).all()
 
     clinics = report.per_group["clinic_id"]
     assert clinics["n"].sum() == 3000
@@ -242,6 +246,20 @@ def test_evaluate_overall_and_per_group() -> None:
     assert tiny["n"] == 3 and tiny["events"] == 0
     assert math.isnan(tiny["auroc"]) and math.isnan(tiny["calibration_slope"])
     assert tiny["brier"] == pytest.approx(np.mean(p[:3] ** 2))
+
+
+def test_landmark_bands_cover_every_landmark_once() -> None:
+    k = np.array([1, 2, 3, 4, 6, 7, 10, 11, 40, np.nan])
+    assert landmark_band(k).tolist() == [
+        "1-3", "1-3", "1-3", "4-6", "4-6", "7-10", "7-10", "11+", "11+", ""
+    ]  # fmt: skip
+
+
+def test_n_clients_is_rows_without_a_cluster() -> None:
+    y, p = _calibrated(300, seed=4)
+    frame = pd.DataFrame({"g": np.arange(300) % 2})
+    table = evaluate(y, p, frame=frame, by=["g"], n_boot=0).per_group["g"]
+    assert table["n_clients"].tolist() == table["n"].tolist() == [150, 150]
 
 
 def test_evaluate_without_bootstrap() -> None:

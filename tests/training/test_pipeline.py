@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -120,13 +121,32 @@ def test_no_client_in_two_splits_and_test_rows_are_test_clients(trained) -> None
     assert set(trained.evaluation.data.client_id.tolist()) <= set(s.test.tolist())
 
 
+def test_landmark_table_names_its_landmarks_and_adds_the_bands(trained) -> None:
+    ev = trained.evaluation
+    table = ev.landmark_table()
+    assert list(table.columns[:3]) == ["landmark", "n", "n_clients"]
+    for column in ("prevalence", "mean_probability", "auroc", "ece", "calibration_slope",
+                   "calibration_intercept"):  # fmt: skip
+        assert column in table.columns
+    is_band = table["landmark"].map(lambda v: isinstance(v, str))
+    singles, bands = table[~is_band], ev.band_table()
+    assert bands["landmark"].tolist() == ["1-3", "4-6", "7-10", "11+"][: len(bands)]
+    assert bands["n"].sum() == singles["n"].sum() == ev.data.y.size
+    # A client has one row per landmark, so a band's clients are its first landmark's.
+    assert bands["n_clients"].iloc[0] == singles["n_clients"].iloc[0]
+    for key in ("ece", "citl", "slope", "n_clients"):
+        assert np.isfinite(ev.model.overall[f"landmarks_1_3_{key}"])
+    assert ev.model.overall["landmarks_1_3_citl"] == bands["calibration_intercept"].iloc[0]
+    assert "landmark_band" not in set(ev.subgroup_table()["subgroup"])
+
+
 def test_report_has_every_section(trained) -> None:
     ev = trained.evaluation
     for key in ("auroc", "auprc", "brier", "ece", "calibration_slope", "calibration_intercept",
                 "flag_sensitivity", "flag_ppv", "auroc_ci_low", "brier_ci_high"):  # fmt: skip
         assert key in ev.model.overall
     assert set(ev.model.per_group) == {"landmark", "clinic_id", "age_band", "gender",
-                                       "referral_source"}  # fmt: skip
+                                       "referral_source", "landmark_band"}  # fmt: skip
     assert list(ev.comparison()["model"]) == [
         "model", "logistic_early_alliance_attendance", "alert_rule"
     ]  # fmt: skip
@@ -155,12 +175,17 @@ def test_cli_round_trip_train_promote_load_score_and_gate(cohort, store, tmp_pat
     first = _run(["train", *args, "--trials", "1"], store)
     assert first.exit_code == 0, first.output
     assert "registered alliance-risk version 1" in " ".join(first.output.split())
-    # A tiny cohort's subgroups are too noisy for the gates; the forced path is recorded.
+    # A tiny cohort's gates may pass or fail by chance; --force promotes either way and the
+    # record says whether it was needed.
     forced = _run(["promote", "--version", "1", "--force", "--reason", "tiny test cohort"], store)
     assert forced.exit_code == 0, forced.output
     client = mlflow.MlflowClient()
     tags = client.get_model_version("alliance-risk", "1").tags
-    assert tags["promotion.forced"] == "true" and tags["promotion.reason"] == "tiny test cohort"
+    checks = json.loads(tags["promotion.gates"])
+    assert "landmark_band_calibration" in {c["name"] for c in checks}
+    needed = not all(c["passed"] for c in checks)
+    assert tags["promotion.forced"] == str(needed).lower()
+    assert tags["promotion.reason"] == "tiny test cohort"
     assert "promotion.actor" in tags and "promotion.at" in tags
 
     # The champion loads with plain MLflow and needs nothing else to score.

@@ -177,6 +177,65 @@ PASSED = GateResult(True, (GateCheck("ece", 0.01, 0.05, True, "candidate ECE 0.0
 FAILED = GateResult(False, (GateCheck("ece", 0.09, 0.05, False, "candidate ECE 0.0900"),))
 
 
+# --------------------------------------------------------------------------- landmark bands
+
+
+def _bands(*rows: tuple[str, int, float, float]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["landmark", "n_clients", "ece", "calibration_intercept"])
+
+
+GOOD_BANDS = _bands(("1-3", 900, 0.02, 0.05), ("4-6", 800, 0.03, -0.08), ("7-10", 600, 0.02, 0.1))
+
+
+def test_well_calibrated_bands_pass() -> None:
+    result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=GOOD_BANDS)
+    band = _checks(result)["landmark_band_calibration"]
+    assert result.passed and band.passed
+    assert band.value == pytest.approx(0.1)
+    assert "3 landmark band(s) judged" in band.detail
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (("4-6", 800, 0.03, 0.31), "CITL +0.310"),  # probabilities run low in one band
+        (("4-6", 800, 0.03, -0.4), "CITL -0.400"),  # ... or high
+        (("4-6", 800, 0.07, 0.0), "ECE 0.0700"),
+        (("4-6", 800, float("nan"), 0.0), "ECE nan"),  # unmeasured fails
+    ],
+)
+def test_a_band_outside_the_limits_fails_and_is_named(row, reason) -> None:
+    bands = _bands(("1-3", 900, 0.02, 0.05), row, ("7-10", 600, 0.02, 0.1))
+    result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands)
+    band = _checks(result)["landmark_band_calibration"]
+    assert not result.passed and not band.passed
+    assert "landmarks 4-6 (clients=800" in band.detail and reason in band.detail
+    assert "1-3" not in band.detail and "7-10" not in band.detail
+    assert result.failed == (band,)
+
+
+def test_small_bands_are_not_judged_and_the_pooled_gate_alone_would_pass() -> None:
+    bands = _bands(("1-3", 900, 0.02, 0.05), ("11+", 120, 0.2, 0.9))
+    result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands)
+    band = _checks(result)["landmark_band_calibration"]
+    assert result.passed
+    assert "1 band(s) below 200 clients not judged" in band.detail
+    # The same band table with the small band judged: refused although pooled ECE is 0.02.
+    strict = evaluate_gates(
+        {"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands, band_min_clients=100
+    )
+    assert (
+        not strict.passed and "landmarks 11+" in _checks(strict)["landmark_band_calibration"].detail
+    )
+
+
+def test_band_table_without_its_columns_raises() -> None:
+    with pytest.raises(ValueError, match="landmark band table lacks column"):
+        evaluate_gates(
+            {"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=GOOD_BANDS.drop(columns="ece")
+        )
+
+
 def _tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:
     return dict(client.get_model_version(name, version).tags)
 
