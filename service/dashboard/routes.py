@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import anyio
 import anyio.to_thread
+import jwt
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -166,14 +167,24 @@ async def sign_in(
     request.state.principal = principal  # the audit record names who signed in
     if CLIENTS_READ not in principal.scopes:
         return _sign_in(request, 403, NO_SCOPE)
-    session = sessions.new_session(principal)
+    session = sessions.new_session(principal, _token_expiry(headers))
     response = RedirectResponse(f"{BASE}/", status_code=303, headers=HEADERS)
     response.set_cookie(
         sessions.COOKIE, sessions.dump(session, sessions.signer(security.refs)),
-        max_age=sessions.SESSION_MAX_AGE_S, path=sessions.COOKIE_PATH,
+        max_age=sessions.max_age(session), path=sessions.COOKIE_PATH,
         secure=True, httponly=True, samesite="strict",
     )  # fmt: skip
     return response
+
+
+def _token_expiry(headers: dict[str, str]) -> float | None:
+    """The ``exp`` of a bearer token the authenticator has just accepted (None for API keys)."""
+    value = headers.get("Authorization")
+    if value is None:
+        return None
+    claims = jwt.decode(value.split(" ", 1)[1], options={"verify_signature": False})
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, (int, float)) else None
 
 
 @router.post("/sign-out")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,10 +43,13 @@ _KEY_LABEL = "\x00alliance-risk dashboard session signing key"
 
 @dataclass(frozen=True)
 class Session:
-    """A signed-in clinician: who (as :class:`Principal`) and the session's CSRF token."""
+    """A signed-in clinician: who (as :class:`Principal`), the session's CSRF token, and when
+    the session ends (Unix seconds: :data:`SESSION_MAX_AGE_S` after sign-in, or the token's
+    ``exp`` if sooner: a session never outlives the credential it came from)."""
 
     principal: Principal
     csrf: str
+    expires_at: float
 
 
 def signer(refs: ClientRefs) -> URLSafeTimedSerializer:
@@ -58,7 +62,7 @@ def dump(session: Session, serializer: URLSafeTimedSerializer) -> str:
     p = session.principal
     return serializer.dumps({
         "sub": p.subject, "clinic": p.clinic, "scopes": sorted(p.scopes), "tid": p.token_id,
-        "method": p.method, "iss": p.issuer, "csrf": session.csrf,
+        "method": p.method, "iss": p.issuer, "csrf": session.csrf, "exp": session.expires_at,
     })  # fmt: skip
 
 
@@ -75,13 +79,26 @@ def load(value: str | None, serializer: URLSafeTimedSerializer) -> Session | Non
             method=data["method"], issuer=data["iss"],
         )  # fmt: skip
         csrf = str(data["csrf"])
+        expires_at = float(data["exp"])
     except (BadSignature, KeyError, TypeError, ValueError):
         return None
-    return Session(principal, csrf)
+    if time.time() >= expires_at:
+        return None
+    return Session(principal, csrf, expires_at)
 
 
-def new_session(principal: Principal) -> Session:
-    return Session(principal, secrets.token_urlsafe(24))
+def new_session(principal: Principal, expires_at: float | None = None) -> Session:
+    """A session for ``principal`` with a fresh CSRF token, ending at ``expires_at`` (the
+    token's ``exp``) or after :data:`SESSION_MAX_AGE_S`, whichever is sooner."""
+    end = time.time() + SESSION_MAX_AGE_S
+    if expires_at is not None:
+        end = min(end, expires_at)
+    return Session(principal, secrets.token_urlsafe(24), end)
+
+
+def max_age(session: Session) -> int:
+    """Seconds the browser should keep the cookie."""
+    return max(0, round(session.expires_at - time.time()))
 
 
 def same_origin(request: Request) -> bool:

@@ -194,3 +194,12 @@ def test_sign_in_attempts_are_rate_limited(
         refused = _sign_in(client, _token(dev_key_dir))  # even a good token must wait now
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
         assert "set-cookie" not in refused.headers
+
+
+def test_a_session_ends_with_its_token(dash: TestClient, dev_key_dir: Path) -> None:
+    from service.auth import mint_dev_token
+
+    token = mint_dev_token(TEST_CLINIC, ("clients:read",), ttl_s=60, key_dir=dev_key_dir)
+    cookie = _sign_in(dash, token).headers["set-cookie"]
+    max_age = int(re.search(r"Max-Age=(\d+)", cookie, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    assert 50 <= max_age <= 60

@@ -171,6 +171,14 @@ def test_session_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     assert session.load(value, signer) is None
 
 
+def test_session_ends_at_its_expiry() -> None:
+    signer = session.signer(REFS)
+    ended = session.Session(PRINCIPAL, "csrf", expires_at=1.0)
+    assert session.load(session.dump(ended, signer), signer) is None
+    live = session.new_session(PRINCIPAL, expires_at=4e9)
+    assert session.load(session.dump(live, signer), signer) == live
+
+
 def _request(headers: dict[str, str]) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
