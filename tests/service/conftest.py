@@ -156,9 +156,12 @@ def api(registry: Registry, dev_key_dir: Path) -> Iterator[TestClient]:
     from service.app import create_app
     from service.settings import ServiceSettings
 
+    # The client store in the test's folder: never the checkout's .alliance-risk/store.db (the
+    # app migrates it, and rescores its open episodes with the test's model).
     settings = ServiceSettings(
-        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0
-    )
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
+        store_url=f"sqlite:///{registry.root / 'store.db'}",
+    )  # fmt: skip
     app = create_app(settings, configure_logs=False,
                      **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip
     with TestClient(app, headers=bearer(dev_key_dir)) as client:
