@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-#: Run only when named: bench_calibration trains ten models (~15 min on 2 loaded cores).
+#: Run only when named: bench_calibration trains ten models.
 OPT_IN = frozenset({"bench_calibration"})
 
 

@@ -1,14 +1,15 @@
-"""Cross-fitted calibration data: out-of-fold margins of every development client, then one refit.
+"""Cross-fitted calibration data: out-of-fold margins of the fitting clients, then one refit.
 
 Why (issue 19): a calibration split of ~600-700 clients cannot pin the calibration intercept
 (cluster-bootstrap SD of the fitted intercept 0.16 log-odds at 714 clients, against a target of
 |CITL| <= 0.1 per landmark), and still less one intercept per landmark. Cross-fitting gives
-every development client (train, validation, calibration) a held-out margin: the chosen
-hyperparameters and tree count are refitted on k-1 folds of clients and predict the k-th. The
-served booster is then refitted with the same parameters on all development clients, so its
-margins match the out-of-fold ones in scale (each fold model saw (k-1)/k of the same data).
-Calibrating the early-stopped train-only booster on those margins instead left |CITL| up to
-0.16 at landmarks 5-12 on 20k external clients, because that booster saw less data.
+every fitting client (train and validation) a held-out margin: the chosen hyperparameters and
+tree count are refitted on k-1 folds of clients and predict the k-th. The served booster is
+then refitted with the same parameters on all of them, so its margins match the out-of-fold
+ones in scale (each fold model saw (k-1)/k of the same data); the calibration split, never
+fitted on, adds its margins from the served booster. Calibrating the early-stopped train-only
+booster on out-of-fold margins instead left |CITL| up to 0.16 at landmarks 5-12 on 20k
+external clients, because that booster saw less data.
 """
 
 from __future__ import annotations

@@ -141,6 +141,19 @@ class LandmarkSet:
         return int(pd.unique(self.client_id).shape[0])
 
 
+def _concat(first: LandmarkSet, second: LandmarkSet) -> LandmarkSet:
+    """The rows of both sets, ``first``'s then ``second``'s."""
+    weight = None
+    if first.weight is not None and second.weight is not None:
+        weight = np.concatenate([first.weight, second.weight])
+    return LandmarkSet(
+        np.vstack([first.X, second.X]),
+        np.concatenate([first.y, second.y]),
+        pd.concat([first.context, second.context], ignore_index=True),
+        weight,
+    )
+
+
 def age_band(age: pd.Series) -> pd.Series:
     """Age in years -> ``<25``, ``25-39``, ``40-59``, ``60+`` or ``unknown``."""
     bands = pd.cut(age, bins=list(AGE_BANDS), labels=list(AGE_BAND_LABELS), right=False)
@@ -491,19 +504,24 @@ def train_model(
     if config.calibration_folds:
         say("cross-fit")
         t = time.perf_counter()
-        cal_set = data.subset(np.concatenate([splits.train, splits.valid, splits.calibration]))
-        cal_margin, booster = cross_fit(
+        # The served booster is refitted on train + validation; the calibration split stays
+        # held out from it (the reference's score histogram and the bands need unseen rows).
+        fitted = data.subset(np.concatenate([splits.train, splits.valid]))
+        oof, booster = cross_fit(
             fit.params,
-            cal_set.X,
-            cal_set.y,
-            cal_set.client_id,
+            fitted.X,
+            fitted.y,
+            fitted.client_id,
             n_trees=fit.best_iteration + 1,
             feature_names=registry.names,
-            weight=cal_set.weight,
+            weight=fitted.weight,
             n_folds=config.calibration_folds,
             seed=config.seed,
         )
         fit = replace(fit, booster=booster)
+        # Every development client has a held-out margin: out-of-fold, or the served booster's.
+        cal_set = _concat(fitted, cal)
+        cal_margin = np.concatenate([oof, margin(booster, cal.X)])
         timings["cross_fit_s"] = time.perf_counter() - t
     return finish_training(
         fit,
