@@ -54,8 +54,9 @@ beyond chance, or KS alerts; ``watch`` when PSI >= :data:`PSI_WATCH` and beyond 
 the largest KS and the worst status of the features in the group (a group is as drifted as its
 most drifted input; the model reads every feature).
 
-Pure numpy, no I/O: the service's live gauges and ``alliance-risk monitor`` both call
-:func:`drift_report`.
+Pure numpy, no I/O: ``alliance-risk monitor`` calls :func:`drift_report` on its rows; the
+service's live gauges count a window's rows pass by pass with :class:`DriftCounts`, which
+:func:`drift_report` itself is (one rule).
 """
 
 from __future__ import annotations
@@ -318,6 +319,154 @@ def _reference_count(part: Mapping[str, Any], clients: bool) -> int:
     return int(part["n_rows"])
 
 
+class DriftCounts:
+    """Bin counts of new rows against one reference, accumulated pass by pass.
+
+    The bins are the reference's (each feature's edges plus a missing bin, the score's 5-point
+    bins); :meth:`add` counts a pass's rows into them and :meth:`report` judges the counts so
+    far. The rows themselves are not kept, so a window scored a few clients at a time needs one
+    pass's memory, not the window's; :func:`drift_report` is this class over one pass, so the
+    report is the same however the rows were split (the counts are integers).
+
+    Parameters
+    ----------
+    reference : ReferenceProfile or mapping
+        As :func:`drift_report`'s.
+    registry : FeatureRegistry
+        The model's registry: column order and groups of the rows.
+    clinic : str, optional
+        As :func:`drift_report`'s.
+
+    Raises
+    ------
+    ValueError
+        A registry feature the reference lacks.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceProfile | Mapping[str, Any],
+        registry: FeatureRegistry,
+        *,
+        clinic: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.clinic = clinic
+        dist = _distribution(reference)
+        self._dist = dist
+        self._own = _baseline(dist, clinic)
+        ref_features = {name: e for group in dist["features"].values() for name, e in group.items()}
+        self._edges: list[np.ndarray] = []
+        self._expected: list[np.ndarray] = []
+        for f in registry.features:
+            if f.name not in ref_features:
+                raise ValueError(f"the reference profile has no feature {f.name!r}")
+            edges, expected = _feature_bins(ref_features[f.name])
+            if self._own is not None:  # the clinic's shares in the same (all-clinics) bins
+                entry = self._own["features"][f.name]
+                expected = np.append(
+                    np.asarray(entry["shares"], dtype=np.float64), entry["missing_share"]
+                )
+            self._edges.append(edges)
+            self._expected.append(expected)
+        self._score_bins = np.asarray(dist["score"].get("bins", SCORE_BINS), dtype=np.float64)
+        self._feature_counts = [np.zeros(e.shape[0] + 2) for e in self._edges]
+        self._score_counts = np.zeros(self._score_bins.shape[0] - 1, dtype=np.int64)
+        self.n_rows = 0
+
+    def add(self, features: np.ndarray, probability: np.ndarray) -> None:
+        """Count rows (``features`` of shape ``(n_rows, n_features)`` in registry order, NaN =
+        undefined, and their probabilities) into the bins.
+
+        Raises
+        ------
+        ValueError
+            Shapes that do not match the registry.
+        """
+        X, p = _rows(features, probability, len(self.registry.features))
+        for i, edges in enumerate(self._edges):
+            self._feature_counts[i] += drift_bins(edges, X[:, i])
+        bins = self._score_bins
+        counts, _ = np.histogram(np.clip(p, bins[0], bins[-1]), bins=bins)
+        self._score_counts += counts
+        self.n_rows += int(X.shape[0])
+
+    def report(
+        self,
+        *,
+        min_rows: int = MIN_ROWS,
+        n_clients: int | None = None,
+        min_clients: int = MIN_CLIENTS,
+    ) -> DriftReport:
+        """PSI, KS and status of every feature, group and the score of the rows counted so far
+        (``min_rows``, ``n_clients``, ``min_clients`` as :func:`drift_report`'s).
+
+        Raises
+        ------
+        ValueError
+            ``n_clients`` below 0 or above the rows counted.
+        """
+        if n_clients is not None and not 0 <= n_clients <= self.n_rows:
+            raise ValueError("n_clients must be between 0 and the number of rows")
+        registry, dist, own = self.registry, self._dist, self._own
+        part = own if own is not None else dist
+        by_clients = n_clients is not None
+        k = _Counts(
+            n=self.n_rows,
+            n_eff=int(n_clients) if n_clients is not None else self.n_rows,
+            m_eff=_reference_count(part, by_clients),
+            minimum=min_clients if by_clients else min_rows,
+        )
+        per_feature: dict[str, Drift] = {}
+        for f, counted, expected in zip(
+            registry.features, self._feature_counts, self._expected, strict=True
+        ):
+            counts = _merge_finite(counted, expected)
+            per_feature[f.name] = _compare(
+                counts, _merge_finite(expected, expected), k, missing=True
+            )
+        groups = {}
+        for g in registry.groups:
+            members = [per_feature[registry.features[j].name] for j in registry.index_of_group[g]]
+            groups[g] = Drift(
+                psi=max(d.psi for d in members),
+                ks=max(d.ks for d in members),
+                n=k.n,
+                status="too_few" if k.n_eff < k.minimum else worst_status(members),
+            )
+        # A clinic without its own score shares (few calibration clients) is scored against all.
+        score_of = part if "score" in part else dist
+        own_score = score_of["score"]
+        # Since format 4 the score has its own sample (the calibration split's), the features a
+        # larger one; older profiles count one sample for both.
+        k_score = replace(
+            k, m_eff=_reference_count(own_score if "n_rows" in own_score else score_of, by_clients)
+        )
+        ref_shares = np.asarray(own_score["shares"], dtype=np.float64)
+        merged = _merge_sparse(ref_shares, SCORE_MIN_SHARE)
+        size = int(merged[-1]) + 1
+        expected = np.bincount(merged, weights=ref_shares, minlength=size)
+        weights = self._score_counts.astype(np.float64)
+        actual = np.bincount(merged, weights=weights, minlength=size)
+        return DriftReport(
+            score=_compare(actual, expected, k_score, missing=False),
+            groups=groups,
+            features=per_feature,
+            baseline="clinic" if own is not None else "pooled",
+            n_clients=n_clients,
+        )
+
+
+def _rows(
+    features: np.ndarray, probability: np.ndarray, n_features: int
+) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(features, dtype=np.float64)
+    p = np.asarray(probability, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or X.shape[1] != n_features or X.shape[0] != p.shape[0]:
+        raise ValueError("features must be (n_rows, n_features) in registry order, one per score")
+    return X, p
+
+
 def drift_report(
     reference: ReferenceProfile | Mapping[str, Any],
     registry: FeatureRegistry,
@@ -330,6 +479,9 @@ def drift_report(
     min_clients: int = MIN_CLIENTS,
 ) -> DriftReport:
     """PSI, KS and status of every feature, explanation group and the score of new rows.
+
+    The rows in one pass of :class:`DriftCounts` (a caller that has its rows a few at a time
+    counts them with it instead, and gets the same report).
 
     Parameters
     ----------
@@ -364,64 +516,9 @@ def drift_report(
     ValueError
         Shapes that do not match the registry, or a registry feature the reference lacks.
     """
-    X = np.asarray(features, dtype=np.float64)
-    p = np.asarray(probability, dtype=np.float64).reshape(-1)
-    if X.ndim != 2 or X.shape[1] != len(registry.features) or X.shape[0] != p.shape[0]:
-        raise ValueError("features must be (n_rows, n_features) in registry order, one per score")
+    X, p = _rows(features, probability, len(registry.features))
     if n_clients is not None and not 0 <= n_clients <= X.shape[0]:
         raise ValueError("n_clients must be between 0 and the number of rows")
-    dist = _distribution(reference)
-    own = _baseline(dist, clinic)
-    part = own if own is not None else dist
-    by_clients = n_clients is not None
-    k = _Counts(
-        n=int(X.shape[0]),
-        n_eff=int(n_clients) if n_clients is not None else int(X.shape[0]),
-        m_eff=_reference_count(part, by_clients),
-        minimum=min_clients if by_clients else min_rows,
-    )
-    ref_features = {name: e for group in dist["features"].values() for name, e in group.items()}
-    per_feature: dict[str, Drift] = {}
-    for i, f in enumerate(registry.features):
-        if f.name not in ref_features:
-            raise ValueError(f"the reference profile has no feature {f.name!r}")
-        edges, expected = _feature_bins(ref_features[f.name])
-        if own is not None:  # the clinic's shares in the same (all-clinics) bins
-            entry = own["features"][f.name]
-            expected = np.append(
-                np.asarray(entry["shares"], dtype=np.float64), entry["missing_share"]
-            )
-        counts = _merge_finite(drift_bins(edges, X[:, i]), expected)
-        per_feature[f.name] = _compare(counts, _merge_finite(expected, expected), k, missing=True)
-    groups = {}
-    for g in registry.groups:
-        members = [per_feature[registry.features[j].name] for j in registry.index_of_group[g]]
-        groups[g] = Drift(
-            psi=max(d.psi for d in members),
-            ks=max(d.ks for d in members),
-            n=k.n,
-            status="too_few" if k.n_eff < k.minimum else worst_status(members),
-        )
-    score = dist["score"]
-    bins = np.asarray(score.get("bins", SCORE_BINS), dtype=np.float64)
-    # A clinic without its own score shares (few calibration clients) is scored against all.
-    score_of = part if "score" in part else dist
-    own_score = score_of["score"]
-    # Since format 4 the score has its own sample (the calibration split's), the features a
-    # larger one; older profiles count one sample for both.
-    k_score = replace(
-        k, m_eff=_reference_count(own_score if "n_rows" in own_score else score_of, by_clients)
-    )
-    ref_shares = np.asarray(own_score["shares"], dtype=np.float64)
-    merged = _merge_sparse(ref_shares, SCORE_MIN_SHARE)
-    size = int(merged[-1]) + 1
-    expected = np.bincount(merged, weights=ref_shares, minlength=size)
-    counts, _ = np.histogram(np.clip(p, bins[0], bins[-1]), bins=bins)
-    actual = np.bincount(merged, weights=counts.astype(np.float64), minlength=size)
-    return DriftReport(
-        score=_compare(actual, expected, k_score, missing=False),
-        groups=groups,
-        features=per_feature,
-        baseline="clinic" if own is not None else "pooled",
-        n_clients=n_clients,
-    )
+    counts = DriftCounts(reference, registry, clinic=clinic)
+    counts.add(X, p)
+    return counts.report(min_rows=min_rows, n_clients=n_clients, min_clients=min_clients)

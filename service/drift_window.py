@@ -14,12 +14,14 @@ the appointments up to the model's ``k_max``, intake day, age, outcome): no id, 
 Every ``drift_interval_s`` a background thread takes each window's histories (a list copy under
 the lock), rebuilds them as :class:`~features.episodes.Episodes`, and, outside the lock, scores
 them with the served model's own :meth:`~models.scorer.Scorer.score`, :data:`PASS_CLIENTS`
-clients per pass (the transient memory is a pass's, not the window's), at the landmarks its
+clients per pass (each pass's rows are counted into the reference's bins and dropped, so the
+transient memory is a pass's, not the window's), at the landmarks its
 reference holds (``landmarks="training"``: every appointment up to ``k_max``, except an ended
 episode's last) with ``explain=False``, as ``alliance-risk monitor`` does. A request is scored at
 whatever appointment it asks about (beyond ``k_max`` too); judging those rows against a
-reference of every landmark would report service usage as drift. The rows are judged with
-:func:`models.drift.drift_report`, counting clients, and set per clinic:
+reference of every landmark would report service usage as drift. The counts are judged by
+:class:`models.drift.DriftCounts` (the rule of :func:`models.drift.drift_report`, the same
+report as one pass over the whole window), counting clients, and set per clinic:
 
 - ``alliance_risk_drift_psi{clinic,group}`` and ``alliance_risk_drift_ks{clinic,group}``, for
   each explanation group (its most drifted feature) and ``group="score"``;
@@ -53,7 +55,7 @@ import numpy as np
 from features import contract
 from features.episodes import Episodes
 from features.profiles import InstrumentProfile
-from models.drift import drift_report
+from models.drift import DriftCounts
 from models.scorer import Scorer
 from models.scoreset import ScoreSet
 from service.metrics import ServiceMetrics
@@ -188,30 +190,27 @@ def _episodes(
     )
 
 
-def _score_window(
+def _count_window(
     scorer: Scorer, histories: list[_History], clinic: str | None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Feature rows ``(n_rows, n_features)`` and probabilities ``(n_rows,)`` of the histories
-    at the reference's landmarks, and the clients that have any.
+) -> tuple[DriftCounts, int]:
+    """The reference's bin counts of the histories' rows at its landmarks, and the clients that
+    have any.
 
-    Scored :data:`PASS_CLIENTS` clients per pass into arrays sized for every appointment (a
-    landmark is an appointment, so the rows fit): the transient memory is one pass's, and the
-    window's rows are held once, not once per pass plus once joined."""
-    n_appointments = sum(h.n for h in histories)
-    features = np.empty((n_appointments, len(scorer.feature_names)))
-    probability = np.empty(n_appointments)
-    n_rows = n_clients = 0
+    Scored :data:`PASS_CLIENTS` clients per pass, each pass's rows counted into the bins and
+    dropped: the transient memory is one pass's, whatever the window's size. Passes hold
+    distinct clients, so their client counts add up."""
+    assert scorer.reference is not None
+    counts = DriftCounts(scorer.reference, scorer.registry, clinic=clinic)
+    n_clients = 0
     for start in range(0, len(histories), PASS_CLIENTS):
         part = histories[start : start + PASS_CLIENTS]
         scored = scorer.score(
             _episodes(part, scorer.profile, clinic), landmarks="training", explain=False
         )
-        end = n_rows + scored.n_rows
-        features[n_rows:end] = scored.features
-        probability[n_rows:end] = scored.probability
-        n_rows = end
+        counts.add(scored.features, scored.probability)
         n_clients += int(np.unique(scored.episode).shape[0])
-    return features[:n_rows], probability[:n_rows], n_clients
+        del scored
+    return counts, n_clients
 
 
 @dataclass(frozen=True)
@@ -300,25 +299,16 @@ class DriftWindows:
 
     def _judge(self, model: LoadedModel, label: str, histories: list[_History]) -> set[str]:
         """Set the clinic's gauges; the groups whose series were set (none when too few)."""
-        scorer, reference = model.scorer, model.scorer.reference
-        assert reference is not None
+        scorer = model.scorer
         if len(histories) < self.config.min_clients:
             self.metrics.drift_judged.labels(label).set(0)
             return set()
         clinic = None if label == NO_CLINIC else label
-        features, probability, n_clients = _score_window(scorer, histories, clinic)
+        counts, n_clients = _count_window(scorer, histories, clinic)
         if n_clients < self.config.min_clients:  # e.g. ended after their first appointment
             self.metrics.drift_judged.labels(label).set(0)
             return set()
-        report = drift_report(
-            reference,
-            scorer.registry,
-            features,
-            probability,
-            clinic=clinic,
-            n_clients=n_clients,
-            min_clients=self.config.min_clients,
-        )
+        report = counts.report(n_clients=n_clients, min_clients=self.config.min_clients)
         for group, drift in (("score", report.score), *report.groups.items()):
             self.metrics.drift_psi.labels(label, group).set(drift.psi)
             self.metrics.drift_ks.labels(label, group).set(drift.ks)

@@ -19,6 +19,7 @@ from models.drift import (
     PSI_LEVEL,
     PSI_WATCH,
     Drift,
+    DriftCounts,
     drift_report,
     ks_critical,
     psi,
@@ -249,6 +250,55 @@ def test_clients_not_rows_set_the_critical_values_and_too_few(reference) -> None
     assert drift_report(reference, REGISTRY, X, p, n_clients=150).status == "too_few"
     with pytest.raises(ValueError, match="n_clients"):
         drift_report(reference, REGISTRY, X, p, n_clients=X.shape[0] + 1)
+
+
+def _in_passes(counts: DriftCounts, X: np.ndarray, p: np.ndarray, sizes: list[int]) -> None:
+    """Count ``X``, ``p`` into ``counts`` in consecutive passes of ``sizes`` rows (the rest
+    last)."""
+    ends = np.cumsum(sizes)
+    for rows in np.split(np.arange(X.shape[0]), ends[ends < X.shape[0]]):
+        counts.add(X[rows], p[rows])
+
+
+def test_counts_accumulated_pass_by_pass_give_the_one_shot_report_bit_for_bit(reference) -> None:
+    """A window counted a few clients at a time (the service's recomputation) is judged as the
+    whole window at once would be: same PSI, KS, n and status, exactly (the counts are
+    integers), for the pooled and a clinic's own reference, by rows and by clients."""
+    group = ALLIANCE6.element_names[0]
+    dist = _clinics_reference()
+    cases = [
+        (reference, None, _draw(1237, 50), {}),
+        (reference, None, _repeated(150, 13, 51), {"n_clients": 150, "min_clients": 100}),
+        (reference, None, _draw(900, 52, shift={group: 0.6, "score": 0.7}), {}),
+        (dist, "A", _draw(1000, 53, shift={group: 0.8}), {"n_clients": 1000}),
+        (dist, "B", _draw(640, 54, shift={group: 0.4}), {"n_clients": 640}),
+        (dist, "C", _draw(300, 55), {"min_rows": 100}),  # no reference of its own: pooled
+    ]
+    for ref, clinic, (X, p), options in cases:
+        one_shot = drift_report(ref, REGISTRY, X, p, clinic=clinic, **options)
+        for sizes in ([50] * 100, [1, 0, 333, 7], [X.shape[0]]):
+            counts = DriftCounts(ref, REGISTRY, clinic=clinic)
+            _in_passes(counts, X, p, sizes)
+            counted = counts.report(**options)
+            assert counts.n_rows == X.shape[0]
+            assert counted == one_shot, (clinic, sizes)
+            assert [d.psi for d in counted.features.values()] == [
+                d.psi for d in one_shot.features.values()
+            ]
+    # Nothing counted yet: reported, not judged.
+    empty = DriftCounts(reference, REGISTRY).report()
+    assert empty.status == "too_few" and empty.score.n == 0
+    # The same checks as the one-shot report.
+    counts = DriftCounts(reference, REGISTRY)
+    X, p = _draw(10, 56)
+    with pytest.raises(ValueError, match="registry order"):
+        counts.add(X[:, 1:], p)
+    counts.add(X, p)
+    with pytest.raises(ValueError, match="n_clients"):
+        counts.report(n_clients=11)
+    other = feature_registry(ALLIANCE6, include_covariates=True)
+    with pytest.raises(ValueError, match="no feature"):
+        DriftCounts(reference, other)
 
 
 def test_the_psi_critical_value_is_the_chi_squared_quantile() -> None:
