@@ -21,6 +21,9 @@ The schema is created and changed only by the Alembic migrations in ``migrations
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -37,6 +40,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
 )
+from sqlalchemy.types import TypeDecorator
 
 from service.schemas import ID_MAX_LENGTH, TEXT_MAX_LENGTH
 
@@ -49,6 +53,28 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 metadata = MetaData(naming_convention=NAMING)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A moment in UTC, read back with its zone on every backend: PostgreSQL's
+    ``timestamptz`` keeps it, SQLite keeps none (a naive value would be served as a date-time
+    without an offset). Naive values are refused on write."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("store times must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 #: Outcomes of an episode (``POST /v1/clients/{id}/outcome``).
 OUTCOMES = ("completed", "dropout")
@@ -75,14 +101,14 @@ episodes = Table(
     Column("referral_source", String(TEXT_MAX_LENGTH), nullable=True),
     # NULL while the episode is open; 'completed' or 'dropout' once closed (outcomes table).
     Column("outcome", String(16), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     # The latest stored score, denormalised for the caseload (risk_scores holds the history).
     Column("latest_score_id", Integer, nullable=True),
     Column("latest_probability", Float, nullable=True),
     Column("latest_band", String(16), nullable=True),
     Column("latest_model_version", String(64), nullable=True),
-    Column("latest_scored_at", DateTime(timezone=True), nullable=True),
+    Column("latest_scored_at", UtcDateTime(), nullable=True),
     Column("latest_top_driver", String(512), nullable=True),
     UniqueConstraint("clinic_id", "client_id"),
     Index(None, "clinic_id", "latest_probability"),
@@ -100,7 +126,7 @@ sessions = Table(
     Column("attendance", String(16), nullable=False),
     # The API's ratings object as sent ({element: rating or null}); NULL when none was sent.
     Column("ratings", JSON, nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     UniqueConstraint("episode_id", "session_number"),
 )
 
@@ -115,7 +141,7 @@ outcomes = Table(
     ),
     Column("outcome", String(16), nullable=False),
     Column("outcome_date", Date, nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
 )
 
 risk_scores = Table(
@@ -125,7 +151,7 @@ risk_scores = Table(
     Column("episode_id", Integer, ForeignKey("episodes.id", ondelete="CASCADE"), nullable=False),
     Column("model_name", String(256), nullable=False),
     Column("model_version", String(64), nullable=False),
-    Column("scored_at", DateTime(timezone=True), nullable=False),
+    Column("scored_at", UtcDateTime(), nullable=False),
     # Session number of the appointment the risk is computed at.
     Column("landmark", Integer, nullable=False),
     Column("probability", Float, nullable=False),
@@ -148,7 +174,7 @@ idempotency_keys = Table(
     Column("request_hash", String(64), nullable=False),
     Column("status_code", Integer, nullable=False),
     Column("response", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("clinic_id", "key_hash"),
     Index(None, "created_at"),
 )

@@ -21,7 +21,8 @@ from training.tracking import configure_mlflow
 MODEL_NAME = "alliance-risk-svc"
 #: Every request body in the service tests belongs to this clinic (clinic is not a feature).
 TEST_CLINIC = "clinic-test"
-ALL_SCOPES = ("risk:read", "risk:batch", "model:read", "model:admin")
+ALL_SCOPES = ("risk:read", "risk:batch", "model:read", "model:admin", "clients:read",
+              "clients:write")  # fmt: skip
 
 
 class _Capture(logging.Handler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ def test_stored_episode_scores_as_post_risk(api: TestClient, registry: Registry)
     )
     assert {h["model"]["version"] for h in history["history"]} == {"1"}
     assert {h["reason"] for h in history["history"]} == {"ingest"}
+    # Times come back as RFC 3339 date-times with their zone (SQLite keeps none of its own).
+    for when in [history["scored_at"], *(h["scored_at"] for h in history["history"])]:
+        assert datetime.fromisoformat(when).utcoffset() == timedelta(0), when
 
 
 def test_invalid_sessions_are_refused_like_post_risk(api: TestClient, registry: Registry) -> None:
