@@ -185,7 +185,7 @@ cds_feedback = Table(
     "cds_feedback",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     Column("service_id", String(ID_MAX_LENGTH), nullable=False),
     Column("clinic_id", String(ID_MAX_LENGTH), nullable=False),
     Column("request_id", String(ID_MAX_LENGTH), nullable=False),
@@ -195,7 +195,7 @@ cds_feedback = Table(
     Column("override_code", String(256), nullable=True),
     Column("accepted_suggestions", Integer, nullable=False),
     Column("commented", Boolean, nullable=False),
-    Column("outcome_time", DateTime(timezone=True), nullable=False),
+    Column("outcome_time", UtcDateTime(), nullable=False),
     Index(None, "clinic_id", "received_at"),
 )
 
@@ -209,9 +209,9 @@ rescore_state = Table(
     Column("model_version", String(64), nullable=True),
     Column("done", Boolean, nullable=False),
     Column("holder", String(64), nullable=True),
-    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
     Column("after_episode_id", Integer, nullable=False),
     Column("rescored", Integer, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=True),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", UtcDateTime(), nullable=True),
+    Column("finished_at", UtcDateTime(), nullable=True),
 )
