@@ -219,6 +219,8 @@ def _data_section(data: Mapping[str, Any]) -> list[str]:
         "source": "Source",
         "splits": "Split sizes (clients)",
         "landmark_rows": "Landmark rows (scored sessions) per split",
+        "held_out_clients": "Held-out clients gathered to the driver (Dask engine)",
+        "reference_profile": "Drift reference profile",
     }
     lines = []
     for key, label in labels.items():

@@ -92,8 +92,10 @@ def test_train_and_score_through_a_real_scheduler_and_workers(
     # The MLflow run's model card says how many held-out clients were used, and of how many.
     run_id = mlflow.MlflowClient().get_model_version("alliance-risk", "1").run_id
     card = mlflow.artifacts.load_text(f"runs:/{run_id}/report/model_card.md")
-    assert re.search(r"held_out_clients:\*\* calibration: [\d,]+ of [\d,]+ clients", card)
-    assert "reference_profile:** features, score and bands: the gathered calibration" in card
+    assert re.search(
+        r"gathered to the driver \(Dask engine\):\*\* calibration: [\d,]+ of [\d,]+ clients", card
+    )
+    assert "Drift reference profile:** features, score and bands: the gathered calibration" in card
 
     out = tmp_path / "scores"
     scored = runner.invoke(app, ["score", *args, "--engine", "dask", "--scheduler", cluster,
