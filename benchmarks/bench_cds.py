@@ -148,7 +148,8 @@ def run(quick: bool) -> dict[str, Any]:
             "ALLIANCE_RISK_LIMIT_RATE_PER_CLINIC_PER_S": "0",
             "ALLIANCE_RISK_LIMIT_RATE_PER_TOKEN_PER_S": "0",
             "ALLIANCE_RISK_CDS_PUBLIC_URL": PUBLIC_URL,
-            "ALLIANCE_RISK_CDS_FEEDBACK_PATH": str(tmp / "cds-feedback.jsonl"),
+            # Card feedback is stored in the client store: a throwaway SQLite file per run.
+            "ALLIANCE_RISK_STORE_URL": f"sqlite:///{tmp / 'store.db'}",
         }
         port = free_port()
         hook = _hook_body(request, scorer.profile.name)
