@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.arrays import SessionArrays
-from features.contract import CLIENT_ID, COMPLETED, DROPOUT, INTAKE_DATE, OUTCOME, OUTCOME_CODES
+from features.contract import CLIENT_ID, COMPLETED, DROPOUT, INTAKE_DATE, OUTCOME
 from features.episodes import Episodes
 from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
@@ -35,8 +35,6 @@ Landmarks = Literal["all", "latest", "training"] | int
 INDEX_NAMES = (CLIENT_ID, "landmark")
 #: Name of the label series returned by :func:`landmark_labels`.
 LABEL_NAME = "dropout"
-
-_ENDED = np.array([OUTCOME_CODES.index(COMPLETED), OUTCOME_CODES.index(DROPOUT)], dtype=np.int8)
 
 
 def pack_frames(
@@ -111,9 +109,12 @@ def landmark_rows(
         Packed session arrays.
     landmarks
         ``"all"``: every appointment with ``session_number <= k_max``.
-        ``"training"``: as ``"all"``, but for ended episodes (outcome completed or dropout)
-        only while the episode is still open, i.e. before the client's last appointment; ongoing
-        and unknown outcomes keep every landmark (callers drop ongoing clients from training).
+        ``"training"``: the same rows as ``"all"``, whatever the outcome: the population the
+        model is trained, evaluated and monitored on is every client at every appointment up to
+        ``k_max`` they reached, an ended episode's last appointment included, because that is
+        what serving scores (``score --landmark k`` and the API cannot know that an appointment
+        is a client's last; for a dropout it is the visit that most needs a flag). Leaving the
+        last one out would condition on the future. Callers drop unlabelled (ongoing) clients.
         ``"latest"``: each client's last appointment, not capped by ``k_max``.
         An int ``k``: the appointment numbered ``k``, for clients who have one.
     k_max
@@ -122,13 +123,8 @@ def landmark_rows(
     sn = arrays.session_number
     if landmarks == "latest":
         rows = (arrays.offsets[1:] - 1)[arrays.lengths > 0]
-    elif landmarks == "all":
+    elif landmarks in ("all", "training"):
         rows = np.flatnonzero(sn <= k_max)
-    elif landmarks == "training":
-        last = np.zeros(arrays.n_rows, dtype=bool)
-        last[(arrays.offsets[1:] - 1)[arrays.lengths > 0]] = True
-        ended = np.isin(arrays.outcome, _ENDED)[arrays.seg_of_row]
-        rows = np.flatnonzero((sn <= k_max) & ~(ended & last))
     elif (
         isinstance(landmarks, (int, np.integer))
         and not isinstance(landmarks, bool)

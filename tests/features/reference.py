@@ -13,7 +13,7 @@ import statistics
 import numpy as np
 import pandas as pd
 
-from features.contract import ATTENDANCE_CODES, COMPLETED, DROPOUT
+from features.contract import ATTENDANCE_CODES
 from features.profiles import OVERALL, InstrumentProfile
 from features.registry import (
     RUPTURE_FLOOR_FRACTION,
@@ -261,16 +261,14 @@ def reference_features(
         intake = info.loc[client_id, "intake_date"]
         intake_day = NAN if pd.isna(intake) else float(np.datetime64(intake, "D").astype(np.int64))
         age = float(info.loc[client_id, "age"]) if "age" in info.columns else NAN
-        outcome = info.loc[client_id, "outcome"] if "outcome" in info.columns else None
         numbers = history["session_number"]
         for i, k in enumerate(numbers):
             last = i == len(numbers) - 1
             if landmarks == "latest":
                 keep = last
-            elif landmarks == "all":
+            elif landmarks in ("all", "training"):
+                # Training is what serving sees: an ended episode's last appointment included.
                 keep = k <= k_max
-            elif landmarks == "training":
-                keep = k <= k_max and not (last and outcome in (COMPLETED, DROPOUT))
             else:
                 keep = k == landmarks
             if keep:

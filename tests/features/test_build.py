@@ -273,8 +273,11 @@ def test_landmark_modes() -> None:
         return {c: f.loc[c].index.tolist() for c in f.index.unique("client_id")}
 
     assert keys("all") == {"done": [1, 2, 3], "long": list(range(1, 21)), "short": [1, 2, 3, 4]}
-    assert keys("training") == {"done": [1, 2], "long": list(range(1, 21)), "short": [1, 2, 3, 4]}
-    assert keys("training", k_max=30)["long"] == list(range(1, 25))
+    # The training population is the served one: the completed client's last appointment (3) is
+    # scored in service (nobody knows it is the last), so it is trained and evaluated on too.
+    assert keys("training") == keys("all")
+    assert keys("training")["done"] == [1, 2, 3]
+    assert keys("training", k_max=30)["long"] == list(range(1, 26))  # the dropout's last too
     assert keys("latest") == {"done": [3], "long": [25], "short": [4]}
     assert keys(4) == {"long": [4], "short": [4]}
     with pytest.raises(ValueError, match="landmarks must be"):
