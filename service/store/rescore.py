@@ -20,6 +20,7 @@ Progress is logged (counts and versions, never a client id) and counted on /metr
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -31,14 +32,17 @@ from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from typing import Any, Literal
 
+import orjson
 from prometheus_client import Counter
-from sqlalchemy import Connection, bindparam, insert, select, update
+from pydantic import TypeAdapter
+from sqlalchemy import Connection, Text, bindparam, cast, insert, select, type_coerce, update
 
-from models.results import RiskScore
+from models.results import RiskExplanation, RiskScore
 from service.episodes import edge_problems, to_episodes
 from service.metrics import ServiceMetrics
 from service.model_store import LoadedModel
 from service.schemas import RiskRequest
+from service.store import repository
 from service.store.db import Store, StoreUnavailable
 from service.store.tables import clinic_state, episodes, rescore_state, risk_scores, sessions
 
@@ -47,6 +51,8 @@ logger = logging.getLogger(__name__)
 #: The lease row's name (one champion per service).
 LEASE = "champion"
 RunResult = Literal["done", "already_done", "held", "superseded", "lost_lease", "stopped"]
+#: A stored score's explanation straight to JSON text (the same fields as RiskScore.to_dict()).
+_EXPLANATION: TypeAdapter[RiskExplanation] = TypeAdapter(RiskExplanation)
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,12 @@ class Rescorer:
                 "rescoring stored episodes",
                 extra={"fields": {"model_version": model.version, "resume_after": after > 0}},
             )
+            # Every batch allocates a few hundred thousand short-lived objects, and each full
+            # collection they trigger walks every object the service holds (MLflow, pandas,
+            # the models): about a third of a run's CPU. What is alive now (the service and
+            # its models) is left out of the cyclic collector from here on; reference counting
+            # still frees it. Once per run, so a promotion's new model is left out too.
+            gc.freeze()
             result = "done"
             while True:
                 if stop is not None and stop.is_set():
@@ -271,16 +283,20 @@ class Rescorer:
         if not rows:
             return [], {}
         # The batch's appointments in one range scan of (episode_id, session_number).
+        # Ratings as the stored JSON text, parsed once here by orjson (the JSON type's
+        # per-row json.loads was a tenth of a run).
         appointments = conn.execute(
-            select(s.episode_id, s.session_number, s.session_date, s.attendance, s.ratings)
+            select(
+                s.episode_id, s.session_number, s.session_date, s.attendance, cast(s.ratings, Text)
+            )
             .where(s.episode_id > after, s.episode_id <= rows[-1].id)
             .order_by(s.episode_id, s.session_number)
         ).all()
         by_episode: dict[int, list[Any]] = {
             episode_id: [
                 {"session_number": n, "session_date": d, "attendance": a}
-                | ({} if ratings is None else {"ratings": ratings})
-                for _, n, d, a, ratings in group
+                | ({} if (rated := _ratings(raw)) is None else {"ratings": rated})
+                for _, n, d, a, raw in group
             ]
             for episode_id, group in groupby(appointments, key=lambda r: r[0])
         }
@@ -355,13 +371,17 @@ class Rescorer:
                 "probability": score.probability,
                 "band": score.risk_band,
                 "top_driver": top_driver(score),
-                "explanation": score.to_dict()["explanation"],
+                "explanation_json": _EXPLANATION.dump_json(score.explanation).decode(),
                 "reason": "rescore",
             }
             for i, _, score in keep
         ]
+        # The explanation goes in as the JSON text pydantic writes (the JSON type would
+        # convert it to Python objects and through json.dumps again).
         new_ids = conn.execute(
-            insert(risk_scores).returning(risk_scores.c.id, sort_by_parameter_order=True),
+            insert(risk_scores)
+            .values(explanation=type_coerce(bindparam("explanation_json"), Text))
+            .returning(risk_scores.c.id, sort_by_parameter_order=True),
             values,
         ).scalars().all()  # fmt: skip
         conn.execute(
@@ -395,9 +415,14 @@ class _LostLease(Exception):
 
 
 def top_driver(score: RiskScore) -> str | None:
-    """The score's largest driver in clinician language (what the caseload shows)."""
-    drivers = score.explanation.drivers
-    return drivers[0].text[:512] if drivers else None
+    """The caseload's main reason of ``score``: the same rule as a score stored by the routes
+    (:func:`service.store.repository.top_driver`)."""
+    return repository.top_driver(score.explanation.drivers)
+
+
+def _ratings(raw: str | None) -> dict[str, float | None] | None:
+    """A session's stored ratings (JSON text; SQL NULL or JSON null: not rated)."""
+    return None if raw is None else orjson.loads(raw)
 
 
 def _aware(value: datetime | None) -> datetime | None:

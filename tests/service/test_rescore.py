@@ -16,6 +16,7 @@ from models.results import RiskScore
 from service.episodes import to_episodes
 from service.model_store import LoadedModel
 from service.store.db import Store
+from service.store.repository import StoredEpisode, episode_request
 from service.store.rescore import LEASE, Rescorer
 from service.store.tables import clinic_state, episodes, rescore_state, risk_scores
 from tests.service.conftest import MODEL_NAME, Registry
@@ -169,3 +170,26 @@ def test_superseded_before_the_first_batch_writes_nothing(store, models) -> None
     done = Rescorer(store).run(models["2"], current=lambda: models["1"])
     assert (done.result, done.rescored) == ("superseded", 0)
     assert all(row[0] is None for row in _latest(store).values())
+
+
+def test_a_rescored_episode_is_read_and_explained_as_the_ingest_path_does(store, models) -> None:
+    # The batch read (ratings parsed from the stored JSON text) gives the request the per-client
+    # path rebuilds, and the stored explanation is the score's own (RiskScore.to_dict()).
+    done = Rescorer(store, batch_size=7).run(models["2"])
+    assert done.rescored == N - 2
+    scorer = models["2"].scorer
+    with store.read() as conn:
+        batch, _ = Rescorer(store, batch_size=N)._read(conn, 0)
+        rows = conn.execute(select(episodes.c.id, episodes.c.client_id)).all()
+        per_client = {
+            i: episode_request(conn, StoredEpisode(i, CLINIC, client, None)) for i, client in rows
+        }
+        r = risk_scores.c
+        stored = dict(conn.execute(select(r.episode_id, r.explanation)).all())
+    assert {i: q.model_dump() for i, q in batch} == {
+        i: per_client[i].model_dump() for i, _ in batch
+    }
+    assert any(s.get("ratings") is None for _, q in batch for s in q.sessions)
+    scored = scorer.score(to_episodes([q for _, q in batch], scorer.profile).episodes)
+    expected = {batch[j][0]: s.to_dict()["explanation"] for j, s in scored.by_episode()}
+    assert stored == expected
