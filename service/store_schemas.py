@@ -11,13 +11,18 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from features.contract import SESSION_NUMBER_MAX
 from models.results import RiskBand, RiskExplanation
 from service.schemas import RISK_REQUEST_EXAMPLE, ModelRef, RiskRequest, SessionIn
+from service.store.caseload import utc_instant
 
 _FIELDS = RiskRequest.model_fields
+
+#: An instant with its UTC offset whose UTC equivalent is a representable time, read as UTC:
+#: ``0001-01-01T00:00:00+14:00`` is a 422 at the edge, not an OverflowError in a query.
+UtcInstant = Annotated[AwareDatetime, AfterValidator(utc_instant)]
 
 _CLIENT_EXAMPLE = {k: RISK_REQUEST_EXAMPLE[k] for k in ("therapist_id", "intake_date", "age")}
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.store_schemas import UtcInstant
 
 Indicator = Literal["info", "warning", "critical"]
 
@@ -126,7 +128,8 @@ class FeedbackItem(BaseModel):
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] = Field(default_factory=list, max_length=50)
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: AwareDatetime  # an instant: a time without its zone is refused
+    # An instant: a time without its zone, or one past datetime's range in UTC, is refused.
+    outcomeTimestamp: UtcInstant
 
 
 class FeedbackRequest(BaseModel):

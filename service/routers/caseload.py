@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from service.auth import Principal
 from service.errors import InvalidRequest, error_responses
@@ -35,6 +35,7 @@ from service.store.caseload import (
     caseload_page,
 )
 from service.store.deps import ClientStoreDep
+from service.store_schemas import UtcInstant
 
 router = APIRouter(prefix="/v1", tags=["caseload"], route_class=OrjsonRoute)
 
@@ -128,7 +129,7 @@ def caseload(
         Literal["low", "moderate", "high"] | None, Query(description="Only this risk band.")
     ] = None,
     changed_since: Annotated[
-        AwareDatetime | None,
+        UtcInstant | None,
         Query(description="Only episodes whose data or score changed at or after this time."),
     ] = None,
     cursor: Annotated[

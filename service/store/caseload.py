@@ -282,12 +282,36 @@ def decode_cursor(cursor: str | None) -> CursorKey | None:
         key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         raise CursorError("not a cursor this service issued") from None
+    # bool is an int subclass (orjson reads ``true`` as True); ids past the database's 64-bit
+    # integer overflow the driver (a 500), so both are refused like any forged cursor.
     match key:
-        case ["s", float() | int() as p, int() as i] if 0.0 <= p <= 1.0 and i > 0:
+        case ["s", float() | int() as p, int() as i] if (
+            not isinstance(p, bool) and _is_id(i) and 0.0 <= p <= 1.0
+        ):
             return CursorKey(float(p), i)
-        case ["u", int() as i] if i > 0:
+        case ["u", int() as i] if _is_id(i):
             return CursorKey(None, i)
     raise CursorError("not a cursor this service issued")
+
+
+#: The largest id a cursor may name (the store's ids are 64-bit signed at most).
+ID_MAX = 2**63 - 1
+
+
+def _is_id(value: int) -> bool:
+    return not isinstance(value, bool) and 1 <= value <= ID_MAX
+
+
+def utc_instant(value: datetime) -> datetime:
+    """``value`` in UTC; ValueError (no value in the message) when it is naive or its UTC
+    equivalent falls outside the years 1 to 9999 (``0001-01-01T00:00:00+14:00``), which
+    ``astimezone`` would raise as OverflowError deep inside a query."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("a time with its UTC offset is required")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time in UTC falls outside the years 1 to 9999") from None
 
 
 def _utc(value: datetime) -> datetime:

@@ -4,17 +4,22 @@ that quote nothing, the audit trail, and 503 when the store is down."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import update
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from service.store.caseload import CaseloadFilters, CursorError, decode_cursor, utc_instant
 from service.store.tables import clinic_state, episodes
 from tests.conftest import free_port
 from tests.service.conftest import MODEL_NAME, TEST_CLINIC, Registry, bearer, security_settings
@@ -147,3 +152,63 @@ def test_store_down_is_503_with_retry_after(registry: Registry, dev_key_dir: Pat
     with _app(registry, dev_key_dir, down, store_connect_timeout_s=1) as api:
         r = api.get(URL)
         assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+
+
+def _cursor(key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "key", [["u", 2**63], ["s", 0.5, 2**63], ["s", 0.5, 10**19], ["s", True, 1], ["u", True],
+            ["s", 0.5, False], ["u", 0], ["s", 0.5, -1]],
+)  # fmt: skip
+def test_forged_cursors_are_422_not_500(api: TestClient, key: list[Any]) -> None:
+    cursor = _cursor(key)
+    response = api.get(URL, params={"cursor": cursor})
+    assert response.status_code == 422, response.text
+    assert cursor not in response.text
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_changed_since_at_the_ends_of_time_is_422_not_500(api: TestClient, since: str) -> None:
+    response = api.get(URL, params={"changed_since": since})
+    assert response.status_code == 422, response.text
+    assert since not in response.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.one_of(
+        st.tuples(st.just("u"), st.one_of(st.integers(), st.booleans())),
+        st.tuples(
+            st.just("s"),
+            st.one_of(st.floats(allow_nan=False), st.integers(), st.booleans()),
+            st.one_of(st.integers(), st.booleans()),
+        ),
+    )
+)
+def test_decode_cursor_accepts_only_sort_keys_a_query_can_bind(key: tuple[Any, ...]) -> None:
+    try:
+        decoded = decode_cursor(_cursor(list(key)))
+    except CursorError:
+        return
+    assert decoded is not None
+    assert type(decoded.episode_id) is int and 1 <= decoded.episode_id <= 2**63 - 1
+    if decoded.probability is not None:
+        assert 0.0 <= decoded.probability <= 1.0 and not isinstance(key[1], bool)
+
+
+OFFSETS = st.timedeltas(min_value=-timedelta(hours=23, minutes=59),
+                       max_value=timedelta(hours=23, minutes=59))  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(timezones=st.builds(timezone, OFFSETS)))
+def test_an_instant_is_utc_or_refused_without_overflow(moment: datetime) -> None:
+    try:
+        utc = utc_instant(moment)
+    except ValueError as exc:
+        assert moment.isoformat() not in str(exc)
+        return
+    assert utc.utcoffset() == timedelta(0) and utc == moment
+    assert CaseloadFilters(changed_since=utc).key()

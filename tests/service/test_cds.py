@@ -419,3 +419,15 @@ def test_next_links_are_followed_only_under_the_base_after_normalising() -> None
                       "http://127.0.0.1:9/fhirx/y", "http://u@127.0.0.1:9/fhir/y"):  # fmt: skip
         with pytest.raises(PrefetchUnavailable):
             fetcher._next(page(elsewhere))
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_feedback_at_the_ends_of_time_is_422_not_500(cds: TestClient, key, moment: str) -> None:
+    # Aware times whose UTC equivalent is outside years 1..9999 raised OverflowError in
+    # astimezone (a 500) after validation.
+    body = {"feedback": [{"card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "accepted",
+                          "outcomeTimestamp": moment}]}  # fmt: skip
+    url = f"/cds-services/{PATIENT_VIEW}/feedback"
+    response = cds.post(url, json=body, headers=auth_header(cds_token(key, feedback=True)))
+    assert response.status_code == 422, response.text
+    assert moment not in response.text
