@@ -212,6 +212,12 @@ def forget_clients(request: Request) -> None:
     _notes(request).clear()
 
 
+def note_denied(request: Request) -> None:
+    """Record the request's outcome as ``denied`` whatever its status: the dashboard answers a
+    missing, forged, expired or revoked session with a 303 to its sign-in page."""
+    request.scope.setdefault("state", {})["audit_outcome"] = "denied"
+
+
 def note_invalid(request: Request) -> None:
     """A batch item whose client could not be read: audited without a client reference."""
     _notes(request).append((None, 422))
@@ -292,10 +298,11 @@ class AuditMiddleware:
             return True
         security: Security = scope["app"].state.security
         clients: list[tuple[str | None, int | None]] = state.get("audit_clients") or [(None, None)]
+        forced: str | None = state.get("audit_outcome")  # see note_denied
         items = []
         for ref, item_status in clients:
             effective = status if item_status is None else item_status
-            items.append((ref, effective, outcome_of(effective)))
+            items.append((ref, effective, forced or outcome_of(effective)))
         try:
             security.audit.write_batch(audit_template(scope, status), items)
         except (AuditWriteError, AuditRecordError) as exc:

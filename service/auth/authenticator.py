@@ -198,6 +198,11 @@ class Authenticator:
         return self._verify_jwt(token, single_use=single_use or audience is not None,
                                 audience=audience)  # fmt: skip
 
+    def api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The loaded key named ``key_id`` (None: not among the keys loaded at start-up); the
+        dashboard re-checks its API-key sessions with it on every page."""
+        return next((r for r in self._api_keys if r.key_id == key_id), None)
+
     def _authenticate_key(self, presented: str | None) -> Principal:
         if not presented:
             raise self._refuse("missing", "missing API key", error=None)

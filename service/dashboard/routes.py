@@ -8,9 +8,12 @@ no-store`` (pages name clients), and ``Referrer-Policy: same-origin`` (their URL
 Who may look: a clinician signs in with an API key or a bearer token, checked by the service's
 one authenticator, and gets a signed session cookie (:mod:`service.dashboard.session`); the
 pages then read their clinic's clients only, with the ``clients:read`` scope, within the same
-rate limits as ``/v1``. Every request under ``/dashboard`` is audited by
-:class:`~service.security.AuditMiddleware` like ``/v1``; the client page notes its client (as
-the audit's keyed reference, never the id).
+rate limits as ``/v1``. Every page re-checks its session (:func:`_current`): not signed out, and
+for an API-key session, its key still loaded. Every request under ``/dashboard`` is audited by
+:class:`~service.security.AuditMiddleware` like ``/v1``: the caseload notes every client it
+lists, as ``/v1/clinics/{clinic_id}/caseload`` does, and the client page its client (as the
+audit's keyed reference, never the id); a request without a valid session is recorded as
+``denied`` (its answer is a 303 to the sign-in page).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from service.auth.principal import CLIENTS_READ
 from service.dashboard import session as sessions
 from service.dashboard import source, views
 from service.limits import retry_after_header
-from service.security import AUTH_THREADS, Security, note_client
+from service.security import AUTH_THREADS, Security, note_client, note_clients, note_denied
 from service.store.caseload import CaseloadFilters, CursorError
 from service.store.db import Store, StoreUnavailable
 
@@ -96,6 +99,12 @@ def _to_sign_in() -> RedirectResponse:
     return RedirectResponse(f"{BASE}/sign-in", status_code=303, headers=HEADERS)
 
 
+def _refused(request: Request) -> RedirectResponse:
+    """No valid session: to the sign-in page, audited as ``denied``."""
+    note_denied(request)
+    return _to_sign_in()
+
+
 def _security(request: Request) -> Security:
     return request.app.state.security
 
@@ -104,13 +113,29 @@ def _client_store(request: Request) -> Store | None:
     return getattr(request.app.state, "client_store", None)
 
 
+def _signed_out(request: Request) -> sessions.SignedOut:
+    state = request.app.state
+    if getattr(state, "dashboard_signed_out", None) is None:
+        state.dashboard_signed_out = sessions.SignedOut()
+    return state.dashboard_signed_out
+
+
 def _current(request: Request) -> sessions.Session | None:
-    """The request's signed-in session, recorded for its audit record; None: sign in first."""
-    serializer = sessions.signer(_security(request).refs)
-    session = sessions.load(request.cookies.get(sessions.COOKIE), serializer)
+    """The request's signed-in session, recorded for its audit record; None: sign in first
+    (no cookie, a forged or expired one, a signed-out session, or an API key no longer
+    loaded)."""
+    security = _security(request)
+    session = sessions.load(request.cookies.get(sessions.COOKIE), sessions.signer(security.refs))
     if session is None or CLIENTS_READ not in session.principal.scopes:
         return None
-    request.state.principal = session.principal
+    if session in _signed_out(request):
+        return None
+    p = session.principal
+    if p.method == "api_key" or security.authenticator.mode == "api_key":
+        key = security.authenticator.api_key(p.token_id) if p.method == "api_key" else None
+        if key is None or key.clinic != p.clinic or CLIENTS_READ not in key.scopes:
+            return None
+    request.state.principal = p
     return session
 
 
@@ -191,11 +216,12 @@ def _token_expiry(headers: dict[str, str]) -> float | None:
 async def sign_out(request: Request, csrf: Annotated[str | None, Form()] = None) -> Response:
     session = _current(request)
     if session is None:
-        return _to_sign_in()
+        return _refused(request)
     if not (sessions.same_origin(request) and sessions.csrf_ok(session, csrf)):
         return _error(request, 403, "Sign-out refused",
                       "The form did not come from this page. Reload the page and try again.",
                       session=session)  # fmt: skip
+    _signed_out(request).add(session)
     response = _to_sign_in()
     response.delete_cookie(sessions.COOKIE, path=sessions.COOKIE_PATH, secure=True,
                            httponly=True, samesite="strict")  # fmt: skip
@@ -217,7 +243,7 @@ def caseload_page(
     """The clinic's open episodes: band, risk, change in a week, trend, main reason."""
     session = _current(request)
     if session is None:
-        return _to_sign_in()
+        return _refused(request)
     p = session.principal
     if (limited := _limited(request, {"clinic": p.clinic, "token": p.token_id})) is not None:
         return limited
@@ -237,6 +263,8 @@ def caseload_page(
     except StoreUnavailable as exc:
         return _unavailable(request, session, exc)
     rows = views.sort_rows(page.rows, query.sort, query.order)  # type: ignore[arg-type]
+    # One audit record per client shown, as the JSON caseload writes.
+    note_clients(request, [r.client_id for r in rows], status=200)
     shown = views.caseload_rows(views.CaseloadPage(tuple(rows), page.next_cursor, page.therapists))
     versions = sorted({r.model_version for r in page.rows if r.model_version})
     return _page(
@@ -253,7 +281,7 @@ def client_page(request: Request, client_id: str) -> Response:
     """One client: trajectory by element with ruptures, attendance, drivers and focus."""
     session = _current(request)
     if session is None:
-        return _to_sign_in()
+        return _refused(request)
     p = session.principal
     if (limited := _limited(request, {"clinic": p.clinic, "token": p.token_id})) is not None:
         return limited

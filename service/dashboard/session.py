@@ -12,6 +12,15 @@ The signing key is derived from the audit key (an HMAC of a fixed label under it
 worker of one ``serve`` and every restart agree on it, and no new secret needs configuring;
 rotating the audit key signs everyone out.
 
+Revocation: a cookie is refused before its expiry when its session was signed out (the
+session id is kept in :class:`SignedOut` until the cookie would have expired; per process:
+with ``serve --workers N`` a signed-out cookie is refused by the worker that signed it out
+and by none other until it expires, and a restart forgets the list) or, for an API-key
+session, when its key is no longer among the keys the service loaded (a key removed from the
+keys file ends its sessions at the next restart). A token session lasts until the token's own
+``exp`` or :data:`SESSION_MAX_AGE_S`, whichever is sooner: revoking a token at its issuer does
+not end it sooner.
+
 Writes (sign-out) carry the session's CSRF token in a hidden field (the synchronizer token
 pattern) and must come with an ``Origin`` of this host; sign-in, which has no session yet,
 needs the ``Origin`` check alone (OWASP CSRF cheat sheet).
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -50,6 +60,7 @@ class Session:
     principal: Principal
     csrf: str
     expires_at: float
+    sid: str = ""  # random session id: what sign-out revokes (:class:`SignedOut`)
 
 
 def signer(refs: ClientRefs) -> URLSafeTimedSerializer:
@@ -63,6 +74,7 @@ def dump(session: Session, serializer: URLSafeTimedSerializer) -> str:
     return serializer.dumps({
         "sub": p.subject, "clinic": p.clinic, "scopes": sorted(p.scopes), "tid": p.token_id,
         "method": p.method, "iss": p.issuer, "csrf": session.csrf, "exp": session.expires_at,
+        "sid": session.sid,
     })  # fmt: skip
 
 
@@ -80,11 +92,12 @@ def load(value: str | None, serializer: URLSafeTimedSerializer) -> Session | Non
         )  # fmt: skip
         csrf = str(data["csrf"])
         expires_at = float(data["exp"])
+        sid = str(data["sid"])
     except (BadSignature, KeyError, TypeError, ValueError):
         return None
     if time.time() >= expires_at:
         return None
-    return Session(principal, csrf, expires_at)
+    return Session(principal, csrf, expires_at, sid)
 
 
 def new_session(principal: Principal, expires_at: float | None = None) -> Session:
@@ -93,7 +106,35 @@ def new_session(principal: Principal, expires_at: float | None = None) -> Sessio
     end = time.time() + SESSION_MAX_AGE_S
     if expires_at is not None:
         end = min(end, expires_at)
-    return Session(principal, secrets.token_urlsafe(24), end)
+    return Session(principal, secrets.token_urlsafe(24), end, secrets.token_urlsafe(16))
+
+
+class SignedOut:
+    """Session ids signed out in this process, each kept until its cookie would have expired.
+
+    Thread-safe. Bounded: past ``max_entries`` live entries a sign-out still ends the session
+    in the browser (the cookie is deleted) but is not remembered here.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def add(self, session: Session) -> None:
+        now = time.time()
+        with self._lock:
+            if len(self._until) >= self._max:
+                self._until = {k: t for k, t in self._until.items() if t > now}
+            if len(self._until) < self._max:
+                self._until[session.sid] = session.expires_at
+
+    def __contains__(self, session: object) -> bool:
+        if not isinstance(session, Session):
+            return False
+        with self._lock:
+            until = self._until.get(session.sid)
+        return until is not None and until > time.time()
 
 
 def max_age(session: Session) -> int:

@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from models.results import RiskScore
+from models.results import RAISES, Driver, RiskScore
 from service.schemas import RiskRequest, SessionIn
 from service.store.tables import (
     clinic_state,
@@ -33,6 +33,24 @@ from service.store_schemas import ClientFields
 
 #: Longest top-driver text kept on a score (the column's width).
 TOP_DRIVER_MAX = 512
+#: The main reason of a score none of whose drivers raises the risk (all lower it).
+NO_RAISING_DRIVER = "No factor raises the risk"
+_RAISES_SUFFIX = " (raises the risk)"
+
+
+def top_driver(drivers: Sequence[Driver]) -> str | None:
+    """The caseload's "main reason" of a score: its strongest driver that raises the risk, in
+    clinician language with the direction said, or :data:`NO_RAISING_DRIVER` when every driver
+    lowers it (a low-risk client's protective factors are no reason for concern); None without
+    drivers. The one rule for new scores (:func:`add_score`) and rescores
+    (:mod:`service.store.rescore`)."""
+    if not drivers:
+        return None
+    raising = [d for d in drivers if d.direction == RAISES]
+    if not raising:
+        return NO_RAISING_DRIVER
+    strongest = max(raising, key=lambda d: d.contribution)
+    return strongest.text[: TOP_DRIVER_MAX - len(_RAISES_SUFFIX)] + _RAISES_SUFFIX
 
 
 def now() -> datetime:
@@ -179,8 +197,7 @@ def add_score(
 ) -> int:
     """Store ``score`` in the history, make it the episode's latest and bump the clinic."""
     explanation = score.to_dict()["explanation"]
-    drivers = score.explanation.drivers
-    top = drivers[0].text[:TOP_DRIVER_MAX] if drivers else None
+    top = top_driver(score.explanation.drivers)
     score_id = conn.execute(
         insert(risk_scores)
         .values(

@@ -203,3 +203,112 @@ def test_a_session_ends_with_its_token(dash: TestClient, dev_key_dir: Path) -> N
     cookie = _sign_in(dash, token).headers["set-cookie"]
     max_age = int(re.search(r"Max-Age=(\d+)", cookie, re.IGNORECASE).group(1))  # type: ignore[union-attr]
     assert 50 <= max_age <= 60
+
+
+# -- review of issue 21: audit, revocation, main reason ---------------------------------------
+
+
+def _audit(client: TestClient, action: str) -> list[dict]:
+    lines = client.audit.read_text().splitlines()  # type: ignore[attr-defined]
+    return [r for r in map(json.loads, lines) if r["action"] == action]
+
+
+def test_caseload_audits_every_listed_client(dash: TestClient, dev_key_dir: Path) -> None:
+    _sign_in(dash, _token(dev_key_dir))
+    assert dash.get("/dashboard/").status_code == 200
+    refs = dash.app.state.security.refs  # type: ignore[attr-defined]
+    records = _audit(dash, "dashboard.caseload")
+    assert sorted(r["client_ref"] for r in records) == sorted(refs(c) for c in dash.ids[:3])  # type: ignore[attr-defined]
+    assert {(r["outcome"], r["status"]) for r in records} == {("ok", 200)}
+
+
+def test_requests_without_a_valid_session_are_audited_denied(dash: TestClient) -> None:
+    from service.dashboard import session as sessions
+
+    forged = {sessions.COOKIE: "eyJzdWIiOiJ4In0.forged.signature"}
+    for cookies in ({}, forged):
+        dash.cookies.clear()
+        dash.cookies.update(cookies)
+        assert dash.get("/dashboard/", follow_redirects=False).status_code == 303
+        assert dash.get(f"/dashboard/clients/{dash.ids[0]}", follow_redirects=False  # type: ignore[attr-defined]
+                        ).status_code == 303  # fmt: skip
+    refused = _audit(dash, "dashboard.caseload") + _audit(dash, "dashboard.client")
+    assert len(refused) == 4
+    assert {(r["outcome"], r["status"], r["client_ref"]) for r in refused} == {
+        ("denied", 303, None)
+    }
+
+
+def _cookie(answer) -> str:
+    return answer.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+
+
+def test_a_signed_out_cookie_is_refused(dash: TestClient, dev_key_dir: Path) -> None:
+    from service.dashboard import session as sessions
+
+    cookie = _cookie(_sign_in(dash, _token(dev_key_dir)))
+    csrf = dash.get("/dashboard/").text.split('name="csrf" value="')[1].split('"')[0]
+    out = dash.post("/dashboard/sign-out", data={"csrf": csrf}, headers=ORIGIN,
+                    follow_redirects=False)  # fmt: skip
+    assert out.status_code == 303
+    dash.cookies.set(sessions.COOKIE, cookie, path=sessions.COOKIE_PATH)  # a copy kept
+    assert dash.get("/dashboard/", follow_redirects=False).status_code == 303
+    # Another session of the same clinician is not affected.
+    _sign_in(dash, _token(dev_key_dir))
+    assert dash.get("/dashboard/").status_code == 200
+
+
+def test_an_api_key_session_ends_when_its_key_is_gone(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    from service.app import create_app
+    from service.auth import AuthSettings, hash_api_key
+    from service.dashboard import session as sessions
+    from service.settings import ServiceSettings
+
+    key = "k" * 40
+    keys = tmp_path / "keys.json"
+    entry = {"id": "front-desk", "hash": hash_api_key(key), "clinic": TEST_CLINIC,
+             "scopes": ["clients:read"]}  # fmt: skip
+    other = {**entry, "id": "other", "hash": hash_api_key("o" * 40)}
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+    )  # fmt: skip
+
+    def app(*entries: dict):
+        keys.write_text(json.dumps({"keys": list(entries)}))
+        security = security_settings(dev_key_dir, tmp_path / "audit")
+        security["auth"] = AuthSettings(mode="api_key", api_keys_file=keys)
+        return create_app(settings, configure_logs=False, **security)
+
+    with TestClient(app(entry, other), base_url=HTTPS) as client:
+        cookie = _cookie(_sign_in(client, key))
+        assert client.get("/dashboard/").status_code == 200
+    # A restart with the key removed from the keys file (same audit key, so the cookie's
+    # signature still holds): the session is over.
+    with TestClient(app(other), base_url=HTTPS) as client:
+        client.cookies.set(sessions.COOKIE, cookie, path=sessions.COOKIE_PATH)
+        assert client.get("/dashboard/", follow_redirects=False).status_code == 303
+    with TestClient(app(entry, other), base_url=HTTPS) as client:  # the key back: valid again
+        client.cookies.set(sessions.COOKIE, cookie, path=sessions.COOKIE_PATH)
+        assert client.get("/dashboard/").status_code == 200
+
+
+def test_main_reason_is_a_factor_that_raises_the_risk(dash: TestClient, dev_key_dir: Path) -> None:
+    from service.store.repository import NO_RAISING_DRIVER
+
+    _sign_in(dash, _token(dev_key_dir))
+    page = dash.get("/dashboard/").text
+    shown = re.findall(r'<td class="driver">([^<]*)</td>', page)
+    assert len(shown) == 3
+    for cid in dash.ids[:3]:  # type: ignore[attr-defined]
+        risk = dash.get(f"/v1/clients/{cid}/risk", headers=bearer(dev_key_dir, TEST_CLINIC,
+                                                                  ("clients:read",))).json()  # fmt: skip
+        raising = [d for d in risk["explanation"]["drivers"] if d["direction"] == "raises risk"]
+        if raising:
+            top = max(raising, key=lambda d: d["contribution"])
+            expected = f"{top['text']} (raises the risk)"
+        else:
+            expected = NO_RAISING_DRIVER
+        assert expected in shown
