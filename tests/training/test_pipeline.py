@@ -331,3 +331,36 @@ def test_score_cohort_scores_the_caseload_and_counts_everyone_it_leaves_out(
     assert set(at_5.frame[CLIENT_ID]) == numbered_5 and (at_5.frame["landmark"] == 5).all()
     assert at_5.skipped_ended == 0 and at_5.no_appointments == 1
     assert at_5.not_at_landmark == len(clients) - 1 - len(numbered_5)
+
+
+def test_the_served_population_is_the_evaluated_one(trained, cohort) -> None:
+    """``score --landmark k --include-ended`` (score_tables, the one scoring path) scores the
+    ended test clients at exactly the evaluation's landmark-k rows, an ended episode's last
+    appointment included: serving cannot know an appointment is the last one, so training and
+    evaluation must not leave it out (issue 19: leaving it out shifted calibration-in-the-large)."""
+    from training.scoring import score_tables
+
+    sessions = normalise_sessions(cohort.sessions, cohort.profile)
+    clients = normalise_clients(cohort.clients)
+    test = clients[
+        clients[CLIENT_ID].isin(trained.splits.test)
+        & clients["outcome"].isin(("completed", "dropout"))
+    ]
+    sessions = sessions[sessions[CLIENT_ID].isin(test[CLIENT_ID])]
+    last = sessions.groupby(CLIENT_ID)["session_number"].max()
+    ev = trained.evaluation.data
+    landmark = ev.context["landmark"].to_numpy()
+    ended_at_last = 0
+    for k in (1, 2, 3, 5, 8):
+        served = score_tables(trained.scorer, sessions, test, cohort.profile, model_name="m",
+                              model_version="1", landmark=k, include_ended=True)  # fmt: skip
+        at_k = landmark == k
+        evaluated = pd.Series(trained.evaluation.probability[at_k], index=ev.client_id[at_k])
+        assert sorted(served.frame[CLIENT_ID]) == sorted(evaluated.index)
+        np.testing.assert_allclose(
+            served.frame.set_index(CLIENT_ID)["probability"].sort_index(),
+            evaluated.sort_index(),
+            atol=1e-6,
+        )
+        ended_at_last += int((last[served.frame[CLIENT_ID]] == k).sum())
+    assert ended_at_last > 0  # some clients' last appointment is among the landmarks compared
