@@ -55,6 +55,7 @@ AUDITED = {
     "/cds-services/{service_id}/feedback": "cds.feedback",
     "/v1/clients/{client_id}/sessions": "clients.sessions_write",
     "/v1/clients/{client_id}/outcome": "clients.outcome_write",
+    "/v1/clients/{client_id}/sessions/{session_number}": "clients.session_delete",
     "/v1/clients/{client_id}/risk": "clients.risk_read",
     "/v1/clinics/{clinic_id}/caseload": "clients.caseload_read",
     "/dashboard/": "dashboard.caseload",
@@ -62,6 +63,8 @@ AUDITED = {
     "/dashboard/sign-in": "dashboard.sign_in",
     "/dashboard/sign-out": "dashboard.sign_out",
 }
+#: (method, route template) -> audit action, where a method's action differs from AUDITED's.
+AUDITED_BY_METHOD = {("DELETE", "/v1/clients/{client_id}/outcome"): "clients.outcome_withdraw"}
 #: Paths (and everything under them) whose every request is audited.
 AUDITED_PREFIXES = ("/v1", "/cds-services", "/fhir", "/dashboard")
 #: Audit action of a ``/v1`` request that matched no route (a 404, a trailing-slash redirect).
@@ -319,7 +322,15 @@ def audit_template(scope: Mapping[str, Any], status: int) -> AuditRecord:
     fit the record."""
     state = scope.get("state", {})
     route = scope.get("route")
-    action = UNROUTED if route is None else AUDITED.get(getattr(route, "path", ""), UNROUTED)
+    path = getattr(route, "path", "")
+    action = (
+        UNROUTED
+        if route is None
+        else (
+            AUDITED_BY_METHOD.get((str(scope.get("method")), str(path)))
+            or AUDITED.get(path, UNROUTED)
+        )
+    )
     app = scope["app"]
     principal: Principal | None = state.get("principal")
     store = getattr(app.state, "store", None)

@@ -11,13 +11,15 @@ database and scoring work run in the thread pool.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from features.contract import SESSION_NUMBER_MAX
 from features.validation import DUPLICATE_SESSION_NUMBER
 from service.auth import Principal
 from service.auth.principal import CLIENTS_READ, CLIENTS_WRITE
@@ -67,6 +69,30 @@ CLIENT_FIELDS_NEEDED = "required on the first post of a client that is not store
 KEY_REUSED = "this Idempotency-Key was used with a different request"
 KEY_IN_FLIGHT = "a request with this Idempotency-Key is being processed; retry later"
 STORE_ERRORS = error_responses(404, 409)
+#: How far ahead of the service's clock (UTC) a date may be: a day of clock skew and time zones.
+CLOCK_SKEW = timedelta(days=1)
+IN_THE_FUTURE = "more than a day in the future"
+AFTER_OUTCOME = (
+    "the episode is closed: an appointment dated after its outcome date cannot be added; "
+    "reopen it first (DELETE /v1/clients/{client_id}/outcome) if the outcome was recorded "
+    "by mistake"
+)
+OUTCOME_BEFORE_INTAKE = "before the client's intake date"
+OUTCOME_BEFORE_SESSION = "before the client's last stored appointment"
+NO_OUTCOME = "no outcome is recorded for this client"
+SESSION_NOT_FOUND = "session not found"
+LAST_SESSION = "an episode keeps at least one appointment: this is its only one"
+
+
+def episode_full(max_sessions: int) -> str:
+    return (
+        f"the stored episode is full: at most {max_sessions} appointments are kept per client, "
+        "and this post would store more"
+    )
+
+
+def _latest_allowed() -> date:
+    return (repo.now() + CLOCK_SKEW).date()
 
 
 @router.post(
@@ -93,6 +119,7 @@ def post_sessions(
     note_client(request, client_id)
     request.state.model_version = model.version
     _refuse_repeated_numbers(body)
+    _refuse_future_sessions(body)
     keys = None
     if idempotency_key is not None:
         keys = (
@@ -115,7 +142,12 @@ def post_sessions(
             episode = repo.upsert_episode(conn, principal.clinic, client_id, body.client, at)
             if episode is None:
                 raise InvalidRequest([{"loc": ["client"], "reason": CLIENT_FIELDS_NEEDED}])
+            _refuse_after_outcome(conn, episode, body)
             repo.put_sessions(conn, episode.id, body.sessions, at)
+            if repo.session_count(conn, episode.id) > settings.max_sessions:
+                raise InvalidRequest(
+                    [{"loc": ["sessions"], "reason": episode_full(settings.max_sessions)}]
+                )
             posted = [s["session_number"] for s in body.sessions]
             episode_request = repo.episode_request(conn, episode, first=posted)
             forget_clients(request)  # score_one notes the client again
@@ -152,10 +184,17 @@ def post_outcome(
     """Closes the episode: it leaves the open caseload, and monitoring reads the outcome. A
     second call corrects the first."""
     note_client(request, client_id)
+    if body.outcome_date > _latest_allowed():
+        raise InvalidRequest([{"loc": ["outcome_date"], "reason": IN_THE_FUTURE}])
     with store.write() as conn:
         episode = repo.find_episode(conn, principal.clinic, client_id, for_update=True)
         if episode is None:
             raise HTTPException(404, NOT_FOUND)
+        intake, last = repo.episode_dates(conn, episode.id)
+        if body.outcome_date < intake:
+            raise InvalidRequest([{"loc": ["outcome_date"], "reason": OUTCOME_BEFORE_INTAKE}])
+        if last is not None and body.outcome_date < last:
+            raise InvalidRequest([{"loc": ["outcome_date"], "reason": OUTCOME_BEFORE_SESSION}])
         repo.record_outcome(conn, episode, body.outcome, body.outcome_date, repo.now())
     return OutcomeResponse(
         client_id=client_id,
@@ -163,6 +202,76 @@ def post_outcome(
         outcome_date=body.outcome_date,
         request_id=request_id_of(request),
     )
+
+
+@router.delete(
+    "/{client_id}/outcome",
+    operation_id="withdrawClientOutcome",
+    status_code=204,
+    response_class=Response,
+    responses={**ERRORS, **error_responses(404)},
+    summary="Withdraw an outcome recorded by mistake: the episode is open again",
+)
+def delete_outcome(
+    client_id: ClientId,
+    request: Request,
+    principal: ClientsWriter,
+    store: ClientStoreDep,
+) -> Response:
+    """Reopens the episode: it is back on the open caseload and may take later appointments.
+    The outcome is deleted, not kept as history; the audit trail records the withdrawal
+    (``clients.outcome_withdraw``). 404 when the client is missing or has no outcome."""
+    note_client(request, client_id)
+    with store.write() as conn:
+        episode = repo.find_episode(conn, principal.clinic, client_id, for_update=True)
+        if episode is None:
+            raise HTTPException(404, NOT_FOUND)
+        if not repo.withdraw_outcome(conn, episode, repo.now()):
+            raise HTTPException(404, NO_OUTCOME)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/{client_id}/sessions/{session_number}",
+    operation_id="deleteClientSession",
+    response_model=ClientRisk,
+    responses={**ERRORS, **BODY_ERRORS, **STORE_ERRORS},
+    summary="Delete a stored appointment entered by mistake, and rescore",
+)
+def delete_session(
+    client_id: ClientId,
+    session_number: Annotated[int, Path(ge=1, le=SESSION_NUMBER_MAX)],
+    request: Request,
+    principal: ClientsWriter,
+    model: ModelDep,
+    settings: SettingsDep,
+    store: ClientStoreDep,
+) -> Any:
+    """The episode without that appointment is rescored and the score stored, in one
+    transaction. A missing client or appointment is a 404 (a repeated delete too); the only
+    appointment of an episode cannot be deleted (409)."""
+    note_client(request, client_id)
+    request.state.model_version = model.version
+    at = repo.now()
+    with store.write() as conn:
+        episode = repo.find_episode(conn, principal.clinic, client_id, for_update=True)
+        if episode is None:
+            raise HTTPException(404, NOT_FOUND)
+        if repo.session_count(conn, episode.id) == 1 and repo.has_session(
+            conn, episode.id, session_number
+        ):
+            raise HTTPException(409, LAST_SESSION)
+        if not repo.delete_session(conn, episode, session_number, at):
+            raise HTTPException(404, SESSION_NOT_FOUND)
+        episode_request = repo.episode_request(conn, episode)
+        forget_clients(request)  # score_one notes the client again
+        try:
+            _, score = score_one(episode_request, request, principal, model, settings)
+        except InvalidRequest as err:
+            raise InvalidRequest(_as_posted(err.errors, 0)) from None
+        repo.add_score(conn, episode, score, model_name=model.name,
+                       model_version=model.version, reason="ingest", at=at)  # fmt: skip
+        return _client_risk(conn, episode, request_id_of(request), history=False)
 
 
 @router.get(
@@ -227,6 +336,27 @@ def _client_risk(
             "history": entries,
         }
     )
+
+
+def _refuse_future_sessions(body: SessionsRequest) -> None:
+    latest = _latest_allowed()
+    problems = [
+        {"loc": ["sessions", i, "session_date"], "reason": IN_THE_FUTURE}
+        for i, s in enumerate(body.sessions)
+        if s["session_date"] > latest
+    ]
+    if problems:
+        raise InvalidRequest(problems)
+
+
+def _refuse_after_outcome(conn: Connection, episode: StoredEpisode, body: SessionsRequest) -> None:
+    """409 when the episode is closed and an appointment is dated after its outcome date: the
+    caseload would not show it, so the new risk would reach no clinician."""
+    if episode.outcome is None:
+        return
+    closed = repo.outcome_date(conn, episode.id)
+    if closed is not None and any(s["session_date"] > closed for s in body.sessions):
+        raise HTTPException(409, AFTER_OUTCOME)
 
 
 def _refuse_repeated_numbers(body: SessionsRequest) -> None:

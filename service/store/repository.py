@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.results import RAISES, Driver, RiskScore
@@ -180,6 +180,13 @@ def episode_request(
     )
 
 
+def has_session(conn: Connection, episode_id: int, number: int) -> bool:
+    query = select(sessions.c.id).where(
+        sessions.c.episode_id == episode_id, sessions.c.session_number == number
+    )
+    return conn.execute(query).first() is not None
+
+
 def session_count(conn: Connection, episode_id: int) -> int:
     query = select(func.count()).where(sessions.c.episode_id == episode_id)
     return int(conn.execute(query).scalar_one())
@@ -242,6 +249,49 @@ def record_outcome(
         update(episodes).where(episodes.c.id == episode.id).values(outcome=outcome, updated_at=at)
     )
     bump_clinic(conn, episode.clinic_id)
+
+
+def outcome_date(conn: Connection, episode_id: int) -> date | None:
+    """The recorded outcome's date (None while the episode is open)."""
+    query = select(outcomes.c.outcome_date).where(outcomes.c.episode_id == episode_id)
+    return conn.execute(query).scalar_one_or_none()
+
+
+def episode_dates(conn: Connection, episode_id: int) -> tuple[date, date | None]:
+    """The episode's intake date and its latest appointment's date (None without one)."""
+    intake = conn.execute(
+        select(episodes.c.intake_date).where(episodes.c.id == episode_id)
+    ).scalar_one()
+    last = conn.execute(
+        select(func.max(sessions.c.session_date)).where(sessions.c.episode_id == episode_id)
+    ).scalar_one_or_none()
+    return intake, last
+
+
+def withdraw_outcome(conn: Connection, episode: StoredEpisode, at: datetime) -> bool:
+    """Reopen the episode: its outcome row is deleted (the audit trail keeps that it was
+    withdrawn), the episode is open again and the clinic bumped. False when none was recorded."""
+    deleted = conn.execute(delete(outcomes).where(outcomes.c.episode_id == episode.id)).rowcount
+    if not deleted and episode.outcome is None:
+        return False
+    conn.execute(
+        update(episodes).where(episodes.c.id == episode.id).values(outcome=None, updated_at=at)
+    )
+    bump_clinic(conn, episode.clinic_id)
+    return True
+
+
+def delete_session(conn: Connection, episode: StoredEpisode, number: int, at: datetime) -> bool:
+    """Delete appointment ``number`` of the episode (False when it is not stored); the caller
+    rescores, which bumps the clinic."""
+    deleted = conn.execute(
+        delete(sessions).where(
+            sessions.c.episode_id == episode.id, sessions.c.session_number == number
+        )
+    ).rowcount
+    if deleted:
+        conn.execute(update(episodes).where(episodes.c.id == episode.id).values(updated_at=at))
+    return bool(deleted)
 
 
 def bump_clinic(conn: Connection, clinic_id: str) -> None:

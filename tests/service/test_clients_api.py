@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +260,127 @@ def test_store_down_is_503_and_post_risk_keeps_serving(
         assert api.get(f"/v1/clients/{body['client_id']}/risk").status_code == 503
         assert time.monotonic() - started < 10
         assert api.post("/v1/risk", json=body).status_code == 200
+
+
+CASELOAD = f"/v1/clinics/{TEST_CLINIC}/caseload"
+
+
+def _day(text: str, days: int = 0) -> str:
+    return (date.fromisoformat(text) + timedelta(days=days)).isoformat()
+
+
+def _audit_actions(registry: Registry) -> list[dict[str, Any]]:
+    text = (registry.root / "audit" / "audit.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_sessions_after_the_outcome_are_409_until_it_is_withdrawn(
+    api: TestClient, registry: Registry, dev_key_dir: Path
+) -> None:
+    body = a_client(registry)
+    s = body["sessions"]
+    url = f"/v1/clients/{body['client_id']}"
+    assert post_sessions(api, body, s[:3], first=True).status_code == 200
+    closed_on = s[2]["session_date"]
+    assert (
+        api.post(
+            f"{url}/outcome", json={"outcome": "dropout", "outcome_date": closed_on}
+        ).status_code
+        == 200
+    )
+    later = {**s[3], "session_date": _day(closed_on, 1)}
+    refused = post_sessions(api, body, [later], first=False)
+    assert refused.status_code == 409, refused.text
+    assert "reopen" in refused.json()["detail"]
+    assert api.get(f"{url}/risk").json()["sessions_stored"] == 3
+    # A correction dated on or before the outcome is still taken.
+    assert post_sessions(api, body, [s[1]], first=False).status_code == 200
+
+    etag = api.get(CASELOAD).headers["etag"]
+    reopened = api.delete(f"{url}/outcome")
+    assert reopened.status_code == 204, reopened.text
+    assert api.get(f"{url}/risk").json()["outcome"] is None
+    assert api.get(CASELOAD, headers={"If-None-Match": etag}).status_code == 200
+    assert body["client_id"] in [r["client_id"] for r in api.get(CASELOAD).json()["items"]]
+    assert post_sessions(api, body, [later], first=False).status_code == 200
+    again = api.delete(f"{url}/outcome")
+    assert again.status_code == 404
+    assert api.delete("/v1/clients/nobody-here/outcome").status_code == 404
+    reader = bearer(dev_key_dir, scopes=("clients:read",))
+    assert api.delete(f"{url}/outcome", headers=reader).status_code == 403
+    withdrawn = [r for r in _audit_actions(registry) if r["action"] == "clients.outcome_withdraw"]
+    assert [r["status"] for r in withdrawn] == [204, 404, 404, 403]
+    assert all(r["client_ref"] for r in withdrawn[:3])
+
+
+def test_outcome_dates_are_checked(api: TestClient, registry: Registry) -> None:
+    body = a_client(registry)
+    s = body["sessions"]
+    url = f"/v1/clients/{body['client_id']}/outcome"
+    assert post_sessions(api, body, s[:3], first=True).status_code == 200
+    future = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    for day, reason in ((_day(body["intake_date"], -1), "intake"),
+                        (s[1]["session_date"], "last stored appointment"),
+                        (future, "future")):  # fmt: skip
+        r = api.post(url, json={"outcome": "completed", "outcome_date": day})
+        assert r.status_code == 422, (day, r.text)
+        assert r.json()["errors"][0]["loc"] == ["outcome_date"]
+        assert reason in r.json()["errors"][0]["reason"] and day not in r.text
+    assert api.get(f"/v1/clients/{body['client_id']}/risk").json()["outcome"] is None
+
+
+def test_sessions_more_than_a_day_ahead_are_422(api: TestClient, registry: Registry) -> None:
+    body = a_client(registry)
+    ahead = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    r = post_sessions(api, body, [{**body["sessions"][0], "session_date": ahead}], first=True)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"] == [
+        {"loc": ["sessions", 0, "session_date"], "reason": "more than a day in the future"}
+    ]
+    assert ahead not in r.text
+
+
+def test_deleting_a_session_rescores_and_is_audited(api: TestClient, registry: Registry) -> None:
+    body = a_client(registry)
+    s = body["sessions"][:4]
+    url = f"/v1/clients/{body['client_id']}"
+    assert post_sessions(api, body, s, first=True).status_code == 200
+    etag = api.get(CASELOAD).headers["etag"]
+    deleted = api.delete(f"{url}/sessions/4")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["sessions_stored"] == 3
+    scored = api.post("/v1/risk", json={**body, "sessions": s[:3]})
+    same_score(deleted.json(), scored.json())
+    assert len(api.get(f"{url}/risk?history=true").json()["history"]) == 2
+    assert api.get(CASELOAD, headers={"If-None-Match": etag}).status_code == 200
+    repeat = api.delete(f"{url}/sessions/4")
+    assert repeat.status_code == 404 and repeat.json()["detail"] == "session not found"
+    assert api.delete("/v1/clients/nobody-here/sessions/1").json()["detail"] == "client not found"
+    assert api.delete(f"{url}/sessions/0").status_code == 422
+    records = [r for r in _audit_actions(registry) if r["action"] == "clients.session_delete"]
+    assert [r["status"] for r in records] == [200, 404, 404, 422]
+    assert body["client_id"] not in (registry.root / "audit" / "audit.jsonl").read_text()
+
+
+def test_the_only_session_cannot_be_deleted(api: TestClient, registry: Registry) -> None:
+    body = a_client(registry)
+    url = f"/v1/clients/{body['client_id']}"
+    assert post_sessions(api, body, body["sessions"][:1], first=True).status_code == 200
+    assert api.delete(f"{url}/sessions/1").status_code == 409
+    assert api.get(f"{url}/risk").json()["sessions_stored"] == 1
+
+
+def test_a_full_stored_episode_says_so(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    body = a_client(registry)
+    with store_app(registry, dev_key_dir, f"sqlite:///{tmp_path / 's.db'}", max_sessions=3) as api:
+        assert post_sessions(api, body, body["sessions"][:3], first=True).status_code == 200
+        full = post_sessions(api, body, [body["sessions"][3]], first=False)
+        assert full.status_code == 422
+        assert full.json()["errors"] == [
+            {"loc": ["sessions"], "reason": "the stored episode is full: at most 3 appointments "
+             "are kept per client, and this post would store more"}
+        ]  # fmt: skip
+        # A correction of a stored appointment still fits.
+        assert post_sessions(api, body, [body["sessions"][2]], first=False).status_code == 200
