@@ -16,8 +16,8 @@ the lock), rebuilds them as :class:`~features.episodes.Episodes`, and, outside t
 them with the served model's own :meth:`~models.scorer.Scorer.score`, :data:`PASS_CLIENTS`
 clients per pass (each pass's rows are counted into the reference's bins and dropped, so the
 transient memory is a pass's, not the window's), at the landmarks its
-reference holds (``landmarks="training"``: every appointment up to ``k_max``, except an ended
-episode's last) with ``explain=False``, as ``alliance-risk monitor`` does. A request is scored at
+reference holds (``landmarks="training"``: every appointment up to ``k_max``, an ended
+episode's last included) with ``explain=False``, as ``alliance-risk monitor`` does. A request is scored at
 whatever appointment it asks about (beyond ``k_max`` too); judging those rows against a
 reference of every landmark would report service usage as drift. The counts are judged by
 :class:`models.drift.DriftCounts` (the rule of :func:`models.drift.drift_report`, the same

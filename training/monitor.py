@@ -2,7 +2,7 @@
 performance, and realized performance where outcomes have arrived, overall and per clinic.
 
 The rows are scored by the model's own scorer at the same landmarks as its reference profile
-(``landmarks="training"``: every appointment up to ``k_max``, except an ended episode's last;
+(``landmarks="training"``: every appointment up to ``k_max``, an ended episode's last included;
 :mod:`models.reference`), so that like is compared with like. Drift is
 :func:`models.drift.drift_report`: each clinic against its own reference where the model keeps
 one (else all clinics'), all clinics together against the pooled reference, counting clients

@@ -322,8 +322,10 @@ def evaluate_scorer(
     """Evaluate ``scorer`` (and ``baselines``) on the labelled landmarks of normalised tables.
 
     Every ended episode (completed or dropout) is scored by :meth:`Scorer.score` at each of its
-    landmarks while it was still open (``landmarks="training"``): the same inference the API
-    and ``alliance-risk score`` run. Ongoing episodes have no label and are left out.
+    landmarks up to ``k_max``, its last appointment included (``landmarks="training"``): the
+    same inference and rows as the API and ``alliance-risk score --landmark k``, which cannot
+    know that an appointment is a client's last.
+    Ongoing episodes have no label and are left out.
 
     Raises
     ------
