@@ -2,7 +2,10 @@
 
 The caseload comes from the one caseload query (:func:`service.store.caseload.caseload_page`),
 which the JSON endpoint serves too; this module adds what a page shows beside it, for the page's
-rows only: each client's stored risk history (the sparkline) and last appointment date. A client
+rows only: each client's stored risk history (the sparkline) and last appointment date. A
+sparkline draws the scores of the latest score's model version only, from where that version
+took over: scores of two models are not one trend (after a promotion the step between them is
+the new model's calibration, not a change in the client). A client
 comes from the repository's reads (:mod:`service.store.repository`). Blocking: call from a
 worker thread.
 """
@@ -46,8 +49,8 @@ def read_caseload(
     """
     with store.read() as conn:
         page = caseload.caseload_page(conn, clinic_id, filters, cursor, limit)
-        ids = [r.client_id for r in page.rows]
-        history, last = _details(conn, clinic_id, ids)
+        versions = {r.client_id: r.model_version for r in page.rows}
+        history, last = _details(conn, clinic_id, versions)
         therapists = _therapists(conn, clinic_id)
     rows = tuple(
         CaseloadRow(
@@ -66,11 +69,24 @@ def read_caseload(
     return CaseloadPage(rows, page.next_cursor, therapists)
 
 
+def same_version_tail(scores: list[tuple[float, str | None]], version: str | None) -> list[float]:
+    """The probabilities of ``scores`` (oldest first, with their model versions) since the last
+    change of model version, when the last one is ``version``; none otherwise."""
+    tail: list[float] = []
+    for probability, v in reversed(scores):
+        if v != version:
+            break
+        tail.append(probability)
+    return tail[::-1]
+
+
 def _details(
-    conn: Connection, clinic_id: str, client_ids: list[str]
+    conn: Connection, clinic_id: str, versions: dict[str, str | None]
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Per client of the page: its last :data:`SPARK_POINTS` stored probabilities (oldest
-    first) and its last appointment's date."""
+    """Per client of the page: its last :data:`SPARK_POINTS` stored probabilities of the
+    model version of its latest score (``versions``), since that version took over (oldest
+    first), and its last appointment's date."""
+    client_ids = list(versions)
     if not client_ids:
         return {}, {}
     e, r, s = episodes.c, risk_scores.c, sessions.c
@@ -79,6 +95,7 @@ def _details(
         select(
             e.client_id,
             r.probability,
+            r.model_version,
             r.scored_at,
             r.id,
             func.row_number()
@@ -90,13 +107,14 @@ def _details(
         .subquery()
     )
     query = (
-        select(ranked.c.client_id, ranked.c.probability)
+        select(ranked.c.client_id, ranked.c.probability, ranked.c.model_version)
         .where(ranked.c.rank <= SPARK_POINTS)
         .order_by(ranked.c.client_id, ranked.c.scored_at, ranked.c.id)
     )
-    history: dict[str, list[float]] = defaultdict(list)
-    for client_id, probability in conn.execute(query).all():
-        history[client_id].append(float(probability))
+    scores: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
+    for client_id, probability, version in conn.execute(query).all():
+        scores[client_id].append((float(probability), version))
+    history = {c: same_version_tail(s, versions.get(c)) for c, s in scores.items()}
     last_query = (
         select(e.client_id, func.max(s.session_date))
         .join(sessions, s.episode_id == e.id)
@@ -156,7 +174,12 @@ def read_client(store: Store, clinic_id: str, client_id: str) -> ClientRecord | 
         scored_at=None if latest is None else _utc(latest.scored_at),
         landmark=None if latest is None else int(latest.landmark),
         drivers=drivers,
-        history=tuple(float(h.probability) for h in history[-SPARK_POINTS:]),
+        history=tuple(
+            same_version_tail(
+                [(float(h.probability), h.model_version) for h in history],
+                None if latest is None else latest.model_version,
+            )[-SPARK_POINTS:]
+        ),
     )
 
 

@@ -68,8 +68,10 @@ class CaseloadRow:
 
     ``probability``, ``band``, ``model_version`` and ``scored_at`` are those of its latest
     score (None when it has none yet); ``change_since_last_week`` is ``probability`` minus the
-    latest score at or before :func:`week_cutoff` (None when there is none); ``top_driver`` is
-    the score's largest driver in clinician language.
+    latest score of the same model version at or before :func:`week_cutoff` (None when there
+    is none: scores of two model versions are never compared); ``top_driver`` is
+    the score's strongest driver that raises the risk, in clinician language
+    (:func:`service.store.repository.top_driver`).
     """
 
     client_id: str
@@ -217,7 +219,8 @@ def caseload_page(
         found.extend(conn.execute(query).all())
     more = len(found) > limit
     found = found[:limit]
-    before = _scores_at(conn, [r.id for r in found if r.latest_probability is not None], cutoff)
+    shown = {r.id: r.latest_model_version for r in found if r.latest_probability is not None}
+    before = _scores_at(conn, shown, cutoff)
     rows = tuple(_row(r, before.get(r.id)) for r in found)
     next_cursor = None
     if more:
@@ -239,24 +242,39 @@ def _row(r: Row[Any], week_ago: float | None) -> CaseloadRow:
     )
 
 
-def _scores_at(conn: Connection, episode_ids: list[int], cutoff: datetime) -> dict[int, float]:
-    """Episode id -> probability of its latest score at or before ``cutoff``."""
-    if not episode_ids:
+def _scores_at(
+    conn: Connection, versions: dict[int, str | None], cutoff: datetime
+) -> dict[int, float]:
+    """Episode id -> probability of its latest score at or before ``cutoff`` by the model
+    version of its latest score (``versions``: episode id -> that version). Scores of another
+    version are not compared: after a promotion, the difference would be the new model's
+    calibration, not a change in the client."""
+    if not versions:
         return {}
     r = risk_scores.c
     ranked = (
         select(
             r.episode_id,
+            r.model_version,
             r.probability,
             func.row_number()
-            .over(partition_by=r.episode_id, order_by=(r.scored_at.desc(), r.id.desc()))
+            .over(
+                partition_by=(r.episode_id, r.model_version),
+                order_by=(r.scored_at.desc(), r.id.desc()),
+            )
             .label("rank"),
         )
-        .where(r.episode_id.in_(episode_ids), r.scored_at <= cutoff)
+        .where(
+            r.episode_id.in_(list(versions)),
+            r.model_version.in_(sorted({v for v in versions.values() if v is not None})),
+            r.scored_at <= cutoff,
+        )
         .subquery()
     )
-    query = select(ranked.c.episode_id, ranked.c.probability).where(ranked.c.rank == 1)
-    return {int(i): float(p) for i, p in conn.execute(query).all()}
+    query = select(ranked.c.episode_id, ranked.c.model_version, ranked.c.probability).where(
+        ranked.c.rank == 1
+    )
+    return {int(i): float(p) for i, v, p in conn.execute(query).all() if versions.get(int(i)) == v}
 
 
 def encode_cursor(episode_id: int, probability: float | None) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import date
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from service.dashboard import source
 from service.store.caseload import CaseloadFilters
@@ -102,3 +102,32 @@ def test_client_record(store: Store) -> None:
     assert len(a.history) == source.SPARK_POINTS
     assert source.read_client(store, CLINIC, "dash-d") is None  # another clinic's
     assert source.read_client(store, CLINIC, "nobody") is None
+
+
+def test_change_and_trend_compare_one_model_version(store: Store) -> None:
+    """After a promotion rescored the client, the week's change and the sparkline do not mix
+    the old model's scores with the new one's (the step would be calibration, not the client)."""
+    seed_episodes(store, [
+        {"id": 1, "clinic_id": CLINIC, "client_id": "promoted"},
+        {"id": 2, "clinic_id": CLINIC, "client_id": "same-model"},
+    ])  # fmt: skip
+    old = [score_row(1, 0.2 + 0.01 * i, days_ago(20 - i)) for i in range(10)]  # v1, to 11 d ago
+    new = [score_row(1, p, days_ago(d), model_version="2", reason="rescore")
+           for p, d in ((0.5, 3), (0.55, 1))]  # fmt: skip
+    same = [score_row(2, p, days_ago(d)) for p, d in ((0.3, 10), (0.4, 1))]
+    seed_rows(store, risk_scores, old + new + same)
+    with store.write() as conn:
+        for episode, p, version in ((1, 0.55, "2"), (2, 0.4, "1")):
+            last = conn.execute(select(func.max(risk_scores.c.id)).where(
+                risk_scores.c.episode_id == episode)).scalar_one()  # fmt: skip
+            conn.execute(update(episodes).where(episodes.c.id == episode).values(
+                latest_score_id=last, latest_probability=p, latest_band="moderate",
+                latest_model_version=version, latest_scored_at=days_ago(1)))  # fmt: skip
+    page = source.read_caseload(store, CLINIC, CaseloadFilters(), None, 10)
+    rows = {r.client_id: r for r in page.rows}
+    assert rows["promoted"].change_7d is None  # no score of model 2 a week ago
+    assert rows["promoted"].history == (0.5, 0.55)  # the trend starts at model 2
+    assert rows["same-model"].change_7d == pytest.approx(0.1)
+    assert rows["same-model"].history == (0.3, 0.4)
+    record = source.read_client(store, CLINIC, "promoted")
+    assert record is not None and record.history == (0.5, 0.55)
