@@ -4,7 +4,10 @@ Every chart is an ``<svg role="img">`` with a ``<title>`` and a ``<desc>`` that 
 it draws, so a screen reader reads what a sighted clinician sees. Colours come from the package's
 stylesheet (classes only: the Content-Security-Policy allows no inline style), and no chart relies
 on colour alone: rupture marks are triangles with an "R", attendance cells carry a letter and a
-shape of their own.
+shape of their own (no attendance letter is "R": a rescheduled appointment is "M", moved).
+
+Ids inside a chart (its title and description) start with the caller's ``ident``, which must be
+unique on the page (a caseload passes one per row); without one, a hash of the chart's text.
 
 Every text that reaches the markup is escaped (:func:`markupsafe.escape`); the functions return
 :class:`markupsafe.Markup` for the templates to insert as is.
@@ -25,7 +28,7 @@ ATTENDANCE = {
     "no_show": ("N", "no-show", "att-no-show"),
     "late_cancel": ("L", "late cancellation", "att-late-cancel"),
     "cancelled": ("C", "cancelled", "att-cancelled"),
-    "rescheduled": ("R", "rescheduled", "att-rescheduled"),
+    "rescheduled": ("M", "rescheduled (moved)", "att-rescheduled"),
 }
 
 
@@ -46,9 +49,10 @@ def _num(x: float, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
-def _svg(width: int, height: int, title: str, desc: str, body: str, css: str) -> Markup:
+def _svg(width: int, height: int, title: str, desc: str, body: str, css: str,
+         ident: str | None = None) -> Markup:  # fmt: skip
     """An accessible SVG element; ``title`` and ``desc`` are plain text (escaped here)."""
-    ident = f"c{zlib.crc32((title + desc).encode()):08x}"
+    ident = escape(ident) if ident else f"c{zlib.crc32((title + desc).encode()):08x}"
     return Markup(
         f'<svg class="{css}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-labelledby="{ident}-t {ident}-d" preserveAspectRatio="xMinYMin meet">'
@@ -57,7 +61,9 @@ def _svg(width: int, height: int, title: str, desc: str, body: str, css: str) ->
     )
 
 
-def sparkline(values: Sequence[float], *, label: str = "Risk trend") -> Markup:
+def sparkline(
+    values: Sequence[float], *, label: str = "Risk trend", ident: str | None = None
+) -> Markup:
     """A small line of a client's risk history (probabilities in [0, 1], oldest first).
 
     The last point is a dot; the description lists every value as a percentage. With fewer than
@@ -68,7 +74,7 @@ def sparkline(values: Sequence[float], *, label: str = "Risk trend") -> Markup:
     if not finite:
         return _svg(width, height, label, "no scores yet",
                     f'<line class="spark-empty" x1="{pad}" y1="12" x2="{width - pad}" y2="12"/>',
-                    "sparkline")  # fmt: skip
+                    "sparkline", ident)  # fmt: skip
     low, high = min(finite), max(finite)
     span = max(high - low, 0.05)  # a flat history stays a flat line, not noise blown up
     mid = (low + high) / 2
@@ -87,7 +93,7 @@ def sparkline(values: Sequence[float], *, label: str = "Risk trend") -> Markup:
     body += f'<circle class="spark-dot" cx="{xs[-1]:.1f}" cy="{y(finite[-1]):.1f}" r="2.5"/>'
     pct = ", ".join(f"{100 * v:.0f}%" for v in finite)
     desc = f"{n} scores, oldest first: {pct}" if n > 1 else f"one score so far: {pct}"
-    return _svg(width, height, label, desc, body, "sparkline")
+    return _svg(width, height, label, desc, body, "sparkline", ident)
 
 
 def trajectory(
@@ -96,6 +102,7 @@ def trajectory(
     scale: tuple[float, float],
     cutoff: float | None = None,
     last_session: int | None = None,
+    ident: str | None = None,
 ) -> Markup:
     """Small multiples of the alliance by element: one panel per element, ratings by session.
 
@@ -109,6 +116,8 @@ def trajectory(
         The element cut-off (ratings below it are a concern), drawn as a dashed line.
     last_session
         The x axis runs from session 1 to this (default: the last rated session).
+    ident
+        The id prefix of the chart's title and description (unique on the page).
     """
     cols = 2 if len(series) > 1 else 1
     rows = math.ceil(len(series) / cols)
@@ -168,10 +177,12 @@ def trajectory(
     scale_text = f"ratings {_num(lo, 0)} to {_num(hi, 0)}"
     cut_text = f", cut-off {_num(cutoff)} dashed" if cutoff is not None else ""
     title = f"Alliance by element and session ({scale_text}{cut_text}; R marks a rupture)"
-    return _svg(width, height, title, " ".join(descs), "".join(body), "trajectory")
+    return _svg(width, height, title, " ".join(descs), "".join(body), "trajectory", ident)
 
 
-def attendance_strip(appointments: Sequence[tuple[int, str]]) -> Markup:
+def attendance_strip(
+    appointments: Sequence[tuple[int, str]], *, ident: str | None = None
+) -> Markup:
     """One cell per appointment, in order: a letter in a shape per attendance code.
 
     ``appointments`` holds ``(session_number, attendance code)``. Unknown codes show "?".
@@ -199,7 +210,8 @@ def attendance_strip(appointments: Sequence[tuple[int, str]]) -> Markup:
         f"session {s} {ATTENDANCE.get(c, ('?', c, ''))[1]}" for s, c in appointments
     )
     title = f"Attendance, {n} appointments: {summary or 'none'}"
-    return _svg(width, height, title, sequence or "no appointments", "".join(body), "attendance")
+    return _svg(width, height, title, sequence or "no appointments", "".join(body), "attendance",
+                ident)  # fmt: skip
 
 
 def _cell(code: str, x: float, y: float, cell: int) -> str:

@@ -49,7 +49,7 @@ class CaseloadRow:
     therapist_id: str
     band: str | None  # None (and probability None): not scored yet
     probability: float | None
-    change_7d: float | None  # probability now minus a week ago; None: no score a week ago
+    change_7d: float | None  # now minus a week ago, same model version; None: no such score
     top_driver: str | None
     last_session: date | None
     model_version: str | None
@@ -110,7 +110,7 @@ def percent(p: float | None) -> str:
 def change_text(change: float | None) -> str:
     """A week's change in percentage points, with a word for the direction."""
     if change is None or not math.isfinite(change):
-        return "no score a week ago"
+        return "no score by this model a week ago"
     points = round(100 * change)
     if points == 0:
         return "no change"
@@ -154,10 +154,16 @@ def caseload_rows(page: CaseloadPage) -> list[RowView]:
             band_icon=band_icon(r.band),
             probability=percent(r.probability),
             change=change_text(r.change_7d),
-            sparkline=charts.sparkline(r.history, label="Risk over the stored scores"),
+            sparkline=charts.sparkline(
+                r.history, label=_trend_label(r.model_version), ident=f"trend-{i}"
+            ),
         )
-        for r in page.rows
+        for i, r in enumerate(page.rows)
     ]
+
+
+def _trend_label(version: str | None) -> str:
+    return "Risk over the stored scores" + (f" of model version {version}" if version else "")
 
 
 def sort_rows(rows: Sequence[CaseloadRow], sort: str, order: Order) -> list[CaseloadRow]:
@@ -217,13 +223,16 @@ def client_view(record: ClientRecord, profile: InstrumentProfile) -> ClientView:
             scale=(profile.scale_min, profile.scale_max),
             cutoff=profile.element_cutoff,
             last_session=last,
+            ident="trajectory",
         ),  # fmt: skip
         attendance=charts.attendance_strip(
-            [(a.session_number, a.attendance) for a in record.appointments]
+            [(a.session_number, a.attendance) for a in record.appointments], ident="attendance"
         ),
         legend=charts.legend(),
         ruptures=[(profile.element(name).label, sorted(s)) for name, s in marks.items() if s],
-        history=charts.sparkline(record.history, label="Risk over the stored scores"),
+        history=charts.sparkline(
+            record.history, label=_trend_label(record.model_version), ident="history"
+        ),
     )
 
 

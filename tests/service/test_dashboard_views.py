@@ -80,6 +80,28 @@ def test_attendance_strip_letters_and_summary() -> None:
     assert svg.count("<circle") == 2 and svg.count("<rect") == 1
 
 
+def test_no_attendance_letter_is_the_rupture_mark() -> None:
+    """ "R" marks a rupture on the charts; the attendance strip must not use it for anything."""
+    ruptured = charts.trajectory([charts.Series("Trust", ((1, 8.0), (2, 4.0)), frozenset({2}))],
+                                 scale=(0, 10))  # fmt: skip
+    assert ">R</text>" in str(ruptured)
+    letters = [letter for _, letter, _ in charts.legend()]
+    assert "R" not in letters and len(set(letters)) == len(letters)
+    strip = str(charts.attendance_strip([(1, "rescheduled")]))
+    assert ">R</text>" not in strip and ">M</text>" in strip and "rescheduled" in strip
+
+
+def test_caseload_chart_ids_are_unique_per_row() -> None:
+    same = (0.2, 0.3)  # identical histories once gave identical title and desc ids
+    rows = tuple(views.CaseloadRow(c, "T1", "low", 0.3, None, None, None, "1", same)
+                 for c in ("a", "b", "c"))  # fmt: skip
+    html = "".join(str(v.sparkline) for v in views.caseload_rows(views.CaseloadPage(rows, None)))
+    ids = re.findall(r' id="([^"]+)"', html)
+    assert len(ids) == 6 and len(set(ids)) == 6
+    labelled = [i for ref in re.findall(r'aria-labelledby="([^"]+)"', html) for i in ref.split()]
+    assert labelled == ids  # each chart names its own title and description
+
+
 # -- rupture marks come from the features ---------------------------------------------------
 
 
@@ -122,7 +144,7 @@ def test_change_and_band_wording() -> None:
     assert views.change_text(-0.05) == "down 5 points"
     assert views.change_text(0.01) == "up 1 point"
     assert views.change_text(0.001) == "no change"
-    assert views.change_text(None) == "no score a week ago"
+    assert views.change_text(None) == "no score by this model a week ago"
     assert views.band_label("high") == "High" and "<path" in str(views.band_icon("high"))
     assert views.band_label(None) == "Not scored"
 
