@@ -85,10 +85,31 @@ def current(url: UrlOption = None) -> None:
 def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision (base: drop every table).")],
     url: UrlOption = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Do not ask: drop what newer revisions added (scripts)."),
+    ] = False,
 ) -> None:
     """Migrate the store down to ``revision``: rolls a release back, deleting what newer
-    revisions added."""
+    revisions added (``base`` drops every table and its data). Asks first unless ``--yes``;
+    without a terminal to ask on, refuses."""
+    if not yes:
+        where = escape(_where(_store_url(url)))
+        question = f"Downgrade {where} to {revision}, deleting the data of the dropped tables?"
+        try:
+            confirmed = typer.confirm(question, default=False)
+        except typer.Abort:
+            confirmed = False
+        if not confirmed:
+            Console(stderr=True).print("Nothing changed (pass --yes to downgrade).")
+            raise typer.Exit(1)
     _run(url, "downgrade", revision)
+
+
+def _store_url(url: str | None) -> str:
+    from service.settings import ServiceSettings
+
+    return url if url is not None else ServiceSettings().store_url
 
 
 def register(app: typer.Typer) -> None:

@@ -84,7 +84,15 @@ def test_db_cli_upgrades_and_reports(tmp_path: Path) -> None:
     assert up.exit_code == 0, up.output
     assert Store(url).current() == Store(url).head()
     assert "at head" in runner.invoke(app, ["db", "current", "--url", url]).output
-    down = runner.invoke(app, ["db", "downgrade", "base", "--url", url])
+    # Dropping tables asks first: no answer (or "n") changes nothing.
+    for answer in ("", "n\n"):
+        kept = runner.invoke(app, ["db", "downgrade", "base", "--url", url], input=answer)
+        assert kept.exit_code == 1 and "--yes" in kept.output
+        assert Store(url).current() == Store(url).head()
+    asked = runner.invoke(app, ["db", "downgrade", "base", "--url", url], input="y\n")
+    assert asked.exit_code == 0 and Store(url).current() is None
+    assert runner.invoke(app, ["db", "upgrade", "--url", url]).exit_code == 0
+    down = runner.invoke(app, ["db", "downgrade", "base", "--url", url, "--yes"])
     assert down.exit_code == 0 and Store(url).current() is None
     closed = "postgresql+psycopg2://u:secret@127.0.0.1:9/x"
     refused = runner.invoke(app, ["db", "current", "--url", closed])
