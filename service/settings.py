@@ -233,6 +233,14 @@ class ServiceSettings(BaseSettings):
         "reaches the database. Off: run `alliance-risk db upgrade`; until then the store's "
         "routes answer 503.",
     )
+    idempotency_key_ttl_s: float = Field(
+        86_400.0,
+        ge=60,
+        le=30 * 86_400,
+        description="How long a stored Idempotency-Key answers replays (default 24 h). Past "
+        "it the key is forgotten: the same key is a new request. Expired keys are purged by "
+        "later keyed writes, a bounded number at a time.",
+    )
     rescore_enabled: bool = Field(
         True,
         description="When a new champion is served, rescore every open stored episode with it "
