@@ -214,7 +214,8 @@ def describe(summary: Mapping[str, Any]) -> str:
     )
     if summary.get("method") != "ipcw":
         return (
-            f"{head} They are left out of training and evaluation, unweighted, which assumes "
+            f"{head} They are left out of training and evaluation, unweighted (the test "
+            "metrics too), which assumes "
             "they are like the ended episodes. When censoring depends on the intake date (the "
             "ended episodes of recent intakes are the short ones) that skews the label mix; "
             "`--censoring ipcw` corrects it."
@@ -229,6 +230,60 @@ def describe(summary: Mapping[str, Any]) -> str:
         "stand for every client rather than the short episodes of recent intakes. Weights "
         f"{summary['weight_min']:.2f} to {summary['weight_max']:.2f} (median "
         f"{summary['weight_median']:.2f}; {summary['capped']:,} capped at "
-        f"{summary['max_weight']:g}); used in the booster fit and the calibration, not in the "
-        f"test metrics. Assumption: {summary['assumption']}."
+        f"{summary['max_weight']:g}); used in the booster fit and the calibration. The test "
+        "metrics, decision curve and workload are weighted the same way, by the follow-up of "
+        "the test period's own intakes (ongoing included); their effective sample size and "
+        f"weight range are in the metrics table. Assumption: {summary['assumption']}."
+    )
+
+
+def evaluation_population(
+    clients: pd.DataFrame,
+    *,
+    test_ids: np.ndarray,
+    test_from: pd.Timestamp | None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The intakes whose follow-up weights a test split: its labelled clients plus the ongoing
+    clients of the same intakes.
+
+    Temporal split (``test_from`` set): every client with an intake on or after ``test_from``,
+    ongoing included, i.e. the evaluated period. Random split: the test clients plus the same
+    share of the ongoing clients, drawn by a seeded hash of ``client_id`` (independent of row
+    order), so that their follow-up is that of all intakes, as the test clients' is.
+    """
+    is_test = clients[CLIENT_ID].isin(test_ids).to_numpy()
+    ongoing = (clients[OUTCOME] == ONGOING).to_numpy()
+    if test_from is not None:
+        period = (pd.to_datetime(clients[INTAKE_DATE]) >= pd.Timestamp(test_from)).to_numpy()
+        return clients[is_test | (ongoing & period)]
+    labelled = int(clients[OUTCOME].isin((COMPLETED, DROPOUT)).sum())
+    share = is_test.sum() / labelled if labelled else 0.0
+    key = pd.util.hash_array(clients[CLIENT_ID].astype(str).to_numpy(), hash_key=f"{seed:016d}")
+    drawn = (key % np.uint64(1_000_000)).astype(np.float64) / 1_000_000 < share
+    return clients[is_test | (ongoing & drawn)]
+
+
+def evaluation_weights(
+    sessions: pd.DataFrame,
+    clients: pd.DataFrame,
+    *,
+    closure_days: int = 0,
+    extraction_date: pd.Timestamp | None = None,
+    max_weight: float = 20.0,
+) -> CensoringWeights:
+    """IPCW weights of the evaluated clients from their own follow-up.
+
+    ``clients`` is every intake of the evaluated period, ongoing included (an external cohort
+    as given, or :func:`evaluation_population` of a test split); ``G`` is the Kaplan-Meier
+    curve of their follow-up and the weight rule is :func:`censoring_weights`'s. The test split
+    of a temporal split is the most recent intakes, the most censored: there, unweighted, the
+    ended episodes are the short ones and a calibrated model looks as if it under-predicts.
+    """
+    return censoring_weights(
+        sessions,
+        clients,
+        extraction_date=extraction_date,
+        closure_days=closure_days,
+        max_weight=max_weight,
     )

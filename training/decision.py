@@ -23,7 +23,7 @@ Nothing here writes files or talks to MLflow; :mod:`training.report_plots` draws
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +31,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from features.contract import CLIENT_ID, CLINIC_ID, GENDER, REFERRAL_SOURCE, THERAPIST_ID
+from training.metrics import expected_ece
 
 if TYPE_CHECKING:
     from training.pipeline import ModelEvaluation
@@ -60,6 +61,16 @@ def _checked(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
     return yy, pp
 
 
+def _row_weights(w: Any, n: int) -> np.ndarray:
+    """Row weights (ones when ``w`` is None): the evaluation's censoring weights."""
+    if w is None:
+        return np.ones(n)
+    ww = np.asarray(w, dtype=np.float64).reshape(-1)
+    if ww.shape != (n,) or not (np.isfinite(ww) & (ww >= 0)).all():
+        raise ValueError("weights must be finite, >= 0 and one per row")
+    return ww
+
+
 def _odds(thresholds: Any) -> np.ndarray:
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if not ((t > 0.0) & (t < 1.0)).all():
@@ -67,7 +78,7 @@ def _odds(thresholds: Any) -> np.ndarray:
     return t / (1.0 - t)
 
 
-def net_benefit(y: Any, p: Any, thresholds: Any = THRESHOLDS) -> np.ndarray:
+def net_benefit(y: Any, p: Any, thresholds: Any = THRESHOLDS, w: Any = None) -> np.ndarray:
     """Net benefit of acting on every row with ``p >= pt``, at each threshold ``pt``.
 
     NB(pt) = TP/n - FP/n * pt / (1 - pt) (Vickers & Elkin 2006): true alerts per row, less
@@ -82,31 +93,37 @@ def net_benefit(y: Any, p: Any, thresholds: Any = THRESHOLDS) -> np.ndarray:
     p : array-like of shape (n,)
         Probability (or a 0/1 flag: a fixed strategy) per row.
     thresholds : array-like of float in (0, 1)
+    w : array-like of shape (n,), optional
+        Row weights (inverse probability of censoring): TP, FP and n are weighted sums.
 
     Returns
     -------
     numpy.ndarray of shape (n_thresholds,)
     """
     yy, pp = _checked(y, p)
+    ww = _row_weights(w, yy.size)
     odds = _odds(thresholds)
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    n = yy.size
-    if n == 0:
+    n = float(ww.sum())
+    if yy.size == 0 or n == 0:
         return np.full(t.size, np.nan)
     # Sorted once: rows at or above each threshold are a suffix of the sorted scores.
     order = np.argsort(pp, kind="stable")
-    ps, ys = pp[order], yy[order]
-    events_above = np.r_[np.cumsum(ys[::-1])[::-1], 0.0]
+    ps, ys, ws = pp[order], yy[order], ww[order]
+    events_above = np.r_[np.cumsum((ws * ys)[::-1])[::-1], 0.0]
+    weight_above = np.r_[np.cumsum(ws[::-1])[::-1], 0.0]
     first = np.searchsorted(ps, t, side="left")
     tp = events_above[first]
-    fp = (n - first) - tp
+    fp = weight_above[first] - tp
     return tp / n - fp / n * odds
 
 
-def treat_all(y: Any, thresholds: Any = THRESHOLDS) -> np.ndarray:
-    """Net benefit of alerting on every row: prevalence - (1 - prevalence) * pt / (1 - pt)."""
+def treat_all(y: Any, thresholds: Any = THRESHOLDS, w: Any = None) -> np.ndarray:
+    """Net benefit of alerting on every row: prevalence - (1 - prevalence) * pt / (1 - pt)
+    (prevalence weighted by ``w`` when given)."""
     yy = np.asarray(y, dtype=np.float64).reshape(-1)
-    prevalence = float(yy.mean()) if yy.size else np.nan
+    ww = _row_weights(w, yy.size)
+    prevalence = float(ww @ yy / ww.sum()) if yy.size and ww.sum() > 0 else np.nan
     return prevalence - (1.0 - prevalence) * _odds(thresholds)
 
 
@@ -119,18 +136,21 @@ def net_benefit_interval(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    w: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of :func:`net_benefit`, resampling whole clients.
 
     A client's landmark rows share one outcome, so clients (``cluster``, one id per row) are
     drawn with replacement, as for the AUROC interval (:func:`training.metrics.bootstrap_ci`).
-    Each resample is the rows with integer weights, so the scores are sorted once.
+    Each resample is the rows with integer weights, so the scores are sorted once; row
+    weights ``w`` (censoring) multiply them.
 
     Returns
     -------
     (low, high) : tuple of numpy.ndarray of shape (n_thresholds,)
     """
     yy, pp = _checked(y, p)
+    ww = _row_weights(w, yy.size)
     odds = _odds(thresholds)
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     codes, uniques = pd.factorize(np.asarray(cluster, dtype=object).reshape(-1))
@@ -140,12 +160,12 @@ def net_benefit_interval(
         return np.full(t.size, np.nan), np.full(t.size, np.nan)
     order = np.argsort(pp, kind="stable")
     first = np.searchsorted(pp[order], t, side="left")
-    ys, cs = yy[order], codes[order]
+    ys, cs, rw = yy[order], codes[order], ww[order]
     rng = np.random.default_rng(seed)
     stats = np.empty((n_boot, t.size))
     for b in range(n_boot):
         w = np.bincount(rng.integers(0, len(uniques), len(uniques)), minlength=len(uniques))[cs]
-        w = w.astype(np.float64)
+        w = w.astype(np.float64) * rw
         tp_above = np.r_[np.cumsum((w * ys)[::-1])[::-1], 0.0][first]
         all_above = np.r_[np.cumsum(w[::-1])[::-1], 0.0][first]
         stats[b] = (tp_above - (all_above - tp_above) * odds) / w.sum()
@@ -167,6 +187,7 @@ def decision_curve(
     cluster: Any | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    weight: Any | None = None,
 ) -> pd.DataFrame:
     """Net benefit of each strategy at each threshold, one column per strategy.
 
@@ -182,6 +203,9 @@ def decision_curve(
     cluster : array-like of shape (n,), optional
         Client id per row: each score then gets a 95% client-bootstrap interval
         (:func:`net_benefit_interval`, ``n_boot`` resamples, ``seed``).
+    weight : array-like of shape (n,), optional
+        Row weights (the evaluation's inverse-probability-of-censoring weights): every net
+        benefit is a weighted one, standing for every intake rather than the ended episodes.
 
     Returns
     -------
@@ -193,7 +217,7 @@ def decision_curve(
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     out: dict[str, Any] = {"threshold": t}
     for name, p in scores.items():
-        out[name] = net_benefit(y, p, t)
+        out[name] = net_benefit(y, p, t, weight)
     for name, flag in (flags or {}).items():
         f = np.asarray(flag, dtype=np.float64).reshape(-1)
         if not np.isin(f, (0.0, 1.0)).all():
@@ -201,14 +225,17 @@ def decision_curve(
         yy = np.asarray(y, dtype=np.float64).reshape(-1)
         if f.shape != yy.shape:
             raise ValueError(f"{name}: flags and outcomes differ in length")
-        tp = float(((f == 1) & (yy == 1)).sum()) / yy.size
-        fp = float(((f == 1) & (yy == 0)).sum()) / yy.size
+        fw = _row_weights(weight, yy.size)
+        tp = float(fw @ ((f == 1) & (yy == 1))) / fw.sum()
+        fp = float(fw @ ((f == 1) & (yy == 0))) / fw.sum()
         out[name] = tp - fp * _odds(t)
-    out[TREAT_ALL] = treat_all(y, t)
+    out[TREAT_ALL] = treat_all(y, t, weight)
     out[TREAT_NONE] = np.zeros(t.size)
     if cluster is not None and n_boot > 0:
         for name, p in scores.items():
-            low, high = net_benefit_interval(y, p, t, cluster=cluster, n_boot=n_boot, seed=seed)
+            low, high = net_benefit_interval(
+                y, p, t, cluster=cluster, n_boot=n_boot, seed=seed, w=weight
+            )
             out[name + CI_LOW], out[name + CI_HIGH] = low, high
     return pd.DataFrame(out)
 
@@ -223,6 +250,7 @@ def alert_workload(
     scores: Mapping[str, Any],
     flags: Mapping[str, Any] | None = None,
     thresholds: Any = THRESHOLDS,
+    weight: Any | None = None,
 ) -> pd.DataFrame:
     """Alerts per clinician per week and dropouts caught, at each threshold.
 
@@ -240,6 +268,10 @@ def alert_workload(
         Probabilities per row, alerting at ``p >= threshold``.
     flags : Mapping[str, array-like of 0/1], optional
         Fixed strategies (the alert rule): one table row each, with an empty threshold.
+    weight : array-like of shape (n,), optional
+        Row weights (censoring; one value per client): alerts are weighted counts, so the
+        ended episodes' sessions stand for the ongoing ones' too, and the shares of clients
+        caught or alerted are weighted by client.
 
     Returns
     -------
@@ -255,10 +287,13 @@ def alert_workload(
         raise ValueError(f"workload frame lacks column(s): {', '.join(sorted(missing))}")
     y = frame["y"].to_numpy(dtype=np.float64)
     n = y.size
+    rw = _row_weights(weight, n)
     client, _ = pd.factorize(frame[CLIENT_ID], use_na_sentinel=False)
     n_clients = int(client.max()) + 1 if n else 0
     dropout_client = np.zeros(n_clients, dtype=bool)
     dropout_client[client[y == 1]] = True
+    client_weight = np.zeros(n_clients)
+    client_weight[client] = rw
     therapist = frame[THERAPIST_ID]
     known = therapist.notna().to_numpy()
     week = _weeks(frame[SESSION_DAY].to_numpy())
@@ -272,18 +307,21 @@ def alert_workload(
     def row(strategy: str, threshold: float, alert: np.ndarray) -> dict[str, Any]:
         alerted = np.zeros(n_clients, dtype=bool)
         alerted[client[alert]] = True
-        per_cw = np.bincount(cw[known & alert] if n_cw else [], minlength=n_cw)
-        n_drop = int(dropout_client.sum())
-        n_comp = n_clients - n_drop
+        hit = known & alert
+        per_cw = np.bincount(cw[hit], weights=rw[hit], minlength=n_cw) if n_cw else np.zeros(0)
+        n_drop = float(client_weight[dropout_client].sum())
+        n_comp = float(client_weight[~dropout_client].sum())
+        caught = float(client_weight[alerted & dropout_client].sum())
+        false = float(client_weight[alerted & ~dropout_client].sum())
         return {
             "strategy": strategy,
             "threshold": threshold,
             "alerts": int(alert.sum()),
-            "alerts_per_100_sessions": 100.0 * alert.sum() / n if n else np.nan,
+            "alerts_per_100_sessions": 100.0 * rw[alert].sum() / rw.sum() if n else np.nan,
             "alerts_per_clinician_week": per_cw.mean() if n_cw else np.nan,
             "alerts_per_clinician_week_p90": float(np.quantile(per_cw, 0.9)) if n_cw else np.nan,
-            "dropouts_caught": (alerted & dropout_client).sum() / n_drop if n_drop else np.nan,
-            "completers_alerted": (alerted & ~dropout_client).sum() / n_comp if n_comp else np.nan,
+            "dropouts_caught": caught / n_drop if n_drop else np.nan,
+            "completers_alerted": false / n_comp if n_comp else np.nan,
         }
 
     rows = []
@@ -401,6 +439,32 @@ def subgroup_calibration(
     return out[lead + [c for c in out.columns if c not in lead]]
 
 
+def expected_ece_by_landmark(
+    landmark: Any, p: Any, w: Any = None, *, n_draws: int = 200, seed: int = 0
+) -> pd.DataFrame:
+    """ECE a perfectly calibrated model would show on each landmark's rows.
+
+    A landmark holds one row per client, so outcomes drawn as Bernoulli(p) per row are the
+    null of perfect calibration (:func:`training.metrics.expected_ece`). On 150-400 rows the
+    median is ~0.035: a landmark's ECE is read against this, not against a fixed target.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``landmark``, ``ece_expected`` (median of ``n_draws`` simulations) and
+        ``ece_expected_p95`` (95th percentile).
+    """
+    k = np.asarray(landmark, dtype=np.float64).reshape(-1)
+    pp = np.asarray(p, dtype=np.float64).reshape(-1)
+    ww = _row_weights(w, pp.size)
+    rows = []
+    for value in np.unique(k[np.isfinite(k)]):
+        mask = k == value
+        median, p95 = expected_ece(pp[mask], ww[mask], n_draws=n_draws, seed=seed)
+        rows.append({"landmark": int(value), "ece_expected": median, "ece_expected_p95": p95})
+    return pd.DataFrame(rows, columns=["landmark", "ece_expected", "ece_expected_p95"])
+
+
 def rule_flags(probability: np.ndarray) -> np.ndarray:
     """0/1 alerts of the alert-rule baseline from its scored probabilities.
 
@@ -420,13 +484,16 @@ class DecisionSupport:
 
     ``decision_curve``: :func:`decision_curve` of the model and alert rule; ``workload``:
     :func:`alert_workload` (empty without appointment dates); ``calibration``:
-    :func:`calibration_ci` of the model; ``subgroup_calibration``: :func:`subgroup_calibration`.
+    :func:`calibration_ci` of the model; ``subgroup_calibration``: :func:`subgroup_calibration`;
+    ``expected_ece``: :func:`expected_ece_by_landmark` (what a perfectly calibrated model's
+    ECE would be on each landmark's rows).
     """
 
     decision_curve: pd.DataFrame
     workload: pd.DataFrame
     calibration: pd.DataFrame
     subgroup_calibration: pd.DataFrame
+    expected_ece: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def card_table(self, high_from: float | None = None) -> pd.DataFrame:
         """:func:`card_table` of this support's decision curve and workload."""
@@ -496,10 +563,13 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
     flags = {}
     if ALERT_RULE_BASELINE in evaluation.baseline_probability:
         flags[ALERT_RULE] = rule_flags(evaluation.baseline_probability[ALERT_RULE_BASELINE])
-    curve = decision_curve(y, {MODEL: p}, flags, cluster=data.client_id)
+    # Censoring weights of the evaluation (None with --censoring exclude): the curve and the
+    # workload stand for every intake, as the metrics do.
+    w = data.weight
+    curve = decision_curve(y, {MODEL: p}, flags, cluster=data.client_id, weight=w)
     context = data.context
     if SESSION_DAY in context.columns:
-        workload = alert_workload(context.assign(y=y), {MODEL: p}, flags)
+        workload = alert_workload(context.assign(y=y), {MODEL: p}, flags, weight=w)
     else:
         workload = pd.DataFrame()
     return DecisionSupport(
@@ -507,4 +577,7 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
         workload=workload,
         calibration=calibration_ci(y, p, cluster=data.client_id),
         subgroup_calibration=subgroup_calibration(y, p, context),
+        expected_ece=expected_ece_by_landmark(context["landmark"], p, w)
+        if "landmark" in context.columns
+        else pd.DataFrame(),
     )

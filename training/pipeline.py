@@ -32,6 +32,7 @@ from features.contract import (
     OUTCOME,
     OUTCOME_CODES,
     REFERRAL_SOURCE,
+    SESSION_DATE,
     THERAPIST_ID,
 )
 from features.episodes import Episodes
@@ -44,7 +45,13 @@ from models.explain import global_importance
 from models.reference import ReferenceProfile, distribution_profile, typical_levels
 from models.scorer import HighBandRule, RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
-from training.censoring import CensoringMethod, censoring_weights, exclusion_summary
+from training.censoring import (
+    CensoringMethod,
+    censoring_weights,
+    evaluation_population,
+    evaluation_weights,
+    exclusion_summary,
+)
 from training.crossfit import cross_fit
 from training.metrics import EvaluationReport, evaluate, landmark_band
 from training.splits import Splits, SplitStrategy, split_clients
@@ -318,6 +325,9 @@ def evaluate_scorer(
     baselines: dict[str, LogisticBaseline | AlertRule] | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    censoring: CensoringMethod = "ipcw",
+    closure_days: int = 28,
+    extraction_date: pd.Timestamp | None = None,
 ) -> ModelEvaluation:
     """Evaluate ``scorer`` (and ``baselines``) on the labelled landmarks of normalised tables.
 
@@ -325,7 +335,11 @@ def evaluate_scorer(
     landmarks up to ``k_max``, its last appointment included (``landmarks="training"``): the
     same inference and rows as the API and ``alliance-risk score --landmark k``, which cannot
     know that an appointment is a client's last.
-    Ongoing episodes have no label and are left out.
+    Ongoing episodes have no label and are not scored; with
+    ``censoring="ipcw"`` every metric is weighted by the ended clients' inverse probability of
+    censoring, from the follow-up of all of ``clients`` (ongoing included:
+    :func:`training.censoring.evaluation_weights`), so the metrics stand for every intake and
+    not the short episodes of recent ones. ``"exclude"``: unweighted.
 
     Raises
     ------
@@ -351,6 +365,11 @@ def evaluate_scorer(
     if scored.n_rows == 0:
         raise ValueError("no labelled landmark rows to evaluate on")
     ids = episodes.client_id[scored.episode]
+    weight = None
+    if censoring == "ipcw":
+        weight = evaluation_weights(
+            sessions, clients, closure_days=closure_days, extraction_date=extraction_date
+        ).of(ids)
     data = LandmarkSet(
         X=scored.features,
         y=(episodes.outcome[scored.episode] == _outcome_code(DROPOUT)).astype(np.float64),
@@ -358,6 +377,7 @@ def evaluate_scorer(
         context=_context(ids, scored.landmark, clients).assign(
             session_day=scored.arrays.day[scored.rows]
         ),
+        weight=weight,
     )
     p = scored.probability
     cluster = data.client_id
@@ -369,17 +389,20 @@ def evaluate_scorer(
         cluster=cluster,
         n_boot=n_boot,
         seed=seed,
+        weight=weight,
     )
     report.overall.update(band_metrics(report.per_group[LANDMARK_BAND]))
     per_therapist = evaluate(
-        data.y, p, frame=data.context, by=(THERAPIST_ID,), n_boot=0, seed=seed
+        data.y, p, frame=data.context, by=(THERAPIST_ID,), n_boot=0, seed=seed, weight=weight
     ).per_group[THERAPIST_ID]
     base_reports: dict[str, EvaluationReport] = {}
     base_probs: dict[str, np.ndarray] = {}
     for name, base in (baselines or {}).items():
         bp = base.predict_proba(data.X)
         base_probs[name] = bp
-        base_reports[name] = evaluate(data.y, bp, cluster=cluster, n_boot=n_boot, seed=seed)
+        base_reports[name] = evaluate(
+            data.y, bp, cluster=cluster, n_boot=n_boot, seed=seed, weight=weight
+        )
     return ModelEvaluation(
         model=report,
         baselines=base_reports,
@@ -629,6 +652,8 @@ def finish_training(
             "calibration": params["method"],
             "split": config.split,
             "test_from": None if splits.test_from is None else str(splits.test_from.date()),
+            "censoring": config.censoring,
+            "censoring_closure_days": config.censoring_closure_days,
         },
     )
 
@@ -638,14 +663,20 @@ def finish_training(
 
     say("evaluate")
     t = time.perf_counter()
-    test_clients = clients[clients[CLIENT_ID].isin(splits.test)]
+    # The test clients and the ongoing ones of the same intakes: their follow-up weights them.
+    test_clients = evaluation_population(
+        clients, test_ids=splits.test, test_from=splits.test_from, seed=config.seed
+    )
     evaluation = evaluate_scorer(
         scorer,
-        sessions[sessions[CLIENT_ID].isin(splits.test)],
+        sessions[sessions[CLIENT_ID].isin(test_clients[CLIENT_ID])],
         test_clients,
         baselines=baselines,
         n_boot=config.n_boot,
         seed=config.seed,
+        censoring=config.censoring,
+        closure_days=config.censoring_closure_days,
+        extraction_date=pd.to_datetime(sessions[SESSION_DATE]).max(),
     )
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started

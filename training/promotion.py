@@ -184,11 +184,21 @@ class PromotionOutcome:
 
 
 def evaluate_on(scorer: Scorer, sessions: pd.DataFrame, clients: pd.DataFrame, *, n_boot: int = 0,
-                seed: int = 0) -> ModelEvaluation:  # fmt: skip
-    """Evaluate ``scorer`` on the labelled landmarks of normalised ``sessions``/``clients``."""
+                seed: int = 0, weighting: Scorer | None = None) -> ModelEvaluation:  # fmt: skip
+    """Evaluate ``scorer`` on the labelled landmarks of normalised ``sessions``/``clients``.
+
+    Weighted by the clients' inverse probability of censoring (every intake in ``clients``,
+    ongoing included, gives the follow-up) unless the model (``weighting``, default
+    ``scorer``: the champion is judged the candidate's way) was trained with
+    ``--censoring exclude``, whose evaluation stays unweighted.
+    """
     if sessions.empty:
         raise ValueError("no sessions to evaluate on")
-    return evaluate_scorer(scorer, sessions, clients, n_boot=n_boot, seed=seed)
+    meta = (weighting or scorer).metadata
+    censoring = "exclude" if meta.get("censoring") == "exclude" else "ipcw"
+    return evaluate_scorer(scorer, sessions, clients, n_boot=n_boot, seed=seed,
+                           censoring=censoring,
+                           closure_days=int(meta.get("censoring_closure_days", 28)))  # fmt: skip
 
 
 def gate_subgroups(evaluation: ModelEvaluation) -> pd.DataFrame:
@@ -248,7 +258,7 @@ def promote_version(
     if current is not None:
         try:
             champ_scorer = load_scorer(f"models:/{name}/{current.version}")
-            champ_eval = evaluate_on(champ_scorer, sessions, clients)
+            champ_eval = evaluate_on(champ_scorer, sessions, clients, weighting=candidate)
             champ_metrics = {
                 k: float(champ_eval.model.overall[k]) for k in ("auroc", "ece", "brier")
             }

@@ -55,8 +55,6 @@ SUBGROUP_NAMES = {
 }
 #: Largest number of panels in a subgroup figure (the largest groups are drawn).
 MAX_PANELS = 9
-#: The issue's per-landmark calibration target (ECE <= 0.03), drawn as a reference line.
-LANDMARK_ECE_TARGET = 0.03
 
 _STYLE = {
     MODEL: {"color": "tab:blue", "linewidth": 2.0},
@@ -428,7 +426,10 @@ def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
     ``table`` is the evaluation's per-landmark table: a landmark column (``landmark`` or
     ``value``), ``n``, ``auroc``, ``ece``, ``mean_probability`` and ``prevalence``. Late
     landmarks hold few rows; the bottom panel shows how few, so an extreme AUROC or ECE there
-    is read as noise.
+    is read as noise. With ``ece_expected`` (and ``ece_expected_p95``) columns
+    (:func:`training.decision.expected_ece_by_landmark`) the ECE panel draws what a perfectly
+    calibrated model's ECE would be on the same rows: ECE is never 0 on a few hundred rows, so a
+    fixed target line would call chance a miscalibration.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -444,9 +445,16 @@ def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
     a.set_ylabel("AUROC")
     a.set_title("Discrimination and calibration by landmark, held-out clients")
     b.plot(k, table["ece"], marker="o", color="tab:red", label="ECE (10 equal-width bins)")
-    b.axhline(LANDMARK_ECE_TARGET, color="grey", linestyle="--", label="target ECE 0.03")
+    top = float(np.nanmax(table["ece"])) if len(table) else 0.0
+    if "ece_expected" in table.columns:
+        b.plot(k, table["ece_expected"], color="grey", linestyle="--",
+               label="expected if perfectly calibrated (median, simulated from predicted p)")  # fmt: skip
+        if "ece_expected_p95" in table.columns:
+            b.fill_between(k, 0, table["ece_expected_p95"].to_numpy(dtype=float), color="grey",
+                           alpha=0.15, label="95% of perfectly calibrated draws")  # fmt: skip
+            top = max(top, float(np.nanmax(table["ece_expected_p95"])))
     b.set_ylabel("ECE (probability)")
-    b.set_ylim(0, max(0.06, float(np.nanmax(table["ece"])) * 1.15 if len(table) else 0.06))
+    b.set_ylim(0, max(0.06, top * 1.15))
     b.legend(loc="upper left", fontsize="small")
     c.plot(k, table["mean_probability"], marker="o", label="mean predicted probability")
     c.plot(k, table["prevalence"], marker="s", label="observed dropout rate")
@@ -490,5 +498,15 @@ def write_decision_support(
         plot_subgroup_calibration(support.subgroup_calibration, str(subgroup), out)
     needed = {"auroc", "ece", "mean_probability", "prevalence", "n"}
     if not landmarks.empty and needed <= set(landmarks.columns):
+        expected = support.expected_ece
+        if not expected.empty:
+            key = landmark_column(landmarks)
+            k = pd.to_numeric(landmarks[key], errors="coerce")
+            landmarks = landmarks.assign(
+                ece_expected=k.map(expected.set_index("landmark")["ece_expected"]),
+                ece_expected_p95=k.map(expected.set_index("landmark")["ece_expected_p95"]),
+            )
+            tables["landmark_expected_ece"] = expected
+            expected.to_csv(out / "landmark_expected_ece.csv", index=False)
         plot_landmarks(landmarks, out)
     return tables

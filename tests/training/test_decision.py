@@ -247,3 +247,70 @@ def test_landmark_plot_reads_the_evaluation_table_as_computed(tmp_path: Path) ->
     )
     path = plot_landmarks(table, tmp_path)
     assert path.name == "landmarks.png" and path.stat().st_size > 5_000
+
+
+def test_weighted_decision_curve_and_workload_equal_replicated_rows() -> None:
+    """Censoring weights are multiplicities: the weighted net benefit (model, alert rule,
+    treat all) and workload equal those of the rows repeated ``w`` times."""
+    rng = np.random.default_rng(7)
+    n_clients = 300
+    client = np.repeat(np.arange(n_clients), 3)
+    p = rng.uniform(0.02, 0.6, client.size)
+    y = (rng.random(n_clients) < 0.3).astype(float)[client]
+    w = rng.integers(1, 4, n_clients).astype(float)[client]
+    flag = (p > 0.4).astype(int)
+    rep = np.repeat(np.arange(client.size), w.astype(int))
+    t = np.array([0.1, 0.2, 0.3])
+    weighted = decision_curve(y, {"model": p}, {"rule": flag}, t, weight=w)
+    repeated = decision_curve(y[rep], {"model": p[rep]}, {"rule": flag[rep]}, t)
+    pd.testing.assert_frame_equal(weighted, repeated)
+    frame = pd.DataFrame(
+        {
+            "client_id": client.astype(str),
+            "therapist_id": (client % 5).astype(str),
+            "session_day": 19000 + (client % 40) * 7,
+            "y": y,
+        }
+    )
+    wl = alert_workload(frame, {"model": p}, thresholds=t, weight=w)
+    # Each client copied w times under new ids (its rows' sessions with it).
+    copy = np.concatenate([np.arange(int(k)) for k in w])
+    copies = frame.iloc[rep].assign(client_id=lambda f: f["client_id"] + "_" + copy.astype(str))
+    rl = alert_workload(copies, {"model": p[rep]}, thresholds=t)
+    for column in ("alerts_per_100_sessions", "alerts_per_clinician_week", "dropouts_caught"):
+        np.testing.assert_allclose(wl[column], rl[column])
+
+
+def test_landmark_plot_draws_the_ece_expected_under_perfect_calibration(tmp_path: Path) -> None:
+    """On 150-400 rows a perfectly calibrated model's ECE is ~0.035, above the old fixed
+    'target 0.03' line; the plot draws the simulated expectation per landmark instead."""
+    from training.decision import expected_ece_by_landmark
+    from training.metrics import ece
+    from training.report_plots import plot_landmarks
+
+    rng = np.random.default_rng(11)
+    sizes = {1: 400, 5: 250, 9: 150}
+    landmark = np.concatenate([np.full(n, k) for k, n in sizes.items()])
+    p = 1 / (1 + np.exp(-rng.normal(-1.4, 0.8, landmark.size)))
+    expected = expected_ece_by_landmark(landmark, p).set_index("landmark")
+    assert list(expected.index) == [1, 5, 9]
+    assert (expected["ece_expected"] > 0.02).all() and expected.loc[9, "ece_expected"] > 0.03
+    assert (expected["ece_expected_p95"] > expected["ece_expected"]).all()
+    # Outcomes that are calibrated by construction fall under the 95th percentile mostly.
+    inside = 0
+    for seed in range(20):
+        y = (np.random.default_rng(seed).random(p.size) < p).astype(int)
+        inside += ece(y[landmark == 5], p[landmark == 5]) <= expected.loc[5, "ece_expected_p95"]
+    assert inside >= 17
+    table = pd.DataFrame(
+        {
+            "landmark": [1, 5, 9],
+            "n": list(sizes.values()),
+            "auroc": [0.7, 0.72, 0.7],
+            "ece": [0.03, 0.04, 0.06],
+            "mean_probability": [0.2, 0.21, 0.2],
+            "prevalence": [0.22, 0.2, 0.21],
+            **expected.reset_index(drop=True).to_dict("list"),
+        }
+    )
+    assert plot_landmarks(table, tmp_path).stat().st_size > 5_000

@@ -277,3 +277,33 @@ def test_evaluate_argument_errors() -> None:
         evaluate(y, p, frame=pd.DataFrame({"a": [1]}), n_boot=5)
     with pytest.raises(ValueError, match="column 'landmark' is not in frame"):
         evaluate(y, p, frame=pd.DataFrame({"a": np.ones(50)}), by=["landmark"], n_boot=5)
+
+
+def test_weighted_metrics_equal_sklearn_and_replicated_rows() -> None:
+    """Integer weights are row multiplicities: every weighted metric equals the metric of the
+    replicated rows, and AUROC/AUPRC equal sklearn's with sample_weight."""
+    y, p = _calibrated(300, seed=3)
+    w = np.random.default_rng(4).integers(1, 5, y.size).astype(float)
+    rep = np.repeat(np.arange(y.size), w.astype(int))
+    assert auroc(y, p, w) == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-12)
+    assert auprc(y, p, w) == pytest.approx(average_precision_score(y, p, sample_weight=w))
+    assert brier(y, p, w) == pytest.approx(brier(y[rep], p[rep]))
+    assert ece(y, p, w=w) == pytest.approx(ece(y[rep], p[rep]))
+    slope_w, citl_w = calibration_slope_intercept(y, p, w)
+    slope_r, citl_r = calibration_slope_intercept(y[rep], p[rep])
+    assert (slope_w, citl_w) == pytest.approx((slope_r, citl_r), abs=1e-8)
+    report = evaluate(y, p, weight=w, n_boot=0)
+    assert report.overall["prevalence"] == pytest.approx(y[rep].mean())
+    assert report.overall["effective_n"] < y.size
+    assert report.overall["weight_max"] == w.max()
+
+
+def test_weighted_citl_corrects_a_censored_sample() -> None:
+    """Dropouts kept with probability 1 and completers with probability 1/3 look miscalibrated
+    unweighted; weighting the completers by 3 recovers CITL ~ 0."""
+    y, p = _calibrated(60_000, seed=5)
+    keep = (y == 1) | (np.random.default_rng(6).random(y.size) < 1 / 3)
+    w = np.where(y[keep] == 1, 1.0, 3.0)
+    assert calibration_slope_intercept(y[keep], p[keep])[1] > 0.8
+    assert abs(calibration_slope_intercept(y[keep], p[keep], w)[1]) < 0.05
+    assert ece(y[keep], p[keep], w=w) < 0.02

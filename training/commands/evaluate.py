@@ -30,8 +30,8 @@ from training.commands.common import (
 from training.simulate import is_simulated
 from training.tracking import DEFAULT_EXPERIMENT
 
-_SHOWN = ("n", "prevalence", "auroc", "auprc", "brier", "ece", "calibration_slope",
-          "calibration_intercept", "flag_sensitivity", "flag_ppv")  # fmt: skip
+_SHOWN = ("n", "effective_n", "weight_max", "prevalence", "auroc", "auprc", "brier", "ece",
+          "calibration_slope", "calibration_intercept", "flag_sensitivity", "flag_ppv")  # fmt: skip
 
 
 def evaluate(
@@ -48,6 +48,11 @@ def evaluate(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Validate a registered model on new data: every labelled landmark is a test row.
+
+    The metrics are weighted by inverse probability of censoring, from the follow-up of every
+    client in the file (ongoing ones included), unless the model was trained with
+    ``--censoring exclude``; ``effective_n`` (Kish) and ``weight_max`` say how much the
+    weights stretch the labelled rows. Logged as ``evaluation_*`` metrics.
 
     Produces the same report as training (overall, per landmark, per subgroup, calibration,
     ROC and PR plots) and logs it as an MLflow evaluation run, its metrics logged against the
@@ -96,7 +101,7 @@ def evaluate(
     table.add_column("value", justify="right")
     o = evaluation.model.overall
     for key in _SHOWN:
-        table.add_row(key, f"{o[key]:.4f}" if key != "n" else f"{int(o[key])}")
+        table.add_row(key, f"{o[key]:.4f}" if key not in ("n", "effective_n") else f"{o[key]:,.0f}")
     table.caption = (
         f"AUROC 95% CI {o['auroc_ci_low']:.3f}-{o['auroc_ci_high']:.3f} (cluster bootstrap)"
     )

@@ -213,6 +213,7 @@ def train(
     same test rows, logs plots, tables and the model card, and registers the model.
     """
     # Heavy imports (xgboost, mlflow) here, so `alliance-risk --help` starts fast.
+    from training.censoring import evaluation_population
     from training.pipeline import TrainConfig, train_model
     from training.runlog import log_training_run
 
@@ -280,8 +281,15 @@ def train(
             progress.stop()
             raise fail(f"[bold red]Cannot train[/]: {escape(str(err))}", EXIT_ERRORS) from None
         on_stage("log")
-        test_ids = result.splits.test
         all_sessions, all_clients = tables
+        # The stored test tables keep the ongoing clients of the test intakes: the promotion
+        # gate re-evaluates on them and weights by their follow-up (IPCW), as training did.
+        test_ids = evaluation_population(
+            all_clients,
+            test_ids=result.splits.test,
+            test_from=result.splits.test_from,
+            seed=result.config.seed,
+        )[CLIENT_ID]
         logged, _ = log_training_run(
             result,
             sessions=all_sessions,
