@@ -3,8 +3,8 @@ strong ETag.
 
 One query serves ``GET /v1/clinics/{clinic_id}/caseload`` and the dashboard's caseload table
 (:func:`caseload_page`). The latest score of each episode is denormalised on the ``episodes``
-row (:mod:`service.store.tables`), so a page is one indexed query on ``episodes`` plus one on
-``risk_scores`` for the page's change since last week.
+row (:mod:`service.store.tables`), so a page is one indexed query on ``episodes`` whose rows
+each find their score of a week ago by one seek of ``risk_scores``' (episode, time) index.
 
 Order: probability descending, then the episode's store id descending (a stable tie-break the
 clinic's ``(clinic_id, latest_probability)`` index already holds). Open episodes not scored
@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Row, and_, func, or_, select
+from sqlalchemy import Connection, Row, and_, or_, select
 
 from service.store.tables import clinic_state, episodes, risk_scores
 
@@ -193,7 +193,7 @@ def caseload_page(
         where.append(or_(e.updated_at >= since, e.latest_scored_at >= since))
     columns = (
         e.id, e.client_id, e.therapist_id, e.latest_band, e.latest_probability,
-        e.latest_top_driver, e.latest_model_version, e.latest_scored_at,
+        e.latest_top_driver, e.latest_model_version, e.latest_scored_at, _score_at(cutoff),
     )  # fmt: skip
     found: list[Any] = []
     # Fetch one more than the page: whether a next page exists without a count.
@@ -219,17 +219,15 @@ def caseload_page(
         found.extend(conn.execute(query).all())
     more = len(found) > limit
     found = found[:limit]
-    shown = {r.id: r.latest_model_version for r in found if r.latest_probability is not None}
-    before = _scores_at(conn, shown, cutoff)
-    rows = tuple(_row(r, before.get(r.id)) for r in found)
+    rows = tuple(map(_row, found))
     next_cursor = None
     if more:
         next_cursor = encode_cursor(found[-1].id, found[-1].latest_probability)
     return CaseloadPage(clinic_id, rows, next_cursor, limit, cutoff)
 
 
-def _row(r: Row[Any], week_ago: float | None) -> CaseloadRow:
-    p = r.latest_probability
+def _row(r: Row[Any]) -> CaseloadRow:
+    p, week_ago = r.latest_probability, r.week_ago
     return CaseloadRow(
         client_id=r.client_id,
         therapist_id=r.therapist_id,
@@ -238,43 +236,34 @@ def _row(r: Row[Any], week_ago: float | None) -> CaseloadRow:
         change_since_last_week=None if p is None or week_ago is None else p - week_ago,
         top_driver=r.latest_top_driver,
         model_version=r.latest_model_version,
-        scored_at=None if r.latest_scored_at is None else _utc(r.latest_scored_at),
+        scored_at=r.latest_scored_at,  # aware UTC (UtcDateTime)
     )
 
 
-def _scores_at(
-    conn: Connection, versions: dict[int, str | None], cutoff: datetime
-) -> dict[int, float]:
-    """Episode id -> probability of its latest score at or before ``cutoff`` by the model
-    version of its latest score (``versions``: episode id -> that version). Scores of another
-    version are not compared: after a promotion, the difference would be the new model's
-    calibration, not a change in the client."""
-    if not versions:
-        return {}
-    r = risk_scores.c
-    ranked = (
-        select(
-            r.episode_id,
-            r.model_version,
-            r.probability,
-            func.row_number()
-            .over(
-                partition_by=(r.episode_id, r.model_version),
-                order_by=(r.scored_at.desc(), r.id.desc()),
-            )
-            .label("rank"),
-        )
+def _score_at(cutoff: datetime) -> Any:
+    """The column ``week_ago``: the probability of the row's latest score at or before
+    ``cutoff`` by the model version of its latest score (None when it has none). Scores of
+    another version are not compared: after a promotion, the difference would be the new
+    model's calibration, not a change in the client.
+
+    Correlated to the page's ``episodes`` row: one seek of the ``risk_scores (episode_id,
+    scored_at)`` index per listed row, inside the page's own query, rather than a second query
+    over the page's ids (a 1,000-id IN list to compile and bind, and a window over every score
+    of those episodes).
+    """
+    r, e = risk_scores.c, episodes.c
+    return (
+        select(r.probability)
         .where(
-            r.episode_id.in_(list(versions)),
-            r.model_version.in_(sorted({v for v in versions.values() if v is not None})),
+            r.episode_id == e.id,
+            r.model_version == e.latest_model_version,
             r.scored_at <= cutoff,
         )
-        .subquery()
+        .order_by(r.scored_at.desc(), r.id.desc())
+        .limit(1)
+        .scalar_subquery()
+        .label("week_ago")
     )
-    query = select(ranked.c.episode_id, ranked.c.model_version, ranked.c.probability).where(
-        ranked.c.rank == 1
-    )
-    return {int(i): float(p) for i, v, p in conn.execute(query).all() if versions.get(int(i)) == v}
 
 
 def encode_cursor(episode_id: int, probability: float | None) -> str:
