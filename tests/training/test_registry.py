@@ -180,49 +180,54 @@ FAILED = GateResult(False, (GateCheck("ece", 0.09, 0.05, False, "candidate ECE 0
 # --------------------------------------------------------------------------- landmark bands
 
 
-def _bands(*rows: tuple[str, int, float, float]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["landmark", "n_clients", "ece", "calibration_intercept"])
+def _bands(*rows: tuple[str, int, int, float, float, float, float]) -> pd.DataFrame:
+    columns = ["landmark", "n_clients", "events", "ece", "calibration_intercept"]
+    return pd.DataFrame(rows, columns=[*columns, "citl_ci_low", "citl_ci_high"])
 
 
-GOOD_BANDS = _bands(("1-3", 900, 0.02, 0.05), ("4-6", 800, 0.03, -0.08), ("7-10", 600, 0.02, 0.1))
+GOOD_BANDS = _bands(
+    ("1-3", 900, 400, 0.02, 0.05, -0.1, 0.2),
+    ("4-6", 800, 150, 0.03, -0.08, -0.3, 0.14),
+    # A point estimate past the target whose interval still reaches it: not refused.
+    ("7-10", 600, 70, 0.06, 0.3, 0.05, 0.55),
+)
 
 
 def test_well_calibrated_bands_pass() -> None:
     result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=GOOD_BANDS)
     band = _checks(result)["landmark_band_calibration"]
     assert result.passed and band.passed
-    assert band.value == pytest.approx(0.1)
+    assert band.value == pytest.approx(0.3)
     assert "3 landmark band(s) judged" in band.detail
 
 
 @pytest.mark.parametrize(
     ("row", "reason"),
     [
-        (("4-6", 800, 0.03, 0.31), "CITL +0.310"),  # probabilities run low in one band
-        (("4-6", 800, 0.03, -0.4), "CITL -0.400"),  # ... or high
-        (("4-6", 800, 0.07, 0.0), "ECE 0.0700"),
-        (("4-6", 800, float("nan"), 0.0), "ECE nan"),  # unmeasured fails
+        (("4-6", 800, 150, 0.03, 0.31, 0.12, 0.5), "CITL +0.310 [+0.120, +0.500]"),  # runs low
+        (("4-6", 800, 150, 0.03, -0.4, -0.6, -0.2), "CITL -0.400 [-0.600, -0.200]"),  # ... high
+        (("4-6", 800, 150, 0.03, 0.0, float("nan"), 0.1), "CITL +0.000 [+nan"),  # unmeasured
     ],
 )
 def test_a_band_outside_the_limits_fails_and_is_named(row, reason) -> None:
-    bands = _bands(("1-3", 900, 0.02, 0.05), row, ("7-10", 600, 0.02, 0.1))
+    bands = _bands(GOOD_BANDS.iloc[0].tolist(), row, GOOD_BANDS.iloc[2].tolist())
     result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands)
     band = _checks(result)["landmark_band_calibration"]
     assert not result.passed and not band.passed
-    assert "landmarks 4-6 (clients=800" in band.detail and reason in band.detail
+    assert "landmarks 4-6 (n=800 clients, events=150" in band.detail and reason in band.detail
     assert "1-3" not in band.detail and "7-10" not in band.detail
     assert result.failed == (band,)
 
 
 def test_small_bands_are_not_judged_and_the_pooled_gate_alone_would_pass() -> None:
-    bands = _bands(("1-3", 900, 0.02, 0.05), ("11+", 120, 0.2, 0.9))
+    bands = _bands(GOOD_BANDS.iloc[0].tolist(), ("11+", 120, 30, 0.2, 0.9, 0.3, 1.5))
     result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands)
     band = _checks(result)["landmark_band_calibration"]
     assert result.passed
-    assert "1 band(s) below 200 clients not judged" in band.detail
+    assert "1 band(s) below 50 dropouts not judged" in band.detail
     # The same band table with the small band judged: refused although pooled ECE is 0.02.
     strict = evaluate_gates(
-        {"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands, band_min_clients=100
+        {"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands, band_min_events=20
     )
     assert (
         not strict.passed and "landmarks 11+" in _checks(strict)["landmark_band_calibration"].detail
@@ -232,8 +237,54 @@ def test_small_bands_are_not_judged_and_the_pooled_gate_alone_would_pass() -> No
 def test_band_table_without_its_columns_raises() -> None:
     with pytest.raises(ValueError, match="landmark band table lacks column"):
         evaluate_gates(
-            {"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=GOOD_BANDS.drop(columns="ece")
+            {"auroc": 0.8, "ece": 0.02},
+            None,
+            GOOD_SUBGROUPS,
+            bands=GOOD_BANDS.drop(columns="citl_ci_low"),
         )
+
+
+def _simulated_band(n_clients: int, prevalence: float, shift: float, seed: int) -> pd.DataFrame:
+    """One band of ``n_clients`` x 4 landmark rows whose client shares one outcome; the true
+    risk is the prediction's shifted by ``shift`` log-odds (0: perfectly calibrated)."""
+    import numpy as np
+
+    from training.metrics import evaluate
+
+    rng = np.random.default_rng(seed)
+    base = np.log(prevalence / (1 - prevalence))
+    z = base + rng.normal(0.0, 0.6, n_clients)
+    p = 1 / (1 + np.exp(-z))
+    y = rng.random(n_clients) < 1 / (1 + np.exp(-(z + shift)))
+    client = np.repeat(np.arange(n_clients), 4)
+    frame = pd.DataFrame({"band": "4-6"}, index=client)
+    report = evaluate(y[client].astype(int), p[client], frame=frame, by=("band",),
+                      cluster=client, n_boot=0)  # fmt: skip
+    return report.per_group["band"].rename(columns={"value": "landmark"})
+
+
+def test_a_perfectly_calibrated_band_passes_in_most_draws() -> None:
+    """200 clients x 4 rows at a dropout rate of 0.09: the old |CITL| <= 0.25 rule refused
+    ~31% of these perfectly calibrated draws; the interval rule refuses at most 5%."""
+    passed = [
+        evaluate_gates(
+            {"auroc": 0.8, "ece": 0.02},
+            None,
+            GOOD_SUBGROUPS,
+            bands=_simulated_band(200, 0.09, 0.0, seed),
+            band_min_events=20,
+        ).passed
+        for seed in range(20)
+    ]
+    assert sum(passed) >= 19
+
+
+def test_a_band_shifted_by_0_4_log_odds_fails() -> None:
+    for seed in range(3):
+        bands = _simulated_band(2000, 0.2, 0.4, seed)
+        result = evaluate_gates({"auroc": 0.8, "ece": 0.02}, None, GOOD_SUBGROUPS, bands=bands)
+        assert not result.passed, bands
+        assert "landmarks 4-6" in _checks(result)["landmark_band_calibration"].detail
 
 
 def _tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:
