@@ -94,7 +94,10 @@ class RiskExplanation:
     base_value: float
     """Where every explanation starts, in ``space``."""
     base_probability: float
-    """The population base rate, as a probability."""
+    """The base rate at this row's landmark, as a probability: the calibrated risk of a row
+    whose feature contributions are all zero, with the calibrator's landmark intercept for
+    this landmark folded in (so it differs between landmarks; base + contributions still equal
+    the row's log-odds exactly)."""
     output_value: float
     """base_value plus the sum of contributions, exactly: the model output in ``space``."""
     contributions: tuple[GroupContribution, ...]

@@ -31,8 +31,10 @@ INTENDED_USE = (
 DEFAULT_DROPOUT_DEFINITION = (
     "Dropout is the client ending therapy unilaterally before the planned end, as recorded in "
     "the `outcome` column (`dropout`); `completed` is the alternative, and `ongoing` clients "
-    "are censored and left out of training and evaluation."
+    "have no outcome yet (censored; see Censoring in the data section)."
 )
+#: Where the risk bands and the calibrator were fitted, when the card is not told.
+DEFAULT_HELD_OUT_ROWS = "the calibration split's landmark rows"
 PLACEHOLDER = "_(to be filled in)_"
 SMALL_SUBGROUP_NOTE = "too small to judge"
 #: The promotion gate's defaults (``training.registry.evaluate_gates``; a test keeps them equal):
@@ -152,8 +154,11 @@ def _landmarks_named(landmarks: pd.DataFrame) -> pd.DataFrame:
     return landmarks
 
 
-def _bands_section(bands: Mapping[str, Any] | None) -> list[str]:
-    """How the risk bands were set (the stored rule and its parameter) and their thresholds."""
+def _bands_section(
+    bands: Mapping[str, Any] | None, held_out: str = DEFAULT_HELD_OUT_ROWS
+) -> list[str]:
+    """How the risk bands were set (the stored rule and its parameter) and their thresholds;
+    ``held_out`` names the rows they were set on."""
     if not bands:
         return ["_No risk bands recorded for this model._"]
     moderate, high = float(bands["moderate_from"]), float(bands["high_from"])
@@ -164,13 +169,12 @@ def _bands_section(bands: Mapping[str, Any] | None) -> list[str]:
             f"net benefit at threshold probability {pt:.2f} (`--high-band net-benefit:{pt:g}`): "
             f"a client is *high* when the predicted risk is at least {pt:.2f}, the threshold at "
             "which acting maximises net benefit when one missed dropout weighs as much as "
-            f"{(1 - pt) / pt:.1f} unneeded check-ins; {share:.1%} of the calibration split's "
-            "landmark rows are *high*"
+            f"{(1 - pt) / pt:.1f} unneeded check-ins; {share:.1%} of {held_out} are *high*"
         )
     else:
         rule = (
             f"target alert rate {share:.1%} (`--high-band alert-rate:{share:g}`): the "
-            f"highest-risk {share:.1%} of the calibration split's landmark rows are *high*"
+            f"highest-risk {share:.1%} of {held_out} are *high*"
         )
     table = pd.DataFrame(
         {
@@ -181,11 +185,29 @@ def _bands_section(bands: Mapping[str, Any] | None) -> list[str]:
     )
     return [
         f"- **High-band rule:** {rule}.",
-        "- **Moderate band:** from the mean predicted risk of the calibration split (the base "
-        "rate of landmark rows).",
+        f"- **Moderate band:** from the mean predicted risk of {held_out} (the base rate of "
+        "landmark rows).",
         "",
         dataframe_to_markdown(table),
     ]
+
+
+def _censoring_limitation(summary: Any) -> str:
+    """The Limitations line on censoring, from the run's censoring summary (method)."""
+    if isinstance(summary, Mapping) and summary.get("method") == "ipcw":
+        return (
+            "- **Censoring.** Clients still in therapy have no outcome yet. Training and the "
+            "test metrics weight the ended episodes by inverse probability of censoring "
+            "(IPCW), which holds only under its assumption (censoring depends on the intake "
+            "date alone) and cannot stand in for episodes longer than any evaluated client's "
+            "follow-up: at late landmarks of a recent test period the weighted metrics rest "
+            "on few clients (see the effective sample size)."
+        )
+    return (
+        "- **Censoring.** Clients still in therapy have no outcome yet; they are left out of "
+        "training and evaluation unweighted, which biases both towards shorter treatments "
+        "when censoring depends on the intake date."
+    )
 
 
 def _decision_section(decision: pd.DataFrame | None, float_format: str) -> list[str]:
@@ -402,7 +424,7 @@ def model_card(
         "",
         "## Risk bands",
         "",
-        *_bands_section(bands),
+        *_bands_section(bands, str(model.get("held_out_rows", DEFAULT_HELD_OUT_ROWS))),
         "",
         "## Decision support: net benefit and alert workload",
         "",
@@ -418,8 +440,7 @@ def model_card(
         ]
     limitations = [
         "- **Dropout definition.** " + dropout_definition,
-        "- **Censoring.** Clients still in therapy have no outcome yet; leaving them out can "
-        "bias the training population towards shorter treatments.",
+        _censoring_limitation(data.get("censoring")),
         "- **No causal claims.** The explanation shows which inputs moved this score; it does "
         "not show that changing them would change whether a client drops out. The same holds "
         "for the what-if scenarios (`POST /v1/risk/what-if`): each is the model's risk for a "

@@ -151,17 +151,43 @@ def _write_reports(evaluation: ModelEvaluation, out: Path) -> dict[str, pd.DataF
 def _metrics_table(evaluation: ModelEvaluation) -> pd.DataFrame:
     o = evaluation.model.overall
     rows = []
+    # CITL's interval is the client-clustered sandwich one (training.metrics.citl_interval).
+    ci_key = {"calibration_intercept": "citl"}
     for key in ("auroc", "auprc", "brier", "ece", "calibration_slope", "calibration_intercept",
-                "flag_sensitivity", "flag_ppv"):  # fmt: skip
+                "flag_sensitivity", "flag_ppv", "effective_n", "weight_min", "weight_max"):  # fmt: skip
+        name = ci_key.get(key, key)
         rows.append(
             {
                 "metric": key,
                 "value": o.get(key, np.nan),
-                "ci_low": o.get(f"{key}_ci_low", np.nan),
-                "ci_high": o.get(f"{key}_ci_high", np.nan),
+                "ci_low": o.get(f"{name}_ci_low", np.nan),
+                "ci_high": o.get(f"{name}_ci_high", np.nan),
             }
         )
     return pd.DataFrame(rows)
+
+
+def calibration_text(config: Any, method: str, landmark_intercepts: bool) -> str:
+    """The card's calibration line, from the training config (``calibration_folds``) and the
+    fitted calibrator (its method, whether it has landmark intercepts)."""
+    what = f"{method} on the booster margin" + (
+        " with landmark intercepts" if landmark_intercepts else ""
+    )
+    if not getattr(config, "calibration_folds", 0):
+        return f"{what}, fitted on the calibration split (never used for fitting)"
+    return (
+        f"{what}, fitted on a held-out margin "
+        "of every development client: out-of-fold margins of the train and validation clients "
+        f"({config.calibration_folds}-fold cross-fit, the served booster refitted on them) and "
+        "the served booster's margins of the calibration split"
+    )
+
+
+def held_out_rows_text(config: Any) -> str:
+    """The rows the calibrator and the risk bands were fitted on, for the card."""
+    if not getattr(config, "calibration_folds", 0):
+        return "the calibration split's landmark rows"
+    return "the held-out landmark rows of every development client"
 
 
 def _mlflow_metrics(evaluation: ModelEvaluation, prefix: str = "test_") -> dict[str, float]:
@@ -251,8 +277,15 @@ def card_summary(
     if simulated:
         lines.append("**Trained and evaluated on simulated data**: validate on your own clients "
                      "(`alliance-risk evaluate`) before any use.")  # fmt: skip
+
+    def shown(key: str) -> str:
+        v = card_data[key]
+        if key == "dropout_rate" and isinstance(v, float):
+            return f"{v:.1%} (per episode)"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
     population = [
-        f"{key.replace('_', ' ')} {card_data[key]}"
+        f"{key.replace('_', ' ')} {shown(key)}"
         for key in ("clients", "dropout_rate", "profile", "intake_from", "intake_to")
         if key in card_data
     ]
@@ -367,10 +400,12 @@ def log_training_run(
                     f"XGBoost, {result.fit.best_iteration + 1} trees of depth "
                     f"{result.fit.params.get('max_depth')}"
                 ),
-                "calibration": (
-                    f"{result.calibrator.method_} on the booster margin, fitted on the "
-                    "calibration split (never used for fitting)"
+                "calibration": calibration_text(
+                    result.config,
+                    result.calibrator.method_,
+                    bool(result.scorer.calibrator.get("landmark_knots")),
                 ),
+                "held_out_rows": held_out_rows_text(result.config),
                 "features": len(result.scorer.feature_names),
                 "params": {k: v for k, v in result.fit.params.items() if k != "nthread"},
             },
@@ -529,7 +564,10 @@ def log_evaluation_run(
         )
         dataset, tags = _dataset("evaluation", sessions, clients, source, fingerprint)
         mlflow.log_input(dataset, context="evaluation", tags=tags)
-        mlflow.log_metrics(_mlflow_metrics(evaluation), model_id=model_id, dataset=dataset)
+        # evaluation_*, not test_*: an external cohort is not the training run's test split.
+        mlflow.log_metrics(
+            _mlflow_metrics(evaluation, prefix="evaluation_"), model_id=model_id, dataset=dataset
+        )
         out = Path(tmp) / "report"
         out.mkdir()
         _write_reports(evaluation, out)

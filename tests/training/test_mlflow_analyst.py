@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,7 +142,17 @@ def test_version_description_is_the_card_summary_and_the_card_names_the_version(
     assert f"{NAME} version {version}" in described
     assert "AUROC" in described and "simulated" in described
     assert logged.train.run_id in described
+    # The dropout rate reads as a percentage per episode, not 0.2753623188405797.
+    assert re.search(r"dropout rate \d+\.\d% \(per episode\)", described), described
     assert logged.client.get_registered_model(NAME).description == REGISTERED_MODEL_DESCRIPTION
+    run_card = logged.client.download_artifacts(
+        logged.train.run_id, "report/model_card.md", str(logged.store / "card")
+    )
+    card_text = Path(run_card).read_text()
+    # The card says where the calibrator and the bands were fitted (cross-fit by default).
+    assert "out-of-fold margins of the train and validation clients" in card_text
+    assert "calibration split (never used for fitting)" not in card_text
+    assert "held-out landmark rows of every development client are *high*" in card_text
 
     card_path = logged.client.download_artifacts(
         logged.train.run_id, "report/model_card.md", str(logged.store / "download")
@@ -178,9 +189,11 @@ def test_evaluation_metrics_show_on_the_logged_model(logged: Logged) -> None:
         by_run.setdefault(metric.run_id, {})[metric.key] = metric.value
         datasets.setdefault(metric.run_id, set()).add(metric.dataset_name)
     evaluation = logged.client.get_run(logged.evaluation.run_id)
-    assert evaluation.data.metrics["test_auroc"] == pytest.approx(
-        by_run[logged.evaluation.run_id]["test_auroc"]
+    # An external cohort's metrics are evaluation_*, not the training run's test_*.
+    assert evaluation.data.metrics["evaluation_auroc"] == pytest.approx(
+        by_run[logged.evaluation.run_id]["evaluation_auroc"]
     )
+    assert not any(key.startswith("test_") for key in evaluation.data.metrics)
     assert set(evaluation.data.metrics) <= set(by_run[logged.evaluation.run_id])
     assert datasets[logged.evaluation.run_id] == {"evaluation"}
     # The training run's test metrics are there too, against the test split.

@@ -370,3 +370,37 @@ def test_model_card_shows_the_band_rule_and_decision_table() -> None:
     assert "report/decision_curve.png" in section and "report/alert_workload.png" in section
     old = _card(bands={"moderate_from": 0.2, "high_from": 0.4, "high_share": 0.1})
     assert "target alert rate 10.0% (`--high-band alert-rate:0.1`)" in old
+
+
+def test_card_text_follows_the_censoring_method_and_where_bands_were_set() -> None:
+    """The card's Limitations and dropout definition say what the run did with ongoing
+    clients (IPCW: weighted, not left out), and the bands name the rows they were set on."""
+    from training.censoring import exclusion_summary
+
+    clients = pd.DataFrame({"outcome": ["completed", "dropout", "ongoing", "ongoing"]})
+    bands = {"moderate_from": 0.2, "high_from": 0.5, "high_share": 0.1, "rule": "alert_rate"}
+    ipcw = {
+        "method": "ipcw", "clients": 4, "censored": 2, "censored_share": 0.5, "labelled": 2,
+        "weight_min": 1.0, "weight_median": 1.5, "weight_max": 2.0, "capped": 0,
+        "max_weight": 20.0, "closure_days": 28, "extraction_date": "2024-01-31",
+        "assumption": "A",
+    }  # fmt: skip
+    held_out = "the held-out landmark rows of every development client"
+    weighted = model_card(
+        model_name="m",
+        data={"censoring": ipcw},
+        model={"held_out_rows": held_out},
+        metrics=pd.DataFrame({"metric": ["auroc"], "value": [0.8]}),
+        bands=bands,
+    )
+    assert "left out of training and evaluation" not in weighted
+    assert "inverse probability of censoring" in weighted.split("## Limitations")[1]
+    assert f"highest-risk 10.0% of {held_out} are *high*" in weighted
+    assert "calibration split" not in weighted
+    excluded = model_card(
+        model_name="m",
+        data={"censoring": exclusion_summary(clients)},
+        model={},
+        metrics=pd.DataFrame({"metric": ["auroc"], "value": [0.8]}),
+    )
+    assert "left out of training and evaluation unweighted" in excluded.split("## Limitations")[1]
