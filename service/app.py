@@ -210,6 +210,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.security = security
+    app.state.shared_dir = limit_settings.shared_dir  # serve --workers N (dashboard sign-outs)
     # What scored a request tells, after its response is built (the shadow challenger).
     observers: list[ScoreObserver] = []
     app.state.observers = observers

@@ -19,6 +19,7 @@ audit's keyed reference, never the id); a request without a valid session is rec
 from __future__ import annotations
 
 import logging
+import threading
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,6 +67,7 @@ SIGN_IN_FAILED = "Sign-in failed: the key or token was not accepted. Check it an
 NO_SCOPE = "This key or token does not give access to the dashboard (it needs clients:read)."
 
 router = APIRouter(prefix=BASE, include_in_schema=False)
+_SIGNED_OUT_LOCK = threading.Lock()
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -113,10 +115,16 @@ def _client_store(request: Request) -> Store | None:
     return getattr(request.app.state, "client_store", None)
 
 
-def _signed_out(request: Request) -> sessions.SignedOut:
+def _signed_out(request: Request) -> sessions.SignedOut | sessions.SharedSignedOut:
+    """The sign-out list: shared by the workers of ``serve --workers N`` (their shared
+    folder), else this process's."""
     state = request.app.state
-    if getattr(state, "dashboard_signed_out", None) is None:
-        state.dashboard_signed_out = sessions.SignedOut()
+    with _SIGNED_OUT_LOCK:  # one list per app, even when the first pages come at once
+        if getattr(state, "dashboard_signed_out", None) is None:
+            shared = getattr(state, "shared_dir", None)
+            state.dashboard_signed_out = (
+                sessions.SignedOut() if shared is None else sessions.SharedSignedOut(shared)
+            )
     return state.dashboard_signed_out
 
 

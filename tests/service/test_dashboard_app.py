@@ -312,3 +312,32 @@ def test_main_reason_is_a_factor_that_raises_the_risk(dash: TestClient, dev_key_
         else:
             expected = NO_RAISING_DRIVER
         assert expected in shown
+
+
+def test_a_sign_out_holds_in_every_worker_sharing_the_folder(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    """Two apps sharing LIMIT_SHARED_DIR stand for two workers of serve --workers 2."""
+    from service.app import create_app
+    from service.dashboard import session as sessions
+    from service.settings import ServiceSettings
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    settings = ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
+        store_url=f"sqlite:///{tmp_path / 'store.db'}",
+    )  # fmt: skip
+
+    def worker():
+        security = security_settings(dev_key_dir, tmp_path / "audit", shared_dir=shared)
+        return TestClient(create_app(settings, configure_logs=False, **security), base_url=HTTPS)
+
+    with worker() as one, worker() as two:
+        cookie = _cookie(_sign_in(one, _token(dev_key_dir)))
+        two.cookies.set(sessions.COOKIE, cookie, path=sessions.COOKIE_PATH)
+        assert two.get("/dashboard/").status_code == 200  # the same session in both
+        csrf = one.get("/dashboard/").text.split('name="csrf" value="')[1].split('"')[0]
+        assert one.post("/dashboard/sign-out", data={"csrf": csrf}, headers=ORIGIN,
+                        follow_redirects=False).status_code == 303  # fmt: skip
+        assert two.get("/dashboard/", follow_redirects=False).status_code == 303
