@@ -109,7 +109,7 @@ def downgrade(
 def _store_url(url: str | None) -> str:
     from service.settings import ServiceSettings
 
-    return url if url is not None else ServiceSettings().store_url
+    return url if url is not None else ServiceSettings().resolved_store_url()
 
 
 def register(app: typer.Typer) -> None:
