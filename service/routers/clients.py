@@ -61,7 +61,8 @@ IdempotencyKey = Annotated[
         max_length=255,
         description="Any unique string per logical request: a retry with the same key and body "
         "gets the stored response (Idempotent-Replayed: true); the same key with another body "
-        "is a 422.",
+        "is a 422. A second request with a key waits for the first, then replays it. Keys are "
+        "kept 24 h (ALLIANCE_RISK_IDEMPOTENCY_KEY_TTL_S); then the same key is a new request.",
     ),
 ]
 
@@ -127,10 +128,14 @@ def post_sessions(
             repo.request_hash("sessions", client_id, body.model_dump(mode="json")),
         )
     at = repo.now()
+    since = at - timedelta(seconds=settings.idempotency_key_ttl_s)
     try:
         with store.write() as conn:
+            if keys is not None:
+                repo.lock_key(conn, keys[0])
+                repo.purge_idempotent(conn, since)
             if keys is not None and (
-                prior := repo.find_idempotent(conn, principal.clinic, keys[0])
+                prior := repo.find_idempotent(conn, principal.clinic, keys[0], since)
             ):
                 if prior.request_hash != keys[1]:
                     raise HTTPException(422, KEY_REUSED)
@@ -162,7 +167,8 @@ def post_sessions(
                 payload = response.model_dump(mode="json")
                 repo.save_idempotent(conn, principal.clinic, *keys, 200, payload, at)
     except IntegrityError:
-        # Only the idempotency key's unique index can collide here: the same key, in flight.
+        # Only the idempotency key's unique index can collide here, and lock_key makes a
+        # second request of a key wait for the first: kept for safety.
         raise HTTPException(409, KEY_IN_FLIGHT, headers={"Retry-After": "1"}) from None
     return response
 

@@ -352,13 +352,39 @@ def request_hash(route: str, client_id: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def find_idempotent(conn: Connection, clinic_id: str, hashed_key: str) -> Any:
-    query = select(
-        idempotency_keys.c.request_hash,
-        idempotency_keys.c.status_code,
-        idempotency_keys.c.response,
-    ).where(idempotency_keys.c.clinic_id == clinic_id, idempotency_keys.c.key_hash == hashed_key)
-    return conn.execute(query).first()
+#: Expired idempotency keys deleted by one keyed write, at most (a bounded cost per request).
+PURGE_BATCH = 100
+
+
+def lock_key(conn: Connection, hashed_key: str) -> None:
+    """Serialise the requests of one key until the transaction ends, so a second request waits
+    for the first and replays its answer. PostgreSQL: a transaction-level advisory lock on 60
+    bits of the key's hash (a collision only makes two keys wait for each other); SQLite: the
+    writer's lock (``BEGIN IMMEDIATE``) already does."""
+    if conn.dialect.name != "postgresql":
+        return
+    # key_hash already covers the clinic; 60 of its bits fit PostgreSQL's bigint key.
+    conn.execute(select(func.pg_advisory_xact_lock(int(hashed_key[:15], 16))))
+
+
+def find_idempotent(conn: Connection, clinic_id: str, hashed_key: str, since: datetime) -> Any:
+    """The stored answer of the key, if it was stored at or after ``since``; an older one is
+    deleted (an expired key is a new request)."""
+    k = idempotency_keys.c
+    mine = (k.clinic_id == clinic_id, k.key_hash == hashed_key)
+    query = select(k.request_hash, k.status_code, k.response, k.created_at).where(*mine)
+    row = conn.execute(query).first()
+    if row is not None and row.created_at < since:
+        conn.execute(delete(idempotency_keys).where(*mine))
+        return None
+    return row
+
+
+def purge_idempotent(conn: Connection, before: datetime, limit: int = PURGE_BATCH) -> int:
+    """Delete up to ``limit`` keys stored before ``before`` (any clinic), oldest first."""
+    k = idempotency_keys.c
+    oldest = select(k.id).where(k.created_at < before).order_by(k.created_at).limit(limit)
+    return int(conn.execute(delete(idempotency_keys).where(k.id.in_(oldest))).rowcount)
 
 
 def save_idempotent(

@@ -384,3 +384,38 @@ def test_a_full_stored_episode_says_so(
         ]  # fmt: skip
         # A correction of a stored appointment still fits.
         assert post_sessions(api, body, [body["sessions"][2]], first=False).status_code == 200
+
+
+def test_idempotency_keys_expire_and_are_purged(api: TestClient, registry: Registry) -> None:
+    from sqlalchemy import func, insert, select, update
+
+    from service.store.tables import idempotency_keys
+
+    body = a_client(registry)
+    store = api.app.state.client_store  # type: ignore[attr-defined]
+    headers = {"Idempotency-Key": "upload-1"}
+    assert post_sessions(api, body, body["sessions"][:2], first=True,
+                         headers=headers).status_code == 200  # fmt: skip
+    day_ago = datetime.now(UTC) - timedelta(hours=24, minutes=1)
+    with store.write() as conn:
+        conn.execute(update(idempotency_keys).values(created_at=day_ago))
+        conn.execute(insert(idempotency_keys), [
+            {"clinic_id": "clinic-other", "key_hash": f"{i:064x}", "request_hash": "0" * 64,
+             "status_code": 200, "response": {}, "created_at": day_ago - timedelta(seconds=i)}
+            for i in range(150)
+        ])  # fmt: skip
+    # 24 h on, the key is a new request: another body is stored, not a 422.
+    fresh = post_sessions(api, body, body["sessions"][:3], first=False, headers=headers)
+    assert fresh.status_code == 200, fresh.text
+    assert "Idempotent-Replayed" not in fresh.headers and fresh.json()["sessions_stored"] == 3
+
+    def stored_keys() -> int:
+        with store.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(idempotency_keys)).scalar())
+
+    # Each keyed write purges at most 100 expired keys, oldest first: 151 expired, 100 purged,
+    # the reused one replaced by the fresh answer.
+    assert stored_keys() == 51
+    replay = post_sessions(api, body, body["sessions"][:3], first=False, headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert stored_keys() == 1  # the last 50 expired ones purged; the live key kept

@@ -75,3 +75,44 @@ def test_two_writers_sqlite(registry: Registry, dev_key_dir: Path, tmp_path: Pat
 @pytest.mark.integration
 def test_two_writers_postgresql(registry: Registry, dev_key_dir: Path, pg_store_url: str) -> None:
     _two_writers(registry, dev_key_dir, pg_store_url)
+
+
+def _one_key_at_once(registry: Registry, keys: Path, url: str) -> None:
+    """Six posts of one Idempotency-Key and body, three through each of two apps, at once:
+    the first is stored and scored, the other five wait for it and replay its answer."""
+    body = a_client(registry, 2)
+    payload = {"client": client_fields(body), "sessions": body["sessions"][:3]}
+    path = f"/v1/clients/{body['client_id']}/sessions"
+    apps = [store_app(registry, keys, url) for _ in range(2)]
+    with apps[0] as one, apps[1] as two:
+        start = threading.Barrier(6)
+        answers: list[Any] = []
+
+        def post(api: TestClient) -> None:
+            start.wait()
+            answers.append(api.post(path, json=payload, headers={"Idempotency-Key": "upload-7"}))
+
+        threads = [threading.Thread(target=post, args=(api,)) for api in (one, two) * 3]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+        replayed = [a.headers.get("Idempotent-Replayed") == "true" for a in answers]
+        assert sorted(replayed) == [False] + [True] * 5
+        assert len({a.json()["scored_at"] for a in answers}) == 1
+        history = one.get(f"/v1/clients/{body['client_id']}/risk", params={"history": True})
+        assert len(history.json()["history"]) == 1
+
+
+def test_one_idempotency_key_at_once_sqlite(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    _one_key_at_once(registry, dev_key_dir, f"sqlite:///{tmp_path / 'store.db'}")
+
+
+@pytest.mark.integration
+def test_one_idempotency_key_at_once_postgresql(
+    registry: Registry, dev_key_dir: Path, pg_store_url: str
+) -> None:
+    _one_key_at_once(registry, dev_key_dir, pg_store_url)
