@@ -46,10 +46,11 @@ class Explanation:
         probability)"`` (isotonic).
     base_logit : ndarray of shape (n_rows,)
         Where every explanation starts: the model's expected output over the training data,
-        in ``space``.
+        in ``space``, plus the calibrator's intercept for the row's landmark when it has
+        landmark intercepts (so it varies by landmark).
     base_probability : ndarray of shape (n_rows,)
-        ``base_logit`` mapped through the calibrator: the population base rate the
-        explanation starts from.
+        ``base_logit`` mapped through the calibrator: the base rate at the row's landmark
+        that the explanation starts from.
     feature_contributions : ndarray of shape (n_rows, n_features)
         Signed contribution of each feature, in ``space``; columns follow ``feature_names``.
     group_contributions : ndarray of shape (n_rows, n_groups)
