@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from models.scorer import Scorer
 from models.store import tracking_uri
 from service.audit import ClientRefs
-from service.audit_log import AuditSettings
+from service.audit_log import AuditLog, AuditSettings
 from service.auth import Authenticator, AuthSettings, describe
 from service.cds.cors import CdsCorsMiddleware
 from service.cds.prefetch import redact_httpx_logs
@@ -157,7 +157,7 @@ def create_app(
         if drift is not None:
             drift.start()
             observers.append(drift)
-        rescore = _rescore(settings, store, client_store, rescore_metrics)
+        rescore = _rescore(settings, store, client_store, rescore_metrics, security.audit)
         # What is alive now (libraries, the model) lives as long as the process: moved out of the
         # cyclic collector's reach (CPython's gc.freeze), a full collection, which a batch of a
         # thousand clients triggers about once, walks the batch's objects instead of ~250,000
@@ -274,7 +274,11 @@ def _drift(settings: ServiceSettings, metrics: ServiceMetrics) -> DriftWindows |
 
 
 def _rescore(
-    settings: ServiceSettings, store: ModelStore, client_store: Store, metrics: RescoreMetrics
+    settings: ServiceSettings,
+    store: ModelStore,
+    client_store: Store,
+    metrics: RescoreMetrics,
+    audit: AuditLog | None = None,
 ) -> RescoreWatcher | None:
     """The thread that rescores stored open episodes when the served version changes (and
     once at start-up, in case the stored scores are from an older champion)."""
@@ -286,6 +290,7 @@ def _rescore(
         lease_s=max(60.0, 2 * settings.rescore_check_interval_s),
         max_sessions=settings.max_sessions,
         metrics=metrics,
+        audit=audit,  # one clients.rescore record per run
     )
     watcher = RescoreWatcher(
         rescorer, lambda: store.current, check_interval_s=settings.rescore_check_interval_s

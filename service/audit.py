@@ -152,6 +152,9 @@ class AuditRecord:
         (``service.middleware``); never the value itself, which the caller chose and could be a
         client id. It can repeat, so it never identifies a request. Written only when present,
         so a line without it reads as before.
+    count : int or None
+        How many records a background job touched (the episodes a rescoring run rescored);
+        written only when present, like ``correlation_ref``.
     """
 
     time: str = field(default_factory=utc_timestamp)
@@ -164,6 +167,7 @@ class AuditRecord:
     request_id: str
     model_version: str | None = None
     correlation_ref: str | None = None
+    count: int | None = None
 
     def __post_init__(self) -> None:
         # Messages name the field and the rule, never the value.
@@ -176,6 +180,10 @@ class AuditRecord:
             not isinstance(self.correlation_ref, str) or not _REF.fullmatch(self.correlation_ref)
         ):
             raise AuditRecordError("AuditRecord.correlation_ref must be a client_ref() pseudonym")
+        if self.count is not None and (
+            isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0
+        ):
+            raise AuditRecordError("AuditRecord.count must be a non-negative integer")
         for name in ("subject", "clinic", "request_id", "model_version"):
             value = getattr(self, name)
             if value is None and name != "request_id":
@@ -209,6 +217,8 @@ class AuditRecord:
         }
         if self.correlation_ref is not None:
             doc["correlation_ref"] = self.correlation_ref
+        if self.count is not None:
+            doc["count"] = self.count
         return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
     def batch_lines(self, clients: Iterable[tuple[str | None, int, str]]) -> bytes:
@@ -233,6 +243,7 @@ class AuditRecord:
                 if self.correlation_ref is None
                 else b',"correlation_ref":' + orjson.dumps(self.correlation_ref)
             )
+            + (b"" if self.count is None else b',"count":%d' % self.count)
             + b"}\n"
         )
         parts = []
@@ -260,7 +271,7 @@ class AuditRecord:
 
 _FIELD_NAMES = frozenset(f.name for f in fields(AuditRecord))
 #: Fields every line has; the rest were added later and are written only when set.
-_REQUIRED_FIELDS = _FIELD_NAMES - {"correlation_ref"}
+_REQUIRED_FIELDS = _FIELD_NAMES - {"correlation_ref", "count"}
 
 
 def _check_per_client(ref: object, status: object, outcome: object) -> None:

@@ -38,6 +38,8 @@ from pydantic import TypeAdapter
 from sqlalchemy import Connection, Text, bindparam, cast, insert, select, type_coerce, update
 
 from models.results import RiskExplanation, RiskScore
+from service.audit import AuditError, AuditRecord, Outcome
+from service.audit_log import AuditLog
 from service.episodes import edge_problems, to_episodes
 from service.metrics import ServiceMetrics
 from service.model_store import LoadedModel
@@ -64,6 +66,10 @@ class RescoreResult:
     rescored: int
     skipped: int
     seconds: float
+
+
+#: Audit outcome and status of a run's result (others: unavailable, 503).
+_RUN_AUDIT: dict[str, tuple[Outcome, int]] = {"done": ("ok", 200), "failed": ("error", 500)}
 
 
 class RescoreMetrics:
@@ -111,6 +117,7 @@ class Rescorer:
         max_sessions: int = 200,
         holder: str | None = None,
         metrics: RescoreMetrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -118,6 +125,7 @@ class Rescorer:
         self.max_sessions = max_sessions
         self.holder = holder or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = metrics
+        self.audit = audit
 
     def run(
         self,
@@ -182,7 +190,26 @@ class Rescorer:
                                   "rescored": rescored, "skipped": skipped,
                                   "seconds": round(seconds, 2)}},
             )  # fmt: skip
+            self.audit_run(model.version, result, rescored)
         return RescoreResult(result, model.version, rescored, skipped, seconds)
+
+    def audit_run(self, model_version: str, result: RunResult | str, rescored: int) -> None:
+        """One audit record per run that rescored episodes or failed (``clients.rescore``):
+        the model version, the episodes rescored (``count``) and the result (done: ok; failed:
+        error; superseded, stopped or lost lease: unavailable). A run with nothing to rescore
+        (every start-up with an empty or current store) leaves none. The run is not a request:
+        no subject or clinic, and ``request_id`` names the run's worker."""
+        if self.audit is None or (rescored == 0 and result != "failed"):
+            return
+        outcome, status = _RUN_AUDIT.get(result, ("unavailable", 503))
+        record = AuditRecord(action="clients.rescore", outcome=outcome, status=status,
+                             request_id=f"rescore-{self.holder}", model_version=model_version,
+                             count=rescored)  # fmt: skip
+        try:
+            self.audit.write(record)
+        except AuditError as exc:
+            logger.error("rescoring audit record not written",
+                         extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
 
     # -- the lease ----------------------------------------------------------------------------
 
@@ -320,6 +347,11 @@ class Rescorer:
         """(episode id, clinic, score) of each episode the model can score (the same edge
         checks and scorer as ``POST /v1/risk``)."""
         profile = model.scorer.profile
+        full = sum(len(r.sessions) > self.max_sessions for _, r in requests)
+        if full:  # POST .../sessions refuses to store more; older rows may hold more
+            logger.warning("stored episodes over the appointment cap not rescored",
+                           extra={"fields": {"episodes": full,
+                                             "max_sessions": self.max_sessions}})  # fmt: skip
         ok = [
             (i, r)
             for i, r in requests
@@ -478,6 +510,7 @@ class RescoreWatcher:
                 except Exception as exc:  # the thread must outlive one failed run
                     if self.rescorer.metrics is not None:
                         self.rescorer.metrics.runs.labels("failed").inc()
+                    self.rescorer.audit_run(model.version, "failed", 0)
                     logger.error("rescoring failed",
                                  extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
             self._wake.wait(self.check_interval_s)
