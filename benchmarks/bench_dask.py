@@ -38,7 +38,8 @@ from benchmarks._harness import ROOT, Target, Timing, provenance
 from features.contract import CLIENT_ID
 from features.registry import feature_registry
 from training.dask_engine import dask_client, fit_dask
-from training.pipeline import TrainConfig, landmark_set
+from training.landmarks import landmark_set
+from training.pipeline import TrainConfig
 from training.simulate import simulate_cohort
 
 TARGET_RATIO = 1.5

@@ -34,7 +34,7 @@ from features.contract import CLIENT_ID, CLINIC_ID, GENDER, REFERRAL_SOURCE, THE
 from training.metrics import expected_ece
 
 if TYPE_CHECKING:
-    from training.pipeline import ModelEvaluation
+    from training.evaluation import ModelEvaluation
 
 #: Threshold probabilities of the decision curve and the workload table.
 THRESHOLDS = np.round(np.arange(0.01, 0.61, 0.01), 2)
@@ -555,7 +555,7 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
     """Every decision-support table of ``evaluation`` (its test landmark rows).
 
     The workload needs each row's appointment date (``session_day`` in the evaluation's
-    context, set by :func:`training.pipeline.evaluate_scorer`); without it the workload table
+    context, set by :func:`training.evaluation.evaluate_scorer`); without it the workload table
     is empty.
     """
     data = evaluation.data

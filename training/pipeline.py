@@ -1,11 +1,11 @@
-"""Training and evaluation, as library functions the CLI renders.
+"""Training, as library functions the CLI renders.
 
 ``train_model`` fits the booster on the train split (early-stopped on ``valid``), calibrates it
-on the calibration split, sets the risk bands there, attaches the reference profile
-(:func:`reference_of`), and evaluates the resulting
-:class:`~models.scorer.Scorer` and both baselines on the same test rows. ``evaluate_scorer``
-is the same evaluation for an already trained scorer on new data (external or temporal
-validation). Nothing here touches MLflow; :mod:`training.runlog` logs the results.
+on cross-fitted margins of the development clients, sets the risk bands, attaches the reference
+profile (:func:`reference_of`), and evaluates the resulting :class:`~models.scorer.Scorer` and
+both baselines on the same test rows (:func:`training.evaluation.evaluate_scorer`, which is also
+the evaluation of an already trained scorer on new data). Landmark rows come from
+:mod:`training.landmarks`. Nothing here touches MLflow; :mod:`training.runlog` logs the results.
 """
 
 from __future__ import annotations
@@ -20,28 +20,19 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from features.arrays import SessionArrays
-from features.build import landmark_rows, pack_frames
+from features.build import pack_frames
 from features.contract import (
-    AGE,
     CLIENT_ID,
-    CLINIC_ID,
     COMPLETED,
     DROPOUT,
-    GENDER,
     OUTCOME,
-    OUTCOME_CODES,
-    REFERRAL_SOURCE,
     SESSION_DATE,
-    THERAPIST_ID,
 )
 from features.episodes import Episodes
-from features.kernels import compute_feature_matrix
 from features.profiles import InstrumentProfile
-from features.registry import ENGAGEMENT_GROUP, FeatureRegistry, feature_registry
+from features.registry import FeatureRegistry, feature_registry
 from models.booster import FitResult, SearchSpace, fit_booster, margin
 from models.calibration import MarginCalibrator
-from models.explain import global_importance
 from models.reference import ReferenceProfile, distribution_profile, typical_levels
 from models.scorer import HighBandRule, RiskBands, Scorer
 from training.baselines import AlertRule, LogisticBaseline, fit_alert_rule, fit_logistic
@@ -49,25 +40,20 @@ from training.censoring import (
     CensoringMethod,
     censoring_weights,
     evaluation_population,
-    evaluation_weights,
     exclusion_summary,
 )
 from training.crossfit import cross_fit
-from training.metrics import EvaluationReport, evaluate, landmark_band
+from training.evaluation import ModelEvaluation, evaluate_scorer
+from training.landmarks import (
+    LANDMARK_FEATURE,
+    LandmarkSet,
+    concat_sets,
+    landmark_set,
+)
 from training.splits import Splits, SplitStrategy, split_clients
 
 logger = logging.getLogger(__name__)
 
-#: Subgroup columns of the evaluation, in report order. ``therapist_id`` is evaluated per
-#: therapist but reported aggregated (see :func:`therapist_summary`).
-SUBGROUPS = ("landmark", CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
-#: Context column of each row's landmark band (:data:`training.metrics.LANDMARK_BANDS`).
-LANDMARK_BAND = "landmark_band"
-AGE_BANDS = (0, 25, 40, 60, 200)
-AGE_BAND_LABELS = ("<25", "25-39", "40-59", "60+")
-UNKNOWN = "unknown"
-#: The feature column holding each row's landmark (the calibrator's landmark intercepts).
-LANDMARK_FEATURE = f"{ENGAGEMENT_GROUP}_landmark"
 
 Progress = Callable[[str], None]
 
@@ -112,307 +98,6 @@ class TrainConfig:
         out = {k: v for k, v in self.__dict__.items() if k != "search"}
         out.update({f"search_{k}": v for k, v in self.search.__dict__.items()})
         return out
-
-
-@dataclass(frozen=True)
-class LandmarkSet:
-    """Feature rows of labelled (client, landmark) pairs with the context to slice them by.
-
-    ``X`` is ``(n_rows, n_features)`` in registry order; ``y`` is 1.0 dropout / 0.0 completed;
-    ``context`` has one row per landmark row with ``client_id``, ``landmark``, ``clinic_id``,
-    ``therapist_id``, ``age_band``, ``gender``, ``referral_source``; ``weight`` is ``None``
-    (unweighted) or one censoring weight per row (:mod:`training.censoring`).
-    """
-
-    X: np.ndarray
-    y: np.ndarray
-    context: pd.DataFrame
-    weight: np.ndarray | None = None
-
-    @property
-    def client_id(self) -> np.ndarray:
-        return self.context[CLIENT_ID].to_numpy(dtype=object)
-
-    def subset(self, client_ids: np.ndarray) -> LandmarkSet:
-        # Hash-based membership: np.isin on object arrays sorts and costs minutes at 20k clients.
-        mask = self.context[CLIENT_ID].isin(pd.Index(client_ids)).to_numpy()
-        return LandmarkSet(
-            self.X[mask],
-            self.y[mask],
-            self.context.loc[mask].reset_index(drop=True),
-            None if self.weight is None else self.weight[mask],
-        )
-
-    @property
-    def n_clients(self) -> int:
-        return int(pd.unique(self.client_id).shape[0])
-
-
-def _concat(first: LandmarkSet, second: LandmarkSet) -> LandmarkSet:
-    """The rows of both sets, ``first``'s then ``second``'s."""
-    weight = None
-    if first.weight is not None and second.weight is not None:
-        weight = np.concatenate([first.weight, second.weight])
-    return LandmarkSet(
-        np.vstack([first.X, second.X]),
-        np.concatenate([first.y, second.y]),
-        pd.concat([first.context, second.context], ignore_index=True),
-        weight,
-    )
-
-
-def age_band(age: pd.Series) -> pd.Series:
-    """Age in years -> ``<25``, ``25-39``, ``40-59``, ``60+`` or ``unknown``."""
-    bands = pd.cut(age, bins=list(AGE_BANDS), labels=list(AGE_BAND_LABELS), right=False)
-    return bands.astype(object).where(bands.notna(), UNKNOWN)
-
-
-def landmark_set(
-    arrays: SessionArrays,
-    clients: pd.DataFrame,
-    registry: FeatureRegistry,
-    *,
-    k_max: int,
-    landmarks: Any = "training",
-) -> LandmarkSet:
-    """Features and labels of every labelled client's landmarks (ongoing clients left out)."""
-    rows = landmark_rows(arrays, landmarks, k_max)
-    seg = arrays.seg_of_row[rows]
-    labelled = np.isin(arrays.outcome[seg], _ENDED)
-    rows, seg = rows[labelled], seg[labelled]
-    X = compute_feature_matrix(arrays, registry, rows)
-    y = (arrays.outcome[seg] == _outcome_code(DROPOUT)).astype(np.float64)
-    context = _context(arrays.client_id[seg], arrays.session_number[rows], clients)
-    return LandmarkSet(X=X, y=y, context=context)
-
-
-def _context(ids: np.ndarray, landmark: np.ndarray, clients: pd.DataFrame) -> pd.DataFrame:
-    """What evaluation slices landmark rows by: client, landmark, clinic, therapist, age band,
-    gender and referral source (``unknown`` when not recorded)."""
-    info = clients.set_index(CLIENT_ID)
-    info = info.reindex(pd.Index(ids, name=CLIENT_ID))
-    return pd.DataFrame(
-        {
-            CLIENT_ID: ids,
-            "landmark": landmark,
-            CLINIC_ID: info[CLINIC_ID].to_numpy(dtype=object),
-            THERAPIST_ID: info[THERAPIST_ID].to_numpy(dtype=object),
-            "age_band": age_band(pd.to_numeric(info[AGE], errors="coerce")).to_numpy(dtype=object),
-            GENDER: info[GENDER].astype(object).fillna(UNKNOWN).to_numpy(dtype=object),
-            REFERRAL_SOURCE: info[REFERRAL_SOURCE]
-            .astype(object)
-            .fillna(UNKNOWN)
-            .to_numpy(dtype=object),
-        }
-    )
-
-
-def _outcome_code(outcome: str) -> int:
-    return OUTCOME_CODES.index(outcome)
-
-
-#: Outcome codes of ended episodes, the only ones with a label.
-_ENDED = np.array([_outcome_code(COMPLETED), _outcome_code(DROPOUT)])
-
-
-@dataclass(frozen=True)
-class ModelEvaluation:
-    """Evaluation of one scorer (and optionally the baselines) on the same test rows.
-
-    ``model`` is the scorer's report, overall and per :data:`SUBGROUPS`; ``baselines`` maps a
-    baseline name to its report on the same rows; ``therapists`` is the per-therapist table and
-    ``therapist_summary`` its aggregate; ``importance`` the mean |group contribution|;
-    ``probability`` the scorer's test predictions (aligned to ``data``).
-    """
-
-    model: EvaluationReport
-    baselines: dict[str, EvaluationReport]
-    baseline_probability: dict[str, np.ndarray]
-    therapists: pd.DataFrame
-    therapist_summary: dict[str, float]
-    importance: pd.Series
-    probability: np.ndarray
-    data: LandmarkSet
-
-    def comparison(self) -> pd.DataFrame:
-        """Model and baselines side by side: one row per model, headline metrics as columns."""
-        keys = (
-            "auroc",
-            "auprc",
-            "brier",
-            "ece",
-            "calibration_slope",
-            "flag_sensitivity",
-            "flag_ppv",
-        )
-        rows = {"model": self.model.overall, **{k: v.overall for k, v in self.baselines.items()}}
-        return pd.DataFrame(
-            [{"model": name, **{k: rep.get(k, np.nan) for k in keys}} for name, rep in rows.items()]
-        )
-
-    def subgroup_table(self) -> pd.DataFrame:
-        """Long table ``subgroup, value, n, events, ..., ece`` over every subgroup column."""
-        frames = [
-            t.assign(subgroup=name)
-            for name, t in self.model.per_group.items()
-            if name not in ("landmark", LANDMARK_BAND)
-        ]
-        if not frames:
-            return pd.DataFrame(columns=["subgroup", "value", "n", "ece"])
-        table = pd.concat(frames, ignore_index=True)
-        return table[["subgroup", *[c for c in table.columns if c != "subgroup"]]]
-
-    def landmark_table(self) -> pd.DataFrame:
-        """One row per landmark (1, 2, ...), then one per band of :data:`LANDMARK_BANDS`
-        (``"1-3"``, ..., ``"11+"``), under the column ``landmark``; then ``n`` (rows),
-        ``n_clients``, ``events``, ``prevalence`` (dropout rate per row), ``mean_probability``,
-        ``auroc``, ``auprc``, ``brier``, ``ece``, ``calibration_slope`` and
-        ``calibration_intercept`` (CITL, slope fixed at 1). Column names are stable: the card,
-        the landmark plot and the promotion gate read them."""
-        tables = [self.model.per_group.get(name) for name in ("landmark", LANDMARK_BAND)]
-        tables = [t for t in tables if t is not None]
-        if not tables:
-            return pd.DataFrame()
-        # Bands sort by their first landmark, not as text ("11+" after "7-10").
-        bands = tables[-1] if len(tables) == 2 else None
-        if bands is not None:
-            first = bands["value"].map(lambda v: int(str(v).split("-")[0].rstrip("+") or 0))
-            tables[-1] = bands.loc[first.sort_values(kind="stable").index]
-        return pd.concat(tables, ignore_index=True).rename(columns={"value": "landmark"})
-
-    def band_table(self) -> pd.DataFrame:
-        """The band rows of :meth:`landmark_table` alone (what the promotion gate judges)."""
-        table = self.landmark_table()
-        if table.empty:
-            return table
-        is_band = table["landmark"].map(lambda v: isinstance(v, str))
-        return table.loc[is_band].reset_index(drop=True)
-
-
-def band_metrics(bands: pd.DataFrame) -> dict[str, float]:
-    """ECE, CITL and slope per landmark band as flat metrics (``landmarks_1_3_ece``, ...), which
-    the run logs with the other test metrics (``test_landmarks_1_3_citl`` in MLflow)."""
-    out: dict[str, float] = {}
-    for row in bands.itertuples(index=False):
-        key = "landmarks_" + str(row.value).replace("-", "_").replace("+", "_up")
-        out[f"{key}_ece"] = float(row.ece)
-        out[f"{key}_citl"] = float(row.calibration_intercept)
-        out[f"{key}_slope"] = float(row.calibration_slope)
-        out[f"{key}_n_clients"] = float(row.n_clients)
-    return out
-
-
-def therapist_summary(table: pd.DataFrame, *, min_n: int = 200) -> dict[str, float]:
-    """Aggregate of per-therapist results: how many, and the spread of their calibration.
-
-    Individual therapists are too small to judge one by one; the summary reports how many
-    therapists have at least ``min_n`` test rows and the median and worst ECE among them.
-    """
-    judged = table[table["n"] >= min_n]
-    return {
-        "therapists": float(len(table)),
-        "therapists_judged": float(len(judged)),
-        "median_ece_judged": float(judged["ece"].median()) if len(judged) else float("nan"),
-        "max_ece_judged": float(judged["ece"].max()) if len(judged) else float("nan"),
-    }
-
-
-def evaluate_scorer(
-    scorer: Scorer,
-    sessions: pd.DataFrame,
-    clients: pd.DataFrame,
-    *,
-    baselines: dict[str, LogisticBaseline | AlertRule] | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    censoring: CensoringMethod = "ipcw",
-    closure_days: int = 28,
-    extraction_date: pd.Timestamp | None = None,
-) -> ModelEvaluation:
-    """Evaluate ``scorer`` (and ``baselines``) on the labelled landmarks of normalised tables.
-
-    Every ended episode (completed or dropout) is scored by :meth:`Scorer.score` at each of its
-    landmarks up to ``k_max``, its last appointment included (``landmarks="training"``): the
-    same inference and rows as the API and ``alliance-risk score --landmark k``, which cannot
-    know that an appointment is a client's last.
-    Ongoing episodes have no label and are not scored; with
-    ``censoring="ipcw"`` every metric is weighted by the ended clients' inverse probability of
-    censoring, from the follow-up of all of ``clients`` (ongoing included:
-    :func:`training.censoring.evaluation_weights`), so the metrics stand for every intake and
-    not the short episodes of recent ones. ``"exclude"``: unweighted.
-
-    Raises
-    ------
-    ValueError
-        No labelled landmark to evaluate on.
-    """
-    # Ended episodes with at least one appointment: the others have no landmark to score.
-    ended = clients[
-        clients[OUTCOME].isin((COMPLETED, DROPOUT)) & clients[CLIENT_ID].isin(sessions[CLIENT_ID])
-    ]
-    episodes = Episodes.from_frames(
-        sessions[sessions[CLIENT_ID].isin(ended[CLIENT_ID])], ended, scorer.profile
-    )
-    scored = scorer.score(episodes, landmarks="training")
-    if scored.problems:
-        # Validated tables never get here; evaluating the rest would hide whom it left out.
-        raise ValueError(
-            f"{len(scored.problems)} episode(s) break the data contract; run alliance-risk "
-            "validate on these tables first"
-        )
-    if not np.isin(episodes.outcome, _ENDED).all():
-        raise ValueError("every evaluated client needs one clients row with an outcome")
-    if scored.n_rows == 0:
-        raise ValueError("no labelled landmark rows to evaluate on")
-    ids = episodes.client_id[scored.episode]
-    weight = None
-    if censoring == "ipcw":
-        weight = evaluation_weights(
-            sessions, clients, closure_days=closure_days, extraction_date=extraction_date
-        ).of(ids)
-    data = LandmarkSet(
-        X=scored.features,
-        y=(episodes.outcome[scored.episode] == _outcome_code(DROPOUT)).astype(np.float64),
-        # The appointment date of each row: the decision report's alerts per clinician-week.
-        context=_context(ids, scored.landmark, clients).assign(
-            session_day=scored.arrays.day[scored.rows]
-        ),
-        weight=weight,
-    )
-    p = scored.probability
-    cluster = data.client_id
-    report = evaluate(
-        data.y,
-        p,
-        frame=data.context.assign(**{LANDMARK_BAND: landmark_band(data.context["landmark"])}),
-        by=(*SUBGROUPS, LANDMARK_BAND),
-        cluster=cluster,
-        n_boot=n_boot,
-        seed=seed,
-        weight=weight,
-    )
-    report.overall.update(band_metrics(report.per_group[LANDMARK_BAND]))
-    per_therapist = evaluate(
-        data.y, p, frame=data.context, by=(THERAPIST_ID,), n_boot=0, seed=seed, weight=weight
-    ).per_group[THERAPIST_ID]
-    base_reports: dict[str, EvaluationReport] = {}
-    base_probs: dict[str, np.ndarray] = {}
-    for name, base in (baselines or {}).items():
-        bp = base.predict_proba(data.X)
-        base_probs[name] = bp
-        base_reports[name] = evaluate(
-            data.y, bp, cluster=cluster, n_boot=n_boot, seed=seed, weight=weight
-        )
-    return ModelEvaluation(
-        model=report,
-        baselines=base_reports,
-        baseline_probability=base_probs,
-        therapists=per_therapist,
-        therapist_summary=therapist_summary(per_therapist),
-        importance=global_importance(scored.explanation),
-        probability=p,
-        data=data,
-    )
 
 
 @dataclass(frozen=True)
@@ -545,7 +230,7 @@ def train_model(
         )
         fit = replace(fit, booster=booster)
         # Every development client has a held-out margin: out-of-fold, or the served booster's.
-        cal_set = _concat(fitted, cal)
+        cal_set = concat_sets(fitted, cal)
         cal_margin = np.concatenate([oof, margin(booster, cal.X)])
         timings["cross_fit_s"] = time.perf_counter() - t
     return finish_training(
@@ -738,18 +423,3 @@ def reference_of(
             "clients"
         ),
     )
-
-
-def headline_metrics(evaluation: ModelEvaluation) -> dict[str, float]:
-    """The metrics a dashboard or ``GET /v1/model`` shows, JSON-safe (NaN -> omitted)."""
-    keys = (
-        "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "brier", "ece",
-        "calibration_slope", "calibration_intercept", "flag_sensitivity", "flag_ppv", "n",
-        "prevalence",
-    )  # fmt: skip
-    out = {}
-    for k in keys:
-        v = evaluation.model.overall.get(k)
-        if v is not None and np.isfinite(v):
-            out[k] = float(v)
-    return out

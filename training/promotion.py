@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from features.contract import THERAPIST_ID
 from models.pyfunc import load_scorer
 from models.scorer import IncompatibleModelError, Scorer
-from training.pipeline import ModelEvaluation, evaluate_scorer
+from training.evaluation import ModelEvaluation, evaluate_scorer
 from training.registry import (
     TAG_SHADOW,
     GateResult,

@@ -42,7 +42,8 @@ from features.contract import CLIENT_ID
 from models.pyfunc import SCORER_ARTIFACT, input_example, model_signature, resolve_model
 from models.scorer import Scorer
 from training import decision, report, report_plots
-from training.pipeline import ModelEvaluation, TrainResult, headline_metrics
+from training.evaluation import ModelEvaluation, headline_metrics
+from training.pipeline import TrainResult
 from training.tracking import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
@@ -265,7 +266,7 @@ def card_summary(
     """The model version's description: the model card in a few lines (Markdown).
 
     ``card_data`` is the card's ``data`` mapping (clients, dropout rate, profile, intake
-    range); ``metrics`` the test split's :func:`training.pipeline.headline_metrics`.
+    range); ``metrics`` the test split's :func:`training.evaluation.headline_metrics`.
     """
 
     def value(key: str, fmt: str = "{:.3f}") -> str:

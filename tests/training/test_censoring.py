@@ -21,7 +21,8 @@ from training.censoring import (
     kaplan_meier,
     survival_before,
 )
-from training.pipeline import TrainConfig, landmark_set, train_model
+from training.landmarks import landmark_set
+from training.pipeline import TrainConfig, train_model
 from training.report import model_card
 from training.simulate import SimulationConfig, simulate_cohort, simulate_truth
 
@@ -199,7 +200,7 @@ def test_the_test_metrics_are_weighted_to_the_truth_of_a_censored_cohort() -> No
     """
     from models.booster import SearchSpace
     from training.censoring import evaluation_population
-    from training.pipeline import evaluate_scorer
+    from training.evaluation import evaluate_scorer
 
     sim = SimulationConfig(enrolment_days=300)
     censored = simulate_cohort(3000, seed=4, config=sim)

@@ -23,7 +23,8 @@ from features.registry import feature_registry
 from tests.conftest import HOST, free_port
 from training import dask_engine as de
 from training.io import load_cohort
-from training.pipeline import TrainConfig, landmark_set, train_model
+from training.landmarks import landmark_set
+from training.pipeline import TrainConfig, train_model
 from training.scoring import COLUMNS, score_tables
 from training.simulate import simulate_cohort
 from training.tracking import dataset_fingerprint

@@ -101,7 +101,7 @@ def test_risk_bands_sit_at_the_base_rate_and_the_top_decile(trained) -> None:
 
 def test_calibration_keeps_or_improves_brier(trained, cohort) -> None:
     from features.build import pack_frames
-    from training.pipeline import landmark_set
+    from training.landmarks import landmark_set
 
     arrays = pack_frames(cohort.sessions, cohort.clients, cohort.profile)
     data = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20)
@@ -283,7 +283,7 @@ def test_evaluation_scores_exactly_the_test_landmarks_through_the_scorer(trained
     """Evaluation runs the scorer on the test episodes: its rows are the test split's labelled
     landmark rows, with the same features the model was fitted on."""
     from features.build import pack_frames
-    from training.pipeline import landmark_set
+    from training.landmarks import landmark_set
 
     arrays = pack_frames(cohort.sessions, cohort.clients, cohort.profile)
     test = landmark_set(arrays, cohort.clients, trained.scorer.registry, k_max=20).subset(

@@ -3,7 +3,7 @@
 The data are split into client partitions (every row of a client, in both tables, lands in the
 same partition: the partition is a hash of ``client_id``). Each partition is validated with
 :func:`features.validation.validate_and_normalise`, turned into landmark rows with
-:func:`training.pipeline.landmark_set` (the same feature functions as the pandas engine), or
+:func:`training.landmarks.landmark_set` (the same feature functions as the pandas engine), or
 scored with :func:`training.scoring.score_tables` (the one scorer). The booster is fitted with
 ``xgboost.dask`` on the workers, one thread each, with the search of
 :func:`models.booster.fit_booster` (same trials, same choice rule).

@@ -26,14 +26,8 @@ from training.dask_engine.partitions import (
     clean_frame,
     whole_fingerprint,
 )
-from training.pipeline import (
-    LandmarkSet,
-    TrainConfig,
-    TrainResult,
-    _data_summary,
-    finish_training,
-    landmark_set,
-)
+from training.landmarks import LandmarkSet, landmark_set
+from training.pipeline import TrainConfig, TrainResult, _data_summary, finish_training
 from training.splits import Splits
 
 if TYPE_CHECKING:
@@ -112,7 +106,7 @@ def _split_landmarks(
     k_max: int,
     keep: Sequence[str],
 ) -> tuple[LandmarkSet, np.ndarray] | None:
-    """:func:`training.pipeline.landmark_set` of one partition's clients in a split of
+    """:func:`training.landmarks.landmark_set` of one partition's clients in a split of
     ``keep``, and each row's split name; None when none of them has a session."""
     chosen = split_of[split_of.isin(keep)]
     clients = part.clients[part.clients[CLIENT_ID].isin(chosen.index)]
@@ -138,7 +132,7 @@ def partition_landmarks(
 
     Columns: the registry's features (``dtype``; xgboost bins float32), ``_label`` (1.0
     dropout), ``_split``, ``client_id`` and ``landmark``. Built by
-    :func:`training.pipeline.landmark_set`, the pandas engine's function.
+    :func:`training.landmarks.landmark_set`, the pandas engine's function.
     """
     columns = [*registry.names, LABEL, SPLIT, CLIENT_ID, "landmark"]
     built = _split_landmarks(part, split_of, registry, k_max=k_max, keep=keep)
