@@ -155,6 +155,24 @@ def _limited(request: Request, keys: dict[str, str]) -> HTMLResponse | None:
                   headers={"Retry-After": retry_after_header(wait)})  # fmt: skip
 
 
+def _open_page(request: Request) -> tuple[sessions.Session, Store] | Response:
+    """What every page does first: the signed-in session, the rate limit, the client store.
+
+    Returns the session and store, or the answer to give instead (sign-in redirect, 429, 503).
+    """
+    session = _current(request)
+    if session is None:
+        return _refused(request)
+    p = session.principal
+    if (limited := _limited(request, {"clinic": p.clinic, "token": p.token_id})) is not None:
+        return limited
+    store = _client_store(request)
+    if store is None:
+        return _error(request, 503, "No client store",
+                      "This service has no client store configured.", session)  # fmt: skip
+    return session, store
+
+
 # -- sign-in and sign-out ------------------------------------------------------------------------
 
 
@@ -249,16 +267,11 @@ def caseload_page(
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> Response:
     """The clinic's open episodes: band, risk, change in a week, trend, main reason."""
-    session = _current(request)
-    if session is None:
-        return _refused(request)
+    opened = _open_page(request)
+    if isinstance(opened, Response):
+        return opened
+    session, store = opened
     p = session.principal
-    if (limited := _limited(request, {"clinic": p.clinic, "token": p.token_id})) is not None:
-        return limited
-    store = _client_store(request)
-    if store is None:
-        return _error(request, 503, "No client store",
-                      "This service has no client store configured.", session)  # fmt: skip
     query = _Query(therapist or None, band if band in views.BANDS else None,
                    sort if sort in views.SORTS else "probability",
                    "asc" if order == "asc" else "desc", cursor or None)  # fmt: skip
@@ -287,16 +300,11 @@ def caseload_page(
 @router.get("/clients/{client_id}", response_class=HTMLResponse)
 def client_page(request: Request, client_id: str) -> Response:
     """One client: trajectory by element with ruptures, attendance, drivers and focus."""
-    session = _current(request)
-    if session is None:
-        return _refused(request)
+    opened = _open_page(request)
+    if isinstance(opened, Response):
+        return opened
+    session, store = opened
     p = session.principal
-    if (limited := _limited(request, {"clinic": p.clinic, "token": p.token_id})) is not None:
-        return limited
-    store = _client_store(request)
-    if store is None:
-        return _error(request, 503, "No client store",
-                      "This service has no client store configured.", session)  # fmt: skip
     if len(client_id) > 128:
         return _not_found(request, session)
     note_client(request, client_id)

@@ -33,6 +33,22 @@ def serving(
 
     Rate limits are off unless ``env`` sets them; ``env`` overrides any ``ALLIANCE_RISK_*``.
     """
+    with serving_process(registry, workdir, dev_key_dir, workers=workers,
+                         poll_interval_s=poll_interval_s, env=env) as (url, _):  # fmt: skip
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(
+    registry: Registry,
+    workdir: Path,
+    dev_key_dir: Path,
+    *,
+    workers: int = 1,
+    poll_interval_s: float = 0,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`serving`, yielding the server's process too (tests that kill it themselves)."""
     workdir.mkdir(parents=True, exist_ok=True)
     # The project folder of this serve (its data/demo, dev keys): not the checkout's.
     (workdir / "pyproject.toml").write_text('[project]\nname = "alliance-risk"\n')
@@ -60,7 +76,7 @@ def serving(
     url = f"http://{HOST}:{port}"
     try:
         wait_ready(url, proc, log_path, timeout=120)
-        yield url
+        yield url, proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
