@@ -22,24 +22,20 @@ from service.store.caseload import (
 from service.store.db import Store
 from service.store.tables import clinic_state, episodes, risk_scores
 from tests.service.test_caseload_support import (
+    BACKENDS,
+    backend_store,
     days_ago,
-    postgres_store,
     score_row,
     seed_episodes,
     seed_rows,
-    sqlite_store,
 )
 
 CLINIC = "clinic-cl"
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = sqlite_store(tmp_path)
-    else:
-        s = postgres_store(request.getfixturevalue("postgres_server"))
+    s = backend_store(request, tmp_path)
     try:
         yield s
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import insert, text
 
 from service.store.db import Store
@@ -146,3 +147,14 @@ def seed_cohort(
 
 def days_ago(n: float) -> datetime:
     return datetime.now(UTC) - timedelta(days=n)
+
+
+#: The store backends the store tests run on: SQLite always, PostgreSQL as an integration test.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A migrated store on ``request.param``'s backend (a ``params=BACKENDS`` fixture's)."""
+    if request.param == "sqlite":
+        return sqlite_store(tmp_path)
+    return postgres_store(request.getfixturevalue("postgres_server"))

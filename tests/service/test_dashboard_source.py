@@ -15,24 +15,22 @@ from service.store.caseload import CaseloadFilters
 from service.store.db import Store
 from service.store.tables import episodes, risk_scores, sessions
 from tests.service.test_caseload_support import (
+    BACKENDS,
+    backend_store,
     days_ago,
-    postgres_store,
     score_row,
     seed_episodes,
     seed_rows,
-    sqlite_store,
 )
 
 CLINIC = "clinic-dash"
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 DRIVER = {"label": "Trust and rapport", "text": "Trust rated 5.0 at session 3",
           "direction": "raises risk", "focus": "Rebuild trust."}  # fmt: skip
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path) -> Iterator[Store]:
-    s = (sqlite_store(tmp_path) if request.param == "sqlite"
-         else postgres_store(request.getfixturevalue("postgres_server")))  # fmt: skip
+    s = backend_store(request, tmp_path)
     try:
         yield s
     finally:
