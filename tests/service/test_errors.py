@@ -36,6 +36,8 @@ OPERATION_IDS = {
     ("post", "/cds-services/{service_id}/feedback"): "cdsFeedback",
     ("post", "/v1/clients/{client_id}/sessions"): "storeClientSessions",
     ("post", "/v1/clients/{client_id}/outcome"): "storeClientOutcome",
+    ("delete", "/v1/clients/{client_id}/outcome"): "withdrawClientOutcome",
+    ("delete", "/v1/clients/{client_id}/sessions/{session_number}"): "deleteClientSession",
     ("get", "/v1/clients/{client_id}/risk"): "getClientRisk",
     ("get", "/v1/clinics/{clinic_id}/caseload"): "getCaseload",
 }

@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
-from features.episodes import Episodes
-from features.validation import normalise_clients, normalise_sessions
+from tests.training.test_mlflow_analyst import raw_frame
 from training.registry import CHAMPION_ALIAS, champion, evaluate_gates, promote, resolve_version
+from training.scoring import score_tables
 from training.tracking import (
     TAG_DATASET_FINGERPRINT,
     TAG_GIT_COMMIT,
@@ -200,22 +200,21 @@ def test_cli_trains_registers_promotes_and_loads_through_the_server(
     artifacts = {a.path for a in client.list_artifacts(mv.run_id, "report")}
     assert any(p.endswith("model_card.md") for p in artifacts), artifacts
 
+    # Through the server's artifact store: the logged model scores raw episodes as the scorer.
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION_ALIAS}")
     scorer = load_scorer(f"models:/{name}@{CHAMPION_ALIAS}")
-    X = scorer.score(_episodes(cohort)).features[:3]
-    out = pyfunc.predict(pd.DataFrame(X, columns=list(scorer.feature_names)))
-    # pyfunc predicts the margin directly, the scorer sums TreeSHAP: equal to float32 rounding.
-    np.testing.assert_allclose(out["probability"], scorer.explain_matrix(X).probability, atol=1e-6)
+    frame = raw_frame(cohort, 3)
+    out = pyfunc.predict(frame).set_index("client_id")
+    ids = list(out.index)
+    expected = score_tables(
+        scorer, cohort.sessions[cohort.sessions["client_id"].isin(ids)],
+        cohort.clients[cohort.clients["client_id"].isin(ids)], cohort.profile,
+        model_name=name, model_version="1", include_ended=True,
+    ).frame.set_index("client_id")  # fmt: skip
+    np.testing.assert_allclose(out.loc[expected.index, "probability"], expected["probability"],
+                               rtol=1e-12)  # fmt: skip
 
     scores = tmp_path / "scores.csv"
     run("score", "--model", f"models:/{name}@{CHAMPION_ALIAS}", *files, "--all", "--out",
         str(scores))  # fmt: skip
     assert len(pd.read_csv(scores)) == cohort.clients["client_id"].nunique()
-
-
-def _episodes(cohort) -> Episodes:
-    return Episodes.from_frames(
-        normalise_sessions(cohort.sessions, cohort.profile),
-        normalise_clients(cohort.clients),
-        cohort.profile,
-    )

@@ -124,7 +124,9 @@ def test_train_in_one_folder_and_score_from_another_finds_the_model(
 
     run("x", "simulate", "--out", "data", "--clients", "300")
     data = ["--sessions", "data/sessions.csv", "--clients", "data/clients.csv"]
-    run("x", "train", *data, "--trials", "1", "--promote")
+    run("x", "train", *data, "--trials", "1")
+    # 300 clients are too few to pass the calibration gates; the point here is the folders.
+    run("x", "promote", "--force", "--reason", "test of the project folders")
     data = [arg.replace("data/", "../x/data/") for arg in data]
     out = run("y", "score", *data, "--out", "scores.csv")
     assert "with alliance-risk v1" in out
