@@ -24,9 +24,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xgboost as xgb
 from sklearn.model_selection import GroupKFold
 
+from features.contract import CLIENT_ID
 from models.booster import margin
 
 #: Folds of the cross-fit. 5 keeps each fold model on 80% of the development clients.
@@ -95,9 +97,37 @@ def cross_fit(
     if n_folds < 2:
         raise ValueError("cross-fitting needs at least 2 folds")
     oof = np.empty(X.shape[0], dtype=np.float64)
-    folds = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fit_rows, held_out in folds.split(X, y, groups):
+    for fit_rows, held_out in _folds(n_folds, seed).split(X, y, groups):
         w = None if weight is None else weight[fit_rows]
         fold = _train(params, X[fit_rows], y[fit_rows], w, n_trees, feature_names)
         oof[held_out] = margin(fold, X[held_out])
     return oof, _train(params, X, y, weight, n_trees, feature_names)
+
+
+def _folds(n_folds: int, seed: int) -> GroupKFold:
+    return GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+
+
+def client_folds(client_ids: np.ndarray, *, n_folds: int = N_FOLDS, seed: int = 0) -> pd.Series:
+    """The fold (0..n_folds-1) in which :func:`cross_fit` holds out each client.
+
+    ``GroupKFold(shuffle=True)`` deals the sorted distinct clients out after a seeded
+    permutation, so a client's fold depends on the set of clients alone, not on how many rows
+    each has or their order: the Dask engine, which never holds the rows in one place, calls
+    this with one id per client and holds out the same clients as :func:`cross_fit` does.
+
+    Parameters
+    ----------
+    client_ids : ndarray of shape (n,)
+        Client id of each landmark row, or of each client once.
+
+    Returns
+    -------
+    Series
+        Fold number (int64) indexed by the distinct client ids.
+    """
+    ids = pd.unique(np.asarray(client_ids, dtype=object))
+    fold = np.empty(ids.size, dtype=np.int64)
+    for k, (_, held_out) in enumerate(_folds(n_folds, seed).split(ids, groups=ids)):
+        fold[held_out] = k
+    return pd.Series(fold, index=pd.Index(ids, name=CLIENT_ID), name="fold")

@@ -308,3 +308,16 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
         ], env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})  # fmt: skip
     assert done.exit_code == 2, done.output
     assert "Cannot reach the Dask cluster" in " ".join(done.output.split())
+
+
+def test_client_folds_are_the_folds_cross_fit_holds_out() -> None:
+    """One id per client gives the folds the row-level cross-fit uses (any row count, order)."""
+    from training.crossfit import _folds, client_folds
+
+    rng = np.random.default_rng(3)
+    ids = np.array([f"C{i:04d}" for i in range(300)], dtype=object)
+    rows = rng.permutation(np.repeat(ids, rng.integers(1, 9, size=ids.size)))
+    folds = client_folds(rng.permutation(ids), n_folds=5, seed=4)
+    for k, (_, held_out) in enumerate(_folds(5, 4).split(rows, groups=rows)):
+        assert set(rows[held_out]) == set(folds.index[folds.to_numpy() == k])
+    assert sorted(folds.value_counts()) == [60] * 5
