@@ -13,10 +13,22 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Text,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.results import RAISES, Driver, RiskScore
@@ -139,45 +151,63 @@ def put_sessions(
             )
 
 
+def episode_requests(
+    conn: Connection, where: ColumnElement[bool], *, limit: int | None = None
+) -> list[tuple[Row[Any], RiskRequest]]:
+    """The stored episodes matching ``where`` (by id; at most ``limit``) as the requests
+    ``POST /v1/risk`` would be sent: each episode row (its id, client fields, latest score id
+    and update time) with its client fields and every stored appointment by session number
+    (an episode without one gets no sessions). The one rebuild of stored episodes: a client's
+    route reads one (:func:`episode_request`), rescoring a batch. Built from stored,
+    once-validated values without validating them again."""
+    e, s = episodes.c, sessions.c
+    query = select(
+        e.id, e.client_id, e.clinic_id, e.therapist_id, e.intake_date, e.age, e.gender,
+        e.referral_source, e.latest_score_id, e.updated_at,
+    ).where(where).order_by(e.id)  # fmt: skip
+    rows = conn.execute(query if limit is None else query.limit(limit)).all()
+    if not rows:
+        return []
+    # Every appointment of the episodes' id range in one range scan of (episode_id,
+    # session_number). Ratings as the stored JSON text, parsed once here by orjson (the JSON
+    # type's per-row json.loads was a tenth of a rescoring run).
+    appointments = conn.execute(
+        select(s.episode_id, s.session_number, s.session_date, s.attendance,
+               cast(s.ratings, Text))
+        .where(s.episode_id >= rows[0].id, s.episode_id <= rows[-1].id)
+        .order_by(s.episode_id, s.session_number)
+    ).all()  # fmt: skip
+    by_episode: dict[int, list[Any]] = {
+        episode_id: [
+            {"session_number": n, "session_date": d, "attendance": a}
+            | ({} if raw is None or (rated := orjson.loads(raw)) is None else {"ratings": rated})
+            for _, n, d, a, raw in group
+        ]
+        for episode_id, group in groupby(appointments, key=lambda r: r[0])
+    }
+    return [
+        (r, RiskRequest.model_construct(
+            client_id=r.client_id, clinic_id=r.clinic_id, therapist_id=r.therapist_id,
+            intake_date=r.intake_date, age=r.age, gender=r.gender,
+            referral_source=r.referral_source, sessions=by_episode.get(r.id, []),
+        ))
+        for r in rows
+    ]  # fmt: skip
+
+
 def episode_request(
     conn: Connection, episode: StoredEpisode, first: Sequence[int] = ()
 ) -> RiskRequest:
-    """The stored episode as the request ``POST /v1/risk`` would be sent: its client fields and
-    every stored appointment, those numbered in ``first`` first (in that order), the others by
-    session number. Built from stored, once-validated values without validating them again."""
-    row = conn.execute(select(episodes).where(episodes.c.id == episode.id)).one()
-    stored = conn.execute(
-        select(
-            sessions.c.session_number,
-            sessions.c.session_date,
-            sessions.c.attendance,
-            sessions.c.ratings,
-        )
-        .where(sessions.c.episode_id == episode.id)
-        .order_by(sessions.c.session_number)
-    ).all()
-    appointments: dict[int, SessionIn] = {}
-    for number, day, attendance, ratings in stored:
-        item: dict[str, Any] = {
-            "session_number": number,
-            "session_date": day,
-            "attendance": attendance,
-        }
-        if ratings is not None:
-            item["ratings"] = ratings
-        appointments[number] = item  # type: ignore[assignment]
-    order = [n for n in first if n in appointments]
-    order += [n for n in appointments if n not in set(first)]
-    return RiskRequest.model_construct(
-        client_id=row.client_id,
-        clinic_id=row.clinic_id,
-        therapist_id=row.therapist_id,
-        intake_date=row.intake_date,
-        age=row.age,
-        gender=row.gender,
-        referral_source=row.referral_source,
-        sessions=[appointments[n] for n in order],
-    )
+    """The stored episode as the request ``POST /v1/risk`` would be sent
+    (:func:`episode_requests` of its one id), the appointments numbered in ``first`` first (in
+    that order), the others by session number."""
+    [(_, request)] = episode_requests(conn, episodes.c.id == episode.id)
+    if not first:
+        return request
+    by_number = {s["session_number"]: s for s in request.sessions}
+    order = [n for n in first if n in by_number]
+    order += [n for n in by_number if n not in set(first)]
+    return request.model_copy(update={"sessions": [by_number[n] for n in order]})
 
 
 def has_session(conn: Connection, episode_id: int, number: int) -> bool:
