@@ -40,7 +40,7 @@ from service.dashboard import session as sessions
 from service.dashboard import source, views
 from service.limits import retry_after_header
 from service.security import AUTH_THREADS, Security, note_client, note_clients, note_denied
-from service.store.caseload import CaseloadFilters, CursorError
+from service.store.caseload import CaseloadFilters, CaseloadOrder, CursorError
 from service.store.db import Store, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -276,17 +276,18 @@ def caseload_page(
                    sort if sort in views.SORTS else "probability",
                    "asc" if order == "asc" else "desc", cursor or None)  # fmt: skip
     filters = CaseloadFilters(therapist_id=query.therapist, band=query.band)  # type: ignore[arg-type]
+    ordering = CaseloadOrder(query.sort, query.order == "desc")  # type: ignore[arg-type]
     try:
-        page = source.read_caseload(store, p.clinic, filters, query.cursor, source.PAGE_ROWS)
+        page = source.read_caseload(store, p.clinic, filters, query.cursor, source.PAGE_ROWS,
+                                    order=ordering)  # fmt: skip
     except CursorError:
         return _error(request, 400, "Page not found",
                       "That page link has expired. Start again from the first page.", session)  # fmt: skip
     except StoreUnavailable as exc:
         return _unavailable(request, session, exc)
-    rows = views.sort_rows(page.rows, query.sort, query.order)  # type: ignore[arg-type]
     # One audit record per client shown, as the JSON caseload writes.
-    note_clients(request, [r.client_id for r in rows], status=200)
-    shown = views.caseload_rows(views.CaseloadPage(tuple(rows), page.next_cursor, page.therapists))
+    note_clients(request, [r.client_id for r in page.rows], status=200)
+    shown = views.caseload_rows(page)
     versions = sorted({r.model_version for r in page.rows if r.model_version})
     return _page(
         request, "caseload.html", session=session, rows=shown, query=query,

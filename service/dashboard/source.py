@@ -41,14 +41,17 @@ def read_caseload(
     filters: caseload.CaseloadFilters,
     cursor: str | None,
     limit: int = PAGE_ROWS,
+    *,
+    order: caseload.CaseloadOrder = caseload.BY_RISK,
 ) -> CaseloadPage:
-    """One caseload page with its sparklines, last sessions and the clinic's therapists.
+    """One caseload page in ``order`` (sorted over the whole caseload by the query) with its
+    sparklines, last sessions and the clinic's therapists.
 
     Raises :class:`~service.store.caseload.CursorError` for a cursor the service did not issue
     and :class:`~service.store.db.StoreUnavailable` on an outage.
     """
     with store.read() as conn:
-        page = caseload.caseload_page(conn, clinic_id, filters, cursor, limit)
+        page = caseload.caseload_page(conn, clinic_id, filters, cursor, limit, order=order)
         versions = {r.client_id: r.model_version for r in page.rows}
         history, last = _details(conn, clinic_id, versions)
         therapists = _therapists(conn, clinic_id)

@@ -8,10 +8,9 @@ template prints: formatted numbers, band labels with their shape, charts as inli
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Literal
 
 import pandas as pd
 from markupsafe import Markup
@@ -27,7 +26,9 @@ BANDS: dict[str, tuple[str, str]] = {
     "moderate": ("Moderate", "diamond"),
     "low": ("Low", "circle"),
 }
-#: Columns the caseload can be sorted by (query parameter ``sort``), with their headings.
+#: Columns the caseload can be sorted by (query parameter ``sort``, one of the store's
+#: :data:`~service.store.caseload.SORT_KEYS`: the query sorts the whole caseload), with their
+#: headings.
 SORTS: dict[str, str] = {
     "probability": "Risk",
     "change": "Change in 7 days",
@@ -35,7 +36,6 @@ SORTS: dict[str, str] = {
     "last_session": "Last session",
     "client": "Client",
 }
-Order = Literal["asc", "desc"]
 
 
 # -- records read from the store --------------------------------------------------------------
@@ -164,27 +164,6 @@ def caseload_rows(page: CaseloadPage) -> list[RowView]:
 
 def _trend_label(version: str | None) -> str:
     return "Risk over the stored scores" + (f" of model version {version}" if version else "")
-
-
-def sort_rows(rows: Sequence[CaseloadRow], sort: str, order: Order) -> list[CaseloadRow]:
-    """The rows of one page in the requested column order (ties by risk, highest first)."""
-
-    def key(r: CaseloadRow) -> tuple[object, ...]:
-        value: object
-        if sort == "change":
-            value = -math.inf if r.change_7d is None else r.change_7d
-        elif sort == "therapist":
-            value = r.therapist_id
-        elif sort == "last_session":
-            value = r.last_session or date.min
-        elif sort == "client":
-            value = r.client_id
-        else:
-            value = -1.0 if r.probability is None else r.probability
-        return (value,)
-
-    by_risk = sorted(rows, key=lambda r: 1.0 if r.probability is None else -r.probability)
-    return sorted(by_risk, key=key, reverse=order == "desc")
 
 
 @dataclass(frozen=True)

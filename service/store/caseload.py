@@ -6,12 +6,18 @@ One query serves ``GET /v1/clinics/{clinic_id}/caseload`` and the dashboard's ca
 row (:mod:`service.store.tables`), so a page is one indexed query on ``episodes`` whose rows
 each find their score of a week ago by one seek of ``risk_scores``' (episode, time) index.
 
-Order: probability descending, then the episode's store id descending (a stable tie-break the
-clinic's ``(clinic_id, latest_probability)`` index already holds). Open episodes not scored
-yet (their history breaks the data contract, or no model was loaded when it arrived) come last,
-newest first, with no probability: a caseload never hides a client. Pages are keyset pages: the
-opaque cursor names the last row's sort key, so a row that moves while a clinician pages is
-neither skipped twice nor costs an offset scan.
+Order: by default probability descending, then the episode's store id descending (a stable
+tie-break the clinic's ``(clinic_id, latest_probability)`` index already holds). Open episodes
+not scored yet (their history breaks the data contract, or no model was loaded when it arrived)
+come last, newest first, with no probability: a caseload never hides a client. The dashboard may
+also sort by the change in a week, the therapist, the last appointment or the client id, either
+way (:class:`CaseloadOrder`): the whole caseload is sorted by the query, never one page, and rows
+without a value (no score, no score a week ago, no appointment) come last in both orders. Pages
+are keyset pages on (sort key, id): the opaque cursor names the last row, so a row that moves
+while a clinician pages is neither skipped twice nor costs an offset scan. The risk order's
+cursor carries the last row's probability; the other orders' cursors carry only the last row's
+store id and the order, and the row's key is read back from the store (a therapist id, client id
+or appointment date never travels in a URL).
 
 The ETag (:func:`caseload_etag`) is computed from ``clinic_state.version`` (bumped with every
 write that changes a caseload row), the week the change is measured against, the filters, the
@@ -29,9 +35,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Row, and_, or_, select
+from sqlalchemy import Connection, Row, and_, func, or_, select
 
-from service.store.tables import clinic_state, episodes, risk_scores
+from service.store.tables import clinic_state, episodes, risk_scores, sessions
 
 #: Rows per page unless the caller asks for fewer or more.
 DEFAULT_LIMIT = 100
@@ -43,6 +49,9 @@ FORMAT = "caseload/1"
 WEEK = timedelta(days=7)
 
 Band = Literal["low", "moderate", "high"]
+SortKey = Literal["probability", "change", "therapist", "last_session", "client"]
+#: The sort keys, in the order their index is written into a cursor.
+SORT_KEYS: tuple[SortKey, ...] = ("probability", "change", "therapist", "last_session", "client")
 
 
 class CursorError(ValueError):
@@ -60,6 +69,22 @@ class CaseloadFilters:
     def key(self) -> str:
         since = "" if self.changed_since is None else _utc(self.changed_since).isoformat()
         return f"{self.therapist_id or ''}\x1f{self.band or ''}\x1f{since}"
+
+
+@dataclass(frozen=True)
+class CaseloadOrder:
+    """How a caseload is sorted: a key of :data:`SORT_KEYS`, descending or ascending (rows
+    without a value last either way; ties by the store id, the same way round)."""
+
+    sort: SortKey = "probability"
+    descending: bool = True
+
+    def key(self) -> str:
+        return f"{self.sort}\x1f{'desc' if self.descending else 'asc'}"
+
+
+#: The caseload's order unless asked otherwise (the JSON endpoint's only order).
+BY_RISK = CaseloadOrder()
 
 
 @dataclass(frozen=True)
@@ -153,8 +178,10 @@ def caseload_page(
     limit: int = DEFAULT_LIMIT,
     *,
     now: datetime | None = None,
+    order: CaseloadOrder = BY_RISK,
 ) -> CaseloadPage:
-    """One page of the clinic's open episodes, highest risk first.
+    """One page of the clinic's open episodes, highest risk first unless ``order`` says
+    otherwise.
 
     Parameters
     ----------
@@ -170,17 +197,21 @@ def caseload_page(
         Rows per page, 1 to :data:`MAX_LIMIT`.
     now
         The time "last week" is measured from (default: now).
+    order
+        The sort over the whole caseload (default: risk, highest first).
 
     Raises
     ------
     CursorError
-        ``cursor`` is not one :func:`caseload_page` issued.
+        ``cursor`` is not one :func:`caseload_page` issued for this order and clinic.
     ValueError
         ``limit`` is out of range.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
     after = decode_cursor(cursor)
+    if after is not None and after.order != order:
+        raise CursorError("not a cursor of this order")
     cutoff = week_cutoff(now)
     e = episodes.c
     where = [e.clinic_id == clinic_id, e.outcome.is_(None)]
@@ -191,30 +222,42 @@ def caseload_page(
     if filters.changed_since is not None:
         since = _utc(filters.changed_since)
         where.append(or_(e.updated_at >= since, e.latest_scored_at >= since))
+    week_ago = _score_at(cutoff)
+    key = _sort_key(order.sort, week_ago)
     columns = (
         e.id, e.client_id, e.therapist_id, e.latest_band, e.latest_probability,
-        e.latest_top_driver, e.latest_model_version, e.latest_scored_at, _score_at(cutoff),
+        e.latest_top_driver, e.latest_model_version, e.latest_scored_at, week_ago.label("week_ago"),
     )  # fmt: skip
+    anchor = None if after is None else _anchor(conn, clinic_id, after, key)
+    down = order.descending
     found: list[Any] = []
-    # Fetch one more than the page: whether a next page exists without a count.
-    if after is None or after.probability is not None:
-        scored = [*where, e.latest_probability.is_not(None)]
-        if after is not None:
-            p, i = after.probability, after.episode_id
-            scored.append(or_(e.latest_probability < p, and_(e.latest_probability == p, e.id < i)))
+    # Rows with a value first, then those without (last in both orders). Fetch one more than
+    # the page: whether a next page exists without a count.
+    if anchor is None or anchor.value is not None:
+        valued = [*where, key.is_not(None)]
+        if anchor is not None:
+            v, i = anchor.value, anchor.episode_id
+            if down:
+                valued.append(or_(key < v, and_(key == v, e.id < i)))
+            else:
+                valued.append(or_(key > v, and_(key == v, e.id > i)))
         query = (
             select(*columns)
-            .where(*scored)
-            .order_by(e.latest_probability.desc(), e.id.desc())
+            .where(*valued)
+            .order_by(*((key.desc(), e.id.desc()) if down else (key.asc(), e.id.asc())))
             .limit(limit + 1)
         )
         found.extend(conn.execute(query).all())
-    if len(found) <= limit and filters.band is None:
-        unscored = [*where, e.latest_probability.is_(None)]
-        if after is not None and after.probability is None:
-            unscored.append(e.id < after.episode_id)
+    # A band filter leaves no unscored row, and a score is the risk order's key.
+    if len(found) <= limit and not (filters.band is not None and order.sort == "probability"):
+        valueless = [*where, key.is_(None)]
+        if anchor is not None and anchor.value is None:
+            valueless.append(e.id < anchor.episode_id if down else e.id > anchor.episode_id)
         query = (
-            select(*columns).where(*unscored).order_by(e.id.desc()).limit(limit + 1 - len(found))
+            select(*columns)
+            .where(*valueless)
+            .order_by(e.id.desc() if down else e.id.asc())
+            .limit(limit + 1 - len(found))
         )
         found.extend(conn.execute(query).all())
     more = len(found) > limit
@@ -222,8 +265,50 @@ def caseload_page(
     rows = tuple(map(_row, found))
     next_cursor = None
     if more:
-        next_cursor = encode_cursor(found[-1].id, found[-1].latest_probability)
+        last = found[-1]
+        if order == BY_RISK:
+            next_cursor = encode_cursor(last.id, last.latest_probability)
+        else:
+            next_cursor = encode_order_cursor(last.id, order)
     return CaseloadPage(clinic_id, rows, next_cursor, limit, cutoff)
+
+
+def _sort_key(sort: SortKey, week_ago: Any) -> Any:
+    """The SQL expression a caseload is sorted by (NULL: the row has no value for it)."""
+    e = episodes.c
+    if sort == "change":
+        return e.latest_probability - week_ago
+    if sort == "therapist":
+        return e.therapist_id
+    if sort == "client":
+        return e.client_id
+    if sort == "last_session":
+        s = sessions.c
+        return select(func.max(s.session_date)).where(s.episode_id == e.id).scalar_subquery()
+    return e.latest_probability
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    """The last row of the previous page: its sort key (None: a row without one) and id."""
+
+    value: Any
+    episode_id: int
+
+
+def _anchor(conn: Connection, clinic_id: str, after: CursorKey, key: Any) -> _Anchor:
+    """Where the next page starts. The risk cursor carries its probability; the other orders'
+    key is read from the named row, in the caller's clinic only (another clinic's row id is a
+    cursor this service did not issue to it)."""
+    if after.order == BY_RISK:
+        return _Anchor(after.probability, after.episode_id)
+    e = episodes.c
+    found = conn.execute(
+        select(key).where(e.id == after.episode_id, e.clinic_id == clinic_id)
+    ).one_or_none()
+    if found is None:
+        raise CursorError("not a cursor this service issued")
+    return _Anchor(found[0], after.episode_id)
 
 
 def _row(r: Row[Any]) -> CaseloadRow:
@@ -241,7 +326,7 @@ def _row(r: Row[Any]) -> CaseloadRow:
 
 
 def _score_at(cutoff: datetime) -> Any:
-    """The column ``week_ago``: the probability of the row's latest score at or before
+    """The value of the column ``week_ago``: the probability of the row's latest score at or before
     ``cutoff`` by the model version of its latest score (None when it has none). Scores of
     another version are not compared: after a promotion, the difference would be the new
     model's calibration, not a change in the client.
@@ -262,7 +347,6 @@ def _score_at(cutoff: datetime) -> Any:
         .order_by(r.scored_at.desc(), r.id.desc())
         .limit(1)
         .scalar_subquery()
-        .label("week_ago")
     )
 
 
@@ -273,12 +357,22 @@ def encode_cursor(episode_id: int, probability: float | None) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
 
 
+def encode_order_cursor(episode_id: int, order: CaseloadOrder) -> str:
+    """The opaque cursor after a row in an order other than :data:`BY_RISK`: the order and the
+    row's store id only (its key is read back from the row, so no therapist id, client id or
+    date is written into a URL)."""
+    key = ["o", SORT_KEYS.index(order.sort), int(order.descending), episode_id]
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
 @dataclass(frozen=True)
 class CursorKey:
-    """The sort key of the last row of a page (``probability`` None: an unscored row)."""
+    """The last row of a page: its order, its store id and, in the risk order, its probability
+    (None: an unscored row)."""
 
     probability: float | None
     episode_id: int
+    order: CaseloadOrder = BY_RISK
 
 
 def decode_cursor(cursor: str | None) -> CursorKey | None:
@@ -298,6 +392,13 @@ def decode_cursor(cursor: str | None) -> CursorKey | None:
             return CursorKey(float(p), i)
         case ["u", int() as i] if _is_id(i):
             return CursorKey(None, i)
+        case ["o", int() as k, 0 | 1 as d, int() as i] if (
+            not isinstance(k, bool) and 0 <= k < len(SORT_KEYS) and _is_id(i)
+            and not isinstance(d, bool)
+        ):  # fmt: skip
+            order = CaseloadOrder(SORT_KEYS[k], bool(d))
+            if order != BY_RISK:  # the risk order's cursor is the one above
+                return CursorKey(None, i, order)
     raise CursorError("not a cursor this service issued")
 
 

@@ -4,23 +4,28 @@ week, and an ETag that moves with every write and with nothing else."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
 from service.store.caseload import (
+    BY_RISK,
+    SORT_KEYS,
     CaseloadFilters,
+    CaseloadOrder,
     CursorError,
     caseload_etag,
     caseload_page,
     decode_cursor,
     encode_cursor,
+    encode_order_cursor,
     week_cutoff,
 )
 from service.store.db import Store
-from service.store.tables import clinic_state, episodes, risk_scores
+from service.store.tables import clinic_state, episodes, risk_scores, sessions
 from tests.service.test_caseload_support import (
     BACKENDS,
     backend_store,
@@ -51,11 +56,18 @@ def _episode(i: int, p: float | None, **kw) -> dict:
     return {"id": i, "clinic_id": CLINIC, "client_id": f"cl-{i:04d}", **scored, **kw}
 
 
-def _all_pages(store: Store, filters: CaseloadFilters | None = None, limit: int = 3) -> list:
+def _all_pages(
+    store: Store,
+    filters: CaseloadFilters | None = None,
+    limit: int = 3,
+    order: CaseloadOrder = BY_RISK,
+) -> list:
     rows, cursor, pages = [], None, 0
     while True:
         with store.read() as conn:
-            page = caseload_page(conn, CLINIC, filters or CaseloadFilters(), cursor, limit)
+            page = caseload_page(
+                conn, CLINIC, filters or CaseloadFilters(), cursor, limit, order=order
+            )
         rows.extend(page.rows)
         pages += 1
         assert len(page.rows) <= limit
@@ -83,6 +95,80 @@ def test_pages_list_open_episodes_by_risk_each_once(store: Store) -> None:
     assert rows[0].scored_at is not None and rows[0].scored_at.tzinfo is not None
     for limit in (1, 2, 4, 9, 10):  # every page size lists the same rows in the same order
         assert [r.client_id for r in _all_pages(store, limit=limit)] == [r.client_id for r in rows]
+
+
+def test_every_order_sorts_the_whole_caseload_across_pages(store: Store) -> None:
+    # Eleven open episodes paged 3 at a time: a per-page sort would order each page only.
+    # Values repeat (ties across page boundaries) and some rows have none (no score, no score a
+    # week ago, no appointment): those come last in both orders.
+    cutoff = week_cutoff()
+    ps = [0.3, 0.8, None, 0.5, 0.1, 0.8, 0.6, None, 0.2, 0.5, 0.7]
+    therapists = ["t-c", "t-a", "t-b", "t-a", "t-c", "t-b", "t-a", "t-c", "t-b", "t-a", "t-c"]
+    week_old = {1: 0.5, 2: 0.1, 4: 0.5, 6: 0.9, 7: 0.2, 9: 0.4, 11: 0.3}
+    last_day = {i: date(2026, 11, 1 + (i * 7) % 12) for i in range(1, 12) if i not in (5, 8)}
+    n = len(ps)
+    seed_episodes(store, [
+        _episode(i, p, therapist_id=t, client_id=f"cl-{(i * 5) % n:04d}")
+        for i, (p, t) in enumerate(zip(ps, therapists, strict=True), start=1)
+    ])  # fmt: skip
+    seed_rows(store, risk_scores, [
+        score_row(i, q, cutoff - timedelta(days=1)) for i, q in week_old.items()
+    ])  # fmt: skip
+    seed_rows(store, sessions, [
+        {"episode_id": i, "session_number": k, "session_date": day - timedelta(days=7 * (2 - k)),
+         "attendance": "attended", "ratings": None, "updated_at": days_ago(1)}
+        for i, day in last_day.items() for k in (1, 2)
+    ])  # fmt: skip
+    rows = {r.client_id: r for r in _all_pages(store, limit=n)}
+
+    def expected(sort: str, descending: bool) -> list[str]:
+        def value(i: int) -> object:
+            p = ps[i - 1]
+            if sort == "probability":
+                return p
+            if sort == "change":
+                return None if p is None or i not in week_old else p - week_old[i]
+            if sort == "therapist":
+                return therapists[i - 1]
+            if sort == "client":
+                return f"cl-{(i * 5) % n:04d}"
+            return last_day.get(i)
+
+        ids = range(1, n + 1)
+        valued = sorted((i for i in ids if value(i) is not None),
+                        key=lambda i: (value(i), i), reverse=descending)  # fmt: skip
+        valueless = sorted((i for i in ids if value(i) is None), reverse=descending)
+        return [f"cl-{(i * 5) % n:04d}" for i in valued + valueless]
+
+    for sort in SORT_KEYS:
+        for descending in (True, False):
+            order = CaseloadOrder(sort, descending)  # type: ignore[arg-type]
+            for limit in (3, n):
+                listed = [r.client_id for r in _all_pages(store, limit=limit, order=order)]
+                assert listed == expected(sort, descending), (sort, descending, limit)
+    assert rows["cl-0010"].change_since_last_week == pytest.approx(0.7)  # episode 2
+
+
+def test_order_cursors_name_no_key_and_hold_to_their_order_and_clinic(store: Store) -> None:
+    seed_episodes(store, [
+        _episode(1, 0.4, therapist_id="t-secret"),
+        _episode(2, 0.3),
+        {**_episode(3, 0.2), "clinic_id": "other", "client_id": "other-1"},
+    ])  # fmt: skip
+    by_client = CaseloadOrder("client", False)
+    with store.read() as conn:
+        page = caseload_page(conn, CLINIC, CaseloadFilters(), None, 1, order=by_client)
+        cursor = page.next_cursor
+        assert cursor is not None
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        assert "cl-" not in raw and "t-secret" not in raw
+        with pytest.raises(CursorError):  # another order's cursor
+            caseload_page(conn, CLINIC, CaseloadFilters(), cursor, 1)
+        with pytest.raises(CursorError):  # another clinic's row
+            caseload_page(conn, CLINIC, CaseloadFilters(), encode_order_cursor(3, by_client), 1,
+                          order=by_client)  # fmt: skip
+        rest = caseload_page(conn, CLINIC, CaseloadFilters(), cursor, 1, order=by_client)
+        assert [r.client_id for r in rest.rows] == ["cl-0002"]
 
 
 def test_filters(store: Store) -> None:

@@ -175,6 +175,27 @@ def test_caseload_pages_follow_the_cursor(
     assert sorted(shown) == sorted(dash.ids[:3])  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_a_sort_orders_the_whole_caseload_not_one_page(
+    dash: TestClient, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    # One row a page: sorting the rows of each page would list them in the risk order.
+    from service.dashboard import source
+
+    monkeypatch.setattr(source, "PAGE_ROWS", 1)
+    _sign_in(dash, _token(dev_key_dir))
+    url: str | None = f"/dashboard/?sort=client&order={order}"
+    shown: list[str] = []
+    while url is not None:
+        page = dash.get(url).text
+        assert "orders the rows of this page" not in page
+        shown += re.findall(r'<a href="/dashboard/clients/([^"]+)">', page)
+        link = re.search(r'<a href="([^"]+)" rel="next">Next page</a>', page)
+        url = None if link is None else link.group(1).replace("&amp;", "&")
+        assert len(shown) <= 3
+    assert shown == sorted(dash.ids[:3], reverse=order == "desc")  # type: ignore[attr-defined]
+
+
 def test_sign_in_attempts_are_rate_limited(
     registry: Registry, dev_key_dir: Path, tmp_path: Path
 ) -> None:
