@@ -9,6 +9,8 @@ Every write that changes a caseload row bumps ``clinic_state.version`` in the sa
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +22,6 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Row,
     Text,
     cast,
     delete,
@@ -33,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from models.results import RAISES, Driver, RiskScore
 from service.schemas import RiskRequest, SessionIn
+from service.store.caseload import ID_MAX
 from service.store.tables import (
     clinic_state,
     episodes,
@@ -153,7 +155,7 @@ def put_sessions(
 
 def episode_requests(
     conn: Connection, where: ColumnElement[bool], *, limit: int | None = None
-) -> list[tuple[Row[Any], RiskRequest]]:
+) -> list[tuple[Any, RiskRequest]]:
     """The stored episodes matching ``where`` (by id; at most ``limit``) as the requests
     ``POST /v1/risk`` would be sent: each episode row (its id, client fields, latest score id
     and update time) with its client fields and every stored appointment by session number
@@ -208,13 +210,6 @@ def episode_request(
     order = [n for n in first if n in by_number]
     order += [n for n in by_number if n not in set(first)]
     return request.model_copy(update={"sessions": [by_number[n] for n in order]})
-
-
-def has_session(conn: Connection, episode_id: int, number: int) -> bool:
-    query = select(sessions.c.id).where(
-        sessions.c.episode_id == episode_id, sessions.c.session_number == number
-    )
-    return conn.execute(query).first() is not None
 
 
 def session_count(conn: Connection, episode_id: int) -> int:
@@ -324,6 +319,26 @@ def delete_session(conn: Connection, episode: StoredEpisode, number: int, at: da
     return bool(deleted)
 
 
+def clear_score(conn: Connection, episode: StoredEpisode, at: datetime) -> None:
+    """The episode has no score any more (its appointments were all deleted): its latest
+    score is cleared, so the caseload lists it as not scored yet; the history keeps the
+    earlier scores. Bumps the clinic."""
+    conn.execute(
+        update(episodes)
+        .where(episodes.c.id == episode.id)
+        .values(
+            latest_score_id=None,
+            latest_probability=None,
+            latest_band=None,
+            latest_model_version=None,
+            latest_scored_at=None,
+            latest_top_driver=None,
+            updated_at=at,
+        )
+    )
+    bump_clinic(conn, episode.clinic_id)
+
+
 def bump_clinic(conn: Connection, clinic_id: str) -> None:
     """``clinic_state.version += 1`` (created at 1), in the caller's transaction."""
     stmt = _insert(conn, clinic_state).values(clinic_id=clinic_id, version=1)
@@ -349,23 +364,55 @@ def latest_score(conn: Connection, episode_id: int) -> Any:
     return conn.execute(query).first()
 
 
-def score_history(conn: Connection, episode_id: int) -> list[Any]:
-    """Every stored score of the episode, oldest first (without explanations)."""
+class HistoryCursorError(ValueError):
+    """The history cursor is not one this service issued for this client."""
+
+
+def score_history(
+    conn: Connection, episode_id: int, limit: int, *, after_score_id: int | None = None
+) -> list[Any]:
+    """Up to ``limit`` stored scores of the episode, newest first (without explanations), each
+    with its ``id``; with ``after_score_id``, those after that score of this episode (a keyset
+    on ``(scored_at, id)``: scores stored while a caller pages only shift no row twice).
+
+    Raises :class:`HistoryCursorError` when ``after_score_id`` is not a score of this episode
+    (another client's, or another clinic's)."""
+    r = risk_scores.c
     query = (
-        select(
-            risk_scores.c.model_name,
-            risk_scores.c.model_version,
-            risk_scores.c.scored_at,
-            risk_scores.c.landmark,
-            risk_scores.c.probability,
-            risk_scores.c.band,
-            risk_scores.c.top_driver,
-            risk_scores.c.reason,
+        select(r.id, r.model_name, r.model_version, r.scored_at, r.landmark, r.probability,
+               r.band, r.top_driver, r.reason)
+        .where(r.episode_id == episode_id)
+        .order_by(r.scored_at.desc(), r.id.desc())
+        .limit(limit)
+    )  # fmt: skip
+    if after_score_id is not None:
+        anchor = conn.execute(
+            select(r.scored_at).where(r.id == after_score_id, r.episode_id == episode_id)
+        ).scalar_one_or_none()
+        if anchor is None:
+            raise HistoryCursorError("not a cursor this service issued for this client")
+        query = query.where(
+            (r.scored_at < anchor) | ((r.scored_at == anchor) & (r.id < after_score_id))
         )
-        .where(risk_scores.c.episode_id == episode_id)
-        .order_by(risk_scores.c.scored_at, risk_scores.c.id)
-    )
     return list(conn.execute(query).all())
+
+
+def encode_history_cursor(score_id: int) -> str:
+    """The opaque cursor after a history entry: the store's score id only (no time, no client
+    id; the read checks the score is the client's own)."""
+    return base64.urlsafe_b64encode(orjson.dumps(["h", score_id])).decode().rstrip("=")
+
+
+def decode_history_cursor(cursor: str) -> int:
+    """The score id of :func:`encode_history_cursor`; HistoryCursorError for anything else."""
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise HistoryCursorError("not a cursor this service issued") from None
+    match key:
+        case ["h", int() as i] if not isinstance(i, bool) and 1 <= i <= ID_MAX:
+            return i
+    raise HistoryCursorError("not a cursor this service issued")
 
 
 # -- idempotency ----------------------------------------------------------------------------
