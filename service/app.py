@@ -41,6 +41,7 @@ from service.settings import ServiceSettings
 from service.shadow import ComparisonLog, ScoreObserver, ShadowScorer, challenger_uri
 from service.store.db import Store, StoreUnavailable
 from service.store.rescore import RescoreMetrics, Rescorer, RescoreWatcher
+from service.store.rescore_process import job_for
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,10 @@ def create_app(
         if drift is not None:
             drift.start()
             observers.append(drift)
-        rescore = _rescore(settings, store, client_store, rescore_metrics, security.audit)
+        rescore = _rescore(settings, store, client_store, rescore_metrics, security.audit,
+                           in_process=loader is not None or client_factory is not None,
+                           configure_logs=configure_logs)  # fmt: skip
+        app.state.rescore = rescore
         # What is alive now (libraries, the model) lives as long as the process: moved out of the
         # cyclic collector's reach (CPython's gc.freeze), a full collection, which a batch of a
         # thousand clients triggers about once, walks the batch's objects instead of ~250,000
@@ -279,9 +283,13 @@ def _rescore(
     client_store: Store,
     metrics: RescoreMetrics,
     audit: AuditLog | None = None,
+    *,
+    in_process: bool = False,
+    configure_logs: bool = True,
 ) -> RescoreWatcher | None:
     """The thread that rescores stored open episodes when the served version changes (and
-    once at start-up, in case the stored scores are from an older champion)."""
+    once at start-up, in case the stored scores are from an older champion), in a process of
+    its own unless ``rescore_mode`` is ``thread`` or ``in_process`` (an injected loader)."""
     if not settings.rescore_enabled:
         return None
     rescorer = Rescorer(
@@ -292,9 +300,11 @@ def _rescore(
         metrics=metrics,
         audit=audit,  # one clients.rescore record per run
     )
-    watcher = RescoreWatcher(
-        rescorer, lambda: store.current, check_interval_s=settings.rescore_check_interval_s
-    )
+    job = None
+    if settings.rescore_mode == "process" and not in_process:
+        job = lambda model: job_for(settings, model, rescorer, configure_logs=configure_logs)  # noqa: E731
+    watcher = RescoreWatcher(rescorer, lambda: store.current,
+                             check_interval_s=settings.rescore_check_interval_s, job=job)  # fmt: skip
     store.listeners.append(watcher.notify)
     watcher.start()
     return watcher

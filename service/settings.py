@@ -253,6 +253,13 @@ class ServiceSettings(BaseSettings):
         description="Episodes per rescoring batch (one read, one scoring pass, one short write "
         "transaction).",
     )
+    rescore_mode: Literal["process", "thread"] = Field(
+        "process",
+        description="Where rescoring runs: 'process' (default), a process of its own that "
+        "loads the same model version, so rescoring and serving each get a core; 'thread', a "
+        "thread of the serving process (sharing its GIL). An app built with an injected model "
+        "loader or registry client (tests) rescores in a thread: those cannot cross processes.",
+    )
     rescore_check_interval_s: float = Field(
         30.0,
         gt=0,

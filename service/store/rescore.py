@@ -20,6 +20,7 @@ Progress is logged (counts and versions, never a client id) and counted on /metr
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -29,13 +30,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import orjson
 from prometheus_client import Counter
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, Text, bindparam, cast, insert, select, type_coerce, update
+from sqlalchemy import Connection, Text, bindparam, func, insert, select, type_coerce, update
 
 from models.results import RiskExplanation, RiskScore
 from service.audit import AuditError, AuditRecord, Outcome
@@ -46,7 +45,10 @@ from service.model_store import LoadedModel
 from service.schemas import RiskRequest
 from service.store import repository
 from service.store.db import Store, StoreUnavailable
-from service.store.tables import clinic_state, episodes, rescore_state, risk_scores, sessions
+from service.store.tables import clinic_state, episodes, rescore_state, risk_scores
+
+if TYPE_CHECKING:
+    from service.store.rescore_process import RescoreJob
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +61,23 @@ _EXPLANATION: TypeAdapter[RiskExplanation] = TypeAdapter(RiskExplanation)
 
 @dataclass(frozen=True)
 class RescoreResult:
-    """What one :meth:`Rescorer.run` did."""
+    """What one :meth:`Rescorer.run` did, and which worker (its lease holder name, its
+    process id) did it."""
 
     result: RunResult
     model_version: str
     rescored: int
     skipped: int
     seconds: float
+    holder: str = ""
+    pid: int = 0
+
+
+class StopFlag(Protocol):
+    """What tells a run to stop after its batch: a :class:`threading.Event` in the serving
+    process, a :func:`multiprocessing.Event` in a rescoring process."""
+
+    def is_set(self) -> bool: ...
 
 
 #: Audit outcome and status of a run's result (others: unavailable, 503).
@@ -106,6 +118,12 @@ class Rescorer:
         The appointment cap of ``POST /v1/risk`` (an episode over it is left as it is).
     holder
         This worker's name in the lease (default: host pid and a random suffix).
+    metrics, audit
+        Where a run is counted and its one audit record goes (:meth:`record`); None in a
+        rescoring process, whose parent records the run.
+    progress
+        Called after each committed batch with (rescored, skipped) (the command's progress
+        bar, a rescoring process's report to its parent).
     """
 
     def __init__(
@@ -118,6 +136,7 @@ class Rescorer:
         holder: str | None = None,
         metrics: RescoreMetrics | None = None,
         audit: AuditLog | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -126,16 +145,19 @@ class Rescorer:
         self.holder = holder or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = metrics
         self.audit = audit
+        self.progress = progress
 
     def run(
         self,
         model: LoadedModel,
         *,
         current: Callable[[], LoadedModel | None] | None = None,
-        stop: threading.Event | None = None,
+        stop: StopFlag | None = None,
     ) -> RescoreResult:
         """Rescore with ``model`` until every open episode is done, another worker holds the
-        lease, ``current()`` serves another version (superseded) or ``stop`` is set."""
+        lease, ``current()`` serves another version (superseded) or ``stop`` is set. A run
+        that stops or is superseded gives the lease up (keeping how far it got), so another
+        worker, or this one with the next version, goes on at once."""
         t0 = time.perf_counter()
         rescored = skipped = 0
         claim = self._claim(model)
@@ -175,25 +197,44 @@ class Rescorer:
                 skipped += n_skipped
                 if self.metrics is not None:
                     self.metrics.rescored.labels(model.version).inc(n_done)
+                if self.progress is not None:
+                    self.progress(n_done, n_skipped)
                 logger.info(
                     "rescoring progress",
                     extra={"fields": {"model_version": model.version, "rescored": rescored,
                                       "skipped": skipped}},
                 )  # fmt: skip
-        seconds = time.perf_counter() - t0
-        if self.metrics is not None:
-            self.metrics.runs.labels(result).inc()
+        if result in ("stopped", "superseded"):
+            with contextlib.suppress(StoreUnavailable):  # then the lease runs out instead
+                self._release(model)
+        done = RescoreResult(result, model.version, rescored, skipped,
+                             time.perf_counter() - t0, self.holder, os.getpid())  # fmt: skip
         if result not in ("already_done", "held"):
             logger.info(
                 "rescoring ended",
                 extra={"fields": {"model_version": model.version, "result": result,
                                   "rescored": rescored, "skipped": skipped,
-                                  "seconds": round(seconds, 2)}},
+                                  "seconds": round(done.seconds, 2), "pid": done.pid}},
             )  # fmt: skip
-            self.audit_run(model.version, result, rescored)
-        return RescoreResult(result, model.version, rescored, skipped, seconds)
+        self.record(done)
+        return done
 
-    def audit_run(self, model_version: str, result: RunResult | str, rescored: int) -> None:
+    def record(self, done: RescoreResult) -> None:
+        """Count a run on /metrics and write its audit record (:meth:`audit_run`): called by
+        :meth:`run`, and by the serving process for a run its rescoring process made."""
+        if self.metrics is not None:
+            self.metrics.runs.labels(done.result).inc()
+        if done.result not in ("already_done", "held"):
+            self.audit_run(done.model_version, done.result, done.rescored, holder=done.holder)
+
+    def audit_run(
+        self,
+        model_version: str,
+        result: RunResult | str,
+        rescored: int,
+        *,
+        holder: str | None = None,
+    ) -> None:
         """One audit record per run that rescored episodes or failed (``clients.rescore``):
         the model version, the episodes rescored (``count``) and the result (done: ok; failed:
         error; superseded, stopped or lost lease: unavailable). A run with nothing to rescore
@@ -203,8 +244,8 @@ class Rescorer:
             return
         outcome, status = _RUN_AUDIT.get(result, ("unavailable", 503))
         record = AuditRecord(action="clients.rescore", outcome=outcome, status=status,
-                             request_id=f"rescore-{self.holder}", model_version=model_version,
-                             count=rescored)  # fmt: skip
+                             request_id=f"rescore-{holder or self.holder}",
+                             model_version=model_version, count=rescored)  # fmt: skip
         try:
             self.audit.write(record)
         except AuditError as exc:
@@ -242,6 +283,29 @@ class Rescorer:
             conn.execute(update(rescore_state).where(s.name == LEASE).values(**values))
             return 0 if not same else int(row.after_episode_id)
 
+    def remaining(self, model: LoadedModel) -> int | None:
+        """How many open episodes a run with ``model`` would still go through (those after
+        where the lease's run of this version got to); None when this version is done or
+        another worker holds the lease. Reads only."""
+        e = episodes.c
+        with self.store.read() as conn:
+            row = conn.execute(select(rescore_state).where(rescore_state.c.name == LEASE)).first()
+            after = 0
+            if row is not None:
+                same = (row.model_name, row.model_version) == (model.name, model.version)
+                lease_until = _aware(row.lease_until)
+                if same and row.done:
+                    return None
+                if (
+                    row.holder not in (None, self.holder)
+                    and lease_until
+                    and (lease_until > datetime.now(UTC))
+                ):
+                    return None
+                after = int(row.after_episode_id) if same else 0
+            query = select(func.count()).where(e.id > after, e.outcome.is_(None))
+            return int(conn.execute(query).scalar_one())
+
     def _lease_row(self, conn: Connection) -> Any:
         query = select(rescore_state).where(rescore_state.c.name == LEASE)
         if self.store.backend == "postgresql":
@@ -250,6 +314,17 @@ class Rescorer:
 
     def _until(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
+
+    def _release(self, model: LoadedModel) -> None:
+        """Give the lease up, keeping how far this run got (a lease another worker already
+        took over is left alone)."""
+        s = rescore_state.c
+        with self.store.write() as conn:
+            conn.execute(
+                update(rescore_state)
+                .where(s.name == LEASE, s.holder == self.holder, s.model_version == model.version)
+                .values(holder=None, lease_until=None)
+            )
 
     def _finish(self, model: LoadedModel) -> None:
         s = rescore_state.c
@@ -295,50 +370,15 @@ class Rescorer:
     def _read(
         self, conn: Connection, after: int
     ) -> tuple[list[tuple[int, RiskRequest]], dict[int, tuple[Any, Any]]]:
-        """The next open episodes as the requests the scorer path takes, and what each
-        episode row was when read (its latest score id and update time)."""
-        e, s = episodes.c, sessions.c
-        rows = conn.execute(
-            select(
-                e.id, e.client_id, e.clinic_id, e.therapist_id, e.intake_date, e.age, e.gender,
-                e.referral_source, e.latest_score_id, e.updated_at,
-            )
-            .where(e.id > after, e.outcome.is_(None))
-            .order_by(e.id)
-            .limit(self.batch_size)
-        ).all()  # fmt: skip
-        if not rows:
-            return [], {}
-        # The batch's appointments in one range scan of (episode_id, session_number).
-        # Ratings as the stored JSON text, parsed once here by orjson (the JSON type's
-        # per-row json.loads was a tenth of a run).
-        appointments = conn.execute(
-            select(
-                s.episode_id, s.session_number, s.session_date, s.attendance, cast(s.ratings, Text)
-            )
-            .where(s.episode_id > after, s.episode_id <= rows[-1].id)
-            .order_by(s.episode_id, s.session_number)
-        ).all()
-        by_episode: dict[int, list[Any]] = {
-            episode_id: [
-                {"session_number": n, "session_date": d, "attendance": a}
-                | ({} if (rated := _ratings(raw)) is None else {"ratings": rated})
-                for _, n, d, a, raw in group
-            ]
-            for episode_id, group in groupby(appointments, key=lambda r: r[0])
-        }
-        requests = []
-        for r in rows:
-            found = by_episode.get(r.id)
-            if not found:
-                continue
-            # Validated when stored: built without a second validation.
-            requests.append((r.id, RiskRequest.model_construct(
-                client_id=r.client_id, clinic_id=r.clinic_id, therapist_id=r.therapist_id,
-                intake_date=r.intake_date, age=r.age, gender=r.gender,
-                referral_source=r.referral_source, sessions=found,
-            )))  # fmt: skip
-        seen = {r.id: (r.latest_score_id, r.updated_at) for r in rows}
+        """The next open episodes as the requests the scorer path takes (those with an
+        appointment), and what each episode row was when read (its latest score id and update
+        time)."""
+        e = episodes.c
+        found = repository.episode_requests(
+            conn, (e.id > after) & e.outcome.is_(None), limit=self.batch_size
+        )
+        requests = [(r.id, request) for r, request in found if request.sessions]
+        seen = {r.id: (r.latest_score_id, r.updated_at) for r, _ in found}
         return requests, seen
 
     def _score(
@@ -452,11 +492,6 @@ def top_driver(score: RiskScore) -> str | None:
     return repository.top_driver(score.explanation.drivers)
 
 
-def _ratings(raw: str | None) -> dict[str, float | None] | None:
-    """A session's stored ratings (JSON text; SQL NULL or JSON null: not rated)."""
-    return None if raw is None else orjson.loads(raw)
-
-
 def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
@@ -469,6 +504,11 @@ class RescoreWatcher:
     :meth:`notify` (a :class:`~service.model_store.ModelStore` listener) only wakes the thread.
     The thread also looks every ``check_interval_s``: at start-up (stored scores may be from an
     older champion), and to take over the lease of a worker that died mid-way.
+
+    With ``job`` (``rescore_mode = "process"``), a run with episodes to rescore goes to a
+    process of its own (:mod:`service.store.rescore_process`), which runs the same
+    :meth:`Rescorer.run`; this thread waits for it and records the run. A run with nothing to
+    do (the usual start-up) stays in this thread: it is a read or two.
     """
 
     def __init__(
@@ -477,10 +517,12 @@ class RescoreWatcher:
         current: Callable[[], LoadedModel | None],
         *,
         check_interval_s: float = 30.0,
+        job: Callable[[LoadedModel], RescoreJob] | None = None,
     ) -> None:
         self.rescorer = rescorer
         self.current = current
         self.check_interval_s = check_interval_s
+        self.job = job
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -504,7 +546,7 @@ class RescoreWatcher:
             model = self.current()
             if model is not None:
                 try:
-                    self.last = self.rescorer.run(model, current=self.current, stop=self._stop)
+                    self.last = self._run(model)
                 except StoreUnavailable:
                     pass  # logged by the store; tried again at the next wake or interval
                 except Exception as exc:  # the thread must outlive one failed run
@@ -515,3 +557,20 @@ class RescoreWatcher:
                                  extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
             self._wake.wait(self.check_interval_s)
             self._wake.clear()
+
+    def _run(self, model: LoadedModel) -> RescoreResult:
+        if self.job is None or not self.rescorer.remaining(model):
+            return self.rescorer.run(model, current=self.current, stop=self._stop)
+        from service.store.rescore_process import run_in_process
+
+        metrics = self.rescorer.metrics
+
+        def counted(rescored: int, _skipped: int) -> None:
+            if metrics is not None:
+                metrics.rescored.labels(model.version).inc(rescored)
+
+        done = run_in_process(
+            self.job(model), stop=self._stop, current=self.current, on_batch=counted
+        )
+        self.rescorer.record(done)
+        return done

@@ -122,7 +122,42 @@ def test_a_version_done_is_not_redone_and_a_new_one_is(store, models) -> None:
 
 def test_one_worker_holds_the_lease_and_another_resumes_after_it_expires(store, models) -> None:
     first = Rescorer(store, batch_size=10, holder="w1", lease_s=600)
-    # w1 dies after its first batch: stop it once that batch is committed.
+    # w1 dies after its first batch (a crash: nothing gives its lease up).
+    batch, calls = first._batch, {"n": 0}
+
+    def one_batch_then_die(model, after):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise SystemExit("killed")
+        return batch(model, after)
+
+    first._batch = one_batch_then_die  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        first.run(models["2"])
+    # Its lease has not expired: a second worker does nothing.
+    second = Rescorer(store, batch_size=10, holder="w2", lease_s=600)
+    assert second.remaining(models["2"]) is None
+    assert second.run(models["2"]).result == "held"
+    # Once it has expired, the second worker takes over where the first stopped.
+    with store.write() as conn:
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+        conn.execute(update(rescore_state).where(rescore_state.c.name == LEASE)
+                     .values(lease_until=expired))  # fmt: skip
+    assert second.remaining(models["2"]) == N - 2 - 10  # the first batch ended at id 12
+    resumed = second.run(models["2"])
+    assert (resumed.result, resumed.rescored) == ("done", N - 2 - 10)
+    with store.read() as conn:
+        per_episode = conn.execute(
+            select(risk_scores.c.episode_id, func.count()).group_by(risk_scores.c.episode_id)
+        ).all()
+    assert len(per_episode) == N - 2 and {n for _, n in per_episode} == {1}
+
+
+def test_a_stopped_or_superseded_run_gives_its_lease_up_for_the_next_worker(store, models) -> None:
+    # A run told to stop (the app closing) or superseded (another version served) leaves
+    # after its batch and releases the lease, keeping how far it got: another worker resumes
+    # at once, not after the lease runs out.
+    first = Rescorer(store, batch_size=10, holder="w1", lease_s=600)
     calls = {"n": 0}
 
     def current() -> LoadedModel:
@@ -131,21 +166,13 @@ def test_one_worker_holds_the_lease_and_another_resumes_after_it_expires(store, 
 
     stopped = first.run(models["2"], current=current)
     assert (stopped.result, stopped.rescored) == ("superseded", 10)
-    # Its lease has not expired: a second worker does nothing.
-    second = Rescorer(store, batch_size=10, holder="w2", lease_s=600)
-    assert second.run(models["2"]).result == "held"
-    # Once it has expired, the second worker takes over where the first stopped.
-    with store.write() as conn:
-        expired = datetime.now(UTC) - timedelta(seconds=1)
-        conn.execute(update(rescore_state).where(rescore_state.c.name == LEASE)
-                     .values(lease_until=expired))  # fmt: skip
-    resumed = second.run(models["2"])
-    assert (resumed.result, resumed.rescored) == ("done", N - 2 - 10)
     with store.read() as conn:
-        per_episode = conn.execute(
-            select(risk_scores.c.episode_id, func.count()).group_by(risk_scores.c.episode_id)
-        ).all()
-    assert len(per_episode) == N - 2 and {n for _, n in per_episode} == {1}
+        lease = conn.execute(select(rescore_state)).one()
+    assert (lease.holder, lease.lease_until, lease.done, lease.after_episode_id) == (
+        None, None, False, 12  # ten open episodes: ids 1-12 less 3 and 7
+    )  # fmt: skip
+    resumed = Rescorer(store, batch_size=10, holder="w2", lease_s=600).run(models["2"])
+    assert (resumed.result, resumed.rescored) == ("done", N - 2 - 10)
 
 
 def test_an_episode_written_meanwhile_keeps_its_newer_score(store, models) -> None:
@@ -173,8 +200,10 @@ def test_superseded_before_the_first_batch_writes_nothing(store, models) -> None
 
 
 def test_a_rescored_episode_is_read_and_explained_as_the_ingest_path_does(store, models) -> None:
-    # The batch read (ratings parsed from the stored JSON text) gives the request the per-client
-    # path rebuilds, and the stored explanation is the score's own (RiskScore.to_dict()).
+    # The batch read rebuilds, through the one repository.episode_requests, the request the
+    # client's routes rebuild for one episode (ratings parsed from the stored JSON text, an
+    # unrated session without ratings), and the stored explanation is the score's own
+    # (RiskScore.to_dict()).
     done = Rescorer(store, batch_size=7).run(models["2"])
     assert done.rescored == N - 2
     scorer = models["2"].scorer
@@ -184,11 +213,16 @@ def test_a_rescored_episode_is_read_and_explained_as_the_ingest_path_does(store,
         per_client = {
             i: episode_request(conn, StoredEpisode(i, CLINIC, client, None)) for i, client in rows
         }
+        reordered = episode_request(conn, StoredEpisode(1, CLINIC, rows[0][1], None), first=[3, 1])
         r = risk_scores.c
         stored = dict(conn.execute(select(r.episode_id, r.explanation)).all())
     assert {i: q.model_dump() for i, q in batch} == {
         i: per_client[i].model_dump() for i, _ in batch
     }
+    assert [s["session_number"] for s in reordered.sessions][:3] == [3, 1, 2]
+    assert sorted(s["session_number"] for s in reordered.sessions) == [
+        s["session_number"] for s in per_client[1].sessions
+    ]
     assert any(s.get("ratings") is None for _, q in batch for s in q.sessions)
     scored = scorer.score(to_episodes([q for _, q in batch], scorer.profile).episodes)
     expected = {batch[j][0]: s.to_dict()["explanation"] for j, s in scored.by_episode()}

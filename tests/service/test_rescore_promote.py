@@ -1,12 +1,14 @@
 """Promoting a new champion in a real MLflow registry rescores the stored open episodes in the
-background: the caseload's model versions move from 1 to 2 while POST /v1/risk keeps
-answering, and /metrics counts the rescored episodes."""
+background (in a process of its own, or in a thread with ``rescore_mode=thread``): the
+caseload's model versions move from 1 to 2 while POST /v1/risk keeps answering, and /metrics
+counts the rescored episodes."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
@@ -34,8 +36,9 @@ def _wait_for(api: TestClient, version: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("mode", ["process", "thread"])
 def test_promotion_rescores_the_caseload_while_serving(
-    registry: Registry, dev_key_dir: Path, tmp_path: Path
+    registry: Registry, dev_key_dir: Path, tmp_path: Path, mode: str
 ) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = Store(url)
@@ -45,6 +48,7 @@ def test_promotion_rescores_the_caseload_while_serving(
     settings = ServiceSettings(
         model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri,
         poll_interval_s=0.3, store_url=url, rescore_batch_size=10, rescore_check_interval_s=0.5,
+        rescore_mode=mode,
     )  # fmt: skip
     app = create_app(settings, configure_logs=False,
                      **security_settings(dev_key_dir, registry.root / "audit"))  # fmt: skip

@@ -1,0 +1,133 @@
+"""Rescoring in a process of its own (``rescore_mode = "process"``, the default): the run
+happens in another process than the server's, rescores every open episode with the served
+version, and is counted and audited by the server; closing the app mid-run stops the child
+after its batch, and the lease it gives up lets another worker resume where it got."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from models.pyfunc import load_scorer
+from service.app import create_app
+from service.audit_log import records
+from service.model_store import LoadedModel
+from service.settings import ServiceSettings
+from service.store.db import Store
+from service.store.rescore import Rescorer
+from service.store.tables import episodes, rescore_state, risk_scores
+from tests.service.conftest import MODEL_NAME, Registry, security_settings
+from tests.service.test_caseload_support import seed_cohort
+
+CLINIC = "clinic-rp"
+
+
+def _store(tmp_path: Path, registry: Registry, n: int) -> str:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.ensure_ready()
+    seed_cohort(store, registry.cohort, CLINIC, n=n)
+    store.close()
+    return url
+
+
+def _settings(registry: Registry, url: str, **kw) -> ServiceSettings:
+    return ServiceSettings(
+        model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri,
+        poll_interval_s=0, store_url=url, rescore_check_interval_s=60, **kw,
+    )  # fmt: skip
+
+
+def _wait(condition, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def version_1(registry: Registry) -> Iterator[LoadedModel]:
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(registry.uri)
+    mlflow.set_registry_uri(registry.uri)
+    try:
+        scorer = load_scorer(f"models:/{MODEL_NAME}/1")
+        yield LoadedModel(scorer, MODEL_NAME, "1", None, datetime.now(UTC))
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+def test_the_run_happens_in_another_process_and_rescores_every_open_episode(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    n = 40
+    url = _store(tmp_path, registry, n)
+    audit_dir = tmp_path / "audit"
+    app = create_app(_settings(registry, url, rescore_batch_size=16), configure_logs=False,
+                     **security_settings(dev_key_dir, audit_dir))  # fmt: skip
+    with TestClient(app) as api:
+        watcher = app.state.rescore
+        assert watcher.job is not None
+        _wait(lambda: watcher.last is not None)
+        done = watcher.last
+        metrics = api.get("/metrics").text
+    assert (done.result, done.rescored, done.model_version) == ("done", n, "1")
+    assert done.pid not in (0, os.getpid())
+    assert done.holder.startswith(f"{done.pid}-")
+    store = Store(url)
+    with store.read() as conn:
+        versions = conn.execute(select(episodes.c.latest_model_version)).scalars().all()
+        scores = conn.execute(select(func.count()).select_from(risk_scores)).scalar()
+    store.close()
+    assert versions == ["1"] * n and scores == n
+    # The server counted the child's batches and its run, and wrote the one audit record.
+    assert 'alliance_risk_rescored_episodes_total{model_version="1"} 40.0' in metrics
+    assert 'alliance_risk_rescore_runs_total{result="done"} 1.0' in metrics
+    [record] = [r for r in records(audit_dir / "audit.jsonl") if r.action == "clients.rescore"]
+    assert (record.count, record.request_id) == (n, f"rescore-{done.holder}")
+
+
+def test_closing_the_app_mid_run_leaves_a_lease_another_worker_resumes(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path, version_1: LoadedModel
+) -> None:
+    n = 400
+    url = _store(tmp_path, registry, n)
+    store = Store(url)
+
+    def lease():
+        with store.read() as conn:
+            return conn.execute(select(rescore_state)).first()
+
+    app = create_app(_settings(registry, url, rescore_batch_size=4), configure_logs=False,
+                     **security_settings(dev_key_dir, tmp_path / "audit"))  # fmt: skip
+    with TestClient(app):
+        _wait(lambda: (row := lease()) is not None and row.after_episode_id > 0)
+        started = time.monotonic()
+    closed_in = time.monotonic() - started
+    watcher = app.state.rescore
+    stopped = lease()
+    assert watcher.last is not None and watcher.last.result == "stopped"
+    assert watcher.last.pid != os.getpid()
+    assert closed_in < 10, "the child was not stopped promptly"
+    assert (stopped.holder, stopped.done) == (None, False)
+    assert 0 < stopped.after_episode_id < n
+    # Another worker takes the released lease at once and finishes the version.
+    resumed = Rescorer(store, batch_size=50).run(version_1)
+    assert resumed.result == "done"
+    assert watcher.last.rescored + resumed.rescored == n
+    with store.read() as conn:
+        r = risk_scores.c
+        per_episode = conn.execute(select(r.episode_id, func.count()).group_by(r.episode_id)).all()
+        versions = set(conn.execute(select(episodes.c.latest_model_version)).scalars())
+    store.close()
+    assert len(per_episode) == n and {k for _, k in per_episode} == {1}
+    assert versions == {"1"}
