@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from models.booster import SearchSpace, fit_booster, margin
 from models.calibration import (
     EPS,
+    LANDMARK_PENALTIES,
     SPACE_CALIBRATED,
     SPACE_UNCALIBRATED,
     MarginCalibrator,
@@ -186,6 +187,7 @@ def test_follows_sklearn_estimator_conventions() -> None:
         "cv": 3,
         "random_state": 7,
         "landmark_feature": None,
+        "landmark_penalty": "cv",
     }
     assert not hasattr(copy, "method_")
 
@@ -334,3 +336,87 @@ def test_scorer_explanation_adds_up_with_landmark_intercepts(tmp_path) -> None:
     np.testing.assert_allclose(
         e1.logit, v1["slope"] * margin(fit.booster, scored.features) + v1["intercept"], atol=1e-5
     )
+
+
+def _sparse_late(offset, n_clients: int = 3_000, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Clients whose stay is geometric (three in ten leave after each appointment), so landmarks
+    12-20 hold a few dozen rows; true log-odds ``margin + offset(k)``. Returns m, y, k, client."""
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.geometric(0.3, n_clients), 20)
+    k = np.concatenate([np.arange(1, n + 1) for n in lengths]).astype(float)
+    client = np.repeat(np.arange(n_clients), lengths)
+    m = rng.normal(-1.5, 1.0, k.size)
+    y = (rng.random(k.size) < 1.0 / (1.0 + np.exp(-(m + offset(k))))).astype(int)
+    return m, y, k, client
+
+
+def _late_and_early_error(cal: MarginCalibrator, offset) -> tuple[float, float]:
+    """Root-mean-square error of the fitted offset at knots >= 10 (sparse) and below."""
+    knots = np.asarray(cal.landmark_knots_)
+    err = np.asarray(cal.landmark_intercepts_) - offset(knots)
+    late = knots >= 10
+    return float(np.sqrt(np.mean(err[late] ** 2))), float(np.sqrt(np.mean(err[~late] ** 2)))
+
+
+def _default_and_free(m, y, k, client) -> tuple[MarginCalibrator, MarginCalibrator]:
+    """The default fit (penalty chosen by client folds) and the knots-free fit (penalty 0)."""
+    chosen = MarginCalibrator(landmark_feature="engagement_landmark", random_state=0)
+    free = MarginCalibrator(landmark_feature="engagement_landmark", landmark_penalty=0.0)
+    return (
+        chosen.fit(m, y, landmark=k, groups=client),
+        free.fit(m, y, landmark=k, groups=client),
+    )
+
+
+def test_landmark_penalty_recovers_a_smooth_offset_curve() -> None:
+    """A smooth offset (+0.4 at landmark 1 bending down to -0.4 at 20) is recovered; at the
+    sparse late knots the penalised fit errs far less than knots fitted freely."""
+
+    def offset(k):
+        return 0.4 - 0.8 * np.sqrt((k - 1) / 19)
+
+    m, y, k, client = _sparse_late(offset)
+    assert (k >= 12).sum() < 0.03 * k.size
+    chosen, free = _default_and_free(m, y, k, client)
+    assert chosen.cv_scores_["landmark_penalty"] > 0
+    late, early = _late_and_early_error(chosen, offset)
+    assert early < 0.1
+    assert late < 0.25
+    assert late < 0.7 * _late_and_early_error(free, offset)[0]
+
+
+def test_landmark_penalty_does_not_wander_on_noise() -> None:
+    """No landmark effect at all: the chosen penalty keeps the sparse late knots near zero,
+    where freely fitted knots follow their few rows' noise."""
+
+    def offset(k):
+        return np.zeros_like(k)
+
+    m, y, k, client = _sparse_late(offset)
+    chosen, free = _default_and_free(m, y, k, client)
+    late = _late_and_early_error(chosen, offset)[0]
+    assert late < 0.15
+    assert late < 0.5 * _late_and_early_error(free, offset)[0]
+    assert chosen.slope_ == pytest.approx(1.0, abs=0.05)
+
+
+def test_landmark_penalty_choice_is_deterministic_and_recorded() -> None:
+    m, y, k, client = _sparse_late(lambda v: 0.2 - 0.02 * v, n_clients=1_500, seed=1)
+    fits = [
+        MarginCalibrator(landmark_feature="engagement_landmark", random_state=5).fit(
+            m, y, landmark=k, groups=client
+        )
+        for _ in range(2)
+    ]
+    assert fits[0].cv_scores_ == fits[1].cv_scores_
+    assert fits[0].landmark_intercepts_ == fits[1].landmark_intercepts_
+    params = json.loads(json.dumps(fits[0].to_dict()))
+    assert params["format_version"] == 2
+    assert params["cv_scores"]["landmark_penalty"] in LANDMARK_PENALTIES
+    again = MarginCalibrator.from_dict(params)
+    np.testing.assert_array_equal(again.predict_logit(m, k), fits[0].predict_logit(m, k))
+    fixed = MarginCalibrator(
+        landmark_feature="engagement_landmark",
+        landmark_penalty=params["cv_scores"]["landmark_penalty"],
+    ).fit(m, y, landmark=k)
+    np.testing.assert_allclose(fixed.landmark_intercepts_, fits[0].landmark_intercepts_)
