@@ -149,10 +149,13 @@ class RiskBands:
         *,
         high_share: float = 0.10,
         rule: HighBandRule | None = None,
+        weight: np.ndarray | None = None,
     ) -> RiskBands:
         """Bands from calibrated probabilities on held-out rows (the calibration split).
 
         ``rule`` (default: ``alert_rate`` at ``high_share``) sets the high band's threshold.
+        ``weight`` (one per row, e.g. the training run's censoring weights) weights the mean,
+        the quantile (inverted CDF) and the share, so the bands stand for every intake.
         """
         p = np.asarray(probability, dtype=np.float64)
         if p.ndim != 1:
@@ -160,18 +163,25 @@ class RiskBands:
             raise ValueError("risk bands need a 1-D array: the probability of dropout per row")
         if p.size == 0 or not np.isfinite(p).all():
             raise ValueError("risk bands need a non-empty array of finite probabilities")
+        w = None if weight is None else np.asarray(weight, dtype=np.float64)
+        if w is not None and (w.shape != p.shape or not (np.isfinite(w) & (w >= 0)).all()):
+            raise ValueError("risk band weights must be finite, >= 0 and one per row")
         rule = rule or HighBandRule(ALERT_RATE, high_share)
+        mean = float(np.average(p, weights=w))
         if rule.kind == NET_BENEFIT:
             high = rule.value
             return cls(
-                moderate_from=min(float(p.mean()), high),
+                moderate_from=min(mean, high),
                 high_from=high,
-                high_share=float(np.mean(p >= high)),
+                high_share=float(np.average(p >= high, weights=w)),
                 rule=NET_BENEFIT,
                 threshold_probability=high,
             )
-        high = float(np.quantile(p, 1.0 - rule.value))
-        return cls(moderate_from=min(float(p.mean()), high), high_from=high, high_share=rule.value)
+        if w is None:
+            high = float(np.quantile(p, 1.0 - rule.value))
+        else:
+            high = float(np.quantile(p, 1.0 - rule.value, weights=w, method="inverted_cdf"))
+        return cls(moderate_from=min(mean, high), high_from=high, high_share=rule.value)
 
     def assign(self, probability: np.ndarray) -> np.ndarray:
         """Band label per probability, an object array of ``low``/``moderate``/``high``."""

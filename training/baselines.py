@@ -8,6 +8,10 @@
   session, or any no-show so far. A 0/1 rule has no probabilities of its own; for Brier and ECE
   each arm is given the dropout rate observed in that arm of the training rows, which is how a
   clinic would read "flagged clients drop out X% of the time".
+
+Both are fitted with the training rows' censoring weights when the run has them (``train
+--censoring ipcw``), as the booster and the calibrator are: unweighted, the ended episodes of
+recent intakes (the short ones) would set the logistic coefficients and the arms' rates.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ def rule_columns(registry: FeatureRegistry) -> np.ndarray:
     return np.array([by_key[k] for k in wanted], dtype=np.int64)
 
 
+def alert_flags(columns: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """The alert rule's 0/1 flag per row of ``X``: 1 where any of ``columns`` is positive (NaN
+    inputs count as not alerting). ``columns``: :func:`rule_columns`."""
+    return (np.nan_to_num(X[:, columns], nan=0.0) > 0).any(axis=1).astype(np.int8)
+
+
 @dataclass(frozen=True)
 class AlertRule:
     """The fitted 0/1 alert with the observed dropout rate in each arm."""
@@ -59,20 +69,24 @@ class AlertRule:
 
     def flag(self, X: np.ndarray) -> np.ndarray:
         """1 where any input is positive (NaN inputs count as not alerting)."""
-        return (np.nan_to_num(X[:, self.columns], nan=0.0) > 0).any(axis=1).astype(np.int8)
+        return alert_flags(self.columns, X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return np.where(self.flag(X) == 1, self.rate_flagged, self.rate_unflagged)
 
 
-def fit_alert_rule(registry: FeatureRegistry, X: np.ndarray, y: np.ndarray) -> AlertRule:
-    """Read the arms' dropout rates off the training rows ``(X, y)``."""
+def fit_alert_rule(
+    registry: FeatureRegistry, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+) -> AlertRule:
+    """Read the arms' dropout rates off the training rows ``(X, y)``, weighted by
+    ``sample_weight`` (censoring) when given."""
     cols = rule_columns(registry)
-    flagged = (np.nan_to_num(X[:, cols], nan=0.0) > 0).any(axis=1)
-    overall = float(np.mean(y))
+    flagged = alert_flags(cols, X) == 1
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    overall = float(np.average(y, weights=w))
 
     def rate(mask: np.ndarray) -> float:
-        return float(np.mean(y[mask])) if mask.any() else overall
+        return float(np.average(y[mask], weights=w[mask])) if w[mask].sum() > 0 else overall
 
     return AlertRule(columns=cols, rate_flagged=rate(flagged), rate_unflagged=rate(~flagged))
 
@@ -89,9 +103,15 @@ class LogisticBaseline:
 
 
 def fit_logistic(
-    registry: FeatureRegistry, X: np.ndarray, y: np.ndarray, *, seed: int = 0
+    registry: FeatureRegistry,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int = 0,
+    sample_weight: np.ndarray | None = None,
 ) -> LogisticBaseline:
-    """Fit the logistic baseline on training rows ``(X, y)``."""
+    """Fit the logistic baseline on training rows ``(X, y)``, weighted by ``sample_weight``
+    (censoring) when given."""
     cols = logistic_columns(registry)
     Xs = X[:, cols]
     # Columns that are NaN throughout training carry nothing; the imputer drops them otherwise.
@@ -100,5 +120,10 @@ def fit_logistic(
         StandardScaler(),
         LogisticRegression(C=1.0, max_iter=2000, random_state=seed),
     )
-    pipeline.fit(Xs, y)
+    pipeline.fit(
+        Xs,
+        y,
+        standardscaler__sample_weight=sample_weight,
+        logisticregression__sample_weight=sample_weight,
+    )
     return LogisticBaseline(columns=cols, pipeline=pipeline)

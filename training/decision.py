@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from features.contract import CLIENT_ID, CLINIC_ID, GENDER, REFERRAL_SOURCE, THERAPIST_ID
-from training.metrics import expected_ece
+from training.metrics import expected_ece, kish_effective_n
 
 if TYPE_CHECKING:
     from training.evaluation import ModelEvaluation
@@ -46,6 +46,15 @@ SESSION_DAY = "session_day"
 CALIBRATION_SUBGROUPS = (CLINIC_ID, "age_band", GENDER, REFERRAL_SOURCE)
 MODEL, TREAT_ALL, TREAT_NONE, ALERT_RULE = "model", "treat all", "treat none", "alert rule"
 ALERT_RULE_BASELINE = "alert_rule"
+#: What an evaluation without a stated population is on (plot titles).
+HELD_OUT = "held-out clients"
+
+
+def weighting_caption(effective_n: float | None, n_rows: int) -> str:
+    """``"weighted for censoring: effective n 812 of 1,204 rows"`` (Kish), or ``""``."""
+    if effective_n is None or not np.isfinite(effective_n):
+        return ""
+    return f"weighted for censoring: effective n {effective_n:,.0f} of {n_rows:,} rows"
 
 
 def _checked(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -333,19 +342,35 @@ def alert_workload(
     return pd.DataFrame(rows)
 
 
-def _design_effect(y: np.ndarray, cluster: np.ndarray) -> float:
-    """Kish design effect of a proportion over clustered rows: the cluster-robust variance of
-    the mean over the binomial one (at least 1; 1 when either is 0)."""
-    rate = y.mean()
-    codes, _ = pd.factorize(cluster, use_na_sentinel=False)
-    per_cluster = np.bincount(codes, weights=y - rate)
-    robust = float(np.sum(per_cluster**2))
-    binomial = float(y.size * rate * (1.0 - rate))
-    return max(1.0, robust / binomial) if robust > 0 and binomial > 0 else 1.0
+def _effective_n(y: np.ndarray, cluster: np.ndarray | None, w: np.ndarray) -> float:
+    """Effective sample size of a weighted proportion over clustered rows.
+
+    The binomial variance r(1 - r) over the cluster-robust (sandwich) variance of the weighted
+    mean, sum_c (sum_{i in c} w_i (y_i - r))^2 / (sum w)^2, capped at the Kish effective n of
+    the weights (Kish 1965). Unweighted and unclustered it is the row count; unweighted and
+    clustered, the rows over the design effect of the clustering.
+    """
+    kish = float(w.sum() ** 2 / (w @ w)) if (w @ w) > 0 else 0.0
+    total = float(w.sum())
+    if total == 0:
+        return 0.0
+    rate = float(w @ y) / total
+    codes = (
+        np.arange(y.size) if cluster is None else pd.factorize(cluster, use_na_sentinel=False)[0]
+    )
+    robust = float(np.sum(np.bincount(codes, weights=w * (y - rate)) ** 2)) / total**2
+    binomial = rate * (1.0 - rate)
+    return min(kish, binomial / robust) if robust > 0 and binomial > 0 else kish
 
 
 def calibration_ci(
-    y: Any, p: Any, n_bins: int = 10, level: float = 0.95, *, cluster: Any | None = None
+    y: Any,
+    p: Any,
+    n_bins: int = 10,
+    level: float = 0.95,
+    *,
+    cluster: Any | None = None,
+    w: Any | None = None,
 ) -> pd.DataFrame:
     """Calibration curve on quantile bins of ``p`` with Wilson intervals of the observed rate.
 
@@ -354,14 +379,19 @@ def calibration_ci(
     outcome, so rows are not independent: with ``cluster`` (the client id per row) the Wilson
     interval (``scipy.stats.binomtest``) is taken on the bin's effective sample size, its rows
     divided by the Kish design effect of the clustering (Kish 1965); without it, on the rows.
+    With row weights ``w`` (the evaluation's censoring weights) the mean prediction and the
+    observed rate are weighted, as every test metric is, and the effective sample size also
+    counts what the weights cost (:func:`_effective_n`).
 
     Returns
     -------
     pandas.DataFrame
-        One row per non-empty bin: ``bin``, ``n``, ``events``, ``mean_predicted``,
-        ``observed_rate``, ``effective_n``, ``ci_low``, ``ci_high`` (probability units).
+        One row per non-empty bin: ``bin``, ``n`` (rows), ``events`` (dropout rows),
+        ``mean_predicted``, ``observed_rate`` (weighted when ``w`` is given),
+        ``effective_n``, ``ci_low``, ``ci_high`` (probability units).
     """
     yy, pp = _checked(y, p)
+    ww = _row_weights(w, yy.size)
     columns = ["bin", "n", "events", "mean_predicted", "observed_rate", "effective_n",
                "ci_low", "ci_high"]  # fmt: skip
     if yy.size == 0:
@@ -374,12 +404,17 @@ def calibration_ci(
     rows = []
     for b in np.unique(codes):
         mask = codes == b
-        k, n = int(yy[mask].sum()), int(mask.sum())
-        deff = 1.0 if clusters is None else _design_effect(yy[mask], clusters[mask])
-        n_eff = max(1, round(n / deff))
-        k_eff = min(n_eff, round(n_eff * k / n))
+        bw = ww[mask]
+        if bw.sum() == 0:
+            continue
+        rate = float(bw @ yy[mask] / bw.sum())
+        n_eff = max(
+            1, round(_effective_n(yy[mask], None if clusters is None else clusters[mask], bw))
+        )
+        k_eff = min(n_eff, round(n_eff * rate))
         ci = binomtest(k_eff, n_eff).proportion_ci(confidence_level=level, method="wilson")
-        rows.append([int(b) + 1, n, k, pp[mask].mean(), k / n, n_eff, ci.low, ci.high])
+        rows.append([int(b) + 1, int(mask.sum()), int(yy[mask].sum()),
+                     float(bw @ pp[mask] / bw.sum()), rate, n_eff, ci.low, ci.high])  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -391,18 +426,22 @@ def subgroup_calibration(
     *,
     n_bins: int = 5,
     min_n: int = 200,
+    w: Any | None = None,
 ) -> pd.DataFrame:
     """:func:`calibration_ci` per value of each ``by`` column with at least ``min_n`` rows,
-    clustered by ``frame``'s ``client_id`` when it has one.
+    clustered by ``frame``'s ``client_id`` when it has one, weighted by ``w`` when given.
 
     Returns
     -------
     pandas.DataFrame
-        ``subgroup``, ``group`` (the value), ``group_n``, then the :func:`calibration_ci`
-        columns. Smaller groups are left out: the model card calls subgroups under 200 test
-        rows too small to judge, and their intervals span most of [0, 1].
+        ``subgroup``, ``group`` (the value), ``group_n`` (rows), ``group_effective_n`` (Kish
+        effective n of the group's weights; ``group_n`` unweighted), then the
+        :func:`calibration_ci` columns. Smaller groups are left out: the model card calls
+        subgroups under 200 test rows too small to judge, and their intervals span most of
+        [0, 1].
     """
     yy, pp = _checked(y, p)
+    ww = _row_weights(w, yy.size)
     clients = (
         frame[CLIENT_ID].to_numpy(dtype=object)
         if CLIENT_ID in frame.columns
@@ -417,14 +456,22 @@ def subgroup_calibration(
             mask = values == value
             if mask.sum() < min_n:
                 continue
-            table = calibration_ci(yy[mask], pp[mask], n_bins, cluster=clients[mask])
-            parts.append(table.assign(subgroup=column, group=str(value), group_n=int(mask.sum())))
+            table = calibration_ci(yy[mask], pp[mask], n_bins, cluster=clients[mask], w=ww[mask])
+            parts.append(
+                table.assign(
+                    subgroup=column,
+                    group=str(value),
+                    group_n=int(mask.sum()),
+                    group_effective_n=kish_effective_n(ww[mask]),
+                )
+            )
     if not parts:
         return pd.DataFrame(
             columns=[
                 "subgroup",
                 "group",
                 "group_n",
+                "group_effective_n",
                 "bin",
                 "n",
                 "events",
@@ -435,7 +482,7 @@ def subgroup_calibration(
             ]  # fmt: skip
         )
     out = pd.concat(parts, ignore_index=True)
-    lead = ["subgroup", "group", "group_n"]
+    lead = ["subgroup", "group", "group_n", "group_effective_n"]
     return out[lead + [c for c in out.columns if c not in lead]]
 
 
@@ -486,7 +533,10 @@ class DecisionSupport:
     :func:`alert_workload` (empty without appointment dates); ``calibration``:
     :func:`calibration_ci` of the model; ``subgroup_calibration``: :func:`subgroup_calibration`;
     ``expected_ece``: :func:`expected_ece_by_landmark` (what a perfectly calibrated model's
-    ECE would be on each landmark's rows).
+    ECE would be on each landmark's rows); ``population``: what was evaluated, for the plots'
+    titles (:attr:`training.evaluation.ModelEvaluation.population`); ``effective_n``: Kish
+    effective n of the censoring weights every table is weighted by (None: unweighted), and
+    ``n_rows`` the landmark rows behind it, for the plots' captions.
     """
 
     decision_curve: pd.DataFrame
@@ -494,6 +544,13 @@ class DecisionSupport:
     calibration: pd.DataFrame
     subgroup_calibration: pd.DataFrame
     expected_ece: pd.DataFrame = field(default_factory=pd.DataFrame)
+    population: str = HELD_OUT
+    effective_n: float | None = None
+    n_rows: int = 0
+
+    def weighting(self) -> str:
+        """Caption text: how the rows are weighted (empty when they are not)."""
+        return weighting_caption(self.effective_n, self.n_rows)
 
     def card_table(self, high_from: float | None = None) -> pd.DataFrame:
         """:func:`card_table` of this support's decision curve and workload."""
@@ -556,15 +613,18 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
 
     The workload needs each row's appointment date (``session_day`` in the evaluation's
     context, set by :func:`training.evaluation.evaluate_scorer`); without it the workload table
-    is empty.
+    is empty. The alert rule is the evaluation's own 0/1 flags (``alert_flags``: a training
+    run and ``alliance-risk evaluate`` alike), else read off a fitted ``alert_rule`` baseline.
     """
     data = evaluation.data
     y, p = data.y, evaluation.probability
     flags = {}
-    if ALERT_RULE_BASELINE in evaluation.baseline_probability:
+    if evaluation.alert_flags is not None:
+        flags[ALERT_RULE] = np.asarray(evaluation.alert_flags)
+    elif ALERT_RULE_BASELINE in evaluation.baseline_probability:
         flags[ALERT_RULE] = rule_flags(evaluation.baseline_probability[ALERT_RULE_BASELINE])
-    # Censoring weights of the evaluation (None with --censoring exclude): the curve and the
-    # workload stand for every intake, as the metrics do.
+    # Censoring weights of the evaluation (None with --censoring exclude): the curve, the
+    # workload and the calibration curves stand for every intake, as the metrics do.
     w = data.weight
     curve = decision_curve(y, {MODEL: p}, flags, cluster=data.client_id, weight=w)
     context = data.context
@@ -575,9 +635,12 @@ def decision_support(evaluation: ModelEvaluation) -> DecisionSupport:
     return DecisionSupport(
         decision_curve=curve,
         workload=workload,
-        calibration=calibration_ci(y, p, cluster=data.client_id),
-        subgroup_calibration=subgroup_calibration(y, p, context),
+        calibration=calibration_ci(y, p, cluster=data.client_id, w=w),
+        subgroup_calibration=subgroup_calibration(y, p, context, w=w),
         expected_ece=expected_ece_by_landmark(context["landmark"], p, w)
         if "landmark" in context.columns
         else pd.DataFrame(),
+        population=evaluation.population,
+        effective_n=None if w is None else kish_effective_n(w),
+        n_rows=int(y.size),
     )

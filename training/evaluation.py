@@ -22,7 +22,7 @@ from features.contract import (
 from features.episodes import Episodes
 from models.explain import global_importance
 from models.scorer import Scorer
-from training.baselines import AlertRule, LogisticBaseline
+from training.baselines import AlertRule, LogisticBaseline, alert_flags, rule_columns
 from training.censoring import (
     CensoringMethod,
     evaluation_weights,
@@ -39,6 +39,9 @@ from training.metrics import EvaluationReport, evaluate, landmark_band
 
 logger = logging.getLogger(__name__)
 
+#: What a training run evaluates on (plot titles); ``alliance-risk evaluate`` names its data.
+TEST_POPULATION = "the test split (held-out clients)"
+
 
 @dataclass(frozen=True)
 class ModelEvaluation:
@@ -47,7 +50,10 @@ class ModelEvaluation:
     ``model`` is the scorer's report, overall and per :data:`SUBGROUPS`; ``baselines`` maps a
     baseline name to its report on the same rows; ``therapists`` is the per-therapist table and
     ``therapist_summary`` its aggregate; ``importance`` the mean |group contribution|;
-    ``probability`` the scorer's test predictions (aligned to ``data``).
+    ``probability`` the scorer's test predictions (aligned to ``data``); ``alert_flags`` the
+    alert rule's 0/1 flag per row (None when the feature set lacks its inputs), for the
+    decision curve and workload of any evaluation, with or without fitted baselines;
+    ``population`` what was evaluated, as the plots' titles name it.
     """
 
     model: EvaluationReport
@@ -58,6 +64,8 @@ class ModelEvaluation:
     importance: pd.Series
     probability: np.ndarray
     data: LandmarkSet
+    alert_flags: np.ndarray | None = None
+    population: str = TEST_POPULATION
 
     def comparison(self) -> pd.DataFrame:
         """Model and baselines side by side: one row per model, headline metrics as columns."""
@@ -153,6 +161,7 @@ def evaluate_scorer(
     censoring: CensoringMethod = "ipcw",
     closure_days: int = 28,
     extraction_date: pd.Timestamp | None = None,
+    population: str = TEST_POPULATION,
 ) -> ModelEvaluation:
     """Evaluate ``scorer`` (and ``baselines``) on the labelled landmarks of normalised tables.
 
@@ -164,7 +173,8 @@ def evaluate_scorer(
     ``censoring="ipcw"`` every metric is weighted by the ended clients' inverse probability of
     censoring, from the follow-up of all of ``clients`` (ongoing included:
     :func:`training.censoring.evaluation_weights`), so the metrics stand for every intake and
-    not the short episodes of recent ones. ``"exclude"``: unweighted.
+    not the short episodes of recent ones. ``"exclude"``: unweighted. ``population`` names
+    the evaluated clients in the plots' titles.
 
     Raises
     ------
@@ -220,6 +230,10 @@ def evaluate_scorer(
     per_therapist = evaluate(
         data.y, p, frame=data.context, by=(THERAPIST_ID,), n_boot=0, seed=seed, weight=weight
     ).per_group[THERAPIST_ID]
+    try:
+        alert = alert_flags(rule_columns(scorer.registry), data.X)
+    except KeyError:
+        alert = None
     base_reports: dict[str, EvaluationReport] = {}
     base_probs: dict[str, np.ndarray] = {}
     for name, base in (baselines or {}).items():
@@ -237,6 +251,8 @@ def evaluate_scorer(
         importance=global_importance(scored.explanation),
         probability=p,
         data=data,
+        alert_flags=alert,
+        population=population,
     )
 
 

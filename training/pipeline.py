@@ -311,15 +311,17 @@ def finish_training(
     bands = RiskBands.from_probabilities(
         calibrator.predict_proba(cal_margin, cal_landmark)[:, 1],
         rule=HighBandRule.parse(config.high_band),
+        weight=cal.weight,
     )
     timings["calibrate_s"] = time.perf_counter() - t
 
     say("baselines")
     baselines: dict[str, LogisticBaseline | AlertRule] = {
+        # Weighted for censoring as the booster is (None with --censoring exclude).
         "logistic_early_alliance_attendance": fit_logistic(
-            registry, train.X, train.y, seed=config.seed
+            registry, train.X, train.y, seed=config.seed, sample_weight=train.weight
         ),
-        "alert_rule": fit_alert_rule(registry, train.X, train.y),
+        "alert_rule": fit_alert_rule(registry, train.X, train.y, sample_weight=train.weight),
     }
 
     summary = {**summary, "splits": splits.sizes(), "landmark_rows": dict(landmark_rows)}

@@ -3,7 +3,7 @@
 - calibration (reliability on the ECE's bins), ROC and precision-recall of the model and its
   baselines;
 - decision support (on held-out clients: the test split of a training run, the whole cohort
-  of an evaluation run): the decision curve, the alert workload, calibration curves with 95%
+  of an evaluation run; titles name which, and captions the censoring weights' effective n): the decision curve, the alert workload, calibration curves with 95%
   intervals (overall and per subgroup), and discrimination and calibration per landmark
   (:func:`write_decision_support` writes these with their tables).
 
@@ -23,20 +23,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from training import metrics
 from training.decision import (
     ALERT_RULE,
     CI_HIGH,
     CI_LOW,
+    HELD_OUT,
     MODEL,
     TREAT_ALL,
     TREAT_NONE,
     DecisionSupport,
+    weighting_caption,
 )
-from training.metrics import reliability_table
+from training.metrics import kish_effective_n, reliability_table
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from training.evaluation import ModelEvaluation
 
 Curves = Mapping[str, tuple[Any, Any]]
 #: Files :func:`write_decision_support` writes, in the order the model card lists them.
@@ -119,16 +124,39 @@ def _new_figure(nrows: int = 1, height_ratios: Sequence[int] | None = None) -> F
     return fig
 
 
+def _caption(n_rows: int, weight: Any) -> str:
+    """``"1,204 landmark rows"``, and with censoring weights their Kish effective n."""
+    if weight is None:
+        return f"{n_rows:,} landmark rows"
+    return weighting_caption(kish_effective_n(weight), n_rows)
+
+
+def _weight(weight: Any, n: int) -> np.ndarray | None:
+    """Row weights as floats (None stays None), one per row, finite and >= 0."""
+    if weight is None:
+        return None
+    w = np.asarray(weight, dtype=float).ravel()
+    if w.shape != (n,) or not (np.isfinite(w) & (w >= 0)).all():
+        raise ValueError("weights must be finite, >= 0 and one per row")
+    return w
+
+
 def plot_calibration(
     y: Any,
     p: Any,
     out_dir: Path | str,
     *,
+    weight: Any = None,
     n_bins: int = 10,
     filename: str = "calibration.png",
-    title: str = "Calibration on the test set",
+    population: str = HELD_OUT,
+    title: str | None = None,
 ) -> Path:
     """Reliability curve (``n_bins`` equal-width bins) above a histogram of rows per bin.
+
+    The points are :func:`training.metrics.reliability_table` of the same rows and weights as
+    the ECE the report quotes, so plot and number agree; with censoring weights the caption
+    gives their effective n.
 
     Parameters
     ----------
@@ -138,6 +166,10 @@ def plot_calibration(
         Calibrated predicted probability of dropout.
     out_dir : path
         Directory to write into (created if missing).
+    weight : array-like of float, optional
+        Row weights (the evaluation's inverse-probability-of-censoring weights).
+    population : str
+        What the rows are (title: "Calibration on <population>"), unless ``title`` is given.
 
     Returns
     -------
@@ -145,8 +177,8 @@ def plot_calibration(
         The PNG written, ``out_dir / filename``.
     """
     y_arr, p_arr = _binary_and_probs(y, p, "calibration")
-    # The same bins as the ECE the report quotes (training.metrics), so plot and number agree.
-    table = reliability_table(y_arr, p_arr, n_bins)
+    w = _weight(weight, y_arr.size)
+    table = reliability_table(y_arr, p_arr, n_bins, w=w)
     fig = _new_figure(2, height_ratios=(3, 1))
     top, bottom = fig.axes
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
@@ -155,17 +187,24 @@ def plot_calibration(
         table.loc[seen, "mean_predicted"],
         table.loc[seen, "observed_rate"],
         marker="o",
-        label="model",
+        label="model" + (" (weighted for censoring)" if w is not None else ""),
     )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("observed dropout rate")
-    top.set_title(title)
+    top.set_title(
+        title
+        or _titled(
+            "Calibration", population, f"{n_bins} equal-width bins (as the ECE)",
+            _caption(y_arr.size, w),
+        ),
+        fontsize="medium",
+    )  # fmt: skip
     top.legend(loc="upper left")
     centres = (table["bin_low"] + table["bin_high"]) / 2
     bottom.bar(centres, table["n"], width=1.0 / n_bins * 0.9, color="tab:blue")
     bottom.set_xlabel("predicted probability of dropout")
-    bottom.set_ylabel("rows")
+    bottom.set_ylabel("landmark rows")
     return _save(fig, out_dir, filename)
 
 
@@ -173,34 +212,46 @@ def plot_roc(
     curves: Curves,
     out_dir: Path | str,
     *,
+    weight: Any = None,
     filename: str = "roc.png",
-    title: str = "ROC on the test set",
+    population: str = HELD_OUT,
+    title: str | None = None,
 ) -> Path:
     """ROC curves of the model and its baselines on one plot, AUROC in the legend.
+
+    The legend's AUROC is :func:`training.metrics.auroc` with ``weight``: the number the model
+    card and MLflow show.
 
     Parameters
     ----------
     curves : Mapping[str, (y, p)]
         Name (e.g. ``"model"``, ``"logistic baseline"``, ``"alert rule"``) to observed dropout
-        (0/1) and score in [0, 1]; a 0/1 rule gives a single operating point.
+        (0/1) and score in [0, 1], all on the same rows; a 0/1 rule gives a single operating
+        point.
+    weight : array-like of float, optional
+        Row weights of those rows (censoring): curves and AUROCs are weighted.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
 
     if not curves:
         raise ValueError("plot_roc needs at least one curve")
     fig = _new_figure()
     ax = fig.axes[0]
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    n_rows = 0
+    w = None
     for name, (y, p) in curves.items():
         y_arr, p_arr = _binary_and_probs(y, p, name)
         _both_classes(y_arr, name)
-        fpr, tpr, _ = roc_curve(y_arr, p_arr)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y_arr, p_arr):.3f})")
+        w = _weight(weight, y_arr.size)
+        n_rows = y_arr.size
+        fpr, tpr, _ = roc_curve(y_arr, p_arr, sample_weight=w)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {metrics.auroc(y_arr, p_arr, w):.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title(title)
+    ax.set_title(title or _titled("ROC", population, _caption(n_rows, w)), fontsize="medium")
     ax.legend(loc="lower right")
     return _save(fig, out_dir, filename)
 
@@ -209,27 +260,34 @@ def plot_pr(
     curves: Curves,
     out_dir: Path | str,
     *,
+    weight: Any = None,
     filename: str = "pr.png",
-    title: str = "Precision-recall on the test set",
+    population: str = HELD_OUT,
+    title: str | None = None,
 ) -> Path:
     """Precision-recall curves of the model and its baselines, AUPRC in the legend.
 
-    The horizontal line is the dropout rate of the first curve's rows (per landmark row, not per
-    episode): what flagging at random achieves.
+    The legend's AUPRC is :func:`training.metrics.auprc` with ``weight`` (the card's and
+    MLflow's number). The horizontal line is the dropout rate of the first curve's rows (per
+    landmark row, not per episode; weighted with ``weight``): what flagging at random achieves.
     """
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import precision_recall_curve
 
     if not curves:
         raise ValueError("plot_pr needs at least one curve")
     fig = _new_figure()
     ax = fig.axes[0]
     prevalences = []
+    n_rows = 0
+    w = None
     for name, (y, p) in curves.items():
         y_arr, p_arr = _binary_and_probs(y, p, name)
         _both_classes(y_arr, name)
-        prevalences.append(float(y_arr.mean()))
-        precision, recall, _ = precision_recall_curve(y_arr, p_arr)
-        auprc = average_precision_score(y_arr, p_arr)
+        w = _weight(weight, y_arr.size)
+        n_rows = y_arr.size
+        prevalences.append(float(np.average(y_arr, weights=w)))
+        precision, recall, _ = precision_recall_curve(y_arr, p_arr, sample_weight=w)
+        auprc = metrics.auprc(y_arr, p_arr, w)
         ax.step(recall, precision, where="post", label=f"{name} (AUPRC {auprc:.3f})")
     prevalence = prevalences[0]
     # Per landmark row, as the curves are: lower than the card's per-episode dropout rate,
@@ -244,15 +302,50 @@ def plot_pr(
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall (sensitivity)")
     ax.set_ylabel("precision (PPV)")
-    ax.set_title(title)
+    ax.set_title(
+        title or _titled("Precision-recall", population, _caption(n_rows, w)), fontsize="medium"
+    )
     ax.legend(loc="upper right")
     return _save(fig, out_dir, filename)
+
+
+def write_evaluation_plots(evaluation: ModelEvaluation, out_dir: Path | str) -> pd.DataFrame:
+    """``calibration.png`` (with its table, ``calibration.csv``), ``roc.png`` and ``pr.png``
+    of one evaluation: the model and its baselines on the evaluation's rows, weighted by its
+    censoring weights as its metrics are, titled with what it evaluated
+    (:attr:`~training.evaluation.ModelEvaluation.population`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The calibration table (:func:`training.metrics.reliability_table` of the evaluation's
+        rows and weights), the points ``calibration.png`` draws.
+    """
+    out = Path(out_dir)
+    y, w, population = evaluation.data.y, evaluation.data.weight, evaluation.population
+    table = reliability_table(y, evaluation.probability, 10, w=w)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "calibration.csv", index=False)
+    plot_calibration(y, evaluation.probability, out, weight=w, population=population)
+    curves = {"model": (y, evaluation.probability)}
+    curves.update({k: (y, p) for k, p in evaluation.baseline_probability.items()})
+    if np.unique(y).size == 2:
+        plot_roc(curves, out, weight=w, population=population)
+        plot_pr(curves, out, weight=w, population=population)
+    return table
 
 
 # --------------------------------------------------------------------------- decision support
 
 
-def plot_decision_curve(curve: pd.DataFrame, out_dir: Path | str) -> Path:
+def _titled(what: str, population: str, *lines: str) -> str:
+    """``"<what> on <population>"``, then each non-empty line of ``lines`` on its own."""
+    return "\n".join([f"{what} on {population}", *(line for line in lines if line)])
+
+
+def plot_decision_curve(
+    curve: pd.DataFrame, out_dir: Path | str, *, population: str = HELD_OUT, caption: str = ""
+) -> Path:
     """Net benefit against threshold probability, one line per strategy.
 
     ``curve`` is :func:`training.decision.decision_curve`'s table. The y axis runs from a
@@ -286,13 +379,18 @@ def plot_decision_curve(curve: pd.DataFrame, out_dir: Path | str) -> Path:
     )
     ax.set_ylabel("net benefit (dropouts alerted per session, net of false alerts)")
     ax.grid(alpha=0.3)
-    ax.set_title("Decision curve, held-out clients (unit: one scored session)")
+    ax.set_title(
+        _titled("Decision curve", population, "unit: one scored session", caption),
+        fontsize="medium",
+    )
     ax.axhline(0, color="black", linewidth=0.5)
     ax.legend(loc="upper right")
     return _save(fig, out_dir, DECISION_CURVE_PNG)
 
 
-def plot_workload(workload: pd.DataFrame, out_dir: Path | str) -> Path:
+def plot_workload(
+    workload: pd.DataFrame, out_dir: Path | str, *, population: str = HELD_OUT, caption: str = ""
+) -> Path:
     """Alerts per clinician-week (top) and the share of dropouts caught (bottom) by threshold.
 
     The model's rows vary with the threshold; the alert rule (a fixed 0/1 alert) is a
@@ -332,7 +430,9 @@ def plot_workload(workload: pd.DataFrame, out_dir: Path | str) -> Path:
             linestyle=":",
         )
     top.set_ylabel("alerts per clinician per week")
-    top.set_title("Alert workload, held-out clients (their sessions only)")
+    top.set_title(
+        _titled("Alert workload", population, "their sessions only", caption), fontsize="medium"
+    )
     top.legend(loc="upper right", fontsize="small")
     bottom.set_ylabel("share of clients alerted at any session")
     bottom.set_ylim(0, 1.02)
@@ -369,8 +469,13 @@ def _limit(*tables: pd.DataFrame) -> float:
     return min(1.0, math.ceil(max(high) * 10 + 0.5) / 10)
 
 
-def plot_calibration_ci(table: pd.DataFrame, out_dir: Path | str) -> Path:
-    """The model's calibration on quantile bins with 95% Wilson intervals (overall)."""
+def plot_calibration_ci(
+    table: pd.DataFrame, out_dir: Path | str, *, population: str = HELD_OUT, caption: str = ""
+) -> Path:
+    """The model's calibration on quantile bins with 95% Wilson intervals (overall).
+
+    ``table``: :func:`training.decision.calibration_ci` (weighted when the evaluation is);
+    ``caption`` says how (:meth:`training.decision.DecisionSupport.weighting`)."""
     fig = _figure(width=6.0, height=6.0)
     ax = fig.axes[0]
     _calibration_axes(
@@ -379,7 +484,10 @@ def plot_calibration_ci(table: pd.DataFrame, out_dir: Path | str) -> Path:
     ax.plot([], [], linestyle="--", color="grey", label="perfect calibration")
     n = int(table["n"].sum()) if not table.empty else 0
     ax.set_title(
-        f"Calibration, held-out clients\n{len(table)} quantile bins of {n:,} landmark rows"
+        _titled(
+            "Calibration", population, f"{len(table)} quantile bins of {n:,} landmark rows", caption
+        ),  # fmt: skip
+        fontsize="medium",
     )
     ax.set_xlabel("mean predicted probability of dropout in the bin")
     ax.set_ylabel("observed dropout rate in the bin")
@@ -387,8 +495,18 @@ def plot_calibration_ci(table: pd.DataFrame, out_dir: Path | str) -> Path:
     return _save(fig, out_dir, CALIBRATION_CI_PNG)
 
 
-def plot_subgroup_calibration(table: pd.DataFrame, subgroup: str, out_dir: Path | str) -> Path:
-    """One calibration panel per group of ``subgroup`` (largest :data:`MAX_PANELS` groups)."""
+def plot_subgroup_calibration(
+    table: pd.DataFrame,
+    subgroup: str,
+    out_dir: Path | str,
+    *,
+    population: str = HELD_OUT,
+    weighted: bool = False,
+) -> Path:
+    """One calibration panel per group of ``subgroup`` (largest :data:`MAX_PANELS` groups).
+
+    ``weighted``: the table is weighted for censoring; each panel then gives its group's
+    effective n (``group_effective_n``, Kish) beside its rows."""
     rows = table[table["subgroup"] == subgroup]
     sizes = rows.groupby("group")["group_n"].first().sort_values(ascending=False)
     # The largest groups, in reading order ("<25" before "25-39").
@@ -400,15 +518,24 @@ def plot_subgroup_calibration(table: pd.DataFrame, subgroup: str, out_dir: Path 
     for ax, group in zip(fig.axes, groups, strict=False):
         part = rows[rows["group"] == group]
         _calibration_axes(ax, part, limit=limit, label=str(group))
-        ax.set_title(f"{group} ({int(sizes[group]):,} rows)", fontsize="medium")
+        size = f"{int(sizes[group]):,} rows"
+        if weighted and "group_effective_n" in part.columns:
+            size += f", eff. n {float(part['group_effective_n'].iloc[0]):,.0f}"
+        ax.set_title(f"{group} ({size})", fontsize="medium")
     for ax in fig.axes[len(groups) :]:
         ax.set_visible(False)
     left_out = len(sizes) - len(groups)
     note = f"; {left_out} smaller group(s) not drawn" if left_out else ""
     name = SUBGROUP_NAMES.get(subgroup, subgroup)
+    weighting = "weighted for censoring (eff. n: Kish effective sample size)" if weighted else ""
     fig.suptitle(
-        f"Calibration by {name}, held-out clients\n"
-        f"landmark rows in 5 quantile bins, 95% Wilson intervals (clients as clusters){note}"
+        _titled(
+            f"Calibration by {name}",
+            population,
+            f"landmark rows in 5 quantile bins, 95% Wilson intervals (clients as clusters){note}",
+            weighting,
+        ),
+        fontsize="medium",
     )
     fig.supxlabel("mean predicted probability of dropout")
     fig.supylabel("observed dropout rate")
@@ -420,7 +547,9 @@ def landmark_column(table: pd.DataFrame) -> str:
     return "landmark" if "landmark" in table.columns else "value"
 
 
-def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
+def plot_landmarks(
+    table: pd.DataFrame, out_dir: Path | str, *, population: str = HELD_OUT, caption: str = ""
+) -> Path:
     """AUROC, ECE, mean predicted against observed dropout rate, and rows, per landmark.
 
     ``table`` is the evaluation's per-landmark table: a landmark column (``landmark`` or
@@ -443,7 +572,10 @@ def plot_landmarks(table: pd.DataFrame, out_dir: Path | str) -> Path:
     k = table["_k"].to_numpy(dtype=float)
     a.plot(k, table["auroc"], marker="o", color="tab:blue")
     a.set_ylabel("AUROC")
-    a.set_title("Discrimination and calibration by landmark, held-out clients")
+    a.set_title(
+        _titled("Discrimination and calibration by landmark", population, caption),
+        fontsize="medium",
+    )
     b.plot(k, table["ece"], marker="o", color="tab:red", label="ECE (10 equal-width bins)")
     top = float(np.nanmax(table["ece"])) if len(table) else 0.0
     if "ece_expected" in table.columns:
@@ -489,13 +621,20 @@ def write_decision_support(
     }
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
-    plot_decision_curve(support.decision_curve, out)
+    titled = {"population": support.population, "caption": support.weighting()}
+    plot_decision_curve(support.decision_curve, out, **titled)
     if not support.workload.empty:
-        plot_workload(support.workload, out)
+        plot_workload(support.workload, out, **titled)
     if not support.calibration.empty:
-        plot_calibration_ci(support.calibration, out)
+        plot_calibration_ci(support.calibration, out, **titled)
     for subgroup in pd.unique(support.subgroup_calibration["subgroup"]):
-        plot_subgroup_calibration(support.subgroup_calibration, str(subgroup), out)
+        plot_subgroup_calibration(
+            support.subgroup_calibration,
+            str(subgroup),
+            out,
+            population=support.population,
+            weighted=support.effective_n is not None,
+        )
     needed = {"auroc", "ece", "mean_probability", "prevalence", "n"}
     if not landmarks.empty and needed <= set(landmarks.columns):
         expected = support.expected_ece
@@ -508,5 +647,5 @@ def write_decision_support(
             )
             tables["landmark_expected_ece"] = expected
             expected.to_csv(out / "landmark_expected_ece.csv", index=False)
-        plot_landmarks(landmarks, out)
+        plot_landmarks(landmarks, out, **titled)
     return tables

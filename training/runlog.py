@@ -126,13 +126,8 @@ def pseudonymise(
 
 def _write_reports(evaluation: ModelEvaluation, out: Path) -> dict[str, pd.DataFrame]:
     """Plots and tables of one evaluation into ``out``; returns the tables for the card."""
-    y = evaluation.data.y
-    curves = {"model": (y, evaluation.probability)}
-    curves.update({k: (y, p) for k, p in evaluation.baseline_probability.items()})
-    report.plot_calibration(y, evaluation.probability, out)
-    if np.unique(y).size == 2:
-        report.plot_roc(curves, out)
-        report.plot_pr(curves, out)
+    # Weighted as the metrics are, titled with what was evaluated.
+    report_plots.write_evaluation_plots(evaluation, out)
     tables = {
         "landmarks": evaluation.landmark_table(),
         "subgroups": evaluation.subgroup_table(),
@@ -185,10 +180,12 @@ def calibration_text(config: Any, method: str, landmark_intercepts: bool) -> str
 
 
 def held_out_rows_text(config: Any) -> str:
-    """The rows the calibrator and the risk bands were fitted on, for the card."""
+    """The rows the calibrator and the risk bands were fitted on, for the card (and that both
+    weight them for censoring under ``--censoring ipcw``)."""
+    weighted = " (weighted for censoring)" if getattr(config, "censoring", "") == "ipcw" else ""
     if not getattr(config, "calibration_folds", 0):
-        return "the calibration split's landmark rows"
-    return "the held-out landmark rows of every development client"
+        return f"the calibration split's landmark rows{weighted}"
+    return f"the held-out landmark rows of every development client{weighted}"
 
 
 def _mlflow_metrics(evaluation: ModelEvaluation, prefix: str = "test_") -> dict[str, float]:

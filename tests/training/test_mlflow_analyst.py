@@ -152,7 +152,11 @@ def test_version_description_is_the_card_summary_and_the_card_names_the_version(
     # The card says where the calibrator and the bands were fitted (cross-fit by default).
     assert "out-of-fold margins of the train and validation clients" in card_text
     assert "calibration split (never used for fitting)" not in card_text
-    assert "held-out landmark rows of every development client are *high*" in card_text
+    # ... and that they are weighted for censoring, as the run was trained (IPCW by default).
+    assert (
+        "held-out landmark rows of every development client (weighted for censoring) are *high*"
+        in card_text
+    )
 
     card_path = logged.client.download_artifacts(
         logged.train.run_id, "report/model_card.md", str(logged.store / "download")
@@ -200,6 +204,16 @@ def test_evaluation_metrics_show_on_the_logged_model(logged: Logged) -> None:
     assert "test_auroc" in by_run[logged.train.run_id]
     assert evaluation.data.tags["evaluated_model_version"] == str(logged.train.model_version)
     assert evaluation.data.tags["evaluated_model_id"] == model.model_id
+
+
+def test_an_evaluation_run_s_decision_curve_has_the_alert_rule(logged: Logged) -> None:
+    """Training runs compare the model with the alert rule clinics use; evaluation runs, which
+    fit no baselines, must too (the rule needs no fitting to alert)."""
+    for run_id in (logged.train.run_id, logged.evaluation.run_id):
+        folder = logged.store / f"decision-{run_id}"
+        folder.mkdir()
+        path = logged.client.download_artifacts(run_id, "report/decision_curve.csv", str(folder))
+        assert "alert rule" in pd.read_csv(path).columns, run_id
 
 
 # -- 3. datasets ------------------------------------------------------------------------------

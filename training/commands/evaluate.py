@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +56,8 @@ def evaluate(
     weights stretch the labelled rows. Logged as ``evaluation_*`` metrics.
 
     Produces the same report as training (overall, per landmark, per subgroup, calibration,
-    ROC and PR plots) and logs it as an MLflow evaluation run, its metrics logged against the
+    ROC and PR plots, the decision curve with the alert rule; titled with the sessions file's
+    name) and logs it as an MLflow evaluation run, its metrics logged against the
     evaluated model version's logged model, so they show on that model's page.
     """
     console = Console()
@@ -87,6 +89,8 @@ def evaluate(
             evaluation = evaluate_on(scorer, cohort.sessions, cohort.clients, n_boot=bootstrap)
     except ValueError as err:
         raise fail(f"[bold red]Cannot evaluate[/]: {escape(str(err))}", EXIT_ERRORS) from None
+    # The plots name what they are on: this file, not a training run's test split.
+    evaluation = replace(evaluation, population=evaluated_population(Path(sessions)))
     run = log_evaluation_run(
         evaluation,
         model_uri=model,
@@ -107,6 +111,11 @@ def evaluate(
     )
     console.print(table)
     console.print(f"Logged evaluation run {run.run_id} in experiment '{experiment}'.")
+
+
+def evaluated_population(sessions: Path) -> str:
+    """How an evaluate run's plots name its data: ``"the evaluation cohort (<file name>)"``."""
+    return f"the evaluation cohort ({sessions.name})"
 
 
 def register(app: typer.Typer) -> None:
