@@ -98,21 +98,36 @@ class ScoreEntry(BaseModel):
     )
 
 
+#: Said of each score field of :class:`ClientRisk`.
+_UNSCORED = "null while the episode has no score: every appointment of it was deleted."
+
+
 class ClientRisk(BaseModel):
     """A stored client's latest risk with its explanation and the model version that scored
-    it; ``history`` (with ``?history=true``) lists every stored score, oldest first."""
+    it; ``history`` (with ``?history=true``) lists the stored scores, newest first, a page at a
+    time. An episode whose appointments were all deleted has no score: its score fields are
+    null until an appointment is stored again."""
 
     client_id: str
-    model: ModelRef
-    landmark: int
-    probability: float
-    risk_band: RiskBand
-    scored_at: datetime
-    reason: Literal["ingest", "rescore"]
-    explanation: RiskExplanation
+    model: ModelRef | None = Field(description=_UNSCORED)
+    landmark: int | None = Field(description=_UNSCORED)
+    probability: float | None = Field(description=_UNSCORED)
+    risk_band: RiskBand | None = Field(description=_UNSCORED)
+    scored_at: datetime | None = Field(description=_UNSCORED)
+    reason: Literal["ingest", "rescore"] | None = Field(description=_UNSCORED)
+    explanation: RiskExplanation | None = Field(description=_UNSCORED)
     outcome: Literal["completed", "dropout"] | None = Field(
         description="null while the episode is open."
     )
     sessions_stored: int
     request_id: str
-    history: list[ScoreEntry] | None = None
+    history: list[ScoreEntry] | None = Field(
+        default=None,
+        description="With ?history=true: up to history_limit stored scores, newest first "
+        "(every model version side by side); null otherwise.",
+    )
+    history_next_cursor: str | None = Field(
+        default=None,
+        description="With ?history=true: pass as ?history_cursor= for the next, older page of "
+        "the history; null on its last page.",
+    )

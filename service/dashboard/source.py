@@ -148,7 +148,8 @@ def read_client(store: Store, clinic_id: str, client_id: str) -> ClientRecord | 
             return None
         request = repository.episode_request(conn, found)
         latest = repository.latest_score(conn, found.id)
-        history = repository.score_history(conn, found.id)
+        # Newest first: the sparkline draws the last SPARK_POINTS, oldest first.
+        history = repository.score_history(conn, found.id, SPARK_POINTS)[::-1]
     appointments = tuple(
         Appointment(
             session_number=int(a["session_number"]),
@@ -181,7 +182,7 @@ def read_client(store: Store, clinic_id: str, client_id: str) -> ClientRecord | 
             same_version_tail(
                 [(float(h.probability), h.model_version) for h in history],
                 None if latest is None else latest.model_version,
-            )[-SPARK_POINTS:]
+            )
         ),
     )
 

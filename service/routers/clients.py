@@ -1,6 +1,8 @@
 """The client store's routes: ``POST /v1/clients/{client_id}/sessions`` (store appointments and
-rescore), ``POST .../outcome`` (close the episode) and ``GET .../risk`` (latest stored score,
-``?history=true`` for every one).
+rescore), ``POST .../outcome`` (close the episode), ``DELETE .../outcome`` (reopen and rescore),
+``DELETE .../sessions/{n}`` (rescore, or leave the episode unscored when it was the last one)
+and ``GET .../risk`` (latest stored score, ``?history=true`` for the history, newest first, a
+page at a time).
 
 Tenancy: the clinic is the credential's; a client of another clinic is the same 404 as a missing
 one. Scoring takes the one path (:func:`service.routers.risk.score_one`) on the stored episode
@@ -11,7 +13,7 @@ database and scoring work run in the thread pool.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
@@ -25,10 +27,12 @@ from service.auth import Principal
 from service.auth.principal import CLIENTS_READ, CLIENTS_WRITE
 from service.deps import ModelDep, SettingsDep
 from service.errors import InvalidRequest, error_responses, request_id_of
+from service.model_store import LoadedModel
 from service.routers.jsonbody import OrjsonRoute
 from service.routers.risk import BODY_ERRORS, ERRORS, score_one
 from service.schemas import _ID_CHARS, ID_MAX_LENGTH, ModelRef
 from service.security import NOT_FOUND, forget_clients, note_client, scoped
+from service.settings import ServiceSettings
 from service.store import repository as repo
 from service.store.deps import ClientStoreDep
 from service.store.repository import StoredEpisode
@@ -82,7 +86,11 @@ OUTCOME_BEFORE_INTAKE = "before the client's intake date"
 OUTCOME_BEFORE_SESSION = "before the client's last stored appointment"
 NO_OUTCOME = "no outcome is recorded for this client"
 SESSION_NOT_FOUND = "session not found"
-LAST_SESSION = "an episode keeps at least one appointment: this is its only one"
+#: Stored scores per history page unless the caller asks for fewer or more, and at most.
+HISTORY_LIMIT = 100
+HISTORY_LIMIT_MAX = 1000
+#: Longest history cursor this service issues, with room to spare.
+HISTORY_CURSOR_MAX_LENGTH = 64
 
 
 def episode_full(max_sessions: int) -> str:
@@ -154,15 +162,8 @@ def post_sessions(
                     [{"loc": ["sessions"], "reason": episode_full(settings.max_sessions)}]
                 )
             posted = [s["session_number"] for s in body.sessions]
-            episode_request = repo.episode_request(conn, episode, first=posted)
-            forget_clients(request)  # score_one notes the client again
-            try:
-                _, score = score_one(episode_request, request, principal, model, settings)
-            except InvalidRequest as err:
-                raise InvalidRequest(_as_posted(err.errors, len(posted))) from None
-            repo.add_score(conn, episode, score, model_name=model.name,
-                           model_version=model.version, reason="ingest", at=at)  # fmt: skip
-            response = _client_risk(conn, episode, request_id_of(request), history=False)
+            _rescore(conn, episode, request, principal, model, settings, at, first=posted)
+            response = _client_risk(conn, episode, request_id_of(request))
             if keys is not None:
                 payload = response.model_dump(mode="json")
                 repo.save_idempotent(conn, principal.clinic, *keys, 200, payload, at)
@@ -215,25 +216,34 @@ def post_outcome(
     operation_id="withdrawClientOutcome",
     status_code=204,
     response_class=Response,
-    responses={**ERRORS, **error_responses(404)},
-    summary="Withdraw an outcome recorded by mistake: the episode is open again",
+    responses={**ERRORS, **BODY_ERRORS, **error_responses(404)},
+    summary="Withdraw an outcome recorded by mistake: the episode is open again, and rescored",
 )
 def delete_outcome(
     client_id: ClientId,
     request: Request,
     principal: ClientsWriter,
+    model: ModelDep,
+    settings: SettingsDep,
     store: ClientStoreDep,
 ) -> Response:
     """Reopens the episode: it is back on the open caseload and may take later appointments.
-    The outcome is deleted, not kept as history; the audit trail records the withdrawal
-    (``clients.outcome_withdraw``). 404 when the client is missing or has no outcome."""
+    It is rescored by the served model in the same transaction, as every write is (a closed
+    episode is not rescored when a new model is promoted, so its last score may be an older
+    model's); ``GET .../risk`` shows the new score. The outcome is deleted, not kept as
+    history; the audit trail records the withdrawal (``clients.outcome_withdraw``). 404 when
+    the client is missing or has no outcome."""
     note_client(request, client_id)
+    request.state.model_version = model.version
+    at = repo.now()
     with store.write() as conn:
         episode = repo.find_episode(conn, principal.clinic, client_id, for_update=True)
         if episode is None:
             raise HTTPException(404, NOT_FOUND)
-        if not repo.withdraw_outcome(conn, episode, repo.now()):
+        if not repo.withdraw_outcome(conn, episode, at):
             raise HTTPException(404, NO_OUTCOME)
+        if repo.session_count(conn, episode.id):
+            _rescore(conn, episode, request, principal, model, settings, at)
     return Response(status_code=204)
 
 
@@ -241,7 +251,7 @@ def delete_outcome(
     "/{client_id}/sessions/{session_number}",
     operation_id="deleteClientSession",
     response_model=ClientRisk,
-    responses={**ERRORS, **BODY_ERRORS, **STORE_ERRORS},
+    responses={**ERRORS, **BODY_ERRORS, **error_responses(404)},
     summary="Delete a stored appointment entered by mistake, and rescore",
 )
 def delete_session(
@@ -254,8 +264,11 @@ def delete_session(
     store: ClientStoreDep,
 ) -> Any:
     """The episode without that appointment is rescored and the score stored, in one
-    transaction. A missing client or appointment is a 404 (a repeated delete too); the only
-    appointment of an episode cannot be deleted (409)."""
+    transaction. Deleting its only appointment (a client stored by mistake) leaves the episode
+    with none and no score: its score fields are null, the caseload lists it as not scored yet,
+    and its earlier scores stay in the history; record an outcome to take it off the caseload,
+    or store appointments again to score it. A missing client or appointment is a 404 (a
+    repeated delete too)."""
     note_client(request, client_id)
     request.state.model_version = model.version
     at = repo.now()
@@ -263,21 +276,13 @@ def delete_session(
         episode = repo.find_episode(conn, principal.clinic, client_id, for_update=True)
         if episode is None:
             raise HTTPException(404, NOT_FOUND)
-        if repo.session_count(conn, episode.id) == 1 and repo.has_session(
-            conn, episode.id, session_number
-        ):
-            raise HTTPException(409, LAST_SESSION)
         if not repo.delete_session(conn, episode, session_number, at):
             raise HTTPException(404, SESSION_NOT_FOUND)
-        episode_request = repo.episode_request(conn, episode)
-        forget_clients(request)  # score_one notes the client again
-        try:
-            _, score = score_one(episode_request, request, principal, model, settings)
-        except InvalidRequest as err:
-            raise InvalidRequest(_as_posted(err.errors, 0)) from None
-        repo.add_score(conn, episode, score, model_name=model.name,
-                       model_version=model.version, reason="ingest", at=at)  # fmt: skip
-        return _client_risk(conn, episode, request_id_of(request), history=False)
+        if repo.session_count(conn, episode.id):
+            _rescore(conn, episode, request, principal, model, settings, at)
+        else:
+            repo.clear_score(conn, episode, at)
+        return _client_risk(conn, episode, request_id_of(request))
 
 
 @router.get(
@@ -293,27 +298,95 @@ def get_risk(
     principal: ClientsReader,
     store: ClientStoreDep,
     history: Annotated[
-        bool, Query(description="Add every stored score, oldest first, with its model version.")
+        bool,
+        Query(
+            description="Add the stored scores, newest first, with their model versions, "
+            "history_limit at a time (follow history_next_cursor)."
+        ),
     ] = False,
+    history_limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=HISTORY_LIMIT_MAX,
+            description=f"Scores per history page (default {HISTORY_LIMIT}, at most "
+            f"{HISTORY_LIMIT_MAX}); with history=true.",
+        ),
+    ] = HISTORY_LIMIT,
+    history_cursor: Annotated[
+        str | None,
+        Query(
+            max_length=HISTORY_CURSOR_MAX_LENGTH,
+            description="history_next_cursor of the previous history page; with history=true.",
+        ),
+    ] = None,
 ) -> ClientRisk:
     note_client(request, client_id)
+    after = None
+    if history and history_cursor is not None:
+        try:
+            after = repo.decode_history_cursor(history_cursor)
+        except repo.HistoryCursorError as exc:
+            raise InvalidRequest(
+                [{"loc": ["query", "history_cursor"], "reason": str(exc)}]
+            ) from None
     with store.read() as conn:
         episode = repo.find_episode(conn, principal.clinic, client_id)
         if episode is None:
             raise HTTPException(404, NOT_FOUND)
-        response = _client_risk(conn, episode, request_id_of(request), history=history)
-    request.state.model_version = response.model.version
+        try:
+            response = _client_risk(conn, episode, request_id_of(request),
+                                    history=(history_limit, after) if history else None)  # fmt: skip
+        except repo.HistoryCursorError as exc:
+            raise InvalidRequest(
+                [{"loc": ["query", "history_cursor"], "reason": str(exc)}]
+            ) from None
+    if response.model is not None:
+        request.state.model_version = response.model.version
     return response
 
 
+def _rescore(
+    conn: Connection,
+    episode: StoredEpisode,
+    request: Request,
+    principal: Principal,
+    model: LoadedModel,
+    settings: ServiceSettings,
+    at: datetime,
+    *,
+    first: list[int] | None = None,
+) -> None:
+    """Score the stored episode (the appointments numbered in ``first``, the posted ones,
+    first) through the one scorer path and store the score, in the caller's transaction; the
+    scorer's 422 names the posted body's fields."""
+    episode_request = repo.episode_request(conn, episode, first=first or ())
+    forget_clients(request)  # score_one notes the client again
+    try:
+        _, score = score_one(episode_request, request, principal, model, settings)
+    except InvalidRequest as err:
+        raise InvalidRequest(_as_posted(err.errors, len(first or ()))) from None
+    repo.add_score(conn, episode, score, model_name=model.name,
+                   model_version=model.version, reason="ingest", at=at)  # fmt: skip
+
+
 def _client_risk(
-    conn: Connection, episode: StoredEpisode, request_id: str, *, history: bool
+    conn: Connection,
+    episode: StoredEpisode,
+    request_id: str,
+    *,
+    history: tuple[int, int | None] | None = None,
 ) -> ClientRisk:
+    """The client's answer: its latest score (fields null when it has none) and, with
+    ``history`` (page size, score id to continue after), a page of its history."""
     row = repo.latest_score(conn, episode.id)
-    if row is None:  # an episode is stored with its first score; kept for safety
-        raise HTTPException(404, NOT_FOUND)
-    entries = None
-    if history:
+    entries = next_cursor = None
+    if history is not None:
+        limit, after = history
+        found = repo.score_history(conn, episode.id, limit + 1, after_score_id=after)
+        if len(found) > limit:
+            found = found[:limit]
+            next_cursor = repo.encode_history_cursor(found[-1].id)
         entries = [
             ScoreEntry(
                 model=ModelRef(name=h.model_name, version=h.model_version),
@@ -324,11 +397,13 @@ def _client_risk(
                 top_driver=h.top_driver,
                 reason=h.reason,
             )
-            for h in repo.score_history(conn, episode.id)
+            for h in found
         ]
-    return ClientRisk.model_validate(
-        {
-            "client_id": episode.client_id,
+    score: dict[str, Any] = dict.fromkeys(
+        ("model", "landmark", "probability", "risk_band", "scored_at", "reason", "explanation")
+    )
+    if row is not None:
+        score = {
             "model": {"name": row.model_name, "version": row.model_version},
             "landmark": row.landmark,
             "probability": row.probability,
@@ -336,10 +411,16 @@ def _client_risk(
             "scored_at": row.scored_at,
             "reason": row.reason,
             "explanation": row.explanation,
+        }
+    return ClientRisk.model_validate(
+        {
+            "client_id": episode.client_id,
+            **score,
             "outcome": episode.outcome,
             "sessions_stored": repo.session_count(conn, episode.id),
             "request_id": request_id,
             "history": entries,
+            "history_next_cursor": next_cursor,
         }
     )
 

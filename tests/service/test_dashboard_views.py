@@ -208,3 +208,11 @@ def test_same_origin() -> None:
     assert (
         session.csrf_ok(s, s.csrf) and not session.csrf_ok(s, "x") and not session.csrf_ok(s, None)
     )
+
+
+def test_client_view_of_an_episode_without_appointments() -> None:
+    # Its only appointment was deleted: no score, nothing to draw, and the page still renders.
+    record = views.ClientRecord("C1", "T1", date(2026, 1, 1), (), None, None, None, None, None)
+    view = views.client_view(record, PROFILE)
+    assert view.band_label == "Not scored" and view.probability == "–"
+    assert view.ruptures == []
