@@ -167,7 +167,10 @@ def calibration_text(config: Any, method: str, landmark_intercepts: bool) -> str
     """The card's calibration line, from the training config (``calibration_folds``) and the
     fitted calibrator (its method, whether it has landmark intercepts)."""
     what = f"{method} on the booster margin" + (
-        " with landmark intercepts" if landmark_intercepts else ""
+        " with smooth landmark intercepts (a second-difference penalty whose strength is chosen"
+        " by cross-validation over client folds)"
+        if landmark_intercepts
+        else ""
     )
     if not getattr(config, "calibration_folds", 0):
         return f"{what}, fitted on the calibration split (never used for fitting)"
