@@ -29,7 +29,8 @@ The sampling gap: the training file is itself a sample, and a model fitted to it
 match its rates. Each landmark row therefore also carries ``train_truth_rate`` (the dropout rate
 of the ``N_TRAIN`` training clients followed to the end, at that landmark) and
 ``sampling_gap`` = logit(held-out observed rate) - logit(train_truth_rate): the CITL a model
-that reproduced its training file's rates exactly would show. CITL beyond it is the method's.
+that reproduced its training file's rates exactly would show (``sampling_gap_se``: its binomial
+standard error). CITL beyond it is the method's.
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ def _clients(frames: Any, ids: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _with_gap(table: pd.DataFrame, train_truth: pd.DataFrame) -> pd.DataFrame:
-    """``table`` plus the training clients' truth rate and the sampling gap (module docstring)."""
-    rate = train_truth["observed_rate"].to_numpy()
+    """``table`` plus the training clients' truth rate, the sampling gap (module docstring) and
+    its binomial standard error (one row per client at a landmark, so clients are the n)."""
+    rate, held = train_truth["observed_rate"].to_numpy(), table["observed_rate"].to_numpy()
+    n_train, n_held = train_truth["n_clients"].to_numpy(), table["n_clients"].to_numpy()
+    se = np.sqrt(1 / (n_train * rate * (1 - rate)) + 1 / (n_held * held * (1 - held)))
     return table.assign(
-        train_truth_rate=rate, sampling_gap=logit(table["observed_rate"].to_numpy()) - logit(rate)
+        train_truth_rate=rate, sampling_gap=logit(held) - logit(rate), sampling_gap_se=se
     )
 
 
