@@ -25,6 +25,10 @@ middleware to the last byte).
    moves to version 2 and ``POST /v1/risk`` keeps being timed until the lease row says the
    rescoring is done; the rescoring's own time is the lease row's finished - started.
 
+``python -m benchmarks.bench_store --only rescore [--quick] [--modes thread,process]`` runs
+part 4 alone, once per rescoring mode (``ALLIANCE_RISK_RESCORE_MODE``), each on a fresh store
+and server, for a comparison within one run.
+
 Targets (issue 21), reported and never asserted: 304 server p50 < 1 ms; 0 errors polling;
 5,000-client caseload (1,000-row page) p50 <= 50 ms; rescoring 100,000 episodes <= 60 s.
 """
@@ -253,6 +257,72 @@ def _lease(store: Store) -> Any:
         return conn.execute(select(rescore_state)).one()
 
 
+def _rescore_phase(port: int, store: Store, registry: Any, risk_body: bytes,
+                   big: dict[str, str], sizes: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """POST /v1/risk at c=1 for the baseline, the alias moved to version 2, and POST /v1/risk
+    timed until the lease row says version 2 is done."""
+    deadline = time.monotonic() + sizes["baseline_s"]
+    baseline = _risk_loop(port, risk_body, big, lambda: time.monotonic() > deadline)
+    registry.set_registered_model_alias(MODEL_NAME, "champion", "2")
+    moved = time.monotonic()
+
+    def rescored() -> bool:
+        row = _lease(store)
+        return row.model_version == "2" and bool(row.done)
+
+    during = _risk_loop(port, risk_body, big, lambda: rescored()
+                        or time.monotonic() - moved > 900)  # fmt: skip
+    lease = _lease(store)
+    took = (lease.finished_at - lease.started_at).total_seconds() if lease.done else None
+    return {
+        "episodes": sizes["episodes"], "rescored": lease.rescored, "done": lease.done,
+        "seconds": None if took is None else round(took, 2),
+        "alias_move_to_done_s": round(time.monotonic() - moved, 2),
+        "risk_ms_baseline": _stats(baseline), "risk_ms_during": _stats(during),
+    }  # fmt: skip
+
+
+def run_rescore_only(quick: bool, modes: list[str]) -> dict[str, Any]:
+    """Part 4 alone, once per ``ALLIANCE_RISK_RESCORE_MODE`` in ``modes`` (a fresh store and
+    server each, the alias back on version 1), so modes compare within one run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from service.auth import mint_dev_token
+
+    sizes = QUICK if quick else FULL
+    result: dict[str, Any] = {"provenance": provenance(), "sizes": sizes, "modes": {}}
+    cohort = simulate_cohort(sizes["cohort"], seed=SEED)
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_name:
+        tmp = Path(tmp_name)
+        uri, result["setup_s"] = _train_and_promote(cohort, tmp, quick)
+        mlflow.set_tracking_uri(uri)
+        registry = MlflowClient(uri, uri)
+        v1 = registry.get_model_version(MODEL_NAME, "1")
+        registry.create_model_version(MODEL_NAME, str(v1.source), run_id=v1.run_id)
+        big = {"Authorization": "Bearer " + mint_dev_token(_clinic(0), ("risk:read",),
+                                                           key_dir=tmp / "dev-keys")}  # fmt: skip
+        cid = str(cohort.clients["client_id"].iloc[0])
+        risk_body = json.dumps(request_for(cohort, cid, clinic=_clinic(0))).encode()
+        for mode in modes:
+            registry.set_registered_model_alias(MODEL_NAME, "champion", "1")
+            store_url = f"sqlite:///{tmp / f'store-{mode}.db'}"
+            store = Store(store_url)
+            store.ensure_ready()
+            _seed(store, cohort, sizes["episodes"])
+            env = {**_server_env(uri, tmp), "ALLIANCE_RISK_STORE_URL": store_url,
+                   "ALLIANCE_RISK_POLL_INTERVAL_S": "1", "ALLIANCE_RISK_RESCORE_MODE": mode}  # fmt: skip
+            port = free_port()
+            cmd = [str(BIN / "alliance-risk"), "serve", "--no-bootstrap",
+                   "--model", f"models:/{MODEL_NAME}@champion", "--poll-interval", "1",
+                   "--host", HOST, "--port", str(port), "--workers", "1"]  # fmt: skip
+            with server(f"store-{mode}", cmd, env=env, cwd=tmp, ready_path="/readyz", port=port):
+                result["modes"][mode] = _rescore_phase(port, store, registry, risk_body, big,
+                                                       sizes)  # fmt: skip
+            store.close()
+    return result
+
+
 def run(quick: bool) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
@@ -331,25 +401,7 @@ def run(quick: bool) -> dict[str, Any]:
                                   "whole_list": {"rows": rows, "pages": -(-rows // PAGE),
                                                  "wall_ms": _stats(full_ms)}}  # fmt: skip
             # 4. Rescoring after a promotion, with POST /v1/risk timed before and during.
-            deadline = time.monotonic() + sizes["baseline_s"]
-            baseline = _risk_loop(port, risk_body, big, lambda: time.monotonic() > deadline)
-            registry.set_registered_model_alias(MODEL_NAME, "champion", "2")
-            moved = time.monotonic()
-
-            def rescored() -> bool:
-                row = _lease(store)
-                return row.model_version == "2" and bool(row.done)
-
-            during = _risk_loop(port, risk_body, big, lambda: rescored()
-                                or time.monotonic() - moved > 900)  # fmt: skip
-            lease = _lease(store)
-            took = (lease.finished_at - lease.started_at).total_seconds() if lease.done else None
-            result["rescore"] = {
-                "episodes": sizes["episodes"], "rescored": lease.rescored, "done": lease.done,
-                "seconds": None if took is None else round(took, 2),
-                "alias_move_to_done_s": round(time.monotonic() - moved, 2),
-                "risk_ms_baseline": _stats(baseline), "risk_ms_during": _stats(during),
-            }  # fmt: skip
+            result["rescore"] = _rescore_phase(port, store, registry, risk_body, big, sizes)
             result["server_memory"] = memory_mb(srv.proc.pid)
         store.close()
     n304 = result["not_modified"]["server_ms"]
@@ -379,3 +431,22 @@ def run(quick: bool) -> dict[str, Any]:
     }  # fmt: skip
     result["all_targets_met"] = all(t["met"] for t in result["targets"].values())
     return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_store")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (10,000 episodes)")
+    parser.add_argument("--only", choices=["rescore"], help="part 4 alone, once per mode")
+    parser.add_argument(
+        "--modes",
+        default="thread,process",
+        help="rescore modes to compare with --only rescore (comma-separated)",
+    )
+    args = parser.parse_args()
+    if args.only == "rescore":
+        out = run_rescore_only(args.quick, args.modes.split(","))
+    else:
+        out = run(args.quick)
+    print(json.dumps(out, indent=2, default=str))
