@@ -120,20 +120,22 @@ AUTH_THREADS = 4
 
 
 async def authenticated(request: Request, *, audience: str | None = None) -> Principal:
-    """The request's principal from the one authenticator (on its own threads), recorded on
-    ``request.state`` once the audit record it will leave is known to be writable (else 401).
-    ``audience``: the endpoint a CDS Hooks JWT must name (:mod:`service.cds.auth`)."""
+    """The request's principal from the one authenticator, recorded on ``request.state`` once
+    the audit record it will leave is known to be writable (else 401). ``audience``: the
+    endpoint a CDS Hooks JWT must name (:mod:`service.cds.auth`).
+
+    An API key or a token already verified is checked here, on the event loop (CPU work only:
+    a thread hop would cost more than the check); a token whose signature must be checked, and
+    every CDS Hooks token (single use: the replay check can be a shared file), goes to the
+    authentication threads, since fetching its issuer's keys can block."""
     security: Security = request.app.state.security
-    state = request.app.state
-    if getattr(state, "auth_threads", None) is None:
-        state.auth_threads = anyio.CapacityLimiter(AUTH_THREADS)
-    check = security.authenticator.authenticate
-    if audience is not None:
-        check = functools.partial(check, audience=audience)
+    authenticator = security.authenticator
     try:
-        principal = await anyio.to_thread.run_sync(
-            check, request.headers, limiter=state.auth_threads
+        principal = (
+            None if audience is not None else authenticator.authenticate_known(request.headers)
         )
+        if principal is None:
+            principal = await _authenticate_in_thread(request, audience)
     except AuthError as err:
         raise HTTPException(err.status, err.detail, headers=err.headers) from None
     request.state.principal = principal
@@ -149,6 +151,19 @@ async def authenticated(request: Request, *, audience: str | None = None) -> Pri
     return principal
 
 
+async def _authenticate_in_thread(request: Request, audience: str | None) -> Principal:
+    state = request.app.state
+    if getattr(state, "auth_threads", None) is None:
+        state.auth_threads = anyio.CapacityLimiter(AUTH_THREADS)
+    check = state.security.authenticator.authenticate
+    if audience is not None:
+        check = functools.partial(check, audience=audience)
+    principal: Principal = await anyio.to_thread.run_sync(
+        check, request.headers, limiter=state.auth_threads
+    )
+    return principal
+
+
 def scoped(scope: str, *, audit_first: bool = False) -> Callable[..., Awaitable[Principal]]:
     """Dependency: the authenticated principal, holding ``scope``, within its rate limits.
 
@@ -158,10 +173,11 @@ def scoped(scope: str, *, audit_first: bool = False) -> Callable[..., Awaitable[
     200 whatever it finds; if it fails unexpectedly, the middleware adds a second record with
     the status actually sent.
 
-    Authentication runs on threads of its own (:data:`AUTH_THREADS`): it can block (a JWKS fetch
-    waits up to the JWKS timeout) and must hold up neither the event loop nor the route threads
-    that score. The principal it sets on ``request.state`` lands in ``scope["state"]``, where
-    :class:`AuditMiddleware` reads it.
+    A signature check runs on threads of its own (:data:`AUTH_THREADS`): it can block (a JWKS
+    fetch waits up to the JWKS timeout) and must hold up neither the event loop nor the route
+    threads that score; a known token or an API key is checked on the loop. The principal it
+    sets on ``request.state`` lands in ``scope["state"]``, where :class:`AuditMiddleware` reads
+    it.
     """
 
     async def dependency(

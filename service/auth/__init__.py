@@ -31,7 +31,8 @@ class of failure only. A verified token's claims are cached by the token's SHA-2
 check.
 
 Authentication can block on a JWKS fetch (see ``Authenticator``): call it from a worker
-thread, never on the event loop.
+thread, never on the event loop. ``Authenticator.authenticate_known`` is the part that cannot
+block (an API key, or a token already verified), and may run on the loop.
 
 One module per job; this package re-exports their public names:
 

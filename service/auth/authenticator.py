@@ -109,8 +109,9 @@ class Authenticator:
     add up to another ``jwks_timeout_s``, and name resolution its own time); concurrent callers
     for the same issuer wait for that one fetch. Call them from a thread, never on the event
     loop: FastAPI runs plain ``def`` dependencies in its thread pool, and ``warm()`` at start-up
-    belongs in a worker thread too. They are thread-safe: the caches and each key source have
-    their own lock, and nothing else changes after construction.
+    belongs in a worker thread too. ``authenticate_known`` is the part that never blocks (an API
+    key, or a token already verified), for the event loop. They are thread-safe: the caches and
+    each key source have their own lock, and nothing else changes after construction.
     """
 
     def __init__(self, settings: AuthSettings, *, replay_cache: ReplayCache | None = None,
@@ -187,6 +188,27 @@ class Authenticator:
             raise self._refuse("method", "CDS Hooks calls need a signed JWT")
         if self.mode == "api_key":
             return self._authenticate_key(_header(headers, API_KEY_HEADER))
+        single_use = single_use or audience is not None
+        return self._verify_jwt(self._bearer(headers), single_use=single_use, audience=audience)
+
+    def authenticate_known(self, headers: Mapping[str, str]) -> Principal | None:
+        """:meth:`authenticate` (without ``single_use`` or ``audience``) when it needs no
+        signing key: an API key (a hash compared with the loaded keys), or a bearer token whose
+        claims are in the verified-token cache. None when the token's signature must be checked
+        (that may fetch its issuer's keys: call :meth:`authenticate` from a thread then).
+
+        Refusals it can decide (credentials missing or malformed, a cached token expired)
+        raise :class:`AuthError` as :meth:`authenticate` does. It does CPU work only (a lock is
+        held for a dictionary lookup), so it may run on the event loop.
+        """
+        if self.mode == "api_key":
+            return self._authenticate_key(_header(headers, API_KEY_HEADER))
+        token = self._bearer(headers)
+        digest = self._digest(token)
+        claims = self._cached_claims(digest)
+        return None if claims is None else self._principal(digest, claims, single_use=False)
+
+    def _bearer(self, headers: Mapping[str, str]) -> str:
         value = _header(headers, "Authorization")
         if not value:
             raise self._refuse("missing", "missing bearer token", error=None)
@@ -195,8 +217,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token or " " in token:
             raise self._refuse("malformed", "authorization header is not a bearer token",
                                error="invalid_request")  # fmt: skip
-        return self._verify_jwt(token, single_use=single_use or audience is not None,
-                                audience=audience)  # fmt: skip
+        return token
 
     def api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The loaded key named ``key_id`` (None: not among the keys loaded at start-up); the
@@ -221,16 +242,24 @@ class Authenticator:
             method="api_key",
         )
 
-    def _verify_jwt(self, token: str, *, single_use: bool, audience: str | None) -> Principal:
+    def _digest(self, token: str) -> bytes:
         if len(token) > MAX_TOKEN_CHARS:
             raise self._refuse("too_long", "token is too long")
-        digest = hashlib.sha256(token.encode()).digest()
-        if audience is not None:  # checked against this endpoint, never a cached verdict
-            checked = self._verify_signature_and_claims(token, audience=audience)
-            return self._principal(digest, checked, single_use=True, cds=True)
+        return hashlib.sha256(token.encode()).digest()
+
+    def _cached_claims(self, digest: bytes) -> dict[str, Any] | None:
+        """The verified-token cache's claims of the token, None if not cached."""
         claims, expired = self.verified.get(digest)
         if expired:
             raise self._refuse("expired", "token has expired")
+        return claims
+
+    def _verify_jwt(self, token: str, *, single_use: bool, audience: str | None) -> Principal:
+        digest = self._digest(token)
+        if audience is not None:  # checked against this endpoint, never a cached verdict
+            checked = self._verify_signature_and_claims(token, audience=audience)
+            return self._principal(digest, checked, single_use=True, cds=True)
+        claims = self._cached_claims(digest)
         if claims is None:
             claims = self._verify_signature_and_claims(token)
             self.verified.put(digest, claims)

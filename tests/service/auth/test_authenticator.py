@@ -261,3 +261,47 @@ def test_custom_clinic_claim(jwks_file, keys):
     authn = Authenticator(AuthSettings(mode="jwt", issuers=[issuer], clinic_claim="tenant"))
     assert authn.authenticate(bearer(make_token(keys, clinic=DROP, tenant="east"))).clinic == "east"
     refused(authn, make_token(keys), "required 'tenant' claim")
+
+
+# -- what the event loop may check --------------------------------------------------------------
+
+
+def test_authenticate_known_answers_only_what_needs_no_signing_key(jwks_file, keys, monkeypatch):
+    wall = Clock()
+    wall.now = time.time()
+    issuer = IssuerConfig(issuer=ISS, audience=AUD, jwks_file=jwks_file)
+    settings = AuthSettings(mode="jwt", issuers=[issuer], leeway_s=0, jwks_cache_s=300)
+    authn = Authenticator(settings, wall_clock=wall)
+    lookups: list[str] = []
+    real_get = auth.JwksSource.get
+    monkeypatch.setattr(auth.JwksSource, "get",
+                        lambda self, kid: lookups.append(kid) or real_get(self, kid))  # fmt: skip
+    token = make_token(keys, exp=int(wall.now) + 60)
+    assert authn.authenticate_known(bearer(token)) is None  # not verified yet: a thread's job
+    assert lookups == []
+    principal = authn.authenticate(bearer(token))
+    assert lookups == ["rsa-1"]
+    assert authn.authenticate_known(bearer(token)) == principal
+    assert lookups == ["rsa-1"]  # the verified token needed no key
+    # Refusals that need no key are the same as authenticate's.
+    for headers, match in (({}, "missing bearer token"),
+                           ({"Authorization": "Basic abc"}, "not a bearer token"),
+                           ({"Authorization": "Bearer " + "a" * 9000}, "too long")):  # fmt: skip
+        with pytest.raises(AuthError, match=match) as info:
+            authn.authenticate_known(headers)
+        assert info.value.status == 401
+    wall.now += 61  # past exp: refused, not served from the cache
+    with pytest.raises(AuthError, match="has expired"):
+        authn.authenticate_known(bearer(token))
+    assert lookups == ["rsa-1"]
+
+
+def test_authenticate_known_checks_api_keys(tmp_path):
+    key = auth.generate_api_key()
+    path = tmp_path / "api-keys.json"
+    path.write_text(json.dumps({"keys": [{"id": "front-1", "hash": auth.hash_api_key(key),
+                                          "clinic": "north", "scopes": ["risk:read"]}]}))  # fmt: skip
+    authn = Authenticator(AuthSettings(mode="api_key", api_keys_file=path))
+    assert authn.authenticate_known({"X-API-Key": key}) == authn.authenticate({"X-API-Key": key})
+    with pytest.raises(AuthError, match="API key is not valid"):
+        authn.authenticate_known({"X-API-Key": key + "x"})
