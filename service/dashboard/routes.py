@@ -115,15 +115,15 @@ def _client_store(request: Request) -> Store | None:
     return getattr(request.app.state, "client_store", None)
 
 
-def _signed_out(request: Request) -> sessions.SignedOut | sessions.SharedSignedOut:
-    """The sign-out list: shared by the workers of ``serve --workers N`` (their shared
-    folder), else this process's."""
+def _signed_out(request: Request) -> sessions.SignedOut | sessions.StoreSignedOut:
+    """The sign-out list: in the client store (every worker, every restart), else, without
+    one, this process's."""
     state = request.app.state
     with _SIGNED_OUT_LOCK:  # one list per app, even when the first pages come at once
         if getattr(state, "dashboard_signed_out", None) is None:
-            shared = getattr(state, "shared_dir", None)
+            store = _client_store(request)
             state.dashboard_signed_out = (
-                sessions.SignedOut() if shared is None else sessions.SharedSignedOut(shared)
+                sessions.SignedOut() if store is None else sessions.StoreSignedOut(store)
             )
     return state.dashboard_signed_out
 
@@ -131,7 +131,8 @@ def _signed_out(request: Request) -> sessions.SignedOut | sessions.SharedSignedO
 def _current(request: Request) -> sessions.Session | None:
     """The request's signed-in session, recorded for its audit record; None: sign in first
     (no cookie, a forged or expired one, a signed-out session, or an API key no longer
-    loaded)."""
+    loaded). Raises :class:`StoreUnavailable` when the sign-out list cannot be read: the
+    cookie is refused (fail closed), with :func:`_cannot_check`'s page."""
     security = _security(request)
     session = sessions.load(request.cookies.get(sessions.COOKIE), sessions.signer(security.refs))
     if session is None or CLIENTS_READ not in session.principal.scopes:
@@ -160,7 +161,10 @@ def _open_page(request: Request) -> tuple[sessions.Session, Store] | Response:
 
     Returns the session and store, or the answer to give instead (sign-in redirect, 429, 503).
     """
-    session = _current(request)
+    try:
+        session = _current(request)
+    except StoreUnavailable as exc:
+        return _cannot_check(request, exc)
     if session is None:
         return _refused(request)
     p = session.principal
@@ -239,15 +243,26 @@ def _token_expiry(headers: dict[str, str]) -> float | None:
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request, csrf: Annotated[str | None, Form()] = None) -> Response:
-    session = _current(request)
+def sign_out(request: Request, csrf: Annotated[str | None, Form()] = None) -> Response:
+    """Blocking (the sign-out list is in the client store): a ``def`` route, in the thread
+    pool."""
+    try:
+        session = _current(request)
+    except StoreUnavailable as exc:
+        return _cannot_check(request, exc)
     if session is None:
         return _refused(request)
     if not (sessions.same_origin(request) and sessions.csrf_ok(session, csrf)):
         return _error(request, 403, "Sign-out refused",
                       "The form did not come from this page. Reload the page and try again.",
                       session=session)  # fmt: skip
-    _signed_out(request).add(session)
+    try:
+        _signed_out(request).add(session)
+    except StoreUnavailable as exc:
+        return _error(request, 503, "Sign-out not recorded",
+                      "The client store cannot be reached just now, so the sign-out could not "
+                      "be recorded. Try again in a few seconds.", session,
+                      headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
     response = _to_sign_in()
     response.delete_cookie(sessions.COOKIE, path=sessions.COOKIE_PATH, secure=True,
                            httponly=True, samesite="strict")  # fmt: skip
@@ -334,6 +349,16 @@ def _profile(request: Request, record: views.ClientRecord) -> Any:
 def _not_found(request: Request, session: sessions.Session) -> HTMLResponse:
     return _error(request, 404, "Client not found",
                   "There is no client with that id in your clinic's caseload.", session)  # fmt: skip
+
+
+def _cannot_check(request: Request, exc: StoreUnavailable) -> HTMLResponse:
+    """The sign-out list cannot be read: the cookie is refused (a signed-out copy must not
+    pass), audited as ``denied``, with a page that says why and when to retry."""
+    note_denied(request)
+    return _error(request, 503, "Client store unavailable",
+                  "Your session cannot be checked because the client store cannot be reached "
+                  "just now. Try again in a few seconds.",
+                  headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
 
 
 def _unavailable(

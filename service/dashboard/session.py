@@ -13,9 +13,9 @@ worker of one ``serve`` and every restart agree on it, and no new secret needs c
 rotating the audit key signs everyone out.
 
 Revocation: a cookie is refused before its expiry when its session was signed out (the
-session id is kept until the cookie would have expired: in :class:`SignedOut` in one process,
-in :class:`SharedSignedOut` in the folder the workers of ``serve --workers N`` share, so
-every worker refuses it; a restart forgets the list) or, for an API-key
+session id's digest is kept until the cookie would have expired, in the client store:
+:class:`StoreSignedOut`, so every worker and a restart refuse it; when the store cannot be read
+the cookie is refused too) or, for an API-key
 session, when its key is no longer among the keys the service loaded (a key removed from the
 keys file ends its sessions at the next restart). A token session lasts until the token's own
 ``exp`` or :data:`SESSION_MAX_AGE_S`, whichever is sooner: revoking a token at its issuer does
@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -44,8 +42,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from service.audit import ClientRefs
 from service.auth import Principal
-
-logger = logging.getLogger(__name__)
+from service.store import repository
+from service.store.db import Store
 
 COOKIE = "alliance_risk_dashboard"
 #: Path the cookie is sent to: the dashboard only, never /v1.
@@ -116,7 +114,8 @@ def new_session(principal: Principal, expires_at: float | None = None) -> Sessio
 
 
 class SignedOut:
-    """Session ids signed out in this process, each kept until its cookie would have expired.
+    """Session ids signed out in this process, each kept until its cookie would have expired
+    (a service without a client store; :class:`StoreSignedOut` otherwise).
 
     Thread-safe. Bounded: past ``max_entries`` live entries a sign-out still ends the session
     in the browser (the cookie is deleted) but is not remembered here.
@@ -166,59 +165,31 @@ def csrf_ok(session: Session, submitted: str | None) -> bool:
     return submitted is not None and hmac.compare_digest(session.csrf, submitted)
 
 
-#: The shared sign-out list's file in the workers' shared folder.
-SIGNED_OUT_DB = "dashboard-signed-out.sqlite"
+class StoreSignedOut:
+    """:class:`SignedOut` kept in the client store (table ``dashboard_signed_out``): every
+    worker of ``serve --workers N``, every host behind one database, and a restart refuse a
+    signed-out cookie. One row per signed-out session id (its SHA-256, never the cookie) until
+    the cookie would have expired; expired rows are purged on each sign-out.
 
+    Fail closed: both methods raise :class:`~service.store.db.StoreUnavailable` when the store
+    cannot be reached, and the dashboard then refuses the cookie with a page that says why.
+    """
 
-class SharedSignedOut:
-    """:class:`SignedOut` for every worker sharing ``folder`` (``serve --workers N``): one
-    SQLite file there, one row per signed-out session id (its SHA-256) with the cookie's
-    expiry; expired rows are purged on each sign-out. Fail closed: a database error refuses
-    the session (the clinician signs in again once it is readable)."""
-
-    def __init__(self, folder: Path, max_entries: int = 100_000) -> None:
+    def __init__(self, store: Store, max_entries: int = 100_000) -> None:
+        self._store = store
         self._max = max_entries
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(Path(folder) / SIGNED_OUT_DB, timeout=10,
-                                   isolation_level=None, check_same_thread=False)  # fmt: skip
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS signed_out (digest BLOB PRIMARY KEY, exp REAL NOT NULL)"
-        )
 
     def add(self, session: Session) -> None:
-        digest = hashlib.sha256(session.sid.encode()).digest()
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.execute("DELETE FROM signed_out WHERE exp <= ?", (time.time(),))
-                    count = self._db.execute("SELECT count(*) FROM signed_out").fetchone()[0]
-                    if count < self._max:
-                        self._db.execute(
-                            "INSERT INTO signed_out (digest, exp) VALUES (?, ?) "
-                            "ON CONFLICT (digest) DO NOTHING",
-                            (digest, session.expires_at),
-                        )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                logger.error("dashboard sign-out list unavailable",
-                             extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
+        expires = datetime.fromtimestamp(session.expires_at, UTC)
+        with self._store.write() as conn:
+            repository.sign_out(conn, _digest(session), expires, self._max)
 
     def __contains__(self, session: object) -> bool:
         if not isinstance(session, Session):
             return False
-        digest = hashlib.sha256(session.sid.encode()).digest()
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "SELECT 1 FROM signed_out WHERE digest = ? AND exp > ?", (digest, time.time())
-                ).fetchone()
-            except sqlite3.Error as exc:
-                logger.error("dashboard sign-out list unavailable; session refused",
-                             extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
-                return True
-        return row is not None
+        with self._store.read() as conn:
+            return repository.is_signed_out(conn, _digest(session))
+
+
+def _digest(session: Session) -> str:
+    return hashlib.sha256(session.sid.encode()).hexdigest()

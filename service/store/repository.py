@@ -37,6 +37,7 @@ from service.schemas import RiskRequest, SessionIn
 from service.store.caseload import ID_MAX
 from service.store.tables import (
     clinic_state,
+    dashboard_signed_out,
     episodes,
     idempotency_keys,
     outcomes,
@@ -413,6 +414,30 @@ def decode_history_cursor(cursor: str) -> int:
         case ["h", int() as i] if not isinstance(i, bool) and 1 <= i <= ID_MAX:
             return i
     raise HistoryCursorError("not a cursor this service issued")
+
+
+# -- dashboard sign-outs ----------------------------------------------------------------------
+
+
+def sign_out(conn: Connection, digest: str, expires_at: datetime, max_entries: int) -> bool:
+    """Keep the signed-out session ``digest`` until ``expires_at`` (its cookie's expiry), after
+    purging the rows already expired. False when ``max_entries`` live rows are kept already
+    (the sign-out then ends the session in the browser only)."""
+    t = dashboard_signed_out.c
+    conn.execute(delete(dashboard_signed_out).where(t.expires_at <= now()))
+    kept = conn.execute(select(func.count()).select_from(dashboard_signed_out)).scalar_one()
+    if kept >= max_entries:
+        return False
+    stmt = _insert(conn, dashboard_signed_out).values(digest=digest, expires_at=expires_at)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["digest"]))
+    return True
+
+
+def is_signed_out(conn: Connection, digest: str) -> bool:
+    """Whether session ``digest`` was signed out and its cookie has not expired yet."""
+    t = dashboard_signed_out.c
+    query = select(t.digest).where(t.digest == digest, t.expires_at > now())
+    return conn.execute(query).first() is not None
 
 
 # -- idempotency ----------------------------------------------------------------------------

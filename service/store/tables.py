@@ -215,3 +215,14 @@ rescore_state = Table(
     Column("started_at", UtcDateTime(), nullable=True),
     Column("finished_at", UtcDateTime(), nullable=True),
 )
+
+#: Dashboard sessions signed out before their cookie expires (service.dashboard.session): the
+#: SHA-256 of the session id (never the cookie) and when the cookie would have expired, after
+#: which the row is purged. In the store, so every worker and a restart refuse the cookie.
+dashboard_signed_out = Table(
+    "dashboard_signed_out",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index(None, "expires_at"),
+)

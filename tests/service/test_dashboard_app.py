@@ -335,23 +335,22 @@ def test_main_reason_is_a_factor_that_raises_the_risk(dash: TestClient, dev_key_
         assert expected in shown
 
 
-def test_a_sign_out_holds_in_every_worker_sharing_the_folder(
+def test_a_sign_out_holds_in_every_worker_sharing_the_store(
     registry: Registry, dev_key_dir: Path, tmp_path: Path
 ) -> None:
-    """Two apps sharing LIMIT_SHARED_DIR stand for two workers of serve --workers 2."""
+    """Two apps on one client store stand for two workers of serve --workers 2 (their shared
+    folder no longer carries the list: the store does)."""
     from service.app import create_app
     from service.dashboard import session as sessions
     from service.settings import ServiceSettings
 
-    shared = tmp_path / "shared"
-    shared.mkdir()
     settings = ServiceSettings(
         model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri, poll_interval_s=0,
         store_url=f"sqlite:///{tmp_path / 'store.db'}",
     )  # fmt: skip
 
     def worker():
-        security = security_settings(dev_key_dir, tmp_path / "audit", shared_dir=shared)
+        security = security_settings(dev_key_dir, tmp_path / "audit")
         return TestClient(create_app(settings, configure_logs=False, **security), base_url=HTTPS)
 
     with worker() as one, worker() as two:

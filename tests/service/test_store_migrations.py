@@ -14,7 +14,10 @@ from sqlalchemy import inspect
 from service.store.db import Store
 from service.store.tables import metadata
 
-TABLES = {"clinic_state", "episodes", "sessions", "outcomes", "risk_scores", "idempotency_keys"}
+TABLES = {
+    "clinic_state", "episodes", "sessions", "outcomes", "risk_scores", "idempotency_keys",
+    "cds_feedback", "rescore_state", "dashboard_signed_out",
+}  # fmt: skip
 
 
 def _up_and_down(url: str) -> None:
