@@ -1,16 +1,20 @@
 """Rescoring the stored open episodes when a new champion is served.
 
 When the model store swaps in a new version (:class:`service.model_store.ModelStore` calls its
-listeners), :class:`RescoreWatcher` wakes its own thread, which rescores every open stored
-episode with that model, in batches, through the one scorer (explanations included: the
-caseload shows a top driver), and stores each score with ``reason = 'rescore'`` and its model
-version. Serving never waits for it: scoring runs outside any transaction, each batch's write
-is one short transaction, and requests keep scoring with the served model meanwhile.
+listeners), :class:`RescoreWatcher` wakes its own thread, which has :class:`Rescorer` rescore
+every open stored episode with that model, in batches, through the one scorer (explanations
+included: the caseload shows a top driver), and store each score with ``reason = 'rescore'``
+and its model version. By default the run goes to a process of its own
+(:mod:`service.store.rescore_process`), so it does not share the serving process's GIL;
+``alliance-risk db rescore`` runs the same :meth:`Rescorer.run` in the foreground. Serving
+never waits for it: scoring runs outside any transaction, each batch's write is one short
+transaction, and requests keep scoring with the served model meanwhile.
 
 One worker rescores. The ``rescore_state`` row is a lease: a worker claims it for a model
 version (in a write transaction: SQLite's writer lock, PostgreSQL's row lock), renews it with
 every batch's commit, and records how far it got (the last episode id), so another worker
-takes over from there if the holder dies, and a version already done is not redone. A batch
+takes over from there if the holder dies (at once if it stopped or was superseded: it gives
+the lease up), and a version already done is not redone. A batch
 skips an episode written since it was read (a new session scored by the served model, an
 outcome): the newer score stands.
 

@@ -206,6 +206,7 @@ def _child(job: RescoreJob, halt: StopFlag, send: Connection) -> None:
     except StoreUnavailable as exc:
         send.send(("unavailable", exc.reason))
     except Exception as exc:  # reported by type: an error's text may quote stored data
+        logger.error("rescoring process failed", extra={"fields": {"error": type(exc).__name__}})
         send.send(("error", type(exc).__name__))
     finally:
         if store is not None:

@@ -6,6 +6,7 @@ after its batch, and the lease it gives up lets another worker resume where it g
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -131,3 +132,22 @@ def test_closing_the_app_mid_run_leaves_a_lease_another_worker_resumes(
     store.close()
     assert len(per_episode) == n and {k for _, k in per_episode} == {1}
     assert versions == {"1"}
+
+
+def test_a_child_that_fails_is_reported_by_its_error_type_not_left_hanging(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from service.store.rescore_process import RescoreJob, run_in_process
+
+    missing, mlflow_db = str(tmp_path / "no-model"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = RescoreJob(
+        settings=ServiceSettings(store_url=f"sqlite:///{tmp_path / 'store.db'}"),
+        model_uri=missing, model_name=missing, model_version="local", tracking_uri=mlflow_db,
+        registry_uri=mlflow_db, batch_size=10, lease_s=60, max_sessions=200,
+        configure_logs=False,
+    )  # fmt: skip
+    served = SimpleNamespace(name=missing, version="local")
+    with pytest.raises(RuntimeError, match=r"^rescoring process failed: \w+$"):
+        run_in_process(job, stop=threading.Event(), current=lambda: served, on_batch=print)
