@@ -275,6 +275,7 @@ def finish_training(
     progress: Progress | None = None,
     reference_rows: str | None = None,
     calibration_margin: np.ndarray | None = None,
+    extraction_date: pd.Timestamp | None = None,
 ) -> TrainResult:
     """Everything after the booster fit, shared by the pandas and Dask engines.
 
@@ -285,7 +286,8 @@ def finish_training(
     calibration and test clients (plus, for the typical levels, whichever development clients
     are given; ``reference_rows`` then says which). ``calibration_margin``, when given, holds
     out-of-fold margins of the ``calibration`` rows (:func:`training.crossfit.cross_fit`) and
-    replaces ``fit.booster``'s own.
+    replaces ``fit.booster``'s own. ``extraction_date`` (default: the latest appointment in
+    ``sessions``) is the whole extract's, when ``sessions`` holds only some clients.
     """
     say = progress or (lambda _stage: None)
     cal = calibration
@@ -363,7 +365,9 @@ def finish_training(
         seed=config.seed,
         censoring=config.censoring,
         closure_days=config.censoring_closure_days,
-        extraction_date=pd.to_datetime(sessions[SESSION_DATE]).max(),
+        extraction_date=pd.to_datetime(sessions[SESSION_DATE]).max()
+        if extraction_date is None
+        else extraction_date,
     )
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started

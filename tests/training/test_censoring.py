@@ -181,13 +181,6 @@ def test_training_passes_the_weights_to_the_fit_and_the_calibration(monkeypatch)
     assert result.data_summary["censoring"]["method"] == "exclude"
 
 
-def test_the_dask_engine_refuses_ipcw_with_a_clear_message() -> None:
-    from training.dask_engine import train_dask
-
-    with pytest.raises(ValueError, match=r"does not apply censoring weights.*--censoring exclude"):
-        train_dask(None, "sessions.parquet", "clients.parquet", config=TrainConfig())  # type: ignore[arg-type]
-
-
 def test_the_test_metrics_are_weighted_to_the_truth_of_a_censored_cohort() -> None:
     """A temporal test split of a date-censored extract is its most censored intakes: the ended
     episodes there are the short ones. Weighted by their own follow-up (IPCW), the test split's

@@ -96,6 +96,12 @@ def test_train_and_score_through_a_real_scheduler_and_workers(
         r"gathered to the driver \(Dask engine\):\*\* calibration: [\d,]+ of [\d,]+ clients", card
     )
     assert "Drift reference profile:** features, score and bands: the gathered calibration" in card
+    # The default --censoring ipcw and the cross-fitted calibration, as the card states them.
+    flat = " ".join(card.split())
+    assert "weighted by inverse probability of censoring (IPCW)" in flat
+    assert "used in the booster fit and the calibration" in flat
+    assert "out-of-fold margins of the train and validation clients" in flat
+    assert re.search(r"Cross fit clients:\*\* out-of-fold margins of [\d,]+ of [\d,]+ train", flat)
 
     out = tmp_path / "scores"
     scored = runner.invoke(app, ["score", *args, "--engine", "dask", "--scheduler", cluster,

@@ -56,7 +56,8 @@ DaskWorkersOpt = Annotated[
 _STAGES = {
     "features": "Building landmark features",
     "fit": "Fitting XGBoost (hyperparameter search)",
-    "calibrate": "Calibrating on the calibration split",
+    "cross-fit": "Cross-fitting the chosen model in client folds",
+    "calibrate": "Calibrating on held-out margins",
     "baselines": "Fitting baselines",
     "evaluate": "Evaluating on the test split",
     "log": "Logging to MLflow and registering",
@@ -180,17 +181,15 @@ def train(
         ),
     ] = "alert-rate:0.10",
     censoring: Annotated[
-        Literal["ipcw", "exclude"] | None,
+        Literal["ipcw", "exclude"],
         typer.Option(
             "--censoring",
             help="Ongoing episodes have no outcome yet, and those of recent intakes that have "
             "ended are the short ones, so leaving the ongoing out skews the labels. ipcw: "
             "weight each ended episode by 1 / the share of clients followed at least as long. "
-            "exclude: leave the ongoing out unweighted. Default: ipcw (pandas engine), exclude "
-            "(dask engine, which has no weights).",
-            show_default=False,
+            "exclude: leave the ongoing out unweighted. Both engines.",
         ),
-    ] = None,
+    ] = "ipcw",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of splits and search.")] = 0,
     tracking_uri: TrackingOpt = None,
     engine: Annotated[
@@ -198,9 +197,10 @@ def train(
         typer.Option(
             "--engine",
             help="pandas: one process. dask: Parquet files or dataset folders, features and "
-            "the XGBoost fit on Dask workers; the driver gathers only the clients' ids, intake "
-            "dates and outcomes, one hash per row, the baselines' columns of the train rows "
-            "and the calibration and test clients' rows (at most 3,000,000 session rows).",
+            "the XGBoost fits on Dask workers; the driver gathers only the clients' ids, intake "
+            "dates, outcomes and last appointment dates, one hash per row, the baselines' "
+            "columns of the train rows, the cross-fit's out-of-fold margins, and the "
+            "calibration and test clients' rows (at most 600,000 session rows).",
         ),
     ] = "pandas",
     scheduler: SchedulerOpt = None,
@@ -235,7 +235,7 @@ def train(
         calibration=calibration,
         high_band=high_band,
         seed=seed,
-        censoring=censoring or ("exclude" if engine == "dask" else "ipcw"),
+        censoring=censoring,
     )
     is_sim = is_simulated(sessions) if simulated is None else simulated
     with Progress(

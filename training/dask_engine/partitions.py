@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
-from features.contract import CLIENT_ID, INTAKE_DATE, OUTCOME, SESSION_NUMBER
+from features.contract import CLIENT_ID, INTAKE_DATE, OUTCOME, SESSION_DATE, SESSION_NUMBER
 from features.profiles import InstrumentProfile, get_profile
 from features.validation import validate_and_normalise
 from training.io import check_parquet_source, format_problem, parquet_parts
@@ -166,11 +166,13 @@ def _check_part(sessions: pd.DataFrame, clients: pd.DataFrame, profile: str) -> 
 
 
 def _gatherable(part: CheckedPart) -> dict[str, Any]:
-    """What the driver gathers of every partition: errors, split inputs, row hashes, counts."""
+    """What the driver gathers of every partition: errors, split inputs, each client's last
+    appointment date (its episode's end, for the censoring weights), row hashes, counts."""
     return {
         "errors": part.errors,
         "problems": part.problems,
         "clients": part.clients[[CLIENT_ID, INTAKE_DATE, OUTCOME]],
+        "last_session": part.sessions.groupby(CLIENT_ID, sort=False)[SESSION_DATE].max(),
         "n_sessions": len(part.sessions),
         "hashes": (_row_hashes(part.sessions), _row_hashes(part.clients)),
         "dtypes": (_header(part.sessions), _header(part.clients)),

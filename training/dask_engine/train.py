@@ -1,12 +1,14 @@
-"""Training on the Dask engine: landmark rows per client partition, the ``xgboost.dask`` fit,
-then :func:`training.pipeline.finish_training` on the gathered calibration and test clients."""
+"""Training on the Dask engine: the ``xgboost.dask`` search on the landmark rows of every client
+partition (:mod:`training.dask_engine.rows`), the cross-fit and censoring weights
+(:mod:`training.dask_engine.crossfit`), then :func:`training.pipeline.finish_training` on the
+gathered calibration and test clients."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -14,19 +16,33 @@ import numpy as np
 import pandas as pd
 
 from features.build import pack_frames
-from features.contract import CLIENT_ID
+from features.contract import CLIENT_ID, ONGOING, OUTCOME, SESSION_DATE
 from features.profiles import InstrumentProfile
 from features.registry import FeatureRegistry, feature_registry
 from models.booster import FitResult, SearchSpace, choose_trial, shap_cost
 from training.baselines import logistic_columns, rule_columns
-from training.censoring import exclusion_summary
+from training.censoring import CensoringWeights, evaluation_population, exclusion_summary
+from training.dask_engine.crossfit import (
+    OutOfFold,
+    calibration_rows,
+    cross_fit_dask,
+    dask_censoring_weights,
+    last_sessions,
+)
 from training.dask_engine.partitions import (
     CheckedPart,
     check_partitions,
     clean_frame,
     whole_fingerprint,
 )
-from training.landmarks import LandmarkSet, landmark_set
+from training.dask_engine.rows import (
+    FIT_SPLITS,
+    FitFrames,
+    fit_frames,
+    sample_clients,
+    split_names,
+)
+from training.landmarks import LANDMARK_FEATURE, LandmarkSet, landmark_set
 from training.pipeline import TrainConfig, TrainResult, _data_summary, finish_training
 from training.splits import Splits
 
@@ -54,224 +70,49 @@ HELD_OUT_CLIENT_CAP: Final = 15_000
 #: ~3.4 GB. Reached only when the gathered clients average over 20 sessions each (at the
 #: cap); training then refuses before the fit rather than running out of memory.
 GATHER_LIMIT_SESSIONS: Final = 600_000
-#: Key of the sampling hash (16 bytes), so that the sample is not the partition hash's.
-_SAMPLE_KEY: Final = "alliance-sample1"
-LABEL: Final = "_label"
-SPLIT: Final = "_split"
-PART: Final = "_part"
-#: The splits the booster is fitted on (early stopping on ``valid``).
-FIT_SPLITS: Final = ("train", "valid")
 GATHERED: Final = (
     "client_id, intake_date and outcome of every client; one hash per row (fingerprint); the "
     "baselines' input columns of the train landmark rows; the validated rows of the "
     f"calibration and test clients (at most {HELD_OUT_CLIENT_CAP:,} of each split, a "
-    "deterministic sample of whole clients above that)"
+    "deterministic sample of whole clients above that) and of the ongoing clients of the "
+    "test intakes (their follow-up weights the test metrics); each client's last appointment "
+    "date (censoring weights); the out-of-fold margin, label, weight and landmark of the "
+    "development clients' landmark rows (cross-fitted calibration)"
 )
 
 Progress = Callable[[str], None]
 
 
-def sample_clients(ids: np.ndarray | pd.Index, cap: int) -> np.ndarray:
-    """At most ``cap`` of ``ids``: every one when there are no more, else the ``cap`` whose
-    keyed hash of ``client_id`` (as text) is smallest, in their order in ``ids``.
-
-    Whole clients, and the same clients whatever the row, file or partition order, the run,
-    the process or the engine: the hash (:func:`pandas.util.hash_array` with a fixed key)
-    depends on the id alone.
-    """
-    ids = np.asarray(ids, dtype=object)
-    if cap < 1:
-        raise ValueError("the held-out client cap must be >= 1")
-    if len(ids) <= cap:
-        return ids
-    text = ids.astype(str).astype(object)
-    keys = pd.util.hash_array(text, hash_key=_SAMPLE_KEY)
-    order = np.lexsort((text, keys))  # ties (a 64-bit collision) broken by the id itself
-    return ids[np.sort(order[:cap])]
-
-
-def _split_names(splits: Splits, info: list[dict[str, Any]]) -> list[pd.Series]:
-    """Per partition: split name by client id (``""``: in no split)."""
-    ids = pd.concat([i["clients"][CLIENT_ID] for i in info], ignore_index=True)
-    names = pd.Series(splits.of(ids.to_numpy(dtype=object)), index=ids.to_numpy(dtype=object))
-    bounds = np.cumsum([0, *(len(i["clients"]) for i in info)])
-    return [names.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _split_landmarks(
-    part: CheckedPart,
-    split_of: pd.Series,
-    registry: FeatureRegistry,
-    *,
-    k_max: int,
-    keep: Sequence[str],
-) -> tuple[LandmarkSet, np.ndarray] | None:
-    """:func:`training.landmarks.landmark_set` of one partition's clients in a split of
-    ``keep``, and each row's split name; None when none of them has a session."""
-    chosen = split_of[split_of.isin(keep)]
-    clients = part.clients[part.clients[CLIENT_ID].isin(chosen.index)]
-    sessions = part.sessions[part.sessions[CLIENT_ID].isin(chosen.index)]
-    if sessions.empty:
-        return None
-    data = landmark_set(
-        pack_frames(sessions, clients, registry.profile), clients, registry, k_max=k_max
-    )
-    return data, chosen.reindex(data.client_id).to_numpy(dtype=object)
-
-
-def partition_landmarks(
-    part: CheckedPart,
-    split_of: pd.Series,
-    registry: FeatureRegistry,
-    *,
-    k_max: int,
-    keep: Sequence[str] = FIT_SPLITS,
-    dtype: Any = np.float32,
-) -> pd.DataFrame:
-    """Landmark rows of one client partition whose client is in a split of ``keep``.
-
-    Columns: the registry's features (``dtype``; xgboost bins float32), ``_label`` (1.0
-    dropout), ``_split``, ``client_id`` and ``landmark``. Built by
-    :func:`training.landmarks.landmark_set`, the pandas engine's function.
-    """
-    columns = [*registry.names, LABEL, SPLIT, CLIENT_ID, "landmark"]
-    built = _split_landmarks(part, split_of, registry, k_max=k_max, keep=keep)
-    if built is None:
-        return _empty_landmarks(registry, dtype)
-    data, split = built
-    frame = pd.DataFrame(data.X.astype(dtype, copy=False), columns=list(registry.names))
-    frame[LABEL] = data.y
-    frame[SPLIT] = split
-    frame[CLIENT_ID] = data.client_id
-    frame["landmark"] = data.context["landmark"].to_numpy(np.int64)
-    return _typed(frame[columns])
-
-
-def partition_matrices(
-    part: CheckedPart,
-    split_of: pd.Series,
-    registry: FeatureRegistry,
-    *,
-    k_max: int,
-    dtype: Any = np.float32,
-) -> dict[str, tuple[pd.DataFrame, pd.Series]]:
-    """What the fit reads of one client partition: per split of :data:`FIT_SPLITS`, the
-    features (``dtype``) and the label of its landmark rows, and nothing else.
-
-    The same rows as :func:`partition_landmarks` (the same ``landmark_set`` call), without
-    the id, split and landmark columns, so that a worker holds one copy of the features (the
-    one ``xgboost.dask`` reads) rather than a whole frame plus the fit's column selections.
-    The float64 matrix is dropped as soon as its ``dtype`` copy exists.
-    """
-    names = list(registry.names)
-    built = _split_landmarks(part, split_of, registry, k_max=k_max, keep=FIT_SPLITS)
-    if built is None:
-        return {s: _empty_matrix(registry, dtype) for s in FIT_SPLITS}
-    data, split = built
-    del built
-    X, y = data.X.astype(dtype, copy=False), data.y
-    del data
-    out = {}
-    for name in FIT_SPLITS:
-        mask = split == name
-        out[name] = (pd.DataFrame(X[mask], columns=names), pd.Series(y[mask], name=LABEL))
-    return out
-
-
-def _empty_matrix(registry: FeatureRegistry, dtype: Any) -> tuple[pd.DataFrame, pd.Series]:
-    X = pd.DataFrame({n: np.empty(0, dtype=dtype) for n in registry.names})
-    return X, pd.Series(np.empty(0), name=LABEL)
-
-
-def fit_frames(
-    client: Client,
-    parts: list[Any],
-    split_names: list[pd.Series],
-    registry: FeatureRegistry,
-    *,
-    k_max: int,
-    dtype: Any = np.float32,
-) -> dict[str, tuple[dd.DataFrame, dd.Series]]:
-    """Per split of :data:`FIT_SPLITS`, the persisted features and labels of every client
-    partition (:func:`partition_matrices`): one ``persist`` for all four collections, so each
-    partition's landmark rows are built once and the per-partition result is released as
-    soon as its four pieces exist."""
-    import dask.dataframe as dd
-    from dask import delayed
-
-    X_meta, y_meta = _empty_matrix(registry, dtype)
-    pieces = [
-        delayed(partition_matrices)(p, names, registry, k_max=k_max, dtype=dtype)
-        for p, names in zip(parts, split_names, strict=True)
-    ]
-    lazy = [
-        dd.from_delayed([p[name][i] for p in pieces], meta=meta, verify_meta=False)
-        for name in FIT_SPLITS
-        for i, meta in enumerate((X_meta, y_meta))
-    ]
-    done = client.persist(lazy)
-    return {name: (done[2 * i], done[2 * i + 1]) for i, name in enumerate(FIT_SPLITS)}
-
-
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.astype({SPLIT: "str", CLIENT_ID: "str", LABEL: np.float64})
-
-
-def _empty_landmarks(registry: FeatureRegistry, dtype: Any) -> pd.DataFrame:
-    frame = pd.DataFrame({n: np.empty(0, dtype=dtype) for n in registry.names})
-    frame[LABEL] = np.empty(0)
-    frame[SPLIT] = np.empty(0, dtype=object)
-    frame[CLIENT_ID] = np.empty(0, dtype=object)
-    frame["landmark"] = np.empty(0, dtype=np.int64)
-    return _typed(frame)
-
-
-def landmark_frame(
-    parts: list[Any],
-    split_names: list[pd.Series],
-    registry: FeatureRegistry,
-    *,
-    k_max: int,
-    keep: Sequence[str] = ("train", "valid"),
-    dtype: Any = np.float32,
-) -> dd.DataFrame:
-    """A dask frame of :func:`partition_landmarks` over every client partition (lazy)."""
-    import dask.dataframe as dd
-    from dask import delayed
-
-    meta = _empty_landmarks(registry, dtype)
-    pieces = [
-        delayed(partition_landmarks)(p, names, registry, k_max=k_max, keep=keep, dtype=dtype)
-        for p, names in zip(parts, split_names, strict=True)
-    ]
-    return dd.from_delayed(pieces, meta=meta, verify_meta=False)
-
-
 def fit_booster_dask(
     client: Client,
-    frames: dict[str, tuple[dd.DataFrame, dd.Series]],
+    frames: dict[str, FitFrames],
     feature_names: Sequence[str],
     *,
     search: SearchSpace,
     n_trials: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    weighted: bool = False,
 ) -> FitResult:
     """:func:`models.booster.fit_booster`'s search through ``xgboost.dask``: trial 0 the
     default, then seeded draws, early stopping on the ``valid`` rows, and the same choice
     (:func:`models.booster.choose_trial`, which both engines call).
     ``frames`` holds the persisted features and labels of the train and valid landmark rows
     (:func:`fit_frames`), passed to ``xgboost.dask`` as they are: a column selection here
-    would be persisted by ``xgboost.dask`` as a second copy of the features. One thread per
+    would be persisted by ``xgboost.dask`` as a second copy of the features. ``weighted``:
+    the rows' censoring weights weight the fit and the early-stopping loss, as
+    ``sample_weight`` and ``valid_sample_weight`` do in the pandas engine. One thread per
     worker."""
     import xgboost.dask as dxgb
 
     names = list(feature_names)
-    (X_train, y_train), (X_valid, y_valid) = frames["train"], frames["valid"]
-    dtrain = dxgb.DaskQuantileDMatrix(client, X_train, y_train, missing=np.nan,
+    train, valid = frames["train"], frames["valid"]
+    dtrain = dxgb.DaskQuantileDMatrix(client, train.X, train.y, missing=np.nan,
+                                      weight=train.weight if weighted else None,
                                       feature_names=names, max_bin=search.max_bin)  # fmt: skip
     # ref=dtrain: the validation rows are binned on the training cuts (no sketch of their own).
-    dvalid = dxgb.DaskQuantileDMatrix(client, X_valid, y_valid, missing=np.nan,
+    dvalid = dxgb.DaskQuantileDMatrix(client, valid.X, valid.y, missing=np.nan,
+                                      weight=valid.weight if weighted else None,
                                       feature_names=names, ref=dtrain)  # fmt: skip
     fixed: dict[str, Any] = {
         "objective": "binary:logistic",
@@ -332,6 +173,8 @@ class DaskTrained:
     clients: pd.DataFrame
     fingerprint: str
     gathered: dict[str, int]
+    #: The censoring weights of the fit and calibration (``--censoring ipcw``), else None.
+    weights: CensoringWeights | None = None
 
 
 @dataclass(frozen=True)
@@ -349,13 +192,22 @@ class DaskFit:
     #: The validated rows of the gathered calibration and test clients (driver side).
     sessions: pd.DataFrame
     clients: pd.DataFrame
-    #: The train split's persisted features and labels (for the baselines' columns).
-    train: tuple[dd.DataFrame, dd.Series]
+    #: The train and valid splits' persisted rows (baselines' columns, cross-fit).
+    frames: dict[str, FitFrames]
     counts: pd.Series
     fit: FitResult
     timings: dict[str, float]
     #: Per held-out split: (clients gathered, clients in the split).
     held_out: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: The censoring weights the fit used (``--censoring ipcw``), else None.
+    weights: CensoringWeights | None = None
+    #: The latest appointment of the whole extract.
+    extraction_date: pd.Timestamp | None = None
+
+    @property
+    def train(self) -> tuple[dd.DataFrame, dd.Series]:
+        """The train split's persisted features and labels."""
+        return self.frames["train"].X, self.frames["train"].y
 
 
 def fit_dask(
@@ -400,7 +252,11 @@ def fit_dask(
     held_out = {k: (len(v), len(getattr(splits, k))) for k, v in sampled.items()}
     for name, (used, total) in held_out.items():
         logger.info("%s split: gathering %d of its %d clients", name, used, total)
-    held = pd.Index(np.concatenate([sampled["calibration"], sampled["test"]]))
+    ongoing = evaluated_ongoing(all_clients, splits, sampled["test"], seed=config.seed)
+    held = pd.Index(np.concatenate([sampled["calibration"], sampled["test"], ongoing]))
+    weights = None
+    if config.censoring == "ipcw":
+        weights = dask_censoring_weights(info, all_clients, splits, config)
     n_held = sum(client.gather(client.compute([delayed(_count_sessions)(p, held) for p in parts])))
     if n_held > gather_limit:
         raise ValueError(
@@ -411,7 +267,8 @@ def fit_dask(
             "lower cap on the held-out clients"
         )
     registry = feature_registry(prof, include_covariates=config.include_covariates)
-    frames = fit_frames(client, parts, _split_names(splits, info), registry, k_max=config.k_max)
+    frames = fit_frames(client, parts, split_names(splits, info), registry, k_max=config.k_max,
+                        weight=None if weights is None else weights.weight)  # fmt: skip
     taken = client.gather(client.compute([delayed(_take_clients)(p, held) for p in parts]))
     # The validated partitions are released here (nothing else refers to them): the fit
     # needs only the persisted features and labels.
@@ -419,19 +276,38 @@ def fit_dask(
     sessions = clean_frame(pd.concat([s for s, _ in taken], ignore_index=True))
     clients_ = clean_frame(pd.concat([c for _, c in taken], ignore_index=True))
     del taken
-    counts = pd.Series({name: len(frames[name][1]) for name in FIT_SPLITS}, dtype=np.int64)
+    counts = pd.Series({name: len(frames[name].y) for name in FIT_SPLITS}, dtype=np.int64)
     timings["features_s"] = time.perf_counter() - t0
 
     say("fit")
     t = time.perf_counter()
     fit = fit_booster_dask(client, frames, registry.names, search=config.search,
                            n_trials=config.n_trials, seed=config.seed,
-                           progress=trial_progress)  # fmt: skip
+                           progress=trial_progress, weighted=weights is not None)  # fmt: skip
     timings["fit_s"] = time.perf_counter() - t
+    extraction = pd.to_datetime(last_sessions(info)[SESSION_DATE]).max()
     return DaskFit(profile=prof, info=info, all_clients=all_clients, splits=splits,
                    held=held, registry=registry, sessions=sessions, clients=clients_,
-                   train=frames["train"], counts=counts, fit=fit, timings=timings,
-                   held_out=held_out)  # fmt: skip
+                   frames=frames, counts=counts, fit=fit, timings=timings,
+                   held_out=held_out, weights=weights, extraction_date=extraction)  # fmt: skip
+
+
+def evaluated_ongoing(
+    clients: pd.DataFrame, splits: Splits, test_ids: np.ndarray, *, seed: int
+) -> np.ndarray:
+    """The ongoing clients of the evaluated intakes, gathered with the test clients so that
+    the test metrics are weighted by their follow-up as the pandas engine's are
+    (:func:`training.censoring.evaluation_population`). When the test split is sampled, so
+    are they, at the same rate (a temporal split's period holds them all; a random split's
+    share already follows ``test_ids``)."""
+    population = evaluation_population(
+        clients, test_ids=test_ids, test_from=splits.test_from, seed=seed
+    )
+    ongoing = population.loc[population[OUTCOME] == ONGOING, CLIENT_ID].to_numpy(dtype=object)
+    if splits.test_from is not None and len(test_ids) < len(splits.test) and len(ongoing):
+        share = len(test_ids) / len(splits.test)
+        ongoing = sample_clients(ongoing, max(1, round(len(ongoing) * share)))
+    return ongoing
 
 
 def train_dask(
@@ -466,21 +342,16 @@ def train_dask(
         the gathered clients; the data summary (``held_out_clients``), the reference's
         ``rows`` text and :attr:`DaskTrained.gathered` say how many of how many.
 
+    Censoring (``config.censoring``) and cross-fitted calibration (``config.calibration_folds``)
+    follow the pandas engine: see :mod:`training.dask_engine.crossfit`.
+
     Raises
     ------
     ValueError
-        On a contract violation, splits that cannot be drawn, more than ``gather_limit``
-        session rows of the gathered calibration and test clients, or ``config.censoring``
-        other than ``"exclude"``.
+        On a contract violation, splits that cannot be drawn, or more than ``gather_limit``
+        session rows of the gathered calibration and test clients.
     """
-    config = config or TrainConfig(censoring="exclude")
-    if config.censoring != "exclude":
-        # Censoring weights would have to reach every worker's landmark rows and the
-        # xgboost.dask matrices; until they do, say so rather than train unweighted silently.
-        raise ValueError(
-            "the Dask engine does not apply censoring weights (--censoring ipcw); train with "
-            "--censoring exclude (ongoing clients left out, unweighted) or with --engine pandas"
-        )
+    config = config or TrainConfig()
     say = progress or (lambda _stage: None)
     t0 = time.perf_counter()
     fitted = fit_dask(
@@ -492,6 +363,7 @@ def train_dask(
     registry, fit, timings = fitted.registry, fitted.fit, fitted.timings
     counts, all_clients = fitted.counts, fitted.all_clients
     held_out, sessions, clients_ = fitted.held_out, fitted.sessions, fitted.clients
+    weights, extraction = fitted.weights, fitted.extraction_date
 
     # Gathered: the baselines' columns of the train rows (the calibration and test clients
     # were gathered before the fit).
@@ -499,18 +371,39 @@ def train_dask(
     X_train, y_train = fitted.train
     base = X_train[[registry.names[i] for i in base_cols]].compute()
     y_base = y_train.compute().to_numpy(np.float64)
+    # The baselines are weighted for censoring as the booster is (finish_training).
+    w_base = None if weights is None else fitted.frames["train"].weight.compute().to_numpy()
     # Fortran order: untouched columns stay unallocated zeros, which the baselines never read.
     X_base = np.zeros((len(base), len(registry.names)), dtype=np.float32, order="F")
     X_base[:, base_cols] = base.to_numpy(np.float32)
-    train_set = LandmarkSet(X_base, y_base, pd.DataFrame())
+    train_set = LandmarkSet(X_base, y_base, pd.DataFrame(), w_base)
+    landmark = LANDMARK_FEATURE if LANDMARK_FEATURE in registry.names else None
+    oof: OutOfFold | None = None
+    if config.calibration_folds:
+        say("cross-fit")
+        t = time.perf_counter()
+        oof = cross_fit_dask(
+            client, [fitted.frames[s] for s in FIT_SPLITS],
+            all_clients[CLIENT_ID].to_numpy(dtype=object), fit,
+            weighted=weights is not None, landmark=landmark,
+            n_folds=config.calibration_folds, seed=config.seed,
+        )  # fmt: skip
+        fit = replace(fit, booster=oof.booster)
+        timings["cross_fit_s"] = time.perf_counter() - t
     # The persisted rows are released once nothing refers to them.
     del X_train, y_train, fitted, base
     held_set = landmark_set(
         pack_frames(sessions, clients_, prof), clients_, registry, k_max=config.k_max
     )
+    if weights is not None:
+        held_set = replace(held_set, weight=weights.of(held_set.client_id))
     cal, test = held_set.subset(splits.calibration), held_set.subset(splits.test)
     # Each split's rows are copies: the whole held-out matrix is not needed past this line.
     del held_set
+    cal_rows, cal_margin = cal, None
+    if oof is not None:
+        column = None if landmark is None else registry.names.index(landmark)
+        cal_rows, cal_margin = calibration_rows(oof, cal, len(registry.names), column)
     reference_rows = (
         "features, score and bands: the gathered calibration clients' ended episodes at "
         "their training landmarks; typical levels: attended, rated appointments of the "
@@ -520,13 +413,21 @@ def train_dask(
     summary = {
         **_data_summary(sum(i["n_sessions"] for i in info), all_clients, prof),
         "held_out_clients": _held_out_text(held_out),
-        "censoring": exclusion_summary(all_clients),
+        "censoring": exclusion_summary(all_clients) if weights is None else weights.summary,
         # Listed in the model card, so that a reader sees where the drift reference comes from.
         "reference_profile": reference_rows,
     }
     fingerprint = whole_fingerprint(info[0]["dtypes"], [i["hashes"] for i in info])
+    if oof is not None:
+        used, total = oof.clients
+        summary["cross_fit_clients"] = (
+            f"out-of-fold margins of {used:,} of {total:,} train and validation clients "
+            "gathered for the calibrator"
+            + (" (a deterministic sample of whole clients)" if used < total else "")
+        )
     result = finish_training(
-        fit, registry, prof, config, splits=splits, train=train_set, calibration=cal,
+        fit, registry, prof, config, splits=splits, train=train_set, calibration=cal_rows,
+        calibration_margin=cal_margin, extraction_date=extraction,
         landmark_rows={
             "train": int(counts.get("train", 0)), "valid": int(counts.get("valid", 0)),
             "calibration": int(cal.X.shape[0]), "test": int(test.X.shape[0]),
@@ -546,7 +447,9 @@ def train_dask(
             "calibration and test session rows": len(sessions),
             "calibration and test client rows": len(clients_),
             **{f"of {total:,} {name} clients": used for name, (used, total) in held_out.items()},
+            **({} if oof is None else {"out-of-fold rows": len(oof.margin)}),
         },
+        weights=weights,
     )
 
 
