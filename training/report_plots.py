@@ -80,10 +80,13 @@ def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float
 
 
 def _save(fig: Figure, out_dir: Path | str, filename: str) -> Path:
+    """Write ``fig`` as a PNG whose ``Title`` text chunk is the figure's title (what it shows
+    and on which data, for file browsers and tests alike)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
-    fig.savefig(path, format="png")
+    title = fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "")
+    fig.savefig(path, format="png", metadata={"Title": title.replace("\n", "; ")})
     return path
 
 

@@ -216,6 +216,39 @@ def test_an_evaluation_run_s_decision_curve_has_the_alert_rule(logged: Logged) -
         assert "alert rule" in pd.read_csv(path).columns, run_id
 
 
+def test_the_evaluate_command_s_plots_name_its_data_and_have_the_alert_rule(
+    logged: Logged, tmp_path: Path
+) -> None:
+    """``alliance-risk evaluate`` end to end: its plots are titled with the sessions file it was
+    given (never "test set"/"test split"), and its decision curve has the alert rule."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from training.simulate import write_cohort
+
+    data = tmp_path / "ext"
+    write_cohort(logged.external, data)
+    before = {r.info.run_id for r in mlflow.search_runs(experiment_names=["analyst"],
+                                                        output_format="list")}  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--sessions", str(data / "sessions.csv"), "--clients",
+         str(data / "clients.csv"), "--model", logged.model_uri, "--experiment", "analyst",
+         "--bootstrap", "0", "--tracking-uri", logged.uri],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run,) = [r for r in mlflow.search_runs(experiment_names=["analyst"], output_format="list")
+              if r.info.run_id not in before]  # fmt: skip
+    report = Path(logged.client.download_artifacts(run.info.run_id, "report", str(tmp_path)))
+    assert "alert rule" in pd.read_csv(report / "decision_curve.csv").columns
+    for name in ("calibration.png", "roc.png", "pr.png", "calibration_ci.png",
+                 "decision_curve.png", "landmarks.png"):  # fmt: skip
+        title = Image.open(report / name).text["Title"]
+        assert "the evaluation cohort (sessions.csv)" in title, (name, title)
+        assert "test set" not in title and "test split" not in title, (name, title)
+
+
 # -- 3. datasets ------------------------------------------------------------------------------
 
 
