@@ -565,6 +565,14 @@ class RescoreWatcher:
     def _run(self, model: LoadedModel) -> RescoreResult:
         if self.job is None or not self.rescorer.remaining(model):
             return self.rescorer.run(model, current=self.current, stop=self._stop)
+        # The lease is taken here, in this worker's name, which the child goes on under: the
+        # other workers (serve --workers N) see it held and start no process of their own.
+        claim = self.rescorer._claim(model)
+        if isinstance(claim, str):
+            held = RescoreResult(claim, model.version, 0, 0, 0.0, self.rescorer.holder,
+                                 os.getpid())  # fmt: skip
+            self.rescorer.record(held)
+            return held
         from service.store.rescore_process import run_in_process
 
         metrics = self.rescorer.metrics

@@ -58,6 +58,7 @@ class RescoreJob:
     batch_size: int
     lease_s: float
     max_sessions: int
+    holder: str
     configure_logs: bool = True
 
 
@@ -81,7 +82,8 @@ def load_model(uri: str, name: str, version: str) -> LoadedModel:
 def job_for(
     settings: ServiceSettings, model: LoadedModel, rescorer: Rescorer, *, configure_logs: bool
 ) -> RescoreJob:
-    """The job that rescores with ``model`` as ``rescorer`` would, in another process."""
+    """The job that rescores with ``model`` as ``rescorer`` would, in another process, under
+    its lease holder name (the serving process takes the lease before it starts the child)."""
     import mlflow
 
     return RescoreJob(
@@ -94,6 +96,7 @@ def job_for(
         batch_size=rescorer.batch_size,
         lease_s=rescorer.lease_s,
         max_sessions=rescorer.max_sessions,
+        holder=rescorer.holder,
         configure_logs=configure_logs,
     )
 
@@ -144,7 +147,8 @@ def run_in_process(
                     on_batch(received[1], received[2])
                 else:
                     message = received
-                continue
+            # Looked at after every message too: a child sends one per batch, and stopping
+            # must not wait for a pause between them.
             if halted_at is None:
                 served = current()
                 superseded = served is None or (served.name, served.version) != (
@@ -200,6 +204,7 @@ def _child(job: RescoreJob, halt: StopFlag, send: Connection) -> None:
             batch_size=job.batch_size,
             lease_s=job.lease_s,
             max_sessions=job.max_sessions,
+            holder=job.holder,
             progress=lambda done, skipped: send.send(("batch", done, skipped)),
         )
         send.send(("result", rescorer.run(model, stop=halt)))

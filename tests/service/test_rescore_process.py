@@ -31,11 +31,13 @@ from tests.service.test_caseload_support import seed_cohort
 CLINIC = "clinic-rp"
 
 
-def _store(tmp_path: Path, registry: Registry, n: int) -> str:
+def _store(tmp_path: Path, registry: Registry, n: int, clinics: int = 1) -> str:
+    """``n`` open episodes in each of ``clinics`` clinics (the cohort's clients again)."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = Store(url)
     store.ensure_ready()
-    seed_cohort(store, registry.cohort, CLINIC, n=n)
+    for k in range(clinics):
+        seed_cohort(store, registry.cohort, f"{CLINIC}-{k}", n=n, start_id=1 + k * n)
     store.close()
     return url
 
@@ -83,7 +85,7 @@ def test_the_run_happens_in_another_process_and_rescores_every_open_episode(
         metrics = api.get("/metrics").text
     assert (done.result, done.rescored, done.model_version) == ("done", n, "1")
     assert done.pid not in (0, os.getpid())
-    assert done.holder.startswith(f"{done.pid}-")
+    assert done.holder == watcher.rescorer.holder  # the lease the server took for it
     store = Store(url)
     with store.read() as conn:
         versions = conn.execute(select(episodes.c.latest_model_version)).scalars().all()
@@ -100,15 +102,15 @@ def test_the_run_happens_in_another_process_and_rescores_every_open_episode(
 def test_closing_the_app_mid_run_leaves_a_lease_another_worker_resumes(
     registry: Registry, dev_key_dir: Path, tmp_path: Path, version_1: LoadedModel
 ) -> None:
-    n = 400
-    url = _store(tmp_path, registry, n)
+    n = 1_200  # 600 batches: the run is still going when the app closes
+    url = _store(tmp_path, registry, n // 2, clinics=2)
     store = Store(url)
 
     def lease():
         with store.read() as conn:
             return conn.execute(select(rescore_state)).first()
 
-    app = create_app(_settings(registry, url, rescore_batch_size=4), configure_logs=False,
+    app = create_app(_settings(registry, url, rescore_batch_size=2), configure_logs=False,
                      **security_settings(dev_key_dir, tmp_path / "audit"))  # fmt: skip
     with TestClient(app):
         _wait(lambda: (row := lease()) is not None and row.after_episode_id > 0)
@@ -145,9 +147,49 @@ def test_a_child_that_fails_is_reported_by_its_error_type_not_left_hanging(
     job = RescoreJob(
         settings=ServiceSettings(store_url=f"sqlite:///{tmp_path / 'store.db'}"),
         model_uri=missing, model_name=missing, model_version="local", tracking_uri=mlflow_db,
-        registry_uri=mlflow_db, batch_size=10, lease_s=60, max_sessions=200,
+        registry_uri=mlflow_db, batch_size=10, lease_s=60, max_sessions=200, holder="w",
         configure_logs=False,
     )  # fmt: skip
     served = SimpleNamespace(name=missing, version="local")
     with pytest.raises(RuntimeError, match=r"^rescoring process failed: \w+$"):
         run_in_process(job, stop=threading.Event(), current=lambda: served, on_batch=print)
+
+
+def test_the_server_takes_the_lease_before_its_child_starts(
+    tmp_path: Path, registry_template: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With serve --workers N every worker sees the promotion at about the same time; the one
+    # that takes the lease starts a process, and the others see it held at once, not only
+    # once that process has started and claimed it (each would load a model meanwhile).
+    import threading
+    from types import SimpleNamespace
+
+    from service.store import rescore_process
+    from service.store.rescore import RescoreWatcher
+    from tests.service.test_caseload_support import sqlite_store
+
+    store = sqlite_store(tmp_path)
+    seed_cohort(store, registry_template.cohort, CLINIC, n=5)
+    model = SimpleNamespace(name=MODEL_NAME, version="1")
+    started, release = [], threading.Event()
+
+    def child_starting(job, **_kw):  # the spawned child: seconds before it claims anything
+        started.append(job)
+        release.wait(30)
+        raise RuntimeError("not started in this test")
+
+    monkeypatch.setattr(rescore_process, "run_in_process", child_starting)
+    workers = [
+        RescoreWatcher(Rescorer(store, holder=f"w{k}"), lambda: model, job=lambda m: m)
+        for k in (1, 2)
+    ]
+    first = threading.Thread(target=lambda: pytest.raises(RuntimeError, workers[0]._run, model))
+    first.start()
+    try:
+        _wait(lambda: len(started) == 1, timeout_s=10)
+        assert workers[1]._run(model).result == "held"
+        assert len(started) == 1
+    finally:
+        release.set()
+        first.join()
+        store.close()
