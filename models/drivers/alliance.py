@@ -11,7 +11,15 @@ from math import isfinite
 
 from models.drivers.facts import RECENT_RATED, RatingFacts
 from models.drivers.tables import Group, fmt
-from models.drivers.wording import Sentence, counted, finite, rating, rating_text
+from models.drivers.wording import (
+    Sentence,
+    below,
+    below_text,
+    counted,
+    finite,
+    rating,
+    rating_text,
+)
 from models.results import Evidence
 
 
@@ -104,10 +112,25 @@ def _level(f: RatingFacts, g: Group, up: bool) -> Sentence:
                 )
             return f"{g.subject} {g.verb} {quality} ({rating_text(mean3)} at session {s})", ev
     if up and f.below_cutoff == 1:
+        ev["latest"] = below(last, g.cutoff)
         return (
-            f"{g.subject} {g.verb} {rating_text(last)} at session {s}, below the cut-off {g.cutoff_text}",
+            f"{g.subject} {g.verb} {below_text(last, g.cutoff)} at session {s}, below the cut-off "
+            f"{g.cutoff_text}",
             ev,
         )
+    # Against the client's own recent ratings: a dip is a reason for concern at any level.
+    if n3 > 1 and up == (rating(last) < rating(mean3)) and rating(last) != rating(mean3):
+        where = "below" if up else "above"
+        return (
+            f"{g.subject} {g.verb} {rating_text(last)} at session {s}, {where} its mean of "
+            f"{rating_text(mean3)} over the last {n3} rated sessions",
+            ev,
+        )
+    # A rating at or above the cut-off quoted as a reason for risk (or one below it as
+    # protective) reads as the opposite of what a clinician knows: decline, as _early does, and
+    # let the next fact of the group say it.
+    if g.has_cutoff and up != (last < g.cutoff):
+        return None
     if n3 > 1:
         text = (
             f"{g.subject} {g.verb} {rating_text(last)} at session {s} "
@@ -121,18 +144,21 @@ def _cutoff(f: RatingFacts, g: Group, up: bool) -> Sentence:
     last = f.v0
     if f.m < 1 or not (isfinite(last) and g.has_cutoff):
         return None
-    below = f.below_cutoff == 1
-    if up != below:
+    under = f.below_cutoff == 1
+    if up != under:
         return None
-    where = "below" if below else "at or above"
-    lv = rating(last)
-    text = f"{g.subject} {g.verb} {lv:.1f} at session {f.sn0}, {where} the cut-off {g.cutoff_text}"
+    if under:
+        lv, where, shown = below(last, g.cutoff), "below", below_text(last, g.cutoff)
+    else:
+        lv, where = rating(last), "at or above"
+        shown = f"{lv:.1f}"
+    text = f"{g.subject} {g.verb} {shown} at session {f.sn0}, {where} the cut-off {g.cutoff_text}"
     ev: Evidence = {
         "fact": "cutoff",
         "latest": lv,
         "session": f.sn0,
         "cutoff": g.cutoff_r2,
-        "below_cutoff": int(below),
+        "below_cutoff": int(under),
     }
     return text, ev
 
@@ -172,13 +198,23 @@ def _early(f: RatingFacts, g: Group, up: bool) -> Sentence:
         if up != (e < g.cutoff):
             return None
         ev["cutoff"] = g.cutoff_r2
-        text += f", below the cut-off {g.cutoff_text}" if up else " (a good early alliance)"
+        if up:
+            ev["early_mean"] = below(e, g.cutoff)
+            text = (
+                f"{g.subject} averaged {below_text(e, g.cutoff)} in appointments 1-3, below the "
+                f"cut-off {g.cutoff_text}"
+            )
+        else:
+            text += " (a good early alliance)"
     return text, ev
 
 
 def _low_point(f: RatingFacts, g: Group, up: bool) -> Sentence:
     lo, last = f.min, f.v0
-    if not up or f.m < 1 or not (isfinite(lo) and isfinite(last)):
+    # One rating is no low point, and neither is a lowest rating at or above the cut-off.
+    if not up or f.m < 2 or not (isfinite(lo) and isfinite(last)):
+        return None
+    if g.has_cutoff and lo >= g.cutoff:
         return None
     lov, lv = rating(lo), rating(last)
     ev: Evidence = {"fact": "low_point", "lowest": lov, "latest": lv, "session": f.sn0}
@@ -256,13 +292,13 @@ def _element_cutoff(f: RatingFacts, g: Group, up: bool) -> Sentence:
     if flag == 1 and f.low_el >= 0 and isfinite(f.low_val):
         element = profile.elements[f.low_el]
         text = (
-            f"{element.label} rated {rating_text(f.low_val)} at session {f.sn0}, below the element "
-            f"cut-off {fmt(cut)}"
+            f"{element.label} rated {below_text(f.low_val, profile.element_cutoff)} at session "
+            f"{f.sn0}, below the element cut-off {fmt(cut)}"
         )
         ev: Evidence = {
             "fact": "element_cutoff",
             "element": element.name,
-            "latest": rating(f.low_val),
+            "latest": below(f.low_val, profile.element_cutoff),
             "session": f.sn0,
             "cutoff": cut,
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from math import isfinite
+from math import floor, isfinite
 
 from models.results import Evidence
 
@@ -14,6 +14,22 @@ def rating_text(x: float) -> str:
     """A rating with 1 decimal, never ``-0.0``: the text of :func:`rating` of ``x``."""
     # "z" (PEP 682) turns a rounded -0.0 into 0.0; both round the exact binary value half-even.
     return f"{x:z.1f}"
+
+
+def below(x: float, cutoff: float) -> float:
+    """A rating known to be below ``cutoff``, for the evidence: :func:`rating` unless that would
+    round it up to the cut-off itself (8.96, never "9.0, below the cut-off 9"); then with 2
+    decimals, rounded down."""
+    if rating(x) < cutoff:
+        return rating(x)
+    return floor(x * 100 + 1e-9) / 100 + 0.0
+
+
+def below_text(x: float, cutoff: float) -> str:
+    """The text of :func:`below`: 1 decimal, or 2 when 1 would reach the cut-off."""
+    if rating(x) < cutoff:
+        return rating_text(x)
+    return f"{below(x, cutoff):z.2f}"
 
 
 def rating(x: float) -> float:

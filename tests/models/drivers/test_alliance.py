@@ -177,3 +177,47 @@ def test_a_poor_early_alliance_is_not_quoted_as_protective() -> None:
     assert lowers.evidence["fact"] != "early"
     raises = describe(arrays, {"trust_early_mean": 0.3})[0][0]
     assert raises.text == "Trust and rapport averaged 5.5 in appointments 1-3, below the cut-off 8"
+
+
+def test_a_high_rating_is_not_quoted_as_a_reason_for_risk() -> None:
+    # Rated at the top of the scale: the model may push the risk up, but "rated 10.0" as the
+    # reason reads as the opposite of what a clinician knows; another fact of the group speaks.
+    for feature in ("trust_last", "trust_last3_mean"):
+        d = describe(client(ratings={"trust": [10.0, 10.0]}), {feature: 0.3})[0][0]
+        assert d.direction == RAISES
+        assert "10.0" not in d.text, d.text
+    # And a low one is not quoted as protective.
+    d = describe(client(ratings={"trust": [6.0, 6.0]}), {"trust_last": -0.3})[0][0]
+    assert d.direction == LOWERS and "rated 6.0" not in d.text, d.text
+
+
+def test_a_rating_below_the_clients_recent_mean_says_so() -> None:
+    arrays = client(ratings={"trust": [9.8, 9.9, 9.0]})
+    d = describe(arrays, {"trust_last": 0.3})[0][0]
+    assert d.text == (
+        "Trust and rapport rated 9.0 at session 3, below its mean of 9.6 over the last 3 rated "
+        "sessions"
+    )
+
+
+def test_a_low_point_is_a_low_point() -> None:
+    # One rating is no low point, nor is a lowest rating still above the cut-off.
+    for ratings in ([7.0], [9.5, 9.2, 9.4]):
+        d = describe(client(ratings={"trust": ratings}), {"trust_min": 0.3})[0][0]
+        assert "lowest" not in d.text and "a low of" not in d.text, d.text
+    d = describe(client(ratings={"trust": [9.0, 7.0, 7.5]}), {"trust_min": 0.3})[0][0]
+    assert d.text == "Trust and rapport reached a low of 7.0 (latest 7.5)"
+
+
+def test_a_value_below_the_cut_off_never_reads_as_the_cut_off() -> None:
+    # The overall alliance is a mean: 8.96 rounds to 9.0, which is not below the cut-off 9.
+    *rest, last = ALLIANCE6.element_names
+    ratings = {e: [9.0, 8.9, 9.0] for e in rest} | {last: [9.0, 8.9, 8.76]}
+    expected = {
+        "alliance_overall_early_mean": "Overall alliance averaged 8.95 in appointments 1-3, "
+        "below the cut-off 9",
+        "alliance_overall_below_cutoff": "Overall alliance rated 8.96 at session 3, below the "
+        "cut-off 9",
+    }
+    for feature, text in expected.items():
+        assert describe(client(ratings=ratings), {feature: 0.4})[0][0].text == text
