@@ -71,7 +71,7 @@ class TrainConfig:
     n_trials: int = 8
     calibration: Literal["auto", "sigmoid", "isotonic"] = "auto"
     # Folds of the cross-fitted calibration (training.crossfit); 0 calibrates the train-split
-    # booster on the calibration split alone (the Dask engine always does).
+    # booster on the calibration split alone (both engines: training.dask_engine.crossfit).
     calibration_folds: int = 5
     high_band: str = "alert-rate:0.10"
     n_boot: int = 200
