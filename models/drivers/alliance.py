@@ -217,10 +217,16 @@ def _low_point(f: RatingFacts, g: Group, up: bool) -> Sentence:
     if g.has_cutoff and lo >= g.cutoff:
         return None
     lov, lv = rating(lo), rating(last)
+    shown = f"{lov:.1f}"
+    if g.has_cutoff:  # below the cut-off: never printed as the cut-off itself
+        lov, shown = below(lo, g.cutoff), below_text(lo, g.cutoff)
     ev: Evidence = {"fact": "low_point", "lowest": lov, "latest": lv, "session": f.sn0}
-    if lov >= lv:
-        return f"{g.subject} at its lowest so far: {lv:.1f} at session {f.sn0}", ev
-    return f"{g.subject} reached a low of {lov:.1f} (latest {lv:.1f})", ev
+    if g.has_cutoff:
+        ev["cutoff"] = g.cutoff_r2
+    if lo >= last:
+        ev["latest"] = lov
+        return f"{g.subject} at its lowest so far: {shown} at session {f.sn0}", ev
+    return f"{g.subject} reached a low of {shown} (latest {lv:.1f})", ev
 
 
 def _variability(f: RatingFacts, g: Group, up: bool) -> Sentence:

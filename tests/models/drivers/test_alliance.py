@@ -207,6 +207,11 @@ def test_a_low_point_is_a_low_point() -> None:
         assert "lowest" not in d.text and "a low of" not in d.text, d.text
     d = describe(client(ratings={"trust": [9.0, 7.0, 7.5]}), {"trust_min": 0.3})[0][0]
     assert d.text == "Trust and rapport reached a low of 7.0 (latest 7.5)"
+    # The overall alliance's lowest, 8.96, is below its cut-off 9 and printed so.
+    *rest, last = ALLIANCE6.element_names
+    ratings = {e: [9.5, 9.0] for e in rest} | {last: [9.5, 8.76]}
+    d = describe(client(ratings=ratings), {"alliance_overall_min": 0.3})[0][0]
+    assert d.text == "Overall alliance at its lowest so far: 8.96 at session 2"
 
 
 def test_a_value_below_the_cut_off_never_reads_as_the_cut_off() -> None:
