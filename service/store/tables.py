@@ -128,6 +128,9 @@ sessions = Table(
     Column("ratings", JSON, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
     UniqueConstraint("episode_id", "session_number"),
+    # An episode's last appointment in one seek (the dashboard's "last session" column and
+    # sort; revision 0003).
+    Index(None, "episode_id", "session_date"),
 )
 
 outcomes = Table(

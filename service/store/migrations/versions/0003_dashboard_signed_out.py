@@ -1,4 +1,4 @@
-"""dashboard sign-outs kept in the store
+"""dashboard sign-outs kept in the store, and an episode's last appointment by index
 
 Revision ID: 0003
 Revises: 0002
@@ -24,8 +24,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("digest", name="pk_dashboard_signed_out"),
     )
     op.create_index("ix_dashboard_signed_out_expires_at", "dashboard_signed_out", ["expires_at"])
+    op.create_index(
+        "ix_sessions_episode_id_session_date", "sessions", ["episode_id", "session_date"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sessions_episode_id_session_date", table_name="sessions")
     op.drop_index("ix_dashboard_signed_out_expires_at", table_name="dashboard_signed_out")
     op.drop_table("dashboard_signed_out")
