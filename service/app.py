@@ -214,19 +214,20 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.security = security
-    app.state.shared_dir = limit_settings.shared_dir  # serve --workers N (dashboard sign-outs)
     # What scored a request tells, after its response is built (the shadow challenger).
     observers: list[ScoreObserver] = []
     app.state.observers = observers
     install_error_handlers(app)
+    # Starlette matches routes in order: the polled ones (a caseload 304 every few seconds per
+    # dashboard) come right after scoring, before the many FHIR and CDS routes.
     app.include_router(risk.router)
+    app.include_router(caseload.router)
+    app.include_router(clients.router)
     app.include_router(whatif.router)
     app.include_router(model.router)
     app.include_router(health.router)
     app.include_router(fhir_router)
     app.include_router(cds.router)
-    app.include_router(clients.router)
-    app.include_router(caseload.router)
     install_dashboard(app)  # /dashboard/ pages and their stylesheet
     if settings.docs_enabled:
         app.include_router(docs.router)

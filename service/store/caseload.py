@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Row, and_, func, or_, select
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 
 from service.store.tables import clinic_state, episodes, risk_scores, sessions
 
@@ -131,11 +131,16 @@ def week_cutoff(now: datetime | None = None) -> datetime:
     return datetime.combine(today - WEEK, time(0), tzinfo=UTC)
 
 
+#: Built once: every 304 runs it, and building the statement cost about three times its
+#: execution on SQLite (SQLAlchemy caches the compiled form either way).
+_CLINIC_VERSION = select(clinic_state.c.version).where(
+    clinic_state.c.clinic_id == bindparam("clinic_id")
+)
+
+
 def clinic_version(conn: Connection, clinic_id: str) -> int:
     """The clinic's change counter (0 for a clinic with nothing stored)."""
-    version = conn.execute(
-        select(clinic_state.c.version).where(clinic_state.c.clinic_id == clinic_id)
-    ).scalar_one_or_none()
+    version = conn.execute(_CLINIC_VERSION, {"clinic_id": clinic_id}).scalar_one_or_none()
     return int(version or 0)
 
 
