@@ -23,7 +23,9 @@ middleware to the last byte).
    through its five pages.
 4. Rescoring: ``POST /v1/risk`` at c=1 for 15 s (5 s) as the baseline, then the champion alias
    moves to version 2 and ``POST /v1/risk`` keeps being timed until the lease row says the
-   rescoring is done; the rescoring's own time is the lease row's finished - started.
+   rescoring is done; the rescoring's own time is the lease row's finished - started (in
+   ``process`` mode the server takes the lease before it spawns the child, so this includes
+   the child's start: imports and loading the model).
 
 ``python -m benchmarks.bench_store --only rescore [--quick] [--modes thread,process]`` runs
 part 4 alone, once per rescoring mode (``ALLIANCE_RISK_RESCORE_MODE``), each on a fresh store
