@@ -40,7 +40,12 @@ from service.dashboard import session as sessions
 from service.dashboard import source, views
 from service.limits import retry_after_header
 from service.security import AUTH_THREADS, Security, note_client, note_clients, note_denied
-from service.store.caseload import CaseloadFilters, CaseloadOrder, CursorError
+from service.store.caseload import (
+    CURSOR_MAX_LENGTH,
+    CaseloadFilters,
+    CaseloadOrder,
+    CursorError,
+)
 from service.store.db import Store, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -279,7 +284,7 @@ def caseload_page(
     band: Annotated[str | None, Query(max_length=16)] = None,
     sort: Annotated[str, Query(max_length=16)] = "probability",
     order: Annotated[str, Query(max_length=4)] = "desc",
-    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH)] = None,
 ) -> Response:
     """The clinic's open episodes: band, risk, change in a week, trend, main reason."""
     opened = _open_page(request)
@@ -294,7 +299,8 @@ def caseload_page(
     ordering = CaseloadOrder(query.sort, query.order == "desc")  # type: ignore[arg-type]
     try:
         page = source.read_caseload(store, p.clinic, filters, query.cursor, source.PAGE_ROWS,
-                                    order=ordering)  # fmt: skip
+                                    order=ordering,
+                                    seal=sessions.cursor_seal(_security(request).refs))  # fmt: skip
     except CursorError:
         return _error(request, 400, "Page not found",
                       "That page link has expired. Start again from the first page.", session)  # fmt: skip

@@ -26,6 +26,7 @@ from service.dashboard.views import (
     DriverRecord,
 )
 from service.store import caseload, repository
+from service.store.cursors import CursorSeal
 from service.store.db import Store
 from service.store.tables import episodes, risk_scores, sessions
 
@@ -43,15 +44,19 @@ def read_caseload(
     limit: int = PAGE_ROWS,
     *,
     order: caseload.CaseloadOrder = caseload.BY_RISK,
+    seal: CursorSeal | None = None,
 ) -> CaseloadPage:
-    """One caseload page in ``order`` (sorted over the whole caseload by the query) with its
-    sparklines, last sessions and the clinic's therapists.
+    """One caseload page in ``order`` (sorted over the whole caseload by the query; ``seal``
+    seals the cursors of an order other than risk) with its sparklines, last sessions and the
+    clinic's therapists.
 
     Raises :class:`~service.store.caseload.CursorError` for a cursor the service did not issue
     and :class:`~service.store.db.StoreUnavailable` on an outage.
     """
     with store.read() as conn:
-        page = caseload.caseload_page(conn, clinic_id, filters, cursor, limit, order=order)
+        page = caseload.caseload_page(
+            conn, clinic_id, filters, cursor, limit, order=order, seal=seal
+        )
         versions = {r.client_id: r.model_version for r in page.rows}
         history, last = _details(conn, clinic_id, versions)
         therapists = _therapists(conn, clinic_id)

@@ -13,11 +13,20 @@ come last, newest first, with no probability: a caseload never hides a client. T
 also sort by the change in a week, the therapist, the last appointment or the client id, either
 way (:class:`CaseloadOrder`): the whole caseload is sorted by the query, never one page, and rows
 without a value (no score, no score a week ago, no appointment) come last in both orders. Pages
-are keyset pages on (sort key, id): the opaque cursor names the last row, so a row that moves
-while a clinician pages is neither skipped twice nor costs an offset scan. The risk order's
-cursor carries the last row's probability; the other orders' cursors carry only the last row's
-store id and the order, and the row's key is read back from the store (a therapist id, client id
-or appointment date never travels in a URL).
+are keyset pages on (sort key, id): the opaque cursor carries the last row's sort key and store
+id as they were when the page was read, and the next page starts after that position whatever
+has happened to that row since (a new appointment, another therapist, a rescore, a closed
+episode), at no offset scan's cost. A row whose key stays put while a clinician pages is listed
+exactly once. A row whose key changes in the meantime is listed where it is when the page
+holding it is read: twice if it was listed already and moves to a page not read yet, not at all
+if it moves from a page not read yet to one already read (as in any keyset paging; the first
+page again shows the caseload as it is now). The default order's cursor (:data:`BY_RISK`, the
+JSON endpoint's only one) carries the probability and the id in the clear
+(:func:`encode_cursor`); the other orders' keys include a therapist id, a client id or an
+appointment date, which must never be readable in a URL, so their cursors are sealed
+(AES-256-GCM, the clinic as associated data: :class:`~service.store.cursors.CursorSeal`): a
+changed cursor, or one issued to another clinic, is refused like any cursor this service did
+not issue.
 
 The ETag (:func:`caseload_etag`) is computed from ``clinic_state.version`` (bumped with every
 write that changes a caseload row), the week the change is measured against, the filters, the
@@ -27,8 +36,6 @@ primary-key read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -37,6 +44,8 @@ from typing import Any, Literal
 import orjson
 from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 
+from service.schemas import ID_MAX_LENGTH
+from service.store.cursors import BadCursor, CursorSeal, pack, sealed_length, unpack
 from service.store.tables import clinic_state, episodes, risk_scores, sessions
 
 #: Rows per page unless the caller asks for fewer or more.
@@ -54,8 +63,8 @@ SortKey = Literal["probability", "change", "therapist", "last_session", "client"
 SORT_KEYS: tuple[SortKey, ...] = ("probability", "change", "therapist", "last_session", "client")
 
 
-class CursorError(ValueError):
-    """The cursor is not one this service issued."""
+class CursorError(BadCursor):
+    """The cursor is not one this service issued (for this order and clinic)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,7 @@ def caseload_page(
     *,
     now: datetime | None = None,
     order: CaseloadOrder = BY_RISK,
+    seal: CursorSeal | None = None,
 ) -> CaseloadPage:
     """One page of the clinic's open episodes, highest risk first unless ``order`` says
     otherwise.
@@ -204,19 +214,27 @@ def caseload_page(
         The time "last week" is measured from (default: now).
     order
         The sort over the whole caseload (default: risk, highest first).
+    seal
+        Seals and opens the cursors of an order other than :data:`BY_RISK` (required for one).
 
     Raises
     ------
     CursorError
         ``cursor`` is not one :func:`caseload_page` issued for this order and clinic.
     ValueError
-        ``limit`` is out of range.
+        ``limit`` is out of range, or a non-risk order comes without ``seal``.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
-    after = decode_cursor(cursor)
-    if after is not None and after.order != order:
-        raise CursorError("not a cursor of this order")
+    if order != BY_RISK and seal is None:
+        raise ValueError("an order other than risk needs a cursor seal")
+    anchor: _Anchor | None = None
+    if cursor is not None and order == BY_RISK:
+        after = decode_cursor(cursor)
+        assert after is not None
+        anchor = _Anchor(after.probability, after.episode_id)
+    elif cursor is not None and seal is not None:
+        anchor = decode_order_cursor(cursor, order, seal, clinic_id)
     cutoff = week_cutoff(now)
     e = episodes.c
     where = [e.clinic_id == clinic_id, e.outcome.is_(None)]
@@ -232,8 +250,8 @@ def caseload_page(
     columns = (
         e.id, e.client_id, e.therapist_id, e.latest_band, e.latest_probability,
         e.latest_top_driver, e.latest_model_version, e.latest_scored_at, week_ago.label("week_ago"),
+        key.label("sort_key"),
     )  # fmt: skip
-    anchor = None if after is None else _anchor(conn, clinic_id, after, key)
     down = order.descending
     found: list[Any] = []
     # Rows with a value first, then those without (last in both orders). Fetch one more than
@@ -271,10 +289,10 @@ def caseload_page(
     next_cursor = None
     if more:
         last = found[-1]
-        if order == BY_RISK:
+        if order == BY_RISK or seal is None:  # (seal is None: the risk order, checked above)
             next_cursor = encode_cursor(last.id, last.latest_probability)
         else:
-            next_cursor = encode_order_cursor(last.id, order)
+            next_cursor = encode_order_cursor(seal, clinic_id, order, last.sort_key, last.id)
     return CaseloadPage(clinic_id, rows, next_cursor, limit, cutoff)
 
 
@@ -295,25 +313,11 @@ def _sort_key(sort: SortKey, week_ago: Any) -> Any:
 
 @dataclass(frozen=True)
 class _Anchor:
-    """The last row of the previous page: its sort key (None: a row without one) and id."""
+    """The last row of the previous page, as it was when the page was read: its sort key (None:
+    a row without one) and id."""
 
     value: Any
     episode_id: int
-
-
-def _anchor(conn: Connection, clinic_id: str, after: CursorKey, key: Any) -> _Anchor:
-    """Where the next page starts. The risk cursor carries its probability; the other orders'
-    key is read from the named row, in the caller's clinic only (another clinic's row id is a
-    cursor this service did not issue to it)."""
-    if after.order == BY_RISK:
-        return _Anchor(after.probability, after.episode_id)
-    e = episodes.c
-    found = conn.execute(
-        select(key).where(e.id == after.episode_id, e.clinic_id == clinic_id)
-    ).one_or_none()
-    if found is None:
-        raise CursorError("not a cursor this service issued")
-    return _Anchor(found[0], after.episode_id)
 
 
 def _row(r: Row[Any]) -> CaseloadRow:
@@ -358,26 +362,72 @@ def _score_at(cutoff: datetime) -> Any:
 def encode_cursor(episode_id: int, probability: float | None) -> str:
     """The opaque cursor after a row: its sort key (the probability and the store's own row
     id; no client identifier, since cursors travel in URLs and access logs)."""
-    key = ["u", episode_id] if probability is None else ["s", probability, episode_id]
-    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+    return pack(["u", episode_id] if probability is None else ["s", probability, episode_id])
 
 
-def encode_order_cursor(episode_id: int, order: CaseloadOrder) -> str:
-    """The opaque cursor after a row in an order other than :data:`BY_RISK`: the order and the
-    row's store id only (its key is read back from the row, so no therapist id, client id or
-    date is written into a URL)."""
-    key = ["o", SORT_KEYS.index(order.sort), int(order.descending), episode_id]
-    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+def encode_order_cursor(
+    seal: CursorSeal, clinic_id: str, order: CaseloadOrder, value: Any, episode_id: int
+) -> str:
+    """The sealed cursor after a row in an order other than :data:`BY_RISK`: the order, the
+    row's sort key ``value`` (a therapist or client id, an appointment date, a change in
+    probability, or None) and its store id, readable by this service for ``clinic_id`` only."""
+    if isinstance(value, date):
+        value = value.isoformat()
+    return seal.seal(
+        ["o", SORT_KEYS.index(order.sort), int(order.descending), value, episode_id], clinic_id
+    )
+
+
+def decode_order_cursor(
+    cursor: str, order: CaseloadOrder, seal: CursorSeal, clinic_id: str
+) -> _Anchor:
+    """Where the page after :func:`encode_order_cursor`'s row starts; CursorError for a cursor
+    of another order or clinic, a changed one, or anything else."""
+    try:
+        key = seal.open(cursor, clinic_id)
+    except BadCursor:
+        raise CursorError("not a cursor this service issued") from None
+    match key:
+        case ["o", int() as k, int() as d, v, int() as i] if (
+            k == SORT_KEYS.index(order.sort) and d == int(order.descending) and _is_id(i)
+            and not isinstance(k, bool) and not isinstance(d, bool)
+        ):  # fmt: skip
+            value = _key_value(order.sort, v)
+            if value is not _NOT_A_KEY:
+                return _Anchor(value, i)
+    raise CursorError("not a cursor of this order")
+
+
+_NOT_A_KEY = object()
+
+
+def _key_value(sort: SortKey, value: Any) -> Any:
+    """The sort key of a sealed cursor as the query compares it (``_NOT_A_KEY``: not one)."""
+    if value is None:
+        return None
+    if sort in ("therapist", "client"):
+        return value if isinstance(value, str) and len(value) <= ID_MAX_LENGTH else _NOT_A_KEY
+    if sort == "last_session" and isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            return _NOT_A_KEY
+    if (
+        sort in ("change", "probability")
+        and isinstance(value, float | int)
+        and (not isinstance(value, bool))
+    ):
+        return float(value)
+    return _NOT_A_KEY
 
 
 @dataclass(frozen=True)
 class CursorKey:
-    """The last row of a page: its order, its store id and, in the risk order, its probability
-    (None: an unscored row)."""
+    """The last row of a risk-ordered page: its probability (None: an unscored row) and its
+    store id."""
 
     probability: float | None
     episode_id: int
-    order: CaseloadOrder = BY_RISK
 
 
 def decode_cursor(cursor: str | None) -> CursorKey | None:
@@ -385,8 +435,8 @@ def decode_cursor(cursor: str | None) -> CursorKey | None:
     if cursor is None:
         return None
     try:
-        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        key = unpack(cursor)
+    except BadCursor:
         raise CursorError("not a cursor this service issued") from None
     # bool is an int subclass (orjson reads ``true`` as True); ids past the database's 64-bit
     # integer overflow the driver (a 500), so both are refused like any forged cursor.
@@ -397,18 +447,16 @@ def decode_cursor(cursor: str | None) -> CursorKey | None:
             return CursorKey(float(p), i)
         case ["u", int() as i] if _is_id(i):
             return CursorKey(None, i)
-        case ["o", int() as k, 0 | 1 as d, int() as i] if (
-            not isinstance(k, bool) and 0 <= k < len(SORT_KEYS) and _is_id(i)
-            and not isinstance(d, bool)
-        ):  # fmt: skip
-            order = CaseloadOrder(SORT_KEYS[k], bool(d))
-            if order != BY_RISK:  # the risk order's cursor is the one above
-                return CursorKey(None, i, order)
     raise CursorError("not a cursor this service issued")
 
 
 #: The largest id a cursor may name (the store's ids are 64-bit signed at most).
 ID_MAX = 2**63 - 1
+#: The longest cursor :func:`caseload_page` issues: a sealed cursor holding the longest id
+#: (128 characters of four UTF-8 bytes each) and the largest store id.
+CURSOR_MAX_LENGTH = sealed_length(
+    len(orjson.dumps(["o", len(SORT_KEYS) - 1, 1, "\U0010ffff" * ID_MAX_LENGTH, ID_MAX]))
+)
 
 
 def _is_id(value: int) -> bool:

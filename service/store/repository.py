@@ -9,8 +9,6 @@ Every write that changes a caseload row bumps ``clinic_state.version`` in the sa
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from models.results import RAISES, Driver, RiskScore
 from service.schemas import RiskRequest, SessionIn
 from service.store.caseload import ID_MAX
+from service.store.cursors import BadCursor, pack, unpack
 from service.store.tables import (
     clinic_state,
     dashboard_signed_out,
@@ -401,14 +400,14 @@ def score_history(
 def encode_history_cursor(score_id: int) -> str:
     """The opaque cursor after a history entry: the store's score id only (no time, no client
     id; the read checks the score is the client's own)."""
-    return base64.urlsafe_b64encode(orjson.dumps(["h", score_id])).decode().rstrip("=")
+    return pack(["h", score_id])
 
 
 def decode_history_cursor(cursor: str) -> int:
     """The score id of :func:`encode_history_cursor`; HistoryCursorError for anything else."""
     try:
-        key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        key = unpack(cursor)
+    except BadCursor:
         raise HistoryCursorError("not a cursor this service issued") from None
     match key:
         case ["h", int() as i] if not isinstance(i, bool) and 1 <= i <= ID_MAX:

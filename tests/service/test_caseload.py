@@ -1,6 +1,7 @@
 """The caseload query (service.store.caseload) on SQLite and PostgreSQL: open episodes only,
-probability descending, keyset pages that list every row once, filters, the change since last
-week, and an ETag that moves with every write and with nothing else."""
+probability descending, keyset pages that list every row once (also when a page's last row
+changes before the next page), sealed cursors for the other orders, filters, the change since
+last week, and an ETag that moves with every write and with nothing else."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from service.store.caseload import (
     BY_RISK,
+    CURSOR_MAX_LENGTH,
     SORT_KEYS,
     CaseloadFilters,
     CaseloadOrder,
@@ -21,9 +23,9 @@ from service.store.caseload import (
     caseload_page,
     decode_cursor,
     encode_cursor,
-    encode_order_cursor,
     week_cutoff,
 )
+from service.store.cursors import CursorSeal
 from service.store.db import Store
 from service.store.tables import clinic_state, episodes, risk_scores, sessions
 from tests.service.test_caseload_support import (
@@ -36,6 +38,7 @@ from tests.service.test_caseload_support import (
 )
 
 CLINIC = "clinic-cl"
+SEAL = CursorSeal(bytes(range(32)))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -66,7 +69,7 @@ def _all_pages(
     while True:
         with store.read() as conn:
             page = caseload_page(
-                conn, CLINIC, filters or CaseloadFilters(), cursor, limit, order=order
+                conn, CLINIC, filters or CaseloadFilters(), cursor, limit, order=order, seal=SEAL
             )
         rows.extend(page.rows)
         pages += 1
@@ -149,26 +152,128 @@ def test_every_order_sorts_the_whole_caseload_across_pages(store: Store) -> None
     assert rows["cl-0010"].change_since_last_week == pytest.approx(0.7)  # episode 2
 
 
-def test_order_cursors_name_no_key_and_hold_to_their_order_and_clinic(store: Store) -> None:
+def test_order_cursors_are_sealed_and_hold_to_their_order_and_clinic(store: Store) -> None:
     seed_episodes(store, [
         _episode(1, 0.4, therapist_id="t-secret"),
         _episode(2, 0.3),
         {**_episode(3, 0.2), "clinic_id": "other", "client_id": "other-1"},
+        {**_episode(4, 0.1), "clinic_id": "other", "client_id": "other-2"},
     ])  # fmt: skip
     by_client = CaseloadOrder("client", False)
+    by_therapist = CaseloadOrder("therapist", False)
+
+    def page(cursor: str | None, clinic: str = CLINIC, order: CaseloadOrder = by_client,
+             seal: CursorSeal = SEAL):  # fmt: skip
+        return caseload_page(conn, clinic, CaseloadFilters(), cursor, 1, order=order, seal=seal)
+
     with store.read() as conn:
-        page = caseload_page(conn, CLINIC, CaseloadFilters(), None, 1, order=by_client)
+        cursor = page(None).next_cursor
+        assert cursor is not None and len(cursor) <= CURSOR_MAX_LENGTH
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        assert b"cl-" not in raw and b"t-secret" not in raw  # sealed: nothing readable
+        assert page(cursor).rows[0].client_id == "cl-0002"
+        assert page(page(None, order=by_therapist).next_cursor, order=by_therapist).rows
+        other = page(None, clinic="other").next_cursor
+        tampered = cursor[:20] + ("A" if cursor[20] != "A" else "B") + cursor[21:]
+        refused = [
+            lambda: page(cursor, order=by_therapist),  # another order's cursor
+            lambda: page(cursor, order=CaseloadOrder("client", True)),  # the other direction
+            lambda: page(cursor, order=BY_RISK),
+            lambda: page(encode_cursor(1, 0.4)),  # the risk order's
+            lambda: page(other),  # issued to another clinic
+            lambda: page(cursor, clinic="other"),
+            lambda: page(tampered),
+            lambda: page(cursor[:-1]),
+            lambda: page(cursor, seal=CursorSeal(bytes(32))),  # another key (a rotated audit key)
+            lambda: page("garbage"),
+            lambda: page(""),
+        ]
+        for attempt in refused:
+            with pytest.raises(CursorError, match="^not a cursor"):
+                attempt()
+        with pytest.raises(ValueError, match="needs a cursor seal"):
+            caseload_page(conn, CLINIC, CaseloadFilters(), None, 1, order=by_client)
+
+
+def test_the_longest_ids_fit_the_cursor_bound(store: Store) -> None:
+    longest = "\U0010ffff" * 127  # four UTF-8 bytes each
+    seed_episodes(store, [_episode(i, 0.5, client_id=longest + str(i), therapist_id=longest + "t")
+                          for i in (1, 2)])  # fmt: skip
+    for sort in ("client", "therapist"):
+        with store.read() as conn:
+            order = CaseloadOrder(sort, True)  # type: ignore[arg-type]
+            cursor = caseload_page(
+                conn, CLINIC, CaseloadFilters(), None, 1, order=order, seal=SEAL
+            ).next_cursor
+        assert cursor is not None and len(cursor) <= CURSOR_MAX_LENGTH
+    assert CURSOR_MAX_LENGTH < 1024
+
+
+#: Six open episodes, each with a distinct value in every order: a probability (one week ago
+#: 0.05, so the change is distinct too), a therapist, a client id and one appointment.
+_MOVING = [_episode(i, i / 10, therapist_id=f"t-{i:02d}") for i in range(1, 7)]
+
+
+def _set_key(store: Store, sort: str, episode_id: int, high: bool) -> None:
+    """Move one episode's sort key past every other's: to the highest value, or the lowest."""
+    e = episodes.c
+    with store.write() as conn:
+        if sort in ("probability", "change"):
+            values = {"latest_probability": 0.99 if high else 0.01}
+        elif sort == "therapist":
+            values = {"therapist_id": "z" if high else "a"}
+        elif sort == "client":
+            values = {"client_id": "zz" if high else "a"}
+        else:
+            conn.execute(insert(sessions).values(
+                episode_id=episode_id, session_number=2,
+                session_date=date(2026, 12, 31) if high else date(2026, 1, 1),
+                attendance="attended", ratings=None, updated_at=days_ago(0),
+            ))  # fmt: skip
+            if not high:
+                conn.execute(sessions.delete().where(
+                    sessions.c.episode_id == episode_id, sessions.c.session_number == 1
+                ))  # fmt: skip
+            return
+        conn.execute(update(episodes).where(e.id == episode_id).values(**values))
+
+
+@pytest.mark.parametrize("descending", [True, False], ids=["desc", "asc"])
+@pytest.mark.parametrize("sort", SORT_KEYS)
+@pytest.mark.parametrize("to_seen", [True, False], ids=["to_a_seen_page", "to_a_later_page"])
+def test_a_page_whose_last_row_changes_skips_and_repeats_no_other_row(
+    store: Store, sort: str, descending: bool, to_seen: bool
+) -> None:
+    # The page's last row gets a new appointment, another therapist, a new score: the next page
+    # starts where the first one ended all the same. The row itself shows at its old place or
+    # its new one: once when it moved to a page already seen, twice when it moved ahead (as in
+    # any keyset paging).
+    seed_episodes(store, _MOVING)
+    seed_rows(store, risk_scores, [
+        score_row(i, 0.05, week_cutoff() - timedelta(days=1)) for i in range(1, 7)
+    ])  # fmt: skip
+    seed_rows(store, sessions, [
+        {"episode_id": i, "session_number": 1, "session_date": date(2026, 11, i),
+         "attendance": "attended", "ratings": None, "updated_at": days_ago(1)}
+        for i in range(1, 7)
+    ])  # fmt: skip
+    order = CaseloadOrder(sort, descending)  # type: ignore[arg-type]
+    with store.read() as conn:
+        first = caseload_page(conn, CLINIC, CaseloadFilters(), None, 3, order=order, seal=SEAL)
+    moved = first.rows[-1].client_id
+    _set_key(store, sort, int(moved[-4:]), high=descending == to_seen)
+    listed, cursor = [r.client_id for r in first.rows], first.next_cursor
+    while cursor is not None:
+        with store.read() as conn:
+            page = caseload_page(conn, CLINIC, CaseloadFilters(), cursor, 3, order=order, seal=SEAL)
+        listed += [r.client_id for r in page.rows]
         cursor = page.next_cursor
-        assert cursor is not None
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        assert "cl-" not in raw and "t-secret" not in raw
-        with pytest.raises(CursorError):  # another order's cursor
-            caseload_page(conn, CLINIC, CaseloadFilters(), cursor, 1)
-        with pytest.raises(CursorError):  # another clinic's row
-            caseload_page(conn, CLINIC, CaseloadFilters(), encode_order_cursor(3, by_client), 1,
-                          order=by_client)  # fmt: skip
-        rest = caseload_page(conn, CLINIC, CaseloadFilters(), cursor, 1, order=by_client)
-        assert [r.client_id for r in rest.rows] == ["cl-0002"]
+        assert len(listed) <= 12
+    # A client renamed by the test ("a", "zz") is the moved one.
+    names = [moved if c in ("a", "zz") else c for c in listed]
+    others = [c for c in names if c != moved]
+    assert sorted(others) == sorted({f"cl-{i:04d}" for i in range(1, 7)} - {moved}), names
+    assert names.count(moved) == (1 if to_seen else 2), names
 
 
 def test_filters(store: Store) -> None:

@@ -175,6 +175,32 @@ def test_caseload_pages_follow_the_cursor(
     assert sorted(shown) == sorted(dash.ids[:3])  # type: ignore[attr-defined]
 
 
+def test_a_changed_or_foreign_cursor_is_a_plain_400(
+    dash: TestClient, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.dashboard import session, source
+    from service.store.caseload import CaseloadOrder, encode_order_cursor
+
+    monkeypatch.setattr(source, "PAGE_ROWS", 1)
+    _sign_in(dash, _token(dev_key_dir))
+    first = dash.get("/dashboard/?sort=therapist&order=asc").text
+    link = re.search(r'<a href="([^"]+)" rel="next">Next page</a>', first)
+    assert link is not None
+    cursor = re.search(r"cursor=([^&\"]+)", link.group(1))
+    assert cursor is not None
+    good = cursor.group(1)
+    assert dash.get(link.group(1).replace("&amp;", "&")).status_code == 200
+    seal = session.cursor_seal(dash.app.state.security.refs)  # type: ignore[attr-defined]
+    foreign = encode_order_cursor(seal, "clinic-other", CaseloadOrder("therapist", False),
+                                  "t-0", 1)  # fmt: skip
+    tampered = good[:10] + ("A" if good[10] != "A" else "B") + good[11:]
+    for bad in (tampered, foreign, good + "AA", "garbage"):
+        answer = dash.get("/dashboard/", params={"sort": "therapist", "order": "asc",
+                                                 "cursor": bad})  # fmt: skip
+        assert answer.status_code == 400
+        assert "That page link has expired. Start again from the first page." in answer.text
+
+
 @pytest.mark.parametrize("order", ["asc", "desc"])
 def test_a_sort_orders_the_whole_caseload_not_one_page(
     dash: TestClient, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch, order: str
