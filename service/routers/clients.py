@@ -13,6 +13,7 @@ database and scoring work run in the thread pool.
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -44,6 +45,7 @@ from service.store_schemas import (
     SessionsRequest,
 )
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/clients", tags=["clients"], route_class=OrjsonRoute)
 
 ClientsReader = Annotated[Principal, Depends(scoped(CLIENTS_READ))]
@@ -230,9 +232,12 @@ def delete_outcome(
     """Reopens the episode: it is back on the open caseload and may take later appointments.
     It is rescored by the served model in the same transaction, as every write is (a closed
     episode is not rescored when a new model is promoted, so its last score may be an older
-    model's); ``GET .../risk`` shows the new score. The outcome is deleted, not kept as
-    history; the audit trail records the withdrawal (``clients.outcome_withdraw``). 404 when
-    the client is missing or has no outcome."""
+    model's); ``GET .../risk`` shows the new score. When the served model refuses the stored
+    history (a model promoted since may check more), the outcome is withdrawn all the same and
+    the episode left unscored: its score fields are null and the caseload lists it as not
+    scored yet, as after deleting its only appointment; storing appointments scores it again.
+    The outcome is deleted, not kept as history; the audit trail records the withdrawal
+    (``clients.outcome_withdraw``). 404 when the client is missing or has no outcome."""
     note_client(request, client_id)
     request.state.model_version = model.version
     at = repo.now()
@@ -243,7 +248,16 @@ def delete_outcome(
         if not repo.withdraw_outcome(conn, episode, at):
             raise HTTPException(404, NO_OUTCOME)
         if repo.session_count(conn, episode.id):
-            _rescore(conn, episode, request, principal, model, settings, at)
+            try:
+                _rescore(conn, episode, request, principal, model, settings, at)
+            except InvalidRequest as err:
+                # The contract's reasons name no submitted value; the client is not named.
+                reasons = sorted({str(e["reason"]) for e in err.errors})
+                logger.warning(
+                    "reopened episode left unscored: model %s refuses its stored history (%s)",
+                    model.version, "; ".join(reasons)[:500],
+                )  # fmt: skip
+                repo.clear_score(conn, episode, at)
     return Response(status_code=204)
 
 

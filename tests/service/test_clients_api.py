@@ -313,6 +313,39 @@ def test_sessions_after_the_outcome_are_409_until_it_is_withdrawn(
     assert all(r["client_ref"] for r in withdrawn[:3])
 
 
+def test_an_outcome_is_withdrawn_even_when_the_model_refuses_the_stored_episode(
+    api: TestClient, registry: Registry, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # A model promoted since the outcome was recorded refuses the stored history (say, its
+    # edge checks are stricter): the outcome is withdrawn all the same, the episode left open
+    # and unscored, as deleting its only appointment leaves it.
+    from service.errors import InvalidRequest
+    from service.routers import clients
+
+    body = a_client(registry)
+    url = f"/v1/clients/{body['client_id']}"
+    assert post_sessions(api, body, body["sessions"][:3], first=True).status_code == 200
+    closed = {"outcome": "dropout", "outcome_date": body["sessions"][2]["session_date"]}
+    assert api.post(f"{url}/outcome", json=closed).status_code == 200
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise InvalidRequest([{"loc": ["sessions", 1, "session_date"], "reason": "refused"}])
+
+    monkeypatch.setattr(clients, "score_one", refuse)
+    with caplog.at_level("WARNING", logger="service.routers.clients"):
+        reopened = api.delete(f"{url}/outcome")
+    assert reopened.status_code == 204, reopened.text
+    risk = api.get(f"{url}/risk").json()
+    assert risk["outcome"] is None and risk["sessions_stored"] == 3
+    assert risk["probability"] is None and risk["risk_band"] is None
+    listed = {r["client_id"]: r for r in api.get(CASELOAD).json()["items"]}
+    assert listed[body["client_id"]]["probability"] is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "service.routers.clients"]
+    assert len(warned) == 1 and "unscored" in warned[0] and "refused" in warned[0]
+    assert body["client_id"] not in warned[0]
+
+
 def test_outcome_dates_are_checked(api: TestClient, registry: Registry) -> None:
     body = a_client(registry)
     s = body["sessions"]
