@@ -264,9 +264,12 @@ def sign_out(request: Request, csrf: Annotated[str | None, Form()] = None) -> Re
     try:
         _signed_out(request).add(session)
     except StoreUnavailable as exc:
+        # Also when the sign-out list is full (SignOutsFull): the cookie is kept, not dropped
+        # while it would stay valid.
         return _error(request, 503, "Sign-out not recorded",
-                      "The client store cannot be reached just now, so the sign-out could not "
-                      "be recorded. Try again in a few seconds.", session,
+                      "The client store cannot be reached or is busy just now, so the sign-out "
+                      "could not be recorded and you are still signed in. Try again in a few "
+                      "seconds.", session,
                       headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
     response = _to_sign_in()
     response.delete_cookie(sessions.COOKIE, path=sessions.COOKIE_PATH, secure=True,

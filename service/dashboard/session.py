@@ -16,7 +16,8 @@ way, under another label (:func:`cursor_seal`).
 Revocation: a cookie is refused before its expiry when its session was signed out (the
 session id's digest is kept until the cookie would have expired, in the client store:
 :class:`StoreSignedOut`, so every worker and a restart refuse it; when the store cannot be read
-the cookie is refused too) or, for an API-key
+the cookie is refused too; when the list is full, the sign-out itself is refused with the 503
+page and the cookie kept, never dropped while it would stay valid) or, for an API-key
 session, when its key is no longer among the keys the service loaded (a key removed from the
 keys file ends its sessions at the next restart). A token session lasts until the token's own
 ``exp`` or :data:`SESSION_MAX_AGE_S`, whichever is sooner: revoking a token at its issuer does
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -45,7 +47,9 @@ from service.audit import ClientRefs
 from service.auth import Principal
 from service.store import repository
 from service.store.cursors import CursorSeal
-from service.store.db import Store
+from service.store.db import Store, StoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 COOKIE = "alliance_risk_dashboard"
 #: Path the cookie is sent to: the dashboard only, never /v1.
@@ -126,12 +130,27 @@ def new_session(principal: Principal, expires_at: float | None = None) -> Sessio
     return Session(principal, secrets.token_urlsafe(24), end, secrets.token_urlsafe(16))
 
 
+class SignOutsFull(StoreUnavailable):
+    """``max_entries`` unexpired sign-outs are kept already: this one cannot be recorded, so it
+    is refused (the 503 page: try again) rather than dropping a cookie that would stay valid.
+    No entry is evicted to make room: a signed-out cookie that has not expired would pass
+    again."""
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__("full")
+        logger.warning(
+            "dashboard sign-out refused: %d unexpired sign-outs are kept already (the most); "
+            "the session stays valid until it is signed out or expires",
+            max_entries,
+        )
+
+
 class SignedOut:
     """Session ids signed out in this process, each kept until its cookie would have expired
     (a service without a client store; :class:`StoreSignedOut` otherwise).
 
-    Thread-safe. Bounded: past ``max_entries`` live entries a sign-out still ends the session
-    in the browser (the cookie is deleted) but is not remembered here.
+    Thread-safe. Bounded: past ``max_entries`` live entries a sign-out raises
+    :class:`SignOutsFull` (it is not recorded, and the browser keeps the cookie).
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
@@ -144,8 +163,9 @@ class SignedOut:
         with self._lock:
             if len(self._until) >= self._max:
                 self._until = {k: t for k, t in self._until.items() if t > now}
-            if len(self._until) < self._max:
-                self._until[session.sid] = session.expires_at
+            if session.sid not in self._until and len(self._until) >= self._max:
+                raise SignOutsFull(self._max)
+            self._until[session.sid] = session.expires_at
 
     def __contains__(self, session: object) -> bool:
         if not isinstance(session, Session):
@@ -186,6 +206,8 @@ class StoreSignedOut:
 
     Fail closed: both methods raise :class:`~service.store.db.StoreUnavailable` when the store
     cannot be reached, and the dashboard then refuses the cookie with a page that says why.
+    Bounded: past ``max_entries`` unexpired sign-outs, :meth:`add` raises :class:`SignOutsFull`
+    (the sign-out is refused, the cookie kept).
     """
 
     def __init__(self, store: Store, max_entries: int = 100_000) -> None:
@@ -195,7 +217,8 @@ class StoreSignedOut:
     def add(self, session: Session) -> None:
         expires = datetime.fromtimestamp(session.expires_at, UTC)
         with self._store.write() as conn:
-            repository.sign_out(conn, _digest(session), expires, self._max)
+            if not repository.sign_out(conn, _digest(session), expires, self._max):
+                raise SignOutsFull(self._max)
 
     def __contains__(self, session: object) -> bool:
         if not isinstance(session, Session):

@@ -420,8 +420,9 @@ def decode_history_cursor(cursor: str) -> int:
 
 def sign_out(conn: Connection, digest: str, expires_at: datetime, max_entries: int) -> bool:
     """Keep the signed-out session ``digest`` until ``expires_at`` (its cookie's expiry), after
-    purging the rows already expired. False when ``max_entries`` live rows are kept already
-    (the sign-out then ends the session in the browser only)."""
+    purging the rows already expired. False when ``max_entries`` live rows are kept already:
+    nothing is kept, and the caller refuses the sign-out (evicting a live row would let its
+    signed-out cookie pass again)."""
     t = dashboard_signed_out.c
     conn.execute(delete(dashboard_signed_out).where(t.expires_at <= now()))
     kept = conn.execute(select(func.count()).select_from(dashboard_signed_out)).scalar_one()

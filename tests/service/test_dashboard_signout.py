@@ -113,3 +113,47 @@ def test_an_unreadable_store_refuses_the_cookie_with_a_page_that_says_why(
     ]
     refused = [r for r in audit if r["action"] == "dashboard.caseload" and r["status"] == 503]
     assert refused and {r["outcome"] for r in refused} == {"denied"}
+
+
+def test_a_sign_out_past_the_bound_is_refused_and_the_cookie_kept(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past max_entries a sign-out cannot be kept: deleting the cookie anyway would tell the
+    # clinician they are signed out while a copy of the cookie stays valid. It is refused.
+    from service.dashboard import session as sessions
+
+    with _app(registry, dev_key_dir, tmp_path) as client:
+        first = _cookie(_sign_in(client, _token(dev_key_dir)))
+        second = _cookie(_sign_in(client, _token(dev_key_dir)))
+        store = client.app.state.client_store  # type: ignore[attr-defined]
+        client.app.state.dashboard_signed_out = sessions.StoreSignedOut(store, max_entries=1)  # type: ignore[attr-defined]
+        client.cookies.set(sessions.COOKIE, first, path=sessions.COOKIE_PATH)
+        out = client.post("/dashboard/sign-out", data={"csrf": _csrf(client)}, headers=ORIGIN,
+                          follow_redirects=False)  # fmt: skip
+        assert out.status_code == 303
+        client.cookies.set(sessions.COOKIE, second, path=sessions.COOKIE_PATH)
+        with caplog.at_level("WARNING", logger="service.dashboard.session"):
+            full = client.post("/dashboard/sign-out", data={"csrf": _csrf(client)},
+                               headers=ORIGIN, follow_redirects=False)  # fmt: skip
+        assert full.status_code == 503 and "Retry-After" in full.headers
+        assert "could not be recorded and you are still signed in" in full.text
+        assert sessions.COOKIE not in full.headers.get("set-cookie", "")  # cookie not dropped
+        assert client.get("/dashboard/", follow_redirects=False).status_code == 200
+        warned = [r.getMessage() for r in caplog.records if r.name == "service.dashboard.session"]
+        assert len(warned) == 1 and "sign-out refused" in warned[0]
+        assert second not in warned[0] and "sid" not in warned[0]
+
+
+def test_the_in_process_list_refuses_past_its_bound_too() -> None:
+    from service.auth import Principal
+    from service.dashboard import session as sessions
+
+    principal = Principal(subject="s", clinic="c", scopes=frozenset({"clients:read"}),
+                          token_id="t", method="api_key", issuer=None)  # fmt: skip
+    kept = sessions.SignedOut(max_entries=1)
+    a, b = sessions.new_session(principal), sessions.new_session(principal)
+    kept.add(a)
+    kept.add(a)  # again: no new entry
+    with pytest.raises(sessions.SignOutsFull):
+        kept.add(b)
+    assert a in kept and b not in kept
