@@ -486,6 +486,10 @@ class Rescorer:
         return len(keep)
 
 
+#: The longest wait after failed runs, in check intervals (30 s each by default: 16 minutes).
+_MAX_BACKOFF = 32
+
+
 class _LostLease(Exception):
     """Another worker took the lease over (this one stalled past it)."""
 
@@ -512,7 +516,9 @@ class RescoreWatcher:
     With ``job`` (``rescore_mode = "process"``), a run with episodes to rescore goes to a
     process of its own (:mod:`service.store.rescore_process`), which runs the same
     :meth:`Rescorer.run`; this thread waits for it and records the run. A run with nothing to
-    do (the usual start-up) stays in this thread: it is a read or two.
+    do (the usual start-up) stays in this thread: it is a read or two. A child that fails
+    hands its run to this thread; a run that fails here too gives its lease up, and each
+    failure in a row doubles the wait before the next look (up to 32 check intervals).
     """
 
     def __init__(
@@ -546,43 +552,35 @@ class RescoreWatcher:
             self._thread.join(timeout_s)
 
     def _loop(self) -> None:
+        failures = 0  # runs failed in a row: the next look waits twice as long, up to a cap
         while not self._stop.is_set():
             model = self.current()
             if model is not None:
                 try:
                     self.last = self._run(model)
+                    failures = 0
                 except StoreUnavailable:
                     pass  # logged by the store; tried again at the next wake or interval
                 except Exception as exc:  # the thread must outlive one failed run
-                    if self.rescorer.metrics is not None:
-                        self.rescorer.metrics.runs.labels("failed").inc()
-                    self.rescorer.audit_run(model.version, "failed", 0)
-                    logger.error("rescoring failed",
-                                 extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
-            self._wake.wait(self.check_interval_s)
+                    failures += 1
+                    self._failed(model, exc)
+            self._wake.wait(self.check_interval_s * min(2**failures, _MAX_BACKOFF))
             self._wake.clear()
+
+    def _failed(self, model: LoadedModel, exc: Exception) -> None:
+        """Count, audit and log a failed run, and give its lease up (another worker may try)."""
+        if self.rescorer.metrics is not None:
+            self.rescorer.metrics.runs.labels("failed").inc()
+        self.rescorer.audit_run(model.version, "failed", 0)
+        logger.error("rescoring failed", extra={"fields": {"error": type(exc).__name__}})
+        with contextlib.suppress(Exception):  # else the lease runs out
+            self.rescorer._release(model)
 
     def _run(self, model: LoadedModel) -> RescoreResult:
         if self.job is None or not self.rescorer.remaining(model):
             return self.rescorer.run(model, current=self.current, stop=self._stop)
-        # The lease is taken here, in this worker's name, which the child goes on under: the
-        # other workers (serve --workers N) see it held and start no process of their own.
-        claim = self.rescorer._claim(model)
-        if isinstance(claim, str):
-            held = RescoreResult(claim, model.version, 0, 0, 0.0, self.rescorer.holder,
-                                 os.getpid())  # fmt: skip
-            self.rescorer.record(held)
-            return held
-        from service.store.rescore_process import run_in_process
+        from service.store.rescore_process import rescore_in_process
 
-        metrics = self.rescorer.metrics
-
-        def counted(rescored: int, _skipped: int) -> None:
-            if metrics is not None:
-                metrics.rescored.labels(model.version).inc(rescored)
-
-        done = run_in_process(
-            self.job(model), stop=self._stop, current=self.current, on_batch=counted
+        return rescore_in_process(
+            self.rescorer, model, self.job, stop=self._stop, current=self.current
         )
-        self.rescorer.record(done)
-        return done

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,14 @@ if TYPE_CHECKING:
     from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+
+class RescoreProcessError(RuntimeError):
+    """The rescoring process failed (``error``: its error's type) or ended without a result."""
+
+    def __init__(self, message: str, error: str) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,47 @@ def job_for(
     )
 
 
+def rescore_in_process(
+    rescorer: Rescorer,
+    model: LoadedModel,
+    job: Callable[[LoadedModel], RescoreJob],
+    *,
+    stop: threading.Event,
+    current: Callable[[], LoadedModel | None],
+) -> RescoreResult:
+    """Take the lease for ``model`` in ``rescorer``'s name, run ``job(model)`` in a child
+    (:func:`run_in_process`) and record the run; a lease another worker holds, or a version
+    already done, is recorded as such and no child starts.
+
+    A child that fails (it could not load the version: the registry unreachable, say, while
+    this process still serves the model it loaded) hands the run to this thread, which goes on
+    under the same lease with ``model`` itself: started again at every check interval, the
+    child would fail the same way each time.
+    """
+    # The lease is taken here, in this worker's name, which the child goes on under: the other
+    # workers (serve --workers N) see it held and start no process of their own.
+    claim = rescorer._claim(model)
+    if isinstance(claim, str):
+        held = RescoreResult(claim, model.version, 0, 0, 0.0, rescorer.holder, os.getpid())
+        rescorer.record(held)
+        return held
+    metrics = rescorer.metrics
+
+    def counted(rescored: int, _skipped: int) -> None:
+        if metrics is not None:
+            metrics.rescored.labels(model.version).inc(rescored)
+
+    try:
+        done = run_in_process(job(model), stop=stop, current=current, on_batch=counted)
+    except RescoreProcessError as exc:
+        logger.warning("rescoring process failed; rescoring in the serving process instead",
+                       extra={"fields": {"error": exc.error,
+                                         "model_version": model.version}})  # fmt: skip
+        return rescorer.run(model, current=current, stop=stop)
+    rescorer.record(done)
+    return done
+
+
 def run_in_process(
     job: RescoreJob,
     *,
@@ -118,7 +168,7 @@ def run_in_process(
     ------
     StoreUnavailable
         The child could not reach the store.
-    RuntimeError
+    RescoreProcessError
         The child failed (its error's type is in the message) or ended without a result.
     """
     ctx = multiprocessing.get_context("spawn")
@@ -173,11 +223,13 @@ def run_in_process(
         if halted_at is not None:  # terminated while stopping: its lease runs out
             return RescoreResult("stopped", job.model_version, rescored, skipped, 0.0,
                                  pid=child.pid or 0)  # fmt: skip
-        raise RuntimeError(f"rescoring process ended without a result (exit {child.exitcode})")
+        raise RescoreProcessError(
+            f"rescoring process ended without a result (exit {child.exitcode})", "exit"
+        )
     if message[0] == "unavailable":
         raise StoreUnavailable(message[1])
     if message[0] == "error":
-        raise RuntimeError(f"rescoring process failed: {message[1]}")
+        raise RescoreProcessError(f"rescoring process failed: {message[1]}", message[1])
     result: RescoreResult = message[1]
     if result.result == "stopped" and superseded and not stop.is_set():
         result = replace(result, result="superseded")

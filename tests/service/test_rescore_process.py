@@ -23,10 +23,14 @@ from service.audit_log import records
 from service.model_store import LoadedModel
 from service.settings import ServiceSettings
 from service.store.db import Store
-from service.store.rescore import Rescorer
+from service.store.rescore import Rescorer, RescoreResult
 from service.store.tables import episodes, rescore_state, risk_scores
 from tests.service.conftest import MODEL_NAME, Registry, security_settings
 from tests.service.test_caseload_support import seed_cohort
+
+# Each test here that spawns a child starts a real interpreter (3-4.5 s, 17 s for the registry
+# fixture): integration tests, still run by make test (which selects no marker).
+pytestmark = pytest.mark.integration
 
 CLINIC = "clinic-rp"
 
@@ -43,9 +47,10 @@ def _store(tmp_path: Path, registry: Registry, n: int, clinics: int = 1) -> str:
 
 
 def _settings(registry: Registry, url: str, **kw) -> ServiceSettings:
+    kw.setdefault("rescore_check_interval_s", 60)
     return ServiceSettings(
         model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=registry.uri,
-        poll_interval_s=0, store_url=url, rescore_check_interval_s=60, **kw,
+        poll_interval_s=0, store_url=url, **kw,
     )  # fmt: skip
 
 
@@ -193,3 +198,102 @@ def test_the_server_takes_the_lease_before_its_child_starts(
         release.set()
         first.join()
         store.close()
+
+
+def test_a_child_that_cannot_load_the_model_hands_the_run_to_the_server_thread(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The registry unreachable from the child (here: a model URI that does not load) while the
+    # server still serves its loaded model: the run goes on in the server's thread with that
+    # model, and no child is started again at every check interval.
+    from dataclasses import replace
+
+    from service.store import rescore_process
+
+    n = 12
+    url = _store(tmp_path, registry, n)
+    audit_dir = tmp_path / "audit"
+    starts: list[object] = []
+    spawn = rescore_process.run_in_process
+
+    def unloadable(job, **kw):
+        starts.append(job)
+        return spawn(replace(job, model_uri=str(tmp_path / "no-model")), **kw)
+
+    runs: list[RescoreResult] = []
+    record = Rescorer.record
+    monkeypatch.setattr(rescore_process, "run_in_process", unloadable)
+    monkeypatch.setattr(
+        Rescorer, "record", lambda self, done: (runs.append(done), record(self, done))
+    )
+    app = create_app(_settings(registry, url, rescore_batch_size=5, rescore_check_interval_s=0.2),
+                     configure_logs=False, **security_settings(dev_key_dir, audit_dir))  # fmt: skip
+    with TestClient(app) as api:
+        _wait(lambda: runs, timeout_s=60)
+        time.sleep(1.0)  # five check intervals: the version is done, nothing is started again
+        metrics = api.get("/metrics").text
+    assert len(starts) == 1
+    done = runs[0]
+    assert (done.result, done.rescored, done.pid) == ("done", n, os.getpid())
+    assert {r.result for r in runs[1:]} <= {"already_done"}
+    store = Store(url)
+    with store.read() as conn:
+        versions = conn.execute(select(episodes.c.latest_model_version)).scalars().all()
+        lease = conn.execute(select(rescore_state)).one()
+    store.close()
+    assert versions == ["1"] * n
+    assert (lease.done, lease.holder) == (True, None)
+    # One audit record, the run's (ok, every episode); the child's failure is logged, not
+    # audited: the run it was part of did not fail.
+    [record] = [r for r in records(audit_dir / "audit.jsonl") if r.action == "clients.rescore"]
+    assert (record.outcome, record.count) == ("ok", n)
+    assert 'alliance_risk_rescore_runs_total{result="done"} 1.0' in metrics
+    assert 'result="failed"' not in metrics
+
+
+class _Waits(threading.Event):
+    """An Event that records how long each wait was asked to be."""
+
+    def __init__(self, stop_after: int, stop: threading.Event) -> None:
+        super().__init__()
+        self.asked: list[float | None] = []
+        self.stop_after, self.stop = stop_after, stop
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.asked.append(timeout)
+        if len(self.asked) >= self.stop_after:
+            self.stop.set()
+        return True
+
+
+def test_a_run_that_fails_in_the_child_and_the_thread_backs_off_and_releases_the_lease(
+    tmp_path: Path, registry_template: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from service.store import rescore_process
+    from service.store.rescore import RescoreWatcher
+    from tests.service.test_caseload_support import sqlite_store
+
+    store = sqlite_store(tmp_path)
+    seed_cohort(store, registry_template.cohort, CLINIC, n=5)
+    model = SimpleNamespace(name=MODEL_NAME, version="1")  # no scorer: the thread fails too
+    starts: list[object] = []
+
+    def failing_child(job, **_kw):
+        starts.append(job)
+        raise rescore_process.RescoreProcessError("OSError")
+
+    monkeypatch.setattr(rescore_process, "run_in_process", failing_child)
+    watcher = RescoreWatcher(Rescorer(store, holder="w1"), lambda: model, check_interval_s=10,
+                             job=lambda m: m)  # fmt: skip
+    watcher._wake = waits = _Waits(stop_after=7, stop=watcher._stop)
+    try:
+        watcher._loop()
+        with store.read() as conn:
+            lease = conn.execute(select(rescore_state)).one()
+    finally:
+        store.close()
+    assert len(starts) == 7  # one child a try; each failing try falls back to the thread
+    assert waits.asked == [20, 40, 80, 160, 320, 320, 320]  # doubling, capped
+    assert (lease.holder, lease.done) == (None, False)  # released: another worker may try
