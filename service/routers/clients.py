@@ -247,17 +247,7 @@ def delete_outcome(
             raise HTTPException(404, NOT_FOUND)
         if not repo.withdraw_outcome(conn, episode, at):
             raise HTTPException(404, NO_OUTCOME)
-        if repo.session_count(conn, episode.id):
-            try:
-                _rescore(conn, episode, request, principal, model, settings, at)
-            except InvalidRequest as err:
-                # The contract's reasons name no submitted value; the client is not named.
-                reasons = sorted({str(e["reason"]) for e in err.errors})
-                logger.warning(
-                    "reopened episode left unscored: model %s refuses its stored history (%s)",
-                    model.version, "; ".join(reasons)[:500],
-                )  # fmt: skip
-                repo.clear_score(conn, episode, at)
+        _rescore_stored(conn, episode, request, principal, model, settings, at)
     return Response(status_code=204)
 
 
@@ -281,8 +271,10 @@ def delete_session(
     transaction. Deleting its only appointment (a client stored by mistake) leaves the episode
     with none and no score: its score fields are null, the caseload lists it as not scored yet,
     and its earlier scores stay in the history; record an outcome to take it off the caseload,
-    or store appointments again to score it. A missing client or appointment is a 404 (a
-    repeated delete too)."""
+    or store appointments again to score it. When the served model refuses what is left (a
+    model promoted since may check more), the appointment is deleted all the same and the
+    episode left unscored the same way. A missing client or appointment is a 404 (a repeated
+    delete too)."""
     note_client(request, client_id)
     request.state.model_version = model.version
     at = repo.now()
@@ -292,10 +284,7 @@ def delete_session(
             raise HTTPException(404, NOT_FOUND)
         if not repo.delete_session(conn, episode, session_number, at):
             raise HTTPException(404, SESSION_NOT_FOUND)
-        if repo.session_count(conn, episode.id):
-            _rescore(conn, episode, request, principal, model, settings, at)
-        else:
-            repo.clear_score(conn, episode, at)
+        _rescore_stored(conn, episode, request, principal, model, settings, at)
         return _client_risk(conn, episode, request_id_of(request))
 
 
@@ -382,6 +371,35 @@ def _rescore(
         raise InvalidRequest(_as_posted(err.errors, len(first or ()))) from None
     repo.add_score(conn, episode, score, model_name=model.name,
                    model_version=model.version, reason="ingest", at=at)  # fmt: skip
+
+
+def _rescore_stored(
+    conn: Connection,
+    episode: StoredEpisode,
+    request: Request,
+    principal: Principal,
+    model: LoadedModel,
+    settings: ServiceSettings,
+    at: datetime,
+) -> None:
+    """Rescore the episode after a write without a body (a deleted appointment, a withdrawn
+    outcome). An episode left with no appointment, or one whose stored history the served model
+    refuses (a model promoted since may check more), is left unscored rather than the write
+    refused: the caller's mistake is undone all the same, its score fields are null and the
+    caseload lists it as not scored yet, and storing appointments scores it again."""
+    if not repo.session_count(conn, episode.id):
+        repo.clear_score(conn, episode, at)
+        return
+    try:
+        _rescore(conn, episode, request, principal, model, settings, at)
+    except InvalidRequest as err:
+        # The contract's reasons name no submitted value; the client is not named.
+        reasons = sorted({str(e["reason"]) for e in err.errors})
+        logger.warning(
+            "episode left unscored: model %s refuses its stored history (%s)",
+            model.version, "; ".join(reasons)[:500],
+        )  # fmt: skip
+        repo.clear_score(conn, episode, at)
 
 
 def _client_risk(

@@ -346,6 +346,35 @@ def test_an_outcome_is_withdrawn_even_when_the_model_refuses_the_stored_episode(
     assert body["client_id"] not in warned[0]
 
 
+def test_an_appointment_is_deleted_even_when_the_model_refuses_what_is_left(
+    api: TestClient, registry: Registry, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # Deleting an appointment entered by mistake must not depend on the served model accepting
+    # the rest: the appointment is deleted and the episode left unscored, not a 422 naming the
+    # fields of a body the DELETE never had.
+    from service.errors import InvalidRequest
+    from service.routers import clients
+
+    body = a_client(registry)
+    url = f"/v1/clients/{body['client_id']}"
+    assert post_sessions(api, body, body["sessions"][:3], first=True).status_code == 200
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise InvalidRequest([{"loc": ["sessions", 1, "session_date"], "reason": "refused"}])
+
+    monkeypatch.setattr(clients, "score_one", refuse)
+    with caplog.at_level("WARNING", logger="service.routers.clients"):
+        deleted = api.delete(f"{url}/sessions/3")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["probability"] is None and deleted.json()["sessions_stored"] == 2
+    listed = {r["client_id"]: r for r in api.get(CASELOAD).json()["items"]}
+    assert listed[body["client_id"]]["probability"] is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "service.routers.clients"]
+    assert len(warned) == 1 and "unscored" in warned[0] and "refused" in warned[0]
+    assert body["client_id"] not in warned[0]
+
+
 def test_outcome_dates_are_checked(api: TestClient, registry: Registry) -> None:
     body = a_client(registry)
     s = body["sessions"]
