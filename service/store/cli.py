@@ -187,8 +187,20 @@ def _rescore_run(
     from service.store.rescore import Rescorer
 
     stop = threading.Event()
-    store = Store.from_settings(settings)
-    audit = AuditSettings().open_log()  # the service's audit file: one record per run
+    try:
+        store = Store.from_settings(settings)
+    except StoreUnavailable as exc:
+        console.print(f"[bold red]The store cannot be reached[/] ({exc.reason}).")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # by type only: the URL may hold a password
+        console.print(f"[bold red]The store URL cannot be used[/] ({type(exc).__name__}).")
+        raise typer.Exit(1) from None
+    try:
+        audit = AuditSettings().open_log()  # the service's audit file: one record per run
+    except Exception as exc:  # unwritable or misconfigured: no run without its record
+        store.close()
+        console.print(f"[bold red]The audit log cannot be opened[/] ({type(exc).__name__}).")
+        raise typer.Exit(1) from None
     main = threading.current_thread() is threading.main_thread()  # where signals can be set
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
     try:

@@ -104,3 +104,39 @@ def test_no_model_to_rescore_with_is_a_clear_error(store_url: str) -> None:
     result = CliRunner().invoke(app, missing)
     assert result.exit_code == 1
     assert "No model to rescore with" in _said(result) and "Traceback" not in _said(result)
+
+
+def test_an_unreachable_store_is_a_one_line_error(store_url: str) -> None:
+    from tests.conftest import free_port
+
+    unreachable = f"postgresql+psycopg2://nobody:nothing@127.0.0.1:{free_port()}/none"
+    result = CliRunner().invoke(app, ["db", "rescore", "--url", unreachable])
+    assert result.exit_code == 1
+    assert "The store cannot be reached" in _said(result)
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_an_audit_log_that_cannot_be_opened_is_a_one_line_error_and_closes_the_store(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ALLIANCE_RISK_AUDIT_PATH", str(blocker / "audit.jsonl"))
+    closed: list[Store] = []
+    close = Store.close
+    monkeypatch.setattr(Store, "close", lambda self: (closed.append(self), close(self)))
+    result = CliRunner().invoke(app, ["db", "rescore", "--url", store_url])
+    assert result.exit_code == 1
+    assert "The audit log cannot be opened" in _said(result)
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert len(closed) == 1
+    assert _versions(store_url) == [None] * (N + 2)  # nothing rescored without its audit record
+
+
+def test_a_store_url_that_cannot_be_used_is_a_one_line_error_without_the_url(
+    store_url: str,
+) -> None:
+    result = CliRunner().invoke(app, ["db", "rescore", "--url", "nonsense://secret@127.0.0.1"])
+    assert result.exit_code == 1
+    assert "The store URL cannot be used" in _said(result) and "secret" not in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
