@@ -1,13 +1,10 @@
 """Measure the simulator's trajectory signal for docs/simulator.md ("Trajectory signal").
 
-For each cohort: landmark features of every labelled landmark row
-(``features.build.build_features(..., landmarks="training")`` and ``landmark_labels``; ongoing
-clients dropped), split 70/30 by client (``numpy.random.default_rng(0)``), logistic regression
-(median imputation with missing indicators, standardised, C = 1) on the early-alliance means
-plus the attendance group against the same model on every feature; test AUROC of each. The same
-method as ``tests/training/simulate/test_deterioration.py``
-(``test_trajectory_features_add_auroc_to_early_alliance_and_attendance``), whose 6,000-client
-cohort (seed 2024) is the table's last row.
+For each cohort, :func:`training.simulate.trajectory.trajectory_signal`: the test AUROC of a
+logistic regression on the early-alliance means plus the attendance group against the same model
+on every feature. ``tests/training/simulate/test_deterioration.py``
+(``test_trajectory_features_add_auroc_to_early_alliance_and_attendance``) runs the same function
+on its 6,000-client cohort (seed 2024), the table's last row.
 
     python scripts/trajectory_signal.py            # the doc's table, as Markdown rows
     python scripts/trajectory_signal.py --quick    # the test's cohort only
@@ -25,9 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from features import contract as c  # noqa: E402
-from features.build import build_features, landmark_labels  # noqa: E402
 from training.simulate import SimulationConfig, simulate_cohort  # noqa: E402
+from training.simulate.trajectory import trajectory_signal  # noqa: E402
 
 #: (row label, clients, seed, profile, decline share or None for the default)
 COHORTS = (
@@ -45,41 +41,13 @@ def trajectory_aurocs(
     n_clients: int, seed: int, profile: str, decline_share: float | None
 ) -> tuple[float, float]:
     """Test AUROC of (early means + attendance, every feature) on one simulated cohort."""
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     config = (
         SimulationConfig()
         if decline_share is None
         else SimulationConfig(decline_share=decline_share)
     )
     cohort = simulate_cohort(n_clients, seed=seed, profile=profile, config=config)
-    x = build_features(
-        cohort.sessions, cohort.clients, profile=cohort.profile, landmarks="training"
-    )
-    y = landmark_labels(cohort.clients, x.index)
-    labelled = y.notna().to_numpy()
-    x, target = x[labelled], y[labelled].to_numpy()
-    ids, row_client = np.unique(x.index.get_level_values(c.CLIENT_ID), return_inverse=True)
-    test = (np.random.default_rng(0).random(ids.size) < 0.3)[row_client]
-    baseline = [
-        col for col in x.columns if col.endswith("_early_mean") or col.startswith("attendance_")
-    ]
-
-    def auroc(columns: list[str]) -> float:
-        model = make_pipeline(
-            SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
-            StandardScaler(),
-            LogisticRegression(C=1.0, solver="newton-cholesky", max_iter=200),
-        )
-        values = x[columns].to_numpy()
-        model.fit(values[~test], target[~test])
-        return float(roc_auc_score(target[test], model.predict_proba(values[test])[:, 1]))
-
-    return auroc(baseline), auroc(list(x.columns))
+    return trajectory_signal(cohort)
 
 
 def main() -> int:

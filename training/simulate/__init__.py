@@ -37,6 +37,8 @@ The package, one job per module:
 * ``tables``: assembling the contract tables, writing them and the simulation marker;
 * ``drift``: the drift scenarios that change recorded ratings (a rating shift, an instrument
   change), for testing ``alliance-risk monitor``.
+* ``trajectory``: how much the falling-alliance signal adds to discrimination on a cohort
+  (the figures docs/simulator.md quotes).
 """
 
 from __future__ import annotations

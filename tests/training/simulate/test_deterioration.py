@@ -16,6 +16,7 @@ import pytest
 from features import contract as c
 from tests.training.simulate.helpers import ALL_PROFILES, SEED, rated_sessions
 from training.simulate import Cohort, SimulationConfig, simulate_cohort
+from training.simulate.trajectory import trajectory_signal
 
 # --- alliance deterioration ------------------------------------------------------------------
 
@@ -131,45 +132,13 @@ def test_declining_clients_drop_out_more_within_early_alliance_quintiles(cohort:
 def test_trajectory_features_add_auroc_to_early_alliance_and_attendance() -> None:
     """The falling-alliance signal reaches the model features.
 
-    Landmark features (``landmarks="training"``) of a 6,000-client cohort, split 70/30 by
-    client; logistic regression (median imputation with missing indicators, standardised,
-    C = 1) on the early-alliance means plus the attendance group versus on every feature. The
-    full model must gain >= 0.01 test AUROC (measured 0.031 here; mean 0.031, min 0.023 over
-    seeds 1-10; 0.037-0.050 on 20,000 clients: ``scripts/trajectory_signal.py``, whose
-    figures docs/simulator.md quotes).
+    :func:`~training.simulate.trajectory.trajectory_signal` on a 6,000-client cohort: logistic
+    regression on the early-alliance means plus the attendance group versus on every feature,
+    split 70/30 by client. The full model must gain >= 0.01 test AUROC (measured 0.031 here;
+    mean 0.031, min 0.023 over seeds 1-10; 0.037-0.050 on 20,000 clients:
+    ``scripts/trajectory_signal.py``, whose figures docs/simulator.md quotes).
     """
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from features.build import build_features, landmark_labels
-
-    cohort = simulate_cohort(6000, seed=SEED)
-    x = build_features(
-        cohort.sessions, cohort.clients, profile=cohort.profile, landmarks="training"
-    )
-    y = landmark_labels(cohort.clients, x.index)
-    labelled = y.notna().to_numpy()
-    x, target = x[labelled], y[labelled].to_numpy()
-    ids, row_client = np.unique(x.index.get_level_values(c.CLIENT_ID), return_inverse=True)
-    test = (np.random.default_rng(0).random(ids.size) < 0.3)[row_client]
-    baseline = [
-        col for col in x.columns if col.endswith("_early_mean") or col.startswith("attendance_")
-    ]
-
-    def auroc(columns: list[str]) -> float:
-        model = make_pipeline(
-            SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
-            StandardScaler(),
-            LogisticRegression(C=1.0, solver="newton-cholesky", max_iter=200),
-        )
-        values = x[columns].to_numpy()
-        model.fit(values[~test], target[~test])
-        return float(roc_auc_score(target[test], model.predict_proba(values[test])[:, 1]))
-
-    early, full = auroc(baseline), auroc(list(x.columns))
+    early, full = trajectory_signal(simulate_cohort(6000, seed=SEED))
     assert full - early >= 0.01
     # docs/simulator.md quotes this cohort's figures: they must be today's, not stale ones.
     doc = (Path(__file__).resolve().parents[3] / "docs" / "simulator.md").read_text()
