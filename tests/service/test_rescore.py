@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import mlflow
 import pytest
 from sqlalchemy import func, select, update
 
-from models.pyfunc import load_scorer
 from models.results import RiskScore
 from service.episodes import to_episodes
 from service.model_store import LoadedModel
@@ -19,7 +17,8 @@ from service.store.db import Store
 from service.store.repository import StoredEpisode, episode_request
 from service.store.rescore import LEASE, Rescorer
 from service.store.tables import clinic_state, episodes, rescore_state, risk_scores
-from tests.service.conftest import MODEL_NAME, Registry
+from tests.service.conftest import Registry
+from tests.service.models import loaded_versions
 from tests.service.test_caseload_support import postgres_store, seed_cohort, sqlite_store
 
 CLINIC = "clinic-rs"
@@ -29,19 +28,8 @@ N = 40
 
 @pytest.fixture(scope="module")
 def models(registry_template: Registry) -> Iterator[dict[str, LoadedModel]]:
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(registry_template.uri)
-    mlflow.set_registry_uri(registry_template.uri)
-    try:
-        yield {
-            v: LoadedModel(
-                load_scorer(f"models:/{MODEL_NAME}/{v}"), MODEL_NAME, v, None, datetime.now(UTC)
-            )  # fmt: skip
-            for v in ("1", "2")
-        }
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    with loaded_versions(registry_template.uri, "1", "2") as loaded:
+        yield loaded
 
 
 @pytest.fixture(params=BACKENDS)

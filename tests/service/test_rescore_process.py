@@ -9,15 +9,12 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from models.pyfunc import load_scorer
 from service.app import create_app
 from service.audit_log import records
 from service.model_store import LoadedModel
@@ -26,6 +23,7 @@ from service.store.db import Store
 from service.store.rescore import Rescorer, RescoreResult
 from service.store.tables import episodes, rescore_state, risk_scores
 from tests.service.conftest import MODEL_NAME, Registry, security_settings
+from tests.service.models import loaded_versions
 from tests.service.test_caseload_support import seed_cohort
 
 # Each test here that spawns a child starts a real interpreter (3-4.5 s, 17 s for the registry
@@ -63,15 +61,8 @@ def _wait(condition, timeout_s: float = 90.0) -> None:
 
 @pytest.fixture
 def version_1(registry: Registry) -> Iterator[LoadedModel]:
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(registry.uri)
-    mlflow.set_registry_uri(registry.uri)
-    try:
-        scorer = load_scorer(f"models:/{MODEL_NAME}/1")
-        yield LoadedModel(scorer, MODEL_NAME, "1", None, datetime.now(UTC))
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    with loaded_versions(registry.uri, "1") as loaded:
+        yield loaded["1"]
 
 
 def test_the_run_happens_in_another_process_and_rescores_every_open_episode(

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from models.pyfunc import load_scorer
 from service.audit_log import JsonLinesAuditLog, records
 from service.model_store import LoadedModel
 from service.store.db import Store
 from service.store.rescore import Rescorer
-from tests.service.conftest import MODEL_NAME, Registry
+from tests.service.conftest import Registry
+from tests.service.models import loaded_versions
 from tests.service.test_caseload_support import seed_cohort, sqlite_store
 
 CLINIC = "clinic-ra"
@@ -26,15 +24,8 @@ N = 6
 
 @pytest.fixture(scope="module")
 def model(registry_template: Registry) -> Iterator[LoadedModel]:
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(registry_template.uri)
-    mlflow.set_registry_uri(registry_template.uri)
-    try:
-        scorer = load_scorer(f"models:/{MODEL_NAME}/2")
-        yield LoadedModel(scorer, MODEL_NAME, "2", None, datetime.now(UTC))
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    with loaded_versions(registry_template.uri, "2") as loaded:
+        yield loaded["2"]
 
 
 @pytest.fixture
