@@ -18,6 +18,10 @@ dependency of this project): the formula is one line, and our rows need the land
 and the alert rule as a fixed 0/1 strategy, which a package would add nothing to.
 
 Nothing here writes files or talks to MLflow; :mod:`training.report_plots` draws and writes.
+
+The module is one job at about 650 lines and stays whole: the tables of the issue's "decision
+support" list, which share one set of row checks, weight rules and units (landmark rows
+against clients), and are read together by :func:`decision_support`.
 """
 
 from __future__ import annotations

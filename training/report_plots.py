@@ -11,6 +11,9 @@ Everything takes plain data (arrays, DataFrames) and writes files into a directo
 :mod:`training.runlog` logs under ``report/``; nothing talks to MLflow. Every plot draws on
 matplotlib's Agg canvas chosen inside the function, so importing this module neither imports
 matplotlib nor touches pyplot's global backend.
+
+The module is one job at about 650 lines and stays whole: drawing the run's figures, one
+function per plot, sharing the figure style, captions and file naming.
 """
 
 from __future__ import annotations
