@@ -161,17 +161,24 @@ def _limited(request: Request, keys: dict[str, str]) -> HTMLResponse | None:
                   headers={"Retry-After": retry_after_header(wait)})  # fmt: skip
 
 
+def _signed_in(request: Request) -> sessions.Session | Response:
+    """The signed-in session, or the answer to give instead (sign-in redirect; 503 when the
+    sign-out list cannot be read)."""
+    try:
+        session = _current(request)
+    except StoreUnavailable as exc:
+        return _cannot_check(request, exc)
+    return _refused(request) if session is None else session
+
+
 def _open_page(request: Request) -> tuple[sessions.Session, Store] | Response:
     """What every page does first: the signed-in session, the rate limit, the client store.
 
     Returns the session and store, or the answer to give instead (sign-in redirect, 429, 503).
     """
-    try:
-        session = _current(request)
-    except StoreUnavailable as exc:
-        return _cannot_check(request, exc)
-    if session is None:
-        return _refused(request)
+    session = _signed_in(request)
+    if isinstance(session, Response):
+        return session
     p = session.principal
     if (limited := _limited(request, {"clinic": p.clinic, "token": p.token_id})) is not None:
         return limited
@@ -251,12 +258,9 @@ def _token_expiry(headers: dict[str, str]) -> float | None:
 def sign_out(request: Request, csrf: Annotated[str | None, Form()] = None) -> Response:
     """Blocking (the sign-out list is in the client store): a ``def`` route, in the thread
     pool."""
-    try:
-        session = _current(request)
-    except StoreUnavailable as exc:
-        return _cannot_check(request, exc)
-    if session is None:
-        return _refused(request)
+    session = _signed_in(request)
+    if isinstance(session, Response):
+        return session
     if not (sessions.same_origin(request) and sessions.csrf_ok(session, csrf)):
         return _error(request, 403, "Sign-out refused",
                       "The form did not come from this page. Reload the page and try again.",
