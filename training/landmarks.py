@@ -9,6 +9,7 @@ Shared by the pandas engine (:mod:`training.pipeline`), the Dask engine and the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,12 @@ AGE_BAND_LABELS = ("<25", "25-39", "40-59", "60+")
 UNKNOWN = "unknown"
 #: The feature column holding each row's landmark (the calibrator's landmark intercepts).
 LANDMARK_FEATURE = f"{ENGAGEMENT_GROUP}_landmark"
+
+
+def landmark_column(names: Sequence[str]) -> int | None:
+    """Index of :data:`LANDMARK_FEATURE` among a registry's ``names`` (None without it)."""
+    names = list(names)
+    return names.index(LANDMARK_FEATURE) if LANDMARK_FEATURE in names else None
 
 
 @dataclass(frozen=True)

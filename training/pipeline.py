@@ -42,12 +42,13 @@ from training.censoring import (
     evaluation_population,
     exclusion_summary,
 )
-from training.crossfit import cross_fit
+from training.crossfit import alignment_text, cross_fit
 from training.evaluation import ModelEvaluation, evaluate_scorer
 from training.landmarks import (
     LANDMARK_FEATURE,
     LandmarkSet,
     concat_sets,
+    landmark_column,
     landmark_set,
 )
 from training.splits import Splits, SplitStrategy, split_clients
@@ -217,7 +218,7 @@ def train_model(
         # The served booster is refitted on train + validation; the calibration split stays
         # held out from it (the reference's score histogram and the bands need unseen rows).
         fitted = data.subset(np.concatenate([splits.train, splits.valid]))
-        oof, booster = cross_fit(
+        crossed = cross_fit(
             fit.params,
             fitted.X,
             fitted.y,
@@ -227,11 +228,16 @@ def train_model(
             weight=fitted.weight,
             n_folds=config.calibration_folds,
             seed=config.seed,
+            # The fold models are moved to the served booster's level on clients none saw.
+            reference=cal.X,
+            reference_weight=cal.weight,
+            landmark_column=landmark_column(registry.names),
         )
-        fit = replace(fit, booster=booster)
+        fit = replace(fit, booster=crossed.booster)
+        summary["cross_fit_alignment"] = alignment_text(crossed.shift)
         # Every development client has a held-out margin: out-of-fold, or the served booster's.
         cal_set = concat_sets(fitted, cal)
-        cal_margin = np.concatenate([oof, margin(booster, cal.X)])
+        cal_margin = np.concatenate([crossed.margin, margin(crossed.booster, cal.X)])
         timings["cross_fit_s"] = time.perf_counter() - t
     return finish_training(
         fit,

@@ -243,6 +243,8 @@ def _data_section(data: Mapping[str, Any]) -> list[str]:
         "landmark_rows": "Landmark rows (scored sessions) per split",
         "held_out_clients": "Held-out clients gathered to the driver (Dask engine)",
         "reference_profile": "Drift reference profile",
+        "cross_fit_clients": "Cross-fitted calibration (Dask engine)",
+        "cross_fit_alignment": "Cross-fitted calibration, fold models' level",
     }
     lines = []
     for key, label in labels.items():

@@ -29,7 +29,7 @@ import pandas as pd
 from features.contract import CLIENT_ID, SESSION_DATE
 from models.booster import FitResult, margin
 from training.censoring import CensoringWeights, censoring_weights
-from training.crossfit import client_folds
+from training.crossfit import align_folds, client_folds
 from training.dask_engine.rows import FitFrames, sample_clients
 from training.landmarks import LandmarkSet
 from training.splits import Splits
@@ -78,7 +78,11 @@ class OutOfFold:
     rows (``landmark`` NaN when the model has no landmark feature)."""
 
     booster: xgb.Booster
+    #: The fold models, in fold order (:func:`training.crossfit.align_folds` needs them).
+    fold_boosters: list[xgb.Booster]
     margin: np.ndarray
+    #: The fold whose model gave each margin.
+    fold: np.ndarray
     y: np.ndarray
     weight: np.ndarray
     landmark: np.ndarray
@@ -119,6 +123,7 @@ def _oof_rows(
             out[rows] = margin(booster, features[rows])
     return pd.DataFrame({
         "margin": out,
+        "fold": fold.astype(np.int64),
         "y": y.to_numpy(np.float64)[chosen],
         "weight": w.to_numpy(np.float64)[chosen],
         "landmark": np.nan if landmark is None else X[landmark].to_numpy(np.float64)[chosen],
@@ -200,7 +205,9 @@ def cross_fit_dask(
     got = pd.concat(rows, ignore_index=True)
     return OutOfFold(
         booster=booster,
+        fold_boosters=boosters,
         margin=got["margin"].to_numpy(),
+        fold=got["fold"].to_numpy(),
         y=got["y"].to_numpy(),
         weight=got["weight"].to_numpy(),
         landmark=got["landmark"].to_numpy(),
@@ -211,10 +218,11 @@ def cross_fit_dask(
 
 def calibration_rows(
     oof: OutOfFold, cal: LandmarkSet, n_features: int, landmark_column: int | None
-) -> tuple[LandmarkSet, np.ndarray]:
-    """The calibrator's rows and margins: the gathered out-of-fold rows, then the calibration
-    split's with the refitted booster's margins (:func:`training.pipeline.train_model`'s
-    order). The development rows' features are zeros except the landmark column (all that
+) -> tuple[LandmarkSet, np.ndarray, pd.DataFrame]:
+    """The calibrator's rows and margins: the gathered out-of-fold rows, aligned to the
+    refitted booster's level on the calibration split (:func:`training.crossfit.align_folds`,
+    as the pandas engine's), then the calibration split's with the refitted booster's margins
+    (:func:`training.pipeline.train_model`'s order); and the alignment's shifts. The development rows' features are zeros except the landmark column (all that
     :func:`training.pipeline.finish_training` reads of a row besides its margin): in Fortran
     order the untouched columns stay unallocated."""
     n_dev = oof.margin.size
@@ -225,4 +233,8 @@ def calibration_rows(
     context = pd.DataFrame({CLIENT_ID: np.concatenate([oof.client_id, cal.client_id])})
     weight = None if cal.weight is None else np.concatenate([oof.weight, cal.weight])
     rows = LandmarkSet(X, np.concatenate([oof.y, cal.y]), context, weight)
-    return rows, np.concatenate([oof.margin, margin(oof.booster, cal.X)])
+    aligned, shift = align_folds(
+        oof.margin, oof.fold, oof.landmark, boosters=oof.fold_boosters, booster=oof.booster,
+        reference=cal.X, reference_weight=cal.weight, landmark_column=landmark_column,
+    )  # fmt: skip
+    return rows, np.concatenate([aligned, margin(oof.booster, cal.X)]), shift

@@ -22,6 +22,7 @@ from features.registry import FeatureRegistry, feature_registry
 from models.booster import FitResult, SearchSpace, choose_trial, shap_cost
 from training.baselines import logistic_columns, rule_columns
 from training.censoring import CensoringWeights, evaluation_population, exclusion_summary
+from training.crossfit import alignment_text
 from training.dask_engine.crossfit import (
     OutOfFold,
     calibration_rows,
@@ -42,7 +43,7 @@ from training.dask_engine.rows import (
     sample_clients,
     split_names,
 )
-from training.landmarks import LANDMARK_FEATURE, LandmarkSet, landmark_set
+from training.landmarks import LANDMARK_FEATURE, LandmarkSet, landmark_column, landmark_set
 from training.pipeline import TrainConfig, TrainResult, _data_summary, finish_training
 from training.splits import Splits
 
@@ -400,10 +401,11 @@ def train_dask(
     cal, test = held_set.subset(splits.calibration), held_set.subset(splits.test)
     # Each split's rows are copies: the whole held-out matrix is not needed past this line.
     del held_set
-    cal_rows, cal_margin = cal, None
+    cal_rows, cal_margin, shift = cal, None, pd.DataFrame()
     if oof is not None:
-        column = None if landmark is None else registry.names.index(landmark)
-        cal_rows, cal_margin = calibration_rows(oof, cal, len(registry.names), column)
+        cal_rows, cal_margin, shift = calibration_rows(
+            oof, cal, len(registry.names), landmark_column(registry.names)
+        )
     reference_rows = (
         "features, score and bands: the gathered calibration clients' ended episodes at "
         "their training landmarks; typical levels: attended, rated appointments of the "
@@ -425,6 +427,7 @@ def train_dask(
             "gathered for the calibrator"
             + (" (a deterministic sample of whole clients)" if used < total else "")
         )
+        summary["cross_fit_alignment"] = alignment_text(shift)
     result = finish_training(
         fit, registry, prof, config, splits=splits, train=train_set, calibration=cal_rows,
         calibration_margin=cal_margin, extraction_date=extraction,
