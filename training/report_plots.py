@@ -554,7 +554,12 @@ def landmark_column(table: pd.DataFrame) -> str:
 
 
 def plot_landmarks(
-    table: pd.DataFrame, out_dir: Path | str, *, population: str = HELD_OUT, caption: str = ""
+    table: pd.DataFrame,
+    out_dir: Path | str,
+    *,
+    population: str = HELD_OUT,
+    caption: str = "",
+    weighted: bool = False,
 ) -> Path:
     """AUROC, ECE, mean predicted against observed dropout rate, and rows, per landmark.
 
@@ -564,7 +569,9 @@ def plot_landmarks(
     is read as noise. With ``ece_expected`` (and ``ece_expected_p95``) columns
     (:func:`training.decision.expected_ece_by_landmark`) the ECE panel draws what a perfectly
     calibrated model's ECE would be on the same rows: ECE is never 0 on a few hundred rows, so a
-    fixed target line would call chance a miscalibration.
+    fixed target line would call chance a miscalibration. ``weighted`` (censoring weights):
+    the bottom panel marks each landmark's Kish effective n (``effective_n``) on its rows,
+    since the weighted metrics above rest on that many, not on the rows.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -598,7 +605,12 @@ def plot_landmarks(
     c.plot(k, table["prevalence"], marker="s", label="observed dropout rate")
     c.set_ylabel("probability of dropout")
     c.legend(loc="upper right", fontsize="small")
-    d.bar(k, table["n"], color="tab:grey", width=0.7)
+    d.bar(k, table["n"], color="tab:grey", width=0.7, label="landmark rows")
+    if weighted and "effective_n" in table.columns:
+        d.plot(k, table["effective_n"], linestyle="none", marker="_", markersize=14,
+               markeredgewidth=2.5, color="black",
+               label="effective n (Kish, censoring weights)")  # fmt: skip
+        d.legend(loc="upper right", fontsize="small")
     d.set_ylabel("landmark rows")
     d.set_xlabel("landmark (appointment number at which the client was scored)")
     for ax in (a, b, c, d):
@@ -653,5 +665,5 @@ def write_decision_support(
             )
             tables["landmark_expected_ece"] = expected
             expected.to_csv(out / "landmark_expected_ece.csv", index=False)
-        plot_landmarks(landmarks, out, **titled)
+        plot_landmarks(landmarks, out, **titled, weighted=support.effective_n is not None)
     return tables

@@ -208,6 +208,14 @@ def test_the_run_s_calibration_tables_are_weighted_as_its_metrics(trained, tmp_p
     for name in ("calibration.png", "calibration_ci.png", "decision_curve.png", "roc.png"):
         assert caption in "\n".join(_texts(figures[name])), name
     assert "eff. n" in "\n".join(_texts(figures["calibration_by_gender.png"]))
+    # landmarks.png's bottom panel marks each landmark's effective n on its rows.
+    rows_panel = figures["landmarks.png"].axes[-1]
+    assert "effective n (Kish, censoring weights)" in _texts(figures["landmarks.png"])
+    single = evaluation.landmark_table()
+    single = single.loc[single["landmark"].map(lambda v: not isinstance(v, str))]
+    (marks,) = rows_panel.get_lines()
+    np.testing.assert_allclose(marks.get_ydata(), single["effective_n"].to_numpy(float))
+    assert (single["effective_n"] < single["n"]).any()
 
 
 def test_an_evaluate_run_has_the_alert_rule_and_names_its_data(trained, tmp_path, figures):
