@@ -168,9 +168,10 @@ def _plan(seeds: tuple[int, ...], only: str | None) -> list[tuple[str, int, Any]
     return plan
 
 
-def run(quick: bool, only: str | None = None) -> dict[str, Any]:
+def run(quick: bool, only: str | None = None, n_train: int | None = None) -> dict[str, Any]:
     started = provenance()
-    n_train, n_held = (2_000, 5_000) if quick else (N_TRAIN, N_HELD_OUT)
+    n_train_, n_held = (2_000, 5_000) if quick else (N_TRAIN, N_HELD_OUT)
+    n_train = n_train_ if n_train is None else n_train
     seeds = SEEDS[:1] if quick else SEEDS
     runs = []
     for profile, seed, config in _plan(seeds, only):
@@ -211,13 +212,22 @@ def run(quick: bool, only: str | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    """One run of the benchmark (``--only``), its JSON in ``results/bench_calibration_only.json``."""
+    """The benchmark outside the suite: one case (``--only``) or all, on a training file of
+    ``--n-train`` clients; its JSON in ``results/bench_calibration_only.json`` (or
+    ``bench_calibration_n<N>.json`` with ``--n-train``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_calibration")
-    parser.add_argument("--only", required=True, help="PROFILE:SEED or PROFILE:SEED:censored")
-    parser.add_argument("--quick", action="store_true", help="2,000 + 5,000 clients")
+    parser.add_argument("--only", help="PROFILE:SEED or PROFILE:SEED:censored (default: all runs)")
+    parser.add_argument("--quick", action="store_true", help="2,000 + 5,000 clients, one seed")
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        help=f"clients in the training file (default {N_TRAIN:,}: the issue's); a larger file "
+        "shows how much of a miss is the training sample's own sampling gap",
+    )
     args = parser.parse_args()
-    result = run(args.quick, only=args.only)
-    out = Path(__file__).parent / "results" / "bench_calibration_only.json"
+    result = run(args.quick, only=args.only, n_train=args.n_train)
+    name = "only" if args.n_train is None else f"n{args.n_train}"
+    out = Path(__file__).parent / "results" / f"bench_calibration_{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
 
