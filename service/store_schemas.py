@@ -92,7 +92,10 @@ class ScoreEntry(BaseModel):
     landmark: int = Field(description="Session number the risk is computed at.")
     probability: float
     risk_band: RiskBand
-    top_driver: str | None = Field(description="The largest driver, in clinician language.")
+    top_driver: str | None = Field(
+        description="The main reason: the strongest driver that raises the risk, in clinician "
+        'language, or "No factor raises the risk" when every driver lowers it.'
+    )
     reason: Literal["ingest", "rescore"] = Field(
         description="ingest: scored when sessions were stored; rescore: by a newly promoted model."
     )

@@ -63,7 +63,9 @@ class CaseloadItem(BaseModel):
         "score that old)."
     )
     top_driver: str | None = Field(
-        description="The largest driver of the latest score, in clinician language."
+        description="The main reason: the strongest driver of the latest score that raises "
+        'the risk, in clinician language, or "No factor raises the risk" when every driver '
+        "lowers it (null: not scored yet)."
     )
     model_version: str | None = Field(description="The model version that scored the row.")
     scored_at: datetime | None = Field(description="When the latest score was computed (UTC).")

@@ -49,22 +49,24 @@ from service.store_schemas import ClientFields
 TOP_DRIVER_MAX = 512
 #: The main reason of a score none of whose drivers raises the risk (all lower it).
 NO_RAISING_DRIVER = "No factor raises the risk"
-_RAISES_SUFFIX = " (raises the risk)"
 
 
 def top_driver(drivers: Sequence[Driver]) -> str | None:
-    """The caseload's "main reason" of a score: its strongest driver that raises the risk, in
-    clinician language with the direction said, or :data:`NO_RAISING_DRIVER` when every driver
-    lowers it (a low-risk client's protective factors are no reason for concern); None without
+    """The caseload's "main reason" of a score: its strongest driver that raises the risk, as
+    the driver's own clinician sentence, or :data:`NO_RAISING_DRIVER` when every driver lowers
+    it (a low-risk client's protective factors are no reason for concern); None without
     drivers. The one rule for new scores (:func:`add_score`) and rescores
-    (:mod:`service.store.rescore`)."""
+    (:mod:`service.store.rescore`).
+
+    No direction is appended: the column only ever holds a driver that raises the risk, and its
+    heading and field description say so (revision 0004 took the old suffix off stored rows).
+    """
     if not drivers:
         return None
     raising = [d for d in drivers if d.direction == RAISES]
     if not raising:
         return NO_RAISING_DRIVER
-    strongest = max(raising, key=lambda d: d.contribution)
-    return strongest.text[: TOP_DRIVER_MAX - len(_RAISES_SUFFIX)] + _RAISES_SUFFIX
+    return max(raising, key=lambda d: d.contribution).text[:TOP_DRIVER_MAX]
 
 
 def now() -> datetime:
