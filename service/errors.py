@@ -42,6 +42,14 @@ INTERNAL_ERROR = "internal error; quote the request_id to the operator"
 NOT_JSON = "body is not valid JSON"
 INVALID = "request does not meet the data contract"
 NOT_AN_OBJECT = "must be a JSON object"
+BAD_CURSOR = (
+    "the page cursor is not one this service issued for this clinic; start again from the "
+    "first page"
+)
+BAD_CURSOR_DESCRIPTION = (
+    "The page cursor is not one this service issued for this clinic (changed, another "
+    "clinic's, or sealed before the audit key rotated); start again from the first page."
+)
 
 #: The media type of every error body (RFC 9457).
 PROBLEM_JSON = "application/problem+json"
@@ -62,11 +70,14 @@ class ProblemResponse(JSONResponse):
 
 class InvalidRequest(Exception):
     """A request the data contract refuses: answered 422 with ``errors`` (``loc`` and
-    ``reason`` each, never a submitted value)."""
+    ``reason`` each, never a submitted value), or ``status`` with ``detail`` (a page cursor
+    this service did not issue is a 400: :data:`BAD_CURSOR`)."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(INVALID)
-        self.errors = errors
+    def __init__(
+        self, errors: list[dict[str, Any]], *, status: int = 422, detail: str = INVALID
+    ) -> None:
+        super().__init__(detail)
+        self.errors, self.status, self.detail = errors, status, detail
 
 
 #: Pydantic error types -> the data validator's wording, by the field they occur on.
@@ -236,6 +247,22 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def bad_cursor(parameter: str) -> InvalidRequest:
+    """The 400 of a page cursor this service did not issue for the caller's clinic (changed,
+    another clinic's, sealed under an audit key since rotated, or not a cursor): fixed text,
+    naming the query ``parameter`` and nothing of the cursor."""
+    return InvalidRequest(
+        [{"loc": ["query", parameter], "reason": "not a cursor this service issued"}],
+        status=400,
+        detail=BAD_CURSOR,
+    )
+
+
+def cursor_error_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for :func:`bad_cursor`'s 400."""
+    return {400: {**error_responses(400)[400], "description": BAD_CURSOR_DESCRIPTION}}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> ProblemResponse:
@@ -243,7 +270,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidRequest)
     async def _refused(request: Request, exc: InvalidRequest) -> ProblemResponse:
-        return problem(422, INVALID, request_id_of(request), exc.errors)
+        return problem(exc.status, exc.detail, request_id_of(request), exc.errors)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> ProblemResponse:

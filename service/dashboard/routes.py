@@ -314,7 +314,7 @@ def caseload_page(
     except StoreUnavailable as exc:
         return _unavailable(request, session, exc)
     # One audit record per client shown, as the JSON caseload writes.
-    note_clients(request, [r.client_id for r in page.rows], status=200)
+    note_clients(request, p.clinic, [r.client_id for r in page.rows], status=200)
     shown = views.caseload_rows(page)
     versions = sorted({r.model_version for r in page.rows if r.model_version})
     return _page(
@@ -336,7 +336,7 @@ def client_page(request: Request, client_id: str) -> Response:
     p = session.principal
     if len(client_id) > 128:
         return _not_found(request, session)
-    note_client(request, client_id)
+    note_client(request, p.clinic, client_id)
     try:
         record = source.read_client(store, p.clinic, client_id)
     except StoreUnavailable as exc:

@@ -79,14 +79,14 @@ class Session:
 
 def signer(refs: ClientRefs) -> URLSafeTimedSerializer:
     """The cookie serializer, keyed by an HMAC of a fixed label under the audit key."""
-    return URLSafeTimedSerializer(refs(_KEY_LABEL), salt=_SALT)
+    return URLSafeTimedSerializer(refs.derive(_KEY_LABEL), salt=_SALT)
 
 
 def cursor_seal(refs: ClientRefs) -> CursorSeal:
     """The caseload cursors' AES-256-GCM seal, keyed by an HMAC-SHA256 of a fixed label under the
     audit key: the one secret every worker of a ``serve`` (and every host behind one store)
     loads the same, so a cursor issued by one worker opens in another."""
-    return CursorSeal(bytes.fromhex(refs(_CURSOR_KEY_LABEL)))
+    return CursorSeal(bytes.fromhex(refs.derive(_CURSOR_KEY_LABEL)))
 
 
 def dump(session: Session, serializer: URLSafeTimedSerializer) -> str:

@@ -44,10 +44,10 @@ def read_caseload(
     limit: int = PAGE_ROWS,
     *,
     order: caseload.CaseloadOrder = caseload.BY_RISK,
-    seal: CursorSeal | None = None,
+    seal: CursorSeal,
 ) -> CaseloadPage:
     """One caseload page in ``order`` (sorted over the whole caseload by the query; ``seal``
-    seals the cursors of an order other than risk) with its sparklines, last sessions and the
+    seals and opens its cursors) with its sparklines, last sessions and the
     clinic's therapists.
 
     Raises :class:`~service.store.caseload.CursorError` for a cursor the service did not issue

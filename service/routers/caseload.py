@@ -163,6 +163,6 @@ def caseload(
             page = caseload_page(conn, clinic_id, filters, cursor, limit, now=now)
         except CursorError as exc:
             raise InvalidRequest([{"loc": ["query", "cursor"], "reason": str(exc)}]) from None
-    note_clients(request, [row.client_id for row in page.rows], status=200)
+    note_clients(request, clinic_id, [row.client_id for row in page.rows], status=200)
     response.headers.update({"ETag": etag, **CACHING})
     return CaseloadResponse.of(page)

@@ -27,7 +27,13 @@ from features.validation import DUPLICATE_SESSION_NUMBER
 from service.auth import Principal
 from service.auth.principal import CLIENTS_READ, CLIENTS_WRITE
 from service.deps import ModelDep, SettingsDep
-from service.errors import InvalidRequest, error_responses, request_id_of
+from service.errors import (
+    InvalidRequest,
+    bad_cursor,
+    cursor_error_responses,
+    error_responses,
+    request_id_of,
+)
 from service.model_store import LoadedModel
 from service.routers.jsonbody import OrjsonRoute
 from service.routers.risk import BODY_ERRORS, ERRORS, score_one
@@ -35,7 +41,8 @@ from service.schemas import _ID_CHARS, ID_MAX_LENGTH, ModelRef
 from service.security import NOT_FOUND, forget_clients, note_client, scoped
 from service.settings import ServiceSettings
 from service.store import repository as repo
-from service.store.deps import ClientStoreDep
+from service.store.cursors import CursorSeal
+from service.store.deps import ClientStoreDep, request_cursor_seal
 from service.store.repository import StoredEpisode
 from service.store_schemas import (
     ClientRisk,
@@ -91,8 +98,9 @@ SESSION_NOT_FOUND = "session not found"
 #: Stored scores per history page unless the caller asks for fewer or more, and at most.
 HISTORY_LIMIT = 100
 HISTORY_LIMIT_MAX = 1000
-#: Longest history cursor this service issues, with room to spare.
-HISTORY_CURSOR_MAX_LENGTH = 64
+#: Longest history cursor this service issues (sealed: 71 characters for the largest score id),
+#: with room to spare.
+HISTORY_CURSOR_MAX_LENGTH = 96
 
 
 def episode_full(max_sessions: int) -> str:
@@ -292,7 +300,7 @@ def delete_session(
     "/{client_id}/risk",
     operation_id="getClientRisk",
     response_model=ClientRisk,
-    responses={**ERRORS, **error_responses(404)},
+    responses={**ERRORS, **error_responses(404), **cursor_error_responses()},
     summary="A stored client's latest risk with its explanation, and optionally its history",
 )
 def get_risk(
@@ -326,24 +334,21 @@ def get_risk(
 ) -> ClientRisk:
     note_client(request, client_id)
     after = None
-    if history and history_cursor is not None:
+    seal = request_cursor_seal(request) if history else None
+    if seal is not None and history_cursor is not None:
         try:
-            after = repo.decode_history_cursor(history_cursor)
-        except repo.HistoryCursorError as exc:
-            raise InvalidRequest(
-                [{"loc": ["query", "history_cursor"], "reason": str(exc)}]
-            ) from None
+            after = repo.decode_history_cursor(seal, principal.clinic, history_cursor)
+        except repo.HistoryCursorError:
+            raise bad_cursor("history_cursor") from None
     with store.read() as conn:
         episode = repo.find_episode(conn, principal.clinic, client_id)
         if episode is None:
             raise HTTPException(404, NOT_FOUND)
         try:
             response = _client_risk(conn, episode, request_id_of(request),
-                                    history=(history_limit, after) if history else None)  # fmt: skip
-        except repo.HistoryCursorError as exc:
-            raise InvalidRequest(
-                [{"loc": ["query", "history_cursor"], "reason": str(exc)}]
-            ) from None
+                                    history=(history_limit, after, seal) if seal else None)  # fmt: skip
+        except repo.HistoryCursorError:
+            raise bad_cursor("history_cursor") from None
     if response.model is not None:
         request.state.model_version = response.model.version
     return response
@@ -407,18 +412,19 @@ def _client_risk(
     episode: StoredEpisode,
     request_id: str,
     *,
-    history: tuple[int, int | None] | None = None,
+    history: tuple[int, int | None, CursorSeal] | None = None,
 ) -> ClientRisk:
     """The client's answer: its latest score (fields null when it has none) and, with
-    ``history`` (page size, score id to continue after), a page of its history."""
+    ``history`` (page size, score id to continue after, the seal of the next page's cursor), a
+    page of its history."""
     row = repo.latest_score(conn, episode.id)
     entries = next_cursor = None
     if history is not None:
-        limit, after = history
+        limit, after, seal = history
         found = repo.score_history(conn, episode.id, limit + 1, after_score_id=after)
         if len(found) > limit:
             found = found[:limit]
-            next_cursor = repo.encode_history_cursor(found[-1].id)
+            next_cursor = repo.encode_history_cursor(seal, episode.clinic_id, found[-1].id)
         entries = [
             ScoreEntry(
                 model=ModelRef(name=h.model_name, version=h.model_version),

@@ -20,13 +20,11 @@ episode), at no offset scan's cost. A row whose key stays put while a clinician 
 exactly once. A row whose key changes in the meantime is listed where it is when the page
 holding it is read: twice if it was listed already and moves to a page not read yet, not at all
 if it moves from a page not read yet to one already read (as in any keyset paging; the first
-page again shows the caseload as it is now). The default order's cursor (:data:`BY_RISK`, the
-JSON endpoint's only one) carries the probability and the id in the clear
-(:func:`encode_cursor`); the other orders' keys include a therapist id, a client id or an
-appointment date, which must never be readable in a URL, so their cursors are sealed
-(AES-256-GCM, the clinic as associated data: :class:`~service.store.cursors.CursorSeal`): a
-changed cursor, or one issued to another clinic, is refused like any cursor this service did
-not issue.
+page again shows the caseload as it is now). Every order's cursor is sealed (AES-256-GCM, the
+clinic as associated data: :class:`~service.store.cursors.CursorSeal`, :func:`encode_cursor`):
+its key (a probability, a therapist id, a client id, an appointment date) and the row's id are
+never readable in a URL, and a changed cursor, one of another order, or one issued to another
+clinic or under another key is refused (:class:`CursorError`).
 
 The ETag (:func:`caseload_etag`) is computed from ``clinic_state.version`` (bumped with every
 write that changes a caseload row), the week the change is measured against, the filters, the
@@ -45,7 +43,7 @@ import orjson
 from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 
 from service.schemas import ID_MAX_LENGTH
-from service.store.cursors import BadCursor, CursorSeal, pack, sealed_length, unpack
+from service.store.cursors import BadCursor, CursorSeal, sealed_length
 from service.store.tables import clinic_state, episodes, risk_scores, sessions
 
 #: Rows per page unless the caller asks for fewer or more.
@@ -193,7 +191,7 @@ def caseload_page(
     *,
     now: datetime | None = None,
     order: CaseloadOrder = BY_RISK,
-    seal: CursorSeal | None = None,
+    seal: CursorSeal,
 ) -> CaseloadPage:
     """One page of the clinic's open episodes, highest risk first unless ``order`` says
     otherwise.
@@ -215,26 +213,18 @@ def caseload_page(
     order
         The sort over the whole caseload (default: risk, highest first).
     seal
-        Seals and opens the cursors of an order other than :data:`BY_RISK` (required for one).
+        Seals ``next_cursor`` and opens ``cursor`` (for ``clinic_id`` and ``order``).
 
     Raises
     ------
     CursorError
         ``cursor`` is not one :func:`caseload_page` issued for this order and clinic.
     ValueError
-        ``limit`` is out of range, or a non-risk order comes without ``seal``.
+        ``limit`` is out of range.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
-    if order != BY_RISK and seal is None:
-        raise ValueError("an order other than risk needs a cursor seal")
-    anchor: _Anchor | None = None
-    if cursor is not None and order == BY_RISK:
-        after = decode_cursor(cursor)
-        assert after is not None
-        anchor = _Anchor(after.probability, after.episode_id)
-    elif cursor is not None and seal is not None:
-        anchor = decode_order_cursor(cursor, order, seal, clinic_id)
+    anchor = None if cursor is None else decode_cursor(cursor, order, seal, clinic_id)
     cutoff = week_cutoff(now)
     e = episodes.c
     where = [e.clinic_id == clinic_id, e.outcome.is_(None)]
@@ -289,10 +279,7 @@ def caseload_page(
     next_cursor = None
     if more:
         last = found[-1]
-        if order == BY_RISK or seal is None:  # (seal is None: the risk order, checked above)
-            next_cursor = encode_cursor(last.id, last.latest_probability)
-        else:
-            next_cursor = encode_order_cursor(seal, clinic_id, order, last.sort_key, last.id)
+        next_cursor = encode_cursor(seal, clinic_id, order, last.sort_key, last.id)
     return CaseloadPage(clinic_id, rows, next_cursor, limit, cutoff)
 
 
@@ -359,18 +346,12 @@ def _score_at(cutoff: datetime) -> Any:
     )
 
 
-def encode_cursor(episode_id: int, probability: float | None) -> str:
-    """The opaque cursor after a row: its sort key (the probability and the store's own row
-    id; no client identifier, since cursors travel in URLs and access logs)."""
-    return pack(["u", episode_id] if probability is None else ["s", probability, episode_id])
-
-
-def encode_order_cursor(
+def encode_cursor(
     seal: CursorSeal, clinic_id: str, order: CaseloadOrder, value: Any, episode_id: int
 ) -> str:
-    """The sealed cursor after a row in an order other than :data:`BY_RISK`: the order, the
-    row's sort key ``value`` (a therapist or client id, an appointment date, a change in
-    probability, or None) and its store id, readable by this service for ``clinic_id`` only."""
+    """The sealed cursor after a row: the order, the row's sort key ``value`` (a probability,
+    a change in probability, a therapist or client id, an appointment date, or None) and its
+    store id, readable by this service for ``clinic_id`` only."""
     if isinstance(value, date):
         value = value.isoformat()
     return seal.seal(
@@ -378,11 +359,9 @@ def encode_order_cursor(
     )
 
 
-def decode_order_cursor(
-    cursor: str, order: CaseloadOrder, seal: CursorSeal, clinic_id: str
-) -> _Anchor:
-    """Where the page after :func:`encode_order_cursor`'s row starts; CursorError for a cursor
-    of another order or clinic, a changed one, or anything else."""
+def decode_cursor(cursor: str, order: CaseloadOrder, seal: CursorSeal, clinic_id: str) -> _Anchor:
+    """Where the page after :func:`encode_cursor`'s row starts; CursorError for a cursor of
+    another order or clinic, a changed one, or anything else."""
     try:
         key = seal.open(cursor, clinic_id)
     except BadCursor:
@@ -419,35 +398,6 @@ def _key_value(sort: SortKey, value: Any) -> Any:
     ):
         return float(value)
     return _NOT_A_KEY
-
-
-@dataclass(frozen=True)
-class CursorKey:
-    """The last row of a risk-ordered page: its probability (None: an unscored row) and its
-    store id."""
-
-    probability: float | None
-    episode_id: int
-
-
-def decode_cursor(cursor: str | None) -> CursorKey | None:
-    """The sort key of :func:`encode_cursor`; CursorError for anything else."""
-    if cursor is None:
-        return None
-    try:
-        key = unpack(cursor)
-    except BadCursor:
-        raise CursorError("not a cursor this service issued") from None
-    # bool is an int subclass (orjson reads ``true`` as True); ids past the database's 64-bit
-    # integer overflow the driver (a 500), so both are refused like any forged cursor.
-    match key:
-        case ["s", float() | int() as p, int() as i] if (
-            not isinstance(p, bool) and _is_id(i) and 0.0 <= p <= 1.0
-        ):
-            return CursorKey(float(p), i)
-        case ["u", int() as i] if _is_id(i):
-            return CursorKey(None, i)
-    raise CursorError("not a cursor this service issued")
 
 
 #: The largest id a cursor may name (the store's ids are 64-bit signed at most).

@@ -1,69 +1,70 @@
-"""The opaque page cursors of the store's keyset pages: a JSON array in URL-safe base64
-(:func:`pack`, :func:`unpack`), or sealed (AES-256-GCM) when it carries a value that must not be
-readable in a URL (:class:`CursorSeal`).
+"""The opaque page cursors of the store's keyset pages, sealed with AES-256-GCM
+(:class:`CursorSeal`): the caseload's (every order, the JSON endpoint's and the dashboard's) and
+a client's risk history.
 
-A cursor travels in URLs, browser histories and access logs. The caseload's risk order and the
-risk history carry store ids and a probability only, in the clear; the dashboard's other orders
-carry the last row's sort key (a therapist id, a client id, an appointment date), so theirs is
-encrypted and authenticated: nobody can read it, and a cursor changed by one bit, or issued to
-another clinic (the clinic is the associated data), does not open.
+A cursor travels in URLs, browser histories and access logs, and an integrator treats it as
+opaque. What it carries (a probability, a store row or score id, and for the dashboard's other
+orders the last row's therapist id, client id or appointment date) is encrypted and
+authenticated under a key of the service, with the clinic as associated data: nobody can read
+it, and a cursor changed by one bit, sealed under another key (a rotated audit key) or issued to
+another clinic does not open (:class:`BadCursor`, whose message names no value of it).
+
+The nonce is synthetic (an HMAC of the clinic and the plaintext, the SIV construction of
+Rogaway and Shrimpton 2006): the same position of the same clinic seals to the same cursor, so
+a page's body, and the strong ETag that stands for it, do not change from one render to the
+next; two different positions get different nonces (a collision is a 96-bit accident).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
+import hashlib
+import hmac
 from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-#: Bytes of the random AES-GCM nonce written at the start of a sealed cursor (NIST SP 800-38D).
+#: Bytes of the AES-GCM nonce written at the start of a sealed cursor (NIST SP 800-38D).
 NONCE_BYTES = 12
 _AAD = b"alliance-risk cursor v1\x00"
+#: Labels the encryption and the nonce keys are derived under (one key, one job).
+_ENCRYPTION_LABEL = b"alliance-risk cursor encryption key"
+_NONCE_LABEL = b"alliance-risk cursor nonce key"
 
 
 class BadCursor(ValueError):
     """Not a cursor this service issued (the message names no value of it)."""
 
 
-def pack(key: list[Any]) -> str:
-    """``key`` as JSON in URL-safe base64 without padding."""
-    return _b64(orjson.dumps(key))
-
-
-def unpack(cursor: str) -> Any:
-    """The JSON value of :func:`pack`; :class:`BadCursor` for anything else."""
-    try:
-        return orjson.loads(_unb64(cursor))
-    except orjson.JSONDecodeError:
-        raise BadCursor("not a cursor this service issued") from None
-
-
 class CursorSeal:
     """Seals cursors with AES-256-GCM under one key, bound to a clinic.
 
-    ``key`` is 32 bytes that every worker of the service shares (the dashboard derives it from
-    the audit key: :func:`service.dashboard.session.cursor_seal`). Each sealed cursor has a
-    fresh random nonce, so the same page's cursor differs from one render to the next.
+    ``key`` is 32 bytes that every worker of the service shares (derived from the audit key:
+    :func:`service.store.deps.cursor_seal`); the encryption key and the nonce key are HMACs of
+    fixed labels under it.
     """
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_nonce_mac")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("a cursor key is 32 bytes")
-        self._aead = AESGCM(key)
+        self._aead = AESGCM(hmac.digest(key, _ENCRYPTION_LABEL, hashlib.sha256))
+        self._nonce_mac = hmac.new(hmac.digest(key, _NONCE_LABEL, hashlib.sha256), None, "sha256")
 
     def __repr__(self) -> str:
         return "CursorSeal(key=<hidden>)"
 
     def seal(self, key: list[Any], clinic_id: str) -> str:
         """``key`` as JSON, encrypted and authenticated for ``clinic_id``, in URL-safe base64."""
-        nonce = os.urandom(NONCE_BYTES)
-        return _b64(nonce + self._aead.encrypt(nonce, orjson.dumps(key), _aad(clinic_id)))
+        plain, aad = orjson.dumps(key), _aad(clinic_id)
+        mac = self._nonce_mac.copy()
+        mac.update(len(aad).to_bytes(8, "big") + aad + plain)  # length-prefixed: unambiguous
+        nonce = mac.digest()[:NONCE_BYTES]
+        return _b64(nonce + self._aead.encrypt(nonce, plain, aad))
 
     def open(self, cursor: str, clinic_id: str) -> Any:
         """The JSON value of :meth:`seal` for this clinic; :class:`BadCursor` for a cursor that
@@ -93,7 +94,12 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(cursor: str) -> bytes:
+    """The bytes of :func:`_b64`; only its canonical form (a cursor whose characters differ but
+    decode alike, such as ``+`` for ``-`` or other unused bits in the last one, is refused)."""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError):
         raise BadCursor("not a cursor this service issued") from None
+    if _b64(raw) != cursor:
+        raise BadCursor("not a cursor this service issued")
+    return raw

@@ -1,5 +1,7 @@
 """The client store as a route dependency: ``app.state.client_store``, opened in the lifespan.
-(``app.state.store`` is the model store.)"""
+(``app.state.store`` is the model store.) And the seal of the store's page cursors
+(:func:`cursor_seal`), which the JSON caseload, a client's risk history and the dashboard share.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.audit import ClientRefs
+from service.store.cursors import CursorSeal
 from service.store.db import Store
+
+#: The label the cursor key is derived under: a key of its own, not the dashboard cookie's (one
+#: key, one job). The NUL keeps it apart from every client's audit reference (an id holds no
+#: control character).
+_CURSOR_KEY_LABEL = "\x00alliance-risk page cursor key"
 
 
 async def get_client_store(request: Request) -> Store:
@@ -15,3 +24,17 @@ async def get_client_store(request: Request) -> Store:
 
 
 ClientStoreDep = Annotated[Store, Depends(get_client_store)]
+
+
+def cursor_seal(refs: ClientRefs) -> CursorSeal:
+    """The page cursors' AES-256-GCM seal, keyed by an HMAC-SHA256 of a fixed label under the
+    audit key: the one secret every worker of a ``serve`` (and every host behind one store)
+    loads the same, so a cursor issued by one worker opens in another. Rotating the audit key
+    ends every cursor issued before (the caller starts again from the first page)."""
+    return CursorSeal(bytes.fromhex(refs(_CURSOR_KEY_LABEL)))
+
+
+def request_cursor_seal(request: Request) -> CursorSeal:
+    """:func:`cursor_seal` of the app's audit key (called in a route body, only when a page is
+    read or written: a 304 never needs it)."""
+    return cursor_seal(request.app.state.security.refs)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from models.results import RAISES, Driver, RiskScore
 from service.schemas import RiskRequest, SessionIn
 from service.store.caseload import ID_MAX
-from service.store.cursors import BadCursor, pack, unpack
+from service.store.cursors import BadCursor, CursorSeal
 from service.store.tables import (
     clinic_state,
     dashboard_signed_out,
@@ -399,16 +399,18 @@ def score_history(
     return list(conn.execute(query).all())
 
 
-def encode_history_cursor(score_id: int) -> str:
+def encode_history_cursor(seal: CursorSeal, clinic_id: str, score_id: int) -> str:
     """The opaque cursor after a history entry: the store's score id only (no time, no client
-    id; the read checks the score is the client's own)."""
-    return pack(["h", score_id])
+    id), sealed for ``clinic_id`` (:class:`~service.store.cursors.CursorSeal`); the read also
+    checks the score is the client's own."""
+    return seal.seal(["h", score_id], clinic_id)
 
 
-def decode_history_cursor(cursor: str) -> int:
-    """The score id of :func:`encode_history_cursor`; HistoryCursorError for anything else."""
+def decode_history_cursor(seal: CursorSeal, clinic_id: str, cursor: str) -> int:
+    """The score id of :func:`encode_history_cursor` for ``clinic_id``; HistoryCursorError for
+    anything else (changed, another clinic's, sealed under another key)."""
     try:
-        key = unpack(cursor)
+        key = seal.open(cursor, clinic_id)
     except BadCursor:
         raise HistoryCursorError("not a cursor this service issued") from None
     match key:

@@ -179,7 +179,7 @@ def test_order_cursors_are_sealed_and_hold_to_their_order_and_clinic(store: Stor
             lambda: page(cursor, order=by_therapist),  # another order's cursor
             lambda: page(cursor, order=CaseloadOrder("client", True)),  # the other direction
             lambda: page(cursor, order=BY_RISK),
-            lambda: page(encode_cursor(1, 0.4)),  # the risk order's
+            lambda: page(encode_cursor(SEAL, CLINIC, BY_RISK, 0.4, 1)),  # the risk order's
             lambda: page(other),  # issued to another clinic
             lambda: page(cursor, clinic="other"),
             lambda: page(tampered),
@@ -191,8 +191,6 @@ def test_order_cursors_are_sealed_and_hold_to_their_order_and_clinic(store: Stor
         for attempt in refused:
             with pytest.raises(CursorError, match="^not a cursor"):
                 attempt()
-        with pytest.raises(ValueError, match="needs a cursor seal"):
-            caseload_page(conn, CLINIC, CaseloadFilters(), None, 1, order=by_client)
 
 
 def test_the_longest_ids_fit_the_cursor_bound(store: Store) -> None:
@@ -325,7 +323,7 @@ def test_etag_moves_with_writes_filters_cursor_and_limit_only(store: Store) -> N
             caseload_etag(conn, CLINIC, CaseloadFilters(band="low"), None, 10),
             caseload_etag(conn, CLINIC, CaseloadFilters(therapist_id="t-1"), None, 10),
             caseload_etag(conn, CLINIC, CaseloadFilters(changed_since=days_ago(3)), None, 10),
-            caseload_etag(conn, CLINIC, f, encode_cursor(3, 0.3), 10),
+            caseload_etag(conn, CLINIC, f, encode_cursor(SEAL, CLINIC, BY_RISK, 0.3, 3), 10),
             caseload_etag(conn, CLINIC, f, None, 11),
             caseload_etag(conn, "other", f, None, 10),
             caseload_etag(conn, CLINIC, f, None, 10, now=datetime.now(UTC) + timedelta(days=1)),
@@ -341,15 +339,22 @@ def test_etag_moves_with_writes_filters_cursor_and_limit_only(store: Store) -> N
         assert caseload_etag(conn, CLINIC, f, None, 10) != tag
 
 
-def test_cursors_are_opaque_and_checked() -> None:
-    cursor = encode_cursor(42, 0.375)
-    assert "42" not in cursor and decode_cursor(cursor) is not None
-    assert decode_cursor(encode_cursor(7, None)) is not None
-    for bad in ("", "xyz", "eyJhIjoxfQ", encode_cursor(0, 0.5), "WyJzIiwyLDFd"):
+def test_risk_cursors_are_sealed_and_checked() -> None:
+    cursor = encode_cursor(SEAL, CLINIC, BY_RISK, 0.375, 42)
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert b"42" not in raw and b"0.375" not in raw
+    anchor = decode_cursor(cursor, BY_RISK, SEAL, CLINIC)
+    assert (anchor.value, anchor.episode_id) == (0.375, 42)
+    unscored = decode_cursor(encode_cursor(SEAL, CLINIC, BY_RISK, None, 7), BY_RISK, SEAL, CLINIC)
+    assert (unscored.value, unscored.episode_id) == (None, 7)
+    clear = "WyJzIiwwLjM3NSw0Ml0"  # the clear cursor of earlier versions: ["s",0.375,42]
+    for bad in ("", "xyz", "eyJhIjoxfQ", encode_cursor(SEAL, CLINIC, BY_RISK, 0.5, 0), clear):
         with pytest.raises(CursorError, match="not a cursor"):
-            decode_cursor(bad)
+            decode_cursor(bad, BY_RISK, SEAL, CLINIC)
+    with pytest.raises(CursorError, match="not a cursor"):
+        decode_cursor(cursor, BY_RISK, SEAL, "other")
 
 
 def test_limit_is_bounded(store: Store) -> None:
     with store.read() as conn, pytest.raises(ValueError, match="limit must be 1 to 1000"):
-        caseload_page(conn, CLINIC, CaseloadFilters(), None, 1001)
+        caseload_page(conn, CLINIC, CaseloadFilters(), None, 1001, seal=SEAL)

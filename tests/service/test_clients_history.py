@@ -6,14 +6,17 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from service.store.tables import episodes
-from tests.service.conftest import Registry, bearer
+from service.errors import BAD_CURSOR
+from service.store.deps import cursor_seal
+from service.store.tables import episodes, risk_scores
+from tests.service.conftest import TEST_CLINIC, Registry, bearer
 from tests.service.test_clients_api import (
     CASELOAD,
     a_client,
@@ -63,7 +66,7 @@ def test_history_is_paged_newest_first(
         cursor = page.json()["history_next_cursor"]
         if cursor is None:
             break
-        assert len(cursor) <= 64 and body["client_id"] not in cursor
+        assert len(cursor) <= 96 and body["client_id"] not in cursor
     assert seen == newest_first and pages == 3
 
     # Bounds, and cursors that are not this client's.
@@ -74,14 +77,54 @@ def test_history_is_paged_newest_first(
     assert post_sessions(api, other, other["sessions"][:2], first=True).status_code == 200
     theirs = api.get(f"/v1/clients/{other['client_id']}/risk",
                      params={"history": True, "history_cursor": first["history_next_cursor"]})  # fmt: skip
-    assert theirs.status_code == 422
-    assert theirs.json()["errors"][0]["loc"] == ["query", "history_cursor"]
-    for bad in ("garbage", _cursor(["h", 0]), _cursor(["h", True]), _cursor(["h", 2**63])):
-        got = api.get(url, params={"history": True, "history_cursor": bad})
-        assert got.status_code == 422, bad
+    _refused(theirs, first["history_next_cursor"])
+    seal = cursor_seal(api.app.state.security.refs)  # type: ignore[attr-defined]
+    forged = [_cursor(["h", 0]), _cursor(["h", True]), _cursor(["h", 2**63]),
+              _cursor(["h", 1]), *(seal.seal(k, TEST_CLINIC) for k in (["h", 0], ["h", True]))]  # fmt: skip
+    for bad in ("garbage", *forged):
+        _refused(api.get(url, params={"history": True, "history_cursor": bad}), bad)
     # Another clinic's credential: the client looks missing, whatever the cursor.
     stranger = bearer(dev_key_dir, "clinic-elsewhere", ("clients:read",))
     assert api.get(url, params={"history": True}, headers=stranger).status_code == 404
+
+
+def _refused(response: Any, cursor: str) -> None:
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == BAD_CURSOR
+    assert response.json()["errors"] == [
+        {"loc": ["query", "history_cursor"], "reason": "not a cursor this service issued"}
+    ]
+    assert cursor not in response.text
+
+
+def test_the_history_cursor_is_sealed_for_its_clinic(
+    api: TestClient, registry: Registry, dev_key_dir: Path
+) -> None:
+    body = a_client(registry)
+    url = f"/v1/clients/{body['client_id']}/risk"
+    for s in body["sessions"][:3]:
+        assert post_sessions(api, body, [s], first=s is body["sessions"][0]).status_code == 200
+    page = api.get(url, params={"history": True, "history_limit": 1}).json()
+    cursor = page["history_next_cursor"]
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)
+    store = api.app.state.client_store  # type: ignore[attr-defined]
+    with store.read() as conn:
+        ids = [str(i).encode() for i in conn.execute(select(risk_scores.c.id)).scalars()]
+    assert not [i for i in ids if b'"h",' + i in raw or b"," + i + b"]" in raw]
+    assert b'"h"' not in raw
+    ok = api.get(url, params={"history": True, "history_limit": 1, "history_cursor": cursor})
+    assert ok.status_code == 200
+    changed = cursor[:-1] + ("A" if cursor[-1] != "A" else "B")
+    _refused(api.get(url, params={"history": True, "history_cursor": changed}), changed)
+    # The same client id in another clinic, with this clinic's cursor.
+    other = bearer(dev_key_dir, "clinic-elsewhere", ("clients:read", "clients:write"))
+    assert (
+        post_sessions(api, body, body["sessions"][:3], first=True, headers=other).status_code == 200
+    )
+    theirs = api.get(url, params={"history": True, "history_cursor": cursor}, headers=other)
+    _refused(theirs, cursor)
 
 
 def test_reopening_rescores_with_the_served_model(api: TestClient, registry: Registry) -> None:

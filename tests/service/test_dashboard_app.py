@@ -265,7 +265,8 @@ def test_caseload_audits_every_listed_client(dash: TestClient, dev_key_dir: Path
     assert dash.get("/dashboard/").status_code == 200
     refs = dash.app.state.security.refs  # type: ignore[attr-defined]
     records = _audit(dash, "dashboard.caseload")
-    assert sorted(r["client_ref"] for r in records) == sorted(refs(c) for c in dash.ids[:3])  # type: ignore[attr-defined]
+    expected = sorted(refs.client_ref(TEST_CLINIC, c) for c in dash.ids[:3])  # type: ignore[attr-defined]
+    assert sorted(r["client_ref"] for r in records) == expected
     assert {(r["outcome"], r["status"]) for r in records} == {("ok", 200)}
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 
 from service.dashboard import source
 from service.store.caseload import CaseloadFilters
+from service.store.cursors import CursorSeal
 from service.store.db import Store
 from service.store.tables import episodes, risk_scores, sessions
 from tests.service.test_caseload_support import (
@@ -24,6 +25,7 @@ from tests.service.test_caseload_support import (
 )
 
 CLINIC = "clinic-dash"
+SEAL = CursorSeal(bytes(range(32)))
 DRIVER = {"label": "Trust and rapport", "text": "Trust rated 5.0 at session 3",
           "direction": "raises risk", "focus": "Rebuild trust."}  # fmt: skip
 
@@ -69,7 +71,7 @@ def _seed(store: Store) -> None:
 
 def test_caseload_page_with_history_and_last_session(store: Store) -> None:
     _seed(store)
-    page = source.read_caseload(store, CLINIC, CaseloadFilters(), None, 10)
+    page = source.read_caseload(store, CLINIC, CaseloadFilters(), None, 10, seal=SEAL)
     assert [r.client_id for r in page.rows] == ["dash-a", "dash-b"]  # open, this clinic
     a, b = page.rows
     expected = [round(0.1 + 0.02 * i, 6) for i in range(15 - source.SPARK_POINTS, 15)]
@@ -77,7 +79,9 @@ def test_caseload_page_with_history_and_last_session(store: Store) -> None:
     assert a.last_session == date(2026, 3, 3) and b.last_session == date(2026, 2, 1)
     assert b.history == (0.3,)
     assert page.therapists == ("t-1", "t-2")
-    only = source.read_caseload(store, CLINIC, CaseloadFilters(therapist_id="t-1"), None, 10)
+    only = source.read_caseload(
+        store, CLINIC, CaseloadFilters(therapist_id="t-1"), None, 10, seal=SEAL
+    )
     assert [r.client_id for r in only.rows] == ["dash-b"]
 
 
@@ -121,7 +125,7 @@ def test_change_and_trend_compare_one_model_version(store: Store) -> None:
             conn.execute(update(episodes).where(episodes.c.id == episode).values(
                 latest_score_id=last, latest_probability=p, latest_band="moderate",
                 latest_model_version=version, latest_scored_at=days_ago(1)))  # fmt: skip
-    page = source.read_caseload(store, CLINIC, CaseloadFilters(), None, 10)
+    page = source.read_caseload(store, CLINIC, CaseloadFilters(), None, 10, seal=SEAL)
     rows = {r.client_id: r for r in page.rows}
     assert rows["promoted"].change_7d is None  # no score of model 2 a week ago
     assert rows["promoted"].history == (0.5, 0.55)  # the trend starts at model 2
