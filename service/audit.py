@@ -4,18 +4,27 @@ A record says who (``subject``, ``clinic``) did what (``action``) to which clien
 (``client_ref``), with which result (``outcome``, ``status``), when, under which ``request_id``
 and with which model version. It never holds ratings, dates or any other clinical value, never
 the raw client identifier, and no value the caller chose: a caller's ``X-Request-ID`` is held
-as ``correlation_ref``, the same keyed pseudonym as ``client_ref`` (a caller can put a client
-id there).
+as ``correlation_ref``, a keyed pseudonym like ``client_ref`` (a caller can put a client id
+there).
 
-``client_ref`` is a keyed pseudonym: HMAC-SHA256 of the client id under a secret audit key, in
-hex. The same client always gets the same ref under one key, so an auditor holding the key can
-compute the ref of a client id and find every access to that client (together with ``clinic``:
-client ids are only unique within a clinic); someone holding only the audit file cannot. A plain
-hash would not do: client ids are short and guessable (``c-000123``), so an unkeyed hash is
-reversed by enumerating candidates. The same holds for anyone who has the key, which is why the
-key is kept apart from the file (``ALLIANCE_RISK_AUDIT_KEY`` from a secret store in production,
-or a key file of mode 0600 created once). Rotating the key changes every ref: keep old keys to
-search old files.
+``client_ref`` is a keyed pseudonym: HMAC-SHA256 of the pair (clinic id, client id) under a
+secret audit key, in hex. Client ids are only unique within a clinic (two clinics' EHR extracts
+both hold a ``C0001``), so the clinic is part of the pseudonym: the same client of the same clinic
+always gets the same ref under one key, a client id shared by two clinics gets two unrelated refs,
+and no ref links a person across clinics. An auditor holding the key computes the ref of a
+(clinic, client) pair (:func:`client_ref`, or ``alliance-risk audit ref``) and finds every access
+to that client; someone holding only the audit file cannot. A plain hash would not do: client ids
+are short and guessable (``c-000123``), so an unkeyed hash is reversed by enumerating candidates.
+The same holds for anyone who has the key, which is why the key is kept apart from the file
+(``ALLIANCE_RISK_AUDIT_KEY`` from a secret store in production, or a key file of mode 0600
+created once). Rotating the key changes every ref: keep old keys to search old files.
+
+The HMAC inputs are domain-separated, so no two kinds of ref can be equal: a client ref's input
+is a fixed label, then the clinic length-prefixed, then the client id (:func:`client_ref`); a
+correlation ref's has a label of its own (:func:`correlation_ref`). Both labels start with the
+byte 0xFF, which UTF-8 never holds, so neither can equal the input of the unscoped form that
+records written before client refs were scoped hold (the HMAC of the client id alone,
+:func:`unscoped_ref`, kept for searching those records).
 
 The file the records go to, and the settings that locate it and the key, are in
 :mod:`service.audit_log`.
@@ -135,8 +144,8 @@ class AuditRecord:
     clinic : str or None
         The clinic claim of the token; None when not authenticated.
     client_ref : str or None
-        :func:`client_ref` of the client id (64 hex digits); None when no client is involved
-        (model endpoints) or none could be read from the request.
+        :func:`client_ref` of the (clinic, client) pair (64 hex digits); None when no client is
+        involved (model endpoints) or none could be read from the request.
     action : str
         ``area.verb``, see :data:`ACTIONS`.
     outcome : str
@@ -148,7 +157,7 @@ class AuditRecord:
     model_version : str or None
         Version of the model that scored (or would have scored) the request.
     correlation_ref : str or None
-        :func:`client_ref` of the caller's own ``X-Request-ID``, when it had a safe shape
+        :func:`correlation_ref` of the caller's own ``X-Request-ID``, when it had a safe shape
         (``service.middleware``); never the value itself, which the caller chose and could be a
         client id. It can repeat, so it never identifies a request. Written only when present,
         so a line without it reads as before.
@@ -179,7 +188,9 @@ class AuditRecord:
         if self.correlation_ref is not None and (
             not isinstance(self.correlation_ref, str) or not _REF.fullmatch(self.correlation_ref)
         ):
-            raise AuditRecordError("AuditRecord.correlation_ref must be a client_ref() pseudonym")
+            raise AuditRecordError(
+                "AuditRecord.correlation_ref must be a correlation_ref() pseudonym"
+            )
         if self.count is not None and (
             isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0
         ):
@@ -287,37 +298,99 @@ def _check_per_client(ref: object, status: object, outcome: object) -> None:
 # -- pseudonyms -------------------------------------------------------------------------------
 
 
-def client_ref(client_id: str, key: bytes) -> str:
-    """HMAC-SHA256 of the UTF-8 client id under ``key``, as 64 hex digits.
+#: Leading bytes of each kind of ref's HMAC input. 0xFF never occurs in UTF-8, so no input here
+#: equals the UTF-8 id that :func:`unscoped_ref` hashes; each label ends in NUL, so neither is a
+#: prefix of the other.
+_CLIENT_LABEL = b"\xffalliance-risk client_ref v2\x00"
+_CORRELATION_LABEL = b"\xffalliance-risk correlation_ref v2\x00"
 
-    The id is used exactly as received (no trimming or case folding), as it is matched
-    elsewhere in the service. The same function gives a record's ``correlation_ref`` from the
-    caller's ``X-Request-ID``: an auditor finds a caller's lines with
-    ``client_ref(value, AuditSettings().load_key())``.
-    """
+
+def _check_key(key: bytes) -> None:
     if len(key) < 16:
         raise AuditKeyError("audit key is too short (at least 16 bytes)")
-    return hmac.new(key, client_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _clinic_part(clinic_id: str) -> bytes:
+    """The client label, then the clinic's UTF-8 length (4 bytes, big-endian) and bytes."""
+    clinic = clinic_id.encode("utf-8")
+    return _CLIENT_LABEL + len(clinic).to_bytes(4, "big") + clinic
+
+
+def client_ref(clinic_id: str, client_id: str, key: bytes) -> str:
+    """The client's keyed pseudonym: HMAC-SHA256 under ``key`` of the client label, the UTF-8
+    clinic id length-prefixed, and the UTF-8 client id; 64 hex digits.
+
+    Scoped by clinic: ``C0001`` of two clinics gets two unrelated refs. The ids are used exactly
+    as received (no trimming or case folding), as they are matched elsewhere in the service. The
+    clinic is the one the request named the client under: the credential's for a stored client,
+    the body's ``clinic_id`` for ``POST /v1/risk`` (so a probe at another clinic's client is
+    recorded under that client's ref, never under the caller's own client of the same id). An
+    auditor finds a client's lines with ``client_ref(clinic, client, AuditSettings().load_key())``.
+    """
+    _check_key(key)
+    message = _clinic_part(clinic_id) + client_id.encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def correlation_ref(value: str, key: bytes) -> str:
+    """A record's ``correlation_ref``: HMAC-SHA256 under ``key`` of the correlation label and the
+    caller's UTF-8 ``X-Request-ID``, 64 hex digits. It has no clinic (it is taken before the
+    caller is authenticated) and a label of its own, so it never equals a client's ref."""
+    _check_key(key)
+    return hmac.new(key, _CORRELATION_LABEL + value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def unscoped_ref(value: str, key: bytes) -> str:
+    """HMAC-SHA256 of the UTF-8 ``value`` alone: the ``client_ref`` and ``correlation_ref`` of
+    records written before refs were scoped by clinic (alliance-risk 0.x before this change), for
+    an auditor searching those records. Never written into new records."""
+    _check_key(key)
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 class ClientRefs:
-    """:func:`client_ref` bound to one key; ``repr`` never shows the key."""
+    """The refs under one key; ``repr`` never shows the key."""
 
     __slots__ = ("_key", "_mac")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise AuditKeyError("audit key is too short (at least 16 bytes)")
+        _check_key(key)
         self._key = bytes(key)
         # Keyed once; each reference copies it (~1 us less than keying per id).
         self._mac = hmac.new(self._key, digestmod=hashlib.sha256)
 
-    def client_ref(self, client_id: str) -> str:
+    def client_ref(self, clinic_id: str, client_id: str) -> str:
+        """:func:`client_ref` under this key."""
         mac = self._mac.copy()
+        mac.update(_clinic_part(clinic_id))
         mac.update(client_id.encode("utf-8"))
         return mac.hexdigest()
 
-    __call__ = client_ref
+    def client_refs(self, clinic_id: str, client_ids: Iterable[str]) -> list[str]:
+        """:meth:`client_ref` of many clients of one clinic (its part is hashed once)."""
+        scoped = self._mac.copy()
+        scoped.update(_clinic_part(clinic_id))
+        refs = []
+        for client_id in client_ids:
+            mac = scoped.copy()
+            mac.update(client_id.encode("utf-8"))
+            refs.append(mac.hexdigest())
+        return refs
+
+    def correlation_ref(self, value: str) -> str:
+        """:func:`correlation_ref` under this key."""
+        mac = self._mac.copy()
+        mac.update(_CORRELATION_LABEL + value.encode("utf-8"))
+        return mac.hexdigest()
+
+    def derive(self, label: str) -> str:
+        """HMAC-SHA256 of a fixed ``label``, hex: the keys the dashboard derives from the audit
+        key (cookie signer, cursor seal; unchanged by the scoping of client refs). The input
+        form of :func:`unscoped_ref`: a record written before refs were scoped could hold such a
+        key as a client's ref (a client id equal to a label); no record written now can."""
+        mac = self._mac.copy()
+        mac.update(label.encode("utf-8"))
+        return mac.hexdigest()
 
     def __repr__(self) -> str:
         return "ClientRefs(key=<hidden>)"

@@ -5,8 +5,8 @@ Every request gets an id of ours (128 random bits), sent back as ``X-Request-ID`
 the access log and the audit trail. A caller's own ``X-Request-ID`` never becomes that id (two
 callers could send the same one and make two audit records look like one request): when it has
 a safe shape it is echoed to the caller as ``X-Correlation-ID``, and logs and the audit trail
-hold only its keyed pseudonym ``correlation_ref`` (:func:`service.audit.client_ref` under the
-audit key). The value is the caller's choice and could be anything, a client id included: an
+hold only its keyed pseudonym ``correlation_ref`` (:func:`service.audit.correlation_ref` under
+the audit key). The value is the caller's choice and could be anything, a client id included: an
 auditor holding the key finds the lines of a caller's id, the files alone name nothing.
 Responses under ``/v1`` carry client data or errors about it: ``Cache-Control: no-store`` keeps
 them out of browser and proxy caches, unless the route itself set ``private, no-cache`` (the
@@ -19,11 +19,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from service.audit import ClientRefs
 from service.errors import INTERNAL_ERROR, PROBLEM_JSON, error_body
 from service.metrics import ServiceMetrics
 
@@ -62,9 +62,7 @@ class RequestContextMiddleware:
     is echoed but neither logged nor audited.
     """
 
-    def __init__(
-        self, app: Any, metrics: ServiceMetrics, refs: Callable[[str], str] | None = None
-    ) -> None:
+    def __init__(self, app: Any, metrics: ServiceMetrics, refs: ClientRefs | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.refs = refs
@@ -77,7 +75,9 @@ class RequestContextMiddleware:
         correlation_id = _correlation_id(scope.get("headers", []))
         state = scope.setdefault("state", {})
         correlation_ref = (
-            None if correlation_id is None or self.refs is None else self.refs(correlation_id)
+            None
+            if correlation_id is None or self.refs is None
+            else self.refs.correlation_ref(correlation_id)
         )
         state["request_id"], state["correlation_ref"] = request_id, correlation_ref
         echoed = [(REQUEST_ID_HEADER, request_id.encode("ascii"))]

@@ -214,15 +214,24 @@ def same_clinic(principal: Principal, clinic_id: str) -> bool:
     return principal.clinic == clinic_id
 
 
-def note_client(request: Request, client_id: str, *, status: int | None = None) -> None:
-    """Remember a client this request touched, for its audit record (a batch notes many)."""
-    note_clients(request, (client_id,), status=status)
+def note_client(
+    request: Request, clinic_id: str, client_id: str, *, status: int | None = None
+) -> None:
+    """Remember a client this request touched, for its audit record (a batch notes many).
 
-
-def note_clients(request: Request, client_ids: Iterable[str], *, status: int | None) -> None:
-    """:func:`note_client` for many clients of a batch with the same status, in order."""
+    ``clinic_id`` is the clinic the request named the client under (the credential's for a
+    stored client, the body's for a scoring request): the record holds the ref of that pair
+    (:func:`service.audit.client_ref`), so one clinic's ``C0001`` never shares another's."""
     refs: ClientRefs = request.app.state.security.refs
-    _notes(request).extend([(refs(c), status) for c in client_ids])
+    _notes(request).append((refs.client_ref(clinic_id, client_id), status))
+
+
+def note_clients(
+    request: Request, clinic_id: str, client_ids: Iterable[str], *, status: int | None
+) -> None:
+    """:func:`note_client` for many clients of one clinic with the same status, in order."""
+    refs: ClientRefs = request.app.state.security.refs
+    _notes(request).extend([(ref, status) for ref in refs.client_refs(clinic_id, client_ids)])
 
 
 def forget_clients(request: Request) -> None:

@@ -47,6 +47,7 @@ from service.store.caseload import (
     CursorError,
 )
 from service.store.db import Store, StoreUnavailable
+from service.store.deps import request_cursor_seal
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def caseload_page(
     try:
         page = source.read_caseload(store, p.clinic, filters, query.cursor, source.PAGE_ROWS,
                                     order=ordering,
-                                    seal=sessions.cursor_seal(_security(request).refs))  # fmt: skip
+                                    seal=request_cursor_seal(request))  # fmt: skip
     except CursorError:
         return _error(request, 400, "Page not found",
                       "That page link has expired. Start again from the first page.", session)  # fmt: skip

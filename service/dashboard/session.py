@@ -10,8 +10,8 @@ browsers treat ``http://localhost`` and ``127.0.0.1`` as secure too) and ``SameS
 
 The signing key is derived from the audit key (an HMAC of a fixed label under it), so every
 worker of one ``serve`` and every restart agree on it, and no new secret needs configuring;
-rotating the audit key signs everyone out. The caseload's sealed page cursors are keyed the same
-way, under another label (:func:`cursor_seal`).
+rotating the audit key signs everyone out. The sealed page cursors are keyed the same way,
+under another label (:func:`service.store.deps.cursor_seal`).
 
 Revocation: a cookie is refused before its expiry when its session was signed out (the
 session id's digest is kept until the cookie would have expired, in the client store:
@@ -46,7 +46,6 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from service.audit import ClientRefs
 from service.auth import Principal
 from service.store import repository
-from service.store.cursors import CursorSeal
 from service.store.db import Store, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -59,10 +58,6 @@ SESSION_MAX_AGE_S = 30 * 60
 _SALT = "alliance-risk dashboard session v1"
 #: The label the signing key is derived under (see the module docstring).
 _KEY_LABEL = "\x00alliance-risk dashboard session signing key"
-#: The label the caseload cursor key is derived under: a key of its own, not the cookie's (one
-#: key, one algorithm). The NUL keeps both apart from every client's audit reference (an id
-#: holds no control character).
-_CURSOR_KEY_LABEL = "\x00alliance-risk dashboard caseload cursor key"
 
 
 @dataclass(frozen=True)
@@ -80,13 +75,6 @@ class Session:
 def signer(refs: ClientRefs) -> URLSafeTimedSerializer:
     """The cookie serializer, keyed by an HMAC of a fixed label under the audit key."""
     return URLSafeTimedSerializer(refs.derive(_KEY_LABEL), salt=_SALT)
-
-
-def cursor_seal(refs: ClientRefs) -> CursorSeal:
-    """The caseload cursors' AES-256-GCM seal, keyed by an HMAC-SHA256 of a fixed label under the
-    audit key: the one secret every worker of a ``serve`` (and every host behind one store)
-    loads the same, so a cursor issued by one worker opens in another."""
-    return CursorSeal(bytes.fromhex(refs.derive(_CURSOR_KEY_LABEL)))
 
 
 def dump(session: Session, serializer: URLSafeTimedSerializer) -> str:

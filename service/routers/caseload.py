@@ -8,8 +8,10 @@ no-cache`` (a shared cache must not keep a clinic's list; a browser revalidates 
 the cost of one primary-key read (:func:`~service.store.caseload.caseload_etag`).
 
 Tenancy: the path's clinic must be the credential's; any other clinic is a 404, whether or not
-it exists. Every request is audited; a 200 notes each client it lists (as a batch does), a 304
-lists none.
+it exists. ``next_cursor`` is opaque and sealed for the clinic it was issued to
+(:mod:`service.store.cursors`); a changed cursor, another clinic's, or one sealed before the
+audit key rotated is a 400 (:data:`~service.errors.BAD_CURSOR`, naming ``cursor``). Every
+request is audited; a 200 notes each client it lists (as a batch does), a 304 lists none.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from pydantic import BaseModel, Field
 
 from service.auth import Principal
-from service.errors import InvalidRequest, error_responses
+from service.errors import bad_cursor, cursor_error_responses, error_responses
 from service.routers.jsonbody import OrjsonRoute
 from service.schemas import ID_MAX_LENGTH
 from service.security import note_clients, same_clinic, scoped
@@ -34,7 +36,7 @@ from service.store.caseload import (
     caseload_etag,
     caseload_page,
 )
-from service.store.deps import ClientStoreDep
+from service.store.deps import ClientStoreDep, request_cursor_seal
 from service.store_schemas import UtcInstant
 
 router = APIRouter(prefix="/v1", tags=["caseload"], route_class=OrjsonRoute)
@@ -118,6 +120,7 @@ def matches(if_none_match: str | None, etag: str) -> bool:
     response_model=CaseloadResponse,
     responses={
         **error_responses(401, 403, 404, 422, 429, 500, 503, 504),
+        **cursor_error_responses(),
         304: {"description": "Not modified: the If-None-Match tag is still current (no body)."},
     },
     summary="A clinic's open episodes sorted by risk, with ETag polling",
@@ -159,10 +162,11 @@ def caseload(
         etag = caseload_etag(conn, clinic_id, filters, cursor, limit, now=now)
         if matches(if_none_match, etag):
             return Response(status_code=304, headers={"ETag": etag, **CACHING})
+        seal = request_cursor_seal(request)
         try:
-            page = caseload_page(conn, clinic_id, filters, cursor, limit, now=now)
-        except CursorError as exc:
-            raise InvalidRequest([{"loc": ["query", "cursor"], "reason": str(exc)}]) from None
+            page = caseload_page(conn, clinic_id, filters, cursor, limit, now=now, seal=seal)
+        except CursorError:
+            raise bad_cursor("cursor") from None
     note_clients(request, clinic_id, [row.client_id for row in page.rows], status=200)
     response.headers.update({"ETag": etag, **CACHING})
     return CaseloadResponse.of(page)

@@ -232,7 +232,7 @@ async def cds_service(
     patient_id = body.context.patientId
     # Audited with the patient's keyed ref from here on, whatever answer follows (400, 412,
     # 422 and 404 included): the call may already have read the patient's data.
-    note_client(request, patient_id)
+    note_client(request, principal.clinic, patient_id)
     if body.hook != service.hook:
         return _outcome(400, "invalid", WRONG_HOOK, "hook")
     resources, missing = split_prefetch(body.prefetch)

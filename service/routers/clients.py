@@ -135,7 +135,7 @@ def post_sessions(
     stored episode is then scored by the served model and the score stored with it, in one
     transaction committed before the answer. The first post of a client must carry
     ``client`` (therapist, intake date, ...)."""
-    note_client(request, client_id)
+    note_client(request, principal.clinic, client_id)
     request.state.model_version = model.version
     _refuse_repeated_numbers(body)
     _refuse_future_sessions(body)
@@ -200,7 +200,7 @@ def post_outcome(
 ) -> OutcomeResponse:
     """Closes the episode: it leaves the open caseload, and monitoring reads the outcome. A
     second call corrects the first."""
-    note_client(request, client_id)
+    note_client(request, principal.clinic, client_id)
     if body.outcome_date > _latest_allowed():
         raise InvalidRequest([{"loc": ["outcome_date"], "reason": IN_THE_FUTURE}])
     with store.write() as conn:
@@ -246,7 +246,7 @@ def delete_outcome(
     scored yet, as after deleting its only appointment; storing appointments scores it again.
     The outcome is deleted, not kept as history; the audit trail records the withdrawal
     (``clients.outcome_withdraw``). 404 when the client is missing or has no outcome."""
-    note_client(request, client_id)
+    note_client(request, principal.clinic, client_id)
     request.state.model_version = model.version
     at = repo.now()
     with store.write() as conn:
@@ -283,7 +283,7 @@ def delete_session(
     model promoted since may check more), the appointment is deleted all the same and the
     episode left unscored the same way. A missing client or appointment is a 404 (a repeated
     delete too)."""
-    note_client(request, client_id)
+    note_client(request, principal.clinic, client_id)
     request.state.model_version = model.version
     at = repo.now()
     with store.write() as conn:
@@ -332,7 +332,7 @@ def get_risk(
         ),
     ] = None,
 ) -> ClientRisk:
-    note_client(request, client_id)
+    note_client(request, principal.clinic, client_id)
     after = None
     seal = request_cursor_seal(request) if history else None
     if seal is not None and history_cursor is not None:

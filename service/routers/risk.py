@@ -92,7 +92,7 @@ def one_client(
     """What every one-client route does before its model work: note the client for the audit
     record, answer another clinic's client as a missing one (404), run the edge's checks (422)
     and turn the request into an episode for the served model's profile."""
-    note_client(request, body.client_id)
+    note_client(request, body.clinic_id, body.client_id)
     if not same_clinic(principal, body.clinic_id):
         raise HTTPException(404, NOT_FOUND)
     request.state.model_version = model.version
@@ -177,10 +177,10 @@ def risk_batch(
             failures.append((i, pydantic_problems(item.errors, strip_body=False)))
         elif not same_clinic(principal, item.clinic_id):
             # Exactly what a client that does not exist gets: nothing about the other clinic.
-            note_client(request, item.client_id, status=404)
+            note_client(request, item.clinic_id, item.client_id, status=404)
             failures.append((i, [{"loc": ["clinic_id"], "reason": NOT_FOUND}]))
         elif refused := edge_problems(item, scorer.profile, max_sessions=settings.max_sessions):
-            note_client(request, item.client_id, status=422)
+            note_client(request, item.clinic_id, item.client_id, status=422)
             failures.append((i, refused))
         else:
             accepted.append(item)
@@ -192,13 +192,13 @@ def risk_batch(
     for j, outcome in scored.by_episode():
         item = accepted[j]
         if isinstance(outcome, RiskScore):
-            note_client(request, item.client_id, status=200)
+            note_client(request, item.clinic_id, item.client_id, status=200)
             results.append(outcome)
             result = RiskResponse.of(outcome, ref, request_id)
             items.append(BatchItem(index=positions[j], status="ok", result=result))
         else:
             assert outcome is not None, "an episode with appointments has a latest one"
-            note_client(request, item.client_id, status=422)
+            note_client(request, item.clinic_id, item.client_id, status=422)
             failures.append((positions[j], edge.request_problems(j, outcome)))
     _count(request, model, results)
     items.extend(_failed(*failure) for failure in batch_capped(failures))

@@ -31,7 +31,7 @@ def cursor_seal(refs: ClientRefs) -> CursorSeal:
     audit key: the one secret every worker of a ``serve`` (and every host behind one store)
     loads the same, so a cursor issued by one worker opens in another. Rotating the audit key
     ends every cursor issued before (the caller starts again from the first page)."""
-    return CursorSeal(bytes.fromhex(refs(_CURSOR_KEY_LABEL)))
+    return CursorSeal(bytes.fromhex(refs.derive(_CURSOR_KEY_LABEL)))
 
 
 def request_cursor_seal(request: Request) -> CursorSeal:

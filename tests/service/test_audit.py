@@ -30,6 +30,7 @@ from service.audit import (
     AuditWriteError,
     ClientRefs,
     client_ref,
+    correlation_ref,
     load_or_create_key,
     utc_timestamp,
 )
@@ -59,7 +60,7 @@ WRITER = textwrap.dedent(
     while n < 0 or i < n:
         log.write(AuditRecord(
             subject="therapist-" + name, clinic="clinic-a",
-            client_ref=client_ref(f"c-{i:06d}", key), action="risk.read", outcome="ok",
+            client_ref=client_ref("clinic-a", f"c-{i:06d}", key), action="risk.read", outcome="ok",
             status=200, request_id=f"{name}-{i}", model_version="7",
         ))
         i += 1
@@ -72,7 +73,7 @@ def _record(i: int = 0, **overrides) -> AuditRecord:
     values = {
         "subject": "therapist-1",
         "clinic": "clinic-a",
-        "client_ref": client_ref(f"c-{i:06d}", KEY_A),
+        "client_ref": client_ref("clinic-a", f"c-{i:06d}", KEY_A),
         "action": "risk.read",
         "outcome": "ok",
         "status": 200,
@@ -165,9 +166,9 @@ def test_utc_timestamp_converts_other_zones_and_refuses_naive_times():
         ({"clinic": "clinic\x85a"}, "clinic must be text"),  # C1 control (NEL)
         ({"subject": "line\u2028break"}, "subject must be text"),
         # A caller's X-Request-ID only ever as its keyed pseudonym, never the value itself.
-        ({"correlation_ref": "c-000123"}, "correlation_ref must be a client_ref"),
-        ({"correlation_ref": "a" * 64 + "\n"}, "correlation_ref must be a client_ref"),
-        ({"correlation_ref": 7}, "correlation_ref must be a client_ref"),
+        ({"correlation_ref": "c-000123"}, "correlation_ref must be a correlation_ref"),
+        ({"correlation_ref": "a" * 64 + "\n"}, "correlation_ref must be a correlation_ref"),
+        ({"correlation_ref": 7}, "correlation_ref must be a correlation_ref"),
     ],
 )
 def test_invalid_records_are_refused_without_echoing_the_value(overrides, message):
@@ -211,12 +212,16 @@ def test_from_json_refuses_torn_or_foreign_lines(line):
 @settings(max_examples=50, deadline=None)
 @given(client_id=st.text(min_size=1, max_size=40))
 def test_client_ref_is_stable_per_key_and_differs_across_keys(client_id):
-    ref = client_ref(client_id, KEY_A)
-    assert ref == client_ref(client_id, KEY_A) == ClientRefs(KEY_A)(client_id)
+    ref = client_ref("clinic-a", client_id, KEY_A)
+    assert (
+        ref
+        == client_ref("clinic-a", client_id, KEY_A)
+        == ClientRefs(KEY_A).client_ref("clinic-a", client_id)
+    )
     assert len(ref) == 64 and set(ref) <= set("0123456789abcdef")
-    assert ref != client_ref(client_id, KEY_B)
+    assert ref != client_ref("clinic-a", client_id, KEY_B)
     assert client_id not in ref or len(client_id) < 4
-    assert ref != client_ref(client_id + "x", KEY_A)
+    assert ref != client_ref("clinic-a", client_id + "x", KEY_A)
 
 
 def test_client_refs_never_show_the_key_and_refuse_short_keys():
@@ -224,7 +229,7 @@ def test_client_refs_never_show_the_key_and_refuse_short_keys():
     with pytest.raises(Exception, match="too short"):
         ClientRefs(b"short")
     with pytest.raises(Exception, match="too short"):
-        client_ref("c-1", b"short")
+        client_ref("clinic-a", "c-1", b"short")
 
 
 def test_key_file_is_created_once_with_mode_0600(tmp_path):
@@ -342,13 +347,13 @@ def test_no_raw_client_id_reaches_the_file(tmp_path):
     path = tmp_path / "audit.jsonl"
     with JsonLinesAuditLog(path) as log:
         for i, client_id in enumerate(ids):
-            log.write(_record(i, client_ref=refs(client_id)))
+            log.write(_record(i, client_ref=refs.client_ref("clinic-a", client_id)))
     text = path.read_text(encoding="utf-8")
     for client_id in ids:
         assert client_id not in text
         assert json.dumps(client_id)[1:-1] not in text  # nor its JSON-escaped form
     # ... while an auditor with the key finds every access to one client.
-    wanted = refs("c-000007")
+    wanted = refs.client_ref("clinic-a", "c-000007")
     assert [r.request_id for r in records(path) if r.client_ref == wanted] == ["req-7"]
 
 
@@ -517,7 +522,7 @@ def _count_writes(monkeypatch) -> list[int]:
 def test_write_batch_appends_one_request_s_records_whole_and_in_order(tmp_path, monkeypatch):
     path = tmp_path / "a.jsonl"
     template = _record(7, action="risk.batch")
-    refs = [client_ref(f"c-{i}", KEY_A) for i in range(1000)]
+    refs = [client_ref("clinic-a", f"c-{i}", KEY_A) for i in range(1000)]
     log = JsonLinesAuditLog(path)
     log.write(_record(0))
     calls = _count_writes(monkeypatch)
@@ -536,7 +541,7 @@ def test_write_batch_appends_one_request_s_records_whole_and_in_order(tmp_path, 
 def test_write_batch_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(_record(0).to_json() + "\n" + _record(1).to_json()[:50])
-    refs = [client_ref("c-2", KEY_A), client_ref("c-3", KEY_A)]
+    refs = [client_ref("clinic-a", "c-2", KEY_A), client_ref("clinic-a", "c-3", KEY_A)]
     with JsonLinesAuditLog(path) as log:
         log.write_batch(_record(2), [(r, 200, "ok") for r in refs])
     got = list(records(path, skip_invalid=True))
@@ -550,13 +555,13 @@ def test_write_batch_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
         {},
         {"subject": None, "clinic": None, "model_version": None},
         {"subject": 'thérapeute-ü \\ "quoted"', "clinic": "clinique-é", "request_id": ""},
-        {"correlation_ref": client_ref("caller-trace-1", KEY_A)},
+        {"correlation_ref": correlation_ref("caller-trace-1", KEY_A)},
     ],
 )
 def test_batch_lines_equal_the_records_written_one_by_one(shared) -> None:
     template = _record(0, action="risk.batch", **shared)
     clients = [
-        (client_ref(f"c-{i}", KEY_A), status, outcome)
+        (client_ref("clinic-a", f"c-{i}", KEY_A), status, outcome)
         for i, (status, outcome) in enumerate([(200, "ok"), (422, "invalid"), (404, "not_found")])
     ] + [(None, 200, "ok")]
     expected = b"".join(
@@ -572,7 +577,7 @@ def test_batch_lines_equal_the_records_written_one_by_one(shared) -> None:
     ("item", "message"),
     [
         (("not-a-ref", 200, "ok"), "client_ref must be a client_ref"),
-        ((client_ref("c", KEY_A) + "\n", 200, "ok"), "client_ref must be a client_ref"),
+        ((client_ref("clinic-a", "c", KEY_A) + "\n", 200, "ok"), "client_ref must be a client_ref"),
         ((None, 99, "ok"), "status must be an HTTP status code"),
         ((None, True, "ok"), "status must be an HTTP status code"),
         ((None, 200, "fine"), "outcome is not one of"),

@@ -178,8 +178,9 @@ def test_caseload_pages_follow_the_cursor(
 def test_a_changed_or_foreign_cursor_is_a_plain_400(
     dash: TestClient, dev_key_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.dashboard import session, source
-    from service.store.caseload import CaseloadOrder, encode_order_cursor
+    from service.dashboard import source
+    from service.store.caseload import CaseloadOrder, encode_cursor
+    from service.store.deps import cursor_seal
 
     monkeypatch.setattr(source, "PAGE_ROWS", 1)
     _sign_in(dash, _token(dev_key_dir))
@@ -190,9 +191,8 @@ def test_a_changed_or_foreign_cursor_is_a_plain_400(
     assert cursor is not None
     good = cursor.group(1)
     assert dash.get(link.group(1).replace("&amp;", "&")).status_code == 200
-    seal = session.cursor_seal(dash.app.state.security.refs)  # type: ignore[attr-defined]
-    foreign = encode_order_cursor(seal, "clinic-other", CaseloadOrder("therapist", False),
-                                  "t-0", 1)  # fmt: skip
+    seal = cursor_seal(dash.app.state.security.refs)  # type: ignore[attr-defined]
+    foreign = encode_cursor(seal, "clinic-other", CaseloadOrder("therapist", False), "t-0", 1)
     tampered = good[:10] + ("A" if good[10] != "A" else "B") + good[11:]
     for bad in (tampered, foreign, good + "AA", "garbage"):
         answer = dash.get("/dashboard/", params={"sort": "therapist", "order": "asc",

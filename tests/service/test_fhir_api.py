@@ -290,7 +290,9 @@ def test_one_audit_line_per_request_and_patient(fhir_api: TestClient, registry: 
     assert [(r.action, r.status) for r in lines] == [("risk.fhir", 200), ("risk.fhir", 422)]
     key = AuditSettings(path=registry.root / "audit" / "audit.jsonl",
                         key_file=registry.root / "audit" / "audit.key").load_key()  # fmt: skip
-    assert lines[0].client_ref == client_ref(cid, key) and lines[0].clinic == TEST_CLINIC
+    assert (
+        lines[0].client_ref == client_ref(TEST_CLINIC, cid, key) and lines[0].clinic == TEST_CLINIC
+    )
     assert lines[0].request_id == ok.headers["x-request-id"]
     assert lines[1].client_ref is None and refused.status_code == 422
 

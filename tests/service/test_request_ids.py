@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.audit import AuditRecord, client_ref
+from service.audit import AuditRecord, client_ref, correlation_ref, unscoped_ref
 from service.audit_log import AuditSettings, records
 from service.logs import JsonFormatter
 from service.security import AUDITED, AUDITED_PREFIXES, UNROUTED
-from tests.service.conftest import MODEL_NAME, Registry
+from tests.service.conftest import MODEL_NAME, TEST_CLINIC, Registry
 from tests.service.helpers import request_for
 
 CHAMPION = f"models:/{MODEL_NAME}@champion"
@@ -69,9 +69,10 @@ def test_a_caller_s_request_id_is_a_correlation_ref_never_our_request_id(
     ours = [r.headers["x-request-id"] for r in answers]
     assert ours[0] != ours[1] and sent not in ours
     assert [r.request_id for r in new] == ours
-    # What an auditor holding the key computes, by hand and with the documented one-liner.
-    expected = hmac.new(_audit_key(registry), sent.encode(), hashlib.sha256).hexdigest()
-    assert expected == client_ref(sent, _audit_key(registry))
+    # What an auditor holding the key computes, by hand and with the documented function.
+    label = b"\xffalliance-risk correlation_ref v2\x00"
+    expected = hmac.new(_audit_key(registry), label + sent.encode(), hashlib.sha256).hexdigest()
+    assert expected == correlation_ref(sent, _audit_key(registry))
     assert [r.correlation_ref for r in new] == [expected, expected]
     assert [r.headers["x-correlation-id"] for r in answers] == [sent, sent]  # to the caller only
     assert all(r.json()["request_id"] == r.headers["x-request-id"] for r in answers)
@@ -101,8 +102,11 @@ def test_a_client_id_sent_as_x_request_id_is_in_no_audit_or_access_log_line(
     assert written.count(b"\n") == 6  # one per request, two for the batch of two, none for /livez
     assert planted.encode() not in written
     assert len(logged) == 6 and all(planted not in line for line in logged)
-    ref = client_ref(planted, _audit_key(registry))
+    key = _audit_key(registry)
+    ref = correlation_ref(planted, key)
     assert all(json.loads(line)["correlation_ref"] == ref for line in written.splitlines())
+    # Nor does the caller's ref equal the planted client's ref, scoped or of older records.
+    assert ref not in {client_ref(TEST_CLINIC, planted, key), unscoped_ref(planted, key)}
     assert all(ref in line for line in logged)
 
 
@@ -215,7 +219,7 @@ def test_the_access_log_line_carries_our_id_and_the_caller_s_ref_apart(
     with _access_lines() as logged:
         r = api.get("/v1/model", headers={"X-Request-ID": "caller-trace-0002"})
     (line,) = (json.loads(x) for x in logged)
-    ref = client_ref("caller-trace-0002", _audit_key(registry))
+    ref = correlation_ref("caller-trace-0002", _audit_key(registry))
     assert (line["request_id"], line["correlation_ref"]) == (r.headers["x-request-id"], ref)
     assert "correlation_id" not in line
 

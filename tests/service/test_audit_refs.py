@@ -1,0 +1,134 @@
+"""Audit client refs are keyed pseudonyms of (clinic, client): one clinic's ``C0001`` never shares
+another's ref, the same client gets the same ref on every edge, and the unscoped form of older
+records stays computable for auditors."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.audit import ClientRefs, client_ref, correlation_ref, unscoped_ref
+from service.audit_log import AuditSettings
+from tests.service.conftest import TEST_CLINIC, Registry, bearer
+from tests.service.test_clients_api import a_client, post_sessions, store_app
+
+KEY = bytes(range(32))
+OTHER_CLINIC = "clinic-other"
+HEX = set("0123456789abcdef")
+
+
+def test_the_same_client_id_in_two_clinics_gets_two_refs() -> None:
+    a, b = client_ref("clinic-a", "C0001", KEY), client_ref("clinic-b", "C0001", KEY)
+    assert a != b
+    for ref in (a, b):
+        assert len(ref) == 64 and set(ref) <= HEX
+        assert "C0001" not in ref and "clinic" not in ref
+    # Neither is the unscoped form older records hold.
+    assert unscoped_ref("C0001", KEY) not in (a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clinic=st.text(max_size=12), client=st.text(max_size=12),
+       other_clinic=st.text(max_size=12), other_client=st.text(max_size=12))  # fmt: skip
+def test_refs_are_equal_exactly_when_the_pairs_are(
+    clinic: str, client: str, other_clinic: str, other_client: str
+) -> None:
+    """The clinic is length-prefixed: ("ab", "c") and ("a", "bc") are two clients."""
+    refs = ClientRefs(KEY)
+    ref = client_ref(clinic, client, KEY)
+    assert ref == refs.client_ref(clinic, client) == refs.client_refs(clinic, [client])[0]
+    same = (clinic, client) == (other_clinic, other_client)
+    assert (ref == client_ref(other_clinic, other_client, KEY)) is same
+    # No client ref equals a correlation ref, an unscoped ref or a derived key.
+    value = clinic + client
+    assert ref not in {correlation_ref(value, KEY), unscoped_ref(value, KEY), refs.derive(value)}
+    assert ref != client_ref(clinic, client, bytes(range(1, 33)))
+
+
+def test_the_split_between_clinic_and_client_matters() -> None:
+    assert client_ref("ab", "c", KEY) != client_ref("a", "bc", KEY)
+    assert client_ref("", "ac", KEY) != client_ref("a", "c", KEY)
+
+
+def test_unscoped_ref_is_the_form_of_older_records() -> None:
+    """What records written before the scoping hold: the HMAC of the id alone."""
+    legacy = hmac.new(KEY, b"C0001", hashlib.sha256).hexdigest()
+    assert unscoped_ref("C0001", KEY) == legacy
+    assert correlation_ref("C0001", KEY) != legacy == ClientRefs(KEY).derive("C0001")
+
+
+def test_many_refs_of_one_clinic_equal_one_by_one() -> None:
+    refs = ClientRefs(KEY)
+    ids = [f"c-{i}" for i in range(20)]
+    assert refs.client_refs("clinic-a", ids) == [client_ref("clinic-a", c, KEY) for c in ids]
+    assert refs.correlation_ref("trace-1") == correlation_ref("trace-1", KEY)
+
+
+# -- through the service ----------------------------------------------------------------------
+
+
+def _records(registry: Registry, action: str) -> list[dict[str, Any]]:
+    text = (registry.root / "audit" / "audit.jsonl").read_text()
+    return [r for r in map(json.loads, text.splitlines()) if r["action"] == action]
+
+
+def _key(registry: Registry) -> bytes:
+    return AuditSettings(key_file=registry.root / "audit" / "audit.key").load_key()
+
+
+def test_the_same_client_gets_the_same_ref_on_every_edge_and_another_clinics_a_different_one(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path
+) -> None:
+    body = a_client(registry)
+    client_id = body["client_id"]
+    other = {**body, "clinic_id": OTHER_CLINIC}
+    theirs = bearer(dev_key_dir, clinic=OTHER_CLINIC)
+    with store_app(registry, dev_key_dir, f"sqlite:///{tmp_path / 'store.db'}") as api:
+        assert api.post("/v1/risk", json=body).status_code == 200
+        assert post_sessions(api, body, body["sessions"], first=True).status_code == 200
+        assert api.post("/v1/risk", json=other, headers=theirs).status_code == 200
+        # A probe at the other clinic's client is recorded under that client's ref.
+        assert api.post("/v1/risk", json=other).status_code == 404
+    reads = _records(registry, "risk.read")
+    [write] = _records(registry, "clients.sessions_write")
+    assert [(r["clinic"], r["status"]) for r in reads] == [
+        (TEST_CLINIC, 200),
+        (OTHER_CLINIC, 200),
+        (TEST_CLINIC, 404),
+    ]
+    assert reads[0]["client_ref"] == write["client_ref"] != reads[1]["client_ref"]
+    assert reads[2]["client_ref"] == reads[1]["client_ref"]
+    key = _key(registry)
+    ours, their = client_ref(TEST_CLINIC, client_id, key), client_ref(OTHER_CLINIC, client_id, key)
+    assert [(r["clinic"], r["status"], r["client_ref"]) for r in reads] == [
+        (TEST_CLINIC, 200, ours),
+        (OTHER_CLINIC, 200, their),
+        (TEST_CLINIC, 404, their),
+    ]
+    assert write["client_ref"] == ours != their
+    text = (registry.root / "audit" / "audit.jsonl").read_text()
+    assert client_id not in text and unscoped_ref(client_id, key) not in text
+
+
+@pytest.mark.parametrize("clinics", [(TEST_CLINIC, TEST_CLINIC), (TEST_CLINIC, OTHER_CLINIC)])
+def test_batch_items_are_scoped_by_their_clinic(
+    registry: Registry, dev_key_dir: Path, tmp_path: Path, clinics: tuple[str, str]
+) -> None:
+    body = a_client(registry)
+    items = [{**body, "clinic_id": clinic} for clinic in clinics]
+    with store_app(registry, dev_key_dir, f"sqlite:///{tmp_path / 'store.db'}") as api:
+        api.headers.update(bearer(dev_key_dir, scopes=("risk:batch",)))
+        assert api.post("/v1/risk/batch", json={"clients": items}).status_code == 200
+    key = _key(registry)
+    got = {(r["status"], r["client_ref"]) for r in _records(registry, "risk.batch")}
+    expected = {200: client_ref(TEST_CLINIC, body["client_id"], key),
+                404: client_ref(OTHER_CLINIC, body["client_id"], key)}  # fmt: skip
+    assert got == {(200 if c == TEST_CLINIC else 404, expected[200 if c == TEST_CLINIC else 404])
+                   for c in clinics}  # fmt: skip
