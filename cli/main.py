@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 from typer.models import DefaultPlaceholder
 
-from service import apikey_cli, token_cli
+from service import apikey_cli, audit_cli, token_cli
 from service import cli as service_cli
 from service.store import cli as store_cli
 from training import cli as training_cli
@@ -93,6 +93,7 @@ training_cli.register(app)
 service_cli.register(app)
 token_cli.register(app)
 apikey_cli.register(app)
+audit_cli.register(app)
 store_cli.register(app)
 
 

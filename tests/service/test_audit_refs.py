@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
-from service.audit import ClientRefs, client_ref, correlation_ref, unscoped_ref
+from cli.main import app
+from service.audit import ClientRefs, client_ref, correlation_ref, load_or_create_key, unscoped_ref
 from service.audit_log import AuditSettings
 from tests.service.conftest import TEST_CLINIC, Registry, bearer
 from tests.service.test_clients_api import a_client, post_sessions, store_app
@@ -113,6 +116,9 @@ def test_the_same_client_gets_the_same_ref_on_every_edge_and_another_clinics_a_d
         (TEST_CLINIC, 404, their),
     ]
     assert write["client_ref"] == ours != their
+    # What an auditor runs to find the client's lines.
+    env = {"ALLIANCE_RISK_AUDIT_KEY_FILE": str(registry.root / "audit" / "audit.key")}
+    assert _cli("--clinic", TEST_CLINIC, client_id, env=env).stdout == ours + "\n"
     text = (registry.root / "audit" / "audit.jsonl").read_text()
     assert client_id not in text and unscoped_ref(client_id, key) not in text
 
@@ -132,3 +138,41 @@ def test_batch_items_are_scoped_by_their_clinic(
                 404: client_ref(OTHER_CLINIC, body["client_id"], key)}  # fmt: skip
     assert got == {(200 if c == TEST_CLINIC else 404, expected[200 if c == TEST_CLINIC else 404])
                    for c in clinics}  # fmt: skip
+
+
+# -- the auditor's command --------------------------------------------------------------------
+
+
+def _cli(*args: str, env: dict[str, str], stdin: str | None = None) -> Result:
+    merged: dict[str, str | None] = {"ALLIANCE_RISK_AUDIT_KEY": None, "COLUMNS": "200", **env}
+    return CliRunner().invoke(app, ["audit", "ref", *args], env=merged, input=stdin)
+
+
+def test_audit_ref_prints_the_scoped_ref_and_the_older_forms(tmp_path: Path) -> None:
+    key_file = tmp_path / "audit.key"
+    key = load_or_create_key(key_file)
+    env = {"ALLIANCE_RISK_AUDIT_KEY_FILE": str(key_file)}
+    scoped = _cli("--clinic", "clinic-a", "C0001", env=env)
+    assert scoped.exit_code == 0, scoped.stderr
+    assert scoped.stdout == client_ref("clinic-a", "C0001", key) + "\n"
+    other = _cli("--clinic", "clinic-b", "C0001", env=env).stdout
+    assert other == client_ref("clinic-b", "C0001", key) + "\n" != scoped.stdout
+    assert _cli("--unscoped", "C0001", env=env).stdout == unscoped_ref("C0001", key) + "\n"
+    assert _cli("--correlation", "t-1", env=env).stdout == correlation_ref("t-1", key) + "\n"
+    many = _cli("--clinic", "clinic-a", "-", env=env, stdin="C0001\nC0002\n")
+    assert many.stdout.split() == [client_ref("clinic-a", c, key) for c in ("C0001", "C0002")]
+    assert "C0001" not in scoped.stderr + many.stdout + many.stderr
+
+
+def test_audit_ref_needs_one_form_and_an_existing_key(tmp_path: Path) -> None:
+    missing = tmp_path / "none.key"
+    env = {"ALLIANCE_RISK_AUDIT_KEY_FILE": str(missing)}
+    for args in (["C0001"], ["--clinic", "a", "--unscoped", "C0001"]):
+        refused = _cli(*args, env=env)
+        assert refused.exit_code == 2 and "exactly one of" in refused.stderr
+    no_key = _cli("--clinic", "a", "C0001", env=env)
+    assert no_key.exit_code == 2 and "no audit key" in no_key.stderr
+    assert not missing.exists() and "C0001" not in no_key.stderr
+    helped = CliRunner().invoke(app, ["audit", "ref", "--help"], env={"COLUMNS": "200"})
+    assert "--clinic" in helped.stdout and "clinic-local" in helped.stdout
+    assert "--unscoped" in helped.stdout
