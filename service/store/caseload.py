@@ -20,7 +20,7 @@ episode), at no offset scan's cost. A row whose key stays put while a clinician 
 exactly once. A row whose key changes in the meantime is listed where it is when the page
 holding it is read: twice if it was listed already and moves to a page not read yet, not at all
 if it moves from a page not read yet to one already read (as in any keyset paging; the first
-page again shows the caseload as it is now). Every order's cursor is sealed (AES-256-GCM, the
+page again shows the caseload as it is now). Every order's cursor is sealed (AES-256-SIV, the
 clinic as associated data: :class:`~service.store.cursors.CursorSeal`, :func:`encode_cursor`):
 its key (a probability, a therapist id, a client id, an appointment date) and the row's id are
 never readable in a URL, and a changed cursor, one of another order, or one issued to another

@@ -1,4 +1,4 @@
-"""The opaque page cursors of the store's keyset pages, sealed with AES-256-GCM
+"""The opaque page cursors of the store's keyset pages, sealed with AES-256-SIV
 (:class:`CursorSeal`): the caseload's (every order, the JSON endpoint's and the dashboard's) and
 a client's risk history.
 
@@ -9,10 +9,10 @@ authenticated under a key of the service, with the clinic as associated data: no
 it, and a cursor changed by one bit, sealed under another key (a rotated audit key) or issued to
 another clinic does not open (:class:`BadCursor`, whose message names no value of it).
 
-The nonce is synthetic (an HMAC of the clinic and the plaintext, the SIV construction of
-Rogaway and Shrimpton 2006): the same position of the same clinic seals to the same cursor, so
-a page's body, and the strong ETag that stands for it, do not change from one render to the
-next; two different positions get different nonces (a collision is a 96-bit accident).
+AES-SIV (RFC 5297, ``cryptography``'s ``AESSIV``) is deterministic authenticated encryption:
+the same position of the same clinic seals to the same cursor, so a page's body, and the strong
+ETag that stands for it, do not change from one render to the next, without a nonce to derive
+or store. What it gives away by design: two equal cursors are seen to be equal.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
-#: Bytes of the AES-GCM nonce written at the start of a sealed cursor (NIST SP 800-38D).
-NONCE_BYTES = 12
-_AAD = b"alliance-risk cursor v1\x00"
-#: Labels the encryption and the nonce keys are derived under (one key, one job).
-_ENCRYPTION_LABEL = b"alliance-risk cursor encryption key"
-_NONCE_LABEL = b"alliance-risk cursor nonce key"
+#: Bytes of the synthetic IV (the authentication tag) at the start of a sealed cursor.
+TAG_BYTES = 16
+_AAD = b"alliance-risk cursor v2\x00"
+#: Label the AES-256-SIV key (512 bits: a MAC key and an encryption key) is derived under.
+_SIV_LABEL = b"alliance-risk cursor AES-SIV key"
 
 
 class BadCursor(ValueError):
@@ -40,49 +39,43 @@ class BadCursor(ValueError):
 
 
 class CursorSeal:
-    """Seals cursors with AES-256-GCM under one key, bound to a clinic.
+    """Seals cursors with AES-256-SIV under one key, bound to a clinic.
 
     ``key`` is 32 bytes that every worker of the service shares (derived from the audit key:
-    :func:`service.store.deps.cursor_seal`); the encryption key and the nonce key are HMACs of
-    fixed labels under it.
+    :func:`service.store.deps.cursor_seal`); the SIV key is an HMAC-SHA512 of a fixed label
+    under it.
     """
 
-    __slots__ = ("_aead", "_nonce_mac")
+    __slots__ = ("_siv",)
 
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("a cursor key is 32 bytes")
-        self._aead = AESGCM(hmac.digest(key, _ENCRYPTION_LABEL, hashlib.sha256))
-        self._nonce_mac = hmac.new(hmac.digest(key, _NONCE_LABEL, hashlib.sha256), None, "sha256")
+        self._siv = AESSIV(hmac.digest(key, _SIV_LABEL, hashlib.sha512))
 
     def __repr__(self) -> str:
         return "CursorSeal(key=<hidden>)"
 
     def seal(self, key: list[Any], clinic_id: str) -> str:
         """``key`` as JSON, encrypted and authenticated for ``clinic_id``, in URL-safe base64."""
-        plain, aad = orjson.dumps(key), _aad(clinic_id)
-        mac = self._nonce_mac.copy()
-        mac.update(len(aad).to_bytes(8, "big") + aad + plain)  # length-prefixed: unambiguous
-        nonce = mac.digest()[:NONCE_BYTES]
-        return _b64(nonce + self._aead.encrypt(nonce, plain, aad))
+        return _b64(self._siv.encrypt(orjson.dumps(key), [_aad(clinic_id)]))
 
     def open(self, cursor: str, clinic_id: str) -> Any:
         """The JSON value of :meth:`seal` for this clinic; :class:`BadCursor` for a cursor that
         was changed, sealed under another key or for another clinic, or is not one at all."""
         raw = _unb64(cursor)
-        if len(raw) <= NONCE_BYTES:
+        if len(raw) <= TAG_BYTES:
             raise BadCursor("not a cursor this service issued")
         try:
-            plain = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(clinic_id))
-            return orjson.loads(plain)
+            return orjson.loads(self._siv.decrypt(raw, [_aad(clinic_id)]))
         except (InvalidTag, orjson.JSONDecodeError):
             raise BadCursor("not a cursor this service issued") from None
 
 
 def sealed_length(plain_bytes: int) -> int:
-    """Characters of a sealed cursor whose JSON is ``plain_bytes`` long (nonce and 16-byte tag
-    added, base64 without padding)."""
-    return -(-(NONCE_BYTES + plain_bytes + 16) * 4 // 3)
+    """Characters of a sealed cursor whose JSON is ``plain_bytes`` long (the 16-byte synthetic
+    IV added, base64 without padding)."""
+    return -(-(TAG_BYTES + plain_bytes) * 4 // 3)
 
 
 def _aad(clinic_id: str) -> bytes:

@@ -27,7 +27,7 @@ ClientStoreDep = Annotated[Store, Depends(get_client_store)]
 
 
 def cursor_seal(refs: ClientRefs) -> CursorSeal:
-    """The page cursors' AES-256-GCM seal, keyed by an HMAC-SHA256 of a fixed label under the
+    """The page cursors' AES-256-SIV seal, keyed by an HMAC-SHA256 of a fixed label under the
     audit key: the one secret every worker of a ``serve`` (and every host behind one store)
     loads the same, so a cursor issued by one worker opens in another. Rotating the audit key
     ends every cursor issued before (the caller starts again from the first page)."""

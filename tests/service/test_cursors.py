@@ -45,13 +45,14 @@ def test_a_sealed_cursor_opens_for_its_clinic_and_key_only() -> None:
 
 
 def test_the_same_position_seals_alike_and_others_do_not() -> None:
-    # The nonce is synthetic (SIV): a page's body, and its strong ETag, stay the same.
+    # AES-SIV is deterministic: a page's body, and its strong ETag, stay the same.
     assert SEAL.seal(["o", 0, 1, 0.5, 3], "a") == SEAL.seal(["o", 0, 1, 0.5, 3], "a")
     cursors = {SEAL.seal(["o", 0, 1, 0.5, i], "a") for i in range(1, 200)}
     cursors |= {SEAL.seal(["o", 0, 1, 0.5, 3], c) for c in ("b", "a\x00", "")}
     assert len(cursors) == 199 + 3
-    nonces = {base64.urlsafe_b64decode(c + "=" * (-len(c) % 4))[:12] for c in cursors}
-    assert len(nonces) == len(cursors)
+    # Each carries its own synthetic IV (the first 16 bytes).
+    ivs = {base64.urlsafe_b64decode(c + "=" * (-len(c) % 4))[:16] for c in cursors}
+    assert len(ivs) == len(cursors)
 
 
 def test_a_cursor_of_plain_json_does_not_open() -> None:
