@@ -9,9 +9,11 @@ import hmac
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from click.testing import Result
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -21,6 +23,7 @@ from service.audit import ClientRefs, client_ref, correlation_ref, load_or_creat
 from service.audit_log import AuditSettings
 from tests.service.conftest import TEST_CLINIC, Registry, bearer
 from tests.service.test_clients_api import a_client, post_sessions, store_app
+from tests.service.test_dashboard_app import _sign_in, _token, dash  # noqa: F401 (shared fixture)
 
 KEY = bytes(range(32))
 OTHER_CLINIC = "clinic-other"
@@ -176,3 +179,26 @@ def test_audit_ref_needs_one_form_and_an_existing_key(tmp_path: Path) -> None:
     helped = CliRunner().invoke(app, ["audit", "ref", "--help"], env={"COLUMNS": "200"})
     assert "--clinic" in helped.stdout and "clinic-local" in helped.stdout
     assert "--unscoped" in helped.stdout
+
+
+# -- derived keys -----------------------------------------------------------------------------
+
+
+def test_no_client_id_turns_a_derived_key_into_an_audit_ref(
+    dash: TestClient,  # noqa: F811
+    dev_key_dir: Path,
+) -> None:
+    """The dashboard's cookie-signing key is the HMAC of a fixed label under the audit key, the
+    form client refs had before the scoping: a client id equal to the label wrote the signing key
+    into the audit file, and whoever read the file could forge a session."""
+    from service.dashboard import session as sessions
+
+    label = sessions._KEY_LABEL
+    assert _sign_in(dash, _token(dev_key_dir)).status_code == 303
+    answer = dash.get("/dashboard/clients/" + quote(label, safe=""))
+    assert answer.status_code == 404
+    refs = dash.app.state.security.refs  # type: ignore[attr-defined]
+    text = dash.audit.read_text()  # type: ignore[attr-defined]
+    [record] = [r for r in map(json.loads, text.splitlines()) if r["action"] == "dashboard.client"]
+    assert record["client_ref"] == refs.client_ref(TEST_CLINIC, label)
+    assert refs.derive(label) not in text
