@@ -76,7 +76,7 @@ def upgrade(
     url: UrlOption = None,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
-    """Migrate the store up to ``revision`` (default: the newest)."""
+    """Migrate the store up to --revision (default: the newest)."""
     _run(url, "upgrade", revision)
 
 
@@ -95,8 +95,8 @@ def downgrade(
         typer.Option("--yes", help="Do not ask: drop what newer revisions added (scripts)."),
     ] = False,
 ) -> None:
-    """Migrate the store down to ``revision``: rolls a release back, deleting what newer
-    revisions added (``base`` drops every table and its data). Asks first unless ``--yes``;
+    """Migrate the store down to REVISION: rolls a release back, deleting what newer
+    revisions added (base drops every table and its data). Asks first unless --yes;
     without a terminal to ask on, refuses."""
     if not yes:
         where = escape(_where(_store_url(url)))

@@ -14,7 +14,8 @@ from tests.training.test_io import write
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
 COMMANDS = ["simulate", "validate", "train", "evaluate", "score", "promote", "monitor", "serve", "token",
-            "apikey", "apikey create", "apikey list"]  # fmt: skip
+            "apikey", "apikey create", "apikey list", "db", "db upgrade", "db current",
+            "db downgrade", "db rescore", "audit", "audit ref"]  # fmt: skip
 
 
 def test_version_prints_the_installed_package_version() -> None:
@@ -38,6 +39,8 @@ def test_flags_show_no_value_placeholder(command: str) -> None:
     assert result.exit_code == 0, result.output
     assert "--help" in result.output
     assert "<bool>" not in result.output
+    # Docstrings are the help text: no reStructuredText markup reaches the terminal.
+    assert "``" not in result.output and ":func:" not in result.output
 
 
 def test_options_that_take_values_keep_their_placeholder() -> None:

@@ -52,8 +52,8 @@ def evaluate(
 
     The metrics are weighted by inverse probability of censoring, from the follow-up of every
     client in the file (ongoing ones included), unless the model was trained with
-    ``--censoring exclude``; ``effective_n`` (Kish) and ``weight_max`` say how much the
-    weights stretch the labelled rows. Logged as ``evaluation_*`` metrics.
+    --censoring exclude; effective_n (Kish) and weight_max say how much the
+    weights stretch the labelled rows. Logged as evaluation_* metrics.
 
     Produces the same report as training (overall, per landmark, per subgroup, calibration,
     ROC and PR plots, the decision curve with the alert rule; titled with the sessions file's
