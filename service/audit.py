@@ -24,7 +24,12 @@ is a fixed label, then the clinic length-prefixed, then the client id (:func:`cl
 correlation ref's has a label of its own (:func:`correlation_ref`). Both labels start with the
 byte 0xFF, which UTF-8 never holds, so neither can equal the input of the unscoped form that
 records written before client refs were scoped hold (the HMAC of the client id alone,
-:func:`unscoped_ref`, kept for searching those records).
+:func:`unscoped_ref`, kept for searching those records). The keys the service derives from the
+audit key (the dashboard's cookie signer, the page cursors' seal: :meth:`ClientRefs.derive`)
+start with 0xFE, which neither UTF-8 nor a ref label starts with, so no ref, old or new, is a
+derived key. Before this version a derived key was the HMAC of its label alone, the unscoped
+form: a client id equal to a label wrote the key into the file as that record's ref. Those keys
+are retired (the inputs changed); such a line in an old file matches no key in use.
 
 The file the records go to, and the settings that locate it and the key, are in
 :mod:`service.audit_log`.
@@ -303,6 +308,9 @@ def _check_per_client(ref: object, status: object, outcome: object) -> None:
 #: prefix of the other.
 _CLIENT_LABEL = b"\xffalliance-risk client_ref v2\x00"
 _CORRELATION_LABEL = b"\xffalliance-risk correlation_ref v2\x00"
+#: Leading bytes of a derived key's HMAC input (:meth:`ClientRefs.derive`). 0xFE: neither UTF-8
+#: (the unscoped refs) nor the ref labels above (0xFF) start with it.
+_DERIVE_LABEL = b"\xfealliance-risk derive v2\x00"
 
 
 def _check_key(key: bytes) -> None:
@@ -327,29 +335,28 @@ def client_ref(clinic_id: str, client_id: str, key: bytes) -> str:
     recorded under that client's ref, never under the caller's own client of the same id). An
     auditor finds a client's lines with ``client_ref(clinic, client, AuditSettings().load_key())``.
     """
-    _check_key(key)
-    message = _clinic_part(clinic_id) + client_id.encode("utf-8")
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return ClientRefs(key).client_ref(clinic_id, client_id)
 
 
 def correlation_ref(value: str, key: bytes) -> str:
     """A record's ``correlation_ref``: HMAC-SHA256 under ``key`` of the correlation label and the
     caller's UTF-8 ``X-Request-ID``, 64 hex digits. It has no clinic (it is taken before the
     caller is authenticated) and a label of its own, so it never equals a client's ref."""
-    _check_key(key)
-    return hmac.new(key, _CORRELATION_LABEL + value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return ClientRefs(key).correlation_ref(value)
 
 
 def unscoped_ref(value: str, key: bytes) -> str:
     """HMAC-SHA256 of the UTF-8 ``value`` alone: the ``client_ref`` and ``correlation_ref`` of
     records written before refs were scoped by clinic (alliance-risk 0.x before this change), for
     an auditor searching those records. Never written into new records."""
-    _check_key(key)
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return ClientRefs(key).unscoped_ref(value)
 
 
 class ClientRefs:
-    """The refs under one key; ``repr`` never shows the key."""
+    """The refs under one key, and the keys derived from it; ``repr`` never shows the key.
+
+    Every ref form and the derivation are computed here (the module's functions call these).
+    """
 
     __slots__ = ("_key", "_mac")
 
@@ -359,38 +366,44 @@ class ClientRefs:
         # Keyed once; each reference copies it (~1 us less than keying per id).
         self._mac = hmac.new(self._key, digestmod=hashlib.sha256)
 
+    def _hex(self, mac: hmac.HMAC, value: str) -> str:
+        """``mac`` (a copy of this key's, holding a prefix) finished with the UTF-8 ``value``."""
+        mac.update(value.encode("utf-8"))
+        return mac.hexdigest()
+
+    def _prefixed(self, prefix: bytes) -> hmac.HMAC:
+        mac = self._mac.copy()
+        mac.update(prefix)
+        return mac
+
     def client_ref(self, clinic_id: str, client_id: str) -> str:
         """:func:`client_ref` under this key."""
-        mac = self._mac.copy()
-        mac.update(_clinic_part(clinic_id))
-        mac.update(client_id.encode("utf-8"))
-        return mac.hexdigest()
+        return self._hex(self._prefixed(_clinic_part(clinic_id)), client_id)
 
     def client_refs(self, clinic_id: str, client_ids: Iterable[str]) -> list[str]:
         """:meth:`client_ref` of many clients of one clinic (its part is hashed once)."""
-        scoped = self._mac.copy()
-        scoped.update(_clinic_part(clinic_id))
-        refs = []
-        for client_id in client_ids:
-            mac = scoped.copy()
-            mac.update(client_id.encode("utf-8"))
-            refs.append(mac.hexdigest())
-        return refs
+        scoped = self._prefixed(_clinic_part(clinic_id))
+        return [self._hex(scoped.copy(), client_id) for client_id in client_ids]
 
     def correlation_ref(self, value: str) -> str:
         """:func:`correlation_ref` under this key."""
-        mac = self._mac.copy()
-        mac.update(_CORRELATION_LABEL + value.encode("utf-8"))
-        return mac.hexdigest()
+        return self._hex(self._prefixed(_CORRELATION_LABEL), value)
+
+    def unscoped_ref(self, value: str) -> str:
+        """:func:`unscoped_ref` under this key."""
+        return self._hex(self._mac.copy(), value)
 
     def derive(self, label: str) -> str:
-        """HMAC-SHA256 of a fixed ``label``, hex: the keys the dashboard derives from the audit
-        key (cookie signer, cursor seal; unchanged by the scoping of client refs). The input
-        form of :func:`unscoped_ref`: a record written before refs were scoped could hold such a
-        key as a client's ref (a client id equal to a label); no record written now can."""
-        mac = self._mac.copy()
-        mac.update(label.encode("utf-8"))
-        return mac.hexdigest()
+        """A key derived from the audit key for one job, named by a fixed ``label`` (the
+        dashboard's cookie signer, the page cursors' seal): HMAC-SHA256 of the derivation
+        prefix (0xFE, then a fixed text) and the UTF-8 ``label``, 64 hex digits.
+
+        Its own domain: no ref of any form, old (:func:`unscoped_ref`) or new, has an input that
+        starts with 0xFE, so no audit record's ref is a derived key, whatever id a caller sends.
+        Before this version it was the HMAC of the label alone, which an old audit file can hold
+        as a ref; the prefix retired those keys (everyone signed out once at the upgrade).
+        """
+        return self._hex(self._prefixed(_DERIVE_LABEL), label)
 
     def __repr__(self) -> str:
         return "ClientRefs(key=<hidden>)"

@@ -8,9 +8,10 @@ against ``/v1``. It is ``HttpOnly`` (no script reads it), ``Secure`` (sent over 
 browsers treat ``http://localhost`` and ``127.0.0.1`` as secure too) and ``SameSite=Strict``
 (no other site's page can make the browser send it).
 
-The signing key is derived from the audit key (an HMAC of a fixed label under it), so every
-worker of one ``serve`` and every restart agree on it, and no new secret needs configuring;
-rotating the audit key signs everyone out. The sealed page cursors are keyed the same way,
+The signing key is derived from the audit key (an HMAC of a fixed label under it, in a domain
+no audit ref has: :meth:`~service.audit.ClientRefs.derive`), so every worker of one ``serve`` and
+every restart agree on it, and no new secret needs configuring; rotating the audit key signs
+everyone out, and so did the upgrade that gave the derivation its domain. The sealed page cursors are keyed the same way,
 under another label (:func:`service.store.deps.cursor_seal`).
 
 Revocation: a cookie is refused before its expiry when its session was signed out (the

@@ -16,11 +16,16 @@ from click.testing import Result
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from itsdangerous import URLSafeTimedSerializer
 from typer.testing import CliRunner
 
 from cli.main import app
 from service.audit import ClientRefs, client_ref, correlation_ref, load_or_create_key, unscoped_ref
 from service.audit_log import AuditSettings
+from service.auth import Principal
+from service.dashboard import session as sessions
+from service.store import deps
+from service.store.cursors import BadCursor, CursorSeal
 from tests.service.conftest import TEST_CLINIC, Registry, bearer
 from tests.service.test_clients_api import a_client, post_sessions, store_app
 from tests.service.test_dashboard_app import _sign_in, _token, dash  # noqa: F401 (shared fixture)
@@ -67,7 +72,7 @@ def test_unscoped_ref_is_the_form_of_older_records() -> None:
     """What records written before the scoping hold: the HMAC of the id alone."""
     legacy = hmac.new(KEY, b"C0001", hashlib.sha256).hexdigest()
     assert unscoped_ref("C0001", KEY) == legacy
-    assert correlation_ref("C0001", KEY) != legacy == ClientRefs(KEY).derive("C0001")
+    assert correlation_ref("C0001", KEY) != legacy != ClientRefs(KEY).derive("C0001")
 
 
 def test_many_refs_of_one_clinic_equal_one_by_one() -> None:
@@ -191,8 +196,6 @@ def test_no_client_id_turns_a_derived_key_into_an_audit_ref(
     """The dashboard's cookie-signing key is the HMAC of a fixed label under the audit key, the
     form client refs had before the scoping: a client id equal to the label wrote the signing key
     into the audit file, and whoever read the file could forge a session."""
-    from service.dashboard import session as sessions
-
     label = sessions._KEY_LABEL
     assert _sign_in(dash, _token(dev_key_dir)).status_code == 303
     answer = dash.get("/dashboard/clients/" + quote(label, safe=""))
@@ -202,3 +205,45 @@ def test_no_client_id_turns_a_derived_key_into_an_audit_ref(
     [record] = [r for r in map(json.loads, text.splitlines()) if r["action"] == "dashboard.client"]
     assert record["client_ref"] == refs.client_ref(TEST_CLINIC, label)
     assert refs.derive(label) not in text
+
+
+#: HMAC-SHA256 under KEY of each derivation label alone: the dashboard's signing key and the
+#: cursor key before derive() had a domain of its own (up to 7a97c8e), equal to the unscoped
+#: client_ref of a client id equal to the label, which an old audit file can hold.
+PRE_UPGRADE_SIGNING_KEY = "4e42f0074e22a0c265334159837641149d82a002a27bc584e5511a8750264fb8"
+PRE_UPGRADE_CURSOR_KEY = "33c6eb908763541951efda9502bd38cf882f46b6fb55155405af99fb6db791f9"
+
+
+@settings(max_examples=200, deadline=None)
+@given(label=st.text(max_size=24), cut=st.integers(0, 24))
+def test_a_derived_key_is_no_ref_of_any_form(label: str, cut: int) -> None:
+    """No id, X-Request-ID or (clinic, client) pair a caller sends makes a record's ref equal a
+    key derived from the same text."""
+    refs = ClientRefs(KEY)
+    derived = refs.derive(label)
+    clinic, client = label[:cut], label[cut:]
+    assert derived not in {
+        unscoped_ref(label, KEY),
+        correlation_ref(label, KEY),
+        refs.correlation_ref(label),
+        client_ref(clinic, client, KEY),
+        refs.client_ref(clinic, client),
+    }
+    assert len(derived) == 64 and set(derived) <= HEX
+
+
+def test_the_upgrade_retires_the_keys_an_old_audit_file_can_hold() -> None:
+    """An old file's line holding the pre-upgrade signing key forges no session now, and a cursor
+    sealed under the pre-upgrade cursor key opens no page."""
+    refs = ClientRefs(KEY)
+    for label, old in ((sessions._KEY_LABEL, PRE_UPGRADE_SIGNING_KEY),
+                       (deps._CURSOR_KEY_LABEL, PRE_UPGRADE_CURSOR_KEY)):  # fmt: skip
+        assert unscoped_ref(label, KEY) == old != refs.derive(label)
+    principal = Principal("user-1", "clinic-a", frozenset({"clients:read"}), "jti-1", "dev", "iss")
+    old_signer = URLSafeTimedSerializer(PRE_UPGRADE_SIGNING_KEY, salt=sessions._SALT)
+    forged = sessions.dump(sessions.new_session(principal), old_signer)
+    assert sessions.load(forged, old_signer) is not None
+    assert sessions.load(forged, sessions.signer(refs)) is None
+    old_cursor = CursorSeal(bytes.fromhex(PRE_UPGRADE_CURSOR_KEY)).seal(["t-0", 1], "clinic-a")
+    with pytest.raises(BadCursor, match="not a cursor"):
+        deps.cursor_seal(refs).open(old_cursor, "clinic-a")
