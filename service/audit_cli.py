@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from service.audit import AuditError, ClientRefs, unscoped_ref
+from service.audit import AuditError, ClientRefs
 from service.audit_log import AuditSettings
 
 audit_app = typer.Typer(
@@ -56,20 +56,20 @@ def ref(
                       "not exist (set ALLIANCE_RISK_AUDIT_KEY or ALLIANCE_RISK_AUDIT_KEY_FILE)")  # fmt: skip
         raise typer.Exit(2)
     try:
-        key = settings.load_key()
-        refs = ClientRefs(key)
+        refs = ClientRefs(settings.load_key())
     except (AuditError, OSError) as exc:
         console.print(f"[bold red]Error[/]: audit key: {escape(type(exc).__name__)}: "
                       f"{escape(str(exc))}")  # fmt: skip
         raise typer.Exit(2) from None
     ids = [line.rstrip("\r\n") for line in sys.stdin] if value == "-" else [value]
-    for one in ids:
-        if clinic is not None:
-            typer.echo(refs.client_ref(clinic, one))
-        elif correlation:
-            typer.echo(refs.correlation_ref(one))
-        else:
-            typer.echo(unscoped_ref(one, key))
+    if clinic is not None:
+        lines = refs.client_refs(clinic, ids)
+    else:
+        lines = [
+            refs.correlation_ref(one) if correlation else refs.unscoped_ref(one) for one in ids
+        ]
+    for line in lines:
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:
