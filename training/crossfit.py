@@ -61,8 +61,10 @@ class CrossFit:
     margin: np.ndarray
     #: The booster refitted on every development row: the one that is served.
     booster: xgb.Booster
-    #: Shift added to each fold's margins (rows: landmark, columns: fold); empty when no
-    #: reference was given.
+    #: The fold models, in fold order.
+    fold_boosters: list[xgb.Booster]
+    #: Shift added to each fold's margins, one row per (landmark, fold) with its standard error
+    #: and the reference rows behind it (:func:`align_folds`); empty without a reference.
     shift: pd.DataFrame
 
 
@@ -146,7 +148,7 @@ def cross_fit(
         fold_of[held_out] = k
     booster = _train(params, X, y, weight, n_trees, feature_names)
     if reference is None:
-        return CrossFit(oof, booster, pd.DataFrame())
+        return CrossFit(oof, booster, boosters, pd.DataFrame())
     aligned, shift = align_folds(
         oof,
         fold_of,
@@ -157,7 +159,7 @@ def cross_fit(
         reference_weight=reference_weight,
         landmark_column=landmark_column,
     )
-    return CrossFit(aligned, booster, shift)
+    return CrossFit(aligned, booster, boosters, shift)
 
 
 def align_folds(
@@ -178,6 +180,7 @@ def align_folds(
     none of them saw); at each landmark ``j`` of the out-of-fold rows the (weighted) mean of
     ``served - fold k`` over the reference rows at ``j`` (widened to ``j ± 1``, ``j ± 2``, ...
     until they are ``min_rows``) is added to fold ``k``'s rows at ``j``. Both engines call this.
+    Without reference rows the margins are returned as they are (and an empty table).
 
     Parameters
     ----------
@@ -202,42 +205,71 @@ def align_folds(
 
     Returns
     -------
-    (aligned, shift)
-        The moved margins, and the shifts (rows: landmark, columns: fold).
+    (aligned, table)
+        The moved margins, and one row per (landmark, fold): ``shift``, its standard error
+        ``se`` (of the weighted mean of the paired differences) and the reference ``rows``
+        and landmark range (``from``, ``to``) it was measured on.
+
+    Raises
+    ------
+    ValueError
+        A landmark of the out-of-fold rows is missing while the model has one, or a shift
+        cannot be measured (no reference row with weight).
     """
+    table = pd.DataFrame(columns=["landmark", "fold", "shift", "se", "rows", "from", "to"])
     if reference.shape[0] == 0:
-        raise ValueError("aligning the fold models needs reference rows that none of them saw")
+        return np.asarray(oof, dtype=np.float64), table
     served = margin(booster, reference)
     gap = np.stack([served - margin(b, reference) for b in boosters])  # (n_folds, n_ref)
     w = np.ones(served.size) if reference_weight is None else np.asarray(reference_weight, float)
     pooled = landmark is None or landmark_column is None or np.isnan(landmark).all()
     at = np.zeros(oof.size) if pooled else np.asarray(landmark, dtype=np.float64)
     ref_at = np.zeros(served.size) if pooled else reference[:, landmark_column].astype(float)
+    if not np.isfinite(at).all():
+        raise ValueError("out-of-fold rows without a landmark cannot be aligned")
+    usable = np.isfinite(ref_at) & (w > 0)
+    if not usable.any():
+        raise ValueError("aligning the fold models needs reference rows with a landmark")
     values = np.unique(at)
     shift = np.empty((values.size, len(boosters)))
+    rows = []
     for i, value in enumerate(values):
-        distance = np.abs(ref_at - value)
-        # The smallest window around this landmark holding min_rows reference rows.
-        reach = np.sort(distance)[min(min_rows, distance.size) - 1]
+        distance = np.where(usable, np.abs(ref_at - value), np.inf)
+        # The smallest window around this landmark holding min_rows usable reference rows.
+        reach = np.sort(distance)[min(min_rows, int(usable.sum())) - 1]
         near = distance <= reach
-        shift[i] = gap[:, near] @ w[near] / w[near].sum()
-    table = pd.DataFrame(shift, index=pd.Index(values, name="landmark"),
-                         columns=pd.RangeIndex(len(boosters), name="fold"))  # fmt: skip
+        ww = w[near] / w[near].sum()
+        shift[i] = gap[:, near] @ ww
+        # SE of a weighted mean of paired differences (rows as independent: a slight
+        # understatement, since a client's landmark rows are correlated).
+        se = np.sqrt(((gap[:, near] - shift[i][:, None]) ** 2) @ (ww**2))
+        span = (float(ref_at[near].min()), float(ref_at[near].max()))
+        rows += [(value, k, shift[i, k], se[k], int(near.sum()), *span) for k in range(len(se))]
+    table = pd.DataFrame(rows, columns=table.columns)
     aligned = oof + shift[np.searchsorted(values, at), np.asarray(fold, dtype=np.int64)]
     return aligned, table
 
 
-def alignment_text(shift: pd.DataFrame) -> str:
+def alignment_text(table: pd.DataFrame) -> str:
     """One line for the model card: how far the fold models were moved (:func:`align_folds`)."""
-    if shift.empty:
+    if table.empty:
         return "out-of-fold margins used as the fold models gave them (no reference rows)"
-    values = shift.to_numpy()
-    pooled = shift.index.size == 1
+    whole = (
+        (table["rows"] == table["rows"].max())
+        & (table["from"] == table["from"].min())
+        & (table["to"] == table["to"].max())
+    ).all()
+    if table["landmark"].nunique() == 1:
+        how = " (one pooled shift per fold)"
+    elif whole:
+        how = " (one pooled shift per fold: too few calibration rows to tell landmarks apart)"
+    else:
+        how = f" at each landmark (each over at least {int(table['rows'].min()):,} rows)"
     return (
-        f"out-of-fold margins of {shift.columns.size} fold models moved to the served "
-        f"booster's level on the calibration clients"
-        + (" (one pooled shift per fold)" if pooled else " at each landmark")
-        + f": shifts {values.min():+.3f} to {values.max():+.3f} log-odds"
+        f"out-of-fold margins of {table['fold'].nunique()} fold models moved to the served "
+        f"booster's level on the calibration clients{how}: shifts "
+        f"{table['shift'].min():+.3f} to {table['shift'].max():+.3f} log-odds "
+        f"(largest standard error {table['se'].max():.3f})"
     )
 
 

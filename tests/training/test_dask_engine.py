@@ -433,3 +433,27 @@ def test_the_censoring_weights_reach_the_distributed_rows(client, censored) -> N
         _, _, w, _ = matrix["train"]
         np.testing.assert_array_equal(w.to_numpy(), weights.of(frame[CLIENT_ID].to_numpy()))
         assert (w > 1).any()
+
+
+def test_the_gathered_out_of_fold_rows_carry_the_fold_whose_model_gave_them(client, data) -> None:
+    """cross_fit_dask: each gathered row's fold is its client's (client_folds), and its
+    margin is that fold model's on the row's features, so align_folds adds each row its own
+    fold's shift."""
+    from models.booster import margin
+    from training.crossfit import client_folds
+    from training.dask_engine.train import FIT_SPLITS
+
+    fitted = de.fit_dask(client, data["sessions"], data["clients"], config=TINY, npartitions=5)
+    frames = [fitted.frames[s] for s in FIT_SPLITS]
+    ids = fitted.all_clients[CLIENT_ID].to_numpy(dtype=object)
+    oof = de.cross_fit_dask(client, frames, ids, fitted.fit, weighted=False, landmark=None,
+                            n_folds=5, seed=TINY.seed)  # fmt: skip
+    want = client_folds(np.unique(oof.client_id), n_folds=5, seed=TINY.seed)
+    np.testing.assert_array_equal(oof.fold, want.reindex(oof.client_id).to_numpy())
+    # Below the cap every development row is gathered, in the frames' partition order.
+    X = pd.concat([f.X.compute() for f in frames]).to_numpy()
+    assert X.shape[0] == oof.margin.size
+    for k, booster in enumerate(oof.fold_boosters):
+        rows = oof.fold == k
+        assert rows.sum() > 0
+        np.testing.assert_allclose(oof.margin[rows], margin(booster, X[rows]), atol=1e-6)
