@@ -247,3 +247,51 @@ def test_the_upgrade_retires_the_keys_an_old_audit_file_can_hold() -> None:
     old_cursor = CursorSeal(bytes.fromhex(PRE_UPGRADE_CURSOR_KEY)).seal(["t-0", 1], "clinic-a")
     with pytest.raises(BadCursor, match="not a cursor"):
         deps.cursor_seal(refs).open(old_cursor, "clinic-a")
+
+
+# -- CDS Hooks --------------------------------------------------------------------------------
+
+
+def test_a_cds_hook_call_is_recorded_under_the_issuers_clinic(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """What docs/cds-hooks.md says: the ref is of (the clinic the EHR issuer is registered for,
+    context.patientId), whatever the answer, also for a patient the issuer's organization map
+    gives to another clinic (404)."""
+    from tests.service.test_cds_support import (
+        PATIENT_VIEW,
+        auth_header,
+        cds_app,
+        cds_token,
+        client_resources,
+        ehr_key,
+        hook_body,
+    )
+
+    key = ehr_key()
+    cid = str(registry.cohort.clients["client_id"].iloc[0])
+
+    def call(cds: TestClient, body: dict[str, Any]) -> int:
+        headers = auth_header(cds_token(key, PATIENT_VIEW))
+        return cds.post(f"/cds-services/{PATIENT_VIEW}", json=body, headers=headers).status_code
+
+    def body_of(cds: TestClient) -> dict[str, Any]:
+        profile = cds.app.state.store.current.scorer.profile  # type: ignore[attr-defined]
+        return hook_body(client_resources(registry, cid, profile))
+
+    def hooks(root: Path) -> list[tuple[int, str, bool]]:
+        ref = client_ref(TEST_CLINIC, cid, AuditSettings(key_file=root / "audit.key").load_key())
+        lines = [json.loads(x) for x in (root / "audit.jsonl").read_text().splitlines()]
+        return [(x["status"], x["clinic"], x["client_ref"] == ref)
+                for x in lines if x["action"] == "cds.hook"]  # fmt: skip
+
+    with TestClient(cds_app(registry, tmp_path / "a", key)) as cds:
+        body = body_of(cds)
+        assert call(cds, body) == 200
+        del body["prefetch"]["patient"]
+        assert call(cds, body) == 412
+    mapped = {TEST_CLINIC: OTHER_CLINIC}  # the patient's organization belongs to another clinic
+    with TestClient(cds_app(registry, tmp_path / "b", key, organizations=mapped)) as cds:
+        assert call(cds, body_of(cds)) == 404
+    assert hooks(tmp_path / "a") == [(200, TEST_CLINIC, True), (412, TEST_CLINIC, True)]
+    assert hooks(tmp_path / "b") == [(404, TEST_CLINIC, True)]
