@@ -5,13 +5,15 @@ The page comes from :func:`service.store.caseload.caseload_page` (the dashboard'
 reads the same function). Every answer carries a strong ``ETag``, ``Cache-Control: private,
 no-cache`` (a shared cache must not keep a clinic's list; a browser revalidates each time) and
 ``Vary: Authorization``; a poll whose ``If-None-Match`` still matches is a 304 with no body, at
-the cost of one primary-key read (:func:`~service.store.caseload.caseload_etag`).
+the cost of opening its cursor and one primary-key read
+(:func:`~service.store.caseload.caseload_etag`).
 
 Tenancy: the path's clinic must be the credential's; any other clinic is a 404, whether or not
 it exists. ``next_cursor`` is opaque and sealed for the clinic it was issued to
-(:mod:`service.store.cursors`); a changed cursor, another clinic's, or one sealed before the
-audit key rotated is a 400 (:data:`~service.errors.BAD_CURSOR`, naming ``cursor``). Every
-request is audited; a 200 notes each client it lists (as a batch does), a 304 lists none.
+(:mod:`service.store.cursors`); a changed cursor, another clinic's, one sealed before the
+audit key rotated, or one longer than any issued is a 400 (:data:`~service.errors.BAD_CURSOR`,
+naming ``cursor``), with or without ``If-None-Match``. Every request is audited; a 200 notes
+each client it lists (as a batch does), a 304 lists none.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ CaseloadReader = Annotated[Principal, Depends(scoped("clients:read"))]
 CLINIC_NOT_FOUND = "clinic not found"
 #: Every answer's caching headers (RFC 9111: private, revalidate every time; per credential).
 CACHING = {"Cache-Control": "private, no-cache", "Vary": "Authorization"}
-#: Longest cursor this service issues, with room to spare.
-CURSOR_MAX_LENGTH = 128
 
 
 class CaseloadItem(BaseModel):
@@ -141,9 +141,8 @@ def caseload(
         UtcInstant | None,
         Query(description="Only episodes whose data or score changed at or after this time."),
     ] = None,
-    cursor: Annotated[
-        str | None, Query(max_length=CURSOR_MAX_LENGTH, description="next_cursor of a page.")
-    ] = None,
+    # No max_length: a cursor too long is refused as every other bad cursor is (400, not 422).
+    cursor: Annotated[str | None, Query(description="next_cursor of a page (opaque).")] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description=f"Rows per page (at most {MAX_LIMIT}).")
     ] = DEFAULT_LIMIT,
@@ -156,17 +155,17 @@ def caseload(
         raise HTTPException(404, CLINIC_NOT_FOUND)
     filters = CaseloadFilters(therapist_id, band, changed_since)
     now = datetime.now(UTC)
+    seal = request_cursor_seal(request)
     with store.read() as conn:
-        # The tag first, then the rows in the same transaction: the body is never older
-        # than its tag.
-        etag = caseload_etag(conn, clinic_id, filters, cursor, limit, now=now)
-        if matches(if_none_match, etag):
-            return Response(status_code=304, headers={"ETag": etag, **CACHING})
-        seal = request_cursor_seal(request)
+        # The tag first (it opens the cursor: a bad one is a 400 whatever If-None-Match says),
+        # then the rows in the same transaction: the body is never older than its tag.
         try:
-            page = caseload_page(conn, clinic_id, filters, cursor, limit, now=now, seal=seal)
+            etag = caseload_etag(conn, clinic_id, filters, cursor, limit, now=now, seal=seal)
         except CursorError:
             raise bad_cursor("cursor") from None
+        if matches(if_none_match, etag):
+            return Response(status_code=304, headers={"ETag": etag, **CACHING})
+        page = caseload_page(conn, clinic_id, filters, cursor, limit, now=now, seal=seal)
     note_clients(request, clinic_id, [row.client_id for row in page.rows], status=200)
     response.headers.update({"ETag": etag, **CACHING})
     return CaseloadResponse.of(page)

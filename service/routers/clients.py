@@ -17,6 +17,7 @@ import logging
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection
@@ -41,7 +42,8 @@ from service.schemas import _ID_CHARS, ID_MAX_LENGTH, ModelRef
 from service.security import NOT_FOUND, forget_clients, note_client, scoped
 from service.settings import ServiceSettings
 from service.store import repository as repo
-from service.store.cursors import CursorSeal
+from service.store.caseload import ID_MAX
+from service.store.cursors import CursorSeal, sealed_length
 from service.store.deps import ClientStoreDep, request_cursor_seal
 from service.store.repository import StoredEpisode
 from service.store_schemas import (
@@ -98,9 +100,9 @@ SESSION_NOT_FOUND = "session not found"
 #: Stored scores per history page unless the caller asks for fewer or more, and at most.
 HISTORY_LIMIT = 100
 HISTORY_LIMIT_MAX = 1000
-#: Longest history cursor this service issues (sealed: 71 characters for the largest score id),
-#: with room to spare.
-HISTORY_CURSOR_MAX_LENGTH = 96
+#: Longest history cursor this service issues: the largest score id, sealed. Checked in the
+#: route (not a Query max_length, whose 422 would be a second answer to a bad cursor).
+HISTORY_CURSOR_MAX_LENGTH = sealed_length(len(orjson.dumps(["h", ID_MAX])))
 
 
 def episode_full(max_sessions: int) -> str:
@@ -327,8 +329,8 @@ def get_risk(
     history_cursor: Annotated[
         str | None,
         Query(
-            max_length=HISTORY_CURSOR_MAX_LENGTH,
-            description="history_next_cursor of the previous history page; with history=true.",
+            description="history_next_cursor of the previous history page (opaque); with "
+            "history=true.",
         ),
     ] = None,
 ) -> ClientRisk:
@@ -336,6 +338,8 @@ def get_risk(
     after = None
     seal = request_cursor_seal(request) if history else None
     if seal is not None and history_cursor is not None:
+        if len(history_cursor) > HISTORY_CURSOR_MAX_LENGTH:
+            raise bad_cursor("history_cursor")
         try:
             after = repo.decode_history_cursor(seal, principal.clinic, history_cursor)
         except repo.HistoryCursorError:

@@ -21,15 +21,18 @@ exactly once. A row whose key changes in the meantime is listed where it is when
 holding it is read: twice if it was listed already and moves to a page not read yet, not at all
 if it moves from a page not read yet to one already read (as in any keyset paging; the first
 page again shows the caseload as it is now). Every order's cursor is sealed (AES-256-SIV, the
-clinic as associated data: :class:`~service.store.cursors.CursorSeal`, :func:`encode_cursor`):
-its key (a probability, a therapist id, a client id, an appointment date) and the row's id are
-never readable in a URL, and a changed cursor, one of another order, or one issued to another
-clinic or under another key is refused (:class:`CursorError`).
+purpose "caseload" and the clinic as associated data: :class:`~service.store.cursors.CursorSeal`,
+:func:`encode_cursor`): its key (a probability, a therapist id, a client id, an appointment
+date) and the row's id are never readable in a URL, and a changed cursor, one of another order
+or of a risk history, or one issued to another clinic or under another key is refused
+(:class:`CursorError`).
 
-The ETag (:func:`caseload_etag`) is computed from ``clinic_state.version`` (bumped with every
-write that changes a caseload row), the week the change is measured against, the filters, the
-cursor and the limit, never by serialising the list: a poll that changed nothing costs one
-primary-key read.
+The ETag (:func:`caseload_etag`) is computed from :data:`FORMAT`, ``clinic_state.version``
+(bumped with every write that changes a caseload row), the week the change is measured against,
+the filters, the cursor, the limit and the fingerprint of the cursor key (the body's
+``next_cursor`` is sealed under it), never by serialising the list: a poll that changed nothing
+costs one primary-key read and the opening of its cursor, and a cursor that does not open is
+refused before any tag is compared (never a 304).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ from service.store.tables import clinic_state, episodes, risk_scores, sessions
 DEFAULT_LIMIT = 100
 #: The most rows one page may hold (a 5,000-client clinic is five pages).
 MAX_LIMIT = 1000
-#: Bumped when the body's format changes, so an old ETag never matches a new body.
-FORMAT = "caseload/1"
+#: Bumped when the body's format changes, so an old ETag never matches a new body (2: the
+#: cursors are sealed; a tag of clear cursors must not keep a poller on one).
+FORMAT = "caseload/2"
 #: How far back "the change since last week" looks.
 WEEK = timedelta(days=7)
 
@@ -159,11 +163,16 @@ def caseload_etag(
     limit: int,
     *,
     now: datetime | None = None,
+    seal: CursorSeal,
 ) -> str:
-    """The strong ETag (quoted) of the page :func:`caseload_page` returns for the same
-    arguments: one primary-key read, no rows."""
+    """The strong ETag (quoted) of the risk-ordered page :func:`caseload_page` returns for the
+    same arguments: the cursor opened first (:class:`CursorError` for one this service did not
+    issue, so a forged cursor is never answered by a tag), then one primary-key read, no rows."""
+    if cursor is not None:
+        decode_cursor(cursor, BY_RISK, seal, clinic_id)
     version = clinic_version(conn, clinic_id)
-    return etag_of(clinic_id, version, week_cutoff(now).date(), filters, cursor, limit)
+    cutoff = week_cutoff(now).date()
+    return etag_of(clinic_id, version, cutoff, filters, cursor, limit, seal.fingerprint)
 
 
 def etag_of(
@@ -173,11 +182,14 @@ def etag_of(
     filters: CaseloadFilters,
     cursor: str | None,
     limit: int,
+    key_fingerprint: str,
 ) -> str:
-    """Everything a page's body depends on, hashed (SHA-256, 128 bits kept), quoted."""
+    """Everything a page's body depends on, hashed (SHA-256, 128 bits kept), quoted:
+    ``key_fingerprint`` is :attr:`CursorSeal.fingerprint` of the key its ``next_cursor`` is
+    sealed under."""
     raw = "\x1e".join(
         (FORMAT, clinic_id, str(version), cutoff.isoformat(), filters.key(), cursor or "",
-         str(limit))
+         str(limit), key_fingerprint)
     )  # fmt: skip
     return '"' + hashlib.sha256(raw.encode()).hexdigest()[:32] + '"'
 
@@ -355,15 +367,20 @@ def encode_cursor(
     if isinstance(value, date):
         value = value.isoformat()
     return seal.seal(
-        ["o", SORT_KEYS.index(order.sort), int(order.descending), value, episode_id], clinic_id
+        ["o", SORT_KEYS.index(order.sort), int(order.descending), value, episode_id],
+        clinic_id,
+        "caseload",
     )
 
 
 def decode_cursor(cursor: str, order: CaseloadOrder, seal: CursorSeal, clinic_id: str) -> _Anchor:
     """Where the page after :func:`encode_cursor`'s row starts; CursorError for a cursor of
-    another order or clinic, a changed one, or anything else."""
+    another order or clinic, a changed one, one longer than any issued (:data:`CURSOR_MAX_LENGTH`,
+    so every bad cursor is the same answer), or anything else."""
+    if len(cursor) > CURSOR_MAX_LENGTH:
+        raise CursorError("not a cursor this service issued")
     try:
-        key = seal.open(cursor, clinic_id)
+        key = seal.open(cursor, clinic_id, "caseload")
     except BadCursor:
         raise CursorError("not a cursor this service issued") from None
     match key:

@@ -35,6 +35,13 @@ def cursor_seal(refs: ClientRefs) -> CursorSeal:
 
 
 def request_cursor_seal(request: Request) -> CursorSeal:
-    """:func:`cursor_seal` of the app's audit key (called in a route body, only when a page is
-    read or written: a 304 never needs it)."""
-    return cursor_seal(request.app.state.security.refs)
+    """:func:`cursor_seal` of the app's audit key, derived once per app (``app.state``) and
+    again only if the app's key object is replaced: every caseload poll, a 304 included, opens
+    its cursor and names the key in its ETag."""
+    state = request.app.state
+    refs = state.security.refs
+    cached: tuple[ClientRefs, CursorSeal] | None = getattr(state, "cursor_seal", None)
+    if cached is None or cached[0] is not refs:
+        cached = (refs, cursor_seal(refs))
+        state.cursor_seal = cached
+    return cached[1]

@@ -403,14 +403,14 @@ def encode_history_cursor(seal: CursorSeal, clinic_id: str, score_id: int) -> st
     """The opaque cursor after a history entry: the store's score id only (no time, no client
     id), sealed for ``clinic_id`` (:class:`~service.store.cursors.CursorSeal`); the read also
     checks the score is the client's own."""
-    return seal.seal(["h", score_id], clinic_id)
+    return seal.seal(["h", score_id], clinic_id, "history")
 
 
 def decode_history_cursor(seal: CursorSeal, clinic_id: str, cursor: str) -> int:
     """The score id of :func:`encode_history_cursor` for ``clinic_id``; HistoryCursorError for
     anything else (changed, another clinic's, sealed under another key)."""
     try:
-        key = seal.open(cursor, clinic_id)
+        key = seal.open(cursor, clinic_id, "history")
     except BadCursor:
         raise HistoryCursorError("not a cursor this service issued") from None
     match key:

@@ -316,19 +316,27 @@ def test_etag_moves_with_writes_filters_cursor_and_limit_only(store: Store) -> N
     seed_episodes(store, [_episode(i, 0.1 * i) for i in range(1, 6)])
     f = CaseloadFilters()
     with store.read() as conn:
-        tag = caseload_etag(conn, CLINIC, f, None, 10)
+        tag = caseload_etag(conn, CLINIC, f, None, 10, seal=SEAL)
         assert tag.startswith('"') and tag.endswith('"') and not tag.startswith("W/")
-        assert caseload_etag(conn, CLINIC, f, None, 10) == tag
+        assert caseload_etag(conn, CLINIC, f, None, 10, seal=SEAL) == tag
         others = {
-            caseload_etag(conn, CLINIC, CaseloadFilters(band="low"), None, 10),
-            caseload_etag(conn, CLINIC, CaseloadFilters(therapist_id="t-1"), None, 10),
-            caseload_etag(conn, CLINIC, CaseloadFilters(changed_since=days_ago(3)), None, 10),
-            caseload_etag(conn, CLINIC, f, encode_cursor(SEAL, CLINIC, BY_RISK, 0.3, 3), 10),
-            caseload_etag(conn, CLINIC, f, None, 11),
-            caseload_etag(conn, "other", f, None, 10),
-            caseload_etag(conn, CLINIC, f, None, 10, now=datetime.now(UTC) + timedelta(days=1)),
+            caseload_etag(conn, CLINIC, CaseloadFilters(band="low"), None, 10, seal=SEAL),
+            caseload_etag(conn, CLINIC, CaseloadFilters(therapist_id="t-1"), None, 10, seal=SEAL),
+            caseload_etag(
+                conn, CLINIC, CaseloadFilters(changed_since=days_ago(3)), None, 10, seal=SEAL
+            ),
+            caseload_etag(
+                conn, CLINIC, f, encode_cursor(SEAL, CLINIC, BY_RISK, 0.3, 3), 10, seal=SEAL
+            ),
+            caseload_etag(conn, CLINIC, f, None, 11, seal=SEAL),
+            caseload_etag(conn, "other", f, None, 10, seal=SEAL),
+            # Another cursor key (a rotated audit key): the body's next_cursor differs.
+            caseload_etag(conn, CLINIC, f, None, 10, seal=CursorSeal(bytes(32))),
+            caseload_etag(
+                conn, CLINIC, f, None, 10, now=datetime.now(UTC) + timedelta(days=1), seal=SEAL
+            ),
         }
-        assert tag not in others and len(others) == 7
+        assert tag not in others and len(others) == 8
     with store.write() as conn:
         conn.execute(update(episodes).where(episodes.c.id == 2).values(latest_probability=0.9))
         c = clinic_state.c
@@ -336,7 +344,20 @@ def test_etag_moves_with_writes_filters_cursor_and_limit_only(store: Store) -> N
             update(clinic_state).where(c.clinic_id == CLINIC).values(version=c.version + 1)
         )
     with store.read() as conn:
-        assert caseload_etag(conn, CLINIC, f, None, 10) != tag
+        assert caseload_etag(conn, CLINIC, f, None, 10, seal=SEAL) != tag
+
+
+def test_the_etag_opens_its_cursor_first(store: Store) -> None:
+    # A forged, foreign or over-long cursor has no tag: the caller's 400, whatever it matches.
+    seed_episodes(store, [_episode(i, 0.1 * i) for i in range(1, 6)])
+    good = encode_cursor(SEAL, CLINIC, BY_RISK, 0.3, 3)
+    forged = good[:5] + ("A" if good[5] != "A" else "B") + good[6:]
+    foreign = encode_cursor(CursorSeal(bytes(32)), CLINIC, BY_RISK, 0.3, 3)
+    with store.read() as conn:
+        caseload_etag(conn, CLINIC, CaseloadFilters(), good, 10, seal=SEAL)
+        for bad in (forged, foreign, "A" * (CURSOR_MAX_LENGTH + 1)):
+            with pytest.raises(CursorError):
+                caseload_etag(conn, CLINIC, CaseloadFilters(), bad, 10, seal=SEAL)
 
 
 def test_risk_cursors_are_sealed_and_checked() -> None:

@@ -5,6 +5,8 @@ that quote nothing, the audit trail, and 503 when the store is down."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,19 @@ from hypothesis import strategies as st
 from sqlalchemy import update
 
 from service.app import create_app
+from service.audit import ClientRefs
 from service.errors import BAD_CURSOR
 from service.settings import ServiceSettings
 from service.store.caseload import (
     BY_RISK,
+    CURSOR_MAX_LENGTH,
     SORT_KEYS,
+    CaseloadFilters,
     CursorError,
+    clinic_version,
     decode_cursor,
+    etag_of,
+    week_cutoff,
 )
 from service.store.cursors import CursorSeal
 from service.store.deps import cursor_seal
@@ -219,10 +227,68 @@ def test_a_changed_truncated_or_foreign_cursor_is_a_400(api: TestClient, dev_key
     _refused(answer, cursor)
     # Sealed by the service for another clinic, or under another key (a rotated audit key).
     seal = cursor_seal(api.app.state.security.refs)  # type: ignore[attr-defined]
-    theirs = seal.seal(["o", 0, 1, 0.7, 1], "clinic-other")
+    theirs = seal.seal(["o", 0, 1, 0.7, 1], "clinic-other", "caseload")
     _refused(api.get(URL, params={"cursor": theirs}), theirs)
-    rotated = CursorSeal(bytes(32)).seal(["o", 0, 1, 0.7, 1], TEST_CLINIC)
+    rotated = CursorSeal(bytes(32)).seal(["o", 0, 1, 0.7, 1], TEST_CLINIC, "caseload")
     _refused(api.get(URL, params={"cursor": rotated}), rotated)
+
+
+def test_a_bad_cursor_is_a_400_whatever_if_none_match_says(api: TestClient) -> None:
+    # The cursor is opened before the tag is compared: a forged one never gets a 304.
+    cursor = api.get(URL, params={"limit": 1}).json()["next_cursor"]
+    forged = cursor[:10] + ("A" if cursor[10] != "A" else "B") + cursor[11:]
+
+    def get(if_none_match: str) -> Any:
+        return api.get(URL, params={"limit": 1, "cursor": forged},
+                       headers={"If-None-Match": if_none_match})  # fmt: skip
+
+    _refused(get("*"), forged)
+    # The tag such a page would have, were the cursor taken at its word.
+    seal = cursor_seal(api.app.state.security.refs)  # type: ignore[attr-defined]
+    with api.app.state.client_store.read() as conn:
+        version = clinic_version(conn, TEST_CLINIC)
+    tag = etag_of(TEST_CLINIC, version, week_cutoff().date(), CaseloadFilters(), forged, 1,
+                  seal.fingerprint)  # fmt: skip
+    _refused(get(tag), forged)
+
+
+def test_a_cursor_longer_than_any_issued_is_the_same_400(api: TestClient) -> None:
+    # Not FastAPI's 422 of a Query max_length: every bad cursor is one answer.
+    for bad in ("A" * (CURSOR_MAX_LENGTH + 1), "A" * 4000):
+        _refused(api.get(URL, params={"cursor": bad}), bad)
+        _refused(api.get(URL, params={"cursor": bad}, headers={"If-None-Match": "*"}), bad)
+
+
+def test_a_tag_of_the_previous_format_is_a_200(api: TestClient) -> None:
+    # Before the cursors were sealed the tag hashed no key under "caseload/1": a poller holding
+    # such a tag (and the clear cursor of its body) must get the new body, not a 304.
+    with api.app.state.client_store.read() as conn:
+        version = clinic_version(conn, TEST_CLINIC)
+    raw = "\x1e".join(("caseload/1", TEST_CLINIC, str(version), week_cutoff().date().isoformat(),
+                       CaseloadFilters().key(), "", "1"))  # fmt: skip
+    old = '"' + hashlib.sha256(raw.encode()).hexdigest()[:32] + '"'
+    answer = api.get(URL, params={"limit": 1}, headers={"If-None-Match": old})
+    assert answer.status_code == 200 and answer.headers["etag"] != old
+    assert answer.json()["next_cursor"]
+
+
+def test_a_tag_issued_under_another_cursor_key_is_a_200(api: TestClient) -> None:
+    # After the audit key rotates, the first page's body holds a new cursor: its old tag must
+    # not answer 304, or the poller keeps the old cursor, which is now a 400.
+    first = api.get(URL, params={"limit": 1})
+    etag, cursor = first.headers["etag"], first.json()["next_cursor"]
+    assert api.get(URL, params={"limit": 1}, headers={"If-None-Match": etag}).status_code == 304
+    security = api.app.state.security  # type: ignore[attr-defined]
+    api.app.state.security = dataclasses.replace(  # type: ignore[attr-defined]
+        security, refs=ClientRefs(bytes(range(100, 132)))
+    )
+    try:
+        again = api.get(URL, params={"limit": 1}, headers={"If-None-Match": etag})
+        assert again.status_code == 200 and again.headers["etag"] != etag
+        assert again.json()["next_cursor"] not in (None, cursor)
+        _refused(api.get(URL, params={"limit": 1, "cursor": cursor}), cursor)
+    finally:
+        api.app.state.security = security  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -232,7 +298,8 @@ def test_a_changed_truncated_or_foreign_cursor_is_a_400(api: TestClient, dev_key
             ["s", 0.5, 1], ["u", 1]],
 )  # fmt: skip
 def test_sealed_keys_a_query_cannot_bind_are_400_not_500(api: TestClient, key: list[Any]) -> None:
-    cursor = cursor_seal(api.app.state.security.refs).seal(key, TEST_CLINIC)  # type: ignore[attr-defined]
+    seal = cursor_seal(api.app.state.security.refs)  # type: ignore[attr-defined]
+    cursor = seal.seal(key, TEST_CLINIC, "caseload")
     _refused(api.get(URL, params={"cursor": cursor}), cursor)
 
 
@@ -260,7 +327,7 @@ _INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 def test_decode_cursor_accepts_only_sort_keys_a_query_can_bind(key: tuple[Any, ...]) -> None:
     seal = CursorSeal(bytes(range(32)))
     try:
-        anchor = decode_cursor(seal.seal(list(key), "c"), BY_RISK, seal, "c")
+        anchor = decode_cursor(seal.seal(list(key), "c", "caseload"), BY_RISK, seal, "c")
     except CursorError:
         return
     assert type(anchor.episode_id) is int and 1 <= anchor.episode_id <= 2**63 - 1

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from service.errors import BAD_CURSOR
+from service.routers.clients import HISTORY_CURSOR_MAX_LENGTH
 from service.store.deps import cursor_seal
 from service.store.tables import episodes, risk_scores
 from tests.service.conftest import TEST_CLINIC, Registry, bearer
@@ -80,7 +81,7 @@ def test_history_is_paged_newest_first(
     _refused(theirs, first["history_next_cursor"])
     seal = cursor_seal(api.app.state.security.refs)  # type: ignore[attr-defined]
     forged = [_cursor(["h", 0]), _cursor(["h", True]), _cursor(["h", 2**63]),
-              _cursor(["h", 1]), *(seal.seal(k, TEST_CLINIC) for k in (["h", 0], ["h", True]))]  # fmt: skip
+              _cursor(["h", 1]), *(seal.seal(k, TEST_CLINIC, "history") for k in (["h", 0], ["h", True]))]  # fmt: skip
     for bad in ("garbage", *forged):
         _refused(api.get(url, params={"history": True, "history_cursor": bad}), bad)
     # Another clinic's credential: the client looks missing, whatever the cursor.
@@ -125,6 +126,18 @@ def test_the_history_cursor_is_sealed_for_its_clinic(
     )
     theirs = api.get(url, params={"history": True, "history_cursor": cursor}, headers=other)
     _refused(theirs, cursor)
+    # Longer than any history cursor issued (the largest score id, sealed): the same 400, not
+    # FastAPI's 422 of a Query max_length.
+    assert len(cursor) <= HISTORY_CURSOR_MAX_LENGTH == 55
+    for long in ("A" * (HISTORY_CURSOR_MAX_LENGTH + 1), "A" * 4000):
+        _refused(api.get(url, params={"history": True, "history_cursor": long}), long)
+    # A history cursor is no caseload cursor, and the other way round.
+    answer = api.get(CASELOAD, params={"cursor": cursor})
+    assert answer.status_code == 400 and answer.json()["detail"] == BAD_CURSOR
+    second = a_client(registry, 1)
+    assert post_sessions(api, second, second["sessions"][:2], first=True).status_code == 200
+    caseload = api.get(CASELOAD, params={"limit": 1}).json()["next_cursor"]
+    _refused(api.get(url, params={"history": True, "history_cursor": caseload}), caseload)
 
 
 def test_reopening_rescores_with_the_served_model(api: TestClient, registry: Registry) -> None:
