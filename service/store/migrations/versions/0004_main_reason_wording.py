@@ -4,8 +4,11 @@ The main reason (``episodes.latest_top_driver``, ``risk_scores.top_driver``) is 
 score is stored, so rows stored before this release carry the suffix. They are rewritten once
 here rather than stripped on every read: the text is served from three places (the JSON
 caseload, the dashboard, a client's score history), and closed episodes are never rescored, so
-their history would otherwise keep the old wording for good. The caseload's ETag moves for each
-clinic whose rows change (``clinic_state.version``), so a poller does not keep the old text.
+their history would otherwise keep the old wording for good. ``clinic_state.version`` is bumped
+for each clinic whose rows change, so its caseload ETag moves by this revision alone and a
+poller does not keep the old text (in the release that brought this revision every caseload
+ETag moves at upgrade anyway: the tag's format changed with the sealed cursors,
+``service.store.caseload.FORMAT``).
 
 Revision ID: 0004
 Revises: 0003
