@@ -14,8 +14,8 @@ from service.store.cursors import CursorSeal
 from service.store.db import Store
 
 #: The label the cursor key is derived under: a key of its own, not the dashboard cookie's (one
-#: key, one job). The NUL keeps it apart from every client's audit reference (an id holds no
-#: control character).
+#: key, one job). ``ClientRefs.derive`` hashes it in a domain of its own (a prefix byte no
+#: audit reference starts with), so no client id can make an audit line hold this key.
 _CURSOR_KEY_LABEL = "\x00alliance-risk page cursor key"
 
 

@@ -154,6 +154,9 @@ def test_caseload_filters_and_bad_cursor(dash: TestClient, dev_key_dir: Path) ->
     only = dash.get("/dashboard/", params={"therapist": "t-1"}).text
     assert only.count("<tr>") == 1 + 1
     assert dash.get("/dashboard/", params={"cursor": "garbage"}).status_code == 400
+    # Longer than any cursor the store issues: the same 400 page, not a 422.
+    long = dash.get("/dashboard/", params={"cursor": "A" * 2000})
+    assert long.status_code == 400 and "That page link has expired" in long.text
     sorted_page = dash.get("/dashboard/", params={"sort": "client", "order": "asc"}).text
     assert 'aria-sort="ascending"' in sorted_page
 
