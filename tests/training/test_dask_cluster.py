@@ -101,7 +101,16 @@ def test_train_and_score_through_a_real_scheduler_and_workers(
     assert "weighted by inverse probability of censoring (IPCW)" in flat
     assert "used in the booster fit and the calibration" in flat
     assert "out-of-fold margins of the train and validation clients" in flat
-    assert re.search(r"Cross fit clients:\*\* out-of-fold margins of [\d,]+ of [\d,]+ train", flat)
+    assert re.search(
+        r"Cross-fitted calibration \(Dask engine\):\*\* out-of-fold margins of [\d,]+ of "
+        r"[\d,]+ train",
+        flat,
+    )
+    assert re.search(
+        r"Cross-fitted calibration, fold models' level:\*\* out-of-fold margins of 5 fold "
+        r"models moved to the served booster's level on the calibration clients",
+        flat,
+    )
 
     out = tmp_path / "scores"
     scored = runner.invoke(app, ["score", *args, "--engine", "dask", "--scheduler", cluster,
