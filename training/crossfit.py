@@ -147,15 +147,14 @@ def cross_fit(
         oof[held_out] = margin(boosters[-1], X[held_out])
         fold_of[held_out] = k
     booster = _train(params, X, y, weight, n_trees, feature_names)
-    if reference is None:
-        return CrossFit(oof, booster, boosters, pd.DataFrame())
+    # Without a reference, align_folds leaves the margins as they are (an empty table).
     aligned, shift = align_folds(
         oof,
         fold_of,
         None if landmark_column is None else X[:, landmark_column],
         boosters=boosters,
         booster=booster,
-        reference=reference,
+        reference=np.empty((0, X.shape[1])) if reference is None else reference,
         reference_weight=reference_weight,
         landmark_column=landmark_column,
     )

@@ -306,7 +306,8 @@ def finish_training(
     )
     # Out-of-fold margins when cross-fitted (train_model), else the booster's on ``calibration``.
     cal_margin = margin(fit.booster, cal.X) if calibration_margin is None else calibration_margin
-    cal_landmark = None if landmark is None else cal.X[:, registry.names.index(landmark)]
+    column = landmark_column(registry.names)
+    cal_landmark = None if column is None else cal.X[:, column]
     calibrator.fit(
         cal_margin,
         cal.y,

@@ -222,7 +222,9 @@ def calibration_rows(
     """The calibrator's rows and margins: the gathered out-of-fold rows, aligned to the
     refitted booster's level on the calibration split (:func:`training.crossfit.align_folds`,
     as the pandas engine's), then the calibration split's with the refitted booster's margins
-    (:func:`training.pipeline.train_model`'s order); and the alignment's shifts. The development rows' features are zeros except the landmark column (all that
+    (:func:`training.pipeline.train_model`'s order); and the alignment's shifts.
+
+    The development rows' features are zeros except the landmark column (all that
     :func:`training.pipeline.finish_training` reads of a row besides its margin): in Fortran
     order the untouched columns stay unallocated."""
     n_dev = oof.margin.size
